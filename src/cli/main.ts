@@ -1,0 +1,123 @@
+#!/usr/bin/env node
+/**
+ * `dolmeangi <command>`: thin dispatch to the server, the client commands and the bench.
+ * Exit codes: 0 ok, 1 runtime failure, 2 bad usage (nothing started).
+ */
+import { parseConfig, helpText } from '../config.js';
+import { DolmeangiError } from '../errors.js';
+import { startServer } from '../server/run.js';
+import { createLogger } from '../log.js';
+import { VERSION } from '../version.js';
+
+const USAGE = `Usage: dolmeangi <command> [options]
+
+Commands:
+  sequencer [options]        run the server (see: dolmeangi sequencer --help)
+  getseq [name] [--count n]  print the next number (with --count, the first of a batch)
+  current [name]             print the number the next getseq returns
+  info                       print the server's INFO
+  ping                       check that a server answers
+  bench [options]            benchmark servers (see: dolmeangi bench --help)
+
+Client commands take --server host:port[,host:port...] (or SEQUENCER_SERVER).`;
+
+function fail(message: string, code: number): number {
+  process.stderr.write(`dolmeangi: ${message.split('\n')[0]}\n`);
+  return code;
+}
+
+async function runSequencer(argv: string[]): Promise<number> {
+  if (argv.includes('--help') || argv.includes('-h')) {
+    process.stdout.write(helpText() + '\n');
+    return 0;
+  }
+  if (argv.includes('--version')) {
+    process.stdout.write(`${VERSION}\n`);
+    return 0;
+  }
+  let config;
+  try {
+    config = parseConfig(argv, process.env);
+  } catch (err) {
+    if (err instanceof DolmeangiError) return fail(err.message, 2);
+    throw err;
+  }
+  const log = createLogger(config.logLevel);
+  let running;
+  try {
+    running = await startServer(config, { log });
+  } catch (err) {
+    const message = err instanceof Error ? err.message : String(err);
+    log.fatal({ err: message }, 'cannot start');
+    return fail(message, err instanceof DolmeangiError && err.code === 'CONFIG' ? 2 : 1);
+  }
+  const server = running;
+  return new Promise<number>((resolve) => {
+    let stopping = false;
+    const stop = (signal: NodeJS.Signals) => {
+      if (stopping) {
+        log.warn({ signal }, 'second signal: exiting without waiting');
+        resolve(1);
+        return;
+      }
+      stopping = true;
+      log.info({ signal }, 'signal received');
+      server.close().then(
+        () => resolve(0),
+        (err: unknown) => {
+          log.error({ err: String((err as Error)?.message ?? err) }, 'error during shutdown');
+          resolve(1);
+        },
+      );
+    };
+    process.on('SIGTERM', stop);
+    process.on('SIGINT', stop);
+  });
+}
+
+async function main(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  switch (command) {
+    case 'sequencer':
+      return runSequencer(rest);
+    case 'getseq':
+    case 'current':
+    case 'info':
+    case 'ping': {
+      const { runClientCommand } = await import('./client-commands.js');
+      return runClientCommand(command, rest, {
+        out: (s) => process.stdout.write(s),
+        err: (s) => process.stderr.write(s),
+        env: process.env,
+      });
+    }
+    case 'bench': {
+      const { runBenchCommand } = await import('./bench-command.js');
+      return runBenchCommand(rest);
+    }
+    case '--version':
+    case 'version':
+      process.stdout.write(`${VERSION}\n`);
+      return 0;
+    case undefined:
+    case '--help':
+    case '-h':
+    case 'help':
+      process.stdout.write(USAGE + '\n');
+      return command === undefined ? 2 : 0;
+    default:
+      return fail(`unknown command '${command}'; commands: sequencer, getseq, current, info, ping, bench`, 2);
+  }
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    // Let stdout drain (pino writes asynchronously), then leave with the code.
+    process.exitCode = code;
+    setImmediate(() => process.exit(code));
+  },
+  (err: unknown) => {
+    process.stderr.write(`dolmeangi: ${(err as Error)?.stack ?? String(err)}\n`);
+    process.exit(1);
+  },
+);

@@ -1,0 +1,23 @@
+import type { Command } from './types.js';
+import { numberReply, sequenceName } from './sequence-reply.js';
+import { parseUnsigned } from '../core/limits.js';
+import { error } from '../protocol/encoder.js';
+
+/** GETSEQ_BATCH <count> [name]: the caller owns first .. first+count-1. */
+export const batch: Command = {
+  name: 'GETSEQ_BATCH',
+  minArgs: 1,
+  maxArgs: 2,
+  run(words, _session, services) {
+    const raw = words[1]!;
+    // `:100` is accepted because the seed's design note wrote it that way.
+    const count = parseUnsigned(raw.charCodeAt(0) === 58 ? raw.slice(1) : raw);
+    if (count === undefined || count < 1n || count > services.maxBatch) {
+      const shown = raw.length > 32 ? `${raw.slice(0, 32)}...` : raw;
+      return error('ERR', `invalid count '${shown}': expected an integer from 1 to ${services.maxBatch} (--max-batch)`);
+    }
+    const name = sequenceName(words[2]);
+    if (typeof name !== 'string') return name.reply;
+    return numberReply(services.source.allocate(name, count));
+  },
+};

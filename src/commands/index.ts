@@ -1,0 +1,85 @@
+/**
+ * The command table: frame (words) to command to reply. Pure: everything a
+ * command needs comes in through Session and Services.
+ */
+import type { Command, Reply, Services, Session } from './types.js';
+import { getseq } from './getseq.js';
+import { current } from './current.js';
+import { batch } from './batch.js';
+import { ping } from './ping.js';
+import { info } from './info.js';
+import { auth } from './auth.js';
+import { quit } from './quit.js';
+import { error, oneLine } from '../protocol/encoder.js';
+
+export type { Command, Reply, Services, Session } from './types.js';
+
+/** In the order the unknown-command error lists them. */
+export const COMMANDS: readonly Command[] = [getseq, current, batch, ping, info, auth, quit];
+
+const SUPPORTED = COMMANDS.map((c) => c.name).join(', ');
+const NOAUTH = error('NOAUTH', 'Authentication required.');
+
+/** Counters read at scrape time; plain numbers keep the hot path free of label lookups. */
+export class CommandStats {
+  /** Calls by command index in COMMANDS; the last slot counts unknown commands. */
+  readonly calls = new Array<number>(COMMANDS.length + 1).fill(0);
+  /** Error replies by wire code (ERR, NOAUTH, NOTLEADER, ...). */
+  readonly errors = new Map<string, number>();
+
+  countError(reply: string): void {
+    const space = reply.indexOf(' ');
+    const code = reply.slice(1, space === -1 ? reply.length - 2 : space);
+    this.errors.set(code, (this.errors.get(code) ?? 0) + 1);
+  }
+}
+
+interface Entry {
+  readonly command: Command;
+  readonly index: number;
+}
+
+const table = new Map<string, Entry>();
+COMMANDS.forEach((command, index) => {
+  table.set(command.name, { command, index });
+  table.set(command.name.toLowerCase(), { command, index });
+});
+
+export function newSession(): Session {
+  return { authenticated: false, quit: false };
+}
+
+export function execute(words: string[], session: Session, services: Services, stats: CommandStats): Reply {
+  const name = words[0]!;
+  const entry = table.get(name) ?? table.get(name.toUpperCase());
+  let reply: Reply;
+  if (entry === undefined) {
+    stats.calls[COMMANDS.length]!++;
+    reply = services.passwordDigest !== null && !session.authenticated ? NOAUTH : unknown(name);
+  } else {
+    stats.calls[entry.index]!++;
+    const { command } = entry;
+    const argc = words.length - 1;
+    if (services.passwordDigest !== null && !session.authenticated && command.beforeAuth !== true) {
+      reply = NOAUTH;
+    } else if (argc < command.minArgs || argc > command.maxArgs) {
+      reply = error('ERR', `wrong number of arguments for '${command.name}'`);
+    } else {
+      reply = command.run(words, session, services);
+    }
+  }
+  if (typeof reply === 'string') {
+    if (reply.charCodeAt(0) === 45 /* '-' */) stats.countError(reply);
+    return reply;
+  }
+  return reply.then((r) => {
+    if (r.charCodeAt(0) === 45) stats.countError(r);
+    return r;
+  });
+}
+
+function unknown(name: string): string {
+  // The name is echoed as sent (cut to a sane length), never as raw control bytes.
+  const shown = name.length > 128 ? `${name.slice(0, 128)}...` : name;
+  return error('ERR', `Unknown command '${oneLine(shown)}'. Supported: ${SUPPORTED}`);
+}

@@ -1,0 +1,22 @@
+/** Turns what the sequence core returns into wire replies. */
+import { SequenceError } from '../core/sequencer.js';
+import { error, integer } from '../protocol/encoder.js';
+import { isValidName, DEFAULT_SEQUENCE, NAME_RULE } from '../core/limits.js';
+import type { Reply } from './types.js';
+
+const onError = (err: unknown): string =>
+  err instanceof SequenceError ? error(err.code, err.message) : error('ERR', `internal error: ${String((err as Error)?.message ?? err)}`);
+
+export function numberReply(r: bigint | SequenceError | Promise<bigint>): Reply {
+  if (typeof r === 'bigint') return integer(r);
+  if (r instanceof SequenceError) return error(r.code, r.message);
+  return r.then(integer, onError);
+}
+
+/** The sequence name argument, or an error reply when it breaks the naming rule. */
+export function sequenceName(arg: string | undefined): string | { reply: string } {
+  if (arg === undefined) return DEFAULT_SEQUENCE;
+  if (isValidName(arg)) return arg;
+  const shown = arg.length > 64 ? `${arg.slice(0, 64)}...` : arg;
+  return { reply: error('ERR', `invalid sequence name '${shown}': use ${NAME_RULE}`) };
+}

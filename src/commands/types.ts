@@ -1,0 +1,38 @@
+/**
+ * What a command sees: its arguments, the connection's session, and the node's
+ * services. Commands are pure functions of these; they never touch a socket.
+ */
+import type { SequenceSource } from '../core/sequencer.js';
+
+export interface Session {
+  authenticated: boolean;
+  /** Set by QUIT: the connection closes once this reply is written. */
+  quit: boolean;
+}
+
+export interface Services {
+  /** Whatever hands out numbers on this node (a Sequencer, or a group member). */
+  readonly source: SequenceSource;
+  readonly maxBatch: bigint;
+  /** SHA-256 of the password, or null when none is required. */
+  readonly passwordDigest: Buffer | null;
+  /** The INFO text, built on demand. */
+  info(): string;
+  /** Called on each failed AUTH, for logs and metrics. */
+  authFailed(): void;
+}
+
+/** An encoded reply, or one that waits for storage. */
+export type Reply = string | Promise<string>;
+
+export interface Command {
+  /** Canonical upper-case name. */
+  readonly name: string;
+  /** Arguments after the name. */
+  readonly minArgs: number;
+  readonly maxArgs: number;
+  /** Answered before AUTH when a password is required. */
+  readonly beforeAuth?: boolean;
+  /** `words[0]` is the command name as sent; arguments start at `words[1]`. */
+  run(words: string[], session: Session, services: Services): Reply;
+}

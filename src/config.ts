@@ -1,0 +1,211 @@
+/**
+ * Server options: one table drives parsing, validation, environment variables
+ * and --help. Flags win over environment variables (SEQUENCER_<NAME>). No I/O
+ * here except reading the given argv/env; the result is frozen.
+ */
+import { parseArgs } from 'node:util';
+import { ConfigError } from './errors.js';
+import { MAX_VALUE } from './core/limits.js';
+
+export interface Config {
+  readonly initial: bigint;
+  readonly port: number;
+  readonly host: string;
+  readonly maxConnections: number;
+  readonly dataDir: string;
+  readonly inMemory: boolean;
+  readonly reserve: bigint;
+  readonly maxBatch: bigint;
+  readonly maxSequences: number;
+  readonly metricsPort: number;
+  readonly requirepass: string | null;
+  readonly requirepassFile: string | null;
+  readonly tlsPort: number | null;
+  readonly tlsCert: string | null;
+  readonly tlsKey: string | null;
+  readonly tlsCa: string | null;
+  /** Seconds a connection may stay idle; 0 = forever. */
+  readonly timeout: number;
+  /** Bytes of unsent replies a client may leave unread before it is disconnected. */
+  readonly clientOutputLimit: number;
+  readonly logLevel: string;
+  readonly etcd: readonly string[];
+  readonly nodeId: string | null;
+  readonly advertise: string | null;
+  /** Seconds. */
+  readonly leaseTtl: number;
+  readonly etcdPrefix: string;
+  readonly etcdUsername: string | null;
+  readonly etcdPassword: string | null;
+}
+
+type Kind = 'bigint' | 'int' | 'string' | 'flag' | 'list' | 'level';
+
+interface OptionSpec {
+  readonly name: string;
+  readonly key: keyof Config;
+  readonly kind: Kind;
+  readonly def: string | null;
+  readonly min?: bigint;
+  readonly max?: bigint;
+  readonly help: string;
+  /** Where the value shows in --help, e.g. `<n>`. */
+  readonly arg?: string;
+}
+
+const LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
+
+export const OPTIONS: readonly OptionSpec[] = [
+  { name: 'initial', key: 'initial', kind: 'bigint', def: '1', min: 0n, max: MAX_VALUE, arg: '<n>', help: 'first number of a new sequence (0 .. 2^63-1)' },
+  { name: 'port', key: 'port', kind: 'int', def: '10001', min: 0n, max: 65535n, arg: '<n>', help: 'TCP port (0 picks a free one)' },
+  { name: 'host', key: 'host', kind: 'string', def: '0.0.0.0', arg: '<addr>', help: 'bind address, also for the metrics port' },
+  { name: 'max-connections', key: 'maxConnections', kind: 'int', def: '1000', min: 1n, max: 1_000_000n, arg: '<n>', help: 'concurrent client connections' },
+  { name: 'data-dir', key: 'dataDir', kind: 'string', def: './data', arg: '<path>', help: 'where durable state lives' },
+  { name: 'in-memory', key: 'inMemory', kind: 'flag', def: null, help: 'keep state in memory only: no files, numbers restart at --initial' },
+  { name: 'reserve', key: 'reserve', kind: 'bigint', def: '100000', min: 0n, max: 1_000_000_000n, arg: '<n>', help: 'reservation window: the most numbers a crash can skip; 0 = gapless, every reply waits for fsync' },
+  { name: 'max-batch', key: 'maxBatch', kind: 'bigint', def: '1000000', min: 1n, max: 1_000_000_000n, arg: '<n>', help: 'largest GETSEQ_BATCH count' },
+  { name: 'max-sequences', key: 'maxSequences', kind: 'int', def: '10000', min: 1n, max: 1_000_000n, arg: '<n>', help: 'how many named sequences may exist' },
+  { name: 'metrics-port', key: 'metricsPort', kind: 'int', def: '10090', min: 0n, max: 65535n, arg: '<n>', help: 'HTTP /metrics, /healthz, /readyz; 0 turns it off' },
+  { name: 'requirepass', key: 'requirepass', kind: 'string', def: null, arg: '<secret>', help: 'clients must AUTH with this password' },
+  { name: 'requirepass-file', key: 'requirepassFile', kind: 'string', def: null, arg: '<path>', help: 'read the password from this file (keeps it out of ps)' },
+  { name: 'tls-port', key: 'tlsPort', kind: 'int', def: null, min: 0n, max: 65535n, arg: '<n>', help: 'also serve TLS on this port (needs --tls-cert and --tls-key)' },
+  { name: 'tls-cert', key: 'tlsCert', kind: 'string', def: null, arg: '<path>', help: 'PEM certificate chain for TLS' },
+  { name: 'tls-key', key: 'tlsKey', kind: 'string', def: null, arg: '<path>', help: 'PEM private key for TLS' },
+  { name: 'tls-ca', key: 'tlsCa', kind: 'string', def: null, arg: '<path>', help: 'PEM CA bundle: TLS clients must present a certificate it signed' },
+  { name: 'timeout', key: 'timeout', kind: 'int', def: '300', min: 0n, max: 31_536_000n, arg: '<seconds>', help: 'close connections idle this long; 0 = never' },
+  { name: 'client-output-limit', key: 'clientOutputLimit', kind: 'int', def: '8388608', min: 65536n, max: 1n << 32n, arg: '<bytes>', help: 'disconnect a client that leaves this many reply bytes unread' },
+  { name: 'log-level', key: 'logLevel', kind: 'level', def: 'info', arg: '<level>', help: `log level: ${LEVELS.join(', ')}` },
+  { name: 'etcd', key: 'etcd', kind: 'list', def: null, arg: '<url,...>', help: 'run as a member of a group on these etcd endpoints' },
+  { name: 'node-id', key: 'nodeId', kind: 'string', def: null, arg: '<id>', help: 'this member\'s name in the group (default: advertise address)' },
+  { name: 'advertise', key: 'advertise', kind: 'string', def: null, arg: '<host:port>', help: 'address clients are redirected to when this member leads' },
+  { name: 'lease-ttl', key: 'leaseTtl', kind: 'int', def: '2', min: 1n, max: 600n, arg: '<seconds>', help: 'leader lease in etcd; a dead leader is replaced after about this long' },
+  { name: 'etcd-prefix', key: 'etcdPrefix', kind: 'string', def: '/dolmeangi/default/', arg: '<prefix>', help: 'key prefix in etcd, so several groups can share one etcd' },
+  { name: 'etcd-username', key: 'etcdUsername', kind: 'string', def: null, arg: '<user>', help: 'etcd user' },
+  { name: 'etcd-password', key: 'etcdPassword', kind: 'string', def: null, arg: '<secret>', help: 'etcd password' },
+];
+
+export const envName = (option: string): string => `SEQUENCER_${option.toUpperCase().replace(/-/g, '_')}`;
+
+/**
+ * Parses `sequencer` options. Throws ConfigError naming the option and what it
+ * accepts; the CLI prints that one line and exits 2.
+ */
+export function parseConfig(argv: readonly string[], env: NodeJS.ProcessEnv = {}): Config {
+  const parseOptions: Record<string, { type: 'string' | 'boolean' }> = {};
+  for (const o of OPTIONS) parseOptions[o.name] = { type: o.kind === 'flag' ? 'boolean' : 'string' };
+  let values: Record<string, string | boolean | undefined>;
+  try {
+    const parsed = parseArgs({ args: [...argv], options: parseOptions, strict: true, allowPositionals: false });
+    values = parsed.values as Record<string, string | boolean | undefined>;
+  } catch (err) {
+    throw fromParseArgs(err);
+  }
+  const out: Record<string, unknown> = {};
+  for (const o of OPTIONS) {
+    let raw: string | boolean | undefined = values[o.name];
+    let source = `--${o.name}`;
+    if (raw === undefined && env[envName(o.name)] !== undefined) {
+      raw = env[envName(o.name)];
+      source = envName(o.name);
+      if (o.kind === 'flag') raw = parseFlag(source, raw as string);
+    }
+    if (raw === undefined) raw = o.kind === 'flag' ? false : (o.def ?? undefined);
+    out[o.key] = raw === undefined ? (o.kind === 'list' ? [] : null) : convert(o, source, raw);
+  }
+  const config = out as unknown as Config;
+  crossCheck(config);
+  return Object.freeze(config);
+}
+
+function convert(o: OptionSpec, source: string, raw: string | boolean): unknown {
+  if (o.kind === 'flag') return raw === true;
+  const text = String(raw);
+  switch (o.kind) {
+    case 'bigint':
+    case 'int': {
+      const range = `an integer from ${o.min} to ${o.max}`;
+      if (!/^[0-9]{1,20}$/.test(text)) throw new ConfigError(source, `expected ${range}, got '${text}'`);
+      const v = BigInt(text);
+      if ((o.min !== undefined && v < o.min) || (o.max !== undefined && v > o.max)) {
+        throw new ConfigError(source, `expected ${range}, got '${text}'`);
+      }
+      return o.kind === 'int' ? Number(v) : v;
+    }
+    case 'level':
+      if (!LEVELS.includes(text)) throw new ConfigError(source, `expected one of ${LEVELS.join(', ')}, got '${text}'`);
+      return text;
+    case 'list': {
+      const items = text.split(',').map((s) => s.trim()).filter((s) => s !== '');
+      if (items.length === 0) throw new ConfigError(source, 'expected a comma-separated list of URLs');
+      for (const item of items) {
+        if (!/^https?:\/\/[^\s/]+(:\d+)?\/?$/.test(item)) {
+          throw new ConfigError(source, `expected URLs like http://127.0.0.1:2379, got '${item}'`);
+        }
+      }
+      return items;
+    }
+    case 'string':
+      if (text === '') throw new ConfigError(source, 'expected a non-empty value');
+      return text;
+  }
+}
+
+function parseFlag(source: string, text: string): boolean {
+  if (/^(1|true|yes|on)$/i.test(text)) return true;
+  if (/^(0|false|no|off|)$/i.test(text)) return false;
+  throw new ConfigError(source, `expected true or false, got '${text}'`);
+}
+
+function crossCheck(c: Config): void {
+  if (c.tlsPort !== null && (c.tlsCert === null || c.tlsKey === null)) {
+    throw new ConfigError('--tls-port', 'needs --tls-cert and --tls-key');
+  }
+  if ((c.tlsCert !== null || c.tlsKey !== null || c.tlsCa !== null) && c.tlsPort === null) {
+    throw new ConfigError('--tls-cert', 'TLS files were given without --tls-port');
+  }
+  if (c.requirepass !== null && c.requirepassFile !== null) {
+    throw new ConfigError('--requirepass-file', 'give either --requirepass or --requirepass-file, not both');
+  }
+  if (c.advertise !== null && !/^[^\s:]+:\d{1,5}$/.test(c.advertise)) {
+    throw new ConfigError('--advertise', `expected host:port, got '${c.advertise}'`);
+  }
+  if (c.etcd.length > 0 && c.inMemory) {
+    throw new ConfigError('--in-memory', 'cannot be combined with --etcd (a group keeps its state in etcd)');
+  }
+  if (!c.etcdPrefix.endsWith('/')) {
+    throw new ConfigError('--etcd-prefix', `must end with '/', got '${c.etcdPrefix}'`);
+  }
+}
+
+function fromParseArgs(err: unknown): ConfigError {
+  const e = err as { code?: string; message?: string };
+  const m = /'(-[^']*)'/.exec(e.message ?? '');
+  const opt = m?.[1] ?? 'option';
+  switch (e.code) {
+    case 'ERR_PARSE_ARGS_UNKNOWN_OPTION':
+      return new ConfigError(opt, 'unknown option; see --help for every option');
+    case 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE': {
+      const flag = /--([a-z-]+)/.exec(e.message ?? '')?.[1];
+      const spec = OPTIONS.find((o) => o.name === flag);
+      return spec?.kind === 'flag'
+        ? new ConfigError(`--${flag}`, 'takes no value')
+        : new ConfigError(`--${flag ?? '?'}`, `expected a value: --${flag}=${spec?.arg ?? '<value>'}`);
+    }
+    case 'ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL':
+      return new ConfigError(opt, 'unexpected argument; options look like --name=value');
+    default:
+      return new ConfigError('arguments', String(e.message ?? err).split('\n')[0]!);
+  }
+}
+
+/** The --help text: every option, its default and its environment variable. */
+export function helpText(): string {
+  const lines = ['Usage: dolmeangi sequencer [options]', '', 'Options (each also read from SEQUENCER_<NAME>; flags win):'];
+  for (const o of OPTIONS) {
+    const flag = `--${o.name}${o.arg ? `=${o.arg}` : ''}`;
+    const def = o.def !== null ? ` (default ${o.def})` : '';
+    lines.push(`  ${flag.padEnd(30)} ${o.help}${def}  [${envName(o.name)}]`);
+  }
+  lines.push(`  ${'--help'.padEnd(30)} show this help`, `  ${'--version'.padEnd(30)} print the version`);
+  return lines.join('\n');
+}

@@ -1,0 +1,40 @@
+/**
+ * The numeric and naming rules of sequences. Pure; used by the command layer,
+ * the sequencer core, the config parser and the stores.
+ */
+
+/** The largest number ever handed out: 2^63-1, so every value fits a signed 64-bit integer. */
+export const MAX_VALUE = (1n << 63n) - 1n;
+/** `next` of an exhausted sequence; also the highest mark a store ever holds. */
+export const END = 1n << 63n;
+
+export const DEFAULT_SEQUENCE = 'default';
+export const NAME_MAX_LENGTH = 64;
+export const NAME_RULE = '1-64 characters of A-Z a-z 0-9 _ . : -';
+
+const NAME_CHAR = new Uint8Array(128);
+for (const c of 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:-') NAME_CHAR[c.charCodeAt(0)] = 1;
+
+export function isValidName(name: string): boolean {
+  const n = name.length;
+  if (n === 0 || n > NAME_MAX_LENGTH) return false;
+  for (let i = 0; i < n; i++) {
+    const c = name.charCodeAt(i);
+    if (c >= 128 || NAME_CHAR[c] === 0) return false;
+  }
+  return true;
+}
+
+/**
+ * Parses an unsigned decimal integer without ever going through a float.
+ * Returns undefined for anything but 1-20 ASCII digits.
+ */
+export function parseUnsigned(text: string): bigint | undefined {
+  const n = text.length;
+  if (n === 0 || n > 20) return undefined;
+  for (let i = 0; i < n; i++) {
+    const c = text.charCodeAt(i);
+    if (c < 48 || c > 57) return undefined;
+  }
+  return BigInt(text);
+}

@@ -1,0 +1,55 @@
+/**
+ * The interfaces the sequencer core depends on. Stores and leadership live at
+ * the edges (file, etcd, memory) and are injected, so the core can be tested
+ * with fakes that delay, fail and crash.
+ */
+
+/**
+ * High-water marks by sequence name. A mark is the first number not yet
+ * reserved: every number below it may have been handed out, none at or above it.
+ */
+export type Marks = ReadonlyMap<string, bigint>;
+
+export interface Store {
+  /** What INFO and the logs call this store, e.g. `file:/var/lib/dolmeangi`. */
+  readonly description: string;
+  /**
+   * Reads every persisted mark. Rejects with StateCorruptError (naming the file or key)
+   * when state exists but cannot be trusted; never returns an empty map in its place.
+   */
+  load(): Promise<Map<string, bigint>>;
+  /**
+   * Makes these marks durable (the other sequences keep their stored marks).
+   * Resolves only once they survive a crash of this process and of the machine.
+   * Rejects with PersistenceError when storage fails (the caller retries) or
+   * FencedError when this node may no longer write (group mode).
+   * The caller never has two persist calls in flight at once.
+   */
+  persist(marks: Marks): Promise<void>;
+  /** Releases locks and handles. Idempotent. */
+  close(): Promise<void>;
+}
+
+/** Why the node cannot hand out numbers now, as the command layer reports it. */
+export interface NotServing {
+  /** `NOTLEADER`: another node leads (address may be null when unknown). */
+  readonly kind: 'not-leader';
+  readonly leader: string | null;
+}
+
+/**
+ * Who may hand out numbers. A single node always may; in a group only the
+ * leader, and only while its lease is surely alive.
+ */
+export interface Leadership {
+  readonly role: 'standalone' | 'leader' | 'follower' | 'candidate';
+  /** Cheap enough to call per request: a monotonic-clock comparison, no I/O. */
+  canServe(): boolean;
+  /** The leader's advertised host:port, or null when none is known. */
+  leaderAddress(): string | null;
+}
+
+/** Monotonic milliseconds; injected so tests can move time. */
+export interface Clock {
+  now(): number;
+}

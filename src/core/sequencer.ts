@@ -1,0 +1,420 @@
+/**
+ * The sequence core: counters by name, reservation windows, and the one rule
+ * everything else rests on: a number is handed out only below its sequence's
+ * durable mark. Storage is reached only through the Store port; this file does
+ * no I/O of its own, so tests drive it with stores that delay, fail and crash.
+ *
+ * Reservation: with a window W (`--reserve`), the core persists mark = next + W
+ * ahead of time and refills when less than W/2 remains, so in steady state no
+ * request waits on the disk and a crash skips at most W numbers. With W = 0
+ * (gapless) every request waits for a persist of exactly the numbers promised;
+ * all requests that arrive while one write is in flight share the next write.
+ */
+import { END, MAX_VALUE } from './limits.js';
+import type { Leadership, Marks, Store } from './ports.js';
+
+/** A refusal the command layer turns into a wire error. */
+export class SequenceError {
+  constructor(
+    readonly code: 'ERR' | 'NOTLEADER',
+    readonly message: string,
+  ) {}
+}
+
+export const EXHAUSTED = new SequenceError('ERR', 'sequence exhausted');
+
+export interface SequenceSnapshot {
+  readonly name: string;
+  /** What the next GETSEQ returns (END when exhausted). */
+  readonly next: bigint;
+  /** Numbers below this are durable and may be handed out without waiting. */
+  readonly durableMark: bigint;
+  /** Numbers handed out by this process since it started (a batch of 100 counts 100). */
+  readonly issued: number;
+}
+
+/** What the command layer needs from whatever hands out numbers on this node. */
+export interface SequenceSource {
+  /** First of `count` numbers; a promise only when the reply must wait for storage. */
+  allocate(name: string, count: bigint): bigint | SequenceError | Promise<bigint>;
+  current(name: string): bigint | SequenceError;
+  snapshot(): SequenceSnapshot[];
+}
+
+export interface SequencerEvents {
+  /** A persist finished; `ms` is how long the store took. */
+  persisted?(ms: number, sequences: number): void;
+  /** A persist failed; the core retries after `retryInMs`. */
+  persistFailed?(err: Error, retryInMs: number): void;
+  /** The first successful persist after a failure. */
+  persistRecovered?(downForMs: number): void;
+  /** A store write was fenced: this node lost leadership. */
+  fenced?(err: Error): void;
+}
+
+export interface SequencerOptions {
+  /** null: the in-memory mode, nothing is ever persisted and nothing waits. */
+  store: Store | null;
+  initial: bigint;
+  reserve: bigint;
+  maxSequences: number;
+  /** In a group, numbers are handed out only while the lease is surely alive. */
+  leadership?: Leadership;
+  events?: SequencerEvents;
+  retryMinMs?: number;
+  retryMaxMs?: number;
+  /** Monotonic milliseconds. */
+  now?: () => number;
+}
+
+interface Waiter {
+  count: bigint;
+  resolve(first: bigint): void;
+  reject(err: SequenceError): void;
+}
+
+interface Seq {
+  readonly name: string;
+  next: bigint;
+  /** Durable: numbers below it may be handed out now. */
+  mark: bigint;
+  /** The mark asked of the store (>= mark); equal to mark when nothing is pending. */
+  target: bigint;
+  /** The mark the store holds now, as far as this process knows (null: none yet). */
+  stored: bigint | null;
+  /** Requests that need numbers at or beyond `mark`, in arrival order. */
+  waiters: Waiter[];
+  waitingCount: bigint;
+  issued: number;
+}
+
+type State = 'new' | 'serving' | 'closing' | 'closed' | 'aborted';
+
+const isFenced = (err: unknown): boolean => (err as { code?: string })?.code === 'FENCED';
+
+export class Sequencer implements SequenceSource {
+  private readonly seqs = new Map<string, Seq>();
+  private readonly store: Store | null;
+  private readonly initial: bigint;
+  private readonly reserve: bigint;
+  private readonly lowWater: bigint;
+  private readonly maxSequences: number;
+  private readonly leadership: Leadership | undefined;
+  private readonly events: SequencerEvents;
+  private readonly retryMinMs: number;
+  private readonly retryMaxMs: number;
+  private readonly now: () => number;
+
+  private state: State = 'new';
+  private readonly dirty = new Set<Seq>();
+  private writing: Promise<void> | null = null;
+  private flushScheduled = false;
+  private failure: SequenceError | null = null;
+  private failingSince = 0;
+  private retryDelay = 0;
+  private retryTimer: NodeJS.Timeout | null = null;
+  private readonly tooMany: SequenceError;
+
+  constructor(opts: SequencerOptions) {
+    this.store = opts.store;
+    this.initial = opts.initial;
+    this.reserve = opts.reserve;
+    this.lowWater = opts.reserve / 2n;
+    this.maxSequences = opts.maxSequences;
+    this.leadership = opts.leadership;
+    this.events = opts.events ?? {};
+    this.retryMinMs = opts.retryMinMs ?? 50;
+    this.retryMaxMs = opts.retryMaxMs ?? 5000;
+    this.now = opts.now ?? (() => performance.now());
+    this.tooMany = new SequenceError(
+      'ERR',
+      `too many sequences: at most ${opts.maxSequences} may exist (--max-sequences); use an existing name`,
+    );
+  }
+
+  /** Loads persisted marks. `--initial` seeds new sequences; above a stored mark, it wins. */
+  async open(): Promise<{ raisedByInitial: string[] }> {
+    if (this.state !== 'new') throw new Error('Sequencer.open called twice');
+    const raisedByInitial: string[] = [];
+    if (this.store) {
+      const marks = await this.store.load();
+      for (const [name, mark] of marks) {
+        const s = this.create(name, mark);
+        s.stored = mark;
+        if (this.initial > mark) {
+          s.next = this.initial;
+          raisedByInitial.push(name);
+        }
+      }
+    }
+    this.state = 'serving';
+    return { raisedByInitial };
+  }
+
+  get persistenceFailure(): string | null {
+    return this.failure?.message ?? null;
+  }
+
+  get serving(): boolean {
+    return this.state === 'serving';
+  }
+
+  allocate(name: string, count: bigint): bigint | SequenceError | Promise<bigint> {
+    const refusal = this.gate();
+    if (refusal) return refusal;
+    const s = this.seqs.get(name) ?? this.createNew(name);
+    if (s === undefined) return this.tooMany;
+    const first = s.next;
+    const end = first + count;
+    if (end > END) return EXHAUSTED;
+    if (this.store === null || (s.waiters.length === 0 && end <= s.mark)) {
+      s.next = end;
+      s.issued += Number(count);
+      if (this.store !== null && s.mark - end < this.lowWater && s.target < END) this.want(s);
+      return first;
+    }
+    if (this.failure !== null) {
+      // Do not queue behind a broken store; the retry loop is already running.
+      return this.failure;
+    }
+    if (s.waitingCount + end > END) return EXHAUSTED;
+    return new Promise<bigint>((resolve, reject) => {
+      s.waiters.push({ count, resolve, reject });
+      s.waitingCount += count;
+      this.want(s);
+    });
+  }
+
+  current(name: string): bigint | SequenceError {
+    const refusal = this.gate();
+    if (refusal) return refusal;
+    const s = this.seqs.get(name) ?? this.createNew(name);
+    if (s === undefined) return this.tooMany;
+    if (s.next > MAX_VALUE) return EXHAUSTED;
+    return s.next;
+  }
+
+  snapshot(): SequenceSnapshot[] {
+    const out: SequenceSnapshot[] = [];
+    for (const s of this.seqs.values()) {
+      out.push({ name: s.name, next: s.next, durableMark: this.store ? s.mark : END, issued: s.issued });
+    }
+    return out;
+  }
+
+  /**
+   * Clean stop: lets waiting requests finish, then persists each sequence's exact
+   * next number so the next start continues with no gap. Resolves false when the
+   * exact numbers could not be stored (the larger reserved marks stay: a gap, never a repeat).
+   */
+  async close(): Promise<boolean> {
+    if (this.state === 'closed' || this.state === 'aborted') return true;
+    this.state = 'closing';
+    if (this.retryTimer) {
+      clearTimeout(this.retryTimer);
+      this.retryTimer = null;
+    }
+    if (this.store === null) {
+      this.state = 'closed';
+      return true;
+    }
+    // Waiters hold requests that were already read: give them one more chance at storage.
+    for (let i = 0; i < 3 && (this.writing || this.dirty.size > 0); i++) {
+      if (this.writing) await this.writing.catch(() => {});
+      if (this.dirty.size > 0 && !this.writing) this.flush();
+      if (this.writing) await this.writing.catch(() => {});
+    }
+    this.failWaiters(new SequenceError('ERR', 'server shutting down; retry on the next server'));
+    const exact = new Map<string, bigint>();
+    for (const s of this.seqs.values()) {
+      // stored === null includes writes that reported failure but may have landed.
+      if (s.stored !== s.next) exact.set(s.name, s.next);
+    }
+    let ok = true;
+    if (exact.size > 0) {
+      try {
+        await this.store.persist(exact);
+        for (const [name, v] of exact) {
+          const s = this.seqs.get(name)!;
+          s.stored = v;
+          s.mark = v;
+          s.target = v;
+        }
+      } catch {
+        ok = false;
+      }
+    }
+    this.state = 'closed';
+    return ok;
+  }
+
+  /**
+   * Stops serving at once without persisting (leadership lost, or a test's crash).
+   * Waiting requests fail; nothing in flight can release a number afterwards.
+   */
+  abort(reason: SequenceError): void {
+    if (this.state === 'closed' || this.state === 'aborted') return;
+    this.state = 'aborted';
+    if (this.retryTimer) {
+      clearTimeout(this.retryTimer);
+      this.retryTimer = null;
+    }
+    this.dirty.clear();
+    this.failWaiters(reason);
+  }
+
+  private gate(): SequenceError | null {
+    if (this.state !== 'serving') {
+      if (this.state === 'aborted') return new SequenceError('NOTLEADER', this.leadership?.leaderAddress() ?? '');
+      if (this.state === 'new') return new SequenceError('ERR', 'server is starting; retry shortly');
+      // While closing, requests already read are still answered from memory.
+      if (this.state !== 'closing') return new SequenceError('ERR', 'server is shutting down; retry on the next server');
+    }
+    if (this.leadership !== undefined && !this.leadership.canServe()) {
+      return new SequenceError('NOTLEADER', this.leadership.leaderAddress() ?? '');
+    }
+    return null;
+  }
+
+  private createNew(name: string): Seq | undefined {
+    if (this.seqs.size >= this.maxSequences) return undefined;
+    return this.create(name, this.initial);
+  }
+
+  private create(name: string, mark: bigint): Seq {
+    const s: Seq = {
+      name,
+      next: mark,
+      mark,
+      target: mark,
+      stored: null,
+      waiters: [],
+      waitingCount: 0n,
+      issued: 0,
+    };
+    this.seqs.set(name, s);
+    return s;
+  }
+
+  /** Asks for a mark that covers every waiter plus a fresh window. */
+  private want(s: Seq): void {
+    let target = s.next + s.waitingCount + this.reserve;
+    if (target > END) target = END;
+    if (target > s.target) s.target = target;
+    if (s.target > s.mark) {
+      this.dirty.add(s);
+      this.scheduleFlush();
+    }
+  }
+
+  private scheduleFlush(): void {
+    if (this.flushScheduled || this.writing !== null || this.retryTimer !== null) return;
+    this.flushScheduled = true;
+    // setImmediate, not nextTick: requests from every connection read in this turn
+    // of the event loop share one write (group commit).
+    setImmediate(() => {
+      this.flushScheduled = false;
+      this.flush();
+    });
+  }
+
+  private flush(): void {
+    if (this.writing !== null || this.dirty.size === 0 || this.store === null) return;
+    if (this.state !== 'serving' && this.state !== 'closing') return;
+    const batch = new Map<string, bigint>();
+    for (const s of this.dirty) batch.set(s.name, s.target);
+    this.dirty.clear();
+    const started = this.now();
+    const write = this.store.persist(batch as Marks).then(
+      () => this.persisted(batch, started),
+      (err: unknown) => this.persistFailed(batch, err),
+    );
+    this.writing = write;
+  }
+
+  private persisted(batch: Map<string, bigint>, started: number): void {
+    this.writing = null;
+    if (this.state === 'aborted' || this.state === 'closed') return;
+    const ms = this.now() - started;
+    if (this.failure !== null) {
+      const down = this.now() - this.failingSince;
+      this.failure = null;
+      this.retryDelay = 0;
+      this.events.persistRecovered?.(down);
+    }
+    for (const [name, mark] of batch) {
+      const s = this.seqs.get(name);
+      if (s === undefined) continue;
+      s.stored = mark;
+      if (mark > s.mark) s.mark = mark;
+      this.release(s);
+    }
+    this.events.persisted?.(ms, batch.size);
+    if (this.dirty.size > 0) this.flush();
+  }
+
+  private persistFailed(batch: Map<string, bigint>, err: unknown): void {
+    this.writing = null;
+    if (this.state === 'aborted' || this.state === 'closed') return;
+    const error = err instanceof Error ? err : new Error(String(err));
+    if (isFenced(error)) {
+      this.events.fenced?.(error);
+      this.abort(new SequenceError('NOTLEADER', this.leadership?.leaderAddress() ?? ''));
+      return;
+    }
+    if (this.failure === null) this.failingSince = this.now();
+    this.failure = new SequenceError('ERR', `persistence unavailable: ${error.message}`);
+    // The store may or may not hold the new marks; only what it confirms counts,
+    // so the targets stay pending and the same write is retried.
+    for (const name of batch.keys()) {
+      const s = this.seqs.get(name);
+      if (s !== undefined) this.dirty.add(s);
+    }
+    // Waiting requests get their error now rather than hang; their numbers were
+    // never taken, so nothing is skipped.
+    this.failWaiters(this.failure);
+    for (const s of this.dirty) {
+      let target = s.next + this.reserve;
+      if (target > END) target = END;
+      s.target = target > s.mark ? target : s.mark;
+    }
+    this.retryDelay = Math.min(this.retryMaxMs, this.retryDelay === 0 ? this.retryMinMs : this.retryDelay * 2);
+    const jittered = Math.round(this.retryDelay * (0.5 + Math.random() / 2));
+    this.events.persistFailed?.(error, jittered);
+    if (this.state === 'closing') return;
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = null;
+      this.flush();
+    }, jittered);
+    this.retryTimer.unref();
+  }
+
+  /** Hands numbers to waiters, in order, as far as the durable mark allows. */
+  private release(s: Seq): void {
+    const ws = s.waiters;
+    let i = 0;
+    while (i < ws.length) {
+      const w = ws[i]!;
+      const end = s.next + w.count;
+      if (end > s.mark) break;
+      const first = s.next;
+      s.next = end;
+      s.waitingCount -= w.count;
+      s.issued += Number(w.count);
+      w.resolve(first);
+      i++;
+    }
+    if (i > 0) ws.splice(0, i);
+    if (ws.length > 0 || (this.reserve > 0n && s.mark - s.next < this.lowWater && s.target < END)) this.want(s);
+  }
+
+  private failWaiters(err: SequenceError): void {
+    for (const s of this.seqs.values()) {
+      if (s.waiters.length === 0) continue;
+      const ws = s.waiters;
+      s.waiters = [];
+      s.waitingCount = 0n;
+      for (const w of ws) w.reject(err);
+    }
+  }
+}

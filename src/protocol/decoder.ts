@@ -1,0 +1,266 @@
+/**
+ * Request decoder: a push state machine from bytes to frames (arrays of words).
+ * Two framings share one connection: inline lines (telnet, nc) and RESP arrays
+ * of bulk strings (redis-cli and every Redis client). No I/O; chunks may split
+ * anywhere, and each byte is examined a bounded number of times, so a slow or
+ * hostile sender costs linear work and bounded memory.
+ */
+
+export const MAX_LINE = 64 * 1024;
+export const MAX_BULK = 64 * 1024;
+export const MAX_ARRAY = 1024;
+/** `*1024\r\n` and `$65536\r\n` fit; a longer header line is an error at once. */
+const MAX_HEADER = 32;
+
+const CR = 13;
+const LF = 10;
+const SPACE = 32;
+const TAB = 9;
+
+export class ProtocolError extends Error {
+  constructor(detail: string) {
+    super(`Protocol error: ${detail}`);
+  }
+}
+
+/** Called once per complete frame. Words are decoded as latin1: one char per byte. */
+export type FrameSink = (words: string[]) => void;
+
+const enum S {
+  /** Between frames. */
+  Start,
+  /** Inside an inline line; `scan` is where the search for LF resumes. */
+  Inline,
+  /** Inside `*<n>\r\n`. */
+  ArrayHeader,
+  /** Expecting `$<len>\r\n` of the next element. */
+  BulkHeader,
+  /** Inside a bulk body of `bulkLen` bytes plus CRLF. */
+  BulkBody,
+  /** A protocol error was reported; everything after is ignored. */
+  Failed,
+}
+
+export class Decoder {
+  private state = S.Start;
+  /** Unconsumed bytes carried over from earlier chunks: pending[0..pendingLen). */
+  private pending: Buffer = Buffer.alloc(0);
+  private pendingLen = 0;
+  /** Offset (from the start of the unconsumed bytes) where the LF search resumes. */
+  private scan = 0;
+  private expected = 0;
+  private bulkLen = 0;
+  private words: string[] = [];
+
+  /**
+   * Feeds one chunk. Every complete frame goes to `sink` in order. Returns a
+   * ProtocolError when the input breaks the protocol (frames before it were
+   * still delivered); after that the decoder ignores all input.
+   */
+  feed(chunk: Buffer, sink: FrameSink): ProtocolError | null {
+    if (this.state === S.Failed) return null;
+    let buf: Buffer;
+    let end: number;
+    if (this.pendingLen === 0) {
+      buf = chunk;
+      end = chunk.length;
+    } else {
+      this.append(chunk);
+      buf = this.pending;
+      end = this.pendingLen;
+    }
+    let pos = 0;
+    let err: ProtocolError | null = null;
+    for (;;) {
+      const r = this.step(buf, pos, end, sink);
+      if (r === -1) break;
+      if (r === -2) {
+        err = this.fail;
+        break;
+      }
+      pos = r;
+    }
+    this.keep(buf, pos, end);
+    return err;
+  }
+
+  private fail: ProtocolError | null = null;
+
+  private error(detail: string): -2 {
+    this.state = S.Failed;
+    this.fail = new ProtocolError(detail);
+    this.words = [];
+    return -2;
+  }
+
+  /**
+   * Consumes one token from buf[pos..end): returns the new position, -1 when
+   * more bytes are needed (nothing consumed past `pos`), -2 on a protocol error.
+   */
+  private step(buf: Buffer, pos: number, end: number, sink: FrameSink): number {
+    switch (this.state) {
+      case S.Start: {
+        if (pos >= end) return -1;
+        if (buf[pos] === 42 /* '*' */) {
+          this.state = S.ArrayHeader;
+          this.scan = 1;
+        } else {
+          this.state = S.Inline;
+          this.scan = 0;
+        }
+        return pos;
+      }
+      case S.Inline: {
+        const from = pos + this.scan;
+        const lf = from < end ? buf.indexOf(LF, from) : -1;
+        if (lf === -1 || lf >= end) {
+          this.scan = end - pos;
+          if (this.scan > MAX_LINE + 1) return this.error('too big inline request');
+          return -1;
+        }
+        let lineEnd = lf;
+        if (lineEnd > pos && buf[lineEnd - 1] === CR) lineEnd--;
+        if (lineEnd - pos > MAX_LINE) return this.error('too big inline request');
+        this.state = S.Start;
+        const words = splitInline(buf, pos, lineEnd);
+        if (words.length > MAX_ARRAY) return this.error(`too many arguments (at most ${MAX_ARRAY})`);
+        if (words.length > 0) sink(words);
+        return lf + 1;
+      }
+      case S.ArrayHeader: {
+        const n = readHeader(buf, pos, end);
+        if (n === NEED_MORE) return -1;
+        if (n === BAD_HEADER || n.value < -1) return this.error('invalid multibulk length');
+        if (n.value > MAX_ARRAY) return this.error(`too many arguments (at most ${MAX_ARRAY})`);
+        if (n.value <= 0) {
+          this.state = S.Start;
+        } else {
+          this.expected = n.value;
+          this.words = [];
+          this.state = S.BulkHeader;
+        }
+        return n.next;
+      }
+      case S.BulkHeader: {
+        if (pos >= end) return -1;
+        if (buf[pos] !== 36 /* '$' */) {
+          return this.error(`expected '$', got '${printable(buf[pos]!)}'`);
+        }
+        const n = readHeader(buf, pos, end);
+        if (n === NEED_MORE) return -1;
+        if (n === BAD_HEADER || n.value < 0) return this.error('invalid bulk length');
+        if (n.value > MAX_BULK) return this.error(`bulk string longer than ${MAX_BULK} bytes`);
+        this.bulkLen = n.value;
+        this.state = S.BulkBody;
+        return n.next;
+      }
+      case S.BulkBody: {
+        const need = this.bulkLen + 2;
+        if (end - pos < need) return -1;
+        if (buf[pos + this.bulkLen] !== CR || buf[pos + this.bulkLen + 1] !== LF) {
+          return this.error('bulk string not followed by CRLF');
+        }
+        this.words.push(buf.toString('latin1', pos, pos + this.bulkLen));
+        if (this.words.length === this.expected) {
+          const words = this.words;
+          this.words = [];
+          this.state = S.Start;
+          sink(words);
+        } else {
+          this.state = S.BulkHeader;
+        }
+        return pos + need;
+      }
+      case S.Failed:
+        return -1;
+    }
+  }
+
+  /** Keeps buf[pos..end) for the next chunk, in a buffer that grows geometrically. */
+  private keep(buf: Buffer, pos: number, end: number): void {
+    const rest = end - pos;
+    if (rest === 0 || this.state === S.Failed) {
+      this.pendingLen = 0;
+      if (this.pending.length > 4096) this.pending = Buffer.alloc(0);
+      return;
+    }
+    if (buf === this.pending) {
+      if (pos > 0) this.pending.copyWithin(0, pos, end);
+    } else {
+      this.ensure(rest);
+      buf.copy(this.pending, 0, pos, end);
+    }
+    this.pendingLen = rest;
+  }
+
+  private append(chunk: Buffer): void {
+    this.ensure(this.pendingLen + chunk.length);
+    chunk.copy(this.pending, this.pendingLen);
+    this.pendingLen += chunk.length;
+  }
+
+  private ensure(size: number): void {
+    if (this.pending.length >= size) return;
+    const grown = Buffer.allocUnsafe(Math.max(size, this.pending.length * 2, 256));
+    this.pending.copy(grown, 0, 0, this.pendingLen);
+    this.pending = grown;
+  }
+
+  /** Bytes held for an incomplete frame; bounded by the protocol limits. */
+  get buffered(): number {
+    return this.pendingLen;
+  }
+}
+
+const NEED_MORE = 0;
+const BAD_HEADER = 1;
+type Header = { value: number; next: number };
+const header: Header = { value: 0, next: 0 };
+
+/**
+ * Reads `<prefix><digits>\r\n` at buf[pos]. The returned object is reused:
+ * read it before the next call.
+ */
+function readHeader(buf: Buffer, pos: number, end: number): Header | typeof NEED_MORE | typeof BAD_HEADER {
+  let i = pos + 1;
+  let neg = false;
+  if (i < end && buf[i] === 45 /* '-' */) {
+    neg = true;
+    i++;
+  }
+  let value = 0;
+  let digits = 0;
+  for (;;) {
+    if (i >= end) return end - pos > MAX_HEADER ? BAD_HEADER : NEED_MORE;
+    const c = buf[i]!;
+    if (c >= 48 && c <= 57) {
+      if (++digits > 9) return BAD_HEADER;
+      value = value * 10 + (c - 48);
+      i++;
+      continue;
+    }
+    if (c !== CR || digits === 0) return BAD_HEADER;
+    if (i + 1 >= end) return NEED_MORE;
+    if (buf[i + 1] !== LF) return BAD_HEADER;
+    header.value = neg ? -value : value;
+    header.next = i + 2;
+    return header;
+  }
+}
+
+function splitInline(buf: Buffer, start: number, end: number): string[] {
+  const words: string[] = [];
+  let i = start;
+  while (i < end) {
+    while (i < end && (buf[i] === SPACE || buf[i] === TAB)) i++;
+    if (i >= end) break;
+    const w = i;
+    while (i < end && buf[i] !== SPACE && buf[i] !== TAB) i++;
+    words.push(buf.toString('latin1', w, i));
+  }
+  return words;
+}
+
+function printable(byte: number): string {
+  return byte >= 33 && byte < 127 ? String.fromCharCode(byte) : `\\x${byte.toString(16).padStart(2, '0')}`;
+}

@@ -1,0 +1,34 @@
+/**
+ * Reply encoder. Replies are built as latin1 strings and concatenated per
+ * batch, so a chunk of pipelined requests costs one socket write.
+ */
+
+export const OK = '+OK\r\n';
+export const PONG = '+PONG\r\n';
+export const CRLF = '\r\n';
+
+export function integer(n: bigint): string {
+  return `:${n}\r\n`;
+}
+
+export function simple(text: string): string {
+  return `+${oneLine(text)}\r\n`;
+}
+
+/** `-CODE message`; with an empty message only the code is sent (`-NOTLEADER`). */
+export function error(code: string, message: string): string {
+  return message === '' ? `-${code}\r\n` : `-${code} ${oneLine(message)}\r\n`;
+}
+
+export function bulk(text: string): string {
+  return `$${Buffer.byteLength(text, 'latin1')}\r\n${text}\r\n`;
+}
+
+/**
+ * Makes client-supplied text safe inside a one-line reply: CR and LF would let
+ * a request forge extra replies, so every control byte becomes a space.
+ */
+export function oneLine(text: string): string {
+  // eslint-disable-next-line no-control-regex
+  return /[\x00-\x1f\x7f]/.test(text) ? text.replace(/[\x00-\x1f\x7f]/g, ' ') : text;
+}

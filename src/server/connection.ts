@@ -1,0 +1,243 @@
+/**
+ * One client socket: bytes -> decoder -> commands -> replies, in request order.
+ * Replies for one chunk of pipelined requests leave in a single write. A reply
+ * that waits for storage holds back the ones behind it, so order is kept.
+ *
+ * What one client may cost is bounded: input by the decoder's limits and by
+ * pausing reads while the client leaves replies unread; output by
+ * --client-output-limit, checked as each reply is made (one small request can
+ * ask for a large reply, so checking once per chunk is not enough); time by an
+ * idle timeout that counts requests and replies taken, not bytes, so a client
+ * dribbling a frame that never ends is as idle as a silent one.
+ */
+import type { Socket } from 'node:net';
+import { Decoder, type ProtocolError } from '../protocol/decoder.js';
+import { error } from '../protocol/encoder.js';
+import { execute, newSession, type CommandStats, type Services, type Session } from '../commands/index.js';
+
+export interface ConnectionLimits {
+  /** Milliseconds without progress before the connection is closed; 0 = never. */
+  readonly idleTimeoutMs: number;
+  /** Unsent reply bytes a client may leave unread before it is cut off. */
+  readonly outputLimit: number;
+}
+
+export interface ConnectionEvents {
+  closed(conn: Connection): void;
+  outputLimitExceeded(conn: Connection): void;
+  /**
+   * Called after each chunk read with how long decoding, executing and writing its
+   * requests took (ms). Per chunk rather than per request keeps it cheap.
+   */
+  chunkHandled?(ms: number): void;
+}
+
+/** A reply still waiting for storage; `value` is set when it is ready. */
+interface Slot {
+  value: string | null;
+}
+
+/**
+ * The idle timeout is checked this many times per period, so a connection is
+ * closed between 1 and 1 + 1/IDLE_CHECKS timeouts after its last progress.
+ */
+const IDLE_CHECKS = 4;
+
+export class Connection {
+  private readonly decoder = new Decoder();
+  private readonly session: Session = newSession();
+  /** Replies ready to write, concatenated. */
+  private out = '';
+  /** Replies behind one that still waits, in order; strings are ready. */
+  private queue: Array<string | Slot> = [];
+  private queueHead = 0;
+  /** Bytes of ready replies (in `out` or the queue) not yet handed to the socket. */
+  private owed = 0;
+  /** How many more reply bytes fit under the output limit; set per chunk. */
+  private room = 0;
+  /** No more requests are read: QUIT, a protocol error, or shutdown. */
+  private stopped = false;
+  private closed = false;
+  private drainWaiters: Array<() => void> = [];
+  private readonly onFrame = (words: string[]): void => this.handle(words);
+  /** Requests read plus drains of the reply backlog: what counts as not idle. */
+  private progress = 0;
+  private progressAtCheck = 0;
+  private idleChecks = 0;
+  private readonly idleTimer: NodeJS.Timeout | null = null;
+
+  constructor(
+    readonly socket: Socket,
+    private readonly services: Services,
+    private readonly stats: CommandStats,
+    private readonly limits: ConnectionLimits,
+    private readonly events: ConnectionEvents,
+  ) {
+    socket.setNoDelay(true);
+    socket.setKeepAlive(true, 30_000);
+    if (limits.idleTimeoutMs > 0) {
+      this.idleTimer = setInterval(() => this.checkIdle(), Math.max(1, Math.ceil(limits.idleTimeoutMs / IDLE_CHECKS)));
+      this.idleTimer.unref();
+    }
+    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    socket.on('drain', () => {
+      this.progress++;
+      if (!this.stopped) socket.resume();
+    });
+    socket.on('error', () => {
+      // Resets and the like: 'close' follows and does the cleanup.
+    });
+    socket.on('end', () => {
+      // The client finished sending; answer what it sent, then close our side.
+      this.stopReading();
+      this.whenIdle(() => socket.end());
+    });
+    socket.on('close', () => {
+      this.closed = true;
+      this.stopped = true;
+      if (this.idleTimer !== null) clearInterval(this.idleTimer);
+      this.notifyIdle();
+      events.closed(this);
+    });
+  }
+
+  /** Stops reading and closes the socket once every reply already owed is written. */
+  shutdown(): Promise<void> {
+    this.stopReading();
+    return new Promise((resolve) => {
+      if (this.closed) return resolve();
+      this.socket.once('close', () => resolve());
+      this.whenIdle(() => this.socket.end());
+    });
+  }
+
+  private onData(chunk: Buffer): void {
+    if (this.stopped) return;
+    const observe = this.events.chunkHandled;
+    const started = observe === undefined ? 0 : performance.now();
+    this.room = this.limits.outputLimit - this.socket.writableLength;
+    const err = this.decoder.feed(chunk, this.onFrame);
+    if (err !== null) this.protocolError(err);
+    this.flush();
+    if (observe !== undefined) observe(performance.now() - started);
+  }
+
+  private handle(words: string[]): void {
+    if (this.stopped) return;
+    this.progress++;
+    const reply = execute(words, this.session, this.services, this.stats);
+    if (typeof reply === 'string') {
+      if (this.queueHead === this.queue.length) this.out += reply;
+      else this.queue.push(reply);
+      this.owed += reply.length;
+      if (this.owed > this.room) {
+        this.cutOff();
+        return;
+      }
+    } else {
+      const slot: Slot = { value: null };
+      this.queue.push(slot);
+      reply.then((value) => {
+        slot.value = value;
+        this.owed += value.length;
+        this.pump();
+      });
+    }
+    if (this.session.quit) {
+      this.stopReading();
+      this.whenIdle(() => this.socket.end());
+    }
+  }
+
+  private protocolError(err: ProtocolError): void {
+    if (this.socket.destroyed) return;
+    const reply = error('ERR', err.message);
+    this.stats.countError(reply);
+    if (this.queueHead === this.queue.length) this.out += reply;
+    else this.queue.push(reply);
+    this.owed += reply.length;
+    this.stopReading();
+    this.whenIdle(() => this.socket.end());
+  }
+
+  /** The client asked for more than it may leave unread: drop it and everything owed to it. */
+  private cutOff(): void {
+    this.stopped = true;
+    this.out = '';
+    this.queue = [];
+    this.queueHead = 0;
+    this.owed = 0;
+    this.events.outputLimitExceeded(this);
+    this.socket.destroy();
+  }
+
+  /** Moves ready replies from the head of the queue to the output, then writes. */
+  private pump(): void {
+    const q = this.queue;
+    let i = this.queueHead;
+    while (i < q.length) {
+      const item = q[i]!;
+      if (typeof item === 'string') this.out += item;
+      else if (item.value !== null) this.out += item.value;
+      else break;
+      i++;
+    }
+    if (i === q.length) {
+      this.queue = [];
+      this.queueHead = 0;
+    } else {
+      this.queueHead = i;
+    }
+    this.flush();
+  }
+
+  private flush(): void {
+    if (this.out.length > 0 && !this.socket.destroyed) {
+      const ok = this.socket.write(this.out, 'latin1');
+      this.owed -= this.out.length;
+      this.out = '';
+      if (!ok) {
+        // Replies that waited for storage are not counted against `room` as they are made.
+        if (this.socket.writableLength > this.limits.outputLimit) {
+          this.cutOff();
+          return;
+        }
+        // Stop reading from a client that is not reading its replies.
+        this.socket.pause();
+      }
+    }
+    if (this.queueHead === this.queue.length) this.notifyIdle();
+  }
+
+  private checkIdle(): void {
+    if (this.progress !== this.progressAtCheck || this.queueHead !== this.queue.length) {
+      // A reply still waiting for storage is the server's delay, not the client's.
+      this.progressAtCheck = this.progress;
+      this.idleChecks = 0;
+    } else if (++this.idleChecks >= IDLE_CHECKS) {
+      this.socket.destroy();
+    }
+  }
+
+  private stopReading(): void {
+    if (this.stopped) return;
+    this.stopped = true;
+    this.socket.pause();
+  }
+
+  /** Runs `fn` once every reply owed so far has been handed to the socket. */
+  private whenIdle(fn: () => void): void {
+    if (this.closed || (this.queueHead === this.queue.length && this.out.length === 0)) {
+      fn();
+      return;
+    }
+    this.drainWaiters.push(fn);
+  }
+
+  private notifyIdle(): void {
+    if (this.drainWaiters.length === 0) return;
+    const ws = this.drainWaiters;
+    this.drainWaiters = [];
+    for (const w of ws) w();
+  }
+}

@@ -1,0 +1,57 @@
+/**
+ * The INFO text: `key:value` lines in sections, as Redis formats it, so Redis
+ * tools can read it. One `sequence:` line per sequence.
+ */
+import type { SequenceSnapshot } from '../core/sequencer.js';
+import { END } from '../core/limits.js';
+
+export interface InfoFacts {
+  version: string;
+  mode: 'in-memory' | 'durable' | 'group';
+  role: string;
+  uptimeSeconds: number;
+  tcpPort: number;
+  tlsPort: number | null;
+  connectedClients: number;
+  maxConnections: number;
+  rejectedConnections: number;
+  totalConnections: number;
+  store: string;
+  persistence: 'ok' | 'failing' | 'none';
+  persistenceError: string | null;
+  reserve: bigint;
+  extra: Array<[string, string]>;
+  sequences: SequenceSnapshot[];
+}
+
+export function renderInfo(f: InfoFacts): string {
+  const lines: string[] = [
+    '# Server',
+    `version:${f.version}`,
+    `mode:${f.mode}`,
+    `role:${f.role}`,
+    `uptime_in_seconds:${f.uptimeSeconds}`,
+    `tcp_port:${f.tcpPort}`,
+  ];
+  if (f.tlsPort !== null) lines.push(`tls_port:${f.tlsPort}`);
+  for (const [k, v] of f.extra) lines.push(`${k}:${v}`);
+  lines.push(
+    '',
+    '# Clients',
+    `connected_clients:${f.connectedClients}`,
+    `max_clients:${f.maxConnections}`,
+    `rejected_connections:${f.rejectedConnections}`,
+    `total_connections_received:${f.totalConnections}`,
+    '',
+    '# Persistence',
+    `store:${f.store}`,
+    `persistence:${f.persistence}`,
+  );
+  if (f.persistenceError !== null) lines.push(`persistence_error:${f.persistenceError}`);
+  lines.push(`reserve:${f.reserve}`, '', '# Sequences', `sequences:${f.sequences.length}`);
+  for (const s of f.sequences) {
+    const durable = s.durableMark === END && f.mode === 'in-memory' ? 'none' : String(s.durableMark);
+    lines.push(`sequence:name=${s.name},current=${s.next},durable_mark=${durable},issued=${s.issued}`);
+  }
+  return lines.join('\r\n') + '\r\n';
+}

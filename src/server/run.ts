@@ -1,0 +1,337 @@
+/**
+ * Assembles a node from its config: store, sequence source, listeners. This is
+ * the one place that knows every edge; the CLI and tests start servers here.
+ */
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import type tls from 'node:tls';
+import type { Config } from '../config.js';
+import { ConfigError } from '../errors.js';
+import { Sequencer, type SequenceSource, type SequencerEvents } from '../core/sequencer.js';
+import type { Store } from '../core/ports.js';
+import { FileStore } from '../store/file.js';
+import { SequencerServer } from './server.js';
+import { renderInfo } from './info.js';
+import { digestPassword } from '../commands/auth.js';
+import type { Services } from '../commands/index.js';
+import { VERSION } from '../version.js';
+import { createLogger, type Logger } from '../log.js';
+import { Metrics } from '../http/metrics.js';
+import { startOpsServer, type OpsServer } from '../http/server.js';
+
+export interface RunningServer {
+  readonly port: number;
+  readonly tlsPort: number | null;
+  /** The HTTP port of /metrics, /healthz and /readyz; null when --metrics-port=0. */
+  readonly metricsPort: number | null;
+  readonly server: SequencerServer;
+  readonly source: SequenceSource;
+  readonly mode: 'in-memory' | 'durable' | 'group';
+  /** Whether this node can hand out numbers now, and if not, why (for /readyz). */
+  readiness(): { ready: boolean; reason: string };
+  /** Storage health, as INFO reports it. */
+  persistence(): { state: 'ok' | 'failing' | 'none'; error: string | null };
+  /** Clean stop: stop accepting, answer what was read, persist exact next numbers. */
+  close(): Promise<void>;
+}
+
+export interface StartOptions {
+  log?: Logger;
+}
+
+interface Backend {
+  readonly source: SequenceSource;
+  readonly mode: 'in-memory' | 'durable' | 'group';
+  readonly store: string;
+  role(): string;
+  persistence(): { state: 'ok' | 'failing' | 'none'; error: string | null };
+  readiness(): { ready: boolean; reason: string };
+  extraInfo(): Array<[string, string]>;
+  close(): Promise<void>;
+}
+
+export async function startServer(config: Config, opts: StartOptions = {}): Promise<RunningServer> {
+  const log = opts.log ?? createLogger(config.logLevel);
+  const started = Date.now();
+  const password = await readPassword(config);
+  let server: SequencerServer | null = null;
+  // Read only at scrape time, once the backend and the server exist.
+  const metrics =
+    config.metricsPort === 0
+      ? null
+      : new Metrics({
+          version: VERSION,
+          maxConnections: config.maxConnections,
+          maxSequences: config.maxSequences,
+          mode: () => backend.mode,
+          sequences: () => backend.source.snapshot(),
+          commands: () => server!.stats,
+          connections: () => ({ open: server!.connectionCount, ...server!.counters }),
+          ready: () => backend.readiness().ready,
+          persistenceUp: () => backend.persistence().state !== 'failing',
+          ...(config.etcd.length > 0 ? { leader: () => backend.role() === 'leader' } : {}),
+        });
+  const authFailures = authFailureReporter(log, metrics);
+  const backend = await openBackend(config, log, sequencerEvents(log, metrics));
+
+  const services: Services = {
+    source: backend.source,
+    maxBatch: config.maxBatch,
+    passwordDigest: password === null ? null : digestPassword(password),
+    info: () => {
+      const p = backend.persistence();
+      return renderInfo({
+        version: VERSION,
+        mode: backend.mode,
+        role: backend.role(),
+        uptimeSeconds: Math.floor((Date.now() - started) / 1000),
+        tcpPort: port,
+        tlsPort,
+        connectedClients: server!.connectionCount,
+        maxConnections: config.maxConnections,
+        rejectedConnections: server!.counters.rejected,
+        totalConnections: server!.counters.accepted,
+        store: backend.store,
+        persistence: p.state,
+        persistenceError: p.error,
+        reserve: config.reserve,
+        extra: backend.extraInfo(),
+        sequences: backend.source.snapshot(),
+      });
+    },
+    authFailed: authFailures.failed,
+  };
+  server = new SequencerServer(services, {
+    maxConnections: config.maxConnections,
+    idleTimeoutMs: config.timeout * 1000,
+    outputLimit: config.clientOutputLimit,
+  });
+  if (metrics !== null) server.onChunkHandled = metrics.chunkHandled;
+  let port = 0;
+  let tlsPort: number | null = null;
+  let ops: OpsServer | null = null;
+  try {
+    port = await server.listen(config.host, config.port);
+    if (config.tlsPort !== null) {
+      tlsPort = await server.listenTls(config.host, config.tlsPort, await readTlsFiles(config));
+    }
+    if (metrics !== null) {
+      ops = await startOpsServer({
+        host: config.host,
+        port: config.metricsPort,
+        metrics,
+        readiness: () => backend.readiness(),
+      });
+    }
+  } catch (err) {
+    await server.close(0);
+    await backend.close();
+    throw err;
+  }
+  log.info(
+    {
+      version: VERSION,
+      host: config.host,
+      port,
+      tlsPort,
+      metricsPort: ops?.port ?? null,
+      mode: backend.mode,
+      store: backend.store,
+      dataDir: config.inMemory ? null : path.resolve(config.dataDir),
+      reserve: String(config.reserve),
+      initial: String(config.initial),
+      maxConnections: config.maxConnections,
+      maxBatch: String(config.maxBatch),
+      maxSequences: config.maxSequences,
+      timeout: config.timeout,
+      clientOutputLimit: config.clientOutputLimit,
+      logLevel: config.logLevel,
+      auth: password !== null,
+    },
+    'listening',
+  );
+
+  let closing: Promise<void> | null = null;
+  const srv = server;
+  return {
+    port,
+    tlsPort,
+    metricsPort: ops?.port ?? null,
+    server: srv,
+    source: backend.source,
+    mode: backend.mode,
+    readiness: () => backend.readiness(),
+    persistence: () => backend.persistence(),
+    close() {
+      closing ??= (async () => {
+        log.info('shutting down: no new connections, answering requests already read');
+        // Probes and scrapes fail from here on: the node is on its way out.
+        await ops?.close();
+        await srv.close();
+        authFailures.stop();
+        await backend.close();
+        log.info('stopped');
+      })();
+      return closing;
+    },
+  };
+}
+
+async function readTlsFiles(config: Config): Promise<tls.TlsOptions> {
+  const read = async (option: string, file: string | null) => {
+    if (file === null) return undefined;
+    try {
+      return await readFile(file);
+    } catch (err) {
+      throw new ConfigError(option, `cannot read ${file}: ${(err as Error).message}`);
+    }
+  };
+  const ca = await read('--tls-ca', config.tlsCa);
+  return {
+    cert: await read('--tls-cert', config.tlsCert),
+    key: await read('--tls-key', config.tlsKey),
+    // With a CA, clients must present a certificate it signed (mutual TLS).
+    ...(ca ? { ca, requestCert: true, rejectUnauthorized: true } : {}),
+    minVersion: 'TLSv1.2',
+  };
+}
+
+async function readPassword(config: Config): Promise<string | null> {
+  if (config.requirepass !== null) return config.requirepass;
+  if (config.requirepassFile === null) return null;
+  let text: string;
+  try {
+    text = await readFile(config.requirepassFile, 'utf8');
+  } catch (err) {
+    throw new ConfigError('--requirepass-file', `cannot read ${config.requirepassFile}: ${(err as Error).message}`);
+  }
+  const pw = text.replace(/\r?\n$/, '');
+  if (pw === '') throw new ConfigError('--requirepass-file', `${config.requirepassFile} is empty`);
+  return pw;
+}
+
+/** A failing store is retried every few seconds; between its first and last line, the log gets one a minute. */
+const STILL_FAILING_LOG_MS = 60_000;
+
+/** What the core reports about storage, to the log and the metrics. */
+function sequencerEvents(log: Logger, metrics: Metrics | null): SequencerEvents {
+  let failures = 0;
+  let loggedReason = '';
+  let loggedAt = 0;
+  return {
+    persisted: metrics?.persisted,
+    persistFailed: (err, retryInMs) => {
+      metrics?.persistFailed();
+      failures++;
+      const now = Date.now();
+      if (failures > 1 && err.message === loggedReason && now - loggedAt < STILL_FAILING_LOG_MS) return;
+      loggedReason = err.message;
+      loggedAt = now;
+      log.error(
+        { err: err.message, retryInMs, failures },
+        failures === 1
+          ? 'persistence failing: numbers beyond the durable mark are refused until storage recovers'
+          : 'persistence still failing',
+      );
+    },
+    persistRecovered: (downForMs) => {
+      log.warn({ downForMs: Math.round(downForMs), failures }, 'persistence recovered');
+      failures = 0;
+      loggedReason = '';
+    },
+  };
+}
+
+const AUTH_LOG_MS = 10_000;
+
+/**
+ * Counts failed AUTHs for the metrics and logs them at most once per AUTH_LOG_MS,
+ * with how many there were since the last line: a password guesser must not be
+ * able to flood the log.
+ */
+function authFailureReporter(log: Logger, metrics: Metrics | null): { failed(): void; stop(): void } {
+  let unlogged = 0;
+  let timer: NodeJS.Timeout | null = null;
+  const report = () => {
+    if (unlogged > 0) log.warn({ count: unlogged }, 'AUTH with a wrong password');
+    unlogged = 0;
+  };
+  const tick = () => {
+    timer = null;
+    if (unlogged === 0) return;
+    report();
+    timer = setTimeout(tick, AUTH_LOG_MS).unref();
+  };
+  return {
+    failed() {
+      metrics?.authFailed();
+      unlogged++;
+      if (timer === null) tick();
+    },
+    stop() {
+      if (timer !== null) clearTimeout(timer);
+      timer = null;
+      report();
+    },
+  };
+}
+
+async function openBackend(config: Config, log: Logger, events: SequencerEvents): Promise<Backend> {
+  if (config.inMemory) {
+    const seq = new Sequencer({ store: null, initial: config.initial, reserve: 0n, maxSequences: config.maxSequences });
+    await seq.open();
+    return {
+      source: seq,
+      mode: 'in-memory',
+      store: 'memory',
+      role: () => 'standalone',
+      persistence: () => ({ state: 'none', error: null }),
+      readiness: () => ({ ready: true, reason: 'serving from memory' }),
+      extraInfo: () => [],
+      close: async () => {
+        await seq.close();
+      },
+    };
+  }
+  const dir = path.resolve(config.dataDir);
+  const store: Store = await FileStore.open(dir, {
+    log: (msg, fields) => log.warn({ dataDir: dir, ...fields }, msg),
+  });
+  const seq = new Sequencer({
+    store,
+    initial: config.initial,
+    reserve: config.reserve,
+    maxSequences: config.maxSequences,
+    events,
+  });
+  let raised: string[];
+  try {
+    ({ raisedByInitial: raised } = await seq.open());
+  } catch (err) {
+    await store.close();
+    throw err;
+  }
+  if (raised.length > 0) {
+    log.warn({ sequences: raised.slice(0, 20), count: raised.length, initial: String(config.initial) }, '--initial is above the persisted mark: starting from --initial');
+  }
+  return {
+    source: seq,
+    mode: 'durable',
+    store: store.description,
+    role: () => 'standalone',
+    persistence: () => {
+      const e = seq.persistenceFailure;
+      return { state: e === null ? 'ok' : 'failing', error: e };
+    },
+    readiness: () => {
+      const e = seq.persistenceFailure;
+      return e === null ? { ready: true, reason: 'serving' } : { ready: false, reason: e };
+    },
+    extraInfo: () => [],
+    close: async () => {
+      const exact = await seq.close();
+      if (!exact) log.error('could not persist exact next numbers; the next start resumes at the reserved marks (a gap, never a repeat)');
+      await store.close();
+    },
+  };
+}

@@ -1,0 +1,125 @@
+/**
+ * The TCP (and TLS) listeners: the connection cap, and a graceful drain that
+ * stops accepting, answers what was already read, then closes every socket.
+ */
+import net, { type Socket } from 'node:net';
+import tls from 'node:tls';
+import { once } from 'node:events';
+import { Connection, type ConnectionEvents, type ConnectionLimits } from './connection.js';
+import { CommandStats, type Services } from '../commands/index.js';
+import { error } from '../protocol/encoder.js';
+import { ListenError } from '../errors.js';
+
+const TOO_MANY = error('ERR', 'max number of clients reached');
+/** A refused client gets this long to read the error before its socket is destroyed. */
+const REFUSED_LINGER_MS = 1000;
+/** Refusals in flight past which a flood's extra sockets are closed without the error. */
+const MAX_REFUSING = 1024;
+/** The longest a TLS handshake may take (less when --timeout is shorter). */
+const HANDSHAKE_TIMEOUT_MS = 10_000;
+
+export interface ServerOptions extends ConnectionLimits {
+  readonly maxConnections: number;
+}
+
+export interface ServerCounters {
+  accepted: number;
+  rejected: number;
+  outputLimitDisconnects: number;
+}
+
+export class SequencerServer {
+  readonly stats = new CommandStats();
+  readonly counters: ServerCounters = { accepted: 0, rejected: 0, outputLimitDisconnects: 0 };
+  private readonly connections = new Set<Connection>();
+  /** Refused sockets still delivering their error. */
+  private refusing = 0;
+  private readonly listeners: net.Server[] = [];
+  private readonly events: ConnectionEvents = {
+    closed: (conn: Connection) => this.connections.delete(conn),
+    outputLimitExceeded: () => this.counters.outputLimitDisconnects++,
+  };
+
+  /** Observes how long each chunk of requests took (metrics); set before listening. */
+  set onChunkHandled(fn: (ms: number) => void) {
+    this.events.chunkHandled = fn;
+  }
+
+  constructor(
+    private readonly services: Services,
+    private readonly options: ServerOptions,
+  ) {}
+
+  get connectionCount(): number {
+    return this.connections.size;
+  }
+
+  /** Listens for plain TCP; resolves with the bound port (useful with port 0). */
+  listen(host: string, port: number): Promise<number> {
+    // allowHalfOpen: a client that shuts down its sending side still gets every reply it is owed.
+    const server = net.createServer({ allowHalfOpen: true, noDelay: true }, (socket) => this.accept(socket));
+    return this.bind(server, 'clients', host, port);
+  }
+
+  listenTls(host: string, port: number, options: tls.TlsOptions): Promise<number> {
+    const idle = this.options.idleTimeoutMs;
+    const handshakeTimeout = idle > 0 ? Math.min(idle, HANDSHAKE_TIMEOUT_MS) : HANDSHAKE_TIMEOUT_MS;
+    const server = tls.createServer({ ...options, allowHalfOpen: true, handshakeTimeout }, (socket) => this.accept(socket));
+    // Sockets still in their handshake are not Connections yet, so the cap in accept()
+    // does not see them; this bounds them (new ones are closed unanswered: no TLS yet).
+    server.maxConnections = this.options.maxConnections;
+    // A failed or timed-out handshake must not take the process down; the socket is already gone.
+    server.on('tlsClientError', () => {});
+    return this.bind(server, 'TLS clients', host, port);
+  }
+
+  /** Stops accepting, lets each connection finish what it read, then closes it. */
+  async close(graceMs = 5000): Promise<void> {
+    for (const l of this.listeners) l.close();
+    const drains = [...this.connections].map((c) => c.shutdown());
+    const timer = setTimeout(() => {
+      for (const c of this.connections) c.socket.destroy();
+    }, graceMs);
+    await Promise.all(drains);
+    clearTimeout(timer);
+    await Promise.all(this.listeners.map((l) => (l.listening ? once(l, 'close') : undefined)));
+  }
+
+  private async bind(server: net.Server, what: string, host: string, port: number): Promise<number> {
+    await new Promise<void>((resolve, reject) => {
+      const onError = (err: Error) => reject(new ListenError(what, host, port, err));
+      server.once('error', onError);
+      server.listen({ host, port, backlog: 1024 }, () => {
+        server.off('error', onError);
+        resolve();
+      });
+    });
+    this.listeners.push(server);
+    return (server.address() as net.AddressInfo).port;
+  }
+
+  private accept(socket: Socket): void {
+    if (this.connections.size >= this.options.maxConnections) {
+      this.counters.rejected++;
+      socket.on('error', () => {});
+      if (this.refusing >= MAX_REFUSING) {
+        socket.destroy();
+        return;
+      }
+      this.refusing++;
+      // Reading (and dropping) what the client sends lets its close be seen and keeps
+      // the close graceful, so the error is not lost to a reset; the timer is not
+      // reset by traffic, so a slow sender cannot keep a refused socket.
+      socket.resume();
+      socket.end(TOO_MANY);
+      const timer = setTimeout(() => socket.destroy(), REFUSED_LINGER_MS);
+      socket.once('close', () => {
+        clearTimeout(timer);
+        this.refusing--;
+      });
+      return;
+    }
+    this.counters.accepted++;
+    this.connections.add(new Connection(socket, this.services, this.stats, this.options, this.events));
+  }
+}

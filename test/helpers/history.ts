@@ -1,0 +1,173 @@
+/**
+ * A history of sequence requests as clients saw them, and the checker that
+ * decides whether the guarantees held:
+ *   - unique: no number acknowledged twice (ranges never overlap);
+ *   - increasing per client: in the order a client sent its requests;
+ *   - real-time order: a number acknowledged before another request was sent
+ *     is below every number that request got;
+ *   - bounded gaps: numbers never acknowledged are explained by requests whose
+ *     outcome is unknown ("maybe issued") or by crashes, at most `reserve` each.
+ * Times are monotonic nanoseconds (process.hrtime.bigint) of one test process.
+ */
+
+export interface Op {
+  readonly client: string;
+  readonly sequence: string;
+  readonly count: bigint;
+  readonly sentAt: bigint;
+  receivedAt: bigint | null;
+  /** First number of the acknowledged range. */
+  first: bigint | null;
+  /** true: the request may have taken numbers (timeout, connection lost); false: it surely did not (an error reply). */
+  maybe: boolean;
+  error: string | null;
+}
+
+export class History {
+  readonly ops: Op[] = [];
+
+  begin(client: string, count = 1n, sequence = 'default'): Op {
+    const op: Op = { client, sequence, count, sentAt: process.hrtime.bigint(), receivedAt: null, first: null, maybe: false, error: null };
+    this.ops.push(op);
+    return op;
+  }
+
+  ok(op: Op, first: bigint): void {
+    op.receivedAt = process.hrtime.bigint();
+    op.first = first;
+  }
+
+  /** An error reply: the server refused, nothing was issued. */
+  refused(op: Op, error: string): void {
+    op.receivedAt = process.hrtime.bigint();
+    op.error = error;
+  }
+
+  /** No reply (connection lost, timeout): the request may or may not have taken numbers. */
+  lost(op: Op, error = 'no reply'): void {
+    op.maybe = true;
+    op.error = error;
+  }
+
+  get acknowledged(): Op[] {
+    return this.ops.filter((o) => o.first !== null);
+  }
+}
+
+export interface CheckOptions {
+  /** Process crashes (kill -9) during the history, per sequence. */
+  crashes?: number;
+  /** The reservation window: the most one crash may skip. */
+  reserve?: bigint;
+  /** Numbers handed out before the history began are below this (e.g. --initial). */
+  start?: bigint;
+}
+
+export interface CheckResult {
+  acknowledged: number;
+  numbers: bigint;
+  duplicates: string[];
+  perClientViolations: string[];
+  realTimeViolations: string[];
+  /** Numbers never acknowledged between the lowest and highest acknowledged one. */
+  gaps: bigint;
+  /** How many unacknowledged numbers the maybe-issued requests and crashes can explain. */
+  gapAllowance: bigint;
+  gapViolation: string | null;
+}
+
+const cmp = (a: bigint, b: bigint) => (a < b ? -1 : a > b ? 1 : 0);
+
+/** Checks one sequence's history (filter by `sequence` first when there are several). */
+export function checkHistory(history: History | Op[], opts: CheckOptions = {}): CheckResult {
+  const ops = Array.isArray(history) ? history : history.ops;
+  const acked = ops.filter((o) => o.first !== null);
+  const result: CheckResult = {
+    acknowledged: acked.length,
+    numbers: 0n,
+    duplicates: [],
+    perClientViolations: [],
+    realTimeViolations: [],
+    gaps: 0n,
+    gapAllowance: 0n,
+    gapViolation: null,
+  };
+
+  // Unique: sorted by first number, each range must end before the next begins.
+  const byFirst = [...acked].sort((a, b) => cmp(a.first!, b.first!));
+  for (let i = 0; i < byFirst.length; i++) {
+    const o = byFirst[i]!;
+    result.numbers += o.count;
+    if (i > 0) {
+      const prev = byFirst[i - 1]!;
+      const prevEnd = prev.first! + prev.count;
+      if (o.first! < prevEnd) {
+        if (result.duplicates.length < 20) {
+          result.duplicates.push(`${prev.client} got [${prev.first}, ${prevEnd - 1n}] and ${o.client} got [${o.first}, ${o.first! + o.count - 1n}]`);
+        }
+      } else {
+        result.gaps += o.first! - prevEnd;
+      }
+    }
+  }
+
+  // Increasing per client, in sending order.
+  const byClient = new Map<string, Op[]>();
+  for (const o of acked) {
+    let list = byClient.get(o.client);
+    if (!list) byClient.set(o.client, (list = []));
+    list.push(o);
+  }
+  for (const [client, list] of byClient) {
+    list.sort((a, b) => cmp(a.sentAt, b.sentAt));
+    for (let i = 1; i < list.length; i++) {
+      const a = list[i - 1]!;
+      const b = list[i]!;
+      if (b.first! < a.first! + a.count && result.perClientViolations.length < 20) {
+        result.perClientViolations.push(`${client}: sent later but got ${b.first} after ${a.first}`);
+      }
+    }
+  }
+
+  // Real-time order: sweep requests by send time, folding in every reply received before it.
+  const bySent = [...acked].sort((a, b) => cmp(a.sentAt, b.sentAt));
+  const byReceived = [...acked].sort((a, b) => cmp(a.receivedAt!, b.receivedAt!));
+  let j = 0;
+  let highest: Op | null = null;
+  for (const b of bySent) {
+    while (j < byReceived.length && byReceived[j]!.receivedAt! < b.sentAt) {
+      const a = byReceived[j]!;
+      if (highest === null || a.first! + a.count > highest.first! + highest.count) highest = a;
+      j++;
+    }
+    if (highest !== null && b.first! < highest.first! + highest.count && result.realTimeViolations.length < 20) {
+      result.realTimeViolations.push(
+        `${b.client} sent its request after ${highest.client} had received ${highest.first! + highest.count - 1n}, yet got ${b.first}`,
+      );
+    }
+  }
+
+  // Gaps: each maybe-issued request explains up to its count, each crash up to one window.
+  let allowance = 0n;
+  for (const o of ops) if (o.first === null && o.maybe) allowance += o.count;
+  allowance += BigInt(opts.crashes ?? 0) * (opts.reserve ?? 0n);
+  if (opts.start !== undefined && byFirst.length > 0) result.gaps += byFirst[0]!.first! - opts.start;
+  result.gapAllowance = allowance;
+  if (result.gaps > allowance) {
+    result.gapViolation = `${result.gaps} numbers were skipped, but lost requests and crashes explain at most ${allowance}`;
+  }
+  return result;
+}
+
+/** Throws with every violation listed; for use in tests. */
+export function assertHistory(history: History | Op[], opts: CheckOptions = {}): CheckResult {
+  const r = checkHistory(history, opts);
+  const problems = [
+    ...r.duplicates.map((d) => `duplicate: ${d}`),
+    ...r.perClientViolations.map((d) => `order within a client: ${d}`),
+    ...r.realTimeViolations.map((d) => `real-time order: ${d}`),
+    ...(r.gapViolation ? [`gap: ${r.gapViolation}`] : []),
+  ];
+  if (problems.length > 0) throw new Error(`history check failed (${r.acknowledged} acknowledged):\n  ${problems.join('\n  ')}`);
+  return r;
+}

@@ -1,0 +1,92 @@
+/**
+ * A raw TCP peer for byte-for-byte protocol tests: send exact bytes, read
+ * until a condition holds or a deadline passes.
+ */
+import net from 'node:net';
+
+export class WireClient {
+  private data = Buffer.alloc(0);
+  private waiters = new Set<() => void>();
+  closed = false;
+
+  private constructor(readonly socket: net.Socket) {
+    socket.on('data', (d: Buffer) => {
+      this.data = Buffer.concat([this.data, d]);
+      this.wake();
+    });
+    socket.on('close', () => {
+      this.closed = true;
+      this.wake();
+    });
+    socket.on('error', () => {});
+  }
+
+  static connect(port: number, host = '127.0.0.1'): Promise<WireClient> {
+    return new Promise((resolve, reject) => {
+      const s = net.connect({ port, host }, () => {
+        s.off('error', reject);
+        resolve(new WireClient(s));
+      });
+      s.once('error', reject);
+    });
+  }
+
+  send(bytes: string | Buffer): void {
+    this.socket.write(bytes);
+  }
+
+  /** Everything received so far, as latin1. */
+  get text(): string {
+    return this.data.toString('latin1');
+  }
+
+  /** Waits until `cond(received)` holds; rejects with what was received at the deadline. */
+  async until(cond: (text: string) => boolean, timeoutMs = 5000, what = 'condition'): Promise<string> {
+    const deadline = Date.now() + timeoutMs;
+    while (!cond(this.text)) {
+      const left = deadline - Date.now();
+      if (left <= 0) throw new Error(`timed out waiting for ${what}; received ${JSON.stringify(this.text.slice(0, 500))}`);
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(done, Math.min(left, 1000));
+        function done() {
+          clearTimeout(t);
+          resolve();
+        }
+        this.waiters.add(done);
+      });
+    }
+    return this.text;
+  }
+
+  /** Waits for exactly `expected` bytes in total and checks nothing else came. */
+  async expect(expected: string, timeoutMs = 5000): Promise<void> {
+    await this.until((t) => t.length >= expected.length, timeoutMs, JSON.stringify(expected));
+    if (this.text !== expected) {
+      throw new Error(`expected ${JSON.stringify(expected)}, received ${JSON.stringify(this.text)}`);
+    }
+  }
+
+  async waitClosed(timeoutMs = 5000): Promise<void> {
+    await this.until(() => this.closed, timeoutMs, 'the server to close the connection');
+  }
+
+  /** Clears what was received, for the next exchange. */
+  reset(): void {
+    this.data = Buffer.alloc(0);
+  }
+
+  close(): void {
+    this.socket.destroy();
+  }
+
+  private wake(): void {
+    const ws = this.waiters;
+    this.waiters = new Set();
+    for (const w of ws) w();
+  }
+}
+
+/** Encodes words as a RESP array of bulk strings, exactly as Redis clients do. */
+export function resp(...words: string[]): string {
+  return `*${words.length}\r\n` + words.map((w) => `$${Buffer.byteLength(w, 'latin1')}\r\n${w}\r\n`).join('');
+}

@@ -1,0 +1,96 @@
+/**
+ * The command line: bad values exit 2 with one line naming the option; --help
+ * lists every option; environment variables work and flags win.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { runCli, startServerProcess } from '../helpers/server-process.js';
+import { OPTIONS } from '../../src/config.js';
+import { WireClient } from '../helpers/wire.js';
+
+const bad: Array<[string[], RegExp]> = [
+  [['--port=abc'], /^dolmeangi: --port: expected an integer from 0 to 65535, got 'abc'\n$/],
+  [['--port', '70000'], /^dolmeangi: --port: expected an integer from 0 to 65535, got '70000'\n$/],
+  [['--initial=-1'], /^dolmeangi: --initial: expected an integer from 0 to 9223372036854775807, got '-1'\n$/],
+  [['--initial=9223372036854775808'], /^dolmeangi: --initial: .*got '9223372036854775808'\n$/],
+  [['--max-connections=0'], /^dolmeangi: --max-connections: expected an integer from 1 /],
+  [['--max-batch=x'], /^dolmeangi: --max-batch: /],
+  [['--max-sequences=1.5'], /^dolmeangi: --max-sequences: /],
+  [['--reserve=-3'], /^dolmeangi: --reserve: /],
+  [['--metrics-port=65536'], /^dolmeangi: --metrics-port: /],
+  [['--log-level=loud'], /^dolmeangi: --log-level: expected one of /],
+  [['--no-such-option'], /^dolmeangi: --no-such-option: unknown option; see --help/],
+  [['--port'], /^dolmeangi: --port: expected a value/],
+  [['--in-memory=yes'], /^dolmeangi: --in-memory: takes no value/],
+  [['stray'], /^dolmeangi: .*unexpected argument/],
+  [['--etcd=localhost'], /^dolmeangi: --etcd: expected URLs like/],
+  [['--tls-port=6380'], /^dolmeangi: --tls-port: needs --tls-cert and --tls-key/],
+];
+
+for (const [args, message] of bad) {
+  test(`sequencer ${args.join(' ')} exits 2 with one line naming the option`, async () => {
+    const r = await runCli(['sequencer', '--in-memory', ...args]);
+    assert.equal(r.code, 2);
+    assert.match(r.stderr, message);
+    assert.equal(r.stderr.split('\n').length, 2, 'exactly one line');
+    assert.equal(r.stdout, '', 'nothing started, nothing logged');
+  });
+}
+
+test('an environment variable with a bad value is named', async () => {
+  const r = await runCli(['sequencer', '--in-memory'], { env: { SEQUENCER_PORT: 'nope' } });
+  assert.equal(r.code, 2);
+  assert.match(r.stderr, /^dolmeangi: SEQUENCER_PORT: expected an integer from 0 to 65535, got 'nope'\n$/);
+});
+
+test('--help lists every option with its environment variable', async () => {
+  const r = await runCli(['sequencer', '--help']);
+  assert.equal(r.code, 0);
+  for (const o of OPTIONS) {
+    assert.ok(r.stdout.includes(`--${o.name}`), `--${o.name} in --help`);
+    assert.ok(r.stdout.includes(`SEQUENCER_${o.name.toUpperCase().replace(/-/g, '_')}`), `env of --${o.name}`);
+  }
+  for (const seed of ['--initial', '--port', '--host', '--max-connections']) assert.ok(r.stdout.includes(seed));
+});
+
+test('--version prints the package version', async () => {
+  const r = await runCli(['sequencer', '--version']);
+  assert.equal(r.code, 0);
+  assert.match(r.stdout, /^\d+\.\d+\.\d+\n$/);
+});
+
+test('unknown command exits 2', async () => {
+  const r = await runCli(['frobnicate']);
+  assert.equal(r.code, 2);
+  assert.match(r.stderr, /unknown command 'frobnicate'/);
+});
+
+test('options from the environment; flags win over it; --name value form', async () => {
+  const s = await startServerProcess(['--in-memory', '--initial', '500'], {
+    env: { SEQUENCER_INITIAL: '7', SEQUENCER_MAX_BATCH: '3' },
+  });
+  const c = await WireClient.connect(s.port);
+  try {
+    c.send('GETSEQ\r\nGETSEQ_BATCH 4\r\n');
+    await c.expect(":500\r\n-ERR invalid count '4': expected an integer from 1 to 3 (--max-batch)\r\n");
+  } finally {
+    c.close();
+    assert.equal(await s.stop(), 0);
+  }
+});
+
+test('SIGINT stops the server with exit status 0', async () => {
+  const s = await startServerProcess(['--in-memory']);
+  assert.equal(await s.stop('SIGINT'), 0);
+});
+
+test('a port already in use stops start-up with a clear message', async () => {
+  const s = await startServerProcess(['--in-memory']);
+  try {
+    const r = await runCli(['sequencer', '--in-memory', '--host=127.0.0.1', `--port=${s.port}`, '--metrics-port=0']);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, new RegExp(`cannot listen for clients on 127.0.0.1:${s.port}: the address is already in use`));
+  } finally {
+    assert.equal(await s.stop(), 0);
+  }
+});

@@ -1,0 +1,91 @@
+/**
+ * Many clients at once: every number handed out exactly once, none skipped
+ * while the process runs, batches never overlap.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { startServerProcess } from '../helpers/server-process.js';
+import { WireClient } from '../helpers/wire.js';
+
+/** Parses `:n\r\n` replies; fails on anything else. */
+function integers(text: string): bigint[] {
+  const lines = text.split('\r\n');
+  assert.equal(lines.pop(), '');
+  return lines.map((l) => {
+    assert.match(l, /^:\d+$/);
+    return BigInt(l.slice(1));
+  });
+}
+
+async function hundredClients(args: string[]): Promise<void> {
+  const dir = await mkdtemp(path.join(tmpdir(), 'dolmeangi-conc-'));
+  const s = await startServerProcess([`--data-dir=${dir}`, ...args]);
+  const clients: WireClient[] = [];
+  try {
+    for (let i = 0; i < 100; i++) clients.push(await WireClient.connect(s.port));
+    const request = 'GETSEQ\r\n'.repeat(1000);
+    for (const c of clients) c.send(request);
+    const all: bigint[] = [];
+    for (const c of clients) {
+      await c.until((t) => t.split('\r\n').length > 1000, 30_000, '1,000 replies');
+      const got = integers(c.text);
+      assert.equal(got.length, 1000);
+      for (let i = 1; i < got.length; i++) assert.ok(got[i]! > got[i - 1]!, 'increasing within a connection');
+      all.push(...got);
+    }
+    all.sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+    assert.equal(all.length, 100_000);
+    for (let i = 0; i < all.length; i++) assert.equal(all[i], BigInt(i + 1), 'exactly 1..100000, no duplicate, no gap');
+  } finally {
+    for (const c of clients) c.close();
+    assert.equal(await s.stop(), 0);
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+test('100 connections x 1,000 pipelined GETSEQ: exactly 100,000 consecutive numbers (in memory)', () =>
+  hundredClients(['--in-memory']));
+
+test('the same with durable state (default reservation window)', () => hundredClients([]));
+
+test('the same in the gapless mode (--reserve=0, group commit)', () => hundredClients(['--reserve=0']));
+
+test('GETSEQ_BATCH mixed with GETSEQ over many connections: ranges never overlap', async () => {
+  const dir = await mkdtemp(path.join(tmpdir(), 'dolmeangi-conc-'));
+  const s = await startServerProcess([`--data-dir=${dir}`, '--reserve=1000']);
+  const clients: WireClient[] = [];
+  try {
+    const ranges: Array<[bigint, bigint]> = [];
+    const sizes: number[][] = [];
+    for (let i = 0; i < 20; i++) {
+      const c = await WireClient.connect(s.port);
+      clients.push(c);
+      const mine: number[] = [];
+      let request = '';
+      for (let j = 0; j < 200; j++) {
+        const n = j % 3 === 0 ? 1 : 1 + ((i * 7919 + j * 104729) % 2500);
+        mine.push(n);
+        request += n === 1 && j % 2 === 0 ? 'GETSEQ mixed\r\n' : `GETSEQ_BATCH ${n} mixed\r\n`;
+      }
+      sizes.push(mine);
+      c.send(request);
+    }
+    for (let i = 0; i < clients.length; i++) {
+      const c = clients[i]!;
+      await c.until((t) => t.split('\r\n').length > 200, 30_000, '200 replies');
+      integers(c.text).forEach((first, j) => ranges.push([first, first + BigInt(sizes[i]![j]!)]));
+    }
+    ranges.sort((a, b) => (a[0] < b[0] ? -1 : 1));
+    assert.equal(ranges[0]![0], 1n);
+    for (let i = 1; i < ranges.length; i++) {
+      assert.equal(ranges[i]![0], ranges[i - 1]![1], 'each range starts where the previous ended: no overlap, no gap');
+    }
+  } finally {
+    for (const c of clients) c.close();
+    assert.equal(await s.stop(), 0);
+    await rm(dir, { recursive: true, force: true });
+  }
+});

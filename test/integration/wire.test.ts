@@ -1,0 +1,237 @@
+/**
+ * Byte-for-byte protocol tests against a real server process.
+ */
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { startServerProcess, type ServerProcess } from '../helpers/server-process.js';
+import { WireClient, resp } from '../helpers/wire.js';
+
+const SUPPORTED = 'Supported: GETSEQ, CURRENT, GETSEQ_BATCH, PING, INFO, AUTH, QUIT';
+const MAX = 9223372036854775807n;
+
+let server: ServerProcess;
+const clients: WireClient[] = [];
+
+async function connect(s: ServerProcess = server): Promise<WireClient> {
+  const c = await WireClient.connect(s.port);
+  clients.push(c);
+  return c;
+}
+
+/** Sends one request on a fresh connection and returns the exact reply bytes. */
+async function exchange(request: string, expected: string, s: ServerProcess = server): Promise<WireClient> {
+  const c = await connect(s);
+  c.send(request);
+  await c.expect(expected);
+  return c;
+}
+
+before(async () => {
+  server = await startServerProcess(['--in-memory', '--max-batch=1000']);
+});
+
+after(async () => {
+  for (const c of clients) c.close();
+  assert.equal(await server.stop(), 0);
+});
+
+test("the seed's telnet session, byte for byte, inline with CRLF", async () => {
+  const s = await startServerProcess(['--in-memory']);
+  try {
+    const c = await connect(s);
+    const replies = [':1', ':2', ':3', ':4', ':4', ':4'];
+    const commands = ['GETSEQ', 'GETSEQ', 'GETSEQ', 'CURRENT', 'CURRENT', 'GETSEQ'];
+    let expected = '';
+    for (let i = 0; i < commands.length; i++) {
+      c.send(`${commands[i]}\r\n`);
+      expected += `${replies[i]}\r\n`;
+      await c.expect(expected);
+    }
+  } finally {
+    assert.equal(await s.stop(), 0);
+  }
+});
+
+test('LF-only lines, RESP arrays and mixed pipelines on one connection', async () => {
+  const c = await connect();
+  c.send('CURRENT seedlf\nGETSEQ seedlf\n' + resp('GETSEQ', 'seedlf') + 'current seedlf\r\n' + resp('ping'));
+  await c.expect(':1\r\n:1\r\n:2\r\n:3\r\n+PONG\r\n');
+});
+
+test('command names are case-insensitive', async () => {
+  await exchange('gEtSeQ casey\r\nCuRrEnT casey\r\n', ':1\r\n:2\r\n');
+});
+
+test('GETSEQ_BATCH: count as 100 or :100, the range is owned, the next GETSEQ follows it', async () => {
+  await exchange(
+    'GETSEQ_BATCH 100 batchy\r\nGETSEQ batchy\r\n' + resp('GETSEQ_BATCH', ':10', 'batchy') + 'CURRENT batchy\r\n',
+    ':1\r\n:101\r\n:102\r\n:112\r\n',
+  );
+});
+
+test('PING, PING with a message, QUIT closes after +OK', async () => {
+  const c = await exchange('PING\r\nPING hello\r\nQUIT\r\nGETSEQ\r\n', '+PONG\r\n$5\r\nhello\r\n+OK\r\n');
+  await c.waitClosed();
+  assert.equal(c.text, '+PONG\r\n$5\r\nhello\r\n+OK\r\n', 'nothing after QUIT is answered');
+});
+
+test('INFO is a bulk string of key:value lines', async () => {
+  const c = await connect();
+  c.send('GETSEQ infoseq\r\nINFO\r\n');
+  const text = await c.until((t) => /\r\n\$\d+\r\n[\s\S]*\r\n$/.test(t) && t.length >= Number(/\$(\d+)/.exec(t)![1]) + 10);
+  const body = text.slice(text.indexOf('\r\n', 4) + 2);
+  const len = Number(/^:1\r\n\$(\d+)\r\n/.exec(text)![1]);
+  assert.equal(Buffer.byteLength(body, 'latin1'), len + 2);
+  for (const key of ['version', 'mode', 'role', 'uptime_in_seconds', 'connected_clients', 'persistence']) {
+    assert.match(body, new RegExp(`\\r\\n${key}:`), key);
+  }
+  assert.match(body, /mode:in-memory/);
+  assert.match(body, /sequence:name=infoseq,current=2,durable_mark=none,issued=1/);
+});
+
+test('unknown command: the name as sent and every supported command', async () => {
+  const c = await exchange('FOOBAR\r\n', `-ERR Unknown command 'FOOBAR'. ${SUPPORTED}\r\n`);
+  c.reset();
+  c.send(resp('fooBar', 'x'));
+  await c.expect(`-ERR Unknown command 'fooBar'. ${SUPPORTED}\r\n`);
+  c.reset();
+  // Control bytes in a RESP name cannot forge extra reply lines.
+  c.send(resp('A\r\n:1'));
+  await c.expect(`-ERR Unknown command 'A  :1'. ${SUPPORTED}\r\n`);
+  c.reset();
+  c.send('PING\r\n');
+  await c.expect('+PONG\r\n');
+});
+
+test('wrong number of arguments, bad counts and bad names; the connection stays open', async () => {
+  const c = await connect();
+  const cases: Array<[string, string]> = [
+    ['GETSEQ a b\r\n', "-ERR wrong number of arguments for 'GETSEQ'\r\n"],
+    ['CURRENT a b\r\n', "-ERR wrong number of arguments for 'CURRENT'\r\n"],
+    ['GETSEQ_BATCH\r\n', "-ERR wrong number of arguments for 'GETSEQ_BATCH'\r\n"],
+    ['QUIT now\r\n', "-ERR wrong number of arguments for 'QUIT'\r\n"],
+    ['GETSEQ_BATCH 0\r\n', "-ERR invalid count '0': expected an integer from 1 to 1000 (--max-batch)\r\n"],
+    ['GETSEQ_BATCH 1001\r\n', "-ERR invalid count '1001': expected an integer from 1 to 1000 (--max-batch)\r\n"],
+    ['GETSEQ_BATCH -5\r\n', "-ERR invalid count '-5': expected an integer from 1 to 1000 (--max-batch)\r\n"],
+    ['GETSEQ_BATCH abc\r\n', "-ERR invalid count 'abc': expected an integer from 1 to 1000 (--max-batch)\r\n"],
+    ['GETSEQ_BATCH 1.5\r\n', "-ERR invalid count '1.5': expected an integer from 1 to 1000 (--max-batch)\r\n"],
+    ['GETSEQ bad/name\r\n', "-ERR invalid sequence name 'bad/name': use 1-64 characters of A-Z a-z 0-9 _ . : -\r\n"],
+    ['GETSEQ_BATCH 5 bad*\r\n', "-ERR invalid sequence name 'bad*': use 1-64 characters of A-Z a-z 0-9 _ . : -\r\n"],
+    [`CURRENT ${'n'.repeat(65)}\r\n`, `-ERR invalid sequence name '${'n'.repeat(64)}...': use 1-64 characters of A-Z a-z 0-9 _ . : -\r\n`],
+  ];
+  for (const [request, reply] of cases) {
+    c.reset();
+    c.send(request);
+    await c.expect(reply);
+  }
+  c.reset();
+  c.send(`GETSEQ ${'n'.repeat(64)}\r\nGETSEQ a.b:c-d_E9\r\n`);
+  await c.expect(':1\r\n:1\r\n');
+});
+
+test('--max-sequences bounds how many names exist', async () => {
+  const s = await startServerProcess(['--in-memory', '--max-sequences=2']);
+  try {
+    const c = await connect(s);
+    c.send('GETSEQ\r\nGETSEQ two\r\nGETSEQ three\r\nCURRENT three\r\nGETSEQ two\r\n');
+    const err = '-ERR too many sequences: at most 2 may exist (--max-sequences); use an existing name\r\n';
+    await c.expect(`:1\r\n:1\r\n${err}${err}:2\r\n`);
+  } finally {
+    assert.equal(await s.stop(), 0);
+  }
+});
+
+test('protocol errors get -ERR Protocol error and the connection is closed', async () => {
+  const cases: Array<[string, string]> = [
+    ['*x\r\n', '-ERR Protocol error: invalid multibulk length\r\n'],
+    ['*1\r\n+PING\r\n', "-ERR Protocol error: expected '$', got '+'\r\n"],
+    [`*1\r\n$${64 * 1024 + 1}\r\n`, '-ERR Protocol error: bulk string longer than 65536 bytes\r\n'],
+    ['*1025\r\n', '-ERR Protocol error: too many arguments (at most 1024)\r\n'],
+    ['A'.repeat(64 * 1024 + 2), '-ERR Protocol error: too big inline request\r\n'],
+  ];
+  for (const [request, reply] of cases) {
+    const c = await exchange('PING\r\n' + request, '+PONG\r\n' + reply);
+    await c.waitClosed();
+  }
+});
+
+test('the largest line and bulk string are accepted', async () => {
+  await exchange(`PING ${'p'.repeat(64 * 1024 - 5)}\r\n`, `$${64 * 1024 - 5}\r\n${'p'.repeat(64 * 1024 - 5)}\r\n`);
+  await exchange(resp('PING', 'q'.repeat(64 * 1024)), `$${64 * 1024}\r\n${'q'.repeat(64 * 1024)}\r\n`);
+});
+
+test('1,000 pipelined commands in one write are answered in order', async () => {
+  const c = await connect();
+  let request = '';
+  let expected = '';
+  for (let i = 1; i <= 500; i++) {
+    request += 'GETSEQ pipe\r\n' + resp('CURRENT', 'pipe');
+    expected += `:${i}\r\n:${i + 1}\r\n`;
+  }
+  c.send(request);
+  await c.expect(expected);
+});
+
+test('exact 64-bit values up to 2^63-1, then "sequence exhausted" while the server serves on', async () => {
+  const s = await startServerProcess(['--in-memory', `--initial=${MAX - 1n}`]);
+  try {
+    const c = await connect(s);
+    c.send('GETSEQ\r\nCURRENT\r\nGETSEQ\r\nGETSEQ\r\nCURRENT\r\nGETSEQ_BATCH 1\r\nGETSEQ other\r\nPING\r\n');
+    await c.expect(
+      `:${MAX - 1n}\r\n:${MAX}\r\n:${MAX}\r\n-ERR sequence exhausted\r\n-ERR sequence exhausted\r\n-ERR sequence exhausted\r\n:${MAX - 1n}\r\n+PONG\r\n`,
+    );
+  } finally {
+    assert.equal(await s.stop(), 0);
+  }
+});
+
+test('a batch that does not fit below 2^63 issues nothing', async () => {
+  const s = await startServerProcess(['--in-memory', `--initial=${MAX - 9n}`]);
+  try {
+    const c = await connect(s);
+    c.send('GETSEQ_BATCH 11\r\nCURRENT\r\nGETSEQ_BATCH 10\r\nGETSEQ\r\n');
+    await c.expect(`-ERR sequence exhausted\r\n:${MAX - 9n}\r\n:${MAX - 9n}\r\n-ERR sequence exhausted\r\n`);
+  } finally {
+    assert.equal(await s.stop(), 0);
+  }
+});
+
+test('over --max-connections: the new connection is refused, open ones are unaffected', async () => {
+  const s = await startServerProcess(['--in-memory', '--max-connections=2']);
+  try {
+    const a = await connect(s);
+    const b = await connect(s);
+    a.send('PING\r\n');
+    await a.expect('+PONG\r\n');
+    b.send('PING\r\n');
+    await b.expect('+PONG\r\n');
+    const refused = await connect(s);
+    await refused.until((t) => t.length > 0);
+    assert.equal(refused.text, '-ERR max number of clients reached\r\n');
+    await refused.waitClosed();
+    a.reset();
+    a.send('GETSEQ\r\n');
+    await a.expect(':1\r\n');
+    // A slot freed by a closing client is usable again.
+    b.close();
+    await a.until(() => true);
+    const deadline = Date.now() + 5000;
+    for (;;) {
+      const c = await connect(s);
+      c.send('GETSEQ\r\n');
+      await c.until((t) => t.length > 0 || c.closed);
+      if (c.text === ':2\r\n') break;
+      assert.ok(Date.now() < deadline, 'the freed slot never became usable');
+      c.close();
+    }
+  } finally {
+    assert.equal(await s.stop(), 0);
+  }
+});
+
+test('a client that half-closes still gets every reply', async () => {
+  const c = await connect();
+  c.socket.end('GETSEQ halfclose\r\nGETSEQ halfclose\r\n');
+  await c.waitClosed();
+  assert.equal(c.text, ':1\r\n:2\r\n');
+});

@@ -1,0 +1,156 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import fc from 'fast-check';
+import { Decoder, MAX_ARRAY, MAX_BULK, MAX_LINE } from '../../src/protocol/decoder.js';
+import { resp } from '../helpers/wire.js';
+
+interface Outcome {
+  frames: string[][];
+  error: string | null;
+}
+
+/** Feeds the chunks in order and collects frames up to the first error. */
+function decode(chunks: Buffer[]): Outcome {
+  const d = new Decoder();
+  const frames: string[][] = [];
+  let error: string | null = null;
+  for (const c of chunks) {
+    const err = d.feed(c, (w) => frames.push(w));
+    if (err && error === null) error = err.message;
+  }
+  return { frames, error };
+}
+
+/** Runs a case whole, byte by byte, and split in two at every offset: all must agree. */
+function check(input: string | Buffer, expected: Outcome): void {
+  const bytes = typeof input === 'string' ? Buffer.from(input, 'latin1') : input;
+  assert.deepEqual(decode([bytes]), expected, 'whole');
+  const single: Buffer[] = [];
+  for (let i = 0; i < bytes.length; i++) single.push(bytes.subarray(i, i + 1));
+  assert.deepEqual(decode(single), expected, 'byte by byte');
+  for (let i = 1; i < bytes.length; i++) {
+    assert.deepEqual(decode([bytes.subarray(0, i), bytes.subarray(i)]), expected, `split at ${i}`);
+  }
+}
+
+const ok = (...frames: string[][]): Outcome => ({ frames, error: null });
+
+test('inline commands, LF or CRLF, spaces and tabs', () => {
+  check('GETSEQ\r\n', ok(['GETSEQ']));
+  check('GETSEQ\n', ok(['GETSEQ']));
+  check('getseq_batch  100\tfoo\r\n', ok(['getseq_batch', '100', 'foo']));
+  check('  PING  \r\n', ok(['PING']));
+  check('GETSEQ\nCURRENT\r\nGETSEQ\n', ok(['GETSEQ'], ['CURRENT'], ['GETSEQ']));
+});
+
+test('empty inline lines are ignored', () => {
+  check('\r\n\n  \r\nPING\r\n\t\n', ok(['PING']));
+});
+
+test('an incomplete inline line yields nothing yet', () => {
+  check('GETSEQ', ok());
+  check('GETSEQ\r', ok());
+});
+
+test('RESP arrays of bulk strings', () => {
+  check(resp('GETSEQ'), ok(['GETSEQ']));
+  check(resp('GETSEQ_BATCH', '100', 'orders'), ok(['GETSEQ_BATCH', '100', 'orders']));
+  check(resp('PING', ''), ok(['PING', '']));
+  check(resp('ECHO', 'a\r\nb'), ok(['ECHO', 'a\r\nb']));
+  check(resp('GETSEQ') + 'PING\r\n' + resp('CURRENT'), ok(['GETSEQ'], ['PING'], ['CURRENT']));
+});
+
+test('empty and null arrays are skipped', () => {
+  check('*0\r\n*-1\r\nPING\r\n', ok(['PING']));
+});
+
+test('bytes are kept one to one (latin1)', () => {
+  const bytes = Buffer.concat([Buffer.from('*1\r\n$3\r\n'), Buffer.from([0xff, 0x00, 0x80]), Buffer.from('\r\n')]);
+  check(bytes, ok(['\xff\x00\x80']));
+});
+
+test('malformed RESP is a protocol error; frames before it are kept', () => {
+  check('PING\r\n*x\r\n', { frames: [['PING']], error: 'Protocol error: invalid multibulk length' });
+  check('*1\r\n:5\r\n', { frames: [], error: "Protocol error: expected '$', got ':'" });
+  check('*1\r\n$x\r\n', { frames: [], error: 'Protocol error: invalid bulk length' });
+  check('*1\r\n$-1\r\n', { frames: [], error: 'Protocol error: invalid bulk length' });
+  check('*1\r\n$3\r\nabcde\r\n', { frames: [], error: 'Protocol error: bulk string not followed by CRLF' });
+  check('*-2\r\n', { frames: [], error: 'Protocol error: invalid multibulk length' });
+  check('*1\n', { frames: [], error: 'Protocol error: invalid multibulk length' });
+});
+
+test('nothing is decoded after a protocol error', () => {
+  const d = new Decoder();
+  const frames: string[][] = [];
+  assert.ok(d.feed(Buffer.from('*z\r\n'), (w) => frames.push(w)));
+  assert.equal(d.feed(Buffer.from('PING\r\n'), (w) => frames.push(w)), null);
+  assert.deepEqual(frames, []);
+});
+
+test('limits: 64 KiB line and bulk, 1,024 elements', () => {
+  const longest = 'A'.repeat(MAX_LINE);
+  assert.deepEqual(decode([Buffer.from(`${longest}\r\n`)]), ok([longest]));
+  assert.deepEqual(decode([Buffer.from(`${longest}A\r\n`)]).error, 'Protocol error: too big inline request');
+  // Detected without waiting for the end of the line.
+  assert.equal(decode([Buffer.from('A'.repeat(MAX_LINE + 2))]).error, 'Protocol error: too big inline request');
+  assert.deepEqual(decode([Buffer.from(resp('X', 'b'.repeat(MAX_BULK)))]), ok(['X', 'b'.repeat(MAX_BULK)]));
+  assert.equal(decode([Buffer.from(`*1\r\n$${MAX_BULK + 1}\r\n`)]).error, `Protocol error: bulk string longer than ${MAX_BULK} bytes`);
+  const many = Array.from({ length: MAX_ARRAY }, () => 'x');
+  assert.deepEqual(decode([Buffer.from(resp(...many))]), ok(many));
+  assert.equal(decode([Buffer.from(`*${MAX_ARRAY + 1}\r\n`)]).error, `Protocol error: too many arguments (at most ${MAX_ARRAY})`);
+  assert.equal(decode([Buffer.from(`${'x '.repeat(MAX_ARRAY + 1)}\r\n`)]).error, `Protocol error: too many arguments (at most ${MAX_ARRAY})`);
+  // A header that never ends is an error at once, not a buffer that grows.
+  assert.equal(decode([Buffer.from('*' + '1'.repeat(40))]).error, 'Protocol error: invalid multibulk length');
+});
+
+test('a slow sender of a long line costs linear work', () => {
+  const d = new Decoder();
+  const byte = Buffer.from('A');
+  for (let i = 0; i < MAX_LINE; i++) assert.equal(d.feed(byte, () => assert.fail()), null);
+  assert.ok(d.buffered <= MAX_LINE);
+  const frames: string[][] = [];
+  d.feed(Buffer.from('\n'), (w) => frames.push(w));
+  assert.equal(frames[0]![0]!.length, MAX_LINE);
+});
+
+const word = fc.string({ minLength: 1, maxLength: 12, unit: fc.constantFrom(...'ABCxyz019_.:-'.split('')) });
+const frame = fc.array(word, { minLength: 1, maxLength: 5 });
+const encoded = fc.tuple(frame, fc.boolean(), fc.boolean()).map(([words, asResp, crlf]) => ({
+  words,
+  bytes: asResp ? resp(...words) : words.join(' ') + (crlf ? '\r\n' : '\n'),
+}));
+
+test('property: any split of a valid pipeline yields the same frames', () => {
+  fc.assert(
+    fc.property(fc.array(encoded, { maxLength: 20 }), fc.array(fc.nat(), { maxLength: 10 }), (pipeline, cuts) => {
+      const bytes = Buffer.from(pipeline.map((p) => p.bytes).join(''), 'latin1');
+      const points = [...new Set(cuts.map((c) => (bytes.length === 0 ? 0 : c % bytes.length)))].sort((a, b) => a - b);
+      const chunks: Buffer[] = [];
+      let at = 0;
+      for (const p of points) {
+        chunks.push(bytes.subarray(at, p));
+        at = p;
+      }
+      chunks.push(bytes.subarray(at));
+      assert.deepEqual(decode(chunks), ok(...pipeline.map((p) => p.words)));
+    }),
+    { numRuns: 500 },
+  );
+});
+
+test('property: arbitrary bytes yield frames or a protocol error, never an exception', () => {
+  const noise = fc.oneof(
+    fc.uint8Array({ maxLength: 200 }),
+    fc.array(fc.constantFrom('*', '$', '\r', '\n', '1', '-', '3', 'A', ' ', ':'), { maxLength: 200 }).map((a) =>
+      Uint8Array.from(Buffer.from(a.join(''), 'latin1')),
+    ),
+  );
+  fc.assert(
+    fc.property(fc.array(noise, { maxLength: 8 }), (chunks) => {
+      const out = decode(chunks.map((c) => Buffer.from(c)));
+      for (const f of out.frames) assert.ok(f.length >= 1 && f.length <= MAX_ARRAY);
+      if (out.error !== null) assert.match(out.error, /^Protocol error: /);
+    }),
+    { numRuns: 2000 },
+  );
+});

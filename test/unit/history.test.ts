@@ -1,0 +1,74 @@
+/** The checker must catch every kind of violation it claims to; otherwise the fault tests prove nothing. */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { History, checkHistory } from '../helpers/history.js';
+
+/** Builds an op with explicit times (ns), bypassing the clock. */
+function op(h: History, client: string, sentAt: number, receivedAt: number | null, first: number | null, count = 1, maybe = false) {
+  const o = h.begin(client, BigInt(count));
+  (o as { sentAt: bigint }).sentAt = BigInt(sentAt);
+  o.receivedAt = receivedAt === null ? null : BigInt(receivedAt);
+  o.first = first === null ? null : BigInt(first);
+  o.maybe = maybe;
+  return o;
+}
+
+test('a clean history passes', () => {
+  const h = new History();
+  op(h, 'a', 0, 10, 1);
+  op(h, 'b', 5, 12, 2, 10);
+  op(h, 'a', 11, 20, 12);
+  const r = checkHistory(h);
+  assert.deepEqual([r.duplicates, r.perClientViolations, r.realTimeViolations, r.gapViolation], [[], [], [], null]);
+  assert.equal(r.numbers, 12n);
+});
+
+test('overlapping ranges are duplicates', () => {
+  const h = new History();
+  op(h, 'a', 0, 1, 1, 10);
+  op(h, 'b', 0, 1, 10);
+  assert.equal(checkHistory(h).duplicates.length, 1);
+});
+
+test('a smaller number for a request sent after a reply was received violates real-time order', () => {
+  const h = new History();
+  op(h, 'a', 0, 10, 5);
+  op(h, 'b', 11, 20, 4);
+  assert.equal(checkHistory(h).realTimeViolations.length, 1);
+  // Concurrent requests may be answered in any order.
+  const c = new History();
+  op(c, 'a', 0, 10, 5);
+  op(c, 'b', 9, 20, 4);
+  assert.equal(checkHistory(c).realTimeViolations.length, 0);
+});
+
+test('a client whose later request got a smaller number is flagged', () => {
+  const h = new History();
+  op(h, 'a', 0, 10, 5);
+  op(h, 'a', 1, 11, 3);
+  assert.equal(checkHistory(h).perClientViolations.length, 1);
+});
+
+test('gaps must be explained by lost requests or crashes', () => {
+  const h = new History();
+  op(h, 'a', 0, 1, 1);
+  op(h, 'a', 2, 3, 5);
+  assert.match(checkHistory(h).gapViolation ?? '', /3 numbers were skipped/);
+  op(h, 'b', 0, null, null, 3, true);
+  assert.equal(checkHistory(h).gapViolation, null);
+  const crash = new History();
+  op(crash, 'a', 0, 1, 1);
+  op(crash, 'a', 2, 3, 102);
+  assert.ok(checkHistory(crash, { crashes: 1, reserve: 99n }).gapViolation);
+  assert.equal(checkHistory(crash, { crashes: 1, reserve: 100n }).gapViolation, null);
+  // A refused request explains nothing.
+  op(crash, 'c', 0, 1, null, 5, false);
+  assert.ok(checkHistory(crash, { crashes: 1, reserve: 99n }).gapViolation);
+});
+
+test('numbers skipped before the first acknowledged one count when the start is known', () => {
+  const h = new History();
+  op(h, 'a', 0, 1, 3);
+  assert.ok(checkHistory(h, { start: 1n }).gapViolation);
+  assert.equal(checkHistory(h).gapViolation, null);
+});

@@ -1,0 +1,335 @@
+/**
+ * The reservation core against a store that delays, fails, fences and crashes.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import fc from 'fast-check';
+import { Sequencer, SequenceError, EXHAUSTED } from '../../src/core/sequencer.js';
+import { MemoryStore } from '../../src/store/memory.js';
+import { END, MAX_VALUE } from '../../src/core/limits.js';
+import { FencedError } from '../../src/errors.js';
+import type { Leadership } from '../../src/core/ports.js';
+
+/** Lets scheduled flushes (setImmediate) and promise callbacks run. */
+async function settle(rounds = 5): Promise<void> {
+  for (let i = 0; i < rounds; i++) await new Promise((r) => setImmediate(r));
+}
+
+async function open(store: MemoryStore | null, reserve: bigint, extra: Partial<ConstructorParameters<typeof Sequencer>[0]> = {}) {
+  const seq = new Sequencer({ store, initial: 1n, reserve, maxSequences: 100, retryMinMs: 1, retryMaxMs: 5, ...extra });
+  await seq.open();
+  return seq;
+}
+
+/** Resolves whatever allocate returned; throws SequenceError replies. */
+async function take(r: bigint | SequenceError | Promise<bigint>): Promise<bigint> {
+  if (r instanceof SequenceError) throw r;
+  return r;
+}
+
+test('in memory: consecutive numbers, batches, names, nothing waits', async () => {
+  const seq = await open(null, 0n);
+  assert.equal(seq.allocate('default', 1n), 1n);
+  assert.equal(seq.allocate('default', 1n), 2n);
+  assert.equal(seq.current('default'), 3n);
+  assert.equal(seq.allocate('default', 100n), 3n);
+  assert.equal(seq.allocate('default', 1n), 103n);
+  assert.equal(seq.allocate('other', 1n), 1n);
+  assert.deepEqual(
+    seq.snapshot().map((s) => [s.name, s.next, s.issued]),
+    [
+      ['default', 104n, 103],
+      ['other', 2n, 1],
+    ],
+  );
+});
+
+test('exhaustion at 2^63-1 issues nothing and leaves other sequences alone', async () => {
+  const seq = new Sequencer({ store: null, initial: MAX_VALUE - 2n, reserve: 0n, maxSequences: 10 });
+  await seq.open();
+  assert.equal(seq.allocate('a', 4n), EXHAUSTED);
+  assert.equal(seq.allocate('a', 3n), MAX_VALUE - 2n);
+  assert.equal(seq.current('a'), EXHAUSTED);
+  assert.equal(seq.allocate('a', 1n), EXHAUSTED);
+  assert.equal(seq.snapshot()[0]!.next, END);
+  assert.equal(seq.allocate('b', 1n), MAX_VALUE - 2n);
+});
+
+test('--max-sequences refuses new names only', async () => {
+  const seq = new Sequencer({ store: null, initial: 1n, reserve: 0n, maxSequences: 2 });
+  await seq.open();
+  seq.allocate('a', 1n);
+  seq.current('b');
+  const r = seq.allocate('c', 1n);
+  assert.ok(r instanceof SequenceError);
+  assert.match(r.message, /too many sequences: at most 2/);
+  assert.equal(seq.allocate('a', 1n), 2n);
+});
+
+test('durable: the first number waits for its reservation, later ones come from memory', async () => {
+  const store = new MemoryStore();
+  const seq = await open(store, 100n);
+  const first = seq.allocate('default', 1n);
+  assert.ok(first instanceof Promise, 'nothing is durable yet');
+  assert.equal(await first, 1n);
+  // The reservation covers the waiting request plus a whole window.
+  assert.equal(store.state().get('default'), 102n);
+  for (let i = 2n; i <= 40n; i++) assert.equal(seq.allocate('default', 1n), i);
+  assert.equal(store.calls.persist, 1, 'no write while more than half the window remains');
+});
+
+test('the window is refilled before it runs out, so steady traffic never waits', async () => {
+  const store = new MemoryStore();
+  const seq = await open(store, 100n);
+  assert.equal(await take(seq.allocate('default', 1n)), 1n);
+  let expected = 2n;
+  for (let round = 0; round < 20; round++) {
+    for (let i = 0; i < 50; i++) {
+      const r = seq.allocate('default', 1n);
+      assert.equal(r, expected++, `round ${round}: served from memory`);
+    }
+    await settle();
+  }
+  assert.ok(store.calls.persist >= 10);
+  assert.equal(store.calls.maxInFlight, 1, 'one persist in flight at a time');
+});
+
+test('never a number at or beyond the durable mark, even while a write is held', async () => {
+  const store = new MemoryStore();
+  const seq = await open(store, 10n);
+  assert.equal(await take(seq.allocate('default', 1n)), 1n); // mark 12
+  store.pause();
+  const got: bigint[] = [];
+  const waiting: Promise<bigint>[] = [];
+  for (let i = 0; i < 30; i++) {
+    const r = seq.allocate('default', 1n);
+    if (typeof r === 'bigint') got.push(r);
+    else waiting.push(take(r));
+  }
+  await settle();
+  assert.deepEqual(got, [2n, 3n, 4n, 5n, 6n, 7n, 8n, 9n, 10n, 11n]);
+  assert.ok(got.every((n) => n < store.state().get('default')!));
+  store.resume();
+  const later = await Promise.all(waiting);
+  assert.deepEqual(later, Array.from({ length: 20 }, (_, i) => BigInt(12 + i)));
+  assert.ok(store.state().get('default')! > 31n);
+});
+
+test('a batch larger than the window waits for its own reservation', async () => {
+  const store = new MemoryStore();
+  const seq = await open(store, 10n);
+  assert.equal(await take(seq.allocate('default', 1000n)), 1n);
+  assert.ok(store.state().get('default')! >= 1001n);
+  assert.equal(await take(seq.allocate('default', 1n)), 1001n);
+});
+
+test('gapless (--reserve=0): every reply waits, and concurrent requests share one write', async () => {
+  const store = new MemoryStore();
+  const seq = await open(store, 0n);
+  const rs = Array.from({ length: 50 }, () => seq.allocate('default', 1n));
+  assert.ok(rs.every((r) => r instanceof Promise));
+  const got = await Promise.all(rs.map(take));
+  assert.deepEqual(got, Array.from({ length: 50 }, (_, i) => BigInt(i + 1)));
+  assert.equal(store.calls.persist, 1, 'group commit');
+  assert.equal(store.state().get('default'), 51n, 'exactly the numbers promised');
+  // While one write is in flight, new requests gather for the next one.
+  store.pause();
+  const a = seq.allocate('default', 1n);
+  await settle();
+  const more = Array.from({ length: 10 }, () => seq.allocate('default', 1n));
+  store.resume();
+  assert.equal(await take(a), 51n);
+  assert.deepEqual(await Promise.all(more.map(take)), Array.from({ length: 10 }, (_, i) => BigInt(52 + i)));
+  assert.equal(store.calls.persist, 3);
+});
+
+test('storage failure: below the mark still served, beyond it refused, no number skipped, recovery by itself', async () => {
+  const store = new MemoryStore();
+  const events: string[] = [];
+  const seq = await open(store, 10n, {
+    events: { persistFailed: () => events.push('failed'), persistRecovered: () => events.push('recovered') },
+  });
+  assert.equal(await take(seq.allocate('default', 1n)), 1n); // mark 12
+  store.failNext(3);
+  const served: bigint[] = [];
+  for (let i = 0; i < 10; i++) served.push(await take(seq.allocate('default', 1n)));
+  assert.deepEqual(served, [2n, 3n, 4n, 5n, 6n, 7n, 8n, 9n, 10n, 11n]);
+  await settle();
+  const refused = await seq.allocate('default', 1n);
+  const r = refused instanceof Promise ? await refused.catch((e: unknown) => e) : refused;
+  assert.ok(r instanceof SequenceError, `got ${String(r)}`);
+  assert.match(r.message, /^persistence unavailable: write memory: EIO/);
+  assert.match(seq.persistenceFailure ?? '', /persistence unavailable/);
+  // The retry loop recovers without help.
+  const deadline = Date.now() + 5000;
+  while (seq.persistenceFailure !== null) {
+    assert.ok(Date.now() < deadline, 'did not recover');
+    await new Promise((res) => setTimeout(res, 2));
+  }
+  assert.equal(await take(seq.allocate('default', 1n)), 12n, 'the refused request took nothing');
+  assert.deepEqual(events.slice(-1), ['recovered']);
+  assert.ok(events.includes('failed'));
+});
+
+test('a waiter is refused, not left hanging, when the write it waits for fails', async () => {
+  const store = new MemoryStore();
+  const seq = await open(store, 0n);
+  store.failNext(1);
+  const r = seq.allocate('default', 1n) as Promise<bigint>;
+  await assert.rejects(r, (e: unknown) => e instanceof SequenceError && /persistence unavailable/.test(e.message));
+  const deadline = Date.now() + 5000;
+  while (seq.persistenceFailure !== null) {
+    assert.ok(Date.now() < deadline);
+    await new Promise((res) => setTimeout(res, 2));
+  }
+  assert.equal(await take(seq.allocate('default', 1n)), 1n, 'no gap while the process runs');
+});
+
+test('a fenced write stops the node: NOTLEADER, waiters refused, nothing more handed out', async () => {
+  const store = new MemoryStore();
+  let fenced = 0;
+  const leadership: Leadership = { role: 'leader', canServe: () => true, leaderAddress: () => '10.0.0.2:10001' };
+  const seq = await open(store, 0n, { leadership, events: { fenced: () => fenced++ } });
+  store.fence();
+  const r = seq.allocate('default', 1n) as Promise<bigint>;
+  await assert.rejects(r, (e: unknown) => e instanceof SequenceError && e.code === 'NOTLEADER' && e.message === '10.0.0.2:10001');
+  assert.equal(fenced, 1);
+  const after = seq.allocate('default', 1n);
+  assert.ok(after instanceof SequenceError && after.code === 'NOTLEADER');
+});
+
+test('a lease that is not surely alive refuses at once, even below the mark', async () => {
+  const store = new MemoryStore();
+  let alive = true;
+  const leadership: Leadership = { role: 'leader', canServe: () => alive, leaderAddress: () => null };
+  const seq = await open(store, 100n, { leadership });
+  assert.equal(await take(seq.allocate('default', 1n)), 1n);
+  alive = false;
+  const r = seq.allocate('default', 1n);
+  assert.ok(r instanceof SequenceError);
+  assert.equal(r.code, 'NOTLEADER');
+  assert.equal(r.message, '');
+  assert.ok(seq.current('default') instanceof SequenceError);
+});
+
+test('clean close persists the exact next numbers: a restart continues with no gap', async () => {
+  const store = new MemoryStore();
+  const seq = await open(store, 1000n);
+  for (let i = 1n; i <= 5n; i++) assert.equal(await take(seq.allocate('default', 1n)), i);
+  assert.equal(await take(seq.allocate('b', 7n)), 1n);
+  assert.equal(await seq.close(), true);
+  assert.deepEqual(store.state(), new Map([['default', 6n], ['b', 8n]]));
+  const again = await open(new MemoryStore({ initial: store.state() }), 1000n);
+  assert.equal(await take(again.allocate('default', 1n)), 6n);
+  assert.equal(await take(again.allocate('b', 1n)), 8n);
+});
+
+test('--initial seeds new sequences; above a persisted mark it wins', async () => {
+  const seq = new Sequencer({
+    store: new MemoryStore({ initial: [['low', 5n], ['high', 5000n]] }),
+    initial: 1000n,
+    reserve: 10n,
+    maxSequences: 10,
+  });
+  const { raisedByInitial } = await seq.open();
+  assert.deepEqual(raisedByInitial, ['low']);
+  assert.equal(await take(seq.allocate('low', 1n)), 1000n);
+  assert.equal(await take(seq.allocate('high', 1n)), 5000n);
+  assert.equal(await take(seq.allocate('fresh', 1n)), 1000n);
+});
+
+/**
+ * Random interleavings of requests, slow and failing writes, clean stops and
+ * crashes (with the write in flight landing or not). Across every restart: no
+ * number twice, a restart never resumes below a number handed out, and the
+ * numbers skipped are bounded: per crash (or failed clean stop) one window plus
+ * what the requests refused or lost since the last start had asked for (their
+ * marks may have reached storage although the store reported failure).
+ */
+test('property: never a number twice, never below the durable mark after a restart, gaps bounded', async () => {
+  const action = fc.oneof(
+    fc.record({ kind: fc.constant('get' as const), count: fc.integer({ min: 1, max: 30 }), name: fc.constantFrom('a', 'b') }),
+    fc.record({ kind: fc.constant('pause' as const) }),
+    fc.record({ kind: fc.constant('resume' as const) }),
+    fc.record({ kind: fc.constant('fail' as const), n: fc.integer({ min: 1, max: 3 }), landed: fc.boolean() }),
+    fc.record({ kind: fc.constant('settle' as const) }),
+    fc.record({ kind: fc.constant('crash' as const), landed: fc.boolean() }),
+    fc.record({ kind: fc.constant('restart' as const) }),
+  );
+  await fc.assert(
+    fc.asyncProperty(fc.array(action, { minLength: 1, maxLength: 60 }), fc.constantFrom(0n, 1n, 7n, 50n), async (actions, reserve) => {
+      let store = new MemoryStore();
+      let seq = await open(store, reserve);
+      const issued = new Map<string, Array<[bigint, bigint]>>([['a', []], ['b', []]]);
+      const pending: Promise<unknown>[] = [];
+      let allowance = 0n;
+      let unissued = 0n;
+      const restart = async (state: Map<string, bigint>, skipped: boolean) => {
+        await Promise.allSettled(pending.splice(0));
+        if (skipped) allowance += reserve + unissued;
+        unissued = 0n;
+        store = new MemoryStore({ initial: state });
+        seq = await open(store, reserve);
+        for (const [name, ranges] of issued) {
+          const top = ranges.reduce((m, [, end]) => (end > m ? end : m), 0n);
+          const resumed = seq.current(name) as bigint;
+          assert.ok(resumed >= top, `${name} resumed at ${resumed} below ${top}`);
+        }
+      };
+      for (const a of actions) {
+        switch (a.kind) {
+          case 'get': {
+            const count = BigInt(a.count);
+            const got = (first: bigint) => issued.get(a.name)!.push([first, first + count]);
+            const r = seq.allocate(a.name, count);
+            if (typeof r === 'bigint') got(r);
+            else if (r instanceof Promise) pending.push(r.then(got, () => (unissued += count)));
+            else unissued += count;
+            break;
+          }
+          case 'pause':
+            store.pause();
+            break;
+          case 'resume':
+            store.resume();
+            break;
+          case 'fail':
+            store.failNext(a.n, { landed: a.landed });
+            break;
+          case 'settle':
+            await settle();
+            break;
+          case 'crash':
+            seq.abort(new SequenceError('ERR', 'crashed'));
+            await restart(store.crash({ inFlight: a.landed ? 'landed' : 'lost' }), true);
+            break;
+          case 'restart': {
+            store.resume();
+            const closing = seq.close();
+            await settle(20);
+            store.resume();
+            const exact = await closing;
+            await restart(store.state(), !exact);
+            break;
+          }
+        }
+      }
+      store.resume();
+      await Promise.allSettled(pending);
+      for (const [name, ranges] of issued) {
+        ranges.sort((x, y) => (x[0] < y[0] ? -1 : 1));
+        let gaps = ranges.length > 0 ? ranges[0]![0] - 1n : 0n;
+        for (let i = 1; i < ranges.length; i++) {
+          assert.ok(ranges[i]![0] >= ranges[i - 1]![1], `${name}: overlap ${ranges[i - 1]} / ${ranges[i]}`);
+          gaps += ranges[i]![0] - ranges[i - 1]![1];
+        }
+        assert.ok(gaps <= allowance, `${name}: ${gaps} skipped, at most ${allowance} allowed`);
+      }
+    }),
+    { numRuns: 300 },
+  );
+});
+
+test('FencedError is what the stores throw for lost leadership', () => {
+  assert.equal(new FencedError('x').code, 'FENCED');
+});
