@@ -1,0 +1,637 @@
+/**
+ * The durable store of a single server: high-water marks in a data directory.
+ *
+ * Files:
+ * - `marks.snapshot`: every mark as of generation g. `DOLSEQ01`, then one record
+ *   `{"v":1,"g":g,"m":{...}}`. Only ever replaced whole (temp file, fsync, rename,
+ *   fsync the directory), so it is either the old file or the complete new one.
+ * - `marks.log`: `DOLLOG01`, a header record `{"v":1,"g":g}`, then one record
+ *   `{"v":1,"m":{...}}` per persist with the marks it changed. Replaying it over
+ *   the snapshot of the same generation gives the current state.
+ * - `LOCK`: the pid and host of the server that owns the directory.
+ *
+ * A record is a 4-byte big-endian payload length, the CRC32 of the payload, then
+ * the payload (UTF-8 JSON). Marks are decimal strings: they reach 2^63 and must
+ * never pass through a JS number.
+ *
+ * Compaction writes the whole state as snapshot g+1, then replaces the log with an
+ * empty one of generation g+1. A log older than the snapshot is what a crash
+ * between those two steps leaves; its records are all in the snapshot, so it is
+ * ignored. A log newer than the snapshot, or a log with no snapshot, means a file
+ * was lost or restored from elsewhere, and loading refuses.
+ */
+import { type FileHandle, mkdir, open, readFile, rename, stat, unlink } from 'node:fs/promises';
+import { hostname } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { getSystemErrorMap } from 'node:util';
+import { crc32 } from 'node:zlib';
+import type { Marks, Store } from '../core/ports.js';
+import { END, parseUnsigned } from '../core/limits.js';
+import { DataDirLockedError, PersistenceError, StateCorruptError } from '../errors.js';
+
+export interface FileStoreOptions {
+  log?: (msg: string, fields?: object) => void;
+  /**
+   * Compact once the log would grow past this many bytes, or past the size of the
+   * last snapshot when that is larger (so compaction costs stay proportional to
+   * the log writes they save). Default 1 MiB; small values let tests compact often.
+   */
+  compactAfterBytes?: number;
+  /**
+   * Fault injection for tests: called before every file-system operation the store
+   * makes (`op` is e.g. `write`, `fdatasync`, `rename`); throwing an errno-style
+   * error makes that operation fail as if the OS had failed it.
+   */
+  beforeIo?: (op: string, path: string) => void;
+}
+
+const SNAPSHOT = 'marks.snapshot';
+const LOG = 'marks.log';
+const LOCK = 'LOCK';
+const SNAPSHOT_MAGIC = 'DOLSEQ01';
+const LOG_MAGIC = 'DOLLOG01';
+const MAGIC_LENGTH = 8;
+const HEADER_LENGTH = 8;
+const FORMAT_VERSION = 1;
+/**
+ * Far above any record we write (about 100 bytes per sequence), so a length field
+ * beyond it is corruption rather than a record cut short by a crash.
+ */
+const MAX_RECORD = 256 * 1024 * 1024;
+const DEFAULT_COMPACT_AFTER = 1024 * 1024;
+
+/** Data directories this process has locked: its own pid in a LOCK is not proof of anything else. */
+const lockedHere = new Set<string>();
+
+export class FileStore implements Store {
+  readonly description: string;
+  private readonly snapshotPath: string;
+  private readonly logPath: string;
+  private readonly lockPath: string;
+  private readonly say: (msg: string, fields?: object) => void;
+  private readonly compactAfter: number;
+  private readonly beforeIo: ((op: string, path: string) => void) | undefined;
+
+  /** The merged state; null until load(), so a persist cannot compact an empty map over real state. */
+  private marks: Map<string, bigint> | null = null;
+  /** Generation of the snapshot and log in place; the next compaction writes gen + 1. */
+  private gen = 0;
+  private snapshotBytes = 0;
+  /**
+   * Open log we append to, or null when the next persist must compact instead:
+   * before the first compaction, after the log went stale, and after any failed
+   * append (the file may then end in a partial record, so it is replaced whole).
+   */
+  private log: FileHandle | null = null;
+  private logId: { dev: bigint; ino: bigint } | null = null;
+  /** End of the last good record: where the next append goes. */
+  private logSize = 0;
+  private inflight: Promise<void> | null = null;
+  private lockText: string | null = null;
+  private closing: Promise<void> | null = null;
+
+  private constructor(
+    readonly dir: string,
+    opts: FileStoreOptions,
+  ) {
+    this.description = `file:${dir}`;
+    this.snapshotPath = join(dir, SNAPSHOT);
+    this.logPath = join(dir, LOG);
+    this.lockPath = join(dir, LOCK);
+    this.say = opts.log ?? (() => {});
+    this.compactAfter = opts.compactAfterBytes ?? DEFAULT_COMPACT_AFTER;
+    this.beforeIo = opts.beforeIo;
+  }
+
+  /** Creates the directory if needed (mode 0700) and locks it. Call load() next. */
+  static async open(dir: string, opts: FileStoreOptions = {}): Promise<FileStore> {
+    const store = new FileStore(resolve(dir), opts);
+    await store.createDir();
+    await store.lock();
+    return store;
+  }
+
+  async load(): Promise<Map<string, bigint>> {
+    if (this.closing) throw new Error(`${this.description} is closed`);
+    await this.dropLog();
+    const snapshot = await this.readIfExists(this.snapshotPath);
+    const { marks, gen } =
+      snapshot === null ? { marks: new Map<string, bigint>(), gen: 0 } : parseSnapshot(snapshot, this.snapshotPath);
+    const log = await this.readIfExists(this.logPath);
+    // No log beside a snapshot is a crash during the very first compaction: the
+    // snapshot already holds everything, and the first persist creates the log.
+    if (log !== null) {
+      const header = parseLogHeader(log, this.logPath);
+      if (snapshot === null) {
+        throw new StateCorruptError(
+          this.logPath,
+          `it continues snapshot generation ${header.gen}, but ${this.snapshotPath} is missing`,
+        );
+      }
+      if (header.gen > gen) {
+        throw new StateCorruptError(
+          this.logPath,
+          `it continues snapshot generation ${header.gen}, but ${this.snapshotPath} is generation ${gen}: the snapshot is an older copy`,
+        );
+      }
+      if (header.gen < gen) {
+        this.say('ignoring a log left by an interrupted compaction; the snapshot already holds its marks', {
+          file: this.logPath,
+        });
+      } else {
+        const { end, torn } = replay(log, header.end, marks, this.logPath);
+        await this.reopenLog(end, torn === null ? null : { bytes: log.length - end, why: torn });
+      }
+    }
+    this.marks = marks;
+    this.gen = gen;
+    this.snapshotBytes = snapshot?.length ?? 0;
+    return new Map(marks);
+  }
+
+  async persist(marks: Marks): Promise<void> {
+    if (this.closing) throw new PersistenceError(`${this.description} is closed`);
+    if (this.marks === null) throw new Error('FileStore.persist called before load()');
+    // Two appends at the same offset would overwrite each other.
+    if (this.inflight) throw new Error('FileStore.persist called while another persist is in flight');
+    for (const [name, mark] of marks) {
+      // Written, such a mark would make the directory unloadable.
+      if (mark < 0n || mark > END) throw new RangeError(`mark ${mark} of ${name} is outside 0..2^63`);
+    }
+    if (marks.size === 0) return;
+    const write = this.write(this.marks, marks);
+    this.inflight = write;
+    try {
+      await write;
+    } finally {
+      this.inflight = null;
+    }
+  }
+
+  async close(): Promise<void> {
+    this.closing ??= this.shutdown();
+    return this.closing;
+  }
+
+  private async shutdown(): Promise<void> {
+    if (this.inflight) await this.inflight.catch(() => {});
+    await this.dropLog();
+    await this.unlock();
+  }
+
+  private async write(current: Map<string, bigint>, changes: Marks): Promise<void> {
+    const merged = new Map(current);
+    for (const [name, mark] of changes) merged.set(name, mark);
+    const record = frame(`{"v":${FORMAT_VERSION},"m":${marksJson(changes)}}`);
+    if (this.log === null || this.logSize + record.length > Math.max(this.compactAfter, this.snapshotBytes)) {
+      await this.compact(merged);
+    } else {
+      await this.append(this.log, record);
+    }
+    this.marks = merged;
+  }
+
+  private async append(log: FileHandle, record: Buffer): Promise<void> {
+    try {
+      await this.io('write', this.logPath, () => writeAll(log, record, this.logSize));
+      await this.io('fdatasync', this.logPath, () => log.datasync());
+      // An open handle keeps writing happily into a file that was deleted or
+      // replaced; the sync would then "succeed" into a file nobody will read.
+      const now = await this.io('stat', this.logPath, () => stat(this.logPath, { bigint: true }));
+      if (now.dev !== this.logId?.dev || now.ino !== this.logId?.ino) {
+        throw new PersistenceError(
+          `write ${this.logPath}: the file was replaced behind the server's back; ` +
+            `nothing but this server may change ${this.dir} while it runs`,
+        );
+      }
+    } catch (err) {
+      await this.dropLog();
+      throw err;
+    }
+    this.logSize += record.length;
+  }
+
+  /**
+   * Until the new log is in place, the old one is left as it is: with the new
+   * snapshot it is stale (ignored), without it current. The generation advances
+   * only on success; retrying with the same one is safe because no record is ever
+   * appended to a log whose compaction failed.
+   */
+  private async compact(merged: Map<string, bigint>): Promise<void> {
+    await this.dropLog();
+    const gen = this.gen + 1;
+    const snapshot = frame(`{"v":${FORMAT_VERSION},"g":${gen},"m":${marksJson(merged)}}`, SNAPSHOT_MAGIC);
+    const snapshotHandle = await this.install(this.snapshotPath, snapshot);
+    await snapshotHandle.close().catch(() => {});
+    const header = frame(`{"v":${FORMAT_VERSION},"g":${gen}}`, LOG_MAGIC);
+    const log = await this.install(this.logPath, header);
+    try {
+      this.logId = await this.io('stat', this.logPath, () => log.stat({ bigint: true }));
+    } catch (err) {
+      await log.close().catch(() => {});
+      throw err;
+    }
+    this.log = log;
+    this.logSize = header.length;
+    this.gen = gen;
+    this.snapshotBytes = snapshot.length;
+  }
+
+  /**
+   * Puts `data` at `path` so that a crash leaves either the old file or all of the
+   * new one, and returns the new file still open (writable).
+   */
+  private async install(path: string, data: Buffer): Promise<FileHandle> {
+    const temp = `${path}.tmp`;
+    const handle = await this.writeSynced(temp, data);
+    try {
+      await this.io('rename', path, () => rename(temp, path));
+    } catch (err) {
+      await handle.close().catch(() => {});
+      await unlink(temp).catch(() => {});
+      throw err;
+    }
+    try {
+      await this.syncDir(this.dir);
+    } catch (err) {
+      await handle.close().catch(() => {});
+      throw err;
+    }
+    return handle;
+  }
+
+  /** Writes a whole new file at `path` and syncs it; returns it open. On failure nothing is left there. */
+  private async writeSynced(path: string, data: Buffer, flags = 'w'): Promise<FileHandle> {
+    const handle = await this.io('open', path, () => open(path, flags, 0o600));
+    try {
+      await this.io('write', path, () => writeAll(handle, data, 0));
+      await this.io('fsync', path, () => handle.sync());
+    } catch (err) {
+      await handle.close().catch(() => {});
+      await unlink(path).catch(() => {});
+      throw err;
+    }
+    return handle;
+  }
+
+  /**
+   * Opens the log loaded from disk for appending, first cutting off a torn tail.
+   * If that fails, the first persist compacts instead, which replaces the log.
+   */
+  private async reopenLog(end: number, torn: { bytes: number; why: string } | null): Promise<void> {
+    let handle: FileHandle | null = null;
+    try {
+      handle = await this.io('open', this.logPath, () => open(this.logPath, 'r+'));
+      const h = handle;
+      if (torn !== null) {
+        await this.io('ftruncate', this.logPath, () => h.truncate(end));
+        await this.io('fdatasync', this.logPath, () => h.datasync());
+        this.say('dropped the torn end of the log: a write cut short by a crash, never acknowledged', {
+          file: this.logPath,
+          offset: end,
+          bytes: torn.bytes,
+          detail: torn.why,
+        });
+      }
+      this.logId = await this.io('stat', this.logPath, () => h.stat({ bigint: true }));
+      this.log = h;
+      this.logSize = end;
+    } catch (err) {
+      await handle?.close().catch(() => {});
+      this.say('cannot reopen the log for appending; the first write will compact instead', {
+        file: this.logPath,
+        error: (err as Error).message,
+      });
+    }
+  }
+
+  private async dropLog(): Promise<void> {
+    const log = this.log;
+    this.log = null;
+    this.logId = null;
+    await log?.close().catch(() => {});
+  }
+
+  private async readIfExists(path: string): Promise<Buffer | null> {
+    return this.io('read', path, () =>
+      readFile(path).catch((err: NodeJS.ErrnoException) => {
+        if (err.code === 'ENOENT') return null;
+        throw err;
+      }),
+    );
+  }
+
+  private async syncDir(dir: string): Promise<void> {
+    const handle = await this.io('open', dir, () => open(dir, 'r'));
+    try {
+      await this.io('fsync', dir, () => handle.sync());
+    } finally {
+      await handle.close().catch(() => {});
+    }
+  }
+
+  /**
+   * Deliberately not re-created when it goes missing later: a vanished data
+   * directory is often an unmounted volume, and writing into the mount point
+   * underneath would hide state that comes back with the volume.
+   */
+  private async createDir(): Promise<void> {
+    const first = await this.io('mkdir', this.dir, () => mkdir(this.dir, { recursive: true, mode: 0o700 }));
+    if (first === undefined) return;
+    // A directory created just now survives a machine crash only once its parent is synced.
+    for (let d = this.dir; ; d = dirname(d)) {
+      await this.syncDir(dirname(d));
+      if (d === first || d === dirname(d)) break;
+    }
+  }
+
+  /**
+   * Caveat: liveness is judged by pid. After a crash the pid may belong to an
+   * unrelated process by the time we start (likely after a reboot); we then refuse
+   * although the directory is free, and the message says to delete LOCK. The other
+   * mistake, taking a lock whose holder still runs, needs the holder's pid to be
+   * dead, which a running holder's never is. Two servers taking over the same
+   * stale lock in the same instant can both succeed; starting them a moment apart
+   * is enough.
+   */
+  private async lock(): Promise<void> {
+    const text = `${JSON.stringify({ pid: process.pid, host: hostname(), started: new Date().toISOString() })}\n`;
+    const data = Buffer.from(text);
+    // A lock released or replaced between our looks sends us round again.
+    for (let attempt = 0; attempt < 3; attempt++) {
+      // Synced: after a machine crash an empty LOCK could not be judged.
+      const created = await this.writeSynced(this.lockPath, data, 'wx').catch((err: PersistenceError) => {
+        if ((err.cause as NodeJS.ErrnoException | undefined)?.code === 'EEXIST') return null;
+        throw err;
+      });
+      if (created !== null) {
+        await created.close().catch(() => {});
+        this.held(text);
+        return;
+      }
+      const seen = await this.readIfExists(this.lockPath);
+      if (seen === null) continue;
+      const seenText = seen.toString('utf8');
+      this.checkStale(seenText);
+      // Replaced by a rename, never rewritten in place: a rival must not see it empty.
+      const temp = `${this.lockPath}.${process.pid}`;
+      await (await this.writeSynced(temp, data)).close().catch(() => {});
+      const now = await this.readIfExists(this.lockPath);
+      if (now === null || now.toString('utf8') !== seenText) {
+        await unlink(temp).catch(() => {});
+        continue;
+      }
+      await this.io('rename', this.lockPath, () => rename(temp, this.lockPath));
+      this.say('took over a stale lock left by a server that is no longer running', {
+        file: this.lockPath,
+        previous: seenText.trim(),
+      });
+      this.held(text);
+      return;
+    }
+    throw new DataDirLockedError(this.dir, `its ${this.lockPath} keeps changing; is another server starting?`);
+  }
+
+  private held(text: string): void {
+    this.lockText = text;
+    lockedHere.add(this.dir);
+  }
+
+  /** Returns if the lock in `text` is stale; throws DataDirLockedError while its holder may still run. */
+  private checkStale(text: string): void {
+    const unreadable = `its lock file is unreadable; delete ${this.lockPath} if no server uses the directory`;
+    let holder: { pid?: unknown; host?: unknown; started?: unknown };
+    try {
+      holder = JSON.parse(text) as typeof holder;
+    } catch {
+      throw new DataDirLockedError(this.dir, unreadable);
+    }
+    const { pid, host, started } = holder ?? {};
+    if (typeof pid !== 'number' || !Number.isSafeInteger(pid) || pid <= 0 || typeof host !== 'string') {
+      throw new DataDirLockedError(this.dir, unreadable);
+    }
+    const since = typeof started === 'string' ? `, started ${started}` : '';
+    // A process on another machine (a shared volume) cannot be checked from here.
+    if (host !== hostname()) {
+      throw new DataDirLockedError(
+        this.dir,
+        `pid ${pid} on host ${host}${since}; delete ${this.lockPath} if that server is gone`,
+      );
+    }
+    if (pid === process.pid) {
+      if (lockedHere.has(this.dir)) throw new DataDirLockedError(this.dir, `pid ${pid}, this very process`);
+      // Our own pid, yet not ours: an earlier run that had the same pid, as a
+      // container's first process always does.
+      return;
+    }
+    if (isAlive(pid)) {
+      throw new DataDirLockedError(
+        this.dir,
+        `pid ${pid}${since}; delete ${this.lockPath} only if that process is not a dolmeangi server`,
+      );
+    }
+  }
+
+  private async unlock(): Promise<void> {
+    if (this.lockText === null) return;
+    const text = this.lockText;
+    this.lockText = null;
+    lockedHere.delete(this.dir);
+    try {
+      // Only our own: if the directory was replaced, LOCK may now be another server's.
+      const seen = await readFile(this.lockPath, 'utf8');
+      if (seen === text) await unlink(this.lockPath);
+    } catch (err) {
+      // Left behind, it names our pid, which the next start finds dead and takes over.
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') {
+        this.say('could not remove the lock file', { file: this.lockPath, error: (err as Error).message });
+      }
+    }
+  }
+
+  /** Runs one file-system call, turning its failure into a PersistenceError naming the call and the file. */
+  private async io<T>(op: string, path: string, call: () => Promise<T>): Promise<T> {
+    try {
+      this.beforeIo?.(op, path);
+      return await call();
+    } catch (err) {
+      if (err instanceof PersistenceError) throw err;
+      throw new PersistenceError(`${op} ${path}: ${describeErrno(err)}`, { cause: err });
+    }
+  }
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    // EPERM: alive but someone else's. Only ESRCH proves it is gone.
+    return (err as NodeJS.ErrnoException).code !== 'ESRCH';
+  }
+}
+
+let errnoText: Map<string, string> | null = null;
+
+/** `ENOSPC (no space left on device)`, whether the error came from the OS or a test. */
+function describeErrno(err: unknown): string {
+  const code = (err as NodeJS.ErrnoException)?.code;
+  if (typeof code !== 'string') return String((err as Error)?.message ?? err);
+  if (errnoText === null) {
+    errnoText = new Map();
+    for (const [name, text] of getSystemErrorMap().values()) errnoText.set(name, text);
+  }
+  const text = errnoText.get(code);
+  return text === undefined ? code : `${code} (${text})`;
+}
+
+async function writeAll(handle: FileHandle, data: Buffer, position: number): Promise<void> {
+  let done = 0;
+  while (done < data.length) {
+    const { bytesWritten } = await handle.write(data, done, data.length - done, position + done);
+    if (bytesWritten === 0) throw new Error('the write made no progress');
+    done += bytesWritten;
+  }
+}
+
+function marksJson(marks: Iterable<[string, bigint]>): string {
+  const parts: string[] = [];
+  for (const [name, mark] of marks) parts.push(`${JSON.stringify(name)}:"${mark.toString()}"`);
+  return `{${parts.join(',')}}`;
+}
+
+/** Length, CRC32 and payload, after an optional 8-byte magic. */
+function frame(payload: string, magic?: string): Buffer {
+  const body = Buffer.from(payload, 'utf8');
+  const at = magic === undefined ? 0 : MAGIC_LENGTH;
+  const out = Buffer.allocUnsafe(at + HEADER_LENGTH + body.length);
+  if (magic !== undefined) out.write(magic, 0, 'latin1');
+  out.writeUInt32BE(body.length, at);
+  out.writeUInt32BE(crc32(body), at + 4);
+  body.copy(out, at + HEADER_LENGTH);
+  return out;
+}
+
+type Unframed = { payload: Buffer; next: number } | { torn: string };
+
+/**
+ * Reads the record at `offset`. What an append cut short by a crash leaves is
+ * reported as torn; the caller decides whether a torn record is acceptable there.
+ */
+function unframe(buf: Buffer, offset: number, file: string): Unframed {
+  const rest = buf.length - offset;
+  // A crash can leave the file longer than the data that reached the disk, zero-filled.
+  if (isZero(buf, offset)) return { torn: `${rest} zero bytes where a record should be` };
+  if (rest < HEADER_LENGTH) return { torn: `only ${rest} bytes of a record header` };
+  const length = buf.readUInt32BE(offset);
+  if (length === 0 || length > MAX_RECORD) {
+    throw new StateCorruptError(file, `the record at byte ${offset} claims an impossible length ${length}`);
+  }
+  const end = offset + HEADER_LENGTH + length;
+  if (end > buf.length) return { torn: `a record of ${length} bytes with only ${rest - HEADER_LENGTH} present` };
+  const payload = buf.subarray(offset + HEADER_LENGTH, end);
+  if (crc32(payload) !== buf.readUInt32BE(offset + 4)) {
+    if (end === buf.length) return { torn: 'a checksum mismatch in the last record' };
+    throw new StateCorruptError(file, `checksum mismatch in the record at byte ${offset}`);
+  }
+  return { payload, next: end };
+}
+
+function isZero(buf: Buffer, from: number): boolean {
+  for (let i = from; i < buf.length; i++) if (buf[i] !== 0) return false;
+  return true;
+}
+
+/** A record in a file that was installed whole: being torn is corruption too. */
+function wholeRecord(buf: Buffer, offset: number, file: string): { payload: Buffer; next: number } {
+  const r = unframe(buf, offset, file);
+  if ('torn' in r) throw new StateCorruptError(file, `incomplete or damaged at byte ${offset}: ${r.torn}`);
+  return r;
+}
+
+function checkMagic(buf: Buffer, magic: string, file: string, what: string): void {
+  if (buf.length < MAGIC_LENGTH || buf.toString('latin1', 0, MAGIC_LENGTH) !== magic) {
+    throw new StateCorruptError(file, `not a dolmeangi ${what}: it does not start with ${magic}`);
+  }
+}
+
+function parseSnapshot(buf: Buffer, file: string): { marks: Map<string, bigint>; gen: number } {
+  checkMagic(buf, SNAPSHOT_MAGIC, file, 'snapshot');
+  const { payload, next } = wholeRecord(buf, MAGIC_LENGTH, file);
+  if (next !== buf.length) {
+    throw new StateCorruptError(file, `${buf.length - next} unexpected bytes after the snapshot`);
+  }
+  const doc = decode(payload, file, MAGIC_LENGTH);
+  return { gen: generation(doc, file), marks: decodeMarks(doc, file, MAGIC_LENGTH, new Map()) };
+}
+
+function parseLogHeader(buf: Buffer, file: string): { gen: number; end: number } {
+  checkMagic(buf, LOG_MAGIC, file, 'log');
+  const { payload, next } = wholeRecord(buf, MAGIC_LENGTH, file);
+  return { gen: generation(decode(payload, file, MAGIC_LENGTH), file), end: next };
+}
+
+/** Applies the log's records to `marks`; returns where the good records end and why the rest was dropped. */
+function replay(
+  buf: Buffer,
+  start: number,
+  marks: Map<string, bigint>,
+  file: string,
+): { end: number; torn: string | null } {
+  let offset = start;
+  while (offset < buf.length) {
+    const r = unframe(buf, offset, file);
+    if ('torn' in r) return { end: offset, torn: r.torn };
+    decodeMarks(decode(r.payload, file, offset), file, offset, marks);
+    offset = r.next;
+  }
+  return { end: offset, torn: null };
+}
+
+type Doc = Record<string, unknown>;
+
+function decode(payload: Buffer, file: string, offset: number): Doc {
+  let doc: unknown;
+  try {
+    doc = JSON.parse(payload.toString('utf8'));
+  } catch {
+    throw new StateCorruptError(file, `the record at byte ${offset} is not valid JSON`);
+  }
+  if (typeof doc !== 'object' || doc === null || Array.isArray(doc)) {
+    throw new StateCorruptError(file, `the record at byte ${offset} is not a JSON object`);
+  }
+  const v = (doc as Doc).v;
+  if (v !== FORMAT_VERSION) {
+    throw new StateCorruptError(
+      file,
+      `the record at byte ${offset} has format version ${JSON.stringify(v)}; this dolmeangi reads version ${FORMAT_VERSION}, so a newer release may have written it`,
+    );
+  }
+  return doc as Doc;
+}
+
+function generation(doc: Doc, file: string): number {
+  const g = doc.g;
+  if (typeof g !== 'number' || !Number.isSafeInteger(g) || g < 1) {
+    throw new StateCorruptError(file, `bad generation ${JSON.stringify(g)}`);
+  }
+  return g;
+}
+
+function decodeMarks(doc: Doc, file: string, offset: number, into: Map<string, bigint>): Map<string, bigint> {
+  const m = doc.m;
+  if (typeof m !== 'object' || m === null || Array.isArray(m)) {
+    throw new StateCorruptError(file, `the record at byte ${offset} has no marks object`);
+  }
+  for (const [name, text] of Object.entries(m)) {
+    const mark = typeof text === 'string' ? parseUnsigned(text) : undefined;
+    if (mark === undefined || mark > END) {
+      throw new StateCorruptError(
+        file,
+        `the record at byte ${offset} gives ${JSON.stringify(name)} the mark ${JSON.stringify(text)}, not a decimal integer in 0..2^63`,
+      );
+    }
+    into.set(name, mark);
+  }
+  return into;
+}

@@ -1,0 +1,579 @@
+import { test, type TestContext } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { appendFile, mkdir, mkdtemp, readFile, rm, stat, unlink, writeFile } from 'node:fs/promises';
+import { constants, hostname, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { crc32 } from 'node:zlib';
+import fc from 'fast-check';
+import { FileStore, type FileStoreOptions } from '../../src/store/file.js';
+import { END, MAX_VALUE } from '../../src/core/limits.js';
+import { DataDirLockedError, PersistenceError, StateCorruptError } from '../../src/errors.js';
+
+async function tempDir(t: TestContext): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), 'dolmeangi-file-store-'));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+const paths = (dir: string) => ({
+  snapshot: join(dir, 'marks.snapshot'),
+  log: join(dir, 'marks.log'),
+  lock: join(dir, 'LOCK'),
+});
+
+/** Opens and loads, closing the store when the test ends. */
+async function openLoaded(t: TestContext, dir: string, opts: FileStoreOptions = {}) {
+  const store = await FileStore.open(dir, opts);
+  t.after(() => store.close());
+  const marks = await store.load();
+  return { store, marks };
+}
+
+async function reload(dir: string, opts: FileStoreOptions = {}): Promise<Map<string, bigint>> {
+  const store = await FileStore.open(dir, opts);
+  try {
+    return await store.load();
+  } finally {
+    await store.close();
+  }
+}
+
+const m = (entries: Record<string, bigint>) => new Map(Object.entries(entries));
+
+/** A record as the store frames it: length, CRC32, payload. */
+function record(payload: string): Buffer {
+  const body = Buffer.from(payload);
+  const head = Buffer.alloc(8);
+  head.writeUInt32BE(body.length, 0);
+  head.writeUInt32BE(crc32(body), 4);
+  return Buffer.concat([head, body]);
+}
+
+function flip(buf: Buffer, at: number, bits: number): Buffer {
+  buf.writeUInt8(buf.readUInt8(at) ^ bits, at);
+  return buf;
+}
+
+function errno(code: keyof typeof constants.errno, syscall: string): NodeJS.ErrnoException {
+  return Object.assign(new Error(`${code}: injected, ${syscall}`), { code, syscall, errno: -constants.errno[code] });
+}
+
+/** Fails the `nth` (0-based) file-system call made after arm(), then lets everything through. */
+function faultAt(nth: number, code: keyof typeof constants.errno = 'EIO') {
+  let armed = false;
+  let seen = 0;
+  const ops: string[] = [];
+  return {
+    ops,
+    arm: () => {
+      armed = true;
+      seen = 0;
+      ops.length = 0;
+    },
+    hook: (op: string, path: string) => {
+      if (!armed) return;
+      ops.push(`${op} ${path}`);
+      if (seen++ === nth) throw errno(code, op);
+    },
+  };
+}
+
+async function deadPid(): Promise<number> {
+  const child = spawn(process.execPath, ['-e', '']);
+  await once(child, 'exit');
+  return child.pid!;
+}
+
+function livePid(t: TestContext): number {
+  const child = spawn(process.execPath, ['-e', 'setInterval(() => {}, 1000)'], { stdio: 'ignore' });
+  t.after(() => child.kill('SIGKILL'));
+  return child.pid!;
+}
+
+const lockJson = (pid: number, host = hostname()) => JSON.stringify({ pid, host, started: new Date().toISOString() });
+
+test('a fresh directory is created with mode 0700 and loads empty', async (t) => {
+  const dir = join(await tempDir(t), 'a', 'b');
+  const { store, marks } = await openLoaded(t, dir);
+  assert.equal(store.description, `file:${dir}`);
+  assert.deepEqual(marks, new Map());
+  assert.equal((await stat(dir)).mode & 0o777, 0o700);
+});
+
+test('marks round-trip, and the last persisted value of each name wins', async (t) => {
+  const dir = await tempDir(t);
+  const { store } = await openLoaded(t, dir);
+  await store.persist(m({ a: 10n, b: 20n }));
+  await store.persist(m({ a: 30n }));
+  await store.persist(m({ c: 5n, a: 25n }));
+  await store.close();
+  assert.deepEqual(await reload(dir), m({ a: 25n, b: 20n, c: 5n }));
+});
+
+test('values up to 2^63 survive exactly', async (t) => {
+  const dir = await tempDir(t);
+  const { store } = await openLoaded(t, dir);
+  const values = m({ zero: 0n, big: 2n ** 53n + 1n, max: MAX_VALUE, end: END });
+  await store.persist(values);
+  await assert.rejects(store.persist(m({ x: END + 1n })), RangeError);
+  await assert.rejects(store.persist(m({ x: -1n })), RangeError);
+  await store.close();
+  assert.deepEqual(await reload(dir), values);
+});
+
+test('many persists, with reopens in between, all come back', async (t) => {
+  const dir = await tempDir(t);
+  const expected = new Map<string, bigint>();
+  for (let round = 0; round < 3; round++) {
+    const store = await FileStore.open(dir);
+    assert.deepEqual(await store.load(), expected);
+    for (let i = 0; i < 300; i++) {
+      const batch = m({ [`s${i % 37}`]: BigInt(round * 1000 + i), [`t${i % 5}`]: BigInt(i) * 7n });
+      await store.persist(batch);
+      for (const [k, v] of batch) expected.set(k, v);
+    }
+    await store.close();
+  }
+  assert.deepEqual(await reload(dir), expected);
+});
+
+test('compaction keeps the log short and loses nothing', async (t) => {
+  const dir = await tempDir(t);
+  const p = paths(dir);
+  const { store } = await openLoaded(t, dir, { compactAfterBytes: 300 });
+  const expected = new Map<string, bigint>();
+  for (let i = 0; i < 500; i++) {
+    const batch = m({ [`seq${i % 11}`]: BigInt(i) });
+    await store.persist(batch);
+    for (const [k, v] of batch) expected.set(k, v);
+    assert.ok((await stat(p.log)).size <= 300, 'log stays under the threshold');
+  }
+  await store.close();
+  assert.ok((await stat(p.snapshot)).size > 0);
+  assert.deepEqual(await reload(dir, { compactAfterBytes: 300 }), expected);
+  assert.deepEqual(await reload(dir), expected);
+});
+
+test('a torn log tail is cut off with a warning and the good records kept', async (t) => {
+  const tails: [string, Buffer][] = [
+    ['a partial record', record('{"v":1,"m":{"a":"999"}}').subarray(0, 15)],
+    ['a partial header', Buffer.from([0, 0, 1])],
+    ['zero fill', Buffer.alloc(40)],
+    ['a last record with a bad checksum', (() => {
+      const r = record('{"v":1,"m":{"a":"999"}}');
+      flip(r, r.length - 3, 0xff);
+      return r;
+    })()],
+  ];
+  for (const [what, tail] of tails) {
+    const dir = await tempDir(t);
+    const p = paths(dir);
+    const { store } = await openLoaded(t, dir);
+    await store.persist(m({ a: 1n, b: 2n }));
+    await store.persist(m({ a: 3n }));
+    await store.close();
+    const goodSize = (await stat(p.log)).size;
+    await appendFile(p.log, tail);
+
+    const warnings: string[] = [];
+    const again = await FileStore.open(dir, { log: (msg) => warnings.push(msg) });
+    assert.deepEqual(await again.load(), m({ a: 3n, b: 2n }), what);
+    assert.equal((await stat(p.log)).size, goodSize, `${what}: truncated back to the last good record`);
+    assert.ok(warnings.some((w) => w.includes('torn')), what);
+    await again.persist(m({ b: 4n }));
+    await again.close();
+    assert.deepEqual(await reload(dir), m({ a: 3n, b: 4n }), what);
+  }
+});
+
+/** A directory holding a snapshot and a log with two records after its header. */
+async function populated(t: TestContext) {
+  const dir = await tempDir(t);
+  const p = paths(dir);
+  const store = await FileStore.open(dir);
+  await store.load();
+  await store.persist(m({ a: 1n }));
+  const headerEnd = (await stat(p.log)).size;
+  await store.persist(m({ a: 2n }));
+  await store.persist(m({ b: 3n }));
+  await store.close();
+  return { dir, p, headerEnd };
+}
+
+async function assertCorrupt(dir: string, file: string, detail: RegExp): Promise<void> {
+  const store = await FileStore.open(dir);
+  try {
+    await assert.rejects(store.load(), (err: unknown) => {
+      assert.ok(err instanceof StateCorruptError, String(err));
+      assert.equal(err.file, file);
+      assert.ok(err.message.includes(file), err.message);
+      assert.match(err.message, detail);
+      return true;
+    });
+  } finally {
+    await store.close();
+  }
+}
+
+test('a bad checksum in the middle of the log is corruption, not a torn tail', async (t) => {
+  const { dir, p, headerEnd } = await populated(t);
+  const buf = await readFile(p.log);
+  flip(buf, headerEnd + 12, 0x01);
+  await writeFile(p.log, buf);
+  await assertCorrupt(dir, p.log, /checksum mismatch/);
+});
+
+test('an impossible record length in the log is corruption', async (t) => {
+  const { dir, p, headerEnd } = await populated(t);
+  const buf = await readFile(p.log);
+  buf.writeUInt32BE(0xfffffff0, headerEnd);
+  await writeFile(p.log, buf);
+  await assertCorrupt(dir, p.log, /impossible length/);
+});
+
+test('well-framed records with bad content are corruption, even at the end', async (t) => {
+  const cases: [string, RegExp][] = [
+    ['{"v":2,"m":{"a":"5"}}', /format version 2/],
+    ['{"m":{"a":"5"}}', /format version undefined/],
+    ['not json', /not valid JSON/],
+    ['[1]', /not a JSON object/],
+    ['{"v":1}', /no marks object/],
+    ['{"v":1,"m":{"a":5}}', /not a decimal integer/],
+    ['{"v":1,"m":{"a":"-1"}}', /not a decimal integer/],
+    ['{"v":1,"m":{"a":"1e3"}}', /not a decimal integer/],
+    [`{"v":1,"m":{"a":"${END + 1n}"}}`, /not a decimal integer/],
+  ];
+  for (const [payload, detail] of cases) {
+    const { dir, p } = await populated(t);
+    await appendFile(p.log, record(payload));
+    await assertCorrupt(dir, p.log, detail);
+  }
+});
+
+test('a snapshot with a bad magic, checksum, version or length is corruption', async (t) => {
+  const mutations: [string, (b: Buffer) => Buffer, RegExp][] = [
+    ['magic', (b) => (b.write('XXXXXXXX', 0, 'latin1'), b), /does not start with DOLSEQ01/],
+    ['crc', (b) => flip(b, b.length - 2, 0x20), /checksum mismatch/],
+    ['cut', (b) => b.subarray(0, b.length - 3), /incomplete/],
+    ['trailing', (b) => Buffer.concat([b, Buffer.from('x')]), /unexpected bytes/],
+    ['empty', () => Buffer.alloc(0), /does not start with/],
+    ['version', () => Buffer.concat([Buffer.from('DOLSEQ01'), record('{"v":7,"g":1,"m":{}}')]), /format version 7/],
+    ['generation', () => Buffer.concat([Buffer.from('DOLSEQ01'), record('{"v":1,"g":"1","m":{}}')]), /bad generation/],
+  ];
+  for (const [what, mutate, detail] of mutations) {
+    const { dir, p } = await populated(t);
+    await writeFile(p.snapshot, mutate(await readFile(p.snapshot)));
+    await assertCorrupt(dir, p.snapshot, detail);
+  }
+});
+
+test('a log whose snapshot is missing or older refuses to load', async (t) => {
+  {
+    const { dir, p } = await populated(t);
+    await unlink(p.snapshot);
+    await assertCorrupt(dir, p.log, /is missing/);
+  }
+  {
+    const { dir, p } = await populated(t);
+    const snapshot = await readFile(p.snapshot);
+    // Two more compactions move the log to generation 3; then put generation 1 back.
+    const store = await FileStore.open(dir, { compactAfterBytes: 0 });
+    await store.load();
+    await store.persist(m({ a: 10n }));
+    await store.persist(m({ a: 11n }));
+    await store.close();
+    await writeFile(p.snapshot, snapshot);
+    await assertCorrupt(dir, p.log, /older copy/);
+  }
+  {
+    const { dir, p } = await populated(t);
+    await writeFile(p.log, Buffer.concat([Buffer.from('DOLLOG01'), record('{"v":1,"g":1}')]).subarray(0, 20));
+    await assertCorrupt(dir, p.log, /incomplete/);
+  }
+});
+
+test('a crash between the new snapshot and the new log leaves the snapshot in charge', async (t) => {
+  const dir = await tempDir(t);
+  const p = paths(dir);
+  const fault = { on: false };
+  const logs: string[] = [];
+  const { store } = await openLoaded(t, dir, {
+    compactAfterBytes: 0,
+    log: (msg) => logs.push(msg),
+    beforeIo: (op, path) => {
+      if (fault.on && op === 'rename' && path === p.log) throw errno('EIO', op);
+    },
+  });
+  await store.persist(m({ a: 1n, b: 1n }));
+  await store.persist(m({ a: 2n }));
+  fault.on = true;
+  await assert.rejects(store.persist(m({ a: 3n })), /rename .*marks\.log: EIO/);
+  await store.close();
+  // The old log still says a=2, but the newer snapshot holds a=3 and wins.
+  const reopened = await FileStore.open(dir, { log: (msg) => logs.push(msg) });
+  assert.deepEqual(await reopened.load(), m({ a: 3n, b: 1n }));
+  assert.ok(logs.some((l) => l.includes('interrupted compaction')));
+  await reopened.persist(m({ b: 9n }));
+  await reopened.close();
+  assert.deepEqual(await reload(dir), m({ a: 3n, b: 9n }));
+});
+
+test('a failure at any step of a write leaves loadable state with the old or new marks', async (t) => {
+  for (const compactAfterBytes of [0, 1 << 20]) {
+    // Count the file-system calls one write makes, then fail each in turn.
+    const probe = faultAt(Number.MAX_SAFE_INTEGER);
+    {
+      const dir = await tempDir(t);
+      const store = await FileStore.open(dir, { compactAfterBytes, beforeIo: probe.hook });
+      await store.load();
+      await store.persist(m({ a: 1n, b: 1n }));
+      probe.arm();
+      await store.persist(m({ a: 2n, c: 2n }));
+      await store.close();
+    }
+    const steps = probe.ops.length;
+    assert.ok(steps >= (compactAfterBytes === 0 ? 8 : 3), probe.ops.join('\n'));
+    for (let k = 0; k < steps; k++) {
+      const dir = await tempDir(t);
+      const fault = faultAt(k);
+      const store = await FileStore.open(dir, { compactAfterBytes, beforeIo: fault.hook });
+      await store.load();
+      await store.persist(m({ a: 1n, b: 1n }));
+      fault.arm();
+      await assert.rejects(store.persist(m({ a: 2n, c: 2n })), PersistenceError, `step ${k}: ${fault.ops[k]}`);
+      // Closing writes no marks, so what is on disk now is what a crash here would leave.
+      await store.close();
+      const after = await reload(dir);
+      assert.ok(after.get('a') === 1n || after.get('a') === 2n, `step ${k}: a=${after.get('a')}`);
+      assert.equal(after.get('b'), 1n);
+      assert.ok(after.get('c') === undefined || after.get('c') === 2n);
+      // And the store works from there.
+      const again = await FileStore.open(dir, { compactAfterBytes });
+      await again.load();
+      await again.persist(m({ a: 5n }));
+      await again.close();
+      assert.deepEqual((await reload(dir)).get('a'), 5n, `step ${k}`);
+    }
+  }
+});
+
+test('a failed write is reported with its operation, path and errno, and the store recovers', async (t) => {
+  const dir = await tempDir(t);
+  const p = paths(dir);
+  let fail: string | null = null;
+  const { store } = await openLoaded(t, dir, {
+    beforeIo: (op, path) => {
+      if (op === fail && path === p.log) {
+        fail = null;
+        throw errno(op === 'write' ? 'ENOSPC' : 'EIO', op);
+      }
+    },
+  });
+  await store.persist(m({ a: 1n }));
+  fail = 'write';
+  await assert.rejects(store.persist(m({ a: 2n })), (err: unknown) => {
+    assert.ok(err instanceof PersistenceError);
+    assert.equal(err.message, `write ${p.log}: ENOSPC (no space left on device)`);
+    return true;
+  });
+  await store.persist(m({ a: 3n }));
+  fail = 'fdatasync';
+  await assert.rejects(store.persist(m({ a: 4n })), { message: `fdatasync ${p.log}: EIO (i/o error)` });
+  await store.persist(m({ b: 5n }));
+  await store.close();
+  const after = await reload(dir);
+  assert.equal(after.get('b'), 5n);
+  // a=4 failed: a crash may keep it or not, and a clean reload shows one of the two.
+  assert.ok(after.get('a') === 3n || after.get('a') === 4n);
+});
+
+test('a removed data directory fails writes until it is back, then everything is rewritten', async (t) => {
+  const dir = await tempDir(t);
+  const { store } = await openLoaded(t, dir);
+  await store.persist(m({ a: 1n, b: 2n }));
+  await store.persist(m({ a: 3n }));
+  await rm(dir, { recursive: true });
+  await assert.rejects(store.persist(m({ a: 4n })), (err: unknown) => {
+    assert.ok(err instanceof PersistenceError);
+    assert.match(err.message, /marks\.log: ENOENT \(no such file or directory\)/);
+    return true;
+  });
+  await assert.rejects(store.persist(m({ a: 4n })), /ENOENT/);
+  await mkdir(dir);
+  await store.persist(m({ c: 6n }));
+  await store.persist(m({ a: 7n }));
+  await store.close();
+  assert.deepEqual(await reload(dir), m({ a: 7n, b: 2n, c: 6n }));
+});
+
+test('a log replaced by a directory fails writes until it is removed', async (t) => {
+  const dir = await tempDir(t);
+  const p = paths(dir);
+  const { store } = await openLoaded(t, dir);
+  await store.persist(m({ a: 1n }));
+  await unlink(p.log);
+  await mkdir(p.log);
+  await assert.rejects(store.persist(m({ a: 2n })), /replaced behind the server's back/);
+  await assert.rejects(store.persist(m({ a: 2n })), { message: `rename ${p.log}: EISDIR (illegal operation on a directory)` });
+  await rm(p.log, { recursive: true });
+  await store.persist(m({ a: 3n }));
+  await store.close();
+  assert.deepEqual(await reload(dir), m({ a: 3n }));
+});
+
+test('a lock held by a live process refuses, naming the directory and the pid', async (t) => {
+  const dir = await tempDir(t);
+  const pid = livePid(t);
+  const held = lockJson(pid);
+  await writeFile(paths(dir).lock, held);
+  await assert.rejects(FileStore.open(dir), (err: unknown) => {
+    assert.ok(err instanceof DataDirLockedError);
+    assert.equal(err.dir, dir);
+    assert.ok(err.message.includes(dir) && err.message.includes(`pid ${pid}`), err.message);
+    return true;
+  });
+  assert.equal(await readFile(paths(dir).lock, 'utf8'), held, 'the holder keeps its lock');
+});
+
+test('a second store on the same directory in this process is refused until the first closes', async (t) => {
+  const dir = await tempDir(t);
+  const first = await FileStore.open(dir);
+  await assert.rejects(FileStore.open(dir), /this very process/);
+  await first.close();
+  const second = await FileStore.open(dir);
+  await second.close();
+});
+
+test('a stale lock from a dead process is taken over and logged', async (t) => {
+  const dir = await tempDir(t);
+  const p = paths(dir);
+  const pid = await deadPid();
+  await writeFile(p.lock, lockJson(pid));
+  const logs: string[] = [];
+  const store = await FileStore.open(dir, { log: (msg) => logs.push(msg) });
+  assert.equal(JSON.parse(await readFile(p.lock, 'utf8')).pid, process.pid);
+  assert.ok(logs.some((l) => l.includes('stale lock')));
+  await store.close();
+  await assert.rejects(stat(p.lock), { code: 'ENOENT' });
+});
+
+test('a lock naming this pid that this process does not hold is stale (a restarted container)', async (t) => {
+  const dir = await tempDir(t);
+  await writeFile(paths(dir).lock, lockJson(process.pid));
+  const store = await FileStore.open(dir);
+  await store.close();
+});
+
+test('an unreadable lock or one from another host refuses, saying to delete it', async (t) => {
+  for (const text of ['', '{"pid":', '{"pid":-3,"host":"x"}', lockJson(1, `not-${hostname()}`)]) {
+    const dir = await tempDir(t);
+    await writeFile(paths(dir).lock, text);
+    await assert.rejects(FileStore.open(dir), (err: unknown) => {
+      assert.ok(err instanceof DataDirLockedError);
+      assert.ok(err.message.includes(`delete ${paths(dir).lock}`), err.message);
+      return true;
+    });
+  }
+});
+
+test('close is idempotent, releases the lock, and later persists reject', async (t) => {
+  const dir = await tempDir(t);
+  const store = await FileStore.open(dir);
+  await store.load();
+  await store.persist(m({ a: 1n }));
+  await Promise.all([store.close(), store.close()]);
+  await store.close();
+  await assert.rejects(stat(paths(dir).lock), { code: 'ENOENT' });
+  await assert.rejects(store.persist(m({ a: 2n })), PersistenceError);
+  assert.deepEqual(await reload(dir), m({ a: 1n }));
+});
+
+test('close waits for the persist in flight', async (t) => {
+  const dir = await tempDir(t);
+  const store = await FileStore.open(dir);
+  await store.load();
+  const write = store.persist(m({ a: 1n }));
+  await store.close();
+  await write;
+  assert.deepEqual(await reload(dir), m({ a: 1n }));
+});
+
+test('misuse is refused: persist before load, or two persists at once', async (t) => {
+  const dir = await tempDir(t);
+  const store = await FileStore.open(dir);
+  t.after(() => store.close());
+  await assert.rejects(store.persist(m({ a: 1n })), /before load/);
+  await store.load();
+  const first = store.persist(m({ a: 1n }));
+  await assert.rejects(store.persist(m({ a: 2n })), /in flight/);
+  await first;
+});
+
+test('property: any persists, reopens and compaction threshold reload to the last mark of each name', async (t) => {
+  const root = await tempDir(t);
+  let run = 0;
+  const name = fc.constantFrom('a', 'b', 'c', 'd.e', 'f:g-h_1');
+  const mark = fc.oneof(fc.bigInt({ min: 0n, max: END }), fc.constantFrom(0n, END, MAX_VALUE, 2n ** 53n + 1n));
+  const step = fc.record({
+    batch: fc.uniqueArray(fc.tuple(name, mark), { minLength: 1, maxLength: 5, selector: ([n]) => n }),
+    reopen: fc.boolean(),
+  });
+  await fc.assert(
+    fc.asyncProperty(fc.array(step, { maxLength: 25 }), fc.integer({ min: 0, max: 400 }), async (steps, compactAfterBytes) => {
+      const dir = join(root, String(run++));
+      const expected = new Map<string, bigint>();
+      let store = await FileStore.open(dir, { compactAfterBytes });
+      await store.load();
+      try {
+        for (const { batch, reopen } of steps) {
+          if (reopen) {
+            await store.close();
+            store = await FileStore.open(dir, { compactAfterBytes });
+            assert.deepEqual(await store.load(), expected);
+          }
+          await store.persist(new Map(batch));
+          for (const [n, v] of batch) expected.set(n, v);
+        }
+      } finally {
+        await store.close();
+      }
+      assert.deepEqual(await reload(dir), expected);
+      await rm(dir, { recursive: true, force: true });
+    }),
+    { numRuns: 60 },
+  );
+});
+
+test('kill -9 in the middle of writes: a restart loads at least every acknowledged mark', async (t) => {
+  const dir = await tempDir(t);
+  const store = new URL('../../src/store/file.ts', import.meta.url).href;
+  // Prints each mark after its persist resolved; compacts often so kills land in compactions too.
+  const script = `
+    const { FileStore } = await import(${JSON.stringify(store)});
+    const s = await FileStore.open(${JSON.stringify(dir)}, { compactAfterBytes: 2000 });
+    await s.load();
+    for (let i = 1n; ; i++) {
+      await s.persist(new Map([['a', i], ['b' + (i % 50n), i]]));
+      process.stdout.write(i + '\\n');
+    }`;
+  const child = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  let out = '';
+  child.stdout.setEncoding('utf8');
+  await new Promise<void>((resolve) =>
+    child.stdout.on('data', (chunk: string) => {
+      out += chunk;
+      if (out.split('\n').length > 300) resolve();
+    }),
+  );
+  child.kill('SIGKILL');
+  await once(child, 'exit');
+  const acked = BigInt(out.trim().split('\n').at(-1)!);
+  const logs: string[] = [];
+  const after = await reload(dir, { log: (msg) => logs.push(msg) });
+  assert.ok(after.get('a')! >= acked, `a=${after.get('a')} acknowledged ${acked}`);
+  assert.ok(logs.some((l) => l.includes('stale lock')));
+});
