@@ -1,0 +1,143 @@
+/**
+ * `dolmeangi getseq | current | info | ping`: one request to a server, the
+ * answer on stdout, made for scripts.
+ *
+ * Output: getseq and current print one number and a newline; `getseq --count n`
+ * takes a batch and prints only its first number (the caller owns
+ * first .. first+n-1); info prints the INFO text with LF line ends; ping
+ * prints PONG. Exit codes: 0 ok, 1 no server answered or the server returned
+ * an error, 2 bad usage. Errors are one line on stderr, `dolmeangi: ...`.
+ */
+import { readFileSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+import { DEFAULT_PORT, parseAddress } from '../client/address.js';
+import { SequencerClient, type SequencerClientOptions } from '../client/client.js';
+import { parseUnsigned } from '../core/limits.js';
+
+export type ClientCommand = 'getseq' | 'current' | 'info' | 'ping';
+
+export interface CommandIo {
+  readonly out: (s: string) => void;
+  readonly err: (s: string) => void;
+  readonly env: NodeJS.ProcessEnv;
+}
+
+const DEFAULT_SERVER = `127.0.0.1:${DEFAULT_PORT}`;
+const DEFAULT_TIMEOUT_MS = 5000;
+
+const SYNOPSIS: Record<ClientCommand, string> = {
+  getseq: 'getseq [name] [--count n]   print the next number (with --count, the first of n)',
+  current: 'current [name]              print the number the next getseq returns',
+  info: 'info                        print the server\'s INFO',
+  ping: 'ping                        print PONG when a server answers',
+};
+
+const OPTIONS_HELP = `Options:
+  --server host:port[,host:port...]  servers to try in order (env SEQUENCER_SERVER; default ${DEFAULT_SERVER})
+  --password <secret>                sent with AUTH (env SEQUENCER_PASSWORD)
+  --timeout <ms>                     per connection attempt and per request (default ${DEFAULT_TIMEOUT_MS})
+  --tls                              connect with TLS
+  --tls-ca <path>                    PEM CA bundle to trust (implies --tls)`;
+
+const OPTIONS = {
+  server: { type: 'string' },
+  password: { type: 'string' },
+  timeout: { type: 'string' },
+  tls: { type: 'boolean' },
+  'tls-ca': { type: 'string' },
+  count: { type: 'string' },
+  help: { type: 'boolean', short: 'h' },
+} as const;
+
+class UsageError extends Error {}
+
+export async function runClientCommand(command: ClientCommand, argv: string[], io: CommandIo): Promise<number> {
+  let request: { options: SequencerClientOptions; name: string | undefined; count: bigint | undefined; help: boolean };
+  try {
+    request = parseCommandLine(command, argv, io.env);
+  } catch (err) {
+    if (!(err instanceof UsageError || (err as NodeJS.ErrnoException).code?.startsWith('ERR_PARSE_ARGS'))) throw err;
+    io.err(`dolmeangi: ${oneLine((err as Error).message)} (see: dolmeangi ${command} --help)\n`);
+    return 2;
+  }
+  if (request.help) {
+    io.out(`Usage: dolmeangi ${SYNOPSIS[command]}\n\n${OPTIONS_HELP}\n`);
+    return 0;
+  }
+
+  const client = new SequencerClient(request.options);
+  try {
+    io.out(await perform(client, command, request.name, request.count));
+    return 0;
+  } catch (err) {
+    io.err(`dolmeangi: ${oneLine(err instanceof Error ? err.message : String(err))}\n`);
+    return 1;
+  } finally {
+    await client.close();
+  }
+}
+
+async function perform(client: SequencerClient, command: ClientCommand, name: string | undefined, count: bigint | undefined): Promise<string> {
+  switch (command) {
+    case 'getseq':
+      return `${count === undefined ? await client.getNextSequence(name) : (await client.getBatch(count, name)).first}\n`;
+    case 'current':
+      return `${await client.current(name)}\n`;
+    case 'info': {
+      const text = (await client.info()).raw.replace(/\r\n/g, '\n');
+      return text.endsWith('\n') ? text : `${text}\n`;
+    }
+    case 'ping':
+      await client.ping();
+      return 'PONG\n';
+  }
+}
+
+function parseCommandLine(command: ClientCommand, argv: string[], env: NodeJS.ProcessEnv) {
+  const { values, positionals } = parseArgs({ args: argv, options: OPTIONS, allowPositionals: true, strict: true });
+  const takesName = command === 'getseq' || command === 'current';
+  if (positionals.length > (takesName ? 1 : 0)) {
+    throw new UsageError(`unexpected argument '${positionals[takesName ? 1 : 0]}'`);
+  }
+  if (values.count !== undefined && command !== 'getseq') throw new UsageError('--count applies to getseq only');
+
+  const serverList = values.server ?? (env.SEQUENCER_SERVER || DEFAULT_SERVER);
+  const servers = serverList.split(',').map((s) => s.trim());
+  const bad = servers.find((s) => parseAddress(s) === null);
+  if (bad !== undefined) throw new UsageError(`--server: '${bad}' is not host:port`);
+
+  const timeout = values.timeout === undefined ? DEFAULT_TIMEOUT_MS : Number(parseUnsigned(values.timeout) ?? 0);
+  if (timeout < 1 || timeout > 3_600_000) throw new UsageError('--timeout takes milliseconds, 1 to 3600000');
+
+  let count: bigint | undefined;
+  if (values.count !== undefined) {
+    count = parseUnsigned(values.count);
+    if (count === undefined || count < 1n) throw new UsageError('--count takes a whole number, 1 or more');
+  }
+
+  const caPath = values['tls-ca'];
+  let ca: string | undefined;
+  if (caPath !== undefined) {
+    try {
+      ca = readFileSync(caPath, 'utf8');
+    } catch (err) {
+      throw new UsageError(`--tls-ca: cannot read ${caPath}: ${(err as Error).message}`);
+    }
+  }
+
+  const password = values.password ?? (env.SEQUENCER_PASSWORD || undefined);
+  const options: SequencerClientOptions = {
+    servers,
+    password,
+    tls: ca !== undefined ? { ca } : values.tls === true ? true : undefined,
+    connectTimeoutMs: timeout,
+    requestTimeoutMs: timeout,
+    // A command-line user wants to hear at once that nothing answers.
+    reconnect: false,
+  };
+  return { options, name: positionals[0], count, help: values.help === true };
+}
+
+function oneLine(text: string): string {
+  return text.replace(/\s*[\r\n]+\s*/g, ' ');
+}

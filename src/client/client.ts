@@ -1,0 +1,387 @@
+/**
+ * SequencerClient: the library other services use to get numbers.
+ *
+ * One connection at a time, shared by all calls (pipelined). It is opened
+ * lazily, authenticated first when a password is set, and reopened on demand
+ * after a failure, trying the servers in order with exponential backoff.
+ * `-NOTLEADER` replies are followed to the leader.
+ *
+ * Retries: a request that never left this process, or one answered
+ * `-NOTLEADER` (nothing was issued), is sent again. CURRENT, PING and INFO are
+ * also sent again when the connection drops before their reply. GETSEQ and
+ * GETSEQ_BATCH whose reply was lost (timeout, or connection closed after
+ * sending) are never re-sent: the server may have issued the numbers, and a
+ * silent retry would hide that. The call fails instead; the numbers are
+ * skipped (a gap), never handed out twice.
+ */
+import { setTimeout as delay } from 'node:timers/promises';
+import type tls from 'node:tls';
+import { ConfigError } from '../errors.js';
+import type { Reply } from '../protocol/reply-decoder.js';
+import { type Address, DEFAULT_PORT, formatAddress, parseAddress } from './address.js';
+import { SequenceAllocator, type AllocatorOptions } from './allocator.js';
+import { type BackoffOptions, DEFAULT_BACKOFF, backoffDelay } from './backoff.js';
+import { Connection } from './connection.js';
+import {
+  ConnectionClosedError,
+  NoServerAvailableError,
+  NotLeaderError,
+  ReplyProtocolError,
+  ServerError,
+  fromWire,
+} from './errors.js';
+import { type ServerInfo, parseInfo } from './info.js';
+
+export interface SequencerClientOptions {
+  /** `host:port` of every server (every group member); tried in order. Default `['127.0.0.1:10001']`. */
+  readonly servers?: readonly string[];
+  /** Sent with AUTH first on every new connection. */
+  readonly password?: string;
+  /** Connect with TLS; `true` for the system's CAs and default checks. */
+  readonly tls?: tls.ConnectionOptions | true;
+  /** Per connection attempt, TLS handshake and AUTH included. Default 3000. */
+  readonly connectTimeoutMs?: number;
+  /**
+   * Per call, from the call to its result: waiting for a connection,
+   * redirects and retries all count. Default 5000.
+   */
+  readonly requestTimeoutMs?: number;
+  /**
+   * NOTLEADER redirects to a named leader followed per call before giving up
+   * with NotLeaderError. A NOTLEADER naming no leader is not a hop: the call
+   * waits for an election until its timeout. Default 5.
+   */
+  readonly maxRedirects?: number;
+  /**
+   * Delays between rounds of connection attempts. `false`: one round over
+   * the servers per call, then fail with NoServerAvailableError at once
+   * (what a command-line tool wants). Default 50..2000 ms.
+   */
+  readonly reconnect?: Partial<BackoffOptions> | false;
+}
+
+/** `first .. first+count-1` belong to the caller. */
+export interface Batch {
+  readonly first: bigint;
+  readonly count: bigint;
+}
+
+/** May the command be sent again after its reply was lost? */
+const enum Resend {
+  /** It issues numbers: a lost reply may mean numbers were issued. */
+  Never,
+  /** It changes nothing on the server. */
+  Safe,
+}
+
+export class SequencerClient {
+  private readonly servers: readonly Address[];
+  private readonly password: string | undefined;
+  private readonly tls: tls.ConnectionOptions | null;
+  private readonly connectTimeoutMs: number;
+  private readonly requestTimeoutMs: number;
+  private readonly maxRedirects: number;
+  private readonly backoff: BackoffOptions | null;
+
+  private connection: Connection | null = null;
+  /** The connection attempt under way, shared by every call that waits for it. */
+  private connecting: Promise<Connection> | null = null;
+  /** Calls waiting for `connecting`; the attempts stop when none is left. */
+  private waiting = 0;
+  /** Index in `servers` where the next round of attempts starts. */
+  private preferred = 0;
+  /** A leader named by NOTLEADER: tried before `servers` in the next round. */
+  private redirectTarget: Address | null = null;
+  private lastConnectError: unknown = null;
+  private readonly closing = new AbortController();
+
+  constructor(options?: SequencerClientOptions);
+  /** The seed's form: one server. */
+  constructor(host: string, port?: number, options?: Omit<SequencerClientOptions, 'servers'>);
+  constructor(
+    first: SequencerClientOptions | string = {},
+    port?: number,
+    rest: Omit<SequencerClientOptions, 'servers'> = {},
+  ) {
+    const options: SequencerClientOptions =
+      typeof first === 'string' ? { ...rest, servers: [formatAddress({ host: first, port: port ?? DEFAULT_PORT })] } : first;
+    const servers = options.servers ?? [`127.0.0.1:${DEFAULT_PORT}`];
+    if (servers.length === 0) throw new ConfigError('servers', 'give at least one host:port');
+    this.servers = servers.map((text) => {
+      const address = parseAddress(text);
+      if (address === null) throw new ConfigError('servers', `'${text}' is not host:port (port 1-65535)`);
+      return address;
+    });
+    this.password = options.password;
+    this.tls = options.tls === undefined ? null : options.tls === true ? {} : options.tls;
+    this.connectTimeoutMs = positive('connectTimeoutMs', options.connectTimeoutMs ?? 3000);
+    this.requestTimeoutMs = positive('requestTimeoutMs', options.requestTimeoutMs ?? 5000);
+    this.maxRedirects = options.maxRedirects ?? 5;
+    if (!Number.isInteger(this.maxRedirects) || this.maxRedirects < 0) {
+      throw new ConfigError('maxRedirects', 'must be a whole number, 0 or more');
+    }
+    this.backoff = options.reconnect === false ? null : { ...DEFAULT_BACKOFF, ...options.reconnect };
+  }
+
+  /** The next number of sequence `name` (default `default`). */
+  getNextSequence(name?: string): Promise<bigint> {
+    return this.execute(withName(['GETSEQ'], name), Resend.Never, integerOf);
+  }
+
+  /** The number the next GETSEQ will return; nothing changes. */
+  current(name?: string): Promise<bigint> {
+    return this.execute(withName(['CURRENT'], name), Resend.Safe, integerOf);
+  }
+
+  /** Takes `count` numbers at once: the caller owns `first .. first+count-1`. */
+  async getBatch(count: number | bigint, name?: string): Promise<Batch> {
+    if (typeof count === 'number' && !Number.isSafeInteger(count)) {
+      throw new RangeError(`getBatch count must be a whole number, got ${count}`);
+    }
+    const n = BigInt(count);
+    if (n < 1n) throw new RangeError(`getBatch count must be at least 1, got ${n}`);
+    const first = await this.execute(withName(['GETSEQ_BATCH', String(n)], name), Resend.Never, integerOf);
+    return { first, count: n };
+  }
+
+  async ping(): Promise<void> {
+    await this.execute(['PING'], Resend.Safe, (r) => (r.type === 'simple' && r.value === 'PONG' ? true : undefined));
+  }
+
+  /** The server's INFO, parsed; `raw` keeps the text as sent. */
+  info(): Promise<ServerInfo> {
+    return this.execute(['INFO'], Resend.Safe, (r) => (r.type === 'bulk' && r.value !== null ? parseInfo(r.value) : undefined));
+  }
+
+  /** A local range cache over this client; see SequenceAllocator for what it trades away. */
+  allocator(options?: AllocatorOptions): SequenceAllocator {
+    return new SequenceAllocator(this, options);
+  }
+
+  /**
+   * Stops: new calls fail at once, calls waiting for a connection fail, and
+   * requests already sent get their replies (or time out) before the socket closes.
+   */
+  async close(): Promise<void> {
+    this.closing.abort();
+    const connection = this.connection;
+    this.connection = null;
+    connection?.retire();
+    await Promise.all([connection?.closed, this.connecting?.catch(() => {})]);
+  }
+
+  private get closed(): boolean {
+    return this.closing.signal.aborted;
+  }
+
+  /**
+   * Sends one command until it gets a reply `parse` accepts, following
+   * NOTLEADER and resending where that is safe, all within requestTimeoutMs.
+   */
+  private async execute<T>(words: string[], resend: Resend, parse: (reply: Reply) => T | undefined): Promise<T> {
+    const deadline = performance.now() + this.requestTimeoutMs;
+    const hops: string[] = [];
+    for (let attempt = 0; ; attempt++) {
+      const connection = this.connection?.usable ? this.connection : await this.connect(deadline);
+      let reply: Reply;
+      try {
+        reply = await connection.send(words, Math.max(1, deadline - performance.now()));
+      } catch (err) {
+        const retry = err instanceof ConnectionClosedError && (!err.requestSent || resend === Resend.Safe);
+        if (!retry || this.closed) throw err;
+        // A server that accepts and then drops every connection must not be hammered.
+        await this.pause(attempt, deadline, err);
+        continue;
+      }
+      if (reply.type === 'error') {
+        if (reply.code !== 'NOTLEADER') throw fromWire(reply.code, reply.message);
+        await this.redirect(connection, reply.message, hops, attempt, deadline);
+        continue;
+      }
+      const result = parse(reply);
+      if (result === undefined) {
+        throw new ReplyProtocolError(connection.address, `unexpected ${describe(reply)} in reply to ${words[0]}`);
+      }
+      return result;
+    }
+  }
+
+  /**
+   * Leaves a connection whose server is not the leader: for the named leader
+   * at once (at most maxRedirects times per call, `hops` being those so far),
+   * or, when none is known, for the next server after a backoff: an election
+   * is probably under way, and the call may wait for it until its deadline.
+   */
+  private async redirect(from: Connection, leaderText: string, hops: string[], attempt: number, deadline: number): Promise<void> {
+    const leader = leaderText === '' ? null : parseAddress(leaderText);
+    // Replies still due on `from` (other calls' NOTLEADERs, say) are let in before it closes.
+    if (this.connection === from) {
+      this.connection = null;
+      from.retire();
+      if (leader !== null) this.redirectTarget = leader;
+      else this.preferred = (this.indexOf(from.address) + 1) % this.servers.length;
+    }
+    if (leader === null) {
+      await this.pause(attempt, deadline, new NotLeaderError(null));
+      return;
+    }
+    hops.push(from.address);
+    if (hops.length > this.maxRedirects) {
+      const leaderName = formatAddress(leader);
+      throw new NotLeaderError(
+        leaderName,
+        `no leader reached after ${this.maxRedirects} NOTLEADER redirects (${hops.join(' -> ')} -> ${leaderName}): ` +
+          'the members disagree on who leads, or advertise wrong addresses; retry later, check --advertise, ' +
+          'or raise maxRedirects',
+      );
+    }
+  }
+
+  /**
+   * Sleeps a backoff step (cut short by close()), or throws `orElse` when
+   * the deadline would pass first.
+   */
+  private async pause(attempt: number, deadline: number, orElse: Error): Promise<void> {
+    const delay = backoffDelay(attempt, this.backoff ?? DEFAULT_BACKOFF);
+    if (performance.now() + delay >= deadline) throw orElse;
+    await sleep(delay, this.closing.signal);
+  }
+
+  /** Waits for the shared connection attempt, at most until `deadline`. */
+  private connect(deadline: number): Promise<Connection> {
+    if (this.closed) return Promise.reject(clientClosed());
+    const connecting = (this.connecting ??= this.connectRounds());
+    this.waiting++;
+    return new Promise((resolve, reject) => {
+      let done = false;
+      const settle = (): boolean => {
+        if (done) return false;
+        done = true;
+        this.waiting--;
+        clearTimeout(timer);
+        return true;
+      };
+      const timer = setTimeout(() => settle() && reject(this.noServerError()), Math.max(0, deadline - performance.now()));
+      connecting.then(
+        (connection) => settle() && resolve(connection),
+        (err: unknown) => settle() && reject(err),
+      );
+    });
+  }
+
+  /**
+   * Rounds of attempts over the redirect target and the servers in order,
+   * with a backoff between rounds, until one connects and authenticates, the
+   * client closes, or no call waits any more.
+   */
+  private async connectRounds(): Promise<Connection> {
+    try {
+      for (let round = 0; ; round++) {
+        // Every throw below follows an await, so `connecting` is set before `finally` clears it.
+        for (const address of this.candidates()) {
+          const connection = await this.open(address);
+          if (connection !== null) return connection;
+          if (this.closed) throw clientClosed();
+        }
+        if (this.backoff === null || this.waiting === 0) throw this.noServerError();
+        await sleep(backoffDelay(round, this.backoff), this.closing.signal);
+        if (this.closed) throw clientClosed();
+      }
+    } finally {
+      this.connecting = null;
+    }
+  }
+
+  /** A connected, authenticated connection, or null (the reason kept in lastConnectError). */
+  private async open(address: Address): Promise<Connection | null> {
+    let connection: Connection;
+    try {
+      connection = await Connection.open(address, {
+        tls: this.tls,
+        connectTimeoutMs: this.connectTimeoutMs,
+        onClose: (c) => {
+          if (this.connection === c) this.connection = null;
+        },
+      });
+    } catch (err) {
+      this.lastConnectError = err;
+      return null;
+    }
+    try {
+      if (this.password !== undefined) await this.authenticate(connection);
+    } catch (err) {
+      connection.destroy();
+      // A refused password fails the waiting calls now; another server would refuse it too.
+      if (err instanceof ServerError) throw err;
+      this.lastConnectError = err;
+      return null;
+    }
+    if (this.closed) {
+      connection.destroy();
+      throw clientClosed();
+    }
+    this.connection = connection;
+    this.lastConnectError = null;
+    const index = this.indexOf(connection.address);
+    if (index !== -1) this.preferred = index;
+    return connection;
+  }
+
+  private async authenticate(connection: Connection): Promise<void> {
+    const reply = await connection.send(['AUTH', this.password!], this.connectTimeoutMs);
+    // Only a refusal is fatal. Other errors (a server without a password may
+    // answer AUTH with -ERR) are left for the real commands to report.
+    if (reply.type === 'error' && reply.code === 'WRONGPASS') throw fromWire(reply.code, reply.message);
+  }
+
+  private candidates(): Address[] {
+    const ordered = [...this.servers.slice(this.preferred), ...this.servers.slice(0, this.preferred)];
+    const target = this.redirectTarget;
+    this.redirectTarget = null;
+    return target === null ? ordered : [target, ...ordered];
+  }
+
+  private indexOf(address: string): number {
+    return this.servers.findIndex((s) => formatAddress(s) === address);
+  }
+
+  private noServerError(): NoServerAvailableError {
+    const tried = this.servers.map(formatAddress).join(', ');
+    const cause = this.lastConnectError;
+    const why = cause instanceof Error ? `: ${cause.message}` : '';
+    return new NoServerAvailableError(
+      `no server could be reached in time (tried ${tried})${why}. Check that a server runs at one of these addresses, ` +
+        'or raise requestTimeoutMs.',
+      { cause },
+    );
+  }
+}
+
+function withName(words: string[], name: string | undefined): string[] {
+  if (name !== undefined) words.push(name);
+  return words;
+}
+
+function integerOf(reply: Reply): bigint | undefined {
+  return reply.type === 'integer' ? reply.value : undefined;
+}
+
+function describe(reply: Reply): string {
+  return reply.type === 'simple' ? `simple string '${reply.value}'` : `${reply.type} reply`;
+}
+
+function positive(option: string, value: number): number {
+  if (!(Number.isFinite(value) && value > 0)) throw new ConfigError(option, `must be a positive number of milliseconds, got ${value}`);
+  return value;
+}
+
+function clientClosed(): ConnectionClosedError {
+  return new ConnectionClosedError('the client was closed; create a new SequencerClient to make more calls', {
+    requestSent: false,
+  });
+}
+
+/** Resolves after `ms`, or at once when `signal` aborts. */
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return delay(ms, undefined, { signal }).catch(() => {});
+}

@@ -1,0 +1,230 @@
+/**
+ * One client socket: requests go out pipelined, replies come back in order
+ * and settle the oldest pending request. Requests made in the same tick leave
+ * in one write. Knows nothing of servers lists, redirects or retries.
+ */
+import net from 'node:net';
+import tls from 'node:tls';
+import { ReplyDecoder, type Reply } from '../protocol/reply-decoder.js';
+import { encodeCommand } from '../protocol/request-encoder.js';
+import { type Address, formatAddress } from './address.js';
+import { ConnectionClosedError, ReplyProtocolError, TimeoutError } from './errors.js';
+import { Fifo } from './fifo.js';
+
+export interface ConnectOptions {
+  /** TLS options, or null for plain TCP. */
+  readonly tls: tls.ConnectionOptions | null;
+  readonly connectTimeoutMs: number;
+  /** Called once when the socket is gone, whatever the reason. */
+  readonly onClose?: (connection: Connection) => void;
+}
+
+/** Detects half-open connections (peer host gone) when no request is waiting to time out. */
+const KEEPALIVE_MS = 30_000;
+
+/** One request awaiting its reply; it alone settles its promise and owns its timer. */
+class PendingRequest {
+  private timer: NodeJS.Timeout | undefined;
+  private settled = false;
+
+  constructor(
+    readonly command: string,
+    private readonly resolve: (reply: Reply) => void,
+    private readonly reject: (err: Error) => void,
+  ) {}
+
+  startTimer(ms: number, onTimeout: (request: PendingRequest) => void): void {
+    this.timer = setTimeout(onTimeout, ms, this);
+  }
+
+  succeed(reply: Reply): void {
+    if (this.settled) return;
+    this.settled = true;
+    clearTimeout(this.timer);
+    this.resolve(reply);
+  }
+
+  fail(err: Error): void {
+    if (this.settled) return;
+    this.settled = true;
+    clearTimeout(this.timer);
+    this.reject(err);
+  }
+}
+
+export class Connection {
+  /** `host:port`, for messages. */
+  readonly address: string;
+  /** Resolves once the socket is fully closed. */
+  readonly closed: Promise<void>;
+  private readonly socket: net.Socket;
+  private readonly decoder = new ReplyDecoder();
+  private readonly pending = new Fifo<PendingRequest>();
+  /** Encoded requests not yet written; they are the newest `unsent` entries of `pending`. */
+  private out = '';
+  private unsent = 0;
+  private flushScheduled = false;
+  private retiring = false;
+  private isClosed = false;
+  /** Why the connection is being torn down, given to every request still pending. */
+  private fatal: Error | null = null;
+  private socketError: Error | null = null;
+
+  /** Connects (and completes the TLS handshake) within `connectTimeoutMs`. */
+  static open(address: Address, options: ConnectOptions): Promise<Connection> {
+    const text = formatAddress(address);
+    return new Promise((resolve, reject) => {
+      const socket = options.tls === null
+        ? net.connect({ host: address.host, port: address.port })
+        : tls.connect({ ...options.tls, host: address.host, port: address.port });
+      const done = (err: Error | null): void => {
+        clearTimeout(timer);
+        socket.off('error', done);
+        socket.off('close', onEarlyClose);
+        socket.off(options.tls === null ? 'connect' : 'secureConnect', onConnect);
+        if (err === null) {
+          resolve(new Connection(socket, text, options));
+        } else {
+          socket.destroy();
+          reject(err);
+        }
+      };
+      const onConnect = (): void => done(null);
+      const onEarlyClose = (): void => done(new Error(`connection to ${text} closed while connecting`));
+      const timer = setTimeout(
+        () => done(new TimeoutError(`could not connect to ${text} within ${options.connectTimeoutMs} ms: check the address and that the server runs, or raise connectTimeoutMs`)),
+        options.connectTimeoutMs,
+      );
+      socket.once(options.tls === null ? 'connect' : 'secureConnect', onConnect);
+      socket.once('error', done);
+      socket.once('close', onEarlyClose);
+    });
+  }
+
+  private constructor(socket: net.Socket, address: string, options: ConnectOptions) {
+    this.socket = socket;
+    this.address = address;
+    socket.setNoDelay(true);
+    socket.setKeepAlive(true, KEEPALIVE_MS);
+    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    socket.on('error', (err) => {
+      this.socketError = err;
+    });
+    this.closed = new Promise((resolve) => {
+      socket.once('close', () => {
+        this.isClosed = true;
+        this.failAll();
+        options.onClose?.(this);
+        resolve();
+      });
+    });
+  }
+
+  /** False once the connection is retiring or gone: send no more requests on it. */
+  get usable(): boolean {
+    return !this.retiring && !this.isClosed && this.fatal === null;
+  }
+
+  /**
+   * Sends one command; resolves with its reply, error replies included.
+   * Rejects with TimeoutError after `timeoutMs` (and then drops the
+   * connection: a server that stalls on one request stalls on all that follow),
+   * ConnectionClosedError, or ReplyProtocolError.
+   */
+  send(words: readonly string[], timeoutMs: number): Promise<Reply> {
+    return new Promise((resolve, reject) => {
+      const request = new PendingRequest(words[0] ?? '', resolve, reject);
+      if (!this.usable) {
+        request.fail(this.closedError(false));
+        return;
+      }
+      request.startTimer(timeoutMs, this.onTimeout);
+      this.pending.push(request);
+      this.out += encodeCommand(words);
+      this.unsent++;
+      if (!this.flushScheduled) {
+        this.flushScheduled = true;
+        process.nextTick(this.flush);
+      }
+    });
+  }
+
+  /**
+   * Sends nothing more; closes the socket once every pending reply has
+   * arrived. Closing then needs nothing from the server, so a paused server
+   * cannot hold it open.
+   */
+  retire(): void {
+    this.retiring = true;
+    if (this.pending.length === 0) this.socket.destroy();
+  }
+
+  /** Closes at once; pending requests fail with ConnectionClosedError. */
+  destroy(): void {
+    this.socket.destroy();
+  }
+
+  private readonly flush = (): void => {
+    this.flushScheduled = false;
+    if (this.out === '' || this.isClosed) return;
+    this.socket.write(this.out);
+    this.out = '';
+    this.unsent = 0;
+  };
+
+  private onData(chunk: Buffer): void {
+    if (this.fatal !== null) return;
+    const problem = this.decoder.feed(chunk, this.onReply);
+    if (problem !== null) this.tearDown(new ReplyProtocolError(this.address, problem));
+    else if (this.fatal === null && this.retiring && this.pending.length === 0) this.socket.destroy();
+  }
+
+  private readonly onReply = (reply: Reply): void => {
+    const request = this.pending.shift();
+    if (request === undefined) {
+      if (this.fatal === null) this.tearDown(new ReplyProtocolError(this.address, 'a reply arrived that no request was waiting for'));
+      return;
+    }
+    request.succeed(reply);
+  };
+
+  private readonly onTimeout = (request: PendingRequest): void => {
+    const lostNumbers = request.command.toUpperCase().startsWith('GETSEQ')
+      ? ' Numbers it may have issued are skipped, never handed out again.'
+      : '';
+    request.fail(new TimeoutError(
+      `no reply to ${request.command} from ${this.address} within the request timeout: ` +
+        `the server is slow, paused or unreachable; check it, or raise requestTimeoutMs.${lostNumbers}`,
+    ));
+    this.tearDown(new Error(`a ${request.command} request timed out, so the connection was dropped`));
+  };
+
+  /** Fails every pending request with `reason` (via failAll on close) and closes the socket. */
+  private tearDown(reason: Error): void {
+    this.fatal = reason;
+    this.failAll();
+    this.socket.destroy();
+  }
+
+  private failAll(): void {
+    const unsent = this.unsent;
+    this.out = '';
+    this.unsent = 0;
+    const requests = this.pending.drain();
+    requests.forEach((request, i) => {
+      const sent = i < requests.length - unsent;
+      request.fail(this.fatal instanceof ReplyProtocolError ? this.fatal : this.closedError(sent));
+    });
+  }
+
+  private closedError(requestSent: boolean): ConnectionClosedError {
+    const why = this.fatal?.message ?? this.socketError?.message ?? (this.retiring ? 'the client retired it' : 'the server closed it');
+    const advice = requestSent
+      ? 'The request may have reached the server: a GETSEQ or GETSEQ_BATCH may have issued numbers that are now skipped, never handed out again.'
+      : 'The request was never sent; it is safe to retry.';
+    return new ConnectionClosedError(`connection to ${this.address} closed before the reply arrived (${why}). ${advice}`, {
+      requestSent,
+      cause: this.fatal ?? this.socketError ?? undefined,
+    });
+  }
+}

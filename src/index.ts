@@ -1,0 +1,37 @@
+/**
+ * The package's public API. Numbers are bigint throughout: they run up to
+ * 2^63-1, beyond what a JavaScript number holds exactly.
+ */
+
+// Client
+export { SequencerClient } from './client/client.js';
+export type { Batch, SequencerClientOptions } from './client/client.js';
+export { SequenceAllocator } from './client/allocator.js';
+export type { AllocatorOptions, BatchSource } from './client/allocator.js';
+export type { SequenceInfo, ServerInfo } from './client/info.js';
+export {
+  ConnectionClosedError,
+  NoServerAvailableError,
+  NotLeaderError,
+  ReplyProtocolError,
+  ServerError,
+  TimeoutError,
+  fromWire,
+} from './client/errors.js';
+
+// Errors shared by the client and the server
+export {
+  ConfigError,
+  DataDirLockedError,
+  DolmeangiError,
+  FencedError,
+  ListenError,
+  PersistenceError,
+  StateCorruptError,
+} from './errors.js';
+
+// Server API
+export { startServer } from './server/run.js';
+export type { RunningServer, StartOptions } from './server/run.js';
+export { parseConfig } from './config.js';
+export type { Config } from './config.js';

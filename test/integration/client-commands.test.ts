@@ -1,0 +1,106 @@
+/** The CLI client commands, run in process against mock servers. */
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import net from 'node:net';
+import { runClientCommand, type ClientCommand } from '../../src/cli/client-commands.js';
+import { counterScript, startMockServer, type MockServer } from '../helpers/mock-server.js';
+
+const servers: MockServer[] = [];
+after(() => Promise.all(servers.map((s) => s.close())));
+
+async function mock(script = counterScript()): Promise<MockServer> {
+  const server = await startMockServer(script);
+  servers.push(server);
+  return server;
+}
+
+async function run(command: ClientCommand, argv: string[], env: NodeJS.ProcessEnv = {}) {
+  let stdout = '';
+  let stderr = '';
+  const code = await runClientCommand(command, argv, {
+    out: (s) => (stdout += s),
+    err: (s) => (stderr += s),
+    env,
+  });
+  return { code, stdout, stderr };
+}
+
+async function deadPort(): Promise<number> {
+  const server = net.createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as net.AddressInfo;
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  return port;
+}
+
+test('getseq, current, ping and info print their answers', async () => {
+  const server = await mock(counterScript(41n));
+  const s = ['--server', server.address];
+  assert.deepEqual(await run('getseq', s), { code: 0, stdout: '41\n', stderr: '' });
+  assert.deepEqual(await run('current', s), { code: 0, stdout: '42\n', stderr: '' });
+  assert.deepEqual(await run('ping', s), { code: 0, stdout: 'PONG\n', stderr: '' });
+  const info = await run('info', s);
+  assert.equal(info.code, 0);
+  assert.match(info.stdout, /^# Server\nrole:standalone\n/);
+  assert.doesNotMatch(info.stdout, /\r/);
+});
+
+test('getseq --count takes a batch and prints its first number; names are passed on', async () => {
+  const server = await mock(counterScript(1n));
+  assert.deepEqual(await run('getseq', ['orders', '--count', '10', `--server=${server.address}`]), { code: 0, stdout: '1\n', stderr: '' });
+  assert.deepEqual(await run('current', ['orders', '--server', server.address]), { code: 0, stdout: '11\n', stderr: '' });
+  assert.deepEqual(server.requests, [['GETSEQ_BATCH', '10', 'orders'], ['CURRENT', 'orders']]);
+});
+
+test('SEQUENCER_SERVER and SEQUENCER_PASSWORD; a server list skips a dead first entry', async () => {
+  const server = await mock();
+  const dead = await deadPort();
+  const result = await run('getseq', [], { SEQUENCER_SERVER: `127.0.0.1:${dead},${server.address}`, SEQUENCER_PASSWORD: 'pw' });
+  assert.deepEqual(result, { code: 0, stdout: '1\n', stderr: '' });
+  assert.deepEqual(server.requests[0], ['AUTH', 'pw']);
+});
+
+test('a server error: exit 1 and one line on stderr', async () => {
+  const server = await mock((_words, connection) => connection.send('-ERR sequence exhausted\r\n'));
+  const result = await run('getseq', ['--server', server.address]);
+  assert.equal(result.code, 1);
+  assert.equal(result.stdout, '');
+  assert.match(result.stderr, /^dolmeangi: server replied: ERR sequence exhausted: .*\n$/);
+  assert.equal(result.stderr.split('\n').length, 2);
+});
+
+test('no server answering: exit 1 at once', async () => {
+  const dead = await deadPort();
+  const started = performance.now();
+  const result = await run('ping', ['--server', `127.0.0.1:${dead}`]);
+  assert.equal(result.code, 1);
+  assert.match(result.stderr, /^dolmeangi: no server could be reached.*ECONNREFUSED/);
+  assert.ok(performance.now() - started < 2000);
+});
+
+test('bad usage: exit 2 with a message, nothing sent', async () => {
+  const cases: Array<[ClientCommand, string[], RegExp]> = [
+    ['getseq', ['--bogus'], /bogus/],
+    ['getseq', ['a', 'b'], /unexpected argument 'b'/],
+    ['info', ['x'], /unexpected argument 'x'/],
+    ['getseq', ['--count', '0'], /--count/],
+    ['getseq', ['--count', 'ten'], /--count/],
+    ['current', ['--count', '5'], /--count applies to getseq only/],
+    ['ping', ['--server', 'host:99999'], /--server/],
+    ['ping', ['--timeout', '-5'], /--timeout/],
+    ['ping', ['--tls-ca', '/nonexistent/ca.pem'], /--tls-ca/],
+  ];
+  for (const [command, argv, message] of cases) {
+    const result = await run(command, argv);
+    assert.equal(result.code, 2, `${command} ${argv.join(' ')}`);
+    assert.match(result.stderr, /^dolmeangi: /);
+    assert.match(result.stderr, message);
+  }
+});
+
+test('--help prints usage and exits 0', async () => {
+  const result = await run('getseq', ['--help']);
+  assert.equal(result.code, 0);
+  assert.match(result.stdout, /Usage: dolmeangi getseq \[name\] \[--count n\]/);
+  assert.match(result.stdout, /--server/);
+});

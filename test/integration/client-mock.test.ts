@@ -1,0 +1,303 @@
+/**
+ * SequencerClient against scripted mock servers: the failure modes a real
+ * server rarely shows on demand (hangs, garbage, half replies, redirects).
+ */
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import net from 'node:net';
+import {
+  ConnectionClosedError,
+  NoServerAvailableError,
+  NotLeaderError,
+  ReplyProtocolError,
+  SequencerClient,
+  ServerError,
+  TimeoutError,
+  type SequencerClientOptions,
+} from '../../src/index.js';
+import { makeCerts } from '../helpers/certs.js';
+import { counterScript, startMockServer, waitFor, type MockServer, type Script } from '../helpers/mock-server.js';
+
+const servers: MockServer[] = [];
+const clients: SequencerClient[] = [];
+after(async () => {
+  await Promise.all(clients.map((c) => c.close()));
+  await Promise.all(servers.map((s) => s.close()));
+});
+
+async function mock(script: Script): Promise<MockServer> {
+  const server = await startMockServer(script);
+  servers.push(server);
+  return server;
+}
+
+function client(options: SequencerClientOptions): SequencerClient {
+  const c = new SequencerClient({ requestTimeoutMs: 2000, connectTimeoutMs: 1000, ...options });
+  clients.push(c);
+  return c;
+}
+
+/** A port nothing listens on. */
+async function freePort(): Promise<number> {
+  const server = net.createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as net.AddressInfo;
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  return port;
+}
+
+test('pipelined calls share one connection, leave in few writes, and get their own replies', async () => {
+  const server = await mock(counterScript());
+  const c = client({ servers: [server.address] });
+  const numbers = await Promise.all(Array.from({ length: 1000 }, () => c.getNextSequence()));
+  assert.equal(new Set(numbers).size, 1000);
+  assert.deepEqual([...numbers].sort((a, b) => (a < b ? -1 : 1)), numbers, 'replies matched to requests in order');
+  assert.equal(server.connections.length, 1);
+  assert.ok(server.connections[0]!.chunks < 20, `${server.connections[0]!.chunks} chunks for 1000 requests`);
+  assert.equal(await c.current(), 1001n);
+});
+
+test('getBatch, ping, info and named sequences', async () => {
+  const server = await mock(counterScript(100n));
+  const c = client({ servers: [server.address] });
+  assert.deepEqual(await c.getBatch(10), { first: 100n, count: 10n });
+  assert.deepEqual(await c.getBatch(5n, 'orders'), { first: 110n, count: 5n });
+  assert.equal(await c.getNextSequence('orders'), 115n);
+  await c.ping();
+  const info = await c.info();
+  assert.equal(info.fields.role, 'standalone');
+  assert.deepEqual(info.sequences, [{ name: 'default', current: 116n, durableMark: null }]);
+  assert.match(info.raw, /^# Server\r\n/);
+  assert.deepEqual(server.requests.slice(0, 3), [['GETSEQ_BATCH', '10'], ['GETSEQ_BATCH', '5', 'orders'], ['GETSEQ', 'orders']]);
+  await assert.rejects(c.getBatch(0), RangeError);
+  await assert.rejects(c.getBatch(1.5), RangeError);
+});
+
+test("the seed's constructor form: new SequencerClient(host, port)", async () => {
+  const server = await mock(counterScript());
+  const c = new SequencerClient('127.0.0.1', server.port);
+  clients.push(c);
+  assert.equal(await c.getNextSequence(), 1n);
+});
+
+test('a server that never answers: TimeoutError, and the next call uses a fresh connection', async () => {
+  let answer = false;
+  const server = await mock((words, connection) => {
+    if (answer) connection.send('+PONG\r\n');
+  });
+  const c = client({ servers: [server.address], requestTimeoutMs: 200 });
+  const started = performance.now();
+  const error = await c.getNextSequence().then(() => null, (e: unknown) => e);
+  assert.ok(error instanceof TimeoutError, String(error));
+  assert.ok(!(error instanceof NoServerAvailableError), 'it was sent: a plain timeout');
+  assert.match(error.message, /skipped, never handed out again/);
+  assert.ok(performance.now() - started < 1500);
+  answer = true;
+  await c.ping();
+  assert.equal(server.connections.length, 2, 'the stalled connection was dropped');
+});
+
+test('garbage from the server: ReplyProtocolError, and the connection is dropped', async () => {
+  const server = await mock((_words, connection) => connection.send('!garbage\r\n'));
+  const c = client({ servers: [server.address] });
+  await assert.rejects(c.getNextSequence(), ReplyProtocolError);
+  await waitFor(() => server.connections[0]!.socket.destroyed || server.connections[0]!.socket.readableEnded, 'the connection to close');
+});
+
+test('a reply nobody asked for is a protocol error that drops the connection', async () => {
+  const server = await mock((_words, connection) => connection.send('+PONG\r\n+PONG\r\n'));
+  const c = client({ servers: [server.address] });
+  await c.ping();
+  await waitFor(() => server.connections[0]!.socket.destroyed || server.connections[0]!.socket.readableEnded, 'the connection to close');
+});
+
+test('the connection drops in the middle of a GETSEQ reply: ConnectionClosedError, never resent', async () => {
+  const server = await mock((_words, connection) => connection.socket.end(':12'));
+  const c = client({ servers: [server.address] });
+  const error = await c.getNextSequence().then(() => null, (e: unknown) => e);
+  assert.ok(error instanceof ConnectionClosedError, String(error));
+  assert.equal(error.requestSent, true);
+  assert.equal(server.requests.length, 1, 'a GETSEQ whose reply was lost is not sent again');
+});
+
+test('the same for GETSEQ_BATCH', async () => {
+  const server = await mock((_words, connection) => connection.socket.destroy());
+  const c = client({ servers: [server.address] });
+  await assert.rejects(c.getBatch(100), ConnectionClosedError);
+  assert.equal(server.requests.length, 1);
+});
+
+test('CURRENT, PING and INFO are resent after a lost reply', async () => {
+  const healthy = counterScript(7n);
+  const server = await mock((words, connection) => {
+    if (server.connections.length === 1) connection.socket.end(':1');
+    else healthy(words, connection);
+  });
+  const c = client({ servers: [server.address] });
+  assert.equal(await c.current(), 7n);
+  assert.equal(server.connections.length, 2);
+});
+
+test('NOTLEADER with an address: the client follows it and the call succeeds there', async () => {
+  const leader = await mock(counterScript(500n));
+  const follower = await mock((_words, connection) => connection.send(`-NOTLEADER ${leader.address}\r\n`));
+  const c = client({ servers: [follower.address] });
+  const numbers = await Promise.all([c.getNextSequence(), c.getNextSequence(), c.getNextSequence()]);
+  assert.deepEqual([...numbers].sort(), [500n, 501n, 502n]);
+  assert.equal(await c.getNextSequence(), 503n, 'later calls go straight to the leader');
+  assert.equal(follower.requests.length, 3);
+  assert.equal(leader.connections.length, 1);
+});
+
+test('a redirect loop ends in NotLeaderError after maxRedirects hops', async () => {
+  let a: MockServer | null = null;
+  const b = await mock((_words, connection) => connection.send(`-NOTLEADER ${a!.address}\r\n`));
+  a = await mock((_words, connection) => connection.send(`-NOTLEADER ${b.address}\r\n`));
+  const c = client({ servers: [a.address], maxRedirects: 3 });
+  const error = await c.getNextSequence().then(() => null, (e: unknown) => e);
+  assert.ok(error instanceof NotLeaderError, String(error));
+  assert.match(error.message, /3 NOTLEADER redirects/);
+  assert.equal(a.requests.length + b.requests.length, 4, 'the first request and 3 redirects');
+});
+
+test('NOTLEADER with no address: the next server in the list, after a backoff', async () => {
+  const candidate = await mock((_words, connection) => connection.send('-NOTLEADER\r\n'));
+  const leader = await mock(counterScript(9n));
+  const c = client({ servers: [candidate.address, leader.address], reconnect: { minDelayMs: 10, maxDelayMs: 20 } });
+  assert.equal(await c.getNextSequence(), 9n);
+  assert.equal(candidate.requests.length, 1);
+});
+
+test('NOTLEADER with no address from every server: the call keeps trying until its timeout', async () => {
+  const server = await mock((_words, connection) => connection.send('-NOTLEADER\r\n'));
+  const c = client({ servers: [server.address], requestTimeoutMs: 400, maxRedirects: 1, reconnect: { minDelayMs: 10, maxDelayMs: 40 } });
+  const error = await c.getNextSequence().then(() => null, (e: unknown) => e);
+  assert.ok(error instanceof NotLeaderError, String(error));
+  assert.equal(error.leader, null);
+  assert.ok(server.requests.length > 2, 'waiting for an election is not bounded by maxRedirects');
+});
+
+test('servers are tried in order: a dead first server is skipped', async () => {
+  const dead = await freePort();
+  const live = await mock(counterScript());
+  const c = client({ servers: [`127.0.0.1:${dead}`, live.address] });
+  assert.equal(await c.getNextSequence(), 1n);
+});
+
+test('with a password, AUTH goes first on every new connection', async () => {
+  const healthy = counterScript();
+  const server = await mock(healthy);
+  const c = client({ servers: [server.address], password: 's3cret pass' });
+  assert.equal(await c.getNextSequence(), 1n);
+  server.connections[0]!.socket.destroy();
+  await waitFor(() => server.connections[0]!.socket.destroyed, 'the server side to close');
+  assert.equal(await c.current(), 2n);
+  assert.equal(server.connections.length, 2);
+  for (const connection of server.connections) assert.deepEqual(connection.requests[0], ['AUTH', 's3cret pass']);
+});
+
+test('a refused password fails the call at once with ServerError WRONGPASS', async () => {
+  const server = await mock((words, connection) => {
+    connection.send(words[0] === 'AUTH' ? '-WRONGPASS invalid password\r\n' : ':1\r\n');
+  });
+  const c = client({ servers: [server.address], password: 'nope', requestTimeoutMs: 5000 });
+  const started = performance.now();
+  const error = await c.getNextSequence().then(() => null, (e: unknown) => e);
+  assert.ok(error instanceof ServerError, String(error));
+  assert.equal(error.wireCode, 'WRONGPASS');
+  assert.ok(performance.now() - started < 2000, 'not a timeout');
+  assert.equal(server.requests.length, 1, 'GETSEQ was never sent');
+});
+
+test('error replies become ServerError with the wire code; NOAUTH says what to do', async () => {
+  const server = await mock((_words, connection) => connection.send('-NOAUTH Authentication required.\r\n'));
+  const c = client({ servers: [server.address] });
+  const error = await c.getNextSequence().then(() => null, (e: unknown) => e);
+  assert.ok(error instanceof ServerError, String(error));
+  assert.equal(error.wireCode, 'NOAUTH');
+  assert.match(error.message, /password/);
+});
+
+test('no server at all: NoServerAvailableError (a TimeoutError) at the request timeout', async () => {
+  const port = await freePort();
+  const c = client({ servers: [`127.0.0.1:${port}`], requestTimeoutMs: 300, reconnect: { minDelayMs: 10, maxDelayMs: 50 } });
+  const started = performance.now();
+  const error = await c.getNextSequence().then(() => null, (e: unknown) => e);
+  assert.ok(error instanceof NoServerAvailableError, String(error));
+  assert.ok(error instanceof TimeoutError);
+  assert.match(error.message, /ECONNREFUSED/);
+  assert.ok(performance.now() - started >= 250);
+});
+
+test('reconnect: false fails at once when no server answers', async () => {
+  const port = await freePort();
+  const c = client({ servers: [`127.0.0.1:${port}`], requestTimeoutMs: 5000, reconnect: false });
+  const started = performance.now();
+  await assert.rejects(c.ping(), NoServerAvailableError);
+  assert.ok(performance.now() - started < 1000);
+});
+
+test('calls made while no server answers wait, and succeed once one does', async () => {
+  const port = await freePort();
+  let refused = 0;
+  const refuser = net.createServer((socket) => {
+    refused++;
+    socket.destroy();
+  });
+  await new Promise<void>((resolve) => refuser.listen(port, '127.0.0.1', resolve));
+  const c = client({ servers: [`127.0.0.1:${port}`], requestTimeoutMs: 5000, reconnect: { minDelayMs: 10, maxDelayMs: 40 } });
+  const call = c.ping();
+  await waitFor(() => refused >= 3, 'three refused attempts');
+  await new Promise<void>((resolve) => refuser.close(() => resolve()));
+  const server = await startMockServer(counterScript(), { port });
+  servers.push(server);
+  await call;
+  assert.equal(await c.current(), 1n);
+});
+
+test('TLS: the client verifies the server against the given CA', async () => {
+  const certs = await makeCerts();
+  try {
+    const [key, cert, ca] = await Promise.all([certs.read(certs.serverKey), certs.read(certs.serverCert), certs.read(certs.caCert)]);
+    const server = await startMockServer(counterScript(), { tls: { key, cert } });
+    servers.push(server);
+    const trusting = client({ servers: [server.address], tls: { ca } });
+    assert.equal(await trusting.getNextSequence(), 1n);
+    const untrusting = client({ servers: [server.address], tls: true, reconnect: false });
+    const error = await untrusting.ping().then(() => null, (e: unknown) => e);
+    assert.ok(error instanceof NoServerAvailableError, String(error));
+    assert.match(error.message, /certificate/);
+  } finally {
+    await certs.remove();
+  }
+});
+
+test('close(): later calls fail with ConnectionClosedError and the socket is closed', async () => {
+  const server = await mock(counterScript());
+  const c = new SequencerClient({ servers: [server.address] });
+  assert.equal(await c.getNextSequence(), 1n);
+  await c.close();
+  await waitFor(() => server.connections[0]!.socket.readableEnded || server.connections[0]!.socket.destroyed, 'the server to see the close');
+  const error = await c.getNextSequence().then(() => null, (e: unknown) => e);
+  assert.ok(error instanceof ConnectionClosedError, String(error));
+  assert.equal(error.requestSent, false);
+});
+
+test('bad options are refused up front', () => {
+  assert.throws(() => new SequencerClient({ servers: ['no port:x'] }), /servers/);
+  assert.throws(() => new SequencerClient({ servers: [] }), /servers/);
+  assert.throws(() => new SequencerClient({ requestTimeoutMs: 0 }), /requestTimeoutMs/);
+});
+
+test('an allocator over a client: many numbers, few round trips', async () => {
+  const server = await mock(counterScript());
+  const c = client({ servers: [server.address] });
+  const allocator = c.allocator({ batch: 1000 });
+  let last = 0n;
+  for (let i = 0; i < 20_000; i++) {
+    const n = allocator.tryNext() ?? (await allocator.next());
+    assert.ok(n > last);
+    last = n;
+  }
+  assert.ok(server.requests.length <= 21, `${server.requests.length} requests`);
+});
