@@ -43,18 +43,27 @@ async function runSequencer(argv: string[]): Promise<number> {
     throw err;
   }
   const log = createLogger(config.logLevel);
-  let running;
+  // Handlers go in before start-up: a signal that arrives while the server is
+  // starting must still end in a clean stop, not the default abrupt exit.
+  let signalled: NodeJS.Signals | null = null;
+  let onSignal: (signal: NodeJS.Signals) => void = (signal) => {
+    signalled = signal;
+  };
+  const handler = (signal: NodeJS.Signals) => onSignal(signal);
+  process.on('SIGTERM', handler);
+  process.on('SIGINT', handler);
+  let server;
   try {
-    running = await startServer(config, { log });
+    server = await startServer(config, { log });
   } catch (err) {
     const message = err instanceof Error ? err.message : String(err);
     log.fatal({ err: message }, 'cannot start');
     return fail(message, err instanceof DolmeangiError && err.code === 'CONFIG' ? 2 : 1);
   }
-  const server = running;
+  const running = server;
   return new Promise<number>((resolve) => {
     let stopping = false;
-    const stop = (signal: NodeJS.Signals) => {
+    onSignal = (signal) => {
       if (stopping) {
         log.warn({ signal }, 'second signal: exiting without waiting');
         resolve(1);
@@ -62,7 +71,7 @@ async function runSequencer(argv: string[]): Promise<number> {
       }
       stopping = true;
       log.info({ signal }, 'signal received');
-      server.close().then(
+      running.close().then(
         () => resolve(0),
         (err: unknown) => {
           log.error({ err: String((err as Error)?.message ?? err) }, 'error during shutdown');
@@ -70,8 +79,7 @@ async function runSequencer(argv: string[]): Promise<number> {
         },
       );
     };
-    process.on('SIGTERM', stop);
-    process.on('SIGINT', stop);
+    if (signalled !== null) onSignal(signalled);
   });
 }
 

@@ -190,8 +190,10 @@ export class Sequencer implements SequenceSource {
     if (refusal) return refusal;
     const s = this.seqs.get(name) ?? this.createNew(name);
     if (s === undefined) return this.tooMany;
-    if (s.next > MAX_VALUE) return EXHAUSTED;
-    return s.next;
+    // Requests still waiting for storage take their numbers first.
+    const next = s.next + s.waitingCount;
+    if (next > MAX_VALUE) return EXHAUSTED;
+    return next;
   }
 
   snapshot(): SequenceSnapshot[] {

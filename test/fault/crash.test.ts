@@ -161,7 +161,8 @@ test('corrupt state stops start-up with a message naming the file; nothing is re
     const log = path.join(dir, 'marks.log');
     const bytes = await readFile(log);
     // Flip a byte inside the first record's payload: a checksum mismatch mid-file.
-    bytes[bytes.length - 6] ^= 0xff;
+    const at = bytes.length - 6;
+    bytes[at] = bytes[at]! ^ 0xff;
     await writeFile(log, Buffer.concat([bytes, bytes.subarray(8)]));
     const r = await runCli(['sequencer', '--host=127.0.0.1', '--port=0', '--metrics-port=0', `--data-dir=${dir}`]);
     assert.equal(r.code, 1);

@@ -115,6 +115,16 @@ test('never a number at or beyond the durable mark, even while a write is held',
   assert.ok(store.state().get('default')! > 31n);
 });
 
+test('CURRENT counts requests still waiting for storage: it names what the next GETSEQ returns', async () => {
+  const store = new MemoryStore();
+  const seq = await open(store, 0n);
+  const waiting = seq.allocate('default', 3n);
+  assert.equal(seq.current('default'), 4n);
+  const next = seq.allocate('default', 1n);
+  assert.equal(await take(waiting), 1n);
+  assert.equal(await take(next), 4n);
+});
+
 test('a batch larger than the window waits for its own reservation', async () => {
   const store = new MemoryStore();
   const seq = await open(store, 10n);
