@@ -210,7 +210,7 @@ async function readPassword(config: Config): Promise<string | null> {
   return pw;
 }
 
-/** A failing store is retried every few seconds; between its first and last line, the log gets one a minute. */
+/** A failing store is retried every few seconds; while it fails the same way, a line a minute says enough. */
 const STILL_FAILING_LOG_MS = 60_000;
 
 /** What the core reports about storage, to the log and the metrics. */

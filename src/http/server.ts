@@ -1,0 +1,85 @@
+/**
+ * The operations port: GET /metrics (Prometheus text format), /healthz (the
+ * process runs) and /readyz (this node can hand out numbers now). Nothing here
+ * touches the sequences; it only reads what the node reports.
+ */
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { ListenError } from '../errors.js';
+import type { Metrics } from './metrics.js';
+
+export interface OpsServerOptions {
+  host: string;
+  port: number;
+  metrics: Metrics;
+  readiness(): { ready: boolean; reason: string };
+}
+
+export interface OpsServer {
+  readonly port: number;
+  close(): Promise<void>;
+}
+
+const TEXT = 'text/plain; charset=utf-8';
+
+export async function startOpsServer(opts: OpsServerOptions): Promise<OpsServer> {
+  const server = http.createServer((req, res) => handle(req, res, opts));
+  // Scrapers and probes send small requests quickly; anything slower is stuck or hostile.
+  server.headersTimeout = 5_000;
+  server.requestTimeout = 10_000;
+  await new Promise<void>((resolve, reject) => {
+    const onError = (err: Error) => reject(new ListenError('metrics', opts.host, opts.port, err));
+    server.once('error', onError);
+    server.listen({ host: opts.host, port: opts.port }, () => {
+      server.off('error', onError);
+      resolve();
+    });
+  });
+  // A failed accept (EMFILE and the like) must not take the sequencer down with it.
+  server.on('error', () => {});
+  return {
+    port: (server.address() as AddressInfo).port,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        // Scrapers keep connections alive; close() alone would wait for them.
+        server.closeAllConnections();
+      }),
+  };
+}
+
+function handle(req: http.IncomingMessage, res: http.ServerResponse, opts: OpsServerOptions): void {
+  if (req.method !== 'GET' && req.method !== 'HEAD') {
+    reply(res, 405, 'method not allowed: use GET\n', { Allow: 'GET, HEAD' });
+    return;
+  }
+  const path = (req.url ?? '/').split('?', 1)[0];
+  switch (path) {
+    case '/metrics':
+      opts.metrics.render().then(
+        (text) => reply(res, 200, text, { 'Content-Type': opts.metrics.contentType }),
+        (err: unknown) => reply(res, 500, `cannot collect metrics: ${(err as Error)?.message ?? err}\n`),
+      );
+      return;
+    case '/healthz':
+      reply(res, 200, 'ok\n');
+      return;
+    case '/readyz': {
+      const { ready, reason } = opts.readiness();
+      reply(res, ready ? 200 : 503, `${ready ? 'ready' : 'not ready'}: ${reason}\n`);
+      return;
+    }
+    default:
+      reply(res, 404, 'not found: try /metrics, /healthz or /readyz\n');
+  }
+}
+
+function reply(res: http.ServerResponse, status: number, body: string, headers: Record<string, string> = {}): void {
+  res.writeHead(status, {
+    'Content-Type': TEXT,
+    'Content-Length': Buffer.byteLength(body),
+    'Cache-Control': 'no-store',
+    ...headers,
+  });
+  res.end(body);
+}

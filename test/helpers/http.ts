@@ -1,0 +1,68 @@
+/**
+ * HTTP helpers for the operations port: plain requests without connection reuse
+ * (so no socket outlives a test), a free-port finder and a parser for the
+ * Prometheus text format.
+ */
+import http from 'node:http';
+import net from 'node:net';
+
+export interface HttpReply {
+  readonly status: number;
+  readonly headers: http.IncomingHttpHeaders;
+  readonly body: string;
+}
+
+export function request(url: string, method = 'GET', timeoutMs = 5000): Promise<HttpReply> {
+  return new Promise((resolve, reject) => {
+    const req = http.request(url, { method, agent: false, timeout: timeoutMs }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (d: string) => (body += d));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }));
+      res.on('error', reject);
+    });
+    req.on('timeout', () => req.destroy(new Error(`${method} ${url}: no answer within ${timeoutMs} ms`)));
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+/** A port that was free a moment ago (bind to it soon: another process may take it). */
+export async function freePort(): Promise<number> {
+  const server = net.createServer();
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', resolve);
+  });
+  const port = (server.address() as net.AddressInfo).port;
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  return port;
+}
+
+/** Samples by series as written, e.g. `dolmeangi_requests_total{command="getseq"}` -> 4. */
+export function parseMetrics(text: string): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const line of text.split('\n')) {
+    if (line === '' || line.startsWith('#')) continue;
+    const space = line.lastIndexOf(' ');
+    out.set(line.slice(0, space), Number(line.slice(space + 1)));
+  }
+  return out;
+}
+
+/** Polls `probe` until it returns a value other than undefined, or fails at the deadline with `what`. */
+export async function eventually<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 10_000, everyMs = 100): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let last: unknown = 'no attempt finished';
+  for (;;) {
+    try {
+      const v = await probe();
+      if (v !== undefined) return v;
+      last = 'not yet';
+    } catch (err) {
+      last = err;
+    }
+    if (Date.now() >= deadline) throw new Error(`${what}: not within ${timeoutMs} ms (last: ${String((last as Error)?.message ?? last)})`);
+    await new Promise((resolve) => setTimeout(resolve, everyMs));
+  }
+}

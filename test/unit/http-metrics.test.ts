@@ -1,0 +1,83 @@
+/**
+ * The metrics module on its own: bounded sequence labels, values read at scrape
+ * time, the leader gauge only in group mode.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { Metrics, OTHER_SEQUENCES, type NodeView } from '../../src/http/metrics.js';
+import { CommandStats } from '../../src/commands/index.js';
+import type { SequenceSnapshot } from '../../src/core/sequencer.js';
+import { parseMetrics } from '../helpers/http.js';
+
+const END = 1n << 63n;
+
+function view(sequences: SequenceSnapshot[], extra: Partial<NodeView> = {}): NodeView {
+  const stats = new CommandStats();
+  return {
+    version: '9.9.9',
+    maxConnections: 10,
+    maxSequences: 1000,
+    mode: () => 'durable',
+    sequences: () => sequences,
+    commands: () => stats,
+    connections: () => ({ open: 0, accepted: 0, rejected: 0, outputLimitDisconnects: 0 }),
+    ready: () => true,
+    persistenceUp: () => true,
+    ...extra,
+  };
+}
+
+const seq = (name: string, next: bigint, issued: number): SequenceSnapshot => ({ name, next, durableMark: next, issued });
+
+test('past the label limit, sequences share one series: issued summed, remaining the least', async () => {
+  const sequences = [seq('a', 11n, 10), seq('b', 21n, 20), seq('c', 4n, 3), seq('d', END - 5n, 7), seq('e', 100n, 99)];
+  const m = parseMetrics(await new Metrics(view(sequences), { labelledSequences: 2 }).render());
+  assert.equal(m.get('dolmeangi_issued_numbers_total{sequence="a"}'), 10);
+  assert.equal(m.get('dolmeangi_issued_numbers_total{sequence="b"}'), 20);
+  assert.equal(m.get(`dolmeangi_issued_numbers_total{sequence="${OTHER_SEQUENCES}"}`), 3 + 7 + 99);
+  assert.equal(m.get(`dolmeangi_sequence_remaining{sequence="${OTHER_SEQUENCES}"}`), 5, 'exact when small');
+  assert.equal(m.get(`dolmeangi_sequence_used_ratio{sequence="${OTHER_SEQUENCES}"}`), 1 - 5 / 2 ** 63);
+  assert.equal(m.has(`dolmeangi_sequence_next{sequence="${OTHER_SEQUENCES}"}`), false);
+  assert.equal(m.get('dolmeangi_sequence_next{sequence="b"}'), 21);
+  assert.equal(m.get('dolmeangi_sequences'), 5);
+  assert.equal([...m.keys()].filter((k) => k.startsWith('dolmeangi_issued_numbers_total')).length, 3);
+});
+
+test('values are read at each scrape; an exhausted sequence has nothing left', async () => {
+  const sequences = [seq('x', 1n, 0)];
+  const metrics = new Metrics(view(sequences));
+  assert.equal(parseMetrics(await metrics.render()).get('dolmeangi_issued_numbers_total{sequence="x"}'), 0);
+  sequences[0] = seq('x', END, 42);
+  const m = parseMetrics(await metrics.render());
+  assert.equal(m.get('dolmeangi_issued_numbers_total{sequence="x"}'), 42);
+  assert.equal(m.get('dolmeangi_sequence_remaining{sequence="x"}'), 0);
+  assert.equal(m.get('dolmeangi_sequence_used_ratio{sequence="x"}'), 1);
+});
+
+test('events: persist durations in seconds, failures, AUTH failures, chunk durations', async () => {
+  const metrics = new Metrics(view([]));
+  metrics.persisted(2);
+  metrics.persisted(2000);
+  metrics.persistFailed();
+  metrics.authFailed();
+  metrics.authFailed();
+  metrics.chunkHandled(0.02);
+  const m = parseMetrics(await metrics.render());
+  assert.equal(m.get('dolmeangi_persist_duration_seconds_count'), 2);
+  assert.equal(m.get('dolmeangi_persist_duration_seconds_sum'), 2.002);
+  assert.equal(m.get('dolmeangi_persist_duration_seconds_bucket{le="0.0025"}'), 1);
+  assert.equal(m.get('dolmeangi_persist_failures_total'), 1);
+  assert.equal(m.get('dolmeangi_auth_failures_total'), 2);
+  assert.equal(m.get('dolmeangi_request_chunk_duration_seconds_bucket{le="0.000025"}'), 1);
+});
+
+test('the leader gauge exists only in group mode', async () => {
+  assert.equal(parseMetrics(await new Metrics(view([])).render()).has('dolmeangi_leader'), false);
+  let leading = false;
+  const metrics = new Metrics(view([], { mode: () => 'group', leader: () => leading }));
+  assert.equal(parseMetrics(await metrics.render()).get('dolmeangi_leader'), 0);
+  leading = true;
+  const m = parseMetrics(await metrics.render());
+  assert.equal(m.get('dolmeangi_leader'), 1);
+  assert.equal(m.get('dolmeangi_build_info{version="9.9.9",mode="group"}'), 1);
+});
