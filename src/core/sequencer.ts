@@ -227,6 +227,9 @@ export class Sequencer implements SequenceSource {
       if (this.writing) await this.writing.catch(() => {});
     }
     this.failWaiters(new SequenceError('ERR', 'server shutting down; retry on the next server'));
+    // From here nothing more is handed out: a number taken while the exact marks
+    // are being written would lie at or above them, and be issued again after restart.
+    this.state = 'closed';
     const exact = new Map<string, bigint>();
     for (const s of this.seqs.values()) {
       // stored === null includes writes that reported failure but may have landed.
@@ -246,7 +249,6 @@ export class Sequencer implements SequenceSource {
         ok = false;
       }
     }
-    this.state = 'closed';
     return ok;
   }
 

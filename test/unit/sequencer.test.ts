@@ -234,6 +234,20 @@ test('clean close persists the exact next numbers: a restart continues with no g
   assert.equal(await take(again.allocate('b', 1n)), 8n);
 });
 
+test('nothing is handed out while the exact marks of a clean stop are being written', async () => {
+  const store = new MemoryStore();
+  const seq = await open(store, 1000n);
+  assert.equal(await take(seq.allocate('default', 1n)), 1n);
+  store.pause();
+  const closing = seq.close();
+  await settle();
+  const during = seq.allocate('default', 1n);
+  assert.ok(during instanceof SequenceError, 'refused while the exact marks are in flight');
+  store.resume();
+  assert.equal(await closing, true);
+  assert.equal(store.state().get('default'), 2n);
+});
+
 test('--initial seeds new sequences; above a persisted mark it wins', async () => {
   const seq = new Sequencer({
     store: new MemoryStore({ initial: [['low', 5n], ['high', 5000n]] }),
