@@ -1,0 +1,616 @@
+/**
+ * Leader election for group mode, on an etcd lease.
+ *
+ * The leader holds `<prefix>leader`, created only when absent and bound to the
+ * leader's lease; the value names the node and its advertised address. The
+ * key's create revision identifies the term: every store write compares on it,
+ * so a deposed leader's writes fail however late they arrive.
+ *
+ * Serving follows the lease as this process can prove it, never etcd's word
+ * after the fact. etcd renews a lease no earlier than it receives the
+ * keepalive, and otherwise only ever lengthens leases (a new etcd leader
+ * restarts every TTL; expiry is checked only every 500 ms), so a lease renewed by a keepalive
+ * *sent* at `sentAt` lives in etcd until at least `sentAt + TTL`. The leader
+ * serves until that moment minus a margin (for clock-rate differences between
+ * the machines and late timers), measured on the monotonic clock. If no
+ * keepalive succeeds by then, it stops by itself and steps down: a paused or
+ * cut-off leader has stopped handing out numbers before its key can expire,
+ * and so before anyone else can be elected. (Older etcd releases can revoke a
+ * lease early after their own leader stalls, etcd-io/etcd#15247; the leader
+ * also watches its key and steps down as soon as it disappears.)
+ */
+import { EventEmitter } from 'node:events';
+import {
+  Etcd3,
+  EtcdAuthenticationFailedError,
+  EtcdPermissionDeniedError,
+  type IKeyValue,
+  type IOptions,
+  type Watcher,
+} from 'etcd3';
+import type { Leadership } from '../core/ports.js';
+import type { Logger } from '../log.js';
+
+/** One gRPC attempt; etcd3 retries on another member after it. */
+const ATTEMPT_MS = 1000;
+/** The most any one etcd operation may take, retries included. */
+export const ETCD_CALL_TIMEOUT_MS = 2000;
+const MARGIN_MIN_MS = 500;
+const MARGIN_FRACTION = 0.25;
+
+export interface EtcdConnection {
+  readonly endpoints: readonly string[];
+  readonly username: string | null;
+  readonly password: string | null;
+}
+
+type FaultHandling = NonNullable<IOptions['faultHandling']>;
+type HostPolicy = ReturnType<NonNullable<FaultHandling['host']>>;
+
+/**
+ * etcd3's default host policy stops calling a member for 5 s after three
+ * failures. With a single endpoint there is no other member to try, so that
+ * only delays recovery after a partition heals; our own deadlines bound every
+ * call instead. etcd3 calls nothing on a host policy but execute().
+ */
+const passThrough = {
+  execute: <T>(fn: (context: { signal: AbortSignal }) => PromiseLike<T> | T): Promise<T> =>
+    Promise.resolve().then(() => fn({ signal: new AbortController().signal })),
+} as unknown as HostPolicy;
+
+/** Reconnects a broken watch stream after a quarter second, not etcd3's default of up to 30 s. */
+const watchBackoff: NonNullable<FaultHandling['watchBackoff']> = {
+  duration: 250,
+  next() {
+    return this;
+  },
+};
+
+/** An etcd client whose every unary call gives up after ATTEMPT_MS per member tried. */
+export function createEtcdClient(conn: EtcdConnection, endpoints: readonly string[] = conn.endpoints): Etcd3 {
+  const options: IOptions = {
+    hosts: [...endpoints],
+    defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + ATTEMPT_MS }),
+    faultHandling: endpoints.length === 1 ? { host: () => passThrough, watchBackoff } : { watchBackoff },
+  };
+  if (conn.username !== null) options.auth = { username: conn.username, password: conn.password ?? '' };
+  return new Etcd3(options);
+}
+
+export class EtcdTimeoutError extends Error {
+  constructor(what: string, ms: number) {
+    super(`etcd did not answer ${what} within ${ms} ms`);
+    this.name = 'EtcdTimeoutError';
+  }
+}
+
+/**
+ * Settles with `p`, or rejects with EtcdTimeoutError after `ms` on the
+ * monotonic clock; gRPC deadlines follow the wall clock, which may jump.
+ */
+export function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new EtcdTimeoutError(what, ms)), ms);
+    p.then(
+      (v) => {
+        clearTimeout(timer);
+        resolve(v);
+      },
+      (err: unknown) => {
+        clearTimeout(timer);
+        reject(err);
+      },
+    );
+  });
+}
+
+/** What went wrong talking to etcd, in words that say what to check. */
+export function etcdErrorReason(err: unknown): string {
+  if (err instanceof EtcdAuthenticationFailedError) {
+    return 'etcd rejected the user name or password; check --etcd-username and --etcd-password';
+  }
+  if (err instanceof EtcdPermissionDeniedError) {
+    return 'etcd denied access; grant this etcd user read and write on the --etcd-prefix keys';
+  }
+  if (needsUser(err)) return 'etcd requires a user; pass --etcd-username and --etcd-password';
+  if (err instanceof EtcdTimeoutError) return `${err.message}; check that a majority of etcd members is reachable`;
+  const message = err instanceof Error ? err.message : String(err);
+  return `etcd request failed (${message}); check that a majority of etcd members is reachable`;
+}
+
+const needsUser = (err: unknown): boolean => err instanceof Error && err.message.includes('etcdserver: user name is empty');
+
+const isCredentialError = (err: unknown): boolean =>
+  err instanceof EtcdAuthenticationFailedError || err instanceof EtcdPermissionDeniedError || needsUser(err);
+
+/** One leadership term: what the store fences its writes on. */
+export interface LeadershipTerm {
+  /** The election key, `<prefix>leader`. */
+  readonly key: string;
+  /** The key's create revision (decimal): unique to this term. */
+  readonly revision: string;
+  readonly leaseId: string;
+}
+
+export interface LeadershipEvents {
+  /** This node now leads; serve through a store fenced on `term`. */
+  elected: [term: LeadershipTerm];
+  /** This node no longer leads (it stopped serving before this fires). */
+  lost: [reason: string];
+  /** The address clients should be sent to changed (null: no leader known). */
+  leaderChanged: [address: string | null];
+}
+
+export interface EtcdLeadershipOptions {
+  /** Shared client for reads, writes and the watch. */
+  readonly client: Etcd3;
+  /** Lease keepalives go to every endpoint at once, on clients of their own. */
+  readonly connection: EtcdConnection;
+  /** Ends with '/'. */
+  readonly prefix: string;
+  readonly nodeId: string;
+  /** host:port clients are sent to while this node leads. */
+  readonly advertise: string | null;
+  /** Lease TTL in seconds. */
+  readonly leaseTtl: number;
+  readonly log: Logger;
+}
+
+interface KnownLeader {
+  readonly nodeId: string | null;
+  readonly advertise: string | null;
+}
+
+function parseLeader(kv: IKeyValue): KnownLeader {
+  try {
+    const v = JSON.parse(kv.value.toString('utf8')) as { nodeId?: unknown; advertise?: unknown };
+    return {
+      nodeId: typeof v.nodeId === 'string' ? v.nodeId : null,
+      advertise: typeof v.advertise === 'string' ? v.advertise : null,
+    };
+  } catch {
+    // Written by something else: a leader exists, but we cannot send clients to it.
+    return { nodeId: null, advertise: null };
+  }
+}
+
+export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Leadership {
+  /** The election key. */
+  readonly key: string;
+  readonly nodeId: string;
+  private readonly client: Etcd3;
+  private readonly keepaliveClients: Etcd3[];
+  private readonly advertise: string | null;
+  private readonly requestedTtlMs: number;
+  private readonly log: Logger;
+
+  private state: 'follower' | 'candidate' | 'leader' = 'follower';
+  private current: LeadershipTerm | null = null;
+  /** The TTL etcd honours for the current lease: the smaller of asked and granted. */
+  private ttlMs: number;
+  /** Monotonic ms until which the lease is surely alive in etcd. */
+  private serveUntil = 0;
+  private known: KnownLeader | null = null;
+  /** etcd revision of the newest leader-key state applied; older news is ignored. */
+  private seenRevision = 0n;
+  /** The newest etcd raft term seen in a keepalive answer. */
+  private raftTerm = 0n;
+  private announced: string | null = null;
+  private campaigning: Promise<void> | null = null;
+  private polling = false;
+  private holdOffUntil = 0;
+  private started = false;
+  private closed = false;
+  private etcdTrouble: string | null = null;
+  private watcher: Watcher | null = null;
+  private pollTimer: NodeJS.Timeout | null = null;
+  private keepaliveTimer: NodeJS.Timeout | null = null;
+  private deadlineTimer: NodeJS.Timeout | null = null;
+
+  constructor(opts: EtcdLeadershipOptions) {
+    super();
+    this.client = opts.client;
+    this.keepaliveClients = opts.connection.endpoints.map((e) => createEtcdClient(opts.connection, [e]));
+    this.key = `${opts.prefix}leader`;
+    this.nodeId = opts.nodeId;
+    this.advertise = opts.advertise;
+    this.requestedTtlMs = opts.leaseTtl * 1000;
+    this.ttlMs = this.requestedTtlMs;
+    this.log = opts.log;
+  }
+
+  get role(): 'leader' | 'follower' | 'candidate' {
+    return this.state;
+  }
+
+  /** The term this node leads in, or null. */
+  get term(): LeadershipTerm | null {
+    return this.current;
+  }
+
+  canServe(): boolean {
+    return this.state === 'leader' && performance.now() < this.serveUntil;
+  }
+
+  leaderAddress(): string | null {
+    if (this.state === 'leader') return this.advertise;
+    return this.known?.advertise ?? null;
+  }
+
+  /** The leader's node id, when known. */
+  leaderNodeId(): string | null {
+    if (this.state === 'leader') return this.nodeId;
+    return this.known?.nodeId ?? null;
+  }
+
+  /** How long this node may still serve without another keepalive (0 unless leading). */
+  leaseRemainingMs(): number {
+    return this.state === 'leader' ? Math.max(0, Math.floor(this.serveUntil - performance.now())) : 0;
+  }
+
+  /** The latest etcd failure, while etcd keeps failing; null when etcd answers. */
+  get etcdProblem(): string | null {
+    return this.etcdTrouble;
+  }
+
+  /**
+   * Starts watching the leader key and campaigns if nobody leads. Rejects only
+   * when etcd refuses our credentials; an unreachable etcd is retried in the
+   * background (the node serves nothing meanwhile).
+   */
+  async start(): Promise<void> {
+    if (this.started) throw new Error('EtcdLeadership.start called twice');
+    this.started = true;
+    this.watch();
+    try {
+      await this.poll();
+      if (this.campaigning) await this.campaigning;
+    } catch (err) {
+      if (isCredentialError(err)) throw new Error(etcdErrorReason(err), { cause: err });
+      this.etcdFailed('reading the leader key', err);
+    }
+    const every = Math.min(5000, Math.max(250, this.requestedTtlMs / 2));
+    this.pollTimer = setInterval(() => void this.refresh(), every);
+    this.pollTimer.unref();
+  }
+
+  /**
+   * Gives up leadership at once: stops serving, deletes the key if it is still
+   * ours and revokes the lease, so a follower can take over within moments.
+   * This node does not campaign again for one TTL, to let another node win.
+   */
+  resign(): Promise<void> {
+    return this.stepDown('resigned', { holdOffMs: this.ttlMs });
+  }
+
+  /**
+   * Stops leading (no-op unless leading, or when `term` is given and is no
+   * longer current). `holdOffMs` keeps this node from campaigning for that long.
+   */
+  async stepDown(reason: string, opts: { term?: LeadershipTerm; holdOffMs?: number } = {}): Promise<void> {
+    const term = this.current;
+    if (this.state !== 'leader' || term === null) return;
+    if (opts.term !== undefined && opts.term !== term) return;
+    this.state = 'follower';
+    this.current = null;
+    this.serveUntil = 0;
+    this.known = null;
+    this.clearLeaderTimers();
+    if (opts.holdOffMs !== undefined) this.holdOffUntil = performance.now() + opts.holdOffMs;
+    this.emit('lost', reason);
+    this.announce();
+    await this.release(term);
+    if (!this.closed) void this.refresh();
+  }
+
+  /** Resigns if leading, stops watching and closes the keepalive clients. Idempotent. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.pollTimer) clearInterval(this.pollTimer);
+    this.pollTimer = null;
+    if (this.campaigning) await this.campaigning;
+    await this.stepDown('shutting down');
+    const watcher = this.watcher;
+    this.watcher = null;
+    if (watcher) await withTimeout(watcher.cancel(), ETCD_CALL_TIMEOUT_MS, 'cancelling the watch').catch(() => {});
+    for (const c of this.keepaliveClients) c.close();
+  }
+
+  private watch(): void {
+    const w = this.client.watch().key(this.key).watcher();
+    this.watcher = w;
+    w.on('put', (kv) => this.apply(kv, BigInt(kv.mod_revision)));
+    w.on('delete', (kv) => this.apply(null, BigInt(kv.mod_revision)));
+    // Changes may have been missed while the stream was down.
+    w.on('connected', () => void this.refresh());
+    w.on('error', (err) => {
+      // etcd cancelled the watch (e.g. its revision was compacted): the poll covers the gap; watch anew.
+      this.log.debug({ err: err.message }, 'etcd watch cancelled; watching again');
+      if (this.watcher !== w || this.closed) return;
+      this.watcher = null;
+      setTimeout(() => {
+        if (!this.closed && this.watcher === null) this.watch();
+      }, 250).unref();
+    });
+  }
+
+  private async refresh(): Promise<void> {
+    if (this.closed || this.polling) return;
+    this.polling = true;
+    try {
+      await this.poll();
+    } catch (err) {
+      this.etcdFailed('reading the leader key', err);
+    } finally {
+      this.polling = false;
+    }
+  }
+
+  private async poll(): Promise<void> {
+    const res = await withTimeout(this.client.get(this.key).exec(), ETCD_CALL_TIMEOUT_MS, 'reading the leader key');
+    this.etcdAnswered();
+    this.apply(res.kvs[0] ?? null, BigInt(res.header.revision));
+  }
+
+  /** Takes in the leader key as etcd had it at `revision` (null: absent). */
+  private apply(kv: IKeyValue | null, revision: bigint): void {
+    if (this.closed || revision < this.seenRevision) return;
+    this.seenRevision = revision;
+    if (this.state === 'leader') {
+      const term = this.current!;
+      // News from before our key was created says nothing about our term.
+      if (revision < BigInt(term.revision)) return;
+      if (kv === null) void this.stepDown('the leader key was deleted in etcd', { term });
+      else if (kv.create_revision !== term.revision) void this.stepDown('another node holds the leader key', { term });
+      return;
+    }
+    const leader = kv === null ? null : parseLeader(kv);
+    // A key naming this node while it does not lead is left from an earlier term of
+    // ours (it expires with its lease); sending clients here would only loop them.
+    this.known = leader?.nodeId === this.nodeId ? null : leader;
+    this.announce();
+    if (kv === null) void this.campaign();
+  }
+
+  private campaign(): void {
+    if (this.closed || this.state === 'leader' || this.campaigning !== null) return;
+    if (performance.now() < this.holdOffUntil) return;
+    this.campaigning = this.runCampaign().finally(() => {
+      this.campaigning = null;
+    });
+  }
+
+  private async runCampaign(): Promise<void> {
+    this.state = 'candidate';
+    // Raft terms compare only within one etcd cluster; a restored cluster starts over.
+    this.raftTerm = 0n;
+    let unusedLease: string | null = null;
+    try {
+      const sentAt = performance.now();
+      const grant = await withTimeout(
+        this.client.leaseClient.leaseGrant({ TTL: this.requestedTtlMs / 1000, ID: 0 }),
+        ETCD_CALL_TIMEOUT_MS,
+        'granting a lease',
+      );
+      unusedLease = grant.ID;
+      const grantedMs = Number(grant.TTL) * 1000;
+      if (grantedMs > this.requestedTtlMs) {
+        this.log.warn(
+          { requestedTtlMs: this.requestedTtlMs, grantedTtlMs: grantedMs },
+          'etcd granted a longer lease than --lease-ttl (its minimum follows its election timeout); a crashed leader is replaced only after the longer TTL',
+        );
+      }
+      this.ttlMs = Math.min(this.requestedTtlMs, grantedMs);
+      const value = JSON.stringify({ nodeId: this.nodeId, advertise: this.advertise });
+      const res = await withTimeout(
+        this.client
+          .if(this.key, 'Create', '==', 0)
+          .then(this.client.put(this.key).value(value).lease(grant.ID), this.client.get(this.key))
+          .else(this.client.get(this.key))
+          .commit(),
+        ETCD_CALL_TIMEOUT_MS,
+        'creating the leader key',
+      );
+      this.etcdAnswered();
+      const kv = res.responses[res.succeeded ? 1 : 0]?.response_range?.kvs[0] ?? null;
+      // The key may carry our lease although the txn "failed": a retried attempt found what the first one created.
+      if (kv !== null && kv.lease === grant.ID) {
+        unusedLease = null;
+        const term: LeadershipTerm = { key: this.key, revision: kv.create_revision, leaseId: grant.ID };
+        let provenAt = sentAt;
+        if (!this.closed && performance.now() - sentAt > this.keepaliveInterval()) {
+          // A slow campaign would start the term with its lease nearly spent: prove it afresh first.
+          provenAt = performance.now();
+          if ((await this.renew(grant.ID)) <= 0) throw new Error('the new lease expired during the campaign');
+        }
+        if (this.closed) {
+          await this.release(term);
+          return;
+        }
+        this.becomeLeader(term, provenAt);
+        return;
+      }
+      this.state = 'follower';
+      this.apply(kv, BigInt(res.header.revision));
+    } catch (err) {
+      this.state = 'follower';
+      this.etcdFailed('campaigning for leadership', err instanceof AggregateError ? err.errors[0] : err);
+    } finally {
+      if (unusedLease !== null) void this.revoke(unusedLease);
+    }
+  }
+
+  private becomeLeader(term: LeadershipTerm, provenAt: number): void {
+    this.state = 'leader';
+    this.current = term;
+    this.known = { nodeId: this.nodeId, advertise: this.advertise };
+    const created = BigInt(term.revision);
+    if (created > this.seenRevision) this.seenRevision = created;
+    this.serveUntil = 0;
+    this.extend(term, provenAt);
+    this.scheduleKeepalive(term, provenAt + this.keepaliveInterval() - performance.now());
+    this.announce();
+    this.emit('elected', term);
+  }
+
+  private margin(): number {
+    return Math.max(MARGIN_MIN_MS, this.ttlMs * MARGIN_FRACTION);
+  }
+
+  /** Three renewals go out in every serving window, so one or two may fail unnoticed. */
+  private keepaliveInterval(): number {
+    return Math.max(50, (this.ttlMs - this.margin()) / 3);
+  }
+
+  /** A renewal sent at `sentAt` succeeded: the lease lives in etcd until at least sentAt + TTL. */
+  private extend(term: LeadershipTerm, sentAt: number): void {
+    const until = sentAt + this.ttlMs - this.margin();
+    if (until <= this.serveUntil) return;
+    this.serveUntil = until;
+    this.armDeadline(term);
+  }
+
+  private armDeadline(term: LeadershipTerm): void {
+    if (this.deadlineTimer) clearTimeout(this.deadlineTimer);
+    this.deadlineTimer = setTimeout(() => this.checkDeadline(term), this.serveUntil - performance.now() + 1);
+    this.deadlineTimer.unref();
+  }
+
+  private checkDeadline(term: LeadershipTerm): void {
+    if (this.current !== term) return;
+    // Timers count from the event loop's cached clock and may fire a little early.
+    if (performance.now() < this.serveUntil) {
+      this.armDeadline(term);
+      return;
+    }
+    void this.stepDown(
+      `the lease was not renewed in time (no keepalive succeeded for ${Math.round(this.ttlMs - this.margin())} ms: ` +
+        'etcd unreachable, or this process was paused); stopped serving before it could expire in etcd',
+      { term },
+    );
+  }
+
+  private scheduleKeepalive(term: LeadershipTerm, delayMs: number): void {
+    this.keepaliveTimer = setTimeout(() => this.keepalive(term), Math.max(0, delayMs));
+    this.keepaliveTimer.unref();
+  }
+
+  /**
+   * Sends one renewal and schedules the next. Renewals do not wait for each
+   * other: a slow answer still proves the lease from its own send time, while
+   * the next renewal is already on its way.
+   */
+  private keepalive(term: LeadershipTerm): void {
+    if (this.current !== term) return;
+    const sentAt = performance.now();
+    this.renew(term.leaseId).then(
+      (ttlSeconds) => {
+        if (this.current !== term) return;
+        if (ttlSeconds <= 0) {
+          void this.stepDown('etcd reports that our lease has expired', { term });
+          return;
+        }
+        this.etcdAnswered();
+        this.extend(term, sentAt);
+      },
+      (err: AggregateError) => {
+        if (this.current === term) this.etcdFailed('renewing the lease', err.errors[0]);
+      },
+    );
+    this.scheduleKeepalive(term, this.keepaliveInterval());
+  }
+
+  /**
+   * Renews through every member at once; resolves with the first TTL reported
+   * (0: the lease is gone), so a dead or paused member costs nothing. Rejects
+   * with an AggregateError when no member answers in time.
+   */
+  private renew(leaseId: string): Promise<number> {
+    // An answer later than this extends nothing.
+    const usefulFor = this.ttlMs - this.margin();
+    return Promise.any(this.keepaliveClients.map((c) => this.renewVia(c, leaseId, usefulFor)));
+  }
+
+  private renewVia(client: Etcd3, leaseId: string, timeoutMs: number): Promise<number> {
+    type Stream = Awaited<ReturnType<Etcd3['leaseClient']['leaseKeepAlive']>>;
+    let stream: Stream | null = null;
+    let answered = false;
+    const attempt = (async () => {
+      const s = await client.leaseClient.leaseKeepAlive({ deadline: Date.now() + timeoutMs });
+      stream = s;
+      return new Promise<number>((resolve, reject) => {
+        s.on('data', (res) => {
+          answered = true;
+          const raftTerm = BigInt(res.header?.raft_term ?? '0');
+          // A deposed etcd leader that has not noticed yet may still renew in its own
+          // lessor (etcd-io/etcd#15247), which proves nothing: trust only members
+          // that are as current as the newest raft term we have seen.
+          if (raftTerm < this.raftTerm) {
+            reject(new Error(`an etcd member answered from raft term ${raftTerm}, behind term ${this.raftTerm}`));
+            return;
+          }
+          this.raftTerm = raftTerm;
+          resolve(Number(res.TTL));
+        });
+        s.on('error', reject);
+        s.write({ ID: leaseId });
+      });
+    })();
+    return withTimeout(attempt, timeoutMs, 'renewing the lease').finally(() => {
+      // Half-closing ends the call cleanly; cancelling would count against the member in etcd3.
+      if (answered) stream?.end();
+      else stream?.cancel();
+    });
+  }
+
+  /** Best effort: delete our key if it is still ours, and revoke the lease. */
+  private async release(term: LeadershipTerm): Promise<void> {
+    try {
+      await withTimeout(
+        this.client.if(this.key, 'Create', '==', term.revision).then(this.client.delete().key(this.key)).commit(),
+        ETCD_CALL_TIMEOUT_MS,
+        'deleting the leader key',
+      );
+    } catch (err) {
+      this.log.debug({ err: etcdErrorReason(err) }, 'could not delete the leader key; it expires with the lease');
+    }
+    await this.revoke(term.leaseId);
+  }
+
+  private async revoke(leaseId: string): Promise<void> {
+    try {
+      await withTimeout(this.client.leaseClient.leaseRevoke({ ID: leaseId }), ETCD_CALL_TIMEOUT_MS, 'revoking a lease');
+    } catch (err) {
+      this.log.debug({ err: etcdErrorReason(err) }, 'could not revoke a lease; it expires by itself');
+    }
+  }
+
+  private clearLeaderTimers(): void {
+    if (this.keepaliveTimer) clearTimeout(this.keepaliveTimer);
+    if (this.deadlineTimer) clearTimeout(this.deadlineTimer);
+    this.keepaliveTimer = null;
+    this.deadlineTimer = null;
+  }
+
+  private announce(): void {
+    const address = this.leaderAddress();
+    if (address === this.announced) return;
+    this.announced = address;
+    this.emit('leaderChanged', address);
+  }
+
+  private etcdFailed(what: string, err: unknown): void {
+    const reason = `${what}: ${etcdErrorReason(err)}`;
+    // One warning per outage, not one per retry.
+    if (this.etcdTrouble === null) this.log.warn({ err: reason }, 'etcd is failing');
+    else this.log.debug({ err: reason }, 'etcd still failing');
+    this.etcdTrouble = reason;
+  }
+
+  private etcdAnswered(): void {
+    if (this.etcdTrouble === null) return;
+    this.etcdTrouble = null;
+    this.log.info('etcd answers again');
+  }
+}

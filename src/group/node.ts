@@ -1,0 +1,266 @@
+/**
+ * A member of a group: elects a leader through etcd and, while this node
+ * leads, serves through a Sequencer whose marks live in etcd, fenced on the
+ * leadership term. Every election starts a fresh Sequencer that loads the
+ * stored marks: state from an earlier term is never trusted, since another
+ * leader may have moved the marks since.
+ */
+import os from 'node:os';
+import type { Etcd3 } from 'etcd3';
+import type { Config } from '../config.js';
+import type { Leadership } from '../core/ports.js';
+import { Sequencer, SequenceError, type SequenceSnapshot, type SequenceSource } from '../core/sequencer.js';
+import {
+  createEtcdClient,
+  EtcdLeadership,
+  type EtcdConnection,
+  type LeadershipTerm,
+} from '../election/etcd.js';
+import { StateCorruptError } from '../errors.js';
+import type { Logger } from '../log.js';
+import { EtcdStore } from '../store/etcd.js';
+
+export interface GroupHandle extends SequenceSource {
+  readonly leadership: Leadership;
+  /** For /readyz: ok only while this node leads, has loaded its state and its lease is surely alive. */
+  ready(): { ok: boolean; reason: string };
+  /** Extra INFO lines: role, leader, node_id, etcd endpoints, prefix, term. */
+  info(): Array<[string, string]>;
+  /** Why etcd writes are failing right now, or null. */
+  persistenceFailure(): string | null;
+  /** Clean stop: a leader persists its exact next numbers, then resigns; closes the etcd clients. */
+  close(): Promise<void>;
+}
+
+const LOAD_RETRY_MIN_MS = 100;
+const LOAD_RETRY_MAX_MS = 2000;
+const SHUTTING_DOWN = new SequenceError('ERR', 'server is shutting down; retry on the next server');
+
+export async function startGroup(config: Config, log: Logger): Promise<GroupHandle> {
+  const node = new GroupNode(config, log.child({ component: 'group' }));
+  try {
+    await node.start();
+  } catch (err) {
+    await node.close();
+    throw err;
+  }
+  return node;
+}
+
+class GroupNode implements GroupHandle {
+  readonly leadership: EtcdLeadership;
+  private readonly etcd: Etcd3;
+  private readonly config: Config;
+  private readonly log: Logger;
+  private readonly nodeId: string;
+  /** The sequencer of the current term, once its marks are loaded. */
+  private sequencer: Sequencer | null = null;
+  /** The term being loaded, and why the last load failed. */
+  private loading: LeadershipTerm | null = null;
+  private loadError: string | null = null;
+  private persistFailingSince: number | null = null;
+  private closing: Promise<void> | null = null;
+
+  constructor(config: Config, log: Logger) {
+    this.config = config;
+    this.log = log;
+    this.nodeId = config.nodeId ?? config.advertise ?? `${os.hostname()}-${process.pid}`;
+    const connection: EtcdConnection = {
+      endpoints: config.etcd,
+      username: config.etcdUsername,
+      password: config.etcdPassword,
+    };
+    this.etcd = createEtcdClient(connection);
+    this.leadership = new EtcdLeadership({
+      client: this.etcd,
+      connection,
+      prefix: config.etcdPrefix,
+      nodeId: this.nodeId,
+      advertise: config.advertise,
+      leaseTtl: config.leaseTtl,
+      log,
+    });
+    this.leadership.on('elected', (term) => void this.onElected(term));
+    this.leadership.on('lost', (reason) => this.onLost(reason));
+    this.leadership.on('leaderChanged', (address) =>
+      this.log.info({ leader: address, leaderNodeId: this.leadership.leaderNodeId() }, 'group leader changed'),
+    );
+  }
+
+  async start(): Promise<void> {
+    if (this.config.advertise === null) {
+      this.log.warn('no --advertise given: while this node leads, the others cannot redirect clients to it');
+    }
+    this.log.info(
+      { nodeId: this.nodeId, etcd: this.config.etcd, prefix: this.config.etcdPrefix, leaseTtl: this.config.leaseTtl },
+      'joining group',
+    );
+    await this.leadership.start();
+  }
+
+  allocate(name: string, count: bigint): bigint | SequenceError | Promise<bigint> {
+    if (this.closing) return SHUTTING_DOWN;
+    return this.sequencer?.allocate(name, count) ?? this.notServing();
+  }
+
+  current(name: string): bigint | SequenceError {
+    if (this.closing) return SHUTTING_DOWN;
+    return this.sequencer?.current(name) ?? this.notServing();
+  }
+
+  snapshot(): SequenceSnapshot[] {
+    return this.sequencer?.snapshot() ?? [];
+  }
+
+  persistenceFailure(): string | null {
+    if (this.loading !== null) return this.loadError;
+    return this.sequencer?.persistenceFailure ?? null;
+  }
+
+  ready(): { ok: boolean; reason: string } {
+    if (this.closing) return { ok: false, reason: 'shutting down' };
+    const l = this.leadership;
+    if (l.role !== 'leader') {
+      const leader = l.leaderAddress();
+      if (leader !== null) return { ok: false, reason: `follower; the leader is ${leader}` };
+      const trouble = l.etcdProblem;
+      return { ok: false, reason: trouble ? `no leader known; ${trouble}` : 'no leader elected yet' };
+    }
+    if (this.sequencer === null) {
+      return { ok: false, reason: this.loadError ? `leader, cannot load marks: ${this.loadError}` : 'leader, loading marks from etcd' };
+    }
+    if (!l.canServe()) return { ok: false, reason: 'leader, but the lease is not confirmed by etcd' };
+    return { ok: true, reason: 'leader' };
+  }
+
+  info(): Array<[string, string]> {
+    const l = this.leadership;
+    return [
+      ['role', l.role],
+      ['leader', l.leaderAddress() ?? ''],
+      ['leader_node_id', l.leaderNodeId() ?? ''],
+      ['node_id', this.nodeId],
+      ['etcd_endpoints', this.config.etcd.join(',')],
+      ['etcd_prefix', this.config.etcdPrefix],
+      ['term', l.term?.revision ?? ''],
+      ['lease_ttl_seconds', String(this.config.leaseTtl)],
+      ['lease_remaining_ms', String(l.leaseRemainingMs())],
+    ];
+  }
+
+  close(): Promise<void> {
+    this.closing ??= this.shutdown();
+    return this.closing;
+  }
+
+  private async shutdown(): Promise<void> {
+    const seq = this.sequencer;
+    if (seq !== null) {
+      const exact = await seq.close();
+      if (exact) this.log.info('stored the exact next numbers in etcd');
+      else this.log.warn('could not store the exact next numbers; the next leader skips the rest of the reserved window');
+    }
+    await this.leadership.close();
+    this.sequencer = null;
+    this.etcd.close();
+  }
+
+  private notServing(): SequenceError {
+    if (this.leadership.role === 'leader' && this.loadError !== null) {
+      return new SequenceError('ERR', `persistence unavailable: ${this.loadError}`);
+    }
+    return new SequenceError('NOTLEADER', this.leadership.leaderAddress() ?? '');
+  }
+
+  private async onElected(term: LeadershipTerm): Promise<void> {
+    this.log.info({ term: term.revision, nodeId: this.nodeId }, 'elected group leader; loading marks from etcd');
+    this.loading = term;
+    this.loadError = null;
+    const current = (): boolean => this.leadership.term === term && this.closing === null;
+    let delay = LOAD_RETRY_MIN_MS;
+    // A failed load leaves nothing behind; each attempt gets a fresh Sequencer.
+    while (current()) {
+      const seq = this.createSequencer(term);
+      try {
+        const { raisedByInitial } = await seq.open();
+        if (!current()) {
+          seq.abort(this.notLeader());
+          return;
+        }
+        this.loading = null;
+        this.loadError = null;
+        this.persistFailingSince = null;
+        this.sequencer = seq;
+        this.log.info(
+          { term: term.revision, sequences: seq.snapshot().length, raisedByInitial },
+          'serving as group leader',
+        );
+        return;
+      } catch (err) {
+        if (!current()) return;
+        const message = (err as Error).message;
+        // Log each distinct failure once, not every retry.
+        if (message !== this.loadError) {
+          if (err instanceof StateCorruptError) {
+            this.log.error({ err: message }, 'marks in etcd are corrupt; not serving until an operator repairs them');
+          } else {
+            this.log.warn({ err: message }, 'could not load marks from etcd; retrying');
+          }
+        }
+        this.loadError = message;
+      }
+      await new Promise((r) => setTimeout(r, delay).unref());
+      delay = Math.min(LOAD_RETRY_MAX_MS, delay * 2);
+    }
+  }
+
+  private createSequencer(term: LeadershipTerm): Sequencer {
+    const ttlMs = this.config.leaseTtl * 1000;
+    return new Sequencer({
+      store: new EtcdStore(this.etcd, this.config.etcdPrefix, term),
+      initial: this.config.initial,
+      reserve: this.config.reserve,
+      maxSequences: this.config.maxSequences,
+      leadership: this.leadership,
+      events: {
+        fenced: (err) => {
+          this.log.warn({ err: err.message, term: term.revision }, 'a write of marks was fenced; stepping down');
+          void this.leadership.stepDown(`store write fenced: ${err.message}`, { term });
+        },
+        persistFailed: (err, retryInMs) => {
+          const now = performance.now();
+          if (this.persistFailingSince === null) {
+            this.persistFailingSince = now;
+            this.log.warn({ err: err.message, retryInMs }, 'cannot write marks to etcd; retrying');
+          } else if (now - this.persistFailingSince > ttlMs) {
+            // Writes fail while the lease holds: perhaps only this node's path to etcd is broken. Let another node try.
+            this.log.error({ err: err.message, failingForMs: Math.round(now - this.persistFailingSince) }, 'writes of marks keep failing; stepping down');
+            void this.leadership.stepDown(`writes of marks failed for longer than the lease: ${err.message}`, {
+              term,
+              holdOffMs: ttlMs,
+            });
+          }
+        },
+        persistRecovered: (downForMs) => {
+          this.persistFailingSince = null;
+          this.log.info({ downForMs: Math.round(downForMs) }, 'writes of marks to etcd work again');
+        },
+      },
+    });
+  }
+
+  private onLost(reason: string): void {
+    const seq = this.sequencer;
+    this.sequencer = null;
+    this.loading = null;
+    this.loadError = null;
+    this.persistFailingSince = null;
+    seq?.abort(this.notLeader());
+    if (this.closing) this.log.info({ reason }, 'no longer group leader');
+    else this.log.warn({ reason }, 'no longer group leader');
+  }
+
+  private notLeader(): SequenceError {
+    return new SequenceError('NOTLEADER', this.leadership.leaderAddress() ?? '');
+  }
+}

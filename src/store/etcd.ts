@@ -1,0 +1,154 @@
+/**
+ * Group-mode storage: the high-water marks live in etcd, one key per sequence
+ * (`<prefix>marks/<name>`), as decimal text so 64-bit values stay exact.
+ *
+ * A store belongs to one leadership term, and every write is a transaction
+ * with two guards:
+ * - the term: `<prefix>leader` still has this term's create revision. A
+ *   deposed leader can never write, however late its request arrives.
+ * - our own last write: `<prefix>writer` still has the mod revision our last
+ *   confirmed write gave it. A write we gave up on (timeout) may still be
+ *   applied later, e.g. when a paused etcd member forwards it on waking; the
+ *   guard makes sure it can never land after a newer write and take a mark
+ *   back down below numbers already handed out.
+ */
+import { CompareResult, CompareTarget, type Etcd3, type ICompare, type IRequestOp, type ITxnResponse } from 'etcd3';
+import { END, isValidName, NAME_RULE, parseUnsigned } from '../core/limits.js';
+import type { Marks, Store } from '../core/ports.js';
+import { ETCD_CALL_TIMEOUT_MS, etcdErrorReason, withTimeout, type LeadershipTerm } from '../election/etcd.js';
+import { FencedError, PersistenceError, StateCorruptError } from '../errors.js';
+
+/** etcd refuses transactions of more than 128 operations (--max-txn-ops); one is the writer key. */
+const MARKS_PER_TXN = 127;
+
+/** The first key after every key that starts with `prefix`. */
+function prefixEnd(prefix: Buffer): Buffer {
+  const end = Buffer.from(prefix);
+  for (let i = end.length - 1; i >= 0; i--) {
+    if (end[i]! < 0xff) {
+      end[i]! += 1;
+      return end.subarray(0, i + 1);
+    }
+  }
+  return Buffer.from([0]);
+}
+
+export class EtcdStore implements Store {
+  readonly description: string;
+  private readonly marksPrefix: string;
+  private readonly leaderKey: Buffer;
+  private readonly writerKey: Buffer;
+  /** The writer key's mod revision after our last confirmed write; null until read. */
+  private writerRevision: string | null = null;
+  private closed = false;
+
+  constructor(
+    private readonly client: Etcd3,
+    prefix: string,
+    private readonly term: LeadershipTerm,
+    private readonly timeoutMs: number = ETCD_CALL_TIMEOUT_MS,
+  ) {
+    this.marksPrefix = `${prefix}marks/`;
+    this.leaderKey = Buffer.from(term.key);
+    this.writerKey = Buffer.from(`${prefix}writer`);
+    this.description = `etcd:${this.marksPrefix} (term ${term.revision})`;
+  }
+
+  async load(): Promise<Map<string, bigint>> {
+    this.assertOpen();
+    const marksKey = Buffer.from(this.marksPrefix);
+    // One read-only transaction: the marks and the writer key at the same revision.
+    const res = await this.call('reading marks', {
+      compare: [],
+      success: [
+        { request_range: { key: marksKey, range_end: prefixEnd(marksKey) } },
+        { request_range: { key: this.writerKey } },
+      ],
+      failure: [],
+    });
+    const marks = new Map<string, bigint>();
+    for (const kv of res.responses[0]?.response_range?.kvs ?? []) {
+      const key = kv.key.toString('utf8');
+      const name = key.slice(this.marksPrefix.length);
+      if (!isValidName(name)) throw new StateCorruptError(key, `'${name}' is not a sequence name (${NAME_RULE})`);
+      const text = kv.value.toString('utf8');
+      const mark = parseUnsigned(text);
+      if (mark === undefined || mark > END) {
+        throw new StateCorruptError(key, `expected a decimal number from 0 to ${END}, found '${text.slice(0, 40)}'`);
+      }
+      marks.set(name, mark);
+    }
+    this.writerRevision = res.responses[1]?.response_range?.kvs[0]?.mod_revision ?? '0';
+    return marks;
+  }
+
+  async persist(marks: Marks): Promise<void> {
+    this.assertOpen();
+    if (this.writerRevision === null) await this.readWriter();
+    const entries = [...marks];
+    // Each chunk commits on its own; if a later one fails, the caller retries them all.
+    for (let i = 0; i < entries.length; i += MARKS_PER_TXN) {
+      await this.write(entries.slice(i, i + MARKS_PER_TXN));
+    }
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+  }
+
+  private async write(chunk: Array<[string, bigint]>): Promise<void> {
+    const puts: IRequestOp[] = chunk.map(([name, mark]) => ({
+      request_put: { key: Buffer.from(this.marksPrefix + name), value: Buffer.from(mark.toString()) },
+    }));
+    puts.push({ request_put: { key: this.writerKey, value: Buffer.from(this.term.revision) } });
+    // A second compare failure on the writer key would mean two late writes of ours landed back to back.
+    for (let attempt = 0; attempt < 2; attempt++) {
+      const compare: ICompare[] = [
+        { key: this.leaderKey, target: CompareTarget.Create, result: CompareResult.Equal, create_revision: this.term.revision },
+        { key: this.writerKey, target: CompareTarget.Mod, result: CompareResult.Equal, mod_revision: this.writerRevision! },
+      ];
+      const res = await this.call('writing marks', {
+        compare,
+        success: puts,
+        failure: [{ request_range: { key: this.leaderKey } }, { request_range: { key: this.writerKey } }],
+      });
+      if (res.succeeded) {
+        this.writerRevision = res.header.revision;
+        return;
+      }
+      const leader = res.responses[0]?.response_range?.kvs[0];
+      if (leader === undefined || leader.create_revision !== this.term.revision) {
+        throw new FencedError(
+          `${this.term.key} no longer belongs to term ${this.term.revision} (${leader === undefined ? 'no leader' : 'another node leads'})`,
+        );
+      }
+      // A write of ours that we had given up on has landed since; ours now goes on top of it.
+      this.writerRevision = res.responses[1]?.response_range?.kvs[0]?.mod_revision ?? '0';
+    }
+    throw new PersistenceError('earlier writes to etcd kept landing late; retrying');
+  }
+
+  private async readWriter(): Promise<void> {
+    const res = await this.call('reading the writer key', {
+      compare: [],
+      success: [{ request_range: { key: this.writerKey } }],
+      failure: [],
+    });
+    this.writerRevision = res.responses[0]?.response_range?.kvs[0]?.mod_revision ?? '0';
+  }
+
+  private async call(
+    what: string,
+    txn: { compare: ICompare[]; success: IRequestOp[]; failure: IRequestOp[] },
+  ): Promise<ITxnResponse> {
+    try {
+      return await withTimeout(this.client.kv.txn(txn), this.timeoutMs, what);
+    } catch (err) {
+      throw new PersistenceError(`${what} in etcd: ${etcdErrorReason(err)}`, { cause: err });
+    }
+  }
+
+  private assertOpen(): void {
+    if (this.closed) throw new PersistenceError('the etcd store of this term is closed');
+  }
+}

@@ -1,0 +1,239 @@
+/**
+ * Leader election on a real etcd: one leader at a time, quick handover on
+ * resign, fencing of a deposed leader's writes, and a cut-off leader that stops
+ * serving by itself before etcd could let anyone else lead.
+ */
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import type { Etcd3 } from 'etcd3';
+import { createEtcdClient, EtcdLeadership, type EtcdConnection } from '../../src/election/etcd.js';
+import { EtcdStore } from '../../src/store/etcd.js';
+import { parseConfig, type Config } from '../../src/config.js';
+import { startGroup, type GroupHandle } from '../../src/group/node.js';
+import { silentLogger } from '../../src/log.js';
+import { startEtcdCluster, waitFor, type EtcdCluster } from '../helpers/etcd-cluster.js';
+import { startTcpProxy, type TcpProxy } from '../helpers/tcp-proxy.js';
+
+interface Node {
+  readonly leadership: EtcdLeadership;
+  readonly client: Etcd3;
+  readonly lost: string[];
+}
+
+describe('etcd leadership', () => {
+  let cluster: EtcdCluster;
+  let direct: Etcd3;
+  const nodes: Node[] = [];
+  const proxies: TcpProxy[] = [];
+  let prefixes = 0;
+
+  const conn = (endpoints: readonly string[]): EtcdConnection => ({ endpoints, username: null, password: null });
+
+  async function startNode(prefix: string, id: string, opts: { endpoints?: readonly string[]; ttl?: number } = {}): Promise<Node> {
+    const connection = conn(opts.endpoints ?? cluster.endpoints);
+    const client = createEtcdClient(connection);
+    const leadership = new EtcdLeadership({
+      client,
+      connection,
+      prefix,
+      nodeId: id,
+      advertise: `127.0.0.1:${7000 + nodes.length}`,
+      leaseTtl: opts.ttl ?? 2,
+      log: silentLogger(),
+    });
+    const node: Node = { leadership, client, lost: [] };
+    leadership.on('lost', (reason) => node.lost.push(reason));
+    nodes.push(node);
+    await leadership.start();
+    return node;
+  }
+
+  const freshPrefix = (): string => `/election-test-${++prefixes}/`;
+
+  before(async () => {
+    cluster = await startEtcdCluster({ size: 1 });
+    direct = createEtcdClient(conn(cluster.endpoints));
+  });
+
+  after(async () => {
+    for (const p of proxies) p.blackhole(false);
+    for (const n of nodes) {
+      await n.leadership.close();
+      n.client.close();
+    }
+    for (const p of proxies) await p.close();
+    direct?.close();
+    await cluster?.close();
+  });
+
+  test('of two nodes exactly one leads, and keeps leading across several lease TTLs', async () => {
+    const prefix = freshPrefix();
+    const a = await startNode(prefix, 'a', { ttl: 1 });
+    const b = await startNode(prefix, 'b', { ttl: 1 });
+    await waitFor(() => a.leadership.canServe() || b.leadership.canServe(), 'a leader');
+    const [leader, follower] = a.leadership.role === 'leader' ? [a, b] : [b, a];
+    assert.equal(follower.leadership.role, 'follower');
+    assert.equal(follower.leadership.leaderAddress(), leader.leadership.leaderAddress());
+    assert.equal(follower.leadership.leaderNodeId(), leader.leadership.nodeId);
+
+    // Three TTLs: the lease must be kept alive, and the follower must never lead meanwhile.
+    const until = performance.now() + 3000;
+    while (performance.now() < until) {
+      assert.equal(leader.leadership.canServe(), true, 'the leader kept serving');
+      assert.equal(follower.leadership.canServe(), false, 'the follower never served');
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    assert.deepEqual(leader.lost, []);
+    const stored = await direct.get(`${prefix}leader`).json();
+    assert.deepEqual(stored, { nodeId: leader.leadership.nodeId, advertise: leader.leadership.leaderAddress() });
+  });
+
+  test('resign hands leadership over within a fraction of a second', async (t) => {
+    const prefix = freshPrefix();
+    const a = await startNode(prefix, 'a');
+    await waitFor(() => a.leadership.canServe(), 'a to lead');
+    const b = await startNode(prefix, 'b');
+    await waitFor(() => b.leadership.leaderAddress() === a.leadership.leaderAddress(), 'b to learn the leader');
+
+    const t0 = performance.now();
+    const resigned = a.leadership.resign();
+    assert.equal(a.leadership.canServe(), false, 'a stops serving before anything else happens');
+    await waitFor(() => b.leadership.canServe(), 'b to take over', 2000);
+    const handoverMs = performance.now() - t0;
+    await resigned;
+    assert.ok(handoverMs < 1000, `handover took ${handoverMs.toFixed(0)} ms`);
+    t.diagnostic(`resign handover: ${handoverMs.toFixed(1)} ms`);
+    assert.deepEqual(a.lost, ['resigned']);
+    await waitFor(() => a.leadership.leaderAddress() === b.leadership.leaderAddress(), 'a to learn the new leader');
+    assert.equal(a.leadership.role, 'follower');
+  });
+
+  test('a deposed leader cannot write: its store rejects with FencedError once another node leads', async () => {
+    const prefix = freshPrefix();
+    const a = await startNode(prefix, 'a');
+    await waitFor(() => a.leadership.canServe(), 'a to lead');
+    const oldTerm = a.leadership.term!;
+    const oldStore = new EtcdStore(a.client, prefix, oldTerm);
+    await oldStore.load();
+    await oldStore.persist(new Map([['s', 100n]]));
+
+    const b = await startNode(prefix, 'b');
+    await a.leadership.resign();
+    await waitFor(() => b.leadership.canServe(), 'b to lead');
+    const newStore = new EtcdStore(b.client, prefix, b.leadership.term!);
+    assert.deepEqual(await newStore.load(), new Map([['s', 100n]]));
+    await newStore.persist(new Map([['s', 200n]]));
+
+    await assert.rejects(oldStore.persist(new Map([['s', 150n]])), (err: Error & { code?: string }) => {
+      assert.equal(err.name, 'FencedError');
+      assert.equal(err.code, 'FENCED');
+      return true;
+    });
+    assert.equal(await direct.get(`${prefix}marks/s`).string(), '200');
+  });
+
+  test('a leader cut off from etcd stops serving by itself before its lease can expire in etcd', async (t) => {
+    const prefix = freshPrefix();
+    const proxy = await startTcpProxy({ host: '127.0.0.1', port: Number(new URL(cluster.endpoints[0]!).port) });
+    proxies.push(proxy);
+    const ttl = 2;
+    const a = await startNode(prefix, 'a', { endpoints: [proxy.url], ttl });
+    await waitFor(() => a.leadership.canServe(), 'a to lead');
+    const b = await startNode(prefix, 'b', { ttl });
+    await waitFor(() => b.leadership.leaderAddress() === a.leadership.leaderAddress(), 'b to learn the leader');
+    const term = a.leadership.term!;
+
+    const cut = performance.now();
+    proxy.blackhole(true);
+    await waitFor(() => !a.leadership.canServe(), 'a to stop serving', ttl * 1000 + 500);
+    const stoppedAfter = performance.now() - cut;
+
+    // At this moment etcd still holds a's key: nobody else can have been elected.
+    const kv = (await direct.get(`${prefix}leader`).exec()).kvs[0];
+    assert.ok(kv !== undefined, 'the leader key still exists in etcd when a stops serving');
+    assert.equal(kv.create_revision, term.revision);
+    assert.equal(b.leadership.role === 'leader', false);
+    assert.ok(stoppedAfter < ttl * 1000, `a stopped ${stoppedAfter.toFixed(0)} ms after the cut, within the TTL`);
+    await waitFor(() => a.lost.length === 1, "a's lost event");
+    assert.match(a.lost[0]!, /not renewed in time/);
+
+    await waitFor(() => b.leadership.canServe(), 'b to take over once the lease expired in etcd', ttl * 1000 + 3000);
+    const takeoverAfter = performance.now() - cut;
+    assert.ok(takeoverAfter > stoppedAfter);
+    t.diagnostic(`cut-off leader stopped after ${stoppedAfter.toFixed(0)} ms; follower took over after ${takeoverAfter.toFixed(0)} ms`);
+
+    proxy.blackhole(false);
+    await waitFor(
+      () => a.leadership.leaderAddress() === b.leadership.leaderAddress() && a.leadership.role === 'follower',
+      'a to rejoin as a follower',
+      10_000,
+    );
+  });
+
+  test('a leader whose key is deleted in etcd steps down, and a node leads again', async () => {
+    const prefix = freshPrefix();
+    const a = await startNode(prefix, 'a');
+    await waitFor(() => a.leadership.canServe(), 'a to lead');
+    const b = await startNode(prefix, 'b');
+    // An operator deleting the key: the leader must step down, and someone must lead again.
+    await direct.delete().key(`${prefix}leader`);
+    await waitFor(() => a.lost.length === 1, 'a to notice its key is gone');
+    assert.equal(a.lost[0], 'the leader key was deleted in etcd');
+    await waitFor(() => a.leadership.canServe() !== b.leadership.canServe(), 'a new leader', 5000);
+  });
+
+  test('close resigns: the key is gone and the lease revoked', async () => {
+    const prefix = freshPrefix();
+    const a = await startNode(prefix, 'a');
+    await waitFor(() => a.leadership.canServe(), 'a to lead');
+    const leaseId = a.leadership.term!.leaseId;
+    await a.leadership.close();
+    assert.equal(a.leadership.canServe(), false);
+    assert.equal(await direct.get(`${prefix}leader`).string(), null);
+    const ttl = await direct.leaseClient.leaseTimeToLive({ ID: leaseId });
+    assert.equal(Number(ttl.TTL), -1, 'the lease no longer exists');
+  });
+});
+
+describe('etcd with authentication', () => {
+  let cluster: EtcdCluster;
+  const handles: GroupHandle[] = [];
+
+  const config = (...credentials: string[]): Config =>
+    parseConfig([`--etcd=${cluster.endpoints[0]}`, '--node-id=a', '--advertise=127.0.0.1:7501', '--lease-ttl=2', ...credentials]);
+
+  before(async () => {
+    cluster = await startEtcdCluster({ size: 1 });
+    const admin = createEtcdClient({ endpoints: cluster.endpoints, username: null, password: null });
+    try {
+      await admin.role('root').create();
+      await admin.user('root').create('s3cret');
+      await admin.user('root').addRole('root');
+      await admin.auth.authEnable({});
+    } finally {
+      admin.close();
+    }
+  });
+
+  after(async () => {
+    for (const h of handles) await h.close();
+    await cluster?.close();
+  });
+
+  test('a wrong password or a missing user stops start-up with a message that says what to pass', async () => {
+    await assert.rejects(
+      startGroup(config('--etcd-username=root', '--etcd-password=wrong'), silentLogger()),
+      /etcd rejected the user name or password; check --etcd-username and --etcd-password/,
+    );
+    await assert.rejects(
+      startGroup(config(), silentLogger()),
+      /etcd requires a user; pass --etcd-username and --etcd-password/,
+    );
+  });
+
+  test('the right credentials lead', async () => {
+    const h = await startGroup(config('--etcd-username=root', '--etcd-password=s3cret'), silentLogger());
+    handles.push(h);
+    await waitFor(() => h.ready().ok, 'the node to serve');
+  });
+});
