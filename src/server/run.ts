@@ -3,6 +3,7 @@
  * the one place that knows every edge; the CLI and tests start servers here.
  */
 import { readFile } from 'node:fs/promises';
+import os from 'node:os';
 import path from 'node:path';
 import type tls from 'node:tls';
 import type { Config } from '../config.js';
@@ -10,6 +11,7 @@ import { ConfigError } from '../errors.js';
 import { Sequencer, type SequenceSource, type SequencerEvents } from '../core/sequencer.js';
 import type { Store } from '../core/ports.js';
 import { FileStore } from '../store/file.js';
+import { startGroup } from '../group/node.js';
 import { SequencerServer } from './server.js';
 import { renderInfo } from './info.js';
 import { digestPassword } from '../commands/auth.js';
@@ -137,7 +139,7 @@ export async function startServer(config: Config, opts: StartOptions = {}): Prom
       metricsPort: ops?.port ?? null,
       mode: backend.mode,
       store: backend.store,
-      dataDir: config.inMemory ? null : path.resolve(config.dataDir),
+      dataDir: config.inMemory || config.etcd.length > 0 ? null : path.resolve(config.dataDir),
       reserve: String(config.reserve),
       initial: String(config.initial),
       maxConnections: config.maxConnections,
@@ -277,6 +279,7 @@ function authFailureReporter(log: Logger, metrics: Metrics | null): { failed(): 
 }
 
 async function openBackend(config: Config, log: Logger, events: SequencerEvents): Promise<Backend> {
+  if (config.etcd.length > 0) return openGroup(config, log);
   if (config.inMemory) {
     const seq = new Sequencer({ store: null, initial: config.initial, reserve: 0n, maxSequences: config.maxSequences });
     await seq.open();
@@ -333,5 +336,36 @@ async function openBackend(config: Config, log: Logger, events: SequencerEvents)
       if (!exact) log.error('could not persist exact next numbers; the next start resumes at the reserved marks (a gap, never a repeat)');
       await store.close();
     },
+  };
+}
+
+/** The address NOTLEADER replies name for this node: --advertise, or the bind address and port. */
+function advertisedAddress(config: Config): string {
+  if (config.advertise !== null) return config.advertise;
+  if (config.port === 0) {
+    throw new ConfigError('--advertise', 'is needed in group mode with --port=0: clients must be told where the leader is');
+  }
+  const wildcard = config.host === '0.0.0.0' || config.host === '::';
+  return `${wildcard ? os.hostname() : config.host}:${config.port}`;
+}
+
+async function openGroup(config: Config, log: Logger): Promise<Backend> {
+  const advertise = advertisedAddress(config);
+  const group = await startGroup(Object.freeze({ ...config, advertise }), log);
+  return {
+    source: group,
+    mode: 'group',
+    store: `etcd:${config.etcd.join(',')}${config.etcdPrefix}`,
+    role: () => group.leadership.role,
+    persistence: () => {
+      const e = group.persistenceFailure();
+      return { state: e === null ? 'ok' : 'failing', error: e };
+    },
+    readiness: () => {
+      const r = group.ready();
+      return { ready: r.ok, reason: r.reason };
+    },
+    extraInfo: () => [['advertise', advertise], ...group.info()],
+    close: () => group.close(),
   };
 }

@@ -1,0 +1,230 @@
+/**
+ * Group mode under faults, with real processes: a 3-member etcd cluster and 3
+ * dolmeangi nodes, clients through the library under load, and faults injected
+ * again and again. The history checker decides: no duplicate, nothing out of
+ * real-time order, gaps only where crashes or lost replies explain them.
+ */
+import { describe, test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { startEtcdCluster, type EtcdCluster } from '../helpers/etcd-cluster.js';
+import { startGroup, ask, type SequencerGroup } from '../helpers/group.js';
+import { History, assertHistory } from '../helpers/history.js';
+import { startClientLoad } from '../helpers/client-load.js';
+import { SequencerClient } from '../../src/index.js';
+import { WireClient } from '../helpers/wire.js';
+
+const LEASE_TTL_S = 2;
+const RESERVE = 1000n;
+
+let etcd: EtcdCluster;
+let group: SequencerGroup;
+/** One history across every scenario: order and uniqueness must hold across all of them. */
+const history = new History();
+let crashes = 0;
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)]!;
+}
+
+/** Polls GETSEQ through a client until one succeeds; every attempt goes into the history. */
+async function firstSuccess(client: SequencerClient, label: string, timeoutMs: number): Promise<bigint> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const op = history.begin(label);
+    try {
+      const n = await client.getNextSequence();
+      history.ok(op, n);
+      return n;
+    } catch (err) {
+      history.lost(op, String((err as Error).message));
+      if (Date.now() > deadline) throw new Error(`no number within ${timeoutMs} ms: ${(err as Error).message}`);
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  }
+}
+
+function probeClient(): SequencerClient {
+  return new SequencerClient({ servers: group.addresses, requestTimeoutMs: 500, connectTimeoutMs: 300, reconnect: { minDelayMs: 10, maxDelayMs: 50 } });
+}
+
+function load(label: string, seconds: number) {
+  return startClientLoad(history, {
+    servers: group.addresses,
+    workers: 4,
+    maxCalls: 2_000_000,
+    deadline: Date.now() + seconds * 1000,
+    label,
+    requestTimeoutMs: 1500,
+    connectTimeoutMs: 500,
+    reconnect: { minDelayMs: 10, maxDelayMs: 100 },
+  });
+}
+
+describe('group mode on etcd', () => {
+  before(async () => {
+    etcd = await startEtcdCluster({ size: 3 });
+    group = await startGroup(etcd, { size: 3, prefix: '/dolmeangi-test/', leaseTtl: LEASE_TTL_S, reserve: Number(RESERVE) });
+    await group.waitForLeader();
+  });
+
+  after(async () => {
+    await group?.close();
+    await etcd?.close();
+  });
+
+  test('exactly one leader; followers answer NOTLEADER with its address; PING and INFO work everywhere', async () => {
+    const leader = await group.waitForLeader();
+    for (let i = 0; i < group.nodes.length; i++) {
+      const n = group.nodes[i]!;
+      assert.equal(await ask(n.port, 'PING\r\n'), '+PONG\r\n');
+      assert.match(await ask(n.port, 'INFO\r\n'), /mode:group/);
+      if (i === leader) continue;
+      for (const cmd of ['GETSEQ', 'CURRENT', 'GETSEQ_BATCH 10']) {
+        assert.equal(await ask(n.port, `${cmd}\r\n`), `-NOTLEADER ${group.nodes[leader]!.address}\r\n`, `${cmd} on a follower`);
+      }
+    }
+  });
+
+  test('SIGKILL of the leader, 10 times under load: failover, and the history holds', async (t) => {
+    const l = load('kill', 120);
+    const probe = probeClient();
+    const times: number[] = [];
+    try {
+      for (let trial = 0; trial < 10; trial++) {
+        const leader = await group.waitForLeader();
+        await firstSuccess(probe, 'kill-probe', 5000);
+        const killedAt = Date.now();
+        await group.nodes[leader]!.proc!.kill();
+        crashes++;
+        await firstSuccess(probe, 'kill-probe', 15_000);
+        times.push(Date.now() - killedAt);
+        await group.start(leader);
+      }
+    } finally {
+      await probe.close();
+      await l.stop();
+    }
+    t.diagnostic(`failover after SIGKILL (ms): median ${median(times)}, max ${Math.max(...times)}, all ${times.join(' ')}`);
+    assert.ok(l.acked() > 100, `only ${l.acked()} numbers under load`);
+    assertHistory(history, { crashes, reserve: RESERVE });
+  });
+
+  test('a leader paused past its lease (SIGSTOP) never answers with a number after it resumes', async () => {
+    const l = load('pause', 60);
+    try {
+      const leader = await group.waitForLeader();
+      const node = group.nodes[leader]!;
+      const zombie = await WireClient.connect(node.port);
+      node.proc!.child.kill('SIGSTOP');
+      // Sent while the leader is frozen: the bytes wait in its socket buffer.
+      zombie.send('GETSEQ\r\nGETSEQ_BATCH 5\r\nCURRENT\r\n');
+      const next = await group.waitForLeader(15_000, leader);
+      const probe = probeClient();
+      await firstSuccess(probe, 'pause-probe', 10_000);
+      await probe.close();
+      node.proc!.child.kill('SIGCONT');
+      const replies = await zombie.until((t) => t.split('\r\n').length > 3, 10_000, 'three replies from the resumed node');
+      for (const line of replies.split('\r\n').slice(0, 3)) {
+        assert.match(line, /^-NOTLEADER( 127\.0\.0\.1:\d+)?$/, `the resumed former leader answered ${line}`);
+      }
+      zombie.close();
+      assert.notEqual(next, leader);
+    } finally {
+      await l.stop();
+    }
+    assertHistory(history, { crashes, reserve: RESERVE });
+  });
+
+  test('losing the etcd leader costs no correctness and only a short pause', async () => {
+    const l = load('etcd-kill', 60);
+    try {
+      const m = await etcd.leaderIndex();
+      assert.notEqual(m, null);
+      await etcd.kill(m!);
+      const probe = probeClient();
+      await firstSuccess(probe, 'etcd-kill-probe', 15_000);
+      await probe.close();
+      await etcd.start(m!);
+    } finally {
+      await l.stop();
+    }
+    assertHistory(history, { crashes, reserve: RESERVE });
+  });
+
+  test('two etcd members down: no numbers once the lease runs out, clear errors, then recovery', async () => {
+    const l = load('quorum', 60);
+    const probe = probeClient();
+    let downAt = 0n;
+    let upAt = 0n;
+    try {
+      await firstSuccess(probe, 'quorum-probe', 10_000);
+      const m = (await etcd.leaderIndex()) ?? 0;
+      const others = [0, 1, 2].filter((i) => i !== m);
+      await Promise.all(others.map((i) => etcd.stop(i)));
+      downAt = process.hrtime.bigint();
+      // Past the lease, nobody can hand out numbers; every call must fail.
+      await new Promise((r) => setTimeout(r, (LEASE_TTL_S + 1) * 1000));
+      const op = history.begin('quorum-probe');
+      await assert.rejects(probe.getNextSequence(), (err: Error) => {
+        history.lost(op, err.message);
+        return true;
+      });
+      for (const n of group.nodes) assert.match(await ask(n.port, 'GETSEQ\r\n'), /^-(NOTLEADER|ERR)/);
+      upAt = process.hrtime.bigint();
+      await Promise.all(others.map((i) => etcd.start(i)));
+      await firstSuccess(probe, 'quorum-probe', 20_000);
+    } finally {
+      await probe.close();
+      await l.stop();
+    }
+    // A number acknowledged after the lease surely ran out, and before quorum returned, is a leader without etcd.
+    const leaseGone = downAt + BigInt(LEASE_TTL_S) * 1_000_000_000n + 200_000_000n;
+    const servedWithoutQuorum = history.acknowledged.filter((o) => o.receivedAt! > leaseGone && o.receivedAt! < upAt);
+    assert.deepEqual(servedWithoutQuorum.map((o) => o.first), []);
+    assertHistory(history, { crashes, reserve: RESERVE });
+  });
+
+  test('a leader cut off from etcd stops serving by itself; another takes over; healing restores it as a follower', async () => {
+    const l = load('partition', 60);
+    try {
+      const leader = await group.waitForLeader();
+      const node = group.nodes[leader]!;
+      group.cutOff(leader, true);
+      const cutAt = Date.now();
+      await group.waitForLeader(15_000, leader);
+      // Past its lease the cut-off node must refuse, even for numbers it still holds in memory.
+      const wait = cutAt + LEASE_TTL_S * 1000 - Date.now();
+      if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+      assert.match(await ask(node.port, 'GETSEQ\r\n'), /^-(NOTLEADER|ERR)/);
+      group.cutOff(leader, false);
+      const probe = probeClient();
+      await firstSuccess(probe, 'partition-probe', 10_000);
+      await probe.close();
+    } finally {
+      await l.stop();
+    }
+    assertHistory(history, { crashes, reserve: RESERVE });
+  });
+
+  test('a clean leader stop hands over with no gap', async (t) => {
+    const probe = probeClient();
+    const handovers: number[] = [];
+    try {
+      for (let trial = 0; trial < 3; trial++) {
+        const leader = await group.waitForLeader();
+        const before = await firstSuccess(probe, 'clean-probe', 5000);
+        const stoppedAt = Date.now();
+        assert.equal(await group.nodes[leader]!.proc!.stop('SIGTERM'), 0);
+        const after = await firstSuccess(probe, 'clean-probe', 10_000);
+        handovers.push(Date.now() - stoppedAt);
+        assert.equal(after, before + 1n, 'the next leader continues with the exact next number');
+        await group.start(leader);
+      }
+    } finally {
+      await probe.close();
+    }
+    t.diagnostic(`clean handover (ms): median ${median(handovers)}, max ${Math.max(...handovers)}`);
+    assertHistory(history, { crashes, reserve: RESERVE });
+  });
+});

@@ -1,0 +1,71 @@
+/**
+ * Load through the client library, recorded in a History: several workers,
+ * each calling getNextSequence in a loop until stopped or out of budget.
+ * A call that fails without a reply counts as "maybe issued" unless the client
+ * says the request never left the process.
+ */
+import {
+  ConnectionClosedError,
+  NoServerAvailableError,
+  NotLeaderError,
+  SequencerClient,
+  ServerError,
+  type SequencerClientOptions,
+} from '../../src/index.js';
+import type { History } from './history.js';
+
+export interface ClientLoadOptions extends SequencerClientOptions {
+  workers: number;
+  /** Upper bound on calls in total. */
+  maxCalls: number;
+  /** Stop by this time (ms since the epoch) at the latest. */
+  deadline: number;
+  label: string;
+  sequence?: string;
+}
+
+export interface ClientLoad {
+  readonly acked: () => number;
+  readonly errors: Map<string, number>;
+  stop(): Promise<void>;
+}
+
+export function startClientLoad(history: History, opts: ClientLoadOptions): ClientLoad {
+  const client = new SequencerClient(opts);
+  let calls = 0;
+  let acked = 0;
+  let stopped = false;
+  const errors = new Map<string, number>();
+  const worker = async (w: number) => {
+    while (!stopped && calls < opts.maxCalls && Date.now() < opts.deadline) {
+      calls++;
+      const op = history.begin(`${opts.label}/w${w}`, 1n, opts.sequence ?? 'default');
+      try {
+        history.ok(op, await client.getNextSequence(opts.sequence));
+        acked++;
+      } catch (err) {
+        const key = (err as Error).constructor.name;
+        errors.set(key, (errors.get(key) ?? 0) + 1);
+        const surelyNotIssued =
+          err instanceof NotLeaderError ||
+          err instanceof ServerError ||
+          err instanceof NoServerAvailableError ||
+          (err instanceof ConnectionClosedError && !err.requestSent);
+        if (surelyNotIssued) history.refused(op, String((err as Error).message));
+        else history.lost(op, String((err as Error).message));
+        // Back off a little so a dead cluster is not hammered in a tight loop.
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    }
+  };
+  const running = Promise.all(Array.from({ length: opts.workers }, (_, i) => worker(i)));
+  return {
+    acked: () => acked,
+    errors,
+    async stop() {
+      stopped = true;
+      await running;
+      await client.close();
+    },
+  };
+}

@@ -1,0 +1,135 @@
+/**
+ * A group of dolmeangi processes on one etcd cluster, each reaching every etcd
+ * member through its own TCP proxies so a test can cut one node off from etcd.
+ */
+import net from 'node:net';
+import { startServerProcess, type ServerProcess } from './server-process.js';
+import { startTcpProxy, type TcpProxy } from './tcp-proxy.js';
+import type { EtcdCluster } from './etcd-cluster.js';
+import { WireClient } from './wire.js';
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const port = (s.address() as net.AddressInfo).port;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+export interface GroupNodeProcess {
+  readonly id: string;
+  readonly port: number;
+  readonly address: string;
+  readonly proxies: TcpProxy[];
+  proc: ServerProcess | null;
+}
+
+export interface SequencerGroup {
+  readonly nodes: GroupNodeProcess[];
+  /** host:port of every node, for clients. */
+  readonly addresses: string[];
+  start(i: number): Promise<void>;
+  /** Asks every running node for INFO and returns the index of the one that says role:leader and serves. */
+  leaderIndex(): Promise<number | null>;
+  waitForLeader(timeoutMs?: number, not?: number): Promise<number>;
+  /** Cuts node i off from every etcd member (or heals it). */
+  cutOff(i: number, on: boolean): void;
+  close(): Promise<void>;
+}
+
+export interface GroupOptions {
+  size: number;
+  prefix: string;
+  leaseTtl?: number;
+  reserve?: number;
+  extraArgs?: string[];
+}
+
+/** One request on a fresh connection, with a deadline; '' when nothing came back. */
+export async function ask(port: number, request: string, timeoutMs = 2000): Promise<string> {
+  let c: WireClient | null = null;
+  try {
+    c = await WireClient.connect(port);
+    c.send(request);
+    return await c.until((t) => t.endsWith('\r\n') && (!t.startsWith('$') || t.split('\r\n').length > 2 && Buffer.byteLength(t) >= Number(/^\$(\d+)/.exec(t)?.[1] ?? 0)), timeoutMs);
+  } catch {
+    return c?.text ?? '';
+  } finally {
+    c?.close();
+  }
+}
+
+export async function startGroup(etcd: EtcdCluster, opts: GroupOptions): Promise<SequencerGroup> {
+  const nodes: GroupNodeProcess[] = [];
+  for (let i = 0; i < opts.size; i++) {
+    const port = await freePort();
+    const proxies: TcpProxy[] = [];
+    for (const url of etcd.endpoints) {
+      const u = new URL(url);
+      proxies.push(await startTcpProxy({ host: u.hostname, port: Number(u.port) }));
+    }
+    nodes.push({ id: `n${i}`, port, address: `127.0.0.1:${port}`, proxies, proc: null });
+  }
+  const start = async (i: number) => {
+    const n = nodes[i]!;
+    n.proc = await startServerProcess([
+      `--port=${n.port}`,
+      `--advertise=${n.address}`,
+      `--node-id=${n.id}`,
+      `--etcd=${n.proxies.map((p) => p.url).join(',')}`,
+      `--etcd-prefix=${opts.prefix}`,
+      `--lease-ttl=${opts.leaseTtl ?? 2}`,
+      `--reserve=${opts.reserve ?? 1000}`,
+      ...(opts.extraArgs ?? []),
+    ]);
+  };
+  const leaderIndex = async (): Promise<number | null> => {
+    const answers = await Promise.all(
+      nodes.map(async (n) => {
+        if (n.proc === null || n.proc.child.exitCode !== null || n.proc.child.signalCode !== null) return false;
+        const info = await ask(n.port, 'INFO\r\n', 1000);
+        return /\r\nrole:leader\r\n/.test(info);
+      }),
+    );
+    const leaders = answers.flatMap((yes, i) => (yes ? [i] : []));
+    return leaders.length === 1 ? leaders[0]! : null;
+  };
+  const group: SequencerGroup = {
+    nodes,
+    addresses: nodes.map((n) => n.address),
+    start,
+    leaderIndex,
+    async waitForLeader(timeoutMs = 15_000, not?: number) {
+      const deadline = Date.now() + timeoutMs;
+      for (;;) {
+        const i = await leaderIndex();
+        if (i !== null && i !== not) {
+          // A leader that has loaded its marks answers GETSEQ-free probes: CURRENT.
+          const r = await ask(nodes[i]!.port, 'CURRENT\r\n', 1000);
+          if (r.startsWith(':')) return i;
+        }
+        if (Date.now() > deadline) throw new Error(`no serving leader within ${timeoutMs} ms`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    },
+    cutOff(i, on) {
+      for (const p of nodes[i]!.proxies) p.blackhole(on);
+    },
+    async close() {
+      await Promise.all(
+        nodes.map(async (n) => {
+          if (n.proc) {
+            n.proc.child.kill('SIGCONT');
+            await n.proc.kill();
+          }
+          await Promise.all(n.proxies.map((p) => p.close()));
+        }),
+      );
+    },
+  };
+  for (let i = 0; i < opts.size; i++) await start(i);
+  return group;
+}
