@@ -55,7 +55,11 @@ export class Connection {
   private owed = 0;
   /** How many more reply bytes fit under the output limit; set per chunk. */
   private room = 0;
-  /** No more requests are read: QUIT, a protocol error, or shutdown. */
+  /**
+   * No more requests are served: QUIT, a protocol error, the client's FIN, or
+   * shutdown. Input is still read, and dropped: a paused socket would not see the
+   * client's FIN behind unread bytes and would linger until the idle timeout.
+   */
   private stopped = false;
   private closed = false;
   private drainWaiters: Array<() => void> = [];
@@ -82,14 +86,14 @@ export class Connection {
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('drain', () => {
       this.progress++;
-      if (!this.stopped) socket.resume();
+      socket.resume();
     });
     socket.on('error', () => {
       // Resets and the like: 'close' follows and does the cleanup.
     });
     socket.on('end', () => {
       // The client finished sending; answer what it sent, then close our side.
-      this.stopReading();
+      this.stopped = true;
       this.whenIdle(() => socket.end());
     });
     socket.on('close', () => {
@@ -101,9 +105,9 @@ export class Connection {
     });
   }
 
-  /** Stops reading and closes the socket once every reply already owed is written. */
+  /** Stops serving and closes the socket once every reply already owed is written. */
   shutdown(): Promise<void> {
-    this.stopReading();
+    this.stopped = true;
     return new Promise((resolve) => {
       if (this.closed) return resolve();
       this.socket.once('close', () => resolve());
@@ -144,19 +148,20 @@ export class Connection {
       });
     }
     if (this.session.quit) {
-      this.stopReading();
+      this.stopped = true;
       this.whenIdle(() => this.socket.end());
     }
   }
 
   private protocolError(err: ProtocolError): void {
-    if (this.socket.destroyed) return;
+    // Bytes after QUIT (or a cut-off) in the same chunk are not answered, malformed or not.
+    if (this.stopped) return;
     const reply = error('ERR', err.message);
     this.stats.countError(reply);
     if (this.queueHead === this.queue.length) this.out += reply;
     else this.queue.push(reply);
     this.owed += reply.length;
-    this.stopReading();
+    this.stopped = true;
     this.whenIdle(() => this.socket.end());
   }
 
@@ -217,12 +222,6 @@ export class Connection {
     } else if (++this.idleChecks >= IDLE_CHECKS) {
       this.socket.destroy();
     }
-  }
-
-  private stopReading(): void {
-    if (this.stopped) return;
-    this.stopped = true;
-    this.socket.pause();
   }
 
   /** Runs `fn` once every reply owed so far has been handed to the socket. */

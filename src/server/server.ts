@@ -64,12 +64,18 @@ export class SequencerServer {
   listenTls(host: string, port: number, options: tls.TlsOptions): Promise<number> {
     const idle = this.options.idleTimeoutMs;
     const handshakeTimeout = idle > 0 ? Math.min(idle, HANDSHAKE_TIMEOUT_MS) : HANDSHAKE_TIMEOUT_MS;
-    const server = tls.createServer({ ...options, allowHalfOpen: true, handshakeTimeout }, (socket) => this.accept(socket));
+    // Half-open only once secure: a client that hangs up mid-handshake must not leave
+    // a socket waiting for a reply it can no longer ask for.
+    const server = tls.createServer({ ...options, allowHalfOpen: false, handshakeTimeout }, (socket) => {
+      socket.allowHalfOpen = true;
+      this.accept(socket);
+    });
     // Sockets still in their handshake are not Connections yet, so the cap in accept()
     // does not see them; this bounds them (new ones are closed unanswered: no TLS yet).
     server.maxConnections = this.options.maxConnections;
-    // A failed or timed-out handshake must not take the process down; the socket is already gone.
-    server.on('tlsClientError', () => {});
+    // With a listener here node leaves the socket open, so a failed or timed-out
+    // handshake would hold its descriptor (and a slot under maxConnections) forever.
+    server.on('tlsClientError', (_err, socket) => socket.destroy());
     return this.bind(server, 'TLS clients', host, port);
   }
 

@@ -2,6 +2,7 @@
  * SequencerClient against scripted mock servers: the failure modes a real
  * server rarely shows on demand (hangs, garbage, half replies, redirects).
  */
+import { readFile } from 'node:fs/promises';
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
@@ -258,7 +259,7 @@ test('calls made while no server answers wait, and succeed once one does', async
 test('TLS: the client verifies the server against the given CA', async () => {
   const certs = await makeCerts();
   try {
-    const [key, cert, ca] = await Promise.all([certs.read(certs.serverKey), certs.read(certs.serverCert), certs.read(certs.caCert)]);
+    const [key, cert, ca] = await Promise.all([readFile(certs.serverKey), readFile(certs.serverCert), readFile(certs.caCert)]);
     const server = await startMockServer(counterScript(), { tls: { key, cert } });
     servers.push(server);
     const trusting = client({ servers: [server.address], tls: { ca } });

@@ -1,0 +1,172 @@
+/**
+ * AUTH byte for byte against real server processes: the password from
+ * --requirepass, from SEQUENCER_REQUIREPASS and from --requirepass-file.
+ */
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { startServerProcess, type ServerProcess } from '../helpers/server-process.js';
+import { WireClient, resp } from '../helpers/wire.js';
+
+const NOAUTH = '-NOAUTH Authentication required.\r\n';
+const WRONGPASS = '-WRONGPASS invalid password\r\n';
+const PASSWORD = 'correct-horse-battery';
+const FILE_PASSWORD = 'from a file: with spaces';
+
+let dir: string;
+const servers: ServerProcess[] = [];
+const clients: WireClient[] = [];
+
+async function start(args: string[], env?: NodeJS.ProcessEnv): Promise<ServerProcess> {
+  const s = await startServerProcess(['--in-memory', ...args], env === undefined ? {} : { env });
+  servers.push(s);
+  return s;
+}
+
+async function connect(s: ServerProcess): Promise<WireClient> {
+  const c = await WireClient.connect(s.port);
+  clients.push(c);
+  return c;
+}
+
+/** Sends `request` and checks that exactly `expected` comes back; clears for the next exchange. */
+async function exchange(c: WireClient, request: string, expected: string): Promise<void> {
+  c.reset();
+  c.send(request);
+  await c.expect(expected);
+}
+
+/** Everything but PING, AUTH and QUIT is refused before AUTH, unknown commands included. */
+async function checkLockedOut(c: WireClient): Promise<void> {
+  await exchange(c, 'PING\r\n', '+PONG\r\n');
+  await exchange(c, resp('PING'), '+PONG\r\n');
+  for (const req of ['GETSEQ\r\n', 'CURRENT\r\n', 'GETSEQ_BATCH 10\r\n', 'INFO\r\n', 'FOOBAR\r\n', 'getseq lower\r\n']) {
+    await exchange(c, req, NOAUTH);
+  }
+  await exchange(c, resp('GETSEQ', 'x') + resp('NOSUCHCOMMAND', 'a', 'b'), NOAUTH + NOAUTH);
+  // Wrong arity is not a way to learn anything before AUTH either.
+  await exchange(c, 'GETSEQ a b c d\r\n', NOAUTH);
+}
+
+/** The whole story on one connection: locked out, wrong password, right password, served. */
+async function checkAuthFlow(s: ServerProcess, password: string, viaResp: boolean): Promise<void> {
+  const c = await connect(s);
+  await checkLockedOut(c);
+  const auth = (pw: string) => (viaResp ? resp('AUTH', pw) : `AUTH ${pw}\r\n`);
+  await exchange(c, auth('wrong-password'), WRONGPASS);
+  await exchange(c, auth(password.slice(0, -1)), WRONGPASS);
+  await exchange(c, auth(`${password}x`), WRONGPASS);
+  await exchange(c, 'GETSEQ\r\n', NOAUTH);
+  await exchange(c, auth(password), '+OK\r\n');
+  await exchange(c, 'GETSEQ\r\nGETSEQ\r\nCURRENT\r\n', ':1\r\n:2\r\n:3\r\n');
+  await exchange(c, resp('GETSEQ_BATCH', '10'), ':3\r\n');
+  await exchange(c, 'PING\r\n', '+PONG\r\n');
+}
+
+before(async () => {
+  dir = await mkdtemp(path.join(os.tmpdir(), 'dolmeangi-auth-'));
+});
+
+after(async () => {
+  for (const c of clients) c.close();
+  const codes = await Promise.all(servers.map((s) => s.stop()));
+  await rm(dir, { recursive: true, force: true });
+  assert.deepEqual(codes, servers.map(() => 0), 'every server stops cleanly');
+});
+
+test('--requirepass: only PING, AUTH and QUIT before AUTH; WRONGPASS; then +OK and service', async () => {
+  const s = await start([`--requirepass=${PASSWORD}`]);
+  await checkAuthFlow(s, PASSWORD, false);
+  assert.equal(s.logs.find((l) => l.msg === 'listening')?.auth, true);
+
+  // AUTH belongs to one connection, not to the client's address.
+  const other = await connect(s);
+  await exchange(other, 'GETSEQ\r\n', NOAUTH);
+
+  // The Redis 6 form, AUTH <user> <password>: only the user "default" exists.
+  const c = await connect(s);
+  await exchange(c, resp('AUTH', 'admin', PASSWORD), WRONGPASS);
+  await exchange(c, `AUTH default ${PASSWORD}\r\n`, '+OK\r\n');
+  await exchange(c, 'CURRENT\r\n', ':13\r\n');
+
+  const arity = await connect(s);
+  await exchange(arity, 'AUTH\r\n', "-ERR wrong number of arguments for 'AUTH'\r\n");
+  await exchange(arity, 'AUTH default pw extra\r\n', "-ERR wrong number of arguments for 'AUTH'\r\n");
+  await exchange(arity, 'auth ' + PASSWORD + '\r\n', '+OK\r\n');
+});
+
+test('QUIT before AUTH answers +OK and closes', async () => {
+  const s = await start([`--requirepass=${PASSWORD}`]);
+  const c = await connect(s);
+  await exchange(c, 'QUIT\r\nGETSEQ\r\n*x\r\n', '+OK\r\n');
+  await c.waitClosed();
+  assert.equal(c.text, '+OK\r\n');
+});
+
+test('SEQUENCER_REQUIREPASS from the environment, over RESP', async () => {
+  const s = await start([], { SEQUENCER_REQUIREPASS: PASSWORD });
+  await checkAuthFlow(s, PASSWORD, true);
+});
+
+test('--requirepass-file: the trailing newline is stripped and the password stays out of the process listing', async () => {
+  const file = path.join(dir, 'password');
+  await writeFile(file, `${FILE_PASSWORD}\n`, { mode: 0o600 });
+  const s = await start([`--requirepass-file=${file}`]);
+  // The password has spaces, so only RESP can carry it as one word.
+  await checkAuthFlow(s, FILE_PASSWORD, true);
+
+  const c = await connect(s);
+  await exchange(c, resp('AUTH', `${FILE_PASSWORD}\n`), WRONGPASS);
+  // Inline, the words split at spaces: "from" is taken for a user name.
+  await exchange(c, `AUTH ${FILE_PASSWORD}\r\n`, "-ERR wrong number of arguments for 'AUTH'\r\n");
+  await exchange(c, 'AUTH a:b with\r\n', WRONGPASS);
+
+  const cmdline = (await readFile(`/proc/${s.pid}/cmdline`)).toString('latin1');
+  assert.ok(cmdline.includes('--requirepass-file='), `the listing is the server's: ${cmdline}`);
+  assert.ok(!cmdline.includes(FILE_PASSWORD), 'the password is not in /proc/<pid>/cmdline');
+  assert.ok(!cmdline.includes('from a file'), 'no piece of it either');
+});
+
+test('a file with CRLF, and a password with no newline at all', async () => {
+  const crlf = path.join(dir, 'crlf');
+  await writeFile(crlf, 'windows-pass\r\n');
+  const bare = path.join(dir, 'bare');
+  await writeFile(bare, 'bare-pass');
+  const a = await start([`--requirepass-file=${crlf}`]);
+  const b = await start([`--requirepass-file=${bare}`]);
+  const ca = await connect(a);
+  await exchange(ca, resp('AUTH', 'windows-pass\r'), WRONGPASS);
+  await exchange(ca, 'AUTH windows-pass\r\n', '+OK\r\n');
+  const cb = await connect(b);
+  await exchange(cb, 'AUTH bare-pass\r\nGETSEQ\r\n', '+OK\r\n:1\r\n');
+});
+
+test('--requirepass on the command line is visible in the process listing (why the file exists)', async () => {
+  const s = await start([`--requirepass=${PASSWORD}`]);
+  const cmdline = (await readFile(`/proc/${s.pid}/cmdline`)).toString('latin1');
+  assert.ok(cmdline.includes(PASSWORD));
+});
+
+test('without a password everything is served and AUTH is an error', async () => {
+  const s = await start([]);
+  const c = await connect(s);
+  await exchange(c, 'GETSEQ\r\n', ':1\r\n');
+  await exchange(c, 'AUTH anything\r\n', '-ERR AUTH called, but this server has no password (--requirepass is not set)\r\n');
+  await exchange(c, resp('AUTH', 'default', 'anything'), '-ERR AUTH called, but this server has no password (--requirepass is not set)\r\n');
+  await exchange(c, 'GETSEQ\r\n', ':2\r\n');
+});
+
+test('a stream of wrong passwords is answered one by one and never lets a command through', async () => {
+  const s = await start([`--requirepass=${PASSWORD}`]);
+  const c = await connect(s);
+  let request = '';
+  let expected = '';
+  for (let i = 0; i < 500; i++) {
+    request += `AUTH guess-${i}\r\nGETSEQ\r\n`;
+    expected += WRONGPASS + NOAUTH;
+  }
+  await exchange(c, request, expected);
+  await exchange(c, `AUTH ${PASSWORD}\r\nGETSEQ\r\n`, '+OK\r\n:1\r\n');
+});

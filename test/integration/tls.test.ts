@@ -1,0 +1,341 @@
+/**
+ * TLS beside plain TCP, against real server processes, with clients we did not
+ * write (openssl s_client, redis-cli) as well as node's own: byte-for-byte
+ * replies, one sequence across both ports, mutual TLS with --tls-ca, and
+ * handshakes that never finish.
+ */
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
+import net from 'node:net';
+import tls from 'node:tls';
+import fs from 'node:fs';
+import { startServerProcess, type ServerProcess } from '../helpers/server-process.js';
+import { WireClient, resp } from '../helpers/wire.js';
+import { makeCerts, type TestCerts } from '../helpers/certs.js';
+
+let certs: TestCerts;
+let ca: Buffer;
+const servers: ServerProcess[] = [];
+const sockets: net.Socket[] = [];
+
+const haveRedisCli = spawnSync('redis-cli', ['--help'], { encoding: 'utf8' }).stdout?.includes('--tls') === true;
+
+async function start(args: string[]): Promise<{ server: ServerProcess; tlsPort: number }> {
+  const server = await startServerProcess([
+    '--in-memory',
+    '--tls-port=0',
+    `--tls-cert=${certs.serverCert}`,
+    `--tls-key=${certs.serverKey}`,
+    ...args,
+  ]);
+  servers.push(server);
+  const tlsPort = Number(server.logs.find((l) => l.msg === 'listening')?.tlsPort);
+  assert.ok(tlsPort > 0 && tlsPort !== server.port, 'the listening line names a TLS port of its own');
+  return { server, tlsPort };
+}
+
+/** A TLS peer for byte-for-byte exchanges, like WireClient for plain TCP. */
+class TlsPeer {
+  text = '';
+  error: Error | null = null;
+  closed = false;
+  private wake: (() => void) | null = null;
+
+  private constructor(readonly socket: tls.TLSSocket) {
+    socket.setEncoding('latin1');
+    socket.on('data', (d: string) => {
+      this.text += d;
+      this.wake?.();
+    });
+    socket.on('error', (err) => {
+      this.error = err;
+    });
+    socket.on('close', () => {
+      this.closed = true;
+      this.wake?.();
+    });
+  }
+
+  /** Resolves once the handshake is done from the client's side (or it failed: see `error`). */
+  static connect(port: number, options: tls.ConnectionOptions = {}): Promise<TlsPeer> {
+    return new Promise((resolve) => {
+      const socket = tls.connect({ host: '127.0.0.1', port, ca, servername: 'localhost', ...options });
+      sockets.push(socket);
+      const peer = new TlsPeer(socket);
+      socket.once('secureConnect', () => resolve(peer));
+      socket.once('close', () => resolve(peer));
+    });
+  }
+
+  async until(cond: () => boolean, timeoutMs = 5000, what = 'condition'): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (!cond()) {
+      const left = deadline - Date.now();
+      if (left <= 0) throw new Error(`timed out waiting for ${what}; received ${JSON.stringify(this.text.slice(0, 300))}, error ${this.error?.message}`);
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, Math.min(left, 200));
+        this.wake = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+    }
+  }
+
+  async exchange(request: string, expected: string): Promise<void> {
+    this.text = '';
+    this.socket.write(request, 'latin1');
+    await this.until(() => this.text.length >= expected.length || this.closed, 5000, JSON.stringify(expected));
+    assert.equal(this.text, expected);
+  }
+}
+
+/** Runs a program we did not write, with stdin, a deadline, and everything it printed. */
+function runTool(cmd: string, args: string[], input: string, timeoutMs = 10_000): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.setEncoding('latin1').on('data', (d: string) => (stdout += d));
+    child.stderr.setEncoding('latin1').on('data', (d: string) => (stderr += d));
+    child.stdin.on('error', () => {});
+    child.stdin.end(input);
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`${cmd} did not finish within ${timeoutMs} ms; stdout ${JSON.stringify(stdout)}; stderr ${stderr}`));
+    }, timeoutMs);
+    child.once('exit', (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout, stderr });
+    });
+  });
+}
+
+/** `-quiet` keeps s_client open after stdin ends, so each request list ends with QUIT. */
+function sClient(port: number, input: string, extra: string[] = []) {
+  return runTool('openssl', ['s_client', '-connect', `127.0.0.1:${port}`, '-quiet', '-CAfile', certs.caCert, '-verify_return_error', '-servername', 'localhost', ...extra], input);
+}
+
+function redisCli(port: number, extra: string[], ...command: string[]) {
+  return runTool('redis-cli', ['--tls', '--cacert', certs.caCert, '-h', '127.0.0.1', '-p', String(port), ...extra, ...command], '');
+}
+
+before(async () => {
+  certs = await makeCerts();
+  ca = fs.readFileSync(certs.caCert);
+});
+
+after(async () => {
+  for (const s of sockets) s.destroy();
+  const codes = await Promise.all(servers.map((s) => s.stop()));
+  await certs?.remove();
+  assert.deepEqual(codes, servers.map(() => 0), 'every server stops cleanly');
+});
+
+test('GETSEQ over TLS byte for byte; plain TCP and TLS share one sequence', async () => {
+  const { server, tlsPort } = await start([]);
+  const secure = await TlsPeer.connect(tlsPort);
+  assert.equal(secure.error, null);
+  assert.equal(secure.socket.authorized, true, 'the server certificate verifies against the test CA');
+  const plain = await WireClient.connect(server.port);
+  try {
+    await secure.exchange('GETSEQ\r\n', ':1\r\n');
+    plain.send('GETSEQ\r\n');
+    await plain.expect(':2\r\n');
+    await secure.exchange(resp('GETSEQ') + resp('CURRENT') + 'PING\r\n', ':3\r\n:4\r\n+PONG\r\n');
+    plain.reset();
+    plain.send(resp('GETSEQ_BATCH', '10') + 'CURRENT\r\n');
+    await plain.expect(':4\r\n:14\r\n');
+    await secure.exchange('GETSEQ\r\n', ':14\r\n');
+    await secure.exchange('QUIT\r\n', '+OK\r\n');
+    await secure.until(() => secure.closed, 5000, 'the server to close after QUIT');
+  } finally {
+    plain.close();
+  }
+});
+
+test('a TLS client that half-closes still gets every reply', async () => {
+  const { tlsPort } = await start([]);
+  const peer = await TlsPeer.connect(tlsPort);
+  peer.socket.end('GETSEQ half\r\nGETSEQ half\r\nCURRENT half\r\n');
+  await peer.until(() => peer.closed, 5000, 'the server to close after answering');
+  assert.equal(peer.text, ':1\r\n:2\r\n:3\r\n');
+});
+
+test('openssl s_client, a client we did not write, gets :n and the sequence continues across ports', async () => {
+  const { server, tlsPort } = await start([]);
+  const plain = await WireClient.connect(server.port);
+  try {
+    plain.send('GETSEQ\r\n');
+    await plain.expect(':1\r\n');
+    const r = await sClient(tlsPort, 'GETSEQ\r\nGETSEQ\r\nQUIT\r\n');
+    assert.equal(r.stdout, ':2\r\n:3\r\n+OK\r\n', r.stderr);
+    plain.reset();
+    plain.send('GETSEQ\r\n');
+    await plain.expect(':4\r\n');
+  } finally {
+    plain.close();
+  }
+});
+
+test('redis-cli --tls prints (integer) n', { skip: !haveRedisCli && 'redis-cli without TLS support' }, async () => {
+  const { server, tlsPort } = await start([]);
+  const a = await redisCli(tlsPort, ['--no-raw'], 'GETSEQ');
+  assert.equal(a.stdout, '(integer) 1\n', a.stderr);
+  const b = await redisCli(tlsPort, [], 'GETSEQ_BATCH', '5');
+  assert.equal(b.stdout, '2\n', b.stderr);
+  const plain = await WireClient.connect(server.port);
+  try {
+    plain.send('CURRENT\r\n');
+    await plain.expect(':7\r\n');
+  } finally {
+    plain.close();
+  }
+  // redis-cli refuses a server whose certificate it cannot verify.
+  const untrusted = await runTool('redis-cli', ['--tls', '--cacert', certs.strangerCert, '-h', '127.0.0.1', '-p', String(tlsPort), 'GETSEQ'], '');
+  assert.doesNotMatch(untrusted.stdout, /^\d+\n$/);
+});
+
+test('--tls-ca: a client without a certificate, or with one from another CA, is refused; a signed one is served', async () => {
+  const { server, tlsPort } = await start([`--tls-ca=${certs.caCert}`]);
+  const key = fs.readFileSync(certs.clientKey);
+  const cert = fs.readFileSync(certs.clientCert);
+
+  const anonymous = await TlsPeer.connect(tlsPort);
+  anonymous.socket.write('GETSEQ\r\n');
+  await anonymous.until(() => anonymous.closed, 5000, 'the server to refuse a client without a certificate');
+  assert.equal(anonymous.text, '', 'nothing is answered without a client certificate');
+
+  const stranger = await TlsPeer.connect(tlsPort, { key: fs.readFileSync(certs.strangerKey), cert: fs.readFileSync(certs.strangerCert) });
+  stranger.socket.write('GETSEQ\r\n');
+  await stranger.until(() => stranger.closed, 5000, 'the server to refuse a certificate from another CA');
+  assert.equal(stranger.text, '');
+
+  const trusted = await TlsPeer.connect(tlsPort, { key, cert });
+  await trusted.exchange('GETSEQ\r\n', ':1\r\n');
+
+  const sNoCert = await sClient(tlsPort, 'GETSEQ\r\nQUIT\r\n');
+  assert.doesNotMatch(sNoCert.stdout, /:\d/, 'openssl without a certificate gets no number');
+  const sCert = await sClient(tlsPort, 'GETSEQ\r\nQUIT\r\n', ['-cert', certs.clientCert, '-key', certs.clientKey]);
+  assert.equal(sCert.stdout, ':2\r\n+OK\r\n', sCert.stderr);
+
+  if (haveRedisCli) {
+    const r = await redisCli(tlsPort, ['--cert', certs.clientCert, '--key', certs.clientKey], 'GETSEQ');
+    assert.equal(r.stdout, '3\n', r.stderr);
+    const refused = await redisCli(tlsPort, [], 'GETSEQ');
+    assert.doesNotMatch(refused.stdout, /^\d+\n$/);
+  }
+
+  // Plain TCP on the same server is not behind the CA (bind it to a trusted network).
+  const plain = await WireClient.connect(server.port);
+  try {
+    plain.send('GETSEQ\r\n');
+    await plain.expect(haveRedisCli ? ':4\r\n' : ':3\r\n');
+  } finally {
+    plain.close();
+  }
+});
+
+test('a TLS client over --max-connections gets the error over TLS', async () => {
+  const { server, tlsPort } = await start(['--max-connections=1']);
+  const holder = await WireClient.connect(server.port);
+  try {
+    holder.send('PING\r\n');
+    await holder.expect('+PONG\r\n');
+    const refused = await TlsPeer.connect(tlsPort);
+    await refused.until(() => refused.closed, 5000, 'the refusal');
+    assert.equal(refused.text, '-ERR max number of clients reached\r\n');
+  } finally {
+    holder.close();
+  }
+});
+
+/** Opens a raw TCP connection that never starts (or never finishes) a TLS handshake. */
+function rawConnect(port: number): Promise<{ socket: net.Socket; closedAt: Promise<number> }> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect({ host: '127.0.0.1', port }, () => {
+      socket.off('error', reject);
+      socket.on('error', () => {});
+      resolve({ socket, closedAt: new Promise((r) => socket.once('close', () => r(Date.now()))) });
+    });
+    sockets.push(socket);
+    socket.once('error', reject);
+  });
+}
+
+test('a client that never finishes its TLS handshake is closed by the handshake timeout', async () => {
+  // The handshake timeout is 10 s, or --timeout when that is shorter.
+  const { tlsPort } = await start(['--timeout=1']);
+  const t0 = Date.now();
+  const silent = await rawConnect(tlsPort);
+  const partial = await rawConnect(tlsPort);
+  // The first bytes of a ClientHello record, then nothing.
+  partial.socket.write(Buffer.from([0x16, 0x03, 0x01, 0x02, 0x00, 0x01]));
+  const deadline = new Promise<number>((_, reject) => setTimeout(() => reject(new Error('not closed within 4 s')), 4000).unref());
+  const [a, b] = await Promise.all([Promise.race([silent.closedAt, deadline]), Promise.race([partial.closedAt, deadline])]);
+  for (const at of [a, b]) {
+    assert.ok(at - t0 >= 800, `closed after ${at - t0} ms, not before the timeout`);
+    assert.ok(at - t0 <= 3000, `closed after ${at - t0} ms`);
+  }
+  // The listener still serves real clients afterwards.
+  const peer = await TlsPeer.connect(tlsPort);
+  await peer.exchange('PING\r\n', '+PONG\r\n');
+});
+
+test('sockets stuck before their handshake are bounded by --max-connections; plain TCP is unaffected', async () => {
+  const { server, tlsPort } = await start(['--max-connections=5', '--timeout=30']);
+  const stuck = await Promise.all(Array.from({ length: 5 }, () => rawConnect(tlsPort)));
+  // A sixth is closed at once rather than holding memory until its handshake times out.
+  const extra = await rawConnect(tlsPort);
+  const closedIn = await Promise.race([extra.closedAt.then((at) => at - Date.now()), new Promise<null>((r) => setTimeout(() => r(null), 3000))]);
+  assert.notEqual(closedIn, null, 'the connection past the cap was closed');
+  const plain = await WireClient.connect(server.port);
+  try {
+    plain.send('GETSEQ\r\n');
+    await plain.expect(':1\r\n');
+  } finally {
+    plain.close();
+  }
+  for (const s of stuck) s.socket.destroy();
+  // Once they are gone, a real TLS client is served again.
+  const deadline = Date.now() + 5000;
+  for (;;) {
+    const peer = await TlsPeer.connect(tlsPort);
+    if (peer.error === null && !peer.closed) {
+      await peer.exchange('GETSEQ\r\n', ':2\r\n');
+      break;
+    }
+    assert.ok(Date.now() < deadline, 'the TLS listener never accepted again');
+    await new Promise((r) => setTimeout(r, 50));
+  }
+});
+
+test('a TLS client that pipelines without reading is paused, and others are served meanwhile', async () => {
+  const { server, tlsPort } = await start([]);
+  const hog = await TlsPeer.connect(tlsPort);
+  hog.socket.pause();
+  const chunk = Buffer.from('GETSEQ hog\r\n'.repeat(8192));
+  const t0 = Date.now();
+  let queued = 0;
+  // Writes as fast as the connection takes them, for at most 3 s or 16 MB.
+  while (Date.now() - t0 < 3000 && queued < 16 * 1024 * 1024 && !hog.closed) {
+    if (hog.socket.writableLength < 1024 * 1024) {
+      hog.socket.write(chunk);
+      queued += chunk.length;
+    } else {
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  }
+  const plain = await WireClient.connect(server.port);
+  try {
+    plain.send('GETSEQ\r\nCURRENT hog\r\n');
+    await plain.until((t) => /^:1\r\n:\d+\r\n$/.test(t), 5000, 'answers while the hog is paused');
+    const served = Number(/:(\d+)\r\n$/.exec(plain.text)![1]) - 1;
+    const sent = queued / 12;
+    assert.ok(served < sent, `the server stopped reading: it answered ${served} of ${sent} requests`);
+  } finally {
+    plain.close();
+    hog.socket.destroy();
+  }
+});
