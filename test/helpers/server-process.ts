@@ -7,6 +7,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
+import { after } from 'node:test';
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 export const CLI = path.join(ROOT, 'dist/cli/main.js');
@@ -31,9 +32,16 @@ export interface ServerProcess {
 }
 
 const live = new Set<ChildProcess>();
-process.on('exit', () => {
-  for (const c of live) c.kill('SIGKILL');
-});
+const killAll = () => {
+  for (const c of live) {
+    c.kill('SIGCONT');
+    c.kill('SIGKILL');
+  }
+};
+process.on('exit', killAll);
+// A failed assertion may skip a test's own cleanup; a live server would then
+// keep the test process from ever finishing.
+after(killAll);
 
 export interface StartOptions {
   env?: NodeJS.ProcessEnv;

@@ -88,6 +88,7 @@ test('nothing is decoded after a protocol error', () => {
 });
 
 test('limits: 64 KiB line and bulk, 1,024 elements', () => {
+  assert.deepEqual([MAX_LINE, MAX_BULK, MAX_ARRAY], [65536, 65536, 1024]);
   const longest = 'A'.repeat(MAX_LINE);
   assert.deepEqual(decode([Buffer.from(`${longest}\r\n`)]), ok([longest]));
   assert.deepEqual(decode([Buffer.from(`${longest}A\r\n`)]).error, 'Protocol error: too big inline request');

@@ -1,0 +1,39 @@
+/** kill -9 keeps the page cache, so only a check of the sync calls themselves shows that persists wait for the disk. */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtemp, open, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { FileStore } from '../../src/store/file.js';
+
+test('every persist reaches a real fdatasync/fsync of the file it wrote before it resolves', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'dolmeangi-sync-'));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  const probe = await open(join(dir, 'probe'), 'w');
+  const proto = Object.getPrototypeOf(probe);
+  await probe.close();
+  let syncs = 0;
+  const origD = proto.datasync;
+  const origS = proto.sync;
+  proto.datasync = function (this: unknown) {
+    syncs++;
+    return origD.call(this);
+  };
+  proto.sync = function (this: unknown) {
+    syncs++;
+    return origS.call(this);
+  };
+  t.after(() => {
+    proto.datasync = origD;
+    proto.sync = origS;
+  });
+  const store = await FileStore.open(dir, { compactAfterBytes: 1 << 20 });
+  await store.load();
+  await store.persist(new Map([['a', 1n]]));
+  for (let i = 2n; i < 6n; i++) {
+    const before = syncs;
+    await store.persist(new Map([['a', i]]));
+    assert.ok(syncs > before, `persist ${i} resolved with no sync`);
+  }
+  await store.close();
+});
