@@ -1,0 +1,356 @@
+/**
+ * The bench: starts each server in turn, measures it, checks it handed out
+ * exactly the numbers asked for, stops it; then prints the results and, when
+ * asked, saves them (JSON, SVG chart, Markdown page). A part that fails is
+ * recorded and the rest still runs; any failure makes the exit code 1.
+ */
+import { mkdirSync, renameSync, writeFileSync } from 'node:fs';
+import http from 'node:http';
+import path from 'node:path';
+import { VERSION } from '../version.js';
+import { renderChart } from './chart.js';
+import { renderDocs } from './docs.js';
+import { idleConnectionMemory } from './idle.js';
+import { clientLibraryRates } from './library.js';
+import { QuietBudget, measureLoad, type Plan } from './load.js';
+import type { BenchOptions } from './options.js';
+import { checkProcfs, filesystemType, machine } from './proc.js';
+import { Progress } from './progress.js';
+import { redisBenchmarkVersion } from './redis-benchmark.js';
+import { textReport } from './report.js';
+import { query, queryInteger } from './resp.js';
+import {
+  BATCH_CELL,
+  BATCH_SERVERS,
+  BATCH_SIZES,
+  COMPARISONS,
+  DISTURBED_PERCENT,
+  METRICS_CELLS,
+  QUICK_CELLS,
+  SERVERS,
+  matrixCells,
+  type BatchRow,
+  type Cell,
+  type ClientRow,
+  type IdleRow,
+  type LoadRow,
+  type MatrixRow,
+  type MetricsRow,
+  type Ratio,
+  type Results,
+  type ServerId,
+  type ServerSpec,
+  type Verification,
+} from './results.js';
+import { HOST, freePort, installCleanup, redisVersion, startDolmeangi, startRedis, tempDir, type RunningServer } from './servers.js';
+
+/** The most a whole bench waits, in all, for other processes to leave the machine alone. */
+const QUIET_WAIT_MS = 180_000;
+
+const cellName = (c: Cell) => `-c ${c.clients} -P ${c.pipeline}`;
+
+/** Runs the bench as the options say; resolves with the process exit code. */
+export async function runBench(opts: BenchOptions, stdout: (s: string) => void = (s) => process.stdout.write(s)): Promise<number> {
+  const missing = checkProcfs() ?? ((await redisBenchmarkVersion()) === null ? 'redis-benchmark is not installed (Debian: apt-get install redis-tools)' : null);
+  if (missing !== null) {
+    process.stderr.write(`dolmeangi bench: ${missing}\n`);
+    return 1;
+  }
+  const uninstall = installCleanup();
+  let results: Results;
+  try {
+    results = await collect(opts);
+  } finally {
+    uninstall();
+  }
+  stdout(textReport(results));
+  if (opts.out !== null) {
+    const saved = save(results, opts.out, opts.docs);
+    stdout(`\nsaved ${saved.join(', ')}\n`);
+  } else if (opts.docs !== null) {
+    stdout(`\n--docs needs --out (the page links the saved chart and JSON); no page written\n`);
+  }
+  return results.errors.length > 0 || results.verified.some((v) => !v.ok) ? 1 : 0;
+}
+
+/** Per server: how many numbers the runs asked for, to check against the server afterwards. */
+class Tally {
+  numbers = 0n;
+  failed = false;
+}
+
+/** One bench run: what it measured so far, and the steps that get it there. */
+class Run {
+  readonly plan: Plan;
+  readonly redis: string | null;
+  readonly skipped: string[] = [];
+  readonly errors: string[] = [];
+  readonly matrix: MatrixRow[] = [];
+  readonly batch: BatchRow[] = [];
+  readonly metrics: MetricsRow[] = [];
+  readonly idle: IdleRow[] = [];
+  client: ClientRow[] = [];
+  readonly verified: Verification[] = [];
+  private readonly servers: ServerSpec[];
+  private readonly cells: readonly Cell[];
+  readonly progress: Progress;
+
+  constructor(readonly opts: BenchOptions) {
+    this.plan = { smoke: opts.smoke, seconds: opts.seconds, quiet: new QuietBudget(QUIET_WAIT_MS) };
+    this.redis = opts.redis ? redisVersion() : null;
+    if (!opts.redis) this.skipped.push('redis: --no-redis');
+    else if (this.redis === null) this.skipped.push('redis: redis-server is not installed, so no Redis rows and no ratios');
+    const wanted: ServerId[] = opts.quick
+      ? ['dolmeangi-memory', 'redis']
+      : ['dolmeangi-memory', 'dolmeangi-durable', 'dolmeangi-reserve0', 'redis', 'redis-aof-always'];
+    this.servers = wanted.map((id) => SERVERS[id]).filter((s) => s.kind === 'dolmeangi' || this.redis !== null);
+    this.cells = opts.quick ? QUICK_CELLS : matrixCells();
+    const extras = opts.quick ? 0 : 2 * METRICS_CELLS.length + this.idleServers().length + 1;
+    this.progress = new Progress(this.servers.reduce((n, s) => n + this.stepsFor(s), 0) + extras);
+  }
+
+  async all(): Promise<void> {
+    try {
+      for (const spec of this.servers) await this.server(spec);
+      if (!this.opts.quick) {
+        await this.metricsOffOn();
+        for (const spec of this.idleServers()) await this.idleConnections(spec);
+        await this.clientLibrary();
+      }
+    } finally {
+      this.progress.finish();
+    }
+  }
+
+  private stepsFor(spec: ServerSpec): number {
+    return this.cells.length + (this.withBatch(spec) ? BATCH_SIZES.length : 0);
+  }
+
+  private withBatch(spec: ServerSpec): boolean {
+    return !this.opts.quick && BATCH_SERVERS.includes(spec.id);
+  }
+
+  private idleServers(): ServerSpec[] {
+    return [SERVERS['dolmeangi-memory'], ...(this.redis !== null ? [SERVERS.redis] : [])];
+  }
+
+  /** The matrix (and batches) against one server, then the check that every request took its numbers. */
+  private async server(spec: ServerSpec): Promise<void> {
+    await this.withServer(spec, this.stepsFor(spec), async (server) => {
+      const tally = new Tally();
+      for (const cell of this.cells) {
+        const row = await this.step(
+          `${spec.label} ${cellName(cell)}`,
+          () => measureLoad(server, cell, spec.command, this.plan, (n) => (tally.numbers += BigInt(n))),
+          loadSummary,
+        );
+        if (row) this.matrix.push({ server: spec.id, ...row });
+        else tally.failed = true;
+      }
+      if (this.withBatch(spec)) {
+        for (const size of BATCH_SIZES) {
+          const command = spec.batchCommand(size);
+          const row = await this.step(
+            `${spec.label} ${command.join(' ')}`,
+            () => measureLoad(server, BATCH_CELL, command, this.plan, (n) => (tally.numbers += BigInt(n) * BigInt(size))),
+            (r) => `${Math.round(r.rps * size).toLocaleString('en-US')} numbers/s; ${loadSummary(r)}`,
+          );
+          if (row) this.batch.push({ server: spec.id, size, numbersPerSecond: row.rps * size, ...row });
+          else tally.failed = true;
+        }
+      }
+      // A failed run sent an unknown number of requests: nothing to check against.
+      if (!tally.failed) this.verified.push(await verify(spec, server, tally));
+    });
+  }
+
+  /** The durable default twice, back to back: without and with the metrics endpoint. */
+  private async metricsOffOn(): Promise<void> {
+    const spec = SERVERS['dolmeangi-durable'];
+    for (const on of [false, true]) {
+      const metricsPort = on ? await freePort() : 0;
+      const label = `${spec.label}, metrics ${on ? 'on' : 'off'}`;
+      const variant = { ...spec, label, args: [...spec.args, `--metrics-port=${metricsPort}`] };
+      await this.withServer(variant, METRICS_CELLS.length, async (server) => {
+        const served = on && (await httpOk(metricsPort, '/metrics'));
+        if (on && !served) {
+          this.skipped.push(`metrics: GET /metrics on --metrics-port=${metricsPort} did not answer 200; "on" measured a server without a working endpoint`);
+        }
+        for (const cell of METRICS_CELLS) {
+          const row = await this.step(`${label} ${cellName(cell)}`, () => measureLoad(server, cell, spec.command, this.plan, () => {}), loadSummary);
+          if (row) this.metrics.push({ metrics: on ? 'on' : 'off', served, ...row });
+        }
+      });
+    }
+  }
+
+  /** On a fresh server, so that earlier load has not grown its heap. */
+  private async idleConnections(spec: ServerSpec): Promise<void> {
+    const n = this.opts.idleConnections;
+    const limit = String(n + 100);
+    const variant = { ...spec, args: [...spec.args, ...(spec.kind === 'dolmeangi' ? [`--max-connections=${limit}`] : ['--maxclients', limit])] };
+    await this.withServer(variant, 1, async (server) => {
+      const row = await this.step(
+        `${spec.label}: ${n} idle connections`,
+        async () => {
+          const m = await idleConnectionMemory(server, n);
+          return { server: spec.id, connections: n, ...m, bytesPerConnection: (m.rssAfterBytes - m.rssBeforeBytes) / n };
+        },
+        (r) => `${(r.bytesPerConnection / 1024).toFixed(1)} KiB per connection`,
+      );
+      if (row) this.idle.push(row);
+    });
+  }
+
+  private async clientLibrary(): Promise<void> {
+    const budget = this.opts.smoke ? { seconds: 0.05, maxNumbers: 500 } : { seconds: this.opts.seconds, maxNumbers: 50_000_000 };
+    await this.withServer(SERVERS['dolmeangi-memory'], 1, async (server) => {
+      const rows = await this.step(
+        'client library: sequential, pipelined, allocator',
+        () => clientLibraryRates(server, budget),
+        (rs) => rs.map((r) => `${r.mode} ${Math.round(r.numbersPerSecond).toLocaleString('en-US')}/s`).join(', '),
+      );
+      if (rows) this.client = rows;
+    });
+  }
+
+  /** Starts the server, runs `body`, always stops it. When it cannot start, its `steps` are counted as skipped. */
+  private async withServer(spec: ServerSpec, steps: number, body: (server: RunningServer) => Promise<void>): Promise<void> {
+    let server: RunningServer;
+    try {
+      server =
+        spec.kind === 'dolmeangi'
+          ? await startDolmeangi(spec.label, { args: spec.args, dataDir: spec.dataDir })
+          : await startRedis(spec.label, spec.args);
+    } catch (err) {
+      this.errors.push(`${spec.label}: cannot start: ${(err as Error).message}`);
+      this.progress.note(`${spec.label}: cannot start: ${(err as Error).message}`);
+      this.progress.skip(steps, `${spec.label}: not started`);
+      return;
+    }
+    this.progress.note(`started ${spec.label} (pid ${server.pid}, port ${server.port})`);
+    try {
+      await body(server);
+    } finally {
+      const code = await server.stop();
+      // dolmeangi persists its exact next numbers on SIGTERM and exits 0; anything else is worth knowing.
+      if (code !== 0) this.errors.push(`${spec.label}: exited with ${code} on SIGTERM`);
+    }
+  }
+
+  /** Runs one step; a failure is recorded, not thrown, so the other parts still run. */
+  private async step<T>(label: string, run: () => Promise<T>, summary: (t: T) => string): Promise<T | null> {
+    this.progress.begin(label);
+    try {
+      const t = await run();
+      this.progress.end(summary(t));
+      return t;
+    } catch (err) {
+      this.errors.push(`${label}: ${(err as Error).message}`);
+      this.progress.end(`FAILED: ${(err as Error).message}`);
+      return null;
+    }
+  }
+
+  ratios(): Ratio[] {
+    const ratios: Ratio[] = [];
+    for (const c of COMPARISONS) {
+      for (const row of this.matrix.filter((m) => m.server === c.server)) {
+        const base = this.matrix.find((m) => m.server === c.baseline && m.clients === row.clients && m.pipeline === row.pipeline);
+        if (base === undefined) continue;
+        ratios.push({
+          server: c.server,
+          baseline: c.baseline,
+          clients: row.clients,
+          pipeline: row.pipeline,
+          rps: row.rps / base.rps,
+          cpu: row.cpuUsPerRequest / base.cpuUsPerRequest,
+        });
+      }
+    }
+    return ratios;
+  }
+}
+
+function loadSummary(r: LoadRow): string {
+  return (
+    `${Math.round(r.rps).toLocaleString('en-US')} req/s, ${r.cpuUsPerRequest.toFixed(2)} µs CPU/req, p99 ${r.p99Ms.toFixed(3)} ms` +
+    (r.otherCpuPercent > DISTURBED_PERCENT ? ` (other processes used ${r.otherCpuPercent.toFixed(0)}% of a core)` : '')
+  );
+}
+
+async function collect(opts: BenchOptions): Promise<Results> {
+  const started = new Date();
+  const run = new Run(opts);
+  await run.all();
+  return {
+    format: 1,
+    date: started.toISOString(),
+    mode: opts.quick ? 'quick' : 'full',
+    smoke: opts.smoke,
+    settings: { secondsPerRun: opts.seconds, idleConnections: opts.idleConnections },
+    machine: machine(),
+    versions: { node: process.versions.node, dolmeangi: VERSION, redis: run.redis, redisBenchmark: await redisBenchmarkVersion() },
+    dataFilesystem: filesystemType(tempDir('probe')),
+    matrix: run.matrix,
+    ratios: run.ratios(),
+    batch: run.batch,
+    metrics: run.metrics,
+    idle: run.idle,
+    client: run.client,
+    verified: run.verified,
+    skipped: run.skipped,
+    errors: run.errors,
+  };
+}
+
+/**
+ * redis-benchmark does not look at replies, so an error reply would count as a
+ * fast request. Every request must have taken its numbers: dolmeangi has no
+ * gaps while it runs, so CURRENT is exactly initial (1) plus the numbers asked for.
+ */
+async function verify(spec: ServerSpec, server: RunningServer, tally: Tally): Promise<Verification> {
+  const expected = spec.kind === 'dolmeangi' ? tally.numbers + 1n : tally.numbers;
+  let actual: string;
+  try {
+    actual =
+      spec.kind === 'dolmeangi'
+        ? String(await queryInteger(server.port, ['CURRENT']))
+        : await query(server.port, ['GET', 'counter']);
+  } catch (err) {
+    actual = `error: ${(err as Error).message}`;
+  }
+  return { server: spec.label, expected: String(expected), actual, ok: actual === String(expected) };
+}
+
+function httpOk(port: number, pathname: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const req = http.get({ host: HOST, port, path: pathname, timeout: 3000 }, (res) => {
+      res.resume();
+      resolve(res.statusCode === 200);
+    });
+    req.on('timeout', () => req.destroy());
+    req.on('error', () => resolve(false));
+  });
+}
+
+/** Writes the results; returns the paths written. Each file is replaced atomically. */
+function save(r: Results, outDir: string, docs: string | null): string[] {
+  mkdirSync(outDir, { recursive: true });
+  const stamp = r.date.replace(/:/g, '-').replace(/\.\d+Z$/, 'Z');
+  const json = JSON.stringify(r, null, 2) + '\n';
+  const files: Array<[string, string]> = [
+    [path.join(outDir, `${stamp}.json`), json],
+    [path.join(outDir, 'latest.json'), json],
+    [path.join(outDir, 'latest.svg'), renderChart(r)],
+  ];
+  if (docs !== null) {
+    files.push([docs, renderDocs(r, { docs, chart: files[2]![0], json: files[0]![0] })]);
+  }
+  for (const [file, text] of files) {
+    mkdirSync(path.dirname(file), { recursive: true });
+    writeFileSync(`${file}.tmp`, text);
+    renameSync(`${file}.tmp`, file);
+  }
+  return files.map(([f]) => f);
+}

@@ -1,0 +1,227 @@
+/**
+ * Starts the servers under test on free loopback ports, each with its own
+ * temporary directory, and guarantees they die with the bench: on a normal
+ * end, on an error, on Ctrl-C (SIGINT) or SIGTERM, and on process exit.
+ */
+import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import net from 'node:net';
+import { fileURLToPath } from 'node:url';
+import { createInterface } from 'node:readline';
+import { query } from './resp.js';
+
+/**
+ * The built CLI. Two levels up from this file is the package root both from
+ * src/bench (run through tsx) and from dist/bench (run through `dolmeangi bench`),
+ * so either way the bench measures the compiled server that users run.
+ */
+export const CLI = fileURLToPath(new URL('../../dist/cli/main.js', import.meta.url));
+
+export const HOST = '127.0.0.1';
+
+export interface RunningServer {
+  readonly label: string;
+  readonly pid: number;
+  readonly port: number;
+  /** The temporary directory it keeps its files in; removed on stop. */
+  readonly dir: string;
+  /** SIGTERM, then SIGKILL if it has not exited within `graceMs`; resolves with the exit code. */
+  stop(graceMs?: number): Promise<number | null>;
+}
+
+const live = new Set<ChildProcess>();
+const dirs = new Set<string>();
+
+function killEverything(): void {
+  for (const child of live) child.kill('SIGKILL');
+  live.clear();
+  for (const dir of dirs) rmSync(dir, { recursive: true, force: true });
+  dirs.clear();
+}
+
+/**
+ * Makes every child this module starts die with the bench. Returns the undo,
+ * for embedders that outlive one run. Ctrl-C also reaches the children (same
+ * process group); killing them here covers SIGTERM and errors as well.
+ */
+export function installCleanup(): () => void {
+  const onSignal = (signal: NodeJS.Signals) => {
+    killEverything();
+    process.stderr.write(`\nbench: ${signal}: stopped every server it started\n`);
+    process.exit(signal === 'SIGINT' ? 130 : 143);
+  };
+  process.on('exit', killEverything);
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  return () => {
+    process.off('exit', killEverything);
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+    killEverything();
+  };
+}
+
+export function tempDir(prefix: string): string {
+  const dir = mkdtempSync(path.join(tmpdir(), `dolmeangi-bench-${prefix}-`));
+  dirs.add(dir);
+  return dir;
+}
+
+function removeDir(dir: string): void {
+  dirs.delete(dir);
+  rmSync(dir, { recursive: true, force: true });
+}
+
+/** Spawns a child that is killed with the bench; keeps the tail of its output for error messages. */
+function track(
+  command: string,
+  args: string[],
+  stdout: 'pipe' | 'ignore',
+): { child: ChildProcess; output: () => string; exited: Promise<number | null> } {
+  const child = spawn(command, args, { stdio: ['ignore', stdout, 'pipe'] });
+  live.add(child);
+  let tail = '';
+  const keep = (d: Buffer) => {
+    tail = (tail + d.toString('utf8')).slice(-4000);
+  };
+  child.stderr!.on('data', keep);
+  const exited = new Promise<number | null>((resolve) => {
+    child.once('error', (err) => {
+      tail += `\n${err.message}`;
+      live.delete(child);
+      resolve(null);
+    });
+    child.once('exit', (code) => {
+      live.delete(child);
+      resolve(code);
+    });
+  });
+  return { child, output: () => tail.trim(), exited };
+}
+
+function stopper(child: ChildProcess, exited: Promise<number | null>, dir: string) {
+  return async (graceMs = 10_000): Promise<number | null> => {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
+    const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
+    const code = await exited;
+    clearTimeout(timer);
+    removeDir(dir);
+    return code;
+  };
+}
+
+export interface DolmeangiOptions {
+  /** Options after `sequencer`; `--host`, `--port` and `--metrics-port=0` come first, so these win. */
+  readonly args: readonly string[];
+  /** Flags for node itself, e.g. `--cpu-prof`. */
+  readonly nodeArgs?: readonly string[];
+  /** Gives the server a `--data-dir` in a fresh temporary directory. */
+  readonly dataDir?: boolean;
+}
+
+/** Starts `dolmeangi sequencer` on port 0 and learns its port from the JSON "listening" log line. */
+export async function startDolmeangi(label: string, opts: DolmeangiOptions): Promise<RunningServer> {
+  const dir = tempDir('dolmeangi');
+  const args = [
+    ...(opts.nodeArgs ?? []),
+    CLI,
+    'sequencer',
+    `--host=${HOST}`,
+    '--port=0',
+    '--metrics-port=0',
+    ...(opts.dataDir ? [`--data-dir=${path.join(dir, 'data')}`] : []),
+    ...opts.args,
+  ];
+  const { child, output, exited } = track(process.execPath, args, 'pipe');
+  const port = await new Promise<number>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`${label} did not log "listening" within 20 s: ${output()}`)), 20_000);
+    createInterface({ input: child.stdout! }).on('line', (text) => {
+      let line: { msg?: unknown; port?: unknown };
+      try {
+        line = JSON.parse(text) as typeof line;
+      } catch {
+        return;
+      }
+      if (line.msg === 'listening' && typeof line.port === 'number') {
+        clearTimeout(timer);
+        resolve(line.port);
+      }
+    });
+    void exited.then((code) => {
+      clearTimeout(timer);
+      reject(new Error(`${label} exited with ${code} before listening: ${output() || '(no output)'}`));
+    });
+  }).catch(async (err: unknown) => {
+    child.kill('SIGKILL');
+    await exited;
+    removeDir(dir);
+    throw err;
+  });
+  return { label, pid: child.pid!, port, dir, stop: stopper(child, exited, dir) };
+}
+
+/** Whether redis-server is on the PATH, and its version. */
+export function redisVersion(): string | null {
+  try {
+    const out = execFileSync('redis-server', ['--version'], { encoding: 'utf8' });
+    return /v=(\S+)/.exec(out)?.[1] ?? out.trim();
+  } catch {
+    return null;
+  }
+}
+
+/** A port that was free a moment ago; Redis cannot pick its own (port 0 turns TCP off). */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.once('error', reject);
+    srv.listen(0, HOST, () => {
+      const { port } = srv.address() as net.AddressInfo;
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+function logTail(file: string): string {
+  try {
+    return readFileSync(file, 'utf8').trim().split('\n').slice(-3).join(' | ');
+  } catch {
+    return '(no log)';
+  }
+}
+
+/** Starts redis-server on a free loopback port, its files in a temporary directory. */
+export async function startRedis(label: string, args: readonly string[]): Promise<RunningServer> {
+  let lastError: Error | null = null;
+  // Another process may take the free port before Redis binds it: try a few.
+  for (let attempt = 0; attempt < 3; attempt++) {
+    const dir = tempDir('redis');
+    const port = await freePort();
+    const log = path.join(dir, 'redis.log');
+    const { child, output, exited } = track(
+      'redis-server',
+      ['--port', String(port), '--bind', HOST, '--dir', dir, '--daemonize', 'no', '--logfile', log, ...args],
+      'ignore',
+    );
+    let gone = false;
+    void exited.then(() => (gone = true));
+    const deadline = Date.now() + 15_000;
+    while (!gone && Date.now() < deadline) {
+      try {
+        if ((await query(port, ['PING'], 1000)) === '+PONG') {
+          return { label, pid: child.pid!, port, dir, stop: stopper(child, exited, dir) };
+        }
+      } catch {
+        // Not listening yet.
+      }
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    child.kill('SIGKILL');
+    await exited;
+    lastError = new Error(`${label} did not answer PING on port ${port}: ${output() || logTail(log)}`);
+    removeDir(dir);
+  }
+  throw lastError!;
+}
