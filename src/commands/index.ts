@@ -68,14 +68,9 @@ export function execute(words: string[], session: Session, services: Services, s
       reply = command.run(words, session, services);
     }
   }
-  if (typeof reply === 'string') {
-    if (reply.charCodeAt(0) === 45 /* '-' */) stats.countError(reply);
-    return reply;
-  }
-  return reply.then((r) => {
-    if (r.charCodeAt(0) === 45) stats.countError(r);
-    return r;
-  });
+  // Replies that wait for storage are counted by the connection when they arrive.
+  if (typeof reply === 'string' && reply.charCodeAt(0) === 45 /* '-' */) stats.countError(reply);
+  return reply;
 }
 
 function unknown(name: string): string {

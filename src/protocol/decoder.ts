@@ -26,23 +26,26 @@ export class ProtocolError extends Error {
 /** Called once per complete frame. Words are decoded as latin1: one char per byte. */
 export type FrameSink = (words: string[]) => void;
 
-const enum S {
+// States as plain numbers: a `const enum` is not inlined under isolatedModules,
+// and the state is read on every step of the hot loop.
+const S = {
   /** Between frames. */
-  Start,
+  Start: 0,
   /** Inside an inline line; `scan` is where the search for LF resumes. */
-  Inline,
+  Inline: 1,
   /** Inside `*<n>\r\n`. */
-  ArrayHeader,
+  ArrayHeader: 2,
   /** Expecting `$<len>\r\n` of the next element. */
-  BulkHeader,
+  BulkHeader: 3,
   /** Inside a bulk body of `bulkLen` bytes plus CRLF. */
-  BulkBody,
+  BulkBody: 4,
   /** A protocol error was reported; everything after is ignored. */
-  Failed,
-}
+  Failed: 5,
+} as const;
+type State = (typeof S)[keyof typeof S];
 
 export class Decoder {
-  private state = S.Start;
+  private state: State = S.Start;
   /** Unconsumed bytes carried over from earlier chunks: pending[0..pendingLen). */
   private pending: Buffer = Buffer.alloc(0);
   private pendingLen = 0;
@@ -160,7 +163,9 @@ export class Decoder {
         if (buf[pos + this.bulkLen] !== CR || buf[pos + this.bulkLen + 1] !== LF) {
           return this.error('bulk string not followed by CRLF');
         }
-        this.words.push(buf.toString('latin1', pos, pos + this.bulkLen));
+        this.words.push(
+          this.words.length === 0 ? commandName(buf, pos, pos + this.bulkLen) : buf.toString('latin1', pos, pos + this.bulkLen),
+        );
         if (this.words.length === this.expected) {
           const words = this.words;
           this.words = [];
@@ -256,9 +261,29 @@ function splitInline(buf: Buffer, start: number, end: number): string[] {
     if (i >= end) break;
     const w = i;
     while (i < end && buf[i] !== SPACE && buf[i] !== TAB) i++;
-    words.push(buf.toString('latin1', w, i));
+    words.push(words.length === 0 ? commandName(buf, w, i) : buf.toString('latin1', w, i));
   }
   return words;
+}
+
+/**
+ * Command names as sent by clients, upper and lower case: a word that matches
+ * one byte for byte becomes this very string, whose hash V8 already knows, so
+ * the command lookup costs no hashing of a fresh string per request.
+ */
+const KNOWN_NAMES: ReadonlyArray<readonly [Buffer, string]> = [
+  'GETSEQ', 'CURRENT', 'GETSEQ_BATCH', 'PING', 'INFO', 'AUTH', 'QUIT',
+].flatMap((n) => [
+  [Buffer.from(n, 'latin1'), n] as const,
+  [Buffer.from(n.toLowerCase(), 'latin1'), n.toLowerCase()] as const,
+]);
+
+function commandName(buf: Buffer, start: number, end: number): string {
+  const len = end - start;
+  for (const [bytes, name] of KNOWN_NAMES) {
+    if (bytes.length === len && buf[start] === bytes[0] && bytes.compare(buf, start, end) === 0) return name;
+  }
+  return buf.toString('latin1', start, end);
 }
 
 function printable(byte: number): string {

@@ -63,6 +63,7 @@ export class Connection {
   private stopped = false;
   private closed = false;
   private drainWaiters: Array<() => void> = [];
+  private pumpQueued = false;
   private readonly onFrame = (words: string[]): void => this.handle(words);
   /** Requests read plus drains of the reply backlog: what counts as not idle. */
   private progress = 0;
@@ -142,9 +143,10 @@ export class Connection {
       const slot: Slot = { value: null };
       this.queue.push(slot);
       reply.then((value) => {
+        if (value.charCodeAt(0) === 45 /* '-' */) this.stats.countError(value);
         slot.value = value;
         this.owed += value.length;
-        this.pump();
+        this.schedulePump();
       });
     }
     if (this.session.quit) {
@@ -175,6 +177,21 @@ export class Connection {
     this.events.outputLimitExceeded(this);
     this.socket.destroy();
   }
+
+  /**
+   * One store write releases many waiting replies at once, each in its own
+   * promise callback: gather them all into one socket write, after the last.
+   */
+  private schedulePump(): void {
+    if (this.pumpQueued) return;
+    this.pumpQueued = true;
+    queueMicrotask(this.pumpNow);
+  }
+
+  private readonly pumpNow = (): void => {
+    this.pumpQueued = false;
+    this.pump();
+  };
 
   /** Moves ready replies from the head of the queue to the output, then writes. */
   private pump(): void {

@@ -11,7 +11,6 @@ import { ConfigError } from '../errors.js';
 import { Sequencer, type SequenceSource, type SequencerEvents } from '../core/sequencer.js';
 import type { Store } from '../core/ports.js';
 import { FileStore } from '../store/file.js';
-import { startGroup } from '../group/node.js';
 import { SequencerServer } from './server.js';
 import { renderInfo } from './info.js';
 import { digestPassword } from '../commands/auth.js';
@@ -351,6 +350,9 @@ function advertisedAddress(config: Config): string {
 
 async function openGroup(config: Config, log: Logger): Promise<Backend> {
   const advertise = advertisedAddress(config);
+  // Loaded only in group mode: the etcd client and its gRPC stack cost a
+  // standalone server about 20 MiB of memory for nothing.
+  const { startGroup } = await import('../group/node.js');
   const group = await startGroup(Object.freeze({ ...config, advertise }), log);
   return {
     source: group,
