@@ -62,7 +62,7 @@ export async function measureLoad(
 ): Promise<LoadRow> {
   const run = async (requests: number, timeoutMs: number): Promise<LoadResult> => {
     const r = await redisBenchmark({ port: server.port, ...cell, requests, command, timeoutMs });
-    issued(requests);
+    issued(r.sent);
     return r;
   };
   // Every connection gets a few full pipelines, or the run measures connecting.
@@ -112,9 +112,9 @@ async function measured(
   return {
     ...cell,
     command: command.join(' '),
-    requests,
+    requests: r.requests,
     rps: r.rps,
-    cpuUsPerRequest: (cpu * 1e6) / requests,
+    cpuUsPerRequest: (cpu * 1e6) / r.sent,
     avgMs: r.avgMs,
     p50Ms: r.p50Ms,
     p99Ms: r.p99Ms,

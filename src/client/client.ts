@@ -187,6 +187,7 @@ export class SequencerClient {
       try {
         reply = await connection.send(words, Math.max(1, deadline - performance.now()));
       } catch (err) {
+        this.avoid(connection);
         const retry = err instanceof ConnectionClosedError && (!err.requestSent || resend === Resend.Safe);
         if (!retry || this.closed) throw err;
         // A server that accepts and then drops every connection must not be hammered.
@@ -332,6 +333,16 @@ export class SequencerClient {
     // Only a refusal is fatal. Other errors (a server without a password may
     // answer AUTH with -ERR) are left for the real commands to report.
     if (reply.type === 'error' && reply.code === 'WRONGPASS') throw fromWire(reply.code, reply.message);
+  }
+
+  /**
+   * After a connection failed a request (timeout, drop), the next connection
+   * tries the following server first: a paused server still completes TCP
+   * handshakes in its kernel, and would otherwise be picked again and again.
+   */
+  private avoid(connection: Connection): void {
+    const index = this.indexOf(connection.address);
+    if (index !== -1 && this.preferred === index) this.preferred = (index + 1) % this.servers.length;
   }
 
   private candidates(): Address[] {

@@ -2,15 +2,27 @@
  * Crash safety of one process on one data directory: kill -9 under load again
  * and again, restart, and let the history checker decide.
  */
-import { test } from 'node:test';
+import { test, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtemp, rm, writeFile, readFile, rename, mkdir } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { startServerProcess, runCli } from '../helpers/server-process.js';
+import { startServerProcess, runCli, type ServerProcess } from '../helpers/server-process.js';
 import { History, assertHistory } from '../helpers/history.js';
 import { runLoad } from '../helpers/load.js';
 import { WireClient } from '../helpers/wire.js';
+
+/** Servers of the running test: killed after it, so a failed assertion cannot leave one behind. */
+const running: ServerProcess[] = [];
+afterEach(async () => {
+  await Promise.all(running.splice(0).map((s) => s.kill()));
+});
+
+async function start(args: string[]): Promise<ServerProcess> {
+  const s = await startServerProcess(args);
+  running.push(s);
+  return s;
+}
 
 async function tempDir(): Promise<string> {
   return mkdtemp(path.join(tmpdir(), 'dolmeangi-crash-'));
@@ -34,7 +46,7 @@ async function crashLoop(reserve: bigint, rounds: number): Promise<void> {
   const history = new History();
   try {
     for (let round = 0; round < rounds; round++) {
-      const server = await startServerProcess([`--data-dir=${dir}`, `--reserve=${reserve}`]);
+      const server = await start([`--data-dir=${dir}`, `--reserve=${reserve}`]);
       const killAfter = 50 + Math.floor(random() * 1500);
       let killed = false;
       const load = runLoad(history, {
@@ -58,7 +70,7 @@ async function crashLoop(reserve: bigint, rounds: number): Promise<void> {
       await server.exited;
     }
     // A final clean start must resume above everything acknowledged.
-    const server = await startServerProcess([`--data-dir=${dir}`, `--reserve=${reserve}`]);
+    const server = await start([`--data-dir=${dir}`, `--reserve=${reserve}`]);
     const final = runLoad(history, {
       port: server.port,
       connections: 1,
@@ -89,14 +101,14 @@ test('a clean stop (SIGTERM) and restart continue with no gap, even with a large
   const dir = await tempDir();
   try {
     for (const signal of ['SIGTERM', 'SIGINT'] as const) {
-      const a = await startServerProcess([`--data-dir=${dir}`, '--reserve=1000000']);
+      const a = await start([`--data-dir=${dir}`, '--reserve=1000000']);
       const c = await WireClient.connect(a.port);
       c.send('GETSEQ\r\nGETSEQ_BATCH 10\r\nGETSEQ other\r\n');
       await c.until((t) => t.split('\r\n').length > 3);
       const [, first, other] = c.text.split('\r\n').map((l) => l.slice(1));
       c.close();
       assert.equal(await a.stop(signal), 0);
-      const b = await startServerProcess([`--data-dir=${dir}`]);
+      const b = await start([`--data-dir=${dir}`]);
       const d = await WireClient.connect(b.port);
       d.send('GETSEQ\r\nGETSEQ other\r\n');
       await d.expect(`:${BigInt(first!) + 10n}\r\n:${BigInt(other!) + 1n}\r\n`);
@@ -111,19 +123,19 @@ test('a clean stop (SIGTERM) and restart continue with no gap, even with a large
 test('--initial only seeds new sequences; above the persisted mark it wins', async () => {
   const dir = await tempDir();
   try {
-    const a = await startServerProcess([`--data-dir=${dir}`]);
+    const a = await start([`--data-dir=${dir}`]);
     const c = await WireClient.connect(a.port);
     c.send('GETSEQ_BATCH 41\r\n');
     await c.expect(':1\r\n');
     c.close();
     assert.equal(await a.stop(), 0);
-    const b = await startServerProcess([`--data-dir=${dir}`, '--initial=10']);
+    const b = await start([`--data-dir=${dir}`, '--initial=10']);
     const d = await WireClient.connect(b.port);
     d.send('GETSEQ\r\nGETSEQ fresh\r\n');
     await d.expect(':42\r\n:10\r\n');
     d.close();
     assert.equal(await b.stop(), 0);
-    const e = await startServerProcess([`--data-dir=${dir}`, '--initial=1000']);
+    const e = await start([`--data-dir=${dir}`, '--initial=1000']);
     await e.waitForLog((l) => /--initial is above the persisted mark/.test(String(l.msg)));
     const f = await WireClient.connect(e.port);
     f.send('GETSEQ\r\n');
@@ -138,7 +150,7 @@ test('--initial only seeds new sequences; above the persisted mark it wins', asy
 test('a second server on the same data directory refuses to start', async () => {
   const dir = await tempDir();
   try {
-    const a = await startServerProcess([`--data-dir=${dir}`]);
+    const a = await start([`--data-dir=${dir}`]);
     const r = await runCli(['sequencer', '--host=127.0.0.1', '--port=0', '--metrics-port=0', `--data-dir=${dir}`]);
     assert.equal(r.code, 1);
     assert.match(r.stderr, new RegExp(`data directory ${dir} is in use by another server`));
@@ -151,7 +163,7 @@ test('a second server on the same data directory refuses to start', async () => 
 test('corrupt state stops start-up with a message naming the file; nothing is reset', async () => {
   const dir = await tempDir();
   try {
-    const a = await startServerProcess([`--data-dir=${dir}`]);
+    const a = await start([`--data-dir=${dir}`]);
     const c = await WireClient.connect(a.port);
     c.send('GETSEQ\r\n');
     await c.expect(':1\r\n');
@@ -176,7 +188,7 @@ test('corrupt state stops start-up with a message naming the file; nothing is re
 test('storage failure: numbers below the durable mark still served, then -ERR persistence unavailable, then recovery', async () => {
   const dir = await tempDir();
   const moved = `${dir}.away`;
-  const server = await startServerProcess([`--data-dir=${dir}`, '--reserve=10']);
+  const server = await start([`--data-dir=${dir}`, '--reserve=10']);
   const c = await WireClient.connect(server.port);
   try {
     c.send('GETSEQ\r\n');

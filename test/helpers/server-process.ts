@@ -7,7 +7,6 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
-import { after } from 'node:test';
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 export const CLI = path.join(ROOT, 'dist/cli/main.js');
@@ -39,9 +38,6 @@ const killAll = () => {
   }
 };
 process.on('exit', killAll);
-// A failed assertion may skip a test's own cleanup; a live server would then
-// keep the test process from ever finishing.
-after(killAll);
 
 export interface StartOptions {
   env?: NodeJS.ProcessEnv;

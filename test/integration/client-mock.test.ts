@@ -302,3 +302,13 @@ test('an allocator over a client: many numbers, few round trips', async () => {
   }
   assert.ok(server.requests.length <= 21, `${server.requests.length} requests`);
 });
+
+test('a server that accepts but never answers is left for the next one after a timeout', async () => {
+  // What a paused (SIGSTOP) server looks like: its kernel still completes the TCP handshake.
+  const frozen = await mock(() => {});
+  const live = await mock(counterScript(42n));
+  const c = client({ servers: [frozen.address, live.address], requestTimeoutMs: 300 });
+  await assert.rejects(c.getNextSequence(), TimeoutError);
+  assert.equal(await c.getNextSequence(), 42n);
+  assert.equal(await c.getNextSequence(), 43n);
+});
