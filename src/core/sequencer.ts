@@ -80,6 +80,12 @@ interface Seq {
   mark: bigint;
   /** The mark asked of the store (>= mark); equal to mark when nothing is pending. */
   target: bigint;
+  /**
+   * target - reserve/2, kept so the hot path compares instead of subtracting:
+   * past it the next window is asked for, and while a write is in flight the
+   * same threshold keeps later requests from asking again.
+   */
+  refillAt: bigint;
   /** The mark the store holds now, as far as this process knows (null: none yet). */
   stored: bigint | null;
   /** Requests that need numbers at or beyond `mark`, in arrival order. */
@@ -170,7 +176,7 @@ export class Sequencer implements SequenceSource {
     if (this.store === null || (s.waiters.length === 0 && end <= s.mark)) {
       s.next = end;
       s.issued += Number(count);
-      if (this.store !== null && s.mark - end < this.lowWater && s.target < END) this.want(s);
+      if (end > s.refillAt && this.store !== null) this.want(s);
       return first;
     }
     if (this.failure !== null) {
@@ -243,7 +249,7 @@ export class Sequencer implements SequenceSource {
           const s = this.seqs.get(name)!;
           s.stored = v;
           s.mark = v;
-          s.target = v;
+          this.setTarget(s, v);
         }
       } catch {
         ok = false;
@@ -291,6 +297,7 @@ export class Sequencer implements SequenceSource {
       next: mark,
       mark,
       target: mark,
+      refillAt: mark - this.lowWater,
       stored: null,
       waiters: [],
       waitingCount: 0n,
@@ -300,11 +307,17 @@ export class Sequencer implements SequenceSource {
     return s;
   }
 
+  private setTarget(s: Seq, target: bigint): void {
+    s.target = target;
+    // At END there is nothing more to reserve: never ask again.
+    s.refillAt = target >= END ? END : target - this.lowWater;
+  }
+
   /** Asks for a mark that covers every waiter plus a fresh window. */
   private want(s: Seq): void {
     let target = s.next + s.waitingCount + this.reserve;
     if (target > END) target = END;
-    if (target > s.target) s.target = target;
+    if (target > s.target) this.setTarget(s, target);
     if (s.target > s.mark) {
       this.dirty.add(s);
       this.scheduleFlush();
@@ -380,7 +393,7 @@ export class Sequencer implements SequenceSource {
     for (const s of this.dirty) {
       let target = s.next + this.reserve;
       if (target > END) target = END;
-      s.target = target > s.mark ? target : s.mark;
+      this.setTarget(s, target > s.mark ? target : s.mark);
     }
     this.retryDelay = Math.min(this.retryMaxMs, this.retryDelay === 0 ? this.retryMinMs : this.retryDelay * 2);
     const jittered = Math.round(this.retryDelay * (0.5 + Math.random() / 2));
@@ -409,7 +422,7 @@ export class Sequencer implements SequenceSource {
       i++;
     }
     if (i > 0) ws.splice(0, i);
-    if (ws.length > 0 || (this.reserve > 0n && s.mark - s.next < this.lowWater && s.target < END)) this.want(s);
+    if (ws.length > 0 || (this.reserve > 0n && s.next > s.refillAt)) this.want(s);
   }
 
   private failWaiters(err: SequenceError): void {

@@ -104,6 +104,11 @@ export class Decoder {
     switch (this.state) {
       case S.Start: {
         if (pos >= end) return -1;
+        const fast = wholeFrame(buf, pos, end);
+        if (fast !== null) {
+          sink(fast.words);
+          return pos + fast.bytes.length;
+        }
         if (buf[pos] === 42 /* '*' */) {
           this.state = S.ArrayHeader;
           this.scan = 1;
@@ -277,6 +282,30 @@ const KNOWN_NAMES: ReadonlyArray<readonly [Buffer, string]> = [
   [Buffer.from(n, 'latin1'), n] as const,
   [Buffer.from(n.toLowerCase(), 'latin1'), n.toLowerCase()] as const,
 ]);
+
+/**
+ * The frames load generators and clients send most, byte for byte. One that
+ * sits whole in the buffer skips the state machine and its allocations; the
+ * words array is shared, so commands must never change the words they get.
+ */
+const FAST_FRAMES: ReadonlyArray<{ readonly bytes: Buffer; readonly words: string[] }> = [
+  '*1\r\n$6\r\nGETSEQ\r\n',
+  'GETSEQ\r\n',
+  '*1\r\n$7\r\nCURRENT\r\n',
+  '*1\r\n$4\r\nPING\r\n',
+].map((text) => ({
+  bytes: Buffer.from(text, 'latin1'),
+  words: Object.freeze([text.includes('$') ? text.split('\r\n')[2]! : text.slice(0, -2)]) as string[],
+}));
+
+function wholeFrame(buf: Buffer, pos: number, end: number): { readonly bytes: Buffer; readonly words: string[] } | null {
+  const first = buf[pos];
+  for (const f of FAST_FRAMES) {
+    const n = f.bytes.length;
+    if (first === f.bytes[0] && end - pos >= n && f.bytes.compare(buf, pos, pos + n) === 0) return f;
+  }
+  return null;
+}
 
 function commandName(buf: Buffer, start: number, end: number): string {
   const len = end - start;
