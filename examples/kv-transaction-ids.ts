@@ -7,7 +7,8 @@
  *   npx tsx examples/kv-transaction-ids.ts
  * SEQUENCER_SERVER (host:port[,host:port...]) and SEQUENCER_PASSWORD are honoured.
  */
-import { DolmeangiError, SequencerClient } from '../src/index.js';
+// Imported by package name, as a service that depends on dolmeangi would.
+import { DolmeangiError, SequencerClient } from 'dolmeangi';
 
 /** A toy store: each committed write remembers the id of the transaction that made it. */
 class TinyKv {
