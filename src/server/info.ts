@@ -21,6 +21,9 @@ export interface InfoFacts {
   persistenceError: string | null;
   reserve: bigint;
   extra: Array<[string, string]>;
+  /** Calls by command name (lower case, `unknown` for the rest), and error replies by code. */
+  commandCalls: Array<[string, number]>;
+  errorReplies: Array<[string, number]>;
   sequences: SequenceSnapshot[];
 }
 
@@ -48,7 +51,15 @@ export function renderInfo(f: InfoFacts): string {
     `persistence:${f.persistence}`,
   );
   if (f.persistenceError !== null) lines.push(`persistence_error:${f.persistenceError}`);
-  lines.push(`reserve:${f.reserve}`, '', '# Sequences', `sequences:${f.sequences.length}`);
+  lines.push(`reserve:${f.reserve}`, '', '# Stats');
+  let calls = 0;
+  for (const [, n] of f.commandCalls) calls += n;
+  let issued = 0;
+  for (const s of f.sequences) issued += s.issued;
+  lines.push(`total_commands_processed:${calls}`, `total_issued_numbers:${issued}`);
+  for (const [name, n] of f.commandCalls) if (n > 0) lines.push(`cmdstat_${name}:calls=${n}`);
+  for (const [code, n] of f.errorReplies) lines.push(`errorstat_${code}:count=${n}`);
+  lines.push('', '# Sequences', `sequences:${f.sequences.length}`);
   for (const s of f.sequences) {
     const durable = s.durableMark === END && f.mode === 'in-memory' ? 'none' : String(s.durableMark);
     lines.push(`sequence:name=${s.name},current=${s.next},durable_mark=${durable},issued=${s.issued}`);

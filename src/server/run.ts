@@ -14,7 +14,7 @@ import { FileStore } from '../store/file.js';
 import { SequencerServer } from './server.js';
 import { renderInfo } from './info.js';
 import { digestPassword } from '../commands/auth.js';
-import type { Services } from '../commands/index.js';
+import { COMMANDS, type Services } from '../commands/index.js';
 import { VERSION } from '../version.js';
 import { createLogger, type Logger } from '../log.js';
 import { Metrics } from '../http/metrics.js';
@@ -97,6 +97,10 @@ export async function startServer(config: Config, opts: StartOptions = {}): Prom
         persistenceError: p.error,
         reserve: config.reserve,
         extra: backend.extraInfo(),
+        commandCalls: COMMANDS.map((c, i): [string, number] => [c.name.toLowerCase(), server!.stats.calls[i]!]).concat([
+          ['unknown', server!.stats.calls[COMMANDS.length]!],
+        ]),
+        errorReplies: [...server!.stats.errors],
         sequences: backend.source.snapshot(),
       });
     },

@@ -42,6 +42,8 @@ async function makeServices(password: string | null, maxSequences = 64): Promise
         maxConnections: 10,
         rejectedConnections: 0,
         totalConnections: 1,
+        commandCalls: [['getseq', 3]],
+        errorReplies: [['ERR', 1]],
         store: 'memory',
         persistence: 'none',
         persistenceError: null,
