@@ -2,7 +2,14 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import type { Command } from './types.js';
 import { OK, error } from '../protocol/encoder.js';
 
+/** Digest of a password as it arrives on the wire: words are decoded one char per byte (latin1). */
 export const digestPassword = (password: string): Buffer => createHash('sha256').update(password, 'latin1').digest();
+
+/**
+ * Digest of the configured password. It comes from argv, the environment or a
+ * file as Unicode text, and a client sends it as UTF-8 bytes, so those bytes are hashed.
+ */
+export const digestConfiguredPassword = (password: string): Buffer => createHash('sha256').update(password, 'utf8').digest();
 
 /**
  * AUTH <password> (or AUTH default <password>, as Redis 6 clients send).

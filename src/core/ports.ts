@@ -30,13 +30,6 @@ export interface Store {
   close(): Promise<void>;
 }
 
-/** Why the node cannot hand out numbers now, as the command layer reports it. */
-export interface NotServing {
-  /** `NOTLEADER`: another node leads (address may be null when unknown). */
-  readonly kind: 'not-leader';
-  readonly leader: string | null;
-}
-
 /**
  * Who may hand out numbers. A single node always may; in a group only the
  * leader, and only while its lease is surely alive.
@@ -47,9 +40,4 @@ export interface Leadership {
   canServe(): boolean;
   /** The leader's advertised host:port, or null when none is known. */
   leaderAddress(): string | null;
-}
-
-/** Monotonic milliseconds; injected so tests can move time. */
-export interface Clock {
-  now(): number;
 }

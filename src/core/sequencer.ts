@@ -22,6 +22,7 @@ export class SequenceError {
 }
 
 export const EXHAUSTED = new SequenceError('ERR', 'sequence exhausted');
+export const SHUTTING_DOWN = new SequenceError('ERR', 'server is shutting down; retry on another server');
 
 export interface SequenceSnapshot {
   readonly name: string;
@@ -205,7 +206,7 @@ export class Sequencer implements SequenceSource {
   snapshot(): SequenceSnapshot[] {
     const out: SequenceSnapshot[] = [];
     for (const s of this.seqs.values()) {
-      out.push({ name: s.name, next: s.next, durableMark: this.store ? s.mark : END, issued: s.issued });
+      out.push({ name: s.name, next: s.next + s.waitingCount, durableMark: this.store ? s.mark : END, issued: s.issued });
     }
     return out;
   }
@@ -232,10 +233,12 @@ export class Sequencer implements SequenceSource {
       if (this.dirty.size > 0 && !this.writing) this.flush();
       if (this.writing) await this.writing.catch(() => {});
     }
-    this.failWaiters(new SequenceError('ERR', 'server shutting down; retry on the next server'));
+    this.failWaiters(SHUTTING_DOWN);
     // From here nothing more is handed out: a number taken while the exact marks
     // are being written would lie at or above them, and be issued again after restart.
     this.state = 'closed';
+    // A write may still be in flight after the rounds above; the store takes one at a time.
+    if (this.writing) await this.writing.catch(() => {});
     const exact = new Map<string, bigint>();
     for (const s of this.seqs.values()) {
       // stored === null includes writes that reported failure but may have landed.
@@ -278,7 +281,7 @@ export class Sequencer implements SequenceSource {
       if (this.state === 'aborted') return new SequenceError('NOTLEADER', this.leadership?.leaderAddress() ?? '');
       if (this.state === 'new') return new SequenceError('ERR', 'server is starting; retry shortly');
       // While closing, requests already read are still answered from memory.
-      if (this.state !== 'closing') return new SequenceError('ERR', 'server is shutting down; retry on the next server');
+      if (this.state !== 'closing') return SHUTTING_DOWN;
     }
     if (this.leadership !== undefined && !this.leadership.canServe()) {
       return new SequenceError('NOTLEADER', this.leadership.leaderAddress() ?? '');
@@ -385,7 +388,10 @@ export class Sequencer implements SequenceSource {
     // so the targets stay pending and the same write is retried.
     for (const name of batch.keys()) {
       const s = this.seqs.get(name);
-      if (s !== undefined) this.dirty.add(s);
+      if (s === undefined) continue;
+      // The write may have landed: what the store holds is unknown until a write succeeds.
+      s.stored = null;
+      this.dirty.add(s);
     }
     // Waiting requests get their error now rather than hang; their numbers were
     // never taken, so nothing is skipped.

@@ -233,7 +233,9 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
   }
 
   leaderAddress(): string | null {
-    if (this.state === 'leader') return this.advertise;
+    // A leader past its serving deadline does not know who leads next: naming
+    // itself would send clients round in a loop.
+    if (this.state === 'leader') return this.canServe() ? this.advertise : null;
     return this.known?.advertise ?? null;
   }
 

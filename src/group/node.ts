@@ -9,7 +9,14 @@ import os from 'node:os';
 import type { Etcd3 } from 'etcd3';
 import type { Config } from '../config.js';
 import type { Leadership } from '../core/ports.js';
-import { Sequencer, SequenceError, type SequenceSnapshot, type SequenceSource } from '../core/sequencer.js';
+import {
+  Sequencer,
+  SequenceError,
+  SHUTTING_DOWN,
+  type SequenceSnapshot,
+  type SequenceSource,
+  type SequencerEvents,
+} from '../core/sequencer.js';
 import {
   createEtcdClient,
   EtcdLeadership,
@@ -34,10 +41,10 @@ export interface GroupHandle extends SequenceSource {
 
 const LOAD_RETRY_MIN_MS = 100;
 const LOAD_RETRY_MAX_MS = 2000;
-const SHUTTING_DOWN = new SequenceError('ERR', 'server is shutting down; retry on the next server');
 
-export async function startGroup(config: Config, log: Logger): Promise<GroupHandle> {
-  const node = new GroupNode(config, log.child({ component: 'group' }));
+/** `events` observes every term's store writes (metrics); the group logs them itself. */
+export async function startGroup(config: Config, log: Logger, events: SequencerEvents = {}): Promise<GroupHandle> {
+  const node = new GroupNode(config, log.child({ component: 'group' }), events);
   try {
     await node.start();
   } catch (err) {
@@ -61,7 +68,11 @@ class GroupNode implements GroupHandle {
   private persistFailingSince: number | null = null;
   private closing: Promise<void> | null = null;
 
-  constructor(config: Config, log: Logger) {
+  constructor(
+    config: Config,
+    log: Logger,
+    private readonly observer: SequencerEvents,
+  ) {
     this.config = config;
     this.log = log;
     this.nodeId = config.nodeId ?? config.advertise ?? `${os.hostname()}-${process.pid}`;
@@ -136,7 +147,6 @@ class GroupNode implements GroupHandle {
   info(): Array<[string, string]> {
     const l = this.leadership;
     return [
-      ['role', l.role],
       ['leader', l.leaderAddress() ?? ''],
       ['leader_node_id', l.leaderNodeId() ?? ''],
       ['node_id', this.nodeId],
@@ -166,8 +176,11 @@ class GroupNode implements GroupHandle {
   }
 
   private notServing(): SequenceError {
-    if (this.leadership.role === 'leader' && this.loadError !== null) {
-      return new SequenceError('ERR', `persistence unavailable: ${this.loadError}`);
+    if (this.leadership.role === 'leader') {
+      if (this.loadError !== null) return new SequenceError('ERR', `persistence unavailable: ${this.loadError}`);
+      // Elected but still loading the marks: naming itself would send clients round
+      // in a loop; a bare NOTLEADER makes them wait and retry.
+      return new SequenceError('NOTLEADER', '');
     }
     return new SequenceError('NOTLEADER', this.leadership.leaderAddress() ?? '');
   }
@@ -223,11 +236,13 @@ class GroupNode implements GroupHandle {
       maxSequences: this.config.maxSequences,
       leadership: this.leadership,
       events: {
+        persisted: this.observer.persisted,
         fenced: (err) => {
           this.log.warn({ err: err.message, term: term.revision }, 'a write of marks was fenced; stepping down');
           void this.leadership.stepDown(`store write fenced: ${err.message}`, { term });
         },
         persistFailed: (err, retryInMs) => {
+          this.observer.persistFailed?.(err, retryInMs);
           const now = performance.now();
           if (this.persistFailingSince === null) {
             this.persistFailingSince = now;
@@ -242,6 +257,7 @@ class GroupNode implements GroupHandle {
           }
         },
         persistRecovered: (downForMs) => {
+          this.observer.persistRecovered?.(downForMs);
           this.persistFailingSince = null;
           this.log.info({ downForMs: Math.round(downForMs) }, 'writes of marks to etcd work again');
         },

@@ -5,14 +5,9 @@
 
 export const OK = '+OK\r\n';
 export const PONG = '+PONG\r\n';
-export const CRLF = '\r\n';
 
 export function integer(n: bigint): string {
   return `:${n}\r\n`;
-}
-
-export function simple(text: string): string {
-  return `+${oneLine(text)}\r\n`;
 }
 
 /** `-CODE message`; with an empty message only the code is sent (`-NOTLEADER`). */

@@ -43,6 +43,9 @@ interface Slot {
  */
 const IDLE_CHECKS = 4;
 
+/** Bytes a reply waiting for storage is counted as, for the output limit: about what it holds. */
+const PENDING_COST = 256;
+
 export class Connection {
   private readonly decoder = new Decoder();
   private readonly session: Session = newSession();
@@ -142,10 +145,18 @@ export class Connection {
     } else {
       const slot: Slot = { value: null };
       this.queue.push(slot);
+      // A waiting reply holds memory here and in the core before it has a byte to
+      // show: it counts against the output limit too, or a client could pipeline
+      // without bound while storage is slow.
+      this.owed += PENDING_COST;
+      if (this.owed > this.room) {
+        this.cutOff();
+        return;
+      }
       reply.then((value) => {
         if (value.charCodeAt(0) === 45 /* '-' */) this.stats.countError(value);
         slot.value = value;
-        this.owed += value.length;
+        this.owed += value.length - PENDING_COST;
         this.schedulePump();
       });
     }

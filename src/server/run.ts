@@ -13,7 +13,7 @@ import type { Store } from '../core/ports.js';
 import { FileStore } from '../store/file.js';
 import { SequencerServer } from './server.js';
 import { renderInfo } from './info.js';
-import { digestPassword } from '../commands/auth.js';
+import { digestConfiguredPassword } from '../commands/auth.js';
 import { COMMANDS, type Services } from '../commands/index.js';
 import { VERSION } from '../version.js';
 import { createLogger, type Logger } from '../log.js';
@@ -73,12 +73,15 @@ export async function startServer(config: Config, opts: StartOptions = {}): Prom
           ...(config.etcd.length > 0 ? { leader: () => backend.role() === 'leader' } : {}),
         });
   const authFailures = authFailureReporter(log, metrics);
-  const backend = await openBackend(config, log, sequencerEvents(log, metrics));
+  const backend = await openBackend(config, log, sequencerEvents(log, metrics), {
+    persisted: metrics?.persisted,
+    persistFailed: metrics ? () => metrics.persistFailed() : undefined,
+  });
 
   const services: Services = {
     source: backend.source,
     maxBatch: config.maxBatch,
-    passwordDigest: password === null ? null : digestPassword(password),
+    passwordDigest: password === null ? null : digestConfiguredPassword(password),
     info: () => {
       const p = backend.persistence();
       return renderInfo({
@@ -281,8 +284,13 @@ function authFailureReporter(log: Logger, metrics: Metrics | null): { failed(): 
   };
 }
 
-async function openBackend(config: Config, log: Logger, events: SequencerEvents): Promise<Backend> {
-  if (config.etcd.length > 0) return openGroup(config, log);
+async function openBackend(
+  config: Config,
+  log: Logger,
+  events: SequencerEvents,
+  metricsEvents: SequencerEvents,
+): Promise<Backend> {
+  if (config.etcd.length > 0) return openGroup(config, log, metricsEvents);
   if (config.inMemory) {
     const seq = new Sequencer({ store: null, initial: config.initial, reserve: 0n, maxSequences: config.maxSequences });
     await seq.open();
@@ -352,12 +360,12 @@ function advertisedAddress(config: Config): string {
   return `${wildcard ? os.hostname() : config.host}:${config.port}`;
 }
 
-async function openGroup(config: Config, log: Logger): Promise<Backend> {
+async function openGroup(config: Config, log: Logger, metricsEvents: SequencerEvents): Promise<Backend> {
   const advertise = advertisedAddress(config);
   // Loaded only in group mode: the etcd client and its gRPC stack cost a
   // standalone server about 20 MiB of memory for nothing.
   const { startGroup } = await import('../group/node.js');
-  const group = await startGroup(Object.freeze({ ...config, advertise }), log);
+  const group = await startGroup(Object.freeze({ ...config, advertise }), log, metricsEvents);
   return {
     source: group,
     mode: 'group',

@@ -10,6 +10,9 @@ import { test, after } from 'node:test';
 import type { TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
 import net from 'node:net';
 import { startServerProcess, type ServerProcess } from '../helpers/server-process.js';
 import { WireClient, resp } from '../helpers/wire.js';
@@ -550,5 +553,25 @@ test('live fuzz: mutated requests over many connections for 2 s; afterwards a fr
     assert.equal(s.child.exitCode, null, 'the server still runs');
   } finally {
     await stop(s);
+  }
+});
+
+test('replies waiting for storage count against the output limit: a deep pipeline in gapless mode is cut off, others served', async () => {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'dolmeangi-pending-'));
+  const s = await startServerProcess([`--data-dir=${dir}`, '--reserve=0', '--client-output-limit=65536']);
+  try {
+    const greedy = await WireClient.connect(s.port);
+    // 256 bytes are counted per waiting reply: 2,000 of them exceed 64 KiB.
+    greedy.send('GETSEQ\r\n'.repeat(2000));
+    await greedy.waitClosed(10_000);
+    assert.ok(greedy.text.split('\r\n').length < 2000, 'cut off before every reply was made');
+    const polite = await WireClient.connect(s.port);
+    polite.send('GETSEQ\r\n'.repeat(100));
+    await polite.until((t) => t.split('\r\n').length > 100, 10_000, '100 replies');
+    assert.ok(polite.text.split('\r\n').slice(0, 100).every((l) => /^:\d+$/.test(l)));
+    polite.close();
+  } finally {
+    assert.equal(await s.stop(), 0);
+    await rm(dir, { recursive: true, force: true });
   }
 });
