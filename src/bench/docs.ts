@@ -2,6 +2,7 @@
  * docs/benchmarks.md, generated from a run's results so that the page always
  * shows numbers that were measured together, on one machine, by one version.
  */
+import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { OPTIONS } from '../config.js';
 import { batchTable, clientTable, disturbedRuns, fmt, idleTable, matrixTable, metricsTable, ratioTable } from './report.js';
@@ -126,6 +127,10 @@ export function renderDocs(r: Results, files: { docs: string; chart: string; jso
       '',
     );
   }
+  // The targets and what limits them are written by hand beside the results,
+  // since they need judgement that a generator cannot supply.
+  const analysis = path.join(path.dirname(files.json), '..', 'targets.md');
+  if (existsSync(analysis)) add(readFileSync(analysis, 'utf8').trimEnd(), '');
   add(
     '## Reading these numbers',
     '',
