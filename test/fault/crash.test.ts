@@ -229,3 +229,28 @@ test('storage failure: numbers below the durable mark still served, then -ERR pe
     await mkdir(tmpdir(), { recursive: true });
   }
 });
+
+test('SIGTERM answers the requests already read, even those waiting for fsync, then restarts with no gap', async () => {
+  const dir = await tempDir();
+  try {
+    const a = await start([`--data-dir=${dir}`, '--reserve=0']);
+    const c = await WireClient.connect(a.port);
+    c.send('GETSEQ\r\n'.repeat(500));
+    await c.until((t) => t.length > 0, 10_000, 'the first reply');
+    a.child.kill('SIGTERM');
+    await c.waitClosed(10_000);
+    const lines = c.text.split('\r\n').filter((l) => l !== '');
+    const numbers = lines.filter((l) => l.startsWith(':')).map((l) => BigInt(l.slice(1)));
+    assert.deepEqual(numbers, numbers.map((_, i) => BigInt(i + 1)), 'numbers in order, none skipped');
+    for (const l of lines.slice(numbers.length)) assert.match(l, /^-ERR server is shutting down/);
+    assert.equal(await a.exited, 0);
+    const b = await start([`--data-dir=${dir}`]);
+    const d = await WireClient.connect(b.port);
+    d.send('GETSEQ\r\n');
+    await d.expect(`:${numbers.length + 1}\r\n`);
+    d.close();
+    assert.equal(await b.stop(), 0);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});

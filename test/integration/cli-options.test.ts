@@ -4,7 +4,10 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { runCli, startServerProcess } from '../helpers/server-process.js';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { createInterface } from 'node:readline';
+import { CLI, runCli, startServerProcess } from '../helpers/server-process.js';
 import { OPTIONS } from '../../src/config.js';
 import { WireClient } from '../helpers/wire.js';
 
@@ -92,5 +95,32 @@ test('a port already in use stops start-up with a clear message', async () => {
     assert.match(r.stderr, new RegExp(`cannot listen for clients on 127.0.0.1:${s.port}: the address is already in use`));
   } finally {
     assert.equal(await s.stop(), 0);
+  }
+});
+
+test('with no options the server listens on 0.0.0.0:10001 (the defaults of the original design)', async () => {
+  // startServerProcess pins host and port; this runs the CLI as `npm start` would.
+  const child = spawn(process.execPath, [CLI, 'sequencer', '--in-memory', '--metrics-port=0'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  try {
+    const line = await new Promise<Record<string, unknown>>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error('no listening line within 10 s')), 10_000);
+      createInterface({ input: child.stdout }).on('line', (text) => {
+        const l = JSON.parse(text) as Record<string, unknown>;
+        if (l.msg === 'listening') {
+          clearTimeout(timer);
+          resolve(l);
+        }
+      });
+      child.once('exit', (code) => reject(new Error(`exited with ${code}`)));
+    });
+    assert.equal(line.host, '0.0.0.0');
+    assert.equal(line.port, 10001);
+    const c = await WireClient.connect(10001);
+    c.send('GETSEQ\r\n');
+    await c.expect(':1\r\n');
+    c.close();
+  } finally {
+    child.kill('SIGTERM');
+    await once(child, 'exit');
   }
 });
