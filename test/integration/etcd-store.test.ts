@@ -199,7 +199,8 @@ describe('etcd store', () => {
     assert.equal(refusal(b)?.code, 'NOTLEADER');
     assert.match(b.ready().reason, /follower; the leader is 127\.0\.0\.1:7101/);
     assert.deepEqual(b.snapshot(), []);
-    assert.equal(Object.fromEntries(a.info()).role, 'leader');
+    assert.equal(a.leadership.role, 'leader');
+    assert.equal(Object.fromEntries(a.info()).leader, '127.0.0.1:7101');
 
     const seen: bigint[] = [];
     for (let i = 0; i < 20; i++) seen.push(await take(a));
