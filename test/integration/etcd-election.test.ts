@@ -193,6 +193,34 @@ describe('etcd leadership', () => {
     const ttl = await direct.leaseClient.leaseTimeToLive({ ID: leaseId });
     assert.equal(Number(ttl.TTL), -1, 'the lease no longer exists');
   });
+
+  // The two guards of group mode, each on its own: the serving deadline is checked
+  // on every request, not only by a timer; the write is fenced on the leader key,
+  // not only on the store's own last write.
+  test('canServe turns false the moment the serving deadline passes, even before any timer runs', async () => {
+    const prefix = freshPrefix();
+    const a = await startNode(prefix, 'a');
+    await waitFor(() => a.leadership.canServe(), 'a to lead');
+    // Block the event loop (as a GC pause or SIGSTOP would) past the whole TTL: no timer can fire.
+    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 2500);
+    assert.equal(a.leadership.canServe(), false);
+  });
+
+  test('a deposed leader cannot write even before the new leader has written anything', async () => {
+    const prefix = freshPrefix();
+    const a = await startNode(prefix, 'a');
+    await waitFor(() => a.leadership.canServe(), 'a to lead');
+    const oldStore = new EtcdStore(a.client, prefix, a.leadership.term!);
+    await oldStore.load();
+    await oldStore.persist(new Map([['s', 100n]]));
+    const b = await startNode(prefix, 'b');
+    await a.leadership.resign();
+    await waitFor(() => b.leadership.canServe(), 'b to lead');
+    const newStore = new EtcdStore(b.client, prefix, b.leadership.term!);
+    assert.deepEqual(await newStore.load(), new Map([['s', 100n]]));
+    await assert.rejects(oldStore.persist(new Map([['s', 150n]])), { name: 'FencedError' });
+    assert.equal(await direct.get(`${prefix}marks/s`).string(), '100');
+  });
 });
 
 describe('etcd with authentication', () => {
