@@ -5,6 +5,7 @@
  * anywhere, and each byte is examined a bounded number of times, so a slow or
  * hostile sender costs linear work and bounded memory.
  */
+import { CarryBuffer } from './carry-buffer.js';
 
 export const MAX_LINE = 64 * 1024;
 export const MAX_BULK = 64 * 1024;
@@ -46,9 +47,7 @@ type State = (typeof S)[keyof typeof S];
 
 export class Decoder {
   private state: State = S.Start;
-  /** Unconsumed bytes carried over from earlier chunks: pending[0..pendingLen). */
-  private pending: Buffer = Buffer.alloc(0);
-  private pendingLen = 0;
+  private readonly carry = new CarryBuffer(4096);
   /** Offset (from the start of the unconsumed bytes) where the LF search resumes. */
   private scan = 0;
   private expected = 0;
@@ -62,16 +61,7 @@ export class Decoder {
    */
   feed(chunk: Buffer, sink: FrameSink): ProtocolError | null {
     if (this.state === S.Failed) return null;
-    let buf: Buffer;
-    let end: number;
-    if (this.pendingLen === 0) {
-      buf = chunk;
-      end = chunk.length;
-    } else {
-      this.append(chunk);
-      buf = this.pending;
-      end = this.pendingLen;
-    }
+    const { buf, end } = this.carry.take(chunk);
     let pos = 0;
     let err: ProtocolError | null = null;
     for (;;) {
@@ -83,7 +73,8 @@ export class Decoder {
       }
       pos = r;
     }
-    this.keep(buf, pos, end);
+    if (err !== null) this.carry.clear();
+    else this.carry.keep(buf, pos, end);
     return err;
   }
 
@@ -186,39 +177,10 @@ export class Decoder {
     }
   }
 
-  /** Keeps buf[pos..end) for the next chunk, in a buffer that grows geometrically. */
-  private keep(buf: Buffer, pos: number, end: number): void {
-    const rest = end - pos;
-    if (rest === 0 || this.state === S.Failed) {
-      this.pendingLen = 0;
-      if (this.pending.length > 4096) this.pending = Buffer.alloc(0);
-      return;
-    }
-    if (buf === this.pending) {
-      if (pos > 0) this.pending.copyWithin(0, pos, end);
-    } else {
-      this.ensure(rest);
-      buf.copy(this.pending, 0, pos, end);
-    }
-    this.pendingLen = rest;
-  }
-
-  private append(chunk: Buffer): void {
-    this.ensure(this.pendingLen + chunk.length);
-    chunk.copy(this.pending, this.pendingLen);
-    this.pendingLen += chunk.length;
-  }
-
-  private ensure(size: number): void {
-    if (this.pending.length >= size) return;
-    const grown = Buffer.allocUnsafe(Math.max(size, this.pending.length * 2, 256));
-    this.pending.copy(grown, 0, 0, this.pendingLen);
-    this.pending = grown;
-  }
 
   /** Bytes held for an incomplete frame; bounded by the protocol limits. */
   get buffered(): number {
-    return this.pendingLen;
+    return this.carry.length;
   }
 }
 

@@ -5,6 +5,7 @@
  *
  * Text is decoded as latin1 (one char per byte), as the server encodes it.
  */
+import { CarryBuffer } from './carry-buffer.js';
 
 /** One decoded reply. Integers are exact bigints, parsed from their digits. */
 export type Reply =
@@ -69,9 +70,7 @@ const FAILED = -2;
 export class ReplyDecoder {
   private readonly limits: ReplyDecoderLimits;
   private state = S.Line;
-  /** Unconsumed bytes carried over from earlier chunks: pending[0..pendingLen). */
-  private pending: Buffer = Buffer.alloc(0);
-  private pendingLen = 0;
+  private readonly carry = new CarryBuffer(65536);
   /** Offset from the start of the unconsumed bytes where the LF search resumes. */
   private scan = 0;
   private bulkLen = 0;
@@ -90,16 +89,7 @@ export class ReplyDecoder {
    */
   feed(chunk: Buffer, sink: ReplySink): string | null {
     if (this.state === S.Failed) return null;
-    let buf: Buffer;
-    let end: number;
-    if (this.pendingLen === 0) {
-      buf = chunk;
-      end = chunk.length;
-    } else {
-      this.append(chunk);
-      buf = this.pending;
-      end = this.pendingLen;
-    }
+    const { buf, end } = this.carry.take(chunk);
     let pos = 0;
     for (;;) {
       const next = this.step(buf, pos, end, sink);
@@ -107,15 +97,14 @@ export class ReplyDecoder {
       if (next === FAILED) return this.failure;
       pos = next;
     }
-    this.keep(buf, pos, end);
+    this.carry.keep(buf, pos, end);
     return null;
   }
 
   private fail(detail: string): typeof FAILED {
     this.state = S.Failed;
     this.failure = detail;
-    this.pending = Buffer.alloc(0);
-    this.pendingLen = 0;
+    this.carry.clear();
     this.arrays.length = 0;
     return FAILED;
   }
@@ -207,35 +196,6 @@ export class ReplyDecoder {
     }
   }
 
-  /** Keeps buf[pos..end) for the next chunk, in a buffer that grows geometrically. */
-  private keep(buf: Buffer, pos: number, end: number): void {
-    const rest = end - pos;
-    if (rest === 0) {
-      this.pendingLen = 0;
-      if (this.pending.length > 64 * 1024) this.pending = Buffer.alloc(0);
-      return;
-    }
-    if (buf === this.pending) {
-      if (pos > 0) this.pending.copyWithin(0, pos, end);
-    } else {
-      this.ensure(rest);
-      buf.copy(this.pending, 0, pos, end);
-    }
-    this.pendingLen = rest;
-  }
-
-  private append(chunk: Buffer): void {
-    this.ensure(this.pendingLen + chunk.length);
-    chunk.copy(this.pending, this.pendingLen);
-    this.pendingLen += chunk.length;
-  }
-
-  private ensure(size: number): void {
-    if (this.pending.length >= size) return;
-    const grown = Buffer.allocUnsafe(Math.max(size, this.pending.length * 2, 256));
-    this.pending.copy(grown, 0, 0, this.pendingLen);
-    this.pending = grown;
-  }
 }
 
 /** `-1` or 1-10 digits; null for anything else. Fits a number exactly. */
