@@ -190,6 +190,21 @@ describe('etcd store', () => {
     assert.equal(await direct.get(`${prefix}marks/s`).string(), '30');
   });
 
+  test('two groups on one etcd under different prefixes lead and count independently', async () => {
+    const [p1, p2] = [freshPrefix(), freshPrefix()];
+    const a = await group(p1, 'a', 7201, ['--initial=1', '--reserve=0']);
+    const b = await group(p2, 'b', 7202, ['--initial=1000', '--reserve=0']);
+    await waitFor(() => a.ready().ok && b.ready().ok, 'both groups to have a leader');
+    assert.equal(await take(a), 1n);
+    assert.equal(await take(b), 1000n);
+    assert.equal(await take(a), 2n);
+    assert.equal(await take(b), 1001n);
+    // Each group's mark lives under its own prefix and covers only its own numbers.
+    const m1 = BigInt((await direct.get(`${p1}marks/default`).string())!);
+    const m2 = BigInt((await direct.get(`${p2}marks/default`).string())!);
+    assert.deepEqual([m1, m2], [3n, 1002n]);
+  });
+
   test('two members: unique increasing numbers across a clean handover, with no gap', async () => {
     const prefix = freshPrefix();
     const a = await group(prefix, 'a', 7101, ['--reserve=1000']);
