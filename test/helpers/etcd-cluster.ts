@@ -6,9 +6,11 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { accessSync, constants, mkdtempSync, rmSync } from 'node:fs';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import { freePorts } from './ports.js';
+
+
 
 export interface EtcdClusterOptions {
   /** 1 or 3 members (default 1). */
@@ -88,23 +90,6 @@ export function findEtcd(): string {
   throw new Error("etcd not found on PATH: install it with 'apt-get install -y etcd-server' (Debian)");
 }
 
-/** Reserves `n` distinct free ports by binding them all at once, then releases them. */
-async function freePorts(n: number): Promise<number[]> {
-  const servers: net.Server[] = [];
-  try {
-    for (let i = 0; i < n; i++) {
-      const s = net.createServer();
-      servers.push(s);
-      await new Promise<void>((resolve, reject) => {
-        s.once('error', reject);
-        s.listen(0, '127.0.0.1', () => resolve());
-      });
-    }
-    return servers.map((s) => (s.address() as net.AddressInfo).port);
-  } finally {
-    await Promise.all(servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
-  }
-}
 
 export async function startEtcdCluster(opts: EtcdClusterOptions = {}): Promise<EtcdCluster> {
   const binary = findEtcd();
@@ -303,15 +288,3 @@ async function tryStart(binary: string, opts: EtcdClusterOptions): Promise<EtcdC
   };
 }
 
-/**
- * Polls `check` every few milliseconds until it returns true; rejects naming
- * `what` at the deadline. Tests wait on conditions, never on fixed sleeps.
- */
-export async function waitFor(check: () => boolean | Promise<boolean>, what: string, timeoutMs = 10_000): Promise<void> {
-  const deadline = performance.now() + timeoutMs;
-  for (;;) {
-    if (await check()) return;
-    if (performance.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
-}

@@ -2,22 +2,12 @@
  * A group of dolmeangi processes on one etcd cluster, each reaching every etcd
  * member through its own TCP proxies so a test can cut one node off from etcd.
  */
-import net from 'node:net';
 import { startServerProcess, type ServerProcess } from './server-process.js';
 import { startTcpProxy, type TcpProxy } from './tcp-proxy.js';
 import type { EtcdCluster } from './etcd-cluster.js';
 import { WireClient } from './wire.js';
+import { freePort } from './ports.js';
 
-export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 export interface GroupNodeProcess {
   readonly id: string;

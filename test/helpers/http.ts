@@ -4,7 +4,6 @@
  * Prometheus text format.
  */
 import http from 'node:http';
-import net from 'node:net';
 
 export interface HttpReply {
   readonly status: number;
@@ -27,17 +26,6 @@ export function request(url: string, method = 'GET', timeoutMs = 5000): Promise<
   });
 }
 
-/** A port that was free a moment ago (bind to it soon: another process may take it). */
-export async function freePort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', resolve);
-  });
-  const port = (server.address() as net.AddressInfo).port;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
-}
 
 /** Samples by series as written, e.g. `dolmeangi_requests_total{command="getseq"}` -> 4. */
 export function parseMetrics(text: string): Map<string, number> {

@@ -120,11 +120,3 @@ export function counterScript(start = 1n): Script {
   };
 }
 
-/** Polls `condition` until it holds, failing after `timeoutMs`: a deadline, never a fixed sleep. */
-export async function waitFor(condition: () => boolean, what: string, timeoutMs = 5000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!condition()) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 5));
-  }
-}

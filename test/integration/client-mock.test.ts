@@ -17,7 +17,9 @@ import {
   type SequencerClientOptions,
 } from '../../src/index.js';
 import { makeCerts } from '../helpers/certs.js';
-import { counterScript, startMockServer, waitFor, type MockServer, type Script } from '../helpers/mock-server.js';
+import { counterScript, startMockServer, type MockServer, type Script } from '../helpers/mock-server.js';
+import { freePort } from '../helpers/ports.js';
+import { waitFor } from '../helpers/wait.js';
 
 const servers: MockServer[] = [];
 const clients: SequencerClient[] = [];
@@ -38,14 +40,6 @@ function client(options: SequencerClientOptions): SequencerClient {
   return c;
 }
 
-/** A port nothing listens on. */
-async function freePort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as net.AddressInfo;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
-}
 
 test('pipelined calls share one connection, leave in few writes, and get their own replies', async () => {
   const server = await mock(counterScript());

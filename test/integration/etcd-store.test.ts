@@ -15,7 +15,8 @@ import { PersistenceError, StateCorruptError } from '../../src/errors.js';
 import { startGroup, type GroupHandle } from '../../src/group/node.js';
 import { silentLogger } from '../../src/log.js';
 import { EtcdStore } from '../../src/store/etcd.js';
-import { startEtcdCluster, waitFor, type EtcdCluster } from '../helpers/etcd-cluster.js';
+import { startEtcdCluster, type EtcdCluster } from '../helpers/etcd-cluster.js';
+import { waitFor } from '../helpers/wait.js';
 import { startTcpProxy, type TcpProxy } from '../helpers/tcp-proxy.js';
 
 const conn = (endpoints: readonly string[]): EtcdConnection => ({ endpoints, username: null, password: null });

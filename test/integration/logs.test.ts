@@ -10,7 +10,8 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { startServerProcess, type ServerProcess } from '../helpers/server-process.js';
 import { WireClient } from '../helpers/wire.js';
-import { freePort, parseMetrics, request } from '../helpers/http.js';
+import { parseMetrics, request } from '../helpers/http.js';
+import { freePort } from '../helpers/ports.js';
 import { VERSION } from '../../src/version.js';
 
 const servers: ServerProcess[] = [];

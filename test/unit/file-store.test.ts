@@ -265,7 +265,9 @@ test('a snapshot with a bad magic, checksum, version or length is corruption', a
   for (const [what, mutate, detail] of mutations) {
     const { dir, p } = await populated(t);
     await writeFile(p.snapshot, mutate(await readFile(p.snapshot)));
-    await assertCorrupt(dir, p.snapshot, detail);
+    await assertCorrupt(dir, p.snapshot, detail).catch((err: Error) => {
+      throw new Error(`${what}: ${err.message}`, { cause: err });
+    });
   }
 });
 
