@@ -278,15 +278,18 @@ export class Sequencer implements SequenceSource {
 
   private gate(): SequenceError | null {
     if (this.state !== 'serving') {
-      if (this.state === 'aborted') return new SequenceError('NOTLEADER', this.leadership?.leaderAddress() ?? '');
+      if (this.state === 'aborted') return this.notLeader();
       if (this.state === 'new') return new SequenceError('ERR', 'server is starting; retry shortly');
       // While closing, requests already read are still answered from memory.
       if (this.state !== 'closing') return SHUTTING_DOWN;
     }
-    if (this.leadership !== undefined && !this.leadership.canServe()) {
-      return new SequenceError('NOTLEADER', this.leadership.leaderAddress() ?? '');
-    }
+    if (this.leadership !== undefined && !this.leadership.canServe()) return this.notLeader();
     return null;
+  }
+
+  /** NOTLEADER naming the leader when one is known (an empty message otherwise). */
+  private notLeader(): SequenceError {
+    return new SequenceError('NOTLEADER', this.leadership?.leaderAddress() ?? '');
   }
 
   private createNew(name: string): Seq | undefined {
@@ -379,7 +382,7 @@ export class Sequencer implements SequenceSource {
     const error = err instanceof Error ? err : new Error(String(err));
     if (isFenced(error)) {
       this.events.fenced?.(error);
-      this.abort(new SequenceError('NOTLEADER', this.leadership?.leaderAddress() ?? ''));
+      this.abort(this.notLeader());
       return;
     }
     if (this.failure === null) this.failingSince = this.now();

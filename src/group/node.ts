@@ -30,7 +30,7 @@ import { EtcdStore } from '../store/etcd.js';
 export interface GroupHandle extends SequenceSource {
   readonly leadership: Leadership;
   /** For /readyz: ok only while this node leads, has loaded its state and its lease is surely alive. */
-  ready(): { ok: boolean; reason: string };
+  readiness(): { ready: boolean; reason: string };
   /** Extra INFO lines: role, leader, node_id, etcd endpoints, prefix, term. */
   info(): Array<[string, string]>;
   /** Why etcd writes are failing right now, or null. */
@@ -128,20 +128,20 @@ class GroupNode implements GroupHandle {
     return this.sequencer?.persistenceFailure ?? null;
   }
 
-  ready(): { ok: boolean; reason: string } {
-    if (this.closing) return { ok: false, reason: 'shutting down' };
+  readiness(): { ready: boolean; reason: string } {
+    if (this.closing) return { ready: false, reason: 'shutting down' };
     const l = this.leadership;
     if (l.role !== 'leader') {
       const leader = l.leaderAddress();
-      if (leader !== null) return { ok: false, reason: `follower; the leader is ${leader}` };
+      if (leader !== null) return { ready: false, reason: `follower; the leader is ${leader}` };
       const trouble = l.etcdProblem;
-      return { ok: false, reason: trouble ? `no leader known; ${trouble}` : 'no leader elected yet' };
+      return { ready: false, reason: trouble ? `no leader known; ${trouble}` : 'no leader elected yet' };
     }
     if (this.sequencer === null) {
-      return { ok: false, reason: this.loadError ? `leader, cannot load marks: ${this.loadError}` : 'leader, loading marks from etcd' };
+      return { ready: false, reason: this.loadError ? `leader, cannot load marks: ${this.loadError}` : 'leader, loading marks from etcd' };
     }
-    if (!l.canServe()) return { ok: false, reason: 'leader, but the lease is not confirmed by etcd' };
-    return { ok: true, reason: 'leader' };
+    if (!l.canServe()) return { ready: false, reason: 'leader, but the lease is not confirmed by etcd' };
+    return { ready: true, reason: 'leader' };
   }
 
   info(): Array<[string, string]> {

@@ -29,11 +29,16 @@ export interface RunningServer {
   readonly source: SequenceSource;
   readonly mode: 'in-memory' | 'durable' | 'group';
   /** Whether this node can hand out numbers now, and if not, why (for /readyz). */
-  readiness(): { ready: boolean; reason: string };
+  readiness(): Readiness;
   /** Storage health, as INFO reports it. */
   persistence(): { state: 'ok' | 'failing' | 'none'; error: string | null };
   /** Clean stop: stop accepting, answer what was read, persist exact next numbers. */
   close(): Promise<void>;
+}
+
+export interface Readiness {
+  readonly ready: boolean;
+  readonly reason: string;
 }
 
 export interface StartOptions {
@@ -45,8 +50,9 @@ interface Backend {
   readonly mode: 'in-memory' | 'durable' | 'group';
   readonly store: string;
   role(): string;
-  persistence(): { state: 'ok' | 'failing' | 'none'; error: string | null };
-  readiness(): { ready: boolean; reason: string };
+  /** Why storage writes fail right now, or null (always null in memory). */
+  persistenceFailure(): string | null;
+  readiness(): Readiness;
   extraInfo(): Array<[string, string]>;
   close(): Promise<void>;
 }
@@ -69,10 +75,15 @@ export async function startServer(config: Config, opts: StartOptions = {}): Prom
           commands: () => server!.stats,
           connections: () => ({ open: server!.connectionCount, ...server!.counters }),
           ready: () => backend.readiness().ready,
-          persistenceUp: () => backend.persistence().state !== 'failing',
+          persistenceUp: () => backend.persistenceFailure() === null,
           ...(config.etcd.length > 0 ? { leader: () => backend.role() === 'leader' } : {}),
         });
   const authFailures = authFailureReporter(log, metrics);
+  const persistence = (): { state: 'ok' | 'failing' | 'none'; error: string | null } => {
+    if (backend.mode === 'in-memory') return { state: 'none', error: null };
+    const error = backend.persistenceFailure();
+    return { state: error === null ? 'ok' : 'failing', error };
+  };
   const backend = await openBackend(config, log, sequencerEvents(log, metrics), {
     persisted: metrics?.persisted,
     persistFailed: metrics ? () => metrics.persistFailed() : undefined,
@@ -83,7 +94,7 @@ export async function startServer(config: Config, opts: StartOptions = {}): Prom
     maxBatch: config.maxBatch,
     passwordDigest: password === null ? null : digestConfiguredPassword(password),
     info: () => {
-      const p = backend.persistence();
+      const p = persistence();
       return renderInfo({
         version: VERSION,
         mode: backend.mode,
@@ -169,7 +180,7 @@ export async function startServer(config: Config, opts: StartOptions = {}): Prom
     source: backend.source,
     mode: backend.mode,
     readiness: () => backend.readiness(),
-    persistence: () => backend.persistence(),
+    persistence,
     close() {
       closing ??= (async () => {
         log.info('shutting down: no new connections, answering requests already read');
@@ -299,7 +310,7 @@ async function openBackend(
       mode: 'in-memory',
       store: 'memory',
       role: () => 'standalone',
-      persistence: () => ({ state: 'none', error: null }),
+      persistenceFailure: () => null,
       readiness: () => ({ ready: true, reason: 'serving from memory' }),
       extraInfo: () => [],
       close: async () => {
@@ -333,10 +344,7 @@ async function openBackend(
     mode: 'durable',
     store: store.description,
     role: () => 'standalone',
-    persistence: () => {
-      const e = seq.persistenceFailure;
-      return { state: e === null ? 'ok' : 'failing', error: e };
-    },
+    persistenceFailure: () => seq.persistenceFailure,
     readiness: () => {
       const e = seq.persistenceFailure;
       return e === null ? { ready: true, reason: 'serving' } : { ready: false, reason: e };
@@ -371,14 +379,8 @@ async function openGroup(config: Config, log: Logger, metricsEvents: SequencerEv
     mode: 'group',
     store: `etcd:${config.etcd.join(',')}${config.etcdPrefix}`,
     role: () => group.leadership.role,
-    persistence: () => {
-      const e = group.persistenceFailure();
-      return { state: e === null ? 'ok' : 'failing', error: e };
-    },
-    readiness: () => {
-      const r = group.ready();
-      return { ready: r.ok, reason: r.reason };
-    },
+    persistenceFailure: () => group.persistenceFailure(),
+    readiness: () => group.readiness(),
     extraInfo: () => [['advertise', advertise], ...group.info()],
     close: () => group.close(),
   };

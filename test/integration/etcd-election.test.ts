@@ -263,6 +263,6 @@ describe('etcd with authentication', () => {
   test('the right credentials lead', async () => {
     const h = await startGroup(config('--etcd-username=root', '--etcd-password=s3cret'), silentLogger());
     handles.push(h);
-    await waitFor(() => h.ready().ok, 'the node to serve');
+    await waitFor(() => h.readiness().ready, 'the node to serve');
   });
 });

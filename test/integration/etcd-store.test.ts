@@ -195,7 +195,7 @@ describe('etcd store', () => {
     const [p1, p2] = [freshPrefix(), freshPrefix()];
     const a = await group(p1, 'a', 7201, ['--initial=1', '--reserve=0']);
     const b = await group(p2, 'b', 7202, ['--initial=1000', '--reserve=0']);
-    await waitFor(() => a.ready().ok && b.ready().ok, 'both groups to have a leader');
+    await waitFor(() => a.readiness().ready && b.readiness().ready, 'both groups to have a leader');
     assert.equal(await take(a), 1n);
     assert.equal(await take(b), 1000n);
     assert.equal(await take(a), 2n);
@@ -209,11 +209,11 @@ describe('etcd store', () => {
   test('two members: unique increasing numbers across a clean handover, with no gap', async () => {
     const prefix = freshPrefix();
     const a = await group(prefix, 'a', 7101, ['--reserve=1000']);
-    await waitFor(() => a.ready().ok, 'a to serve');
+    await waitFor(() => a.readiness().ready, 'a to serve');
     const b = await group(prefix, 'b', 7102, ['--reserve=1000']);
-    await waitFor(() => a.ready().ok && refusal(b)?.message === '127.0.0.1:7101', 'b to redirect to a');
+    await waitFor(() => a.readiness().ready && refusal(b)?.message === '127.0.0.1:7101', 'b to redirect to a');
     assert.equal(refusal(b)?.code, 'NOTLEADER');
-    assert.match(b.ready().reason, /follower; the leader is 127\.0\.0\.1:7101/);
+    assert.match(b.readiness().reason, /follower; the leader is 127\.0\.0\.1:7101/);
     assert.deepEqual(b.snapshot(), []);
     assert.equal(a.leadership.role, 'leader');
     assert.equal(Object.fromEntries(a.info()).leader, '127.0.0.1:7101');
@@ -225,7 +225,7 @@ describe('etcd store', () => {
     const other = await take(a, 'orders');
 
     await a.close();
-    await waitFor(() => b.ready().ok, 'b to take over');
+    await waitFor(() => b.readiness().ready, 'b to take over');
     assert.equal(b.current('default'), seen.at(-1)! + 1n, 'no gap after a clean handover');
     for (let i = 0; i < 5; i++) seen.push(await take(b));
     assert.equal(await take(b, 'orders'), other + 1n);
@@ -235,7 +235,7 @@ describe('etcd store', () => {
   test('a leader whose writes keep failing for longer than its lease steps down, and leads again once etcd takes writes', async () => {
     const prefix = freshPrefix();
     const a = await group(prefix, 'a', 7401, ['--reserve=0']);
-    await waitFor(() => a.ready().ok, 'a to serve');
+    await waitFor(() => a.readiness().ready, 'a to serve');
     const last = await take(a);
     // etcd's "database space exceeded" alarm refuses writes while leases still renew.
     const memberID = (await direct.maintenance.status({})).header.member_id;
@@ -243,11 +243,11 @@ describe('etcd store', () => {
     try {
       await assert.rejects(take(a), /-ERR persistence unavailable: writing marks in etcd: .*database space exceeded/);
       await waitFor(() => a.leadership.role !== 'leader', 'a to step down', 8000);
-      assert.equal(a.ready().ok, false);
+      assert.equal(a.readiness().ready, false);
     } finally {
       await direct.maintenance.alarm({ action: AlarmAction.Deactivate, memberID, alarm: AlarmType.Nospace });
     }
-    await waitFor(() => a.ready().ok, 'a to lead again', 8000);
+    await waitFor(() => a.readiness().ready, 'a to lead again', 8000);
     assert.equal(await take(a), last + 1n, 'the refused request took no number');
   });
 
@@ -256,7 +256,7 @@ describe('etcd store', () => {
       const prefix = freshPrefix();
       const p = await proxy();
       const a = await group(prefix, 'a', 7201, [`--reserve=${reserve}`], p.url);
-      await waitFor(() => a.ready().ok, 'a to serve');
+      await waitFor(() => a.readiness().ready, 'a to serve');
       const b = await group(prefix, 'b', 7202, [`--reserve=${reserve}`]);
       await waitFor(() => refusal(b)?.message === '127.0.0.1:7201', 'b to redirect to a');
 
@@ -269,7 +269,7 @@ describe('etcd store', () => {
 
       p.blackhole(true);
       await waitFor(() => refusal(a)?.code === 'NOTLEADER', 'a to stop serving by itself', 3000);
-      await waitFor(() => b.ready().ok, 'b to take over', 8000);
+      await waitFor(() => b.readiness().ready, 'b to take over', 8000);
       const first = await take(b);
       assert.ok(first > last, `${first} follows ${last}`);
       assert.ok(first - last - 1n <= reserve, `skipped ${first - last - 1n}, at most ${reserve}`);
@@ -326,7 +326,7 @@ describe('group on a three-member etcd', () => {
     ]);
     const a = await startGroup(config, silentLogger());
     handles.push(a);
-    await waitFor(() => a.ready().ok, 'a to serve');
+    await waitFor(() => a.readiness().ready, 'a to serve');
     const etcdLeader = await cluster.leaderIndex();
     assert.notEqual(etcdLeader, null);
     const victim = (etcdLeader! + 1) % 3;
