@@ -34,6 +34,20 @@ const label = (id: ServerId) => SERVERS[id].label;
 const cellName = (c: Cell) => `-c ${c.clients} -P ${c.pipeline}`;
 const sameCell = (a: Cell, b: Cell) => a.clients === b.clients && a.pipeline === b.pipeline;
 
+/** server, -c, -P, req/s and CPU µs/req, each with its ratio to Redis: the columns every matrix table opens with. */
+function throughputCells(r: Results, m: Results['matrix'][number]): string[] {
+  const ratio = r.ratios.find((x) => x.server === m.server && sameCell(x, m));
+  return [
+    label(m.server),
+    String(m.clients),
+    String(m.pipeline),
+    fmt.count(m.rps),
+    ratio ? fmt.ratio(ratio.rps) : '',
+    fmt.us(m.cpuUsPerRequest),
+    ratio ? fmt.ratio(ratio.cpu) : '',
+  ];
+}
+
 export function matrixTable(r: Results): string {
   const order = Object.keys(SERVERS) as ServerId[];
   const rows = [...r.matrix].sort(
@@ -41,22 +55,13 @@ export function matrixTable(r: Results): string {
   );
   return table(
     ['server', '-c', '-P', 'req/s', 'vs Redis', 'CPU µs/req', 'CPU vs Redis', 'p50 ms', 'p99 ms', 'RSS MiB', 'others %'],
-    rows.map((m) => {
-      const ratio = r.ratios.find((x) => x.server === m.server && sameCell(x, m));
-      return [
-        label(m.server),
-        String(m.clients),
-        String(m.pipeline),
-        fmt.count(m.rps),
-        ratio ? fmt.ratio(ratio.rps) : '',
-        fmt.us(m.cpuUsPerRequest),
-        ratio ? fmt.ratio(ratio.cpu) : '',
+    rows.map((m) => [
+        ...throughputCells(r, m),
         fmt.ms(m.p50Ms),
         fmt.ms(m.p99Ms),
         fmt.mib(m.rssBytes),
         fmt.others(m.otherCpuPercent),
-      ];
-    }),
+      ]),
     ['l', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r'],
   );
 }
@@ -133,19 +138,7 @@ export function quickTable(r: Results): string {
   const rows = [...r.matrix].sort((a, b) => a.pipeline - b.pipeline);
   return table(
     ['server', '-c', '-P', 'req/s', 'vs Redis', 'CPU µs/req', 'CPU vs Redis', 'others %'],
-    rows.map((m) => {
-      const ratio = r.ratios.find((x) => x.server === m.server && sameCell(x, m));
-      return [
-        label(m.server),
-        String(m.clients),
-        String(m.pipeline),
-        fmt.count(m.rps),
-        ratio ? fmt.ratio(ratio.rps) : '',
-        fmt.us(m.cpuUsPerRequest),
-        ratio ? fmt.ratio(ratio.cpu) : '',
-        fmt.others(m.otherCpuPercent),
-      ];
-    }),
+    rows.map((m) => [...throughputCells(r, m), fmt.others(m.otherCpuPercent)]),
     ['l', 'r', 'r', 'r', 'r', 'r', 'r', 'r'],
   );
 }
