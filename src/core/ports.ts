@@ -31,11 +31,11 @@ export interface Store {
 }
 
 /**
- * Who may hand out numbers. A single node always may; in a group only the
- * leader, and only while its lease is surely alive.
+ * Who may hand out numbers in a group: only the leader, and only while its
+ * lease is surely alive. A single node has no Leadership and always may.
  */
 export interface Leadership {
-  readonly role: 'standalone' | 'leader' | 'follower' | 'candidate';
+  readonly role: 'leader' | 'follower' | 'candidate';
   /** Cheap enough to call per request: a monotonic-clock comparison, no I/O. */
   canServe(): boolean;
   /** The leader's advertised host:port, or null when none is known. */

@@ -162,10 +162,6 @@ export class Sequencer implements SequenceSource {
     return this.failure?.message ?? null;
   }
 
-  get serving(): boolean {
-    return this.state === 'serving';
-  }
-
   allocate(name: string, count: bigint): bigint | SequenceError | Promise<bigint> {
     const refusal = this.gate();
     if (refusal) return refusal;

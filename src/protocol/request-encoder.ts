@@ -11,7 +11,3 @@ export function encodeCommand(words: readonly string[]): string {
   for (const word of words) out += `$${Buffer.byteLength(word, 'utf8')}\r\n${word}\r\n`;
   return out;
 }
-
-export function encodeCommandBuffer(words: readonly string[]): Buffer {
-  return Buffer.from(encodeCommand(words), 'utf8');
-}
