@@ -205,6 +205,8 @@ describe('etcd leadership', () => {
     // Block the event loop (as a GC pause or SIGSTOP would) past the whole TTL: no timer can fire.
     Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 2500);
     assert.equal(a.leadership.canServe(), false);
+    // Nor does it name itself to clients: that would send them round in a loop.
+    assert.equal(a.leadership.leaderAddress(), null);
   });
 
   test('a deposed leader cannot write even before the new leader has written anything', async () => {
