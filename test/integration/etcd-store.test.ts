@@ -191,6 +191,24 @@ describe('etcd store', () => {
     assert.equal(await direct.get(`${prefix}marks/s`).string(), '30');
   });
 
+  test("every term's store writes reach the observer given to startGroup (the metrics)", async () => {
+    const prefix = freshPrefix();
+    let persisted = 0;
+    const config = parseConfig([
+      `--etcd=${cluster.endpoints[0]}`,
+      '--node-id=observed',
+      '--advertise=127.0.0.1:7301',
+      `--etcd-prefix=${prefix}`,
+      '--reserve=0',
+    ]);
+    const handle = await startGroup(config, silentLogger(), { persisted: () => persisted++ });
+    closers.push(() => handle.close());
+    await waitFor(() => handle.readiness().ready, 'the member to lead');
+    await take(handle);
+    await take(handle);
+    assert.ok(persisted >= 2, `${persisted} writes observed`);
+  });
+
   test('two groups on one etcd under different prefixes lead and count independently', async () => {
     const [p1, p2] = [freshPrefix(), freshPrefix()];
     const a = await group(p1, 'a', 7201, ['--initial=1', '--reserve=0']);
