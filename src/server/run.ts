@@ -321,6 +321,8 @@ async function openBackend(
   const dir = path.resolve(config.dataDir);
   const store: Store = await FileStore.open(dir, {
     log: (msg, fields) => log.warn({ dataDir: dir, ...fields }, msg),
+    // Gapless: every reply waits for the commit, so nothing is gained by leaving the main thread.
+    blockingCommits: config.reserve === 0n,
   });
   const seq = new Sequencer({
     store,

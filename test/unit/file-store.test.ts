@@ -40,6 +40,12 @@ async function reload(dir: string, opts: FileStoreOptions = {}): Promise<Map<str
   }
 }
 
+/** The two ways the store commits an append: on the thread pool, or blocking (the gapless mode's). */
+const COMMIT_MODES = [
+  { name: 'thread-pool commits', opts: { blockingCommits: false } },
+  { name: 'blocking commits', opts: { blockingCommits: true } },
+] as const;
+
 const m = (entries: Record<string, bigint>) => new Map(Object.entries(entries));
 
 /** A record as the store frames it: length, CRC32, payload. */
@@ -322,108 +328,117 @@ test('a crash between the new snapshot and the new log leaves the snapshot in ch
   assert.deepEqual(await reload(dir), m({ a: 3n, b: 9n }));
 });
 
-test('a failure at any step of a write leaves loadable state with the old or new marks', async (t) => {
-  for (const compactAfterBytes of [0, 1 << 20]) {
-    // Count the file-system calls one write makes, then fail each in turn.
-    const probe = faultAt(Number.MAX_SAFE_INTEGER);
-    {
-      const dir = await tempDir(t);
-      const store = await FileStore.open(dir, { compactAfterBytes, beforeIo: probe.hook });
-      await store.load();
-      await store.persist(m({ a: 1n, b: 1n }));
-      probe.arm();
-      await store.persist(m({ a: 2n, c: 2n }));
-      await store.close();
-    }
-    const steps = probe.ops.length;
-    assert.ok(steps >= (compactAfterBytes === 0 ? 8 : 3), probe.ops.join('\n'));
-    for (let k = 0; k < steps; k++) {
-      const dir = await tempDir(t);
-      const fault = faultAt(k);
-      const store = await FileStore.open(dir, { compactAfterBytes, beforeIo: fault.hook });
-      await store.load();
-      await store.persist(m({ a: 1n, b: 1n }));
-      fault.arm();
-      await assert.rejects(store.persist(m({ a: 2n, c: 2n })), PersistenceError, `step ${k}: ${fault.ops[k]}`);
-      // Closing writes no marks, so what is on disk now is what a crash here would leave.
-      await store.close();
-      const after = await reload(dir);
-      assert.ok(after.get('a') === 1n || after.get('a') === 2n, `step ${k}: a=${after.get('a')}`);
-      assert.equal(after.get('b'), 1n);
-      assert.ok(after.get('c') === undefined || after.get('c') === 2n);
-      // And the store works from there.
-      const again = await FileStore.open(dir, { compactAfterBytes });
-      await again.load();
-      await again.persist(m({ a: 5n }));
-      await again.close();
-      assert.deepEqual((await reload(dir)).get('a'), 5n, `step ${k}`);
-    }
-  }
-});
-
-test('a failed write is reported with its operation, path and errno, and the store recovers', async (t) => {
-  const dir = await tempDir(t);
-  const p = paths(dir);
-  let fail: string | null = null;
-  const { store } = await openLoaded(t, dir, {
-    beforeIo: (op, path) => {
-      if (op === fail && path === p.log) {
-        fail = null;
-        throw errno(op === 'write' ? 'ENOSPC' : 'EIO', op);
+for (const commits of COMMIT_MODES) {
+  test(`a failure at any step of a write leaves loadable state with the old or new marks (${commits.name})`, async (t) => {
+    for (const compactAfterBytes of [0, 1 << 20]) {
+      // Count the file-system calls one write makes, then fail each in turn.
+      const probe = faultAt(Number.MAX_SAFE_INTEGER);
+      {
+        const dir = await tempDir(t);
+        const store = await FileStore.open(dir, { ...commits.opts, compactAfterBytes, beforeIo: probe.hook });
+        await store.load();
+        await store.persist(m({ a: 1n, b: 1n }));
+        probe.arm();
+        await store.persist(m({ a: 2n, c: 2n }));
+        await store.close();
       }
-    },
+      const steps = probe.ops.length;
+      assert.ok(steps >= (compactAfterBytes === 0 ? 8 : 3), probe.ops.join('\n'));
+      for (let k = 0; k < steps; k++) {
+        const dir = await tempDir(t);
+        const fault = faultAt(k);
+        const store = await FileStore.open(dir, { ...commits.opts, compactAfterBytes, beforeIo: fault.hook });
+        await store.load();
+        await store.persist(m({ a: 1n, b: 1n }));
+        fault.arm();
+        await assert.rejects(store.persist(m({ a: 2n, c: 2n })), PersistenceError, `step ${k}: ${fault.ops[k]}`);
+        // Closing writes no marks, so what is on disk now is what a crash here would leave.
+        await store.close();
+        const after = await reload(dir);
+        assert.ok(after.get('a') === 1n || after.get('a') === 2n, `step ${k}: a=${after.get('a')}`);
+        assert.equal(after.get('b'), 1n);
+        assert.ok(after.get('c') === undefined || after.get('c') === 2n);
+        // And the store works from there.
+        const again = await FileStore.open(dir, { ...commits.opts, compactAfterBytes });
+        await again.load();
+        await again.persist(m({ a: 5n }));
+        await again.close();
+        assert.deepEqual((await reload(dir)).get('a'), 5n, `step ${k}`);
+      }
+    }
   });
-  await store.persist(m({ a: 1n }));
-  fail = 'write';
-  await assert.rejects(store.persist(m({ a: 2n })), (err: unknown) => {
-    assert.ok(err instanceof PersistenceError);
-    assert.equal(err.message, `write ${p.log}: ENOSPC (no space left on device)`);
-    return true;
-  });
-  await store.persist(m({ a: 3n }));
-  fail = 'fdatasync';
-  await assert.rejects(store.persist(m({ a: 4n })), { message: `fdatasync ${p.log}: EIO (i/o error)` });
-  await store.persist(m({ b: 5n }));
-  await store.close();
-  const after = await reload(dir);
-  assert.equal(after.get('b'), 5n);
-  // a=4 failed: a crash may keep it or not, and a clean reload shows one of the two.
-  assert.ok(after.get('a') === 3n || after.get('a') === 4n);
-});
+}
 
-test('a removed data directory fails writes until it is back, then everything is rewritten', async (t) => {
-  const dir = await tempDir(t);
-  const { store } = await openLoaded(t, dir);
-  await store.persist(m({ a: 1n, b: 2n }));
-  await store.persist(m({ a: 3n }));
-  await rm(dir, { recursive: true });
-  await assert.rejects(store.persist(m({ a: 4n })), (err: unknown) => {
-    assert.ok(err instanceof PersistenceError);
-    assert.match(err.message, /marks\.log: ENOENT \(no such file or directory\)/);
-    return true;
+for (const commits of COMMIT_MODES) {
+  test(`a failed write is reported with its operation, path and errno, and the store recovers (${commits.name})`, async (t) => {
+    const dir = await tempDir(t);
+    const p = paths(dir);
+    let fail: string | null = null;
+    const { store } = await openLoaded(t, dir, {
+      ...commits.opts,
+      beforeIo: (op, path) => {
+        if (op === fail && path === p.log) {
+          fail = null;
+          throw errno(op === 'write' ? 'ENOSPC' : 'EIO', op);
+        }
+      },
+    });
+    await store.persist(m({ a: 1n }));
+    fail = 'write';
+    await assert.rejects(store.persist(m({ a: 2n })), (err: unknown) => {
+      assert.ok(err instanceof PersistenceError);
+      assert.equal(err.message, `write ${p.log}: ENOSPC (no space left on device)`);
+      return true;
+    });
+    await store.persist(m({ a: 3n }));
+    fail = 'fdatasync';
+    await assert.rejects(store.persist(m({ a: 4n })), { message: `fdatasync ${p.log}: EIO (i/o error)` });
+    await store.persist(m({ b: 5n }));
+    await store.close();
+    const after = await reload(dir);
+    assert.equal(after.get('b'), 5n);
+    // a=4 failed: a crash may keep it or not, and a clean reload shows one of the two.
+    assert.ok(after.get('a') === 3n || after.get('a') === 4n);
   });
-  await assert.rejects(store.persist(m({ a: 4n })), /ENOENT/);
-  await mkdir(dir);
-  await store.persist(m({ c: 6n }));
-  await store.persist(m({ a: 7n }));
-  await store.close();
-  assert.deepEqual(await reload(dir), m({ a: 7n, b: 2n, c: 6n }));
-});
+}
 
-test('a log replaced by a directory fails writes until it is removed', async (t) => {
-  const dir = await tempDir(t);
-  const p = paths(dir);
-  const { store } = await openLoaded(t, dir);
-  await store.persist(m({ a: 1n }));
-  await unlink(p.log);
-  await mkdir(p.log);
-  await assert.rejects(store.persist(m({ a: 2n })), /replaced behind the server's back/);
-  await assert.rejects(store.persist(m({ a: 2n })), { message: `rename ${p.log}: EISDIR (illegal operation on a directory)` });
-  await rm(p.log, { recursive: true });
-  await store.persist(m({ a: 3n }));
-  await store.close();
-  assert.deepEqual(await reload(dir), m({ a: 3n }));
-});
+for (const commits of COMMIT_MODES) {
+  test(`a removed data directory fails writes until it is back, then everything is rewritten (${commits.name})`, async (t) => {
+    const dir = await tempDir(t);
+    const { store } = await openLoaded(t, dir, commits.opts);
+    await store.persist(m({ a: 1n, b: 2n }));
+    await store.persist(m({ a: 3n }));
+    await rm(dir, { recursive: true });
+    await assert.rejects(store.persist(m({ a: 4n })), (err: unknown) => {
+      assert.ok(err instanceof PersistenceError);
+      assert.match(err.message, /marks\.log: ENOENT \(no such file or directory\)/);
+      return true;
+    });
+    await assert.rejects(store.persist(m({ a: 4n })), /ENOENT/);
+    await mkdir(dir);
+    await store.persist(m({ c: 6n }));
+    await store.persist(m({ a: 7n }));
+    await store.close();
+    assert.deepEqual(await reload(dir), m({ a: 7n, b: 2n, c: 6n }));
+  });
+}
+
+for (const commits of COMMIT_MODES) {
+  test(`a log replaced by a directory fails writes until it is removed (${commits.name})`, async (t) => {
+    const dir = await tempDir(t);
+    const p = paths(dir);
+    const { store } = await openLoaded(t, dir, commits.opts);
+    await store.persist(m({ a: 1n }));
+    await unlink(p.log);
+    await mkdir(p.log);
+    await assert.rejects(store.persist(m({ a: 2n })), /replaced behind the server's back/);
+    await assert.rejects(store.persist(m({ a: 2n })), { message: `rename ${p.log}: EISDIR (illegal operation on a directory)` });
+    await rm(p.log, { recursive: true });
+    await store.persist(m({ a: 3n }));
+    await store.close();
+    assert.deepEqual(await reload(dir), m({ a: 3n }));
+  });
+}
 
 test('a lock held by a live process refuses, naming the directory and the pid', async (t) => {
   const dir = await tempDir(t);
@@ -513,69 +528,73 @@ test('misuse is refused: persist before load, or two persists at once', async (t
   await first;
 });
 
-test('property: any persists, reopens and compaction threshold reload to the last mark of each name', async (t) => {
-  const root = await tempDir(t);
-  let run = 0;
-  const name = fc.constantFrom('a', 'b', 'c', 'd.e', 'f:g-h_1');
-  const mark = fc.oneof(fc.bigInt({ min: 0n, max: END }), fc.constantFrom(0n, END, MAX_VALUE, 2n ** 53n + 1n));
-  const step = fc.record({
-    batch: fc.uniqueArray(fc.tuple(name, mark), { minLength: 1, maxLength: 5, selector: ([n]) => n }),
-    reopen: fc.boolean(),
-  });
-  await fc.assert(
-    fc.asyncProperty(fc.array(step, { maxLength: 25 }), fc.integer({ min: 0, max: 400 }), async (steps, compactAfterBytes) => {
-      const dir = join(root, String(run++));
-      const expected = new Map<string, bigint>();
-      let store = await FileStore.open(dir, { compactAfterBytes });
-      await store.load();
-      try {
-        for (const { batch, reopen } of steps) {
-          if (reopen) {
-            await store.close();
-            store = await FileStore.open(dir, { compactAfterBytes });
-            assert.deepEqual(await store.load(), expected);
+for (const commits of COMMIT_MODES) {
+  test(`property: any persists, reopens and compaction threshold reload to the last mark of each name (${commits.name})`, async (t) => {
+    const root = await tempDir(t);
+    let run = 0;
+    const name = fc.constantFrom('a', 'b', 'c', 'd.e', 'f:g-h_1');
+    const mark = fc.oneof(fc.bigInt({ min: 0n, max: END }), fc.constantFrom(0n, END, MAX_VALUE, 2n ** 53n + 1n));
+    const step = fc.record({
+      batch: fc.uniqueArray(fc.tuple(name, mark), { minLength: 1, maxLength: 5, selector: ([n]) => n }),
+      reopen: fc.boolean(),
+    });
+    await fc.assert(
+      fc.asyncProperty(fc.array(step, { maxLength: 25 }), fc.integer({ min: 0, max: 400 }), async (steps, compactAfterBytes) => {
+        const dir = join(root, String(run++));
+        const expected = new Map<string, bigint>();
+        let store = await FileStore.open(dir, { ...commits.opts, compactAfterBytes });
+        await store.load();
+        try {
+          for (const { batch, reopen } of steps) {
+            if (reopen) {
+              await store.close();
+              store = await FileStore.open(dir, { ...commits.opts, compactAfterBytes });
+              assert.deepEqual(await store.load(), expected);
+            }
+            await store.persist(new Map(batch));
+            for (const [n, v] of batch) expected.set(n, v);
           }
-          await store.persist(new Map(batch));
-          for (const [n, v] of batch) expected.set(n, v);
+        } finally {
+          await store.close();
         }
-      } finally {
-        await store.close();
-      }
-      assert.deepEqual(await reload(dir), expected);
-      await rm(dir, { recursive: true, force: true });
-    }),
-    { numRuns: 60 },
-  );
-});
-
-test('kill -9 in the middle of writes: a restart loads at least every acknowledged mark', async (t) => {
-  const dir = await tempDir(t);
-  const store = new URL('../../src/store/file.ts', import.meta.url).href;
-  // Prints each mark after its persist resolved; compacts often so kills land in compactions too.
-  const script = `
-    const { FileStore } = await import(${JSON.stringify(store)});
-    const s = await FileStore.open(${JSON.stringify(dir)}, { compactAfterBytes: 2000 });
-    await s.load();
-    for (let i = 1n; ; i++) {
-      await s.persist(new Map([['a', i], ['b' + (i % 50n), i]]));
-      process.stdout.write(i + '\\n');
-    }`;
-  const child = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], {
-    stdio: ['ignore', 'pipe', 'inherit'],
+        assert.deepEqual(await reload(dir), expected);
+        await rm(dir, { recursive: true, force: true });
+      }),
+      { numRuns: 60 },
+    );
   });
-  let out = '';
-  child.stdout.setEncoding('utf8');
-  await new Promise<void>((resolve) =>
-    child.stdout.on('data', (chunk: string) => {
-      out += chunk;
-      if (out.split('\n').length > 300) resolve();
-    }),
-  );
-  child.kill('SIGKILL');
-  await once(child, 'exit');
-  const acked = BigInt(out.trim().split('\n').at(-1)!);
-  const logs: string[] = [];
-  const after = await reload(dir, { log: (msg) => logs.push(msg) });
-  assert.ok(after.get('a')! >= acked, `a=${after.get('a')} acknowledged ${acked}`);
-  assert.ok(logs.some((l) => l.includes('stale lock')));
-});
+}
+
+for (const commits of COMMIT_MODES) {
+  test(`kill -9 in the middle of writes: a restart loads at least every acknowledged mark (${commits.name})`, async (t) => {
+    const dir = await tempDir(t);
+    const store = new URL('../../src/store/file.ts', import.meta.url).href;
+    // Prints each mark after its persist resolved; compacts often so kills land in compactions too.
+    const script = `
+      const { FileStore } = await import(${JSON.stringify(store)});
+      const s = await FileStore.open(${JSON.stringify(dir)}, { compactAfterBytes: 2000, blockingCommits: ${commits.opts.blockingCommits} });
+      await s.load();
+      for (let i = 1n; ; i++) {
+        await s.persist(new Map([['a', i], ['b' + (i % 50n), i]]));
+        process.stdout.write(i + '\\n');
+      }`;
+    const child = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    let out = '';
+    child.stdout.setEncoding('utf8');
+    await new Promise<void>((resolve) =>
+      child.stdout.on('data', (chunk: string) => {
+        out += chunk;
+        if (out.split('\n').length > 300) resolve();
+      }),
+    );
+    child.kill('SIGKILL');
+    await once(child, 'exit');
+    const acked = BigInt(out.trim().split('\n').at(-1)!);
+    const logs: string[] = [];
+    const after = await reload(dir, { log: (msg) => logs.push(msg) });
+    assert.ok(after.get('a')! >= acked, `a=${after.get('a')} acknowledged ${acked}`);
+    assert.ok(logs.some((l) => l.includes('stale lock')));
+  });
+}
