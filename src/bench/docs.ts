@@ -5,7 +5,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { OPTIONS } from '../config.js';
-import { batchTable, clientTable, disturbedRuns, fmt, idleTable, matrixTable, metricsTable, ratioTable } from './report.js';
+import { batchTable, clientTable, disturbedRuns, fmt, groupTable, idleTable, matrixTable, metricsTable, ratioTable } from './report.js';
 import { DISTURBED_PERCENT, type Results } from './results.js';
 
 const RESERVE_DEFAULT = OPTIONS.find((o) => o.name === 'reserve')?.def ?? 'see --help';
@@ -38,13 +38,13 @@ export function renderDocs(r: Results, files: { docs: string; chart: string; jso
     'It measures the compiled server (`dist/`; the npm scripts build first). Every server it starts listens on a',
     'free loopback port with its own temporary directory, and all are killed when the bench ends, also on Ctrl-C.',
     'It needs Linux (it reads `/proc`) and `redis-benchmark` (Debian: `redis-tools`); without `redis-server` it',
-    'measures dolmeangi alone.',
+    'measures dolmeangi alone, and without `etcd` (Debian: `etcd-server`) it leaves out group mode.',
     '',
     '## This run',
     '',
     `- Date: ${r.date}`,
     `- Machine: ${m.cores} cores, ${m.cpuModel}, ${fmt.count(m.memoryBytes / 1048576)} MiB memory, ${m.kernel}`,
-    `- Versions: node ${r.versions.node}, dolmeangi ${r.versions.dolmeangi}, redis-server ${r.versions.redis ?? 'not installed'}, redis-benchmark ${r.versions.redisBenchmark ?? 'n/a'}`,
+    `- Versions: node ${r.versions.node}, dolmeangi ${r.versions.dolmeangi}, redis-server ${r.versions.redis ?? 'not installed'}, redis-benchmark ${r.versions.redisBenchmark ?? 'n/a'}${r.versions.etcd ? `, etcd ${r.versions.etcd}` : ''}`,
     `- Data directories on: ${r.dataFilesystem}`,
     `- Each cell: calibrated, then run for about ${r.settings.secondsPerRun} s; raw numbers in [${path.basename(files.json)}](${rel(files.json)})`,
     ...(disturbedRuns(r) > 0
@@ -124,6 +124,20 @@ export function renderDocs(r: Results, files: { docs: string; chart: string; jso
       'across clients (see the client docs); its rate is mostly the cost of an `await`.',
       '',
       clientTable(r),
+      '',
+    );
+  }
+  if ((r.group ?? []).length > 0) {
+    add(
+      '## Group mode',
+      '',
+      `The leader of a group on a one-member etcd${r.versions.etcd ? ` ${r.versions.etcd}` : ''} (\`dolmeangi sequencer --etcd=<url>\`)`,
+      'against the durable default on a single node, both running throughout and driven in turns with',
+      '`GETSEQ`: each round swaps which goes first. etcd runs on the same machine; its CPU shows under',
+      '"others %" of the leader\'s runs. Both keep the default reservation window, so the leader writes to etcd',
+      'about once per 50,000 numbers.',
+      '',
+      groupTable(r),
       '',
     );
   }

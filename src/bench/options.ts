@@ -23,6 +23,8 @@ Starts its own servers on free loopback ports (dolmeangi --in-memory, durable wi
 a temporary --data-dir, --reserve=0; redis-server without persistence and with
 appendfsync always when installed), drives each with redis-benchmark and prints
 requests/s, server CPU per request, p50/p99 latency and RSS, with ratios to Redis.
+With etcd installed, it also measures a group leader (on a one-member etcd) against
+a single durable node, in alternating rounds.
 Needs redis-benchmark (Debian: redis-tools) and Linux (/proc).
 
 Options:

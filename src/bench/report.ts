@@ -7,7 +7,7 @@ import { COMPARISONS, DISTURBED_PERCENT, SERVERS, type Cell, type Results, type 
 type Align = 'l' | 'r';
 
 export function disturbedRuns(r: Results): number {
-  return [...r.matrix, ...r.batch, ...r.metrics].filter((x) => x.otherCpuPercent > DISTURBED_PERCENT).length;
+  return [...r.matrix, ...r.batch, ...r.metrics, ...(r.group ?? [])].filter((x) => x.otherCpuPercent > DISTURBED_PERCENT).length;
 }
 
 /** A Markdown table padded so it also reads well as plain text in a terminal. */
@@ -133,6 +133,60 @@ export function clientTable(r: Results): string {
   );
 }
 
+const median = (xs: readonly number[]): number => {
+  const s = [...xs].sort((a, b) => a - b);
+  const mid = s.length >> 1;
+  return s.length % 2 === 1 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
+};
+
+/** One row per round and cell, then the medians: the leader against the single node. */
+export function groupTable(r: Results): string {
+  const rows: string[][] = [];
+  const group = r.group ?? [];
+  const cells: Cell[] = [];
+  for (const g of group) if (!cells.some((c) => sameCell(c, g))) cells.push(g);
+  for (const cell of cells) {
+    const here = group.filter((g) => sameCell(g, cell));
+    const rounds = [...new Set(here.map((g) => g.round))].sort((a, b) => a - b);
+    const pairs = rounds
+      .map((round) => ({ round, leader: here.find((g) => g.round === round && g.role === 'leader'), single: here.find((g) => g.round === round && g.role === 'single') }))
+      .filter((p): p is { round: number; leader: NonNullable<typeof p.leader>; single: NonNullable<typeof p.single> } => p.leader !== undefined && p.single !== undefined);
+    for (const p of pairs) {
+      rows.push([
+        cellName(cell),
+        String(p.round),
+        fmt.count(p.leader.rps),
+        fmt.count(p.single.rps),
+        fmt.ratio(p.leader.rps / p.single.rps),
+        fmt.us(p.leader.cpuUsPerRequest),
+        fmt.us(p.single.cpuUsPerRequest),
+        fmt.others(p.leader.otherCpuPercent),
+        fmt.others(p.single.otherCpuPercent),
+      ]);
+    }
+    if (pairs.length > 1) {
+      const leader = median(pairs.map((p) => p.leader.rps));
+      const single = median(pairs.map((p) => p.single.rps));
+      rows.push([
+        cellName(cell),
+        'median',
+        fmt.count(leader),
+        fmt.count(single),
+        fmt.ratio(leader / single),
+        fmt.us(median(pairs.map((p) => p.leader.cpuUsPerRequest))),
+        fmt.us(median(pairs.map((p) => p.single.cpuUsPerRequest))),
+        '',
+        '',
+      ]);
+    }
+  }
+  return table(
+    ['cell', 'round', 'leader req/s', 'single req/s', 'leader / single', 'leader CPU µs/req', 'single CPU µs/req', 'others % (leader)', 'others % (single)'],
+    rows,
+    ['l', 'l', 'r', 'r', 'r', 'r', 'r', 'r', 'r'],
+  );
+}
+
 /** The short form for `bench:quick`: throughput and the ratio to Redis. */
 export function quickTable(r: Results): string {
   const rows = [...r.matrix].sort((a, b) => a.pipeline - b.pipeline);
@@ -156,6 +210,7 @@ export function textReport(r: Results): string {
   if (r.metrics.length > 0) section('Metrics off / on (durable default)', metricsTable(r));
   if (r.idle.length > 0) section('Idle connections', idleTable(r));
   if (r.client.length > 0) section('Client library (dolmeangi --in-memory)', clientTable(r));
+  if ((r.group ?? []).length > 0) section('Group mode: leader on a one-member etcd vs single durable node', groupTable(r));
   const disturbed = disturbedRuns(r);
   if (disturbed > 0) {
     parts.push(`warning: in ${disturbed} run(s) (marked !) other processes used more than ${DISTURBED_PERCENT}% of a core; rerun on a quiet machine`);

@@ -123,6 +123,15 @@ export interface ClientRow {
   readonly serverCpuUsPerNumber: number;
 }
 
+/**
+ * Group mode: the leader of a one-member etcd group against a single durable
+ * node, measured in alternating rounds so that drift on the machine hits both.
+ */
+export interface GroupRow extends LoadRow {
+  readonly role: 'leader' | 'single';
+  readonly round: number;
+}
+
 /** After a server's runs: did it hand out exactly what was asked (no error replies counted as work)? */
 export interface Verification {
   readonly server: string;
@@ -144,6 +153,7 @@ export interface Results {
     readonly dolmeangi: string;
     readonly redis: string | null;
     readonly redisBenchmark: string | null;
+    readonly etcd?: string | null;
   };
   /** Filesystem of the temporary data directories: fsync on tmpfs costs nothing. */
   readonly dataFilesystem: string;
@@ -153,6 +163,8 @@ export interface Results {
   readonly metrics: MetricsRow[];
   readonly idle: IdleRow[];
   readonly client: ClientRow[];
+  /** Absent from results saved before group mode was measured. */
+  readonly group?: GroupRow[];
   readonly verified: Verification[];
   /** Parts left out on purpose, and why (e.g. Redis not installed). */
   readonly skipped: string[];
@@ -174,6 +186,9 @@ export const BATCH_SIZES = [1, 10, 100, 1_000, 10_000, 100_000] as const;
 export const BATCH_CELL: Cell = { clients: 50, pipeline: 16 };
 export const BATCH_SERVERS: readonly ServerId[] = ['dolmeangi-memory', 'dolmeangi-durable', 'redis'];
 export const METRICS_CELLS: readonly Cell[] = QUICK_CELLS;
+export const GROUP_CELLS: readonly Cell[] = QUICK_CELLS;
+/** Leader and single node each run this many times per cell, alternating which goes first. */
+export const GROUP_ROUNDS = 3;
 
 export function matrixCells(): Cell[] {
   const cells: Cell[] = [];

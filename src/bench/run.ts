@@ -25,6 +25,8 @@ import {
   BATCH_SIZES,
   COMPARISONS,
   DISTURBED_PERCENT,
+  GROUP_CELLS,
+  GROUP_ROUNDS,
   METRICS_CELLS,
   QUICK_CELLS,
   SERVERS,
@@ -32,6 +34,7 @@ import {
   type BatchRow,
   type Cell,
   type ClientRow,
+  type GroupRow,
   type IdleRow,
   type LoadRow,
   type MatrixRow,
@@ -42,7 +45,19 @@ import {
   type ServerSpec,
   type Verification,
 } from './results.js';
-import { HOST, freePort, installCleanup, redisVersion, startDolmeangi, startRedis, tempDir, type RunningServer } from './servers.js';
+import {
+  HOST,
+  etcdVersion,
+  freePort,
+  installCleanup,
+  redisVersion,
+  startDolmeangi,
+  startEtcd,
+  startRedis,
+  tempDir,
+  type RunningEtcd,
+  type RunningServer,
+} from './servers.js';
 
 /** The most a whole bench waits, in all, for other processes to leave the machine alone. */
 const QUIET_WAIT_MS = 180_000;
@@ -83,6 +98,7 @@ class Tally {
 class Run {
   readonly plan: Plan;
   readonly redis: string | null;
+  readonly etcd: string | null;
   readonly skipped: string[] = [];
   readonly errors: string[] = [];
   readonly matrix: MatrixRow[] = [];
@@ -90,6 +106,7 @@ class Run {
   readonly metrics: MetricsRow[] = [];
   readonly idle: IdleRow[] = [];
   client: ClientRow[] = [];
+  readonly group: GroupRow[] = [];
   readonly verified: Verification[] = [];
   private readonly servers: ServerSpec[];
   private readonly cells: readonly Cell[];
@@ -104,8 +121,10 @@ class Run {
       ? ['dolmeangi-memory', 'redis']
       : ['dolmeangi-memory', 'dolmeangi-durable', 'dolmeangi-reserve0', 'redis', 'redis-aof-always'];
     this.servers = wanted.map((id) => SERVERS[id]).filter((s) => s.kind === 'dolmeangi' || this.redis !== null);
+    this.etcd = opts.quick ? null : etcdVersion();
+    if (!opts.quick && this.etcd === null) this.skipped.push('group: etcd is not installed (Debian: apt-get install etcd-server), so no group-mode rows');
     this.cells = opts.quick ? QUICK_CELLS : matrixCells();
-    const extras = opts.quick ? 0 : 2 * METRICS_CELLS.length + this.idleServers().length + 1;
+    const extras = opts.quick ? 0 : 2 * METRICS_CELLS.length + this.idleServers().length + 1 + this.groupSteps();
     this.progress = new Progress(this.servers.reduce((n, s) => n + this.stepsFor(s), 0) + extras);
   }
 
@@ -116,10 +135,19 @@ class Run {
         await this.metricsOffOn();
         for (const spec of this.idleServers()) await this.idleConnections(spec);
         await this.clientLibrary();
+        if (this.etcd !== null) await this.groupLeader();
       }
     } finally {
       this.progress.finish();
     }
+  }
+
+  private groupRounds(): number {
+    return this.opts.smoke ? 1 : GROUP_ROUNDS;
+  }
+
+  private groupSteps(): number {
+    return this.etcd === null ? 0 : 2 * GROUP_CELLS.length * this.groupRounds();
   }
 
   private stepsFor(spec: ServerSpec): number {
@@ -214,6 +242,66 @@ class Run {
     });
   }
 
+  /**
+   * A group leader (on a one-member etcd) and a single durable node, both running
+   * throughout, measured in turns: each round swaps which goes first, so a machine
+   * that slows down or speeds up during the bench does not favour either.
+   */
+  private async groupLeader(): Promise<void> {
+    const steps = this.groupSteps();
+    let etcd: RunningEtcd;
+    try {
+      etcd = await startEtcd();
+    } catch (err) {
+      this.errors.push(`etcd: cannot start: ${(err as Error).message}`);
+      this.progress.skip(steps, 'group mode: etcd not started');
+      return;
+    }
+    this.progress.note(`started etcd (pid ${etcd.pid}, ${etcd.url})`);
+    const single = SERVERS['dolmeangi-durable'];
+    // A group member must know the address it tells clients: port 0 will not do.
+    const port = await freePort();
+    const leader: ServerSpec = {
+      ...single,
+      label: 'dolmeangi group leader',
+      args: [`--port=${port}`, `--advertise=${HOST}:${port}`, `--etcd=${etcd.url}`, '--node-id=bench'],
+      dataDir: false,
+    };
+    try {
+      await this.withServer(leader, steps, async (leaderServer) => {
+        try {
+          await untilLeading(leaderServer);
+        } catch (err) {
+          this.errors.push((err as Error).message);
+          this.progress.skip(steps, 'group mode: no leader');
+          return;
+        }
+        await this.withServer(single, steps, async (singleServer) => {
+          const sides = [
+            { role: 'leader' as const, spec: leader, server: leaderServer, tally: new Tally() },
+            { role: 'single' as const, spec: single, server: singleServer, tally: new Tally() },
+          ];
+          for (const cell of GROUP_CELLS) {
+            for (let round = 1; round <= this.groupRounds(); round++) {
+              for (const side of round % 2 === 1 ? sides : [...sides].reverse()) {
+                const row = await this.step(
+                  `group mode, ${side.spec.label} ${cellName(cell)}, round ${round}`,
+                  () => measureLoad(side.server, cell, side.spec.command, this.plan, (n) => (side.tally.numbers += BigInt(n))),
+                  loadSummary,
+                );
+                if (row) this.group.push({ role: side.role, round, ...row });
+                else side.tally.failed = true;
+              }
+            }
+          }
+          for (const side of sides) if (!side.tally.failed) this.verified.push(await verify(side.spec, side.server, side.tally));
+        });
+      });
+    } finally {
+      await etcd.stop();
+    }
+  }
+
   /** Starts the server, runs `body`, always stops it. When it cannot start, its `steps` are counted as skipped. */
   private async withServer(spec: ServerSpec, steps: number, body: (server: RunningServer) => Promise<void>): Promise<void> {
     let server: RunningServer;
@@ -290,7 +378,13 @@ async function collect(opts: BenchOptions): Promise<Results> {
     smoke: opts.smoke,
     settings: { secondsPerRun: opts.seconds, idleConnections: opts.idleConnections },
     machine: machine(),
-    versions: { node: process.versions.node, dolmeangi: VERSION, redis: run.redis, redisBenchmark: await redisBenchmarkVersion() },
+    versions: {
+      node: process.versions.node,
+      dolmeangi: VERSION,
+      redis: run.redis,
+      redisBenchmark: await redisBenchmarkVersion(),
+      etcd: run.etcd,
+    },
     dataFilesystem: filesystemType(tempDir('probe')),
     matrix: run.matrix,
     ratios: run.ratios(),
@@ -298,6 +392,7 @@ async function collect(opts: BenchOptions): Promise<Results> {
     metrics: run.metrics,
     idle: run.idle,
     client: run.client,
+    group: run.group,
     verified: run.verified,
     skipped: run.skipped,
     errors: run.errors,
@@ -321,6 +416,20 @@ async function verify(spec: ServerSpec, server: RunningServer, tally: Tally): Pr
     actual = `error: ${(err as Error).message}`;
   }
   return { server: spec.label, expected: String(expected), actual, ok: actual === String(expected) };
+}
+
+/** A new group member leads once its lease is granted and its marks are loaded: CURRENT then answers a number. */
+async function untilLeading(server: RunningServer): Promise<void> {
+  const deadline = performance.now() + 30_000;
+  for (;;) {
+    try {
+      await queryInteger(server.port, ['CURRENT']);
+      return;
+    } catch (err) {
+      if (performance.now() > deadline) throw new Error(`${server.label} did not start leading within 30 s: ${(err as Error).message}`);
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
 }
 
 function httpOk(port: number, pathname: string): Promise<boolean> {

@@ -225,3 +225,62 @@ export async function startRedis(label: string, args: readonly string[]): Promis
   }
   throw lastError!;
 }
+
+/** Whether etcd is on the PATH, and its version. */
+export function etcdVersion(): string | null {
+  try {
+    const out = execFileSync('etcd', ['--version'], { encoding: 'utf8' });
+    return /etcd Version:\s*(\S+)/.exec(out)?.[1] ?? out.trim().split('\n')[0]!;
+  } catch {
+    return null;
+  }
+}
+
+export interface RunningEtcd {
+  readonly pid: number;
+  readonly url: string;
+  stop(): Promise<number | null>;
+}
+
+/** A one-member etcd on free loopback ports, its data in a temporary directory: a group for the leader to lead. */
+export async function startEtcd(): Promise<RunningEtcd> {
+  let lastError: Error | null = null;
+  for (let attempt = 0; attempt < 3; attempt++) {
+    const dir = tempDir('etcd');
+    const [clientPort, peerPort] = [await freePort(), await freePort()];
+    const url = `http://${HOST}:${clientPort}`;
+    const { child, output, exited } = track(
+      'etcd',
+      [
+        '--name=bench',
+        `--data-dir=${path.join(dir, 'data')}`,
+        `--listen-client-urls=${url}`,
+        `--advertise-client-urls=${url}`,
+        `--listen-peer-urls=http://${HOST}:${peerPort}`,
+        `--initial-advertise-peer-urls=http://${HOST}:${peerPort}`,
+        `--initial-cluster=bench=http://${HOST}:${peerPort}`,
+        '--log-level=warn',
+      ],
+      'ignore',
+    );
+    let gone = false;
+    void exited.then(() => (gone = true));
+    const deadline = Date.now() + 20_000;
+    while (!gone && Date.now() < deadline) {
+      try {
+        const res = await fetch(`${url}/health`, { signal: AbortSignal.timeout(1000) });
+        if (((await res.json()) as { health?: string }).health === 'true') {
+          return { pid: child.pid!, url, stop: stopper(child, exited, dir) };
+        }
+      } catch {
+        // Not serving yet.
+      }
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    child.kill('SIGKILL');
+    await exited;
+    lastError = new Error(`etcd did not become healthy on ${url}: ${output() || '(no output)'}`);
+    removeDir(dir);
+  }
+  throw lastError!;
+}

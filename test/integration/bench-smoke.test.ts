@@ -14,6 +14,7 @@ import {
   BATCH_SERVERS,
   BATCH_SIZES,
   COMPARISONS,
+  GROUP_CELLS,
   METRICS_CELLS,
   SERVERS,
   matrixCells,
@@ -22,6 +23,7 @@ import {
 } from '../../src/bench/results.js';
 
 const hasRedisBenchmark = spawnSync('redis-benchmark', ['--version']).status === 0;
+const hasEtcd = spawnSync('etcd', ['--version']).status === 0;
 
 /** Runs the CLI; on the deadline it sends SIGTERM, which makes the bench kill every server it started. */
 function runBench(args: string[], timeoutMs: number): Promise<{ code: number | null; stdout: string; stderr: string }> {
@@ -44,6 +46,7 @@ function runBench(args: string[], timeoutMs: number): Promise<{ code: number | n
 
 test('bench --smoke runs every part and saves JSON, chart and page', async () => {
   assert.ok(hasRedisBenchmark, "redis-benchmark not found on PATH: install it with 'apt-get install -y redis-tools redis-server' (Debian)");
+  assert.ok(hasEtcd, "etcd not found on PATH (the bench measures group mode with it): install it with 'apt-get install -y etcd-server' (Debian)");
   const dir = await mkdtemp(path.join(tmpdir(), 'dolmeangi-bench-test-'));
   try {
     const docs = path.join(dir, 'benchmarks.md');
@@ -97,7 +100,17 @@ test('bench --smoke runs every part and saves JSON, chart and page', async () =>
     assert.ok(results.metrics.filter((m) => m.metrics === 'on').every((m) => m.served), 'GET /metrics answered while "on"');
     assert.deepEqual(results.idle.map((i) => i.server).sort(), (redis ? ['dolmeangi-memory', 'redis'] : ['dolmeangi-memory']).sort());
     assert.deepEqual(results.client.map((c) => c.mode), ['sequential', 'pipelined', 'allocator']);
-    assert.equal(results.verified.length, servers.length, 'every server checked');
+    for (const cell of GROUP_CELLS) {
+      for (const role of ['leader', 'single'] as const) {
+        const rows = (results.group ?? []).filter((g) => g.role === role && g.clients === cell.clients && g.pipeline === cell.pipeline);
+        assert.equal(rows.length, 1, `one group-mode row for the ${role} at -c ${cell.clients} -P ${cell.pipeline}`);
+        assert.equal(typeof rows[0]!.rps, 'number');
+      }
+    }
+    assert.equal(typeof results.versions.etcd, 'string', 'the etcd version is recorded');
+    // Each matrix server, plus the group leader and the single node it is compared with.
+    assert.equal(results.verified.length, servers.length + 2, 'every server checked');
+    assert.ok(results.verified.some((v) => v.server === 'dolmeangi group leader'), 'the group leader is checked');
     for (const v of results.verified) assert.ok(v.ok, `${v.server}: every request took its numbers (expected ${v.expected}, got ${v.actual})`);
 
     assert.match(await readFile(path.join(dir, 'latest.svg'), 'utf8'), /^<svg [^>]*xmlns="http:\/\/www.w3.org\/2000\/svg"[\s\S]*<\/svg>\n$/);
@@ -106,6 +119,7 @@ test('bench --smoke runs every part and saves JSON, chart and page', async () =>
     assert.match(page, /latest\.svg/);
     assert.match(page, /\| server +\| +-c \| +-P \| +req\/s \|/);
     assert.match(r.stdout, /dolmeangi --in-memory/);
+    assert.match(page, /## Group mode/);
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
