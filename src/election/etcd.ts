@@ -206,6 +206,11 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
   private pollTimer: NodeJS.Timeout | null = null;
   private keepaliveTimer: NodeJS.Timeout | null = null;
   private deadlineTimer: NodeJS.Timeout | null = null;
+  /** The clock's verdict for the synchronous stretch now running; null once it ends (see canServe). */
+  private verdict: boolean | null = null;
+  private readonly forgetVerdict = (): void => {
+    this.verdict = null;
+  };
 
   constructor(opts: EtcdLeadershipOptions) {
     super();
@@ -228,8 +233,22 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
     return this.current;
   }
 
+  /**
+   * Whether numbers may be handed out now. The clock is read once per synchronous
+   * stretch of work (in the server: one chunk of requests from one socket, answered
+   * by one write at its end) rather than once per request, where it cost more than
+   * everything else a request does. That is as safe: every request in the stretch
+   * was sent before this read, so nothing a successor hands out after the deadline
+   * can precede it in real time. The next stretch (the next chunk, timer or I/O
+   * callback) reads the clock again.
+   */
   canServe(): boolean {
-    return this.state === 'leader' && performance.now() < this.serveUntil;
+    if (this.state !== 'leader') return false;
+    if (this.verdict === null) {
+      this.verdict = performance.now() < this.serveUntil;
+      queueMicrotask(this.forgetVerdict);
+    }
+    return this.verdict;
   }
 
   leaderAddress(): string | null {

@@ -195,9 +195,9 @@ describe('etcd leadership', () => {
     assert.equal(Number(ttl.TTL), -1, 'the lease no longer exists');
   });
 
-  // The two guards of group mode, each on its own: the serving deadline is checked
-  // on every request, not only by a timer; the write is fenced on the leader key,
-  // not only on the store's own last write.
+  // The two guards of group mode, each on its own: the serving deadline is read from
+  // the clock for every stretch of requests, not only by a timer; the write is fenced
+  // on the leader key, not only on the store's own last write.
   test('canServe turns false the moment the serving deadline passes, even before any timer runs', async () => {
     const prefix = freshPrefix();
     const a = await startNode(prefix, 'a');
