@@ -1,6 +1,7 @@
 /**
- * The package's public API. Numbers are bigint throughout: they run up to
- * 2^63-1, beyond what a JavaScript number holds exactly.
+ * The package's public API: the client and the errors it can meet. Numbers are
+ * bigint throughout: they run up to 2^63-1, beyond what a JavaScript number
+ * holds exactly. Running a server in-process is `dolmeangi/server`.
  */
 
 // Client
@@ -30,8 +31,3 @@ export {
   StateCorruptError,
 } from './errors.js';
 
-// Server API
-export { startServer } from './server/run.js';
-export type { RunningServer, StartOptions } from './server/run.js';
-export { parseConfig } from './config.js';
-export type { Config } from './config.js';
