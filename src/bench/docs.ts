@@ -47,6 +47,8 @@ export function renderDocs(r: Results, files: { docs: string; chart: string; jso
     `- Versions: node ${r.versions.node}, dolmeangi ${r.versions.dolmeangi}, redis-server ${r.versions.redis ?? 'not installed'}, redis-benchmark ${r.versions.redisBenchmark ?? 'n/a'}${r.versions.etcd ? `, etcd ${r.versions.etcd}` : ''}`,
     `- Data directories on: ${r.dataFilesystem}`,
     `- Each cell: calibrated, then run for about ${r.settings.secondsPerRun} s; raw numbers in [${path.basename(files.json)}](${rel(files.json)})`,
+    '- All servers of the matrix run throughout, and each cell measures them one after another (the order rotating',
+    '  from cell to cell), so that the machine drifting in speed during the bench shows in every row alike.',
     ...(disturbedRuns(r) > 0
       ? [`- **${disturbedRuns(r)} run(s) shared the machine with other work** (marked ! under "others %"); treat those rows with care.`]
       : []),

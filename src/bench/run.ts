@@ -1,7 +1,8 @@
 /**
- * The bench: starts each server in turn, measures it, checks it handed out
- * exactly the numbers asked for, stops it; then prints the results and, when
- * asked, saves them (JSON, SVG chart, Markdown page). A part that fails is
+ * The bench: starts the servers, measures them in turn cell by cell, checks
+ * each handed out exactly the numbers asked for, stops them; then the parts
+ * that need a server of their own; then prints the results and, when asked,
+ * saves them (JSON, SVG chart, Markdown page). A part that fails is
  * recorded and the rest still runs; any failure makes the exit code 1.
  */
 import { mkdirSync, renameSync, writeFileSync } from 'node:fs';
@@ -130,7 +131,7 @@ class Run {
 
   async all(): Promise<void> {
     try {
-      for (const spec of this.servers) await this.server(spec);
+      await this.matrixInTurns();
       if (!this.opts.quick) {
         await this.metricsOffOn();
         for (const spec of this.idleServers()) await this.idleConnections(spec);
@@ -162,21 +163,34 @@ class Run {
     return [SERVERS['dolmeangi-memory'], ...(this.redis !== null ? [SERVERS.redis] : [])];
   }
 
-  /** The matrix (and batches) against one server, then the check that every request took its numbers. */
-  private async server(spec: ServerSpec): Promise<void> {
-    await this.withServer(spec, this.stepsFor(spec), async (server) => {
-      const tally = new Tally();
-      for (const cell of this.cells) {
-        const row = await this.step(
-          `${spec.label} ${cellName(cell)}`,
-          () => measureLoad(server, cell, spec.command, this.plan, (n) => (tally.numbers += BigInt(n))),
-          loadSummary,
-        );
-        if (row) this.matrix.push({ server: spec.id, ...row });
-        else tally.failed = true;
+  /**
+   * Every server of the matrix runs throughout, and each cell measures them in
+   * turn (the order rotating from cell to cell). A shared virtual machine's speed
+   * drifts by tens of percent over minutes; measuring one server's whole matrix
+   * after another's would put that drift into the ratios.
+   */
+  private async matrixInTurns(): Promise<void> {
+    const running: Array<{ spec: ServerSpec; server: RunningServer; tally: Tally }> = [];
+    try {
+      for (const spec of this.servers) {
+        const server = await this.start(spec, this.stepsFor(spec));
+        if (server !== null) running.push({ spec, server, tally: new Tally() });
       }
-      if (this.withBatch(spec)) {
-        for (const size of BATCH_SIZES) {
+      const inTurn = (i: number) => [...running.slice(i % running.length), ...running.slice(0, i % running.length)];
+      for (const [i, cell] of this.cells.entries()) {
+        for (const { spec, server, tally } of inTurn(i)) {
+          const row = await this.step(
+            `${spec.label} ${cellName(cell)}`,
+            () => measureLoad(server, cell, spec.command, this.plan, (n) => (tally.numbers += BigInt(n))),
+            loadSummary,
+          );
+          if (row) this.matrix.push({ server: spec.id, ...row });
+          else tally.failed = true;
+        }
+      }
+      const batching = running.filter((r) => this.withBatch(r.spec));
+      for (const size of BATCH_SIZES) {
+        for (const { spec, server, tally } of batching) {
           const command = spec.batchCommand(size);
           const row = await this.step(
             `${spec.label} ${command.join(' ')}`,
@@ -188,8 +202,10 @@ class Run {
         }
       }
       // A failed run sent an unknown number of requests: nothing to check against.
-      if (!tally.failed) this.verified.push(await verify(spec, server, tally));
-    });
+      for (const { spec, server, tally } of running) if (!tally.failed) this.verified.push(await verify(spec, server, tally));
+    } finally {
+      for (const { spec, server } of running) await this.stop(spec, server);
+    }
   }
 
   /** The durable default twice, back to back: without and with the metrics endpoint. */
@@ -304,6 +320,17 @@ class Run {
 
   /** Starts the server, runs `body`, always stops it. When it cannot start, its `steps` are counted as skipped. */
   private async withServer(spec: ServerSpec, steps: number, body: (server: RunningServer) => Promise<void>): Promise<void> {
+    const server = await this.start(spec, steps);
+    if (server === null) return;
+    try {
+      await body(server);
+    } finally {
+      await this.stop(spec, server);
+    }
+  }
+
+  /** Starts a server; when it cannot start, records why, counts its `steps` as skipped and returns null. */
+  private async start(spec: ServerSpec, steps: number): Promise<RunningServer | null> {
     let server: RunningServer;
     try {
       server =
@@ -314,16 +341,16 @@ class Run {
       this.errors.push(`${spec.label}: cannot start: ${(err as Error).message}`);
       this.progress.note(`${spec.label}: cannot start: ${(err as Error).message}`);
       this.progress.skip(steps, `${spec.label}: not started`);
-      return;
+      return null;
     }
     this.progress.note(`started ${spec.label} (pid ${server.pid}, port ${server.port})`);
-    try {
-      await body(server);
-    } finally {
-      const code = await server.stop();
-      // dolmeangi persists its exact next numbers on SIGTERM and exits 0; anything else is worth knowing.
-      if (code !== 0) this.errors.push(`${spec.label}: exited with ${code} on SIGTERM`);
-    }
+    return server;
+  }
+
+  private async stop(spec: ServerSpec, server: RunningServer): Promise<void> {
+    const code = await server.stop();
+    // dolmeangi persists its exact next numbers on SIGTERM and exits 0; anything else is worth knowing.
+    if (code !== 0) this.errors.push(`${spec.label}: exited with ${code} on SIGTERM`);
   }
 
   /** Runs one step; a failure is recorded, not thrown, so the other parts still run. */
