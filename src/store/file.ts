@@ -22,6 +22,7 @@
  */
 import { type FileHandle, mkdir, open, readFile, rename, stat, unlink } from 'node:fs/promises';
 import fs from 'node:fs';
+import net from 'node:net';
 import { hostname } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { getSystemErrorMap } from 'node:util';
@@ -100,6 +101,8 @@ export class FileStore implements Store {
   private logSize = 0;
   private inflight: Promise<void> | null = null;
   private lockText: string | null = null;
+  /** Held while the directory is ours (Linux): see holdMachineMutex. */
+  private mutex: net.Server | null = null;
   private closing: Promise<void> | null = null;
 
   private constructor(
@@ -376,15 +379,66 @@ export class FileStore implements Store {
   }
 
   /**
-   * Caveat: liveness is judged by pid. After a crash the pid may belong to an
-   * unrelated process by the time we start (likely after a reboot); we then refuse
-   * although the directory is free, and the message says to delete LOCK. The other
-   * mistake, taking a lock whose holder still runs, needs the holder's pid to be
-   * dead, which a running holder's never is. Two servers taking over the same
-   * stale lock in the same instant can both succeed; starting them a moment apart
-   * is enough.
+   * Two locks. On Linux, first a machine-wide mutex that the kernel drops when
+   * the process dies (holdMachineMutex): it alone decides between servers on one
+   * machine, so two of them taking over the same stale LOCK at the same instant
+   * cannot both win. Then the LOCK file, for people and for other machines (a
+   * directory on shared storage), judged by pid and host. Caveat: after a crash the
+   * pid may belong to an unrelated process by the time we start (likely after a
+   * reboot); we then refuse although the directory is free, and the message says
+   * to delete LOCK.
    */
   private async lock(): Promise<void> {
+    if (lockedHere.has(this.dir)) throw new DataDirLockedError(this.dir, `pid ${process.pid}, this very process`);
+    await this.holdMachineMutex();
+    try {
+      await this.lockFile();
+    } catch (err) {
+      this.releaseMachineMutex();
+      throw err;
+    }
+  }
+
+  /**
+   * Binds an abstract Unix socket named after the directory's device and inode:
+   * binding is atomic, fails while another process holds the name, and the name
+   * vanishes with its holder, even after kill -9, so nothing is ever stale. Other
+   * network namespaces (containers) do not share it; the LOCK file covers those.
+   */
+  private async holdMachineMutex(): Promise<void> {
+    if (process.platform !== 'linux') return;
+    const id = await this.io('stat', this.dir, () => stat(this.dir, { bigint: true }));
+    const server = net.createServer((socket) => socket.destroy());
+    try {
+      await new Promise<void>((resolve, reject) => {
+        server.once('error', reject);
+        server.listen(`\0dolmeangi-data-dir-${id.dev}-${id.ino}`, () => resolve());
+      });
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EADDRINUSE') {
+        throw new PersistenceError(`lock ${this.dir}: ${describeErrno(err)}`, { cause: err });
+      }
+      const seen = await readFile(this.lockPath, 'utf8').catch(() => '');
+      let holder = 'a process on this machine';
+      try {
+        const { pid } = JSON.parse(seen) as { pid?: unknown };
+        if (typeof pid === 'number') holder = `pid ${pid}, on this machine`;
+      } catch {
+        // Its LOCK is not written yet, or unreadable: the mutex is proof enough.
+      }
+      throw new DataDirLockedError(this.dir, holder);
+    }
+    // Only a name: it must not keep the process alive.
+    server.unref();
+    this.mutex = server;
+  }
+
+  private releaseMachineMutex(): void {
+    this.mutex?.close();
+    this.mutex = null;
+  }
+
+  private async lockFile(): Promise<void> {
     const text = `${JSON.stringify({ pid: process.pid, host: hostname(), started: new Date().toISOString() })}\n`;
     const data = Buffer.from(text);
     // A lock released or replaced between our looks sends us round again.
@@ -463,6 +517,16 @@ export class FileStore implements Store {
   }
 
   private async unlock(): Promise<void> {
+    if (this.lockText === null) return;
+    try {
+      await this.unlockFile();
+    } finally {
+      // After the file: until then, a server starting now would find LOCK naming a live pid.
+      this.releaseMachineMutex();
+    }
+  }
+
+  private async unlockFile(): Promise<void> {
     if (this.lockText === null) return;
     const text = this.lockText;
     this.lockText = null;

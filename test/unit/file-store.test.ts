@@ -476,6 +476,38 @@ test('a stale lock from a dead process is taken over and logged', async (t) => {
   await assert.rejects(stat(p.lock), { code: 'ENOENT' });
 });
 
+test('a LOCK that names a dead pid does not let a second server in while the first runs (no takeover race)', async (t) => {
+  const dir = await tempDir(t);
+  const store = new URL('../../src/store/file.ts', import.meta.url).href;
+  const script = `
+    const { FileStore } = await import(${JSON.stringify(store)});
+    const s = await FileStore.open(${JSON.stringify(dir)});
+    await s.load();
+    process.stdout.write('ready\\n');
+    setInterval(() => {}, 1000);`;
+  const holder = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  t.after(() => holder.kill('SIGKILL'));
+  holder.stdout.setEncoding('utf8');
+  await new Promise<void>((resolve, reject) => {
+    holder.stdout.on('data', (d: string) => d.includes('ready') && resolve());
+    holder.once('exit', (code) => reject(new Error(`the holder exited with ${code}`)));
+  });
+  // What a rival that lost a takeover race would see: LOCK rewritten with a pid that is gone.
+  await writeFile(paths(dir).lock, lockJson(await deadPid()));
+  await assert.rejects(FileStore.open(dir), (err: unknown) => {
+    assert.ok(err instanceof DataDirLockedError, String(err));
+    assert.match(err.message, /on this machine/);
+    return true;
+  });
+  // kill -9 leaves LOCK behind, but the kernel drops the holder's claim with it.
+  holder.kill('SIGKILL');
+  await once(holder, 'exit');
+  const { marks } = await openLoaded(t, dir);
+  assert.deepEqual(marks, new Map());
+});
+
 test('a lock naming this pid that this process does not hold is stale (a restarted container)', async (t) => {
   const dir = await tempDir(t);
   await writeFile(paths(dir).lock, lockJson(process.pid));
