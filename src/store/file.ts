@@ -8,7 +8,9 @@
  * - `marks.log`: `DOLLOG01`, a header record `{"v":1,"g":g}`, then one record
  *   `{"v":1,"m":{...}}` per persist with the marks it changed. Replaying it over
  *   the snapshot of the same generation gives the current state.
- * - `LOCK`: the pid and host of the server that owns the directory.
+ * - `LOCK`: the pid and host of the server that owns the directory. On Linux
+ *   the owner also holds an abstract Unix socket named after the directory
+ *   (holdMachineMutex), which the kernel releases when the process dies.
  *
  * A record is a 4-byte big-endian payload length, the CRC32 of the payload, then
  * the payload (UTF-8 JSON). Marks are decimal strings: they reach 2^63 and must
@@ -83,7 +85,8 @@ export class FileStore implements Store {
   private readonly say: (msg: string, fields?: object) => void;
   private readonly compactAfter: number;
   private readonly beforeIo: ((op: string, path: string) => void) | undefined;
-  private readonly blockingCommits: boolean;
+  /** Appends commit on the calling thread (see FileStoreOptions.blockingCommits). */
+  readonly blockingCommits: boolean;
 
   /** The merged state; null until load(), so a persist cannot compact an empty map over real state. */
   private marks: Map<string, bigint> | null = null;
@@ -380,13 +383,15 @@ export class FileStore implements Store {
 
   /**
    * Two locks. On Linux, first a machine-wide mutex that the kernel drops when
-   * the process dies (holdMachineMutex): it alone decides between servers on one
-   * machine, so two of them taking over the same stale LOCK at the same instant
+   * the process dies (holdMachineMutex): between servers in one network namespace
+   * it decides, so two of them taking over the same stale LOCK at the same instant
    * cannot both win. Then the LOCK file, for people and for other machines (a
-   * directory on shared storage), judged by pid and host. Caveat: after a crash the
-   * pid may belong to an unrelated process by the time we start (likely after a
-   * reboot); we then refuse although the directory is free, and the message says
-   * to delete LOCK.
+   * directory on shared storage), judged by pid and host. Caveats: where the mutex
+   * does not reach (not Linux, or servers in different network namespaces sharing
+   * a volume), two servers taking over one stale LOCK in the same instant can both
+   * succeed. After a crash the pid may belong to an unrelated process by the time
+   * we start (likely after a reboot); we then refuse although the directory is
+   * free, and the message says to delete LOCK.
    */
   private async lock(): Promise<void> {
     if (lockedHere.has(this.dir)) throw new DataDirLockedError(this.dir, `pid ${process.pid}, this very process`);
@@ -412,25 +417,30 @@ export class FileStore implements Store {
     try {
       await new Promise<void>((resolve, reject) => {
         server.once('error', reject);
-        server.listen(`\0dolmeangi-data-dir-${id.dev}-${id.ino}`, () => resolve());
+        server.listen(mutexName(id.dev, id.ino), () => resolve());
       });
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EADDRINUSE') {
         throw new PersistenceError(`lock ${this.dir}: ${describeErrno(err)}`, { cause: err });
       }
-      const seen = await readFile(this.lockPath, 'utf8').catch(() => '');
-      let holder = 'a process on this machine';
-      try {
-        const { pid } = JSON.parse(seen) as { pid?: unknown };
-        if (typeof pid === 'number') holder = `pid ${pid}, on this machine`;
-      } catch {
-        // Its LOCK is not written yet, or unreadable: the mutex is proof enough.
-      }
-      throw new DataDirLockedError(this.dir, holder);
+      throw new DataDirLockedError(this.dir, await this.describeMutexHolder());
     }
     // Only a name: it must not keep the process alive.
     server.unref();
     this.mutex = server;
+  }
+
+  /** Who holds the mutex, as far as LOCK tells; a pid that is gone would send the operator after nothing. */
+  private async describeMutexHolder(): Promise<string> {
+    const unnamed = 'a process on this machine; find it with: ss -xlp | grep dolmeangi-data-dir';
+    const seen = await readFile(this.lockPath, 'utf8').catch(() => '');
+    try {
+      const { pid } = JSON.parse(seen) as { pid?: unknown };
+      if (typeof pid === 'number' && Number.isSafeInteger(pid) && pid > 0 && isAlive(pid)) return `pid ${pid}, on this machine`;
+    } catch {
+      // Its LOCK is not written yet, or unreadable.
+    }
+    return unnamed;
   }
 
   private releaseMachineMutex(): void {
@@ -519,16 +529,14 @@ export class FileStore implements Store {
   private async unlock(): Promise<void> {
     if (this.lockText === null) return;
     try {
-      await this.unlockFile();
+      await this.unlockFile(this.lockText);
     } finally {
       // After the file: until then, a server starting now would find LOCK naming a live pid.
       this.releaseMachineMutex();
     }
   }
 
-  private async unlockFile(): Promise<void> {
-    if (this.lockText === null) return;
-    const text = this.lockText;
+  private async unlockFile(text: string): Promise<void> {
     this.lockText = null;
     lockedHere.delete(this.dir);
     try {
@@ -566,6 +574,17 @@ export class FileStore implements Store {
     if (err instanceof PersistenceError) return err;
     return new PersistenceError(`${op} ${path}: ${describeErrno(err)}`, { cause: err });
   }
+}
+
+/**
+ * The mutex's abstract socket name, padded to the full 108 bytes of `sun_path`:
+ * older libuv pads a shorter name with zeros and newer libuv binds it as given,
+ * so an unpadded name would differ between Node versions, and two servers on
+ * different versions would not exclude each other. Shown by `ss -xl` as
+ * `@dolmeangi-data-dir-<dev>-<ino>___...`.
+ */
+function mutexName(dev: bigint, ino: bigint): string {
+  return `\0${`dolmeangi-data-dir-${dev}-${ino}`.padEnd(107, '_')}`;
 }
 
 function isAlive(pid: number): boolean {

@@ -476,7 +476,7 @@ test('a stale lock from a dead process is taken over and logged', async (t) => {
   await assert.rejects(stat(p.lock), { code: 'ENOENT' });
 });
 
-test('a LOCK that names a dead pid does not let a second server in while the first runs (no takeover race)', async (t) => {
+test('a LOCK that names a dead pid does not let a second server in while the first runs (no takeover race)', { skip: process.platform !== 'linux' && 'the machine-wide mutex is Linux only' }, async (t) => {
   const dir = await tempDir(t);
   const store = new URL('../../src/store/file.ts', import.meta.url).href;
   const script = `
@@ -491,14 +491,28 @@ test('a LOCK that names a dead pid does not let a second server in while the fir
   t.after(() => holder.kill('SIGKILL'));
   holder.stdout.setEncoding('utf8');
   await new Promise<void>((resolve, reject) => {
-    holder.stdout.on('data', (d: string) => d.includes('ready') && resolve());
+    const timer = setTimeout(() => reject(new Error('the holder did not open the store within 20 s')), 20_000);
+    holder.stdout.on('data', (d: string) => {
+      if (!d.includes('ready')) return;
+      clearTimeout(timer);
+      resolve();
+    });
     holder.once('exit', (code) => reject(new Error(`the holder exited with ${code}`)));
   });
+  // The mutex's name fills sun_path, so that every Node version binds the same address.
+  const id = await stat(dir, { bigint: true });
+  const bound = (await readFile('/proc/net/unix', 'utf8')).split('\n').map((l) => l.split(' ').at(-1)!);
+  const name = bound.find((n) => n.startsWith(`@dolmeangi-data-dir-${id.dev}-${id.ino}_`));
+  assert.ok(name, 'the holder binds the abstract socket named after the directory');
+  assert.equal(name.length, 108, name);
   // What a rival that lost a takeover race would see: LOCK rewritten with a pid that is gone.
-  await writeFile(paths(dir).lock, lockJson(await deadPid()));
+  const dead = await deadPid();
+  await writeFile(paths(dir).lock, lockJson(dead));
   await assert.rejects(FileStore.open(dir), (err: unknown) => {
     assert.ok(err instanceof DataDirLockedError, String(err));
-    assert.match(err.message, /on this machine/);
+    // Not the dead pid from LOCK: that would send the operator after a process that is gone.
+    assert.doesNotMatch(err.message, new RegExp(`pid ${dead}\\b`));
+    assert.match(err.message, /a process on this machine; find it with: ss -xlp/);
     return true;
   });
   // kill -9 leaves LOCK behind, but the kernel drops the holder's claim with it.
