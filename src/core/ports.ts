@@ -36,7 +36,11 @@ export interface Store {
  */
 export interface Leadership {
   readonly role: 'leader' | 'follower' | 'candidate';
-  /** Cheap enough to call per request: a monotonic-clock comparison, no I/O. */
+  /**
+   * Cheap enough to call per request: a monotonic-clock comparison, no I/O. The
+   * answer may be reused for the rest of one synchronous stretch of work, whose
+   * requests all arrived before it was given.
+   */
   canServe(): boolean;
   /** The leader's advertised host:port, or null when none is known. */
   leaderAddress(): string | null;

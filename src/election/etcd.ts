@@ -315,6 +315,7 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
     this.state = 'follower';
     this.current = null;
     this.serveUntil = 0;
+    this.verdict = null;
     this.known = null;
     this.clearLeaderTimers();
     if (opts.holdOffMs !== undefined) this.holdOffUntil = performance.now() + opts.holdOffMs;
@@ -469,6 +470,7 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
     const created = BigInt(term.revision);
     if (created > this.seenRevision) this.seenRevision = created;
     this.serveUntil = 0;
+    this.verdict = null;
     this.extend(term, provenAt);
     this.scheduleKeepalive(term, provenAt + this.keepaliveInterval() - performance.now());
     this.announce();
@@ -489,6 +491,7 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
     const until = sentAt + this.ttlMs - this.margin();
     if (until <= this.serveUntil) return;
     this.serveUntil = until;
+    this.verdict = null;
     this.armDeadline(term);
   }
 
