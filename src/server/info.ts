@@ -17,6 +17,7 @@ export interface InfoFacts {
   rejectedConnections: number;
   totalConnections: number;
   store: string;
+  commitThread: 'main' | 'workers' | null;
   persistence: 'ok' | 'failing' | 'none';
   persistenceError: string | null;
   reserve: bigint;
@@ -48,8 +49,9 @@ export function renderInfo(f: InfoFacts): string {
     '',
     '# Persistence',
     `store:${f.store}`,
-    `persistence:${f.persistence}`,
   );
+  if (f.commitThread !== null) lines.push(`commit_thread:${f.commitThread}`);
+  lines.push(`persistence:${f.persistence}`);
   if (f.persistenceError !== null) lines.push(`persistence_error:${f.persistenceError}`);
   lines.push(`reserve:${f.reserve}`, '', '# Stats');
   let calls = 0;

@@ -9,7 +9,6 @@ import type tls from 'node:tls';
 import type { Config } from '../config.js';
 import { ConfigError } from '../errors.js';
 import { Sequencer, type SequenceSource, type SequencerEvents } from '../core/sequencer.js';
-import type { Store } from '../core/ports.js';
 import { FileStore } from '../store/file.js';
 import { SequencerServer } from './server.js';
 import { renderInfo } from './info.js';
@@ -49,6 +48,8 @@ interface Backend {
   readonly source: SequenceSource;
   readonly mode: 'in-memory' | 'durable' | 'group';
   readonly store: string;
+  /** The file store's commit thread: `main` (gapless) or `workers`; null for other stores. */
+  readonly commitThread: 'main' | 'workers' | null;
   role(): string;
   /** Why storage writes fail right now, or null (always null in memory). */
   persistenceFailure(): string | null;
@@ -107,6 +108,7 @@ export async function startServer(config: Config, opts: StartOptions = {}): Prom
         rejectedConnections: server!.counters.rejected,
         totalConnections: server!.counters.accepted,
         store: backend.store,
+        commitThread: backend.commitThread,
         persistence: p.state,
         persistenceError: p.error,
         reserve: config.reserve,
@@ -309,6 +311,7 @@ async function openBackend(
       source: seq,
       mode: 'in-memory',
       store: 'memory',
+      commitThread: null,
       role: () => 'standalone',
       persistenceFailure: () => null,
       readiness: () => ({ ready: true, reason: 'serving from memory' }),
@@ -319,7 +322,7 @@ async function openBackend(
     };
   }
   const dir = path.resolve(config.dataDir);
-  const store: Store = await FileStore.open(dir, {
+  const store = await FileStore.open(dir, {
     log: (msg, fields) => log.warn({ dataDir: dir, ...fields }, msg),
     // Gapless: every reply waits for the commit, so nothing is gained by leaving the main thread.
     blockingCommits: config.reserve === 0n,
@@ -345,6 +348,7 @@ async function openBackend(
     source: seq,
     mode: 'durable',
     store: store.description,
+    commitThread: store.blockingCommits ? 'main' : 'workers',
     role: () => 'standalone',
     persistenceFailure: () => seq.persistenceFailure,
     readiness: () => {
@@ -380,6 +384,7 @@ async function openGroup(config: Config, log: Logger, metricsEvents: SequencerEv
     source: group,
     mode: 'group',
     store: `etcd:${config.etcd.join(',')}${config.etcdPrefix}`,
+    commitThread: null,
     role: () => group.leadership.role,
     persistenceFailure: () => group.persistenceFailure(),
     readiness: () => group.readiness(),

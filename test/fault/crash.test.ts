@@ -47,6 +47,14 @@ async function crashLoop(reserve: bigint, rounds: number): Promise<void> {
   try {
     for (let round = 0; round < rounds; round++) {
       const server = await start([`--data-dir=${dir}`, `--reserve=${reserve}`]);
+      if (round === 0) {
+        // The gapless mode, and only it, commits on the main thread.
+        const c = await WireClient.connect(server.port);
+        c.send('INFO\r\n');
+        await c.until((t) => t.includes('# Sequences'));
+        assert.match(c.text, new RegExp(`\r\ncommit_thread:${reserve === 0n ? 'main' : 'workers'}\r\n`));
+        c.close();
+      }
       const killAfter = 50 + Math.floor(random() * 1500);
       let killed = false;
       const load = runLoad(history, {

@@ -38,6 +38,7 @@ async function makeServices(password: string | null, maxSequences = 64): Promise
         uptimeSeconds: 1,
         tcpPort: 10001,
         tlsPort: null,
+        commitThread: null,
         connectedClients: 1,
         maxConnections: 10,
         rejectedConnections: 0,
