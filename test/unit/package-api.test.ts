@@ -67,3 +67,17 @@ test('package.json maps the root to the client and ./server to the server API', 
   assert.equal(typeof server.startServer, 'function');
   assert.equal(typeof server.parseConfig, 'function');
 });
+
+test('dolmeangi/server, imported by package name as users do, starts and stops a server', async () => {
+  // The built package (pretest builds it), through package.json's exports.
+  const { parseConfig, startServer } = await import('dolmeangi/server');
+  const server = await startServer(parseConfig(['--host=127.0.0.1', '--port=0', '--metrics-port=0', '--in-memory']), {
+    log: (await import('pino')).pino({ enabled: false }),
+  });
+  try {
+    assert.ok(server.port > 0);
+    assert.equal(server.mode, 'in-memory');
+  } finally {
+    await server.close();
+  }
+});
