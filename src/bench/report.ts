@@ -165,14 +165,14 @@ export function groupTable(r: Results): string {
       ]);
     }
     if (pairs.length > 1) {
-      const leader = median(pairs.map((p) => p.leader.rps));
-      const single = median(pairs.map((p) => p.single.rps));
+      // The ratio is the median of each round's own ratio: the rounds are paired,
+      // and a ratio of medians taken from different rounds would undo that.
       rows.push([
         cellName(cell),
         'median',
-        fmt.count(leader),
-        fmt.count(single),
-        fmt.ratio(leader / single),
+        fmt.count(median(pairs.map((p) => p.leader.rps))),
+        fmt.count(median(pairs.map((p) => p.single.rps))),
+        fmt.ratio(median(pairs.map((p) => p.leader.rps / p.single.rps))),
         fmt.us(median(pairs.map((p) => p.leader.cpuUsPerRequest))),
         fmt.us(median(pairs.map((p) => p.single.cpuUsPerRequest))),
         '',

@@ -187,8 +187,8 @@ export const BATCH_CELL: Cell = { clients: 50, pipeline: 16 };
 export const BATCH_SERVERS: readonly ServerId[] = ['dolmeangi-memory', 'dolmeangi-durable', 'redis'];
 export const METRICS_CELLS: readonly Cell[] = QUICK_CELLS;
 export const GROUP_CELLS: readonly Cell[] = QUICK_CELLS;
-/** Leader and single node each run this many times per cell, alternating which goes first. */
-export const GROUP_ROUNDS = 3;
+/** Rounds of leader and single node, alternating which goes first: even, so each goes first as often. */
+export const GROUP_ROUNDS = 4;
 
 export function matrixCells(): Cell[] {
   const cells: Cell[] = [];

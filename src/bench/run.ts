@@ -176,9 +176,8 @@ class Run {
         const server = await this.start(spec, this.stepsFor(spec));
         if (server !== null) running.push({ spec, server, tally: new Tally() });
       }
-      const inTurn = (i: number) => [...running.slice(i % running.length), ...running.slice(0, i % running.length)];
       for (const [i, cell] of this.cells.entries()) {
-        for (const { spec, server, tally } of inTurn(i)) {
+        for (const { spec, server, tally } of rotate(running, i)) {
           const row = await this.step(
             `${spec.label} ${cellName(cell)}`,
             () => measureLoad(server, cell, spec.command, this.plan, (n) => (tally.numbers += BigInt(n))),
@@ -189,8 +188,8 @@ class Run {
         }
       }
       const batching = running.filter((r) => this.withBatch(r.spec));
-      for (const size of BATCH_SIZES) {
-        for (const { spec, server, tally } of batching) {
+      for (const [i, size] of BATCH_SIZES.entries()) {
+        for (const { spec, server, tally } of rotate(batching, i)) {
           const command = spec.batchCommand(size);
           const row = await this.step(
             `${spec.label} ${command.join(' ')}`,
@@ -269,7 +268,7 @@ class Run {
     for (let round = 1; round <= this.groupRounds(); round++) {
       for (const role of round % 2 === 1 ? (['single', 'leader'] as const) : (['leader', 'single'] as const)) {
         if (role === 'single') {
-          const spec = SERVERS['dolmeangi-durable'];
+          const spec = { ...SERVERS['dolmeangi-durable'], label: 'dolmeangi durable (default), beside the group leader' };
           await this.withServer(spec, GROUP_CELLS.length, (server) => this.groupCells(role, round, spec, server));
         } else {
           await this.groupLeaderRound(round);
@@ -451,6 +450,12 @@ async function verify(spec: ServerSpec, server: RunningServer, tally: Tally): Pr
     actual = `error: ${(err as Error).message}`;
   }
   return { server: spec.label, expected: String(expected), actual, ok: actual === String(expected) };
+}
+
+/** `list` starting from its `by`-th element (modulo its length), wrapping round. */
+function rotate<T>(list: readonly T[], by: number): T[] {
+  const at = list.length === 0 ? 0 : by % list.length;
+  return [...list.slice(at), ...list.slice(0, at)];
 }
 
 /** A new group member leads once its lease is granted and its marks are loaded: CURRENT then answers a number. */

@@ -50,7 +50,8 @@ test('bench --smoke runs every part and saves JSON, chart and page', async () =>
   const dir = await mkdtemp(path.join(tmpdir(), 'dolmeangi-bench-test-'));
   try {
     const docs = path.join(dir, 'benchmarks.md');
-    const r = await runBench(['--smoke', `--out=${dir}`, `--docs=${docs}`], 120_000);
+    // Starts etcd and waits for a group leader too: allow for slow starts on a busy machine.
+    const r = await runBench(['--smoke', `--out=${dir}`, `--docs=${docs}`], 240_000);
     assert.equal(r.code, 0, `exit code; stdout:\n${r.stdout}\nstderr:\n${r.stderr}`);
 
     const results = JSON.parse(await readFile(path.join(dir, 'latest.json'), 'utf8')) as Results;
