@@ -5,10 +5,10 @@
  * stored marks: state from an earlier term is never trusted, since another
  * leader may have moved the marks since.
  */
+import type { EventEmitter } from 'node:events';
 import os from 'node:os';
-import type { Etcd3 } from 'etcd3';
 import type { Config } from '../config.js';
-import type { Leadership } from '../core/ports.js';
+import type { Leadership, Store } from '../core/ports.js';
 import {
   Sequencer,
   SequenceError,
@@ -21,6 +21,7 @@ import {
   createEtcdClient,
   EtcdLeadership,
   type EtcdConnection,
+  type LeadershipEvents,
   type LeadershipTerm,
 } from '../election/etcd.js';
 import { StateCorruptError } from '../errors.js';
@@ -42,9 +43,64 @@ export interface GroupHandle extends SequenceSource {
 const LOAD_RETRY_MIN_MS = 100;
 const LOAD_RETRY_MAX_MS = 2000;
 
-/** `events` observes every term's store writes (metrics); the group logs them itself. */
-export async function startGroup(config: Config, log: Logger, events: SequencerEvents = {}): Promise<GroupHandle> {
-  const node = new GroupNode(config, log.child({ component: 'group' }), events);
+/** What a member needs from its election: EtcdLeadership, or a fake in tests. */
+export interface GroupElection extends Leadership, Pick<EventEmitter<LeadershipEvents>, 'on'> {
+  readonly term: LeadershipTerm | null;
+  /** The latest etcd failure, while etcd keeps failing. */
+  readonly etcdProblem: string | null;
+  leaderNodeId(): string | null;
+  leaseRemainingMs(): number;
+  start(): Promise<void>;
+  stepDown(reason: string, opts?: { term?: LeadershipTerm; holdOffMs?: number }): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** The I/O a member is built from; `etcdParts` in production, fakes in tests. */
+export interface GroupParts {
+  readonly election: GroupElection;
+  /** The store of one term: its writes are fenced on that term. */
+  storeFor(term: LeadershipTerm): Store;
+  /** Closes what the parts hold open (the etcd client), after the election is closed. */
+  close(): void;
+}
+
+/** An etcd client, the election on it, and stores fenced on each term. */
+export function etcdParts(config: Config, nodeId: string, log: Logger): GroupParts {
+  const connection: EtcdConnection = {
+    endpoints: config.etcd,
+    username: config.etcdUsername,
+    password: config.etcdPassword,
+  };
+  const etcd = createEtcdClient(connection);
+  return {
+    election: new EtcdLeadership({
+      client: etcd,
+      connection,
+      prefix: config.etcdPrefix,
+      nodeId,
+      advertise: config.advertise,
+      leaseTtl: config.leaseTtl,
+      log,
+    }),
+    storeFor: (term) => new EtcdStore(etcd, config.etcdPrefix, term),
+    close: () => etcd.close(),
+  };
+}
+
+/**
+ * `events` observes every term's store writes (metrics); the group logs them
+ * itself. `parts` replaces etcd, for tests.
+ */
+export async function startGroup(
+  config: Config,
+  log: Logger,
+  events: SequencerEvents = {},
+  parts?: (nodeId: string, log: Logger) => GroupParts,
+): Promise<GroupHandle> {
+  const groupLog = log.child({ component: 'group' });
+  const nodeId = config.nodeId ?? config.advertise ?? `${os.hostname()}-${process.pid}`;
+  const makeParts = parts ?? ((id: string, l: Logger) => etcdParts(config, id, l));
+  const node = new GroupNode(config, groupLog, events, nodeId, makeParts(nodeId, groupLog));
   try {
     await node.start();
   } catch (err) {
@@ -55,11 +111,9 @@ export async function startGroup(config: Config, log: Logger, events: SequencerE
 }
 
 class GroupNode implements GroupHandle {
-  readonly leadership: EtcdLeadership;
-  private readonly etcd: Etcd3;
+  readonly leadership: GroupElection;
   private readonly config: Config;
   private readonly log: Logger;
-  private readonly nodeId: string;
   /** The sequencer of the current term, once its marks are loaded. */
   private sequencer: Sequencer | null = null;
   /** The term being loaded, and why the last load failed. */
@@ -72,25 +126,12 @@ class GroupNode implements GroupHandle {
     config: Config,
     log: Logger,
     private readonly observer: SequencerEvents,
+    private readonly nodeId: string,
+    private readonly parts: GroupParts,
   ) {
     this.config = config;
     this.log = log;
-    this.nodeId = config.nodeId ?? config.advertise ?? `${os.hostname()}-${process.pid}`;
-    const connection: EtcdConnection = {
-      endpoints: config.etcd,
-      username: config.etcdUsername,
-      password: config.etcdPassword,
-    };
-    this.etcd = createEtcdClient(connection);
-    this.leadership = new EtcdLeadership({
-      client: this.etcd,
-      connection,
-      prefix: config.etcdPrefix,
-      nodeId: this.nodeId,
-      advertise: config.advertise,
-      leaseTtl: config.leaseTtl,
-      log,
-    });
+    this.leadership = parts.election;
     this.leadership.on('elected', (term) => void this.onElected(term));
     this.leadership.on('lost', (reason) => this.onLost(reason));
     this.leadership.on('leaderChanged', (address) =>
@@ -172,7 +213,7 @@ class GroupNode implements GroupHandle {
     }
     await this.leadership.close();
     this.sequencer = null;
-    this.etcd.close();
+    this.parts.close();
   }
 
   private notServing(): SequenceError {
@@ -230,7 +271,7 @@ class GroupNode implements GroupHandle {
   private createSequencer(term: LeadershipTerm): Sequencer {
     const ttlMs = this.config.leaseTtl * 1000;
     return new Sequencer({
-      store: new EtcdStore(this.etcd, this.config.etcdPrefix, term),
+      store: this.parts.storeFor(term),
       initial: this.config.initial,
       reserve: this.config.reserve,
       maxSequences: this.config.maxSequences,

@@ -1,0 +1,185 @@
+/**
+ * A group member's own state machine (elected, loading, serving, lost), with a
+ * fake election and stores whose loads the test releases: the moments a real
+ * etcd passes through too fast to observe.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { EventEmitter } from 'node:events';
+import { parseConfig } from '../../src/config.js';
+import { SequenceError } from '../../src/core/sequencer.js';
+import type { Marks, Store } from '../../src/core/ports.js';
+import type { LeadershipEvents, LeadershipTerm } from '../../src/election/etcd.js';
+import { startGroup, type GroupElection, type GroupHandle } from '../../src/group/node.js';
+import { silentLogger } from '../../src/log.js';
+import { waitFor } from '../helpers/wait.js';
+
+const SELF = '127.0.0.1:7601';
+const OTHER = '127.0.0.1:7602';
+
+class FakeElection extends EventEmitter<LeadershipEvents> implements GroupElection {
+  role: 'leader' | 'follower' | 'candidate' = 'follower';
+  term: LeadershipTerm | null = null;
+  etcdProblem: string | null = null;
+  known: string | null = null;
+  leaseAlive = true;
+  stepDowns: string[] = [];
+
+  canServe(): boolean {
+    return this.role === 'leader' && this.leaseAlive;
+  }
+  /** As EtcdLeadership: a leader past its deadline does not know who leads next. */
+  leaderAddress(): string | null {
+    if (this.role === 'leader') return this.canServe() ? SELF : null;
+    return this.known;
+  }
+  leaderNodeId(): string | null {
+    return null;
+  }
+  leaseRemainingMs(): number {
+    return 0;
+  }
+  async start(): Promise<void> {}
+  async stepDown(reason: string): Promise<void> {
+    this.stepDowns.push(reason);
+    this.lose(reason);
+  }
+  async close(): Promise<void> {}
+
+  win(revision: string): LeadershipTerm {
+    const term = { key: '/t/leader', revision, leaseId: '1' };
+    this.role = 'leader';
+    this.term = term;
+    this.emit('elected', term);
+    return term;
+  }
+
+  lose(reason: string, leader: string | null = null): void {
+    this.role = 'follower';
+    this.term = null;
+    this.known = leader;
+    this.emit('lost', reason);
+  }
+}
+
+/** A store whose load() waits until the test says how it ends. */
+class HeldStore implements Store {
+  readonly description = 'held';
+  readonly persisted: Marks[] = [];
+  private settle: { resolve(m: Map<string, bigint>): void; reject(e: Error): void } | null = null;
+  private onLoad: () => void = () => {};
+  private readonly loaded = new Promise<void>((r) => (this.onLoad = r));
+
+  load(): Promise<Map<string, bigint>> {
+    this.onLoad();
+    return new Promise((resolve, reject) => (this.settle = { resolve, reject }));
+  }
+  async persist(marks: Marks): Promise<void> {
+    this.persisted.push(new Map(marks));
+  }
+  async close(): Promise<void> {}
+
+  /** Resolves once the member has asked this store for the marks. */
+  asked(): Promise<void> {
+    return this.loaded;
+  }
+  finish(marks: Map<string, bigint>): void {
+    this.settle!.resolve(marks);
+  }
+  fail(message: string): void {
+    this.settle!.reject(new Error(message));
+  }
+}
+
+async function member(t: import('node:test').TestContext): Promise<{ node: GroupHandle; election: FakeElection; stores: HeldStore[] }> {
+  const election = new FakeElection();
+  const stores: HeldStore[] = [];
+  const config = parseConfig([`--etcd=http://127.0.0.1:1`, '--node-id=a', `--advertise=${SELF}`]);
+  const node = await startGroup(config, silentLogger(), {}, () => ({
+    election,
+    storeFor: () => {
+      const s = new HeldStore();
+      stores.push(s);
+      return s;
+    },
+    close: () => {},
+  }));
+  t.after(() => node.close());
+  return { node, election, stores };
+}
+
+const refusal = (r: unknown): { code: string; message: string } => {
+  assert.ok(r instanceof SequenceError, `expected a refusal, got ${String(r)}`);
+  return { code: r.code, message: r.message };
+};
+
+test('a follower names the leader it knows, or none', async (t) => {
+  const { node, election } = await member(t);
+  assert.deepEqual(refusal(node.allocate('a', 1n)), { code: 'NOTLEADER', message: '' });
+  election.known = OTHER;
+  assert.deepEqual(refusal(node.allocate('a', 1n)), { code: 'NOTLEADER', message: OTHER });
+  assert.deepEqual(refusal(node.current('a')), { code: 'NOTLEADER', message: OTHER });
+  assert.equal(node.readiness().ready, false);
+});
+
+test('elected but still loading the marks: a bare NOTLEADER, never its own address, and not ready', async (t) => {
+  const { node, election, stores } = await member(t);
+  election.win('7');
+  await stores[0]!.asked();
+  // Naming itself would send clients straight back here, round and round.
+  assert.deepEqual(refusal(node.allocate('a', 1n)), { code: 'NOTLEADER', message: '' });
+  assert.deepEqual(refusal(node.current('a')), { code: 'NOTLEADER', message: '' });
+  assert.deepEqual(node.readiness(), { ready: false, reason: 'leader, loading marks from etcd' });
+
+  stores[0]!.finish(new Map([['a', 41n]]));
+  await waitFor(() => node.readiness().ready, 'node.readiness().ready');
+  assert.equal(await node.allocate('a', 1n), 41n);
+  assert.equal(node.readiness().reason, 'leader');
+});
+
+test('a failed load says persistence unavailable and is retried with a fresh store', async (t) => {
+  const { node, election, stores } = await member(t);
+  election.win('8');
+  await stores[0]!.asked();
+  stores[0]!.fail('etcd unavailable');
+  await waitFor(() => node.persistenceFailure() !== null, 'node.persistenceFailure() !== null');
+  assert.deepEqual(refusal(node.allocate('a', 1n)), { code: 'ERR', message: 'persistence unavailable: etcd unavailable' });
+  assert.match(node.readiness().reason, /cannot load marks: etcd unavailable/);
+  // The retry (after about 100 ms) gets a store of its own.
+  await waitFor(() => stores.length === 2, 'stores.length === 2');
+  await stores[1]!.asked();
+  stores[1]!.finish(new Map());
+  await waitFor(() => node.readiness().ready, 'node.readiness().ready');
+  assert.equal(await node.allocate('a', 1n), 1n);
+});
+
+test('losing leadership stops serving at once; a later term loads the marks afresh', async (t) => {
+  const { node, election, stores } = await member(t);
+  election.win('9');
+  await stores[0]!.asked();
+  stores[0]!.finish(new Map([['a', 100n]]));
+  await waitFor(() => node.readiness().ready, 'node.readiness().ready');
+  assert.equal(await node.allocate('a', 1n), 100n);
+
+  election.lose('lease expired', OTHER);
+  assert.deepEqual(refusal(node.allocate('a', 1n)), { code: 'NOTLEADER', message: OTHER });
+
+  // Elected again: nothing from the old term is trusted, the new store is asked.
+  election.win('12');
+  await stores[1]!.asked();
+  assert.deepEqual(refusal(node.allocate('a', 1n)), { code: 'NOTLEADER', message: '' });
+  stores[1]!.finish(new Map([['a', 500n]]));
+  await waitFor(() => node.readiness().ready, 'node.readiness().ready');
+  assert.equal(await node.allocate('a', 1n), 500n);
+});
+
+test('a leader whose lease is not confirmed answers NOTLEADER without naming itself', async (t) => {
+  const { node, election, stores } = await member(t);
+  election.win('10');
+  await stores[0]!.asked();
+  stores[0]!.finish(new Map());
+  await waitFor(() => node.readiness().ready, 'node.readiness().ready');
+  election.leaseAlive = false;
+  assert.deepEqual(refusal(node.allocate('a', 1n)), { code: 'NOTLEADER', message: '' });
+  assert.deepEqual(node.readiness(), { ready: false, reason: 'leader, but the lease is not confirmed by etcd' });
+});
