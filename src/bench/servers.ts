@@ -184,6 +184,25 @@ export function freePort(): Promise<number> {
   });
 }
 
+/**
+ * Polls `probe` until it says yes (true), the process exits or `ms` pass
+ * (false). A probe that throws has not answered yet.
+ */
+async function answers(exited: Promise<unknown>, ms: number, probe: () => Promise<boolean>): Promise<boolean> {
+  let gone = false;
+  void exited.then(() => (gone = true));
+  const deadline = Date.now() + ms;
+  while (!gone && Date.now() < deadline) {
+    try {
+      if (await probe()) return true;
+    } catch {
+      // Not serving yet.
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return false;
+}
+
 function logTail(file: string): string {
   try {
     return readFileSync(file, 'utf8').trim().split('\n').slice(-3).join(' | ');
@@ -205,18 +224,8 @@ export async function startRedis(label: string, args: readonly string[]): Promis
       ['--port', String(port), '--bind', HOST, '--dir', dir, '--daemonize', 'no', '--logfile', log, ...args],
       'ignore',
     );
-    let gone = false;
-    void exited.then(() => (gone = true));
-    const deadline = Date.now() + 15_000;
-    while (!gone && Date.now() < deadline) {
-      try {
-        if ((await query(port, ['PING'], 1000)) === '+PONG') {
-          return { label, pid: child.pid!, port, dir, stop: stopper(child, exited, dir) };
-        }
-      } catch {
-        // Not listening yet.
-      }
-      await new Promise((r) => setTimeout(r, 50));
+    if (await answers(exited, 15_000, async () => (await query(port, ['PING'], 1000)) === '+PONG')) {
+      return { label, pid: child.pid!, port, dir, stop: stopper(child, exited, dir) };
     }
     child.kill('SIGKILL');
     await exited;
@@ -263,20 +272,11 @@ export async function startEtcd(): Promise<RunningEtcd> {
       ],
       'ignore',
     );
-    let gone = false;
-    void exited.then(() => (gone = true));
-    const deadline = Date.now() + 20_000;
-    while (!gone && Date.now() < deadline) {
-      try {
-        const res = await fetch(`${url}/health`, { signal: AbortSignal.timeout(1000) });
-        if (((await res.json()) as { health?: string }).health === 'true') {
-          return { pid: child.pid!, url, stop: stopper(child, exited, dir) };
-        }
-      } catch {
-        // Not serving yet.
-      }
-      await new Promise((r) => setTimeout(r, 50));
-    }
+    const healthy = async () => {
+      const res = await fetch(`${url}/health`, { signal: AbortSignal.timeout(1000) });
+      return ((await res.json()) as { health?: string }).health === 'true';
+    };
+    if (await answers(exited, 20_000, healthy)) return { pid: child.pid!, url, stop: stopper(child, exited, dir) };
     child.kill('SIGKILL');
     await exited;
     lastError = new Error(`etcd did not become healthy on ${url}: ${output() || '(no output)'}`);

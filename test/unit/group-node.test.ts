@@ -91,7 +91,22 @@ class HeldStore implements Store {
   }
 }
 
-async function member(t: import('node:test').TestContext): Promise<{ node: GroupHandle; election: FakeElection; stores: HeldStore[] }> {
+interface Member {
+  node: GroupHandle;
+  election: FakeElection;
+  stores: HeldStore[];
+}
+
+/** Wins a term and lets its load finish with `marks`; resolves once the member serves. */
+async function serveTerm({ node, election, stores }: Member, revision: string, marks: Map<string, bigint>): Promise<void> {
+  election.win(revision);
+  const store = stores.at(-1)!;
+  await store.asked();
+  store.finish(marks);
+  await waitFor(() => node.readiness().ready, 'the member to serve');
+}
+
+async function member(t: import('node:test').TestContext): Promise<Member> {
   const election = new FakeElection();
   const stores: HeldStore[] = [];
   const config = parseConfig([`--etcd=http://127.0.0.1:1`, '--node-id=a', `--advertise=${SELF}`]);
@@ -132,7 +147,7 @@ test('elected but still loading the marks: a bare NOTLEADER, never its own addre
   assert.deepEqual(node.readiness(), { ready: false, reason: 'leader, loading marks from etcd' });
 
   stores[0]!.finish(new Map([['a', 41n]]));
-  await waitFor(() => node.readiness().ready, 'node.readiness().ready');
+  await waitFor(() => node.readiness().ready, 'the member to serve');
   assert.equal(await node.allocate('a', 1n), 41n);
   assert.equal(node.readiness().reason, 'leader');
 });
@@ -149,16 +164,14 @@ test('a failed load says persistence unavailable and is retried with a fresh sto
   await waitFor(() => stores.length === 2, 'stores.length === 2');
   await stores[1]!.asked();
   stores[1]!.finish(new Map());
-  await waitFor(() => node.readiness().ready, 'node.readiness().ready');
+  await waitFor(() => node.readiness().ready, 'the member to serve');
   assert.equal(await node.allocate('a', 1n), 1n);
 });
 
 test('losing leadership stops serving at once; a later term loads the marks afresh', async (t) => {
-  const { node, election, stores } = await member(t);
-  election.win('9');
-  await stores[0]!.asked();
-  stores[0]!.finish(new Map([['a', 100n]]));
-  await waitFor(() => node.readiness().ready, 'node.readiness().ready');
+  const m = await member(t);
+  const { node, election, stores } = m;
+  await serveTerm(m, '9', new Map([['a', 100n]]));
   assert.equal(await node.allocate('a', 1n), 100n);
 
   election.lose('lease expired', OTHER);
@@ -169,16 +182,14 @@ test('losing leadership stops serving at once; a later term loads the marks afre
   await stores[1]!.asked();
   assert.deepEqual(refusal(node.allocate('a', 1n)), { code: 'NOTLEADER', message: '' });
   stores[1]!.finish(new Map([['a', 500n]]));
-  await waitFor(() => node.readiness().ready, 'node.readiness().ready');
+  await waitFor(() => node.readiness().ready, 'the member to serve');
   assert.equal(await node.allocate('a', 1n), 500n);
 });
 
 test('a leader whose lease is not confirmed answers NOTLEADER without naming itself', async (t) => {
-  const { node, election, stores } = await member(t);
-  election.win('10');
-  await stores[0]!.asked();
-  stores[0]!.finish(new Map());
-  await waitFor(() => node.readiness().ready, 'node.readiness().ready');
+  const m = await member(t);
+  await serveTerm(m, '10', new Map());
+  const { node, election } = m;
   election.leaseAlive = false;
   assert.deepEqual(refusal(node.allocate('a', 1n)), { code: 'NOTLEADER', message: '' });
   assert.deepEqual(node.readiness(), { ready: false, reason: 'leader, but the lease is not confirmed by etcd' });
