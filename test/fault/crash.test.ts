@@ -50,10 +50,13 @@ async function crashLoop(reserve: bigint, rounds: number): Promise<void> {
       if (round === 0) {
         // The gapless mode, and only it, commits on the main thread.
         const c = await WireClient.connect(server.port);
-        c.send('INFO\r\n');
-        await c.until((t) => t.includes('# Sequences'));
-        assert.match(c.text, new RegExp(`\r\ncommit_thread:${reserve === 0n ? 'main' : 'workers'}\r\n`));
-        c.close();
+        try {
+          c.send('INFO\r\n');
+          await c.until((t) => t.includes('# Sequences'));
+          assert.match(c.text, new RegExp(`\r\ncommit_thread:${reserve === 0n ? 'main' : 'workers'}\r\n`));
+        } finally {
+          c.close();
+        }
       }
       const killAfter = 50 + Math.floor(random() * 1500);
       let killed = false;
