@@ -80,45 +80,45 @@ export class Metrics {
     // Standard names (process_*, nodejs_*), so stock Node.js dashboards work unchanged.
     collectDefaultMetrics({ register: this.registry });
 
-    counter(registers, 'dolmeangi_issued_numbers_total', 'Numbers handed out since this process started (a batch of 100 counts 100).', ['sequence'], (c) => {
+    scraped(Counter, registers, 'dolmeangi_issued_numbers_total', 'Numbers handed out since this process started (a batch of 100 counts 100).', ['sequence'], (c) => {
       for (const r of this.rows) c.inc({ sequence: r.sequence }, r.issued);
     });
-    gauge(registers, 'dolmeangi_sequence_next', 'The number the next GETSEQ returns (2^63 once exhausted); float64, approximate above 2^53.', ['sequence'], (g) => {
+    scraped(Gauge, registers, 'dolmeangi_sequence_next', 'The number the next GETSEQ returns (2^63 once exhausted); float64, approximate above 2^53.', ['sequence'], (g) => {
       for (const r of this.rows) if (r.next !== null) g.set({ sequence: r.sequence }, Number(r.next));
     });
-    gauge(registers, 'dolmeangi_sequence_durable_mark', 'Numbers below this are durable and handed out without waiting for storage (2^63 in memory mode); float64, approximate above 2^53.', ['sequence'], (g) => {
+    scraped(Gauge, registers, 'dolmeangi_sequence_durable_mark', 'Numbers below this are durable and handed out without waiting for storage (2^63 in memory mode); float64, approximate above 2^53.', ['sequence'], (g) => {
       for (const r of this.rows) if (r.durableMark !== null) g.set({ sequence: r.sequence }, Number(r.durableMark));
     });
-    gauge(registers, 'dolmeangi_sequence_remaining', 'Numbers left before the sequence is exhausted at 2^63-1; exact below 2^53. For (other), the least among them.', ['sequence'], (g) => {
+    scraped(Gauge, registers, 'dolmeangi_sequence_remaining', 'Numbers left before the sequence is exhausted at 2^63-1; exact below 2^53. For (other), the least among them.', ['sequence'], (g) => {
       for (const r of this.rows) g.set({ sequence: r.sequence }, Number(r.remaining));
     });
-    gauge(registers, 'dolmeangi_sequence_used_ratio', 'Fraction of the 63-bit number space below the next number (1 = exhausted). For (other), the fullest among them.', ['sequence'], (g) => {
+    scraped(Gauge, registers, 'dolmeangi_sequence_used_ratio', 'Fraction of the 63-bit number space below the next number (1 = exhausted). For (other), the fullest among them.', ['sequence'], (g) => {
       for (const r of this.rows) g.set({ sequence: r.sequence }, (SPACE - Number(r.remaining)) / SPACE);
     });
-    gauge(registers, 'dolmeangi_sequences', 'Sequences that exist on this node.', [], (g) => g.set(this.sequenceCount));
-    gauge(registers, 'dolmeangi_max_sequences', 'The --max-sequences limit.', [], (g) => g.set(view.maxSequences));
+    scraped(Gauge, registers, 'dolmeangi_sequences', 'Sequences that exist on this node.', [], (g) => g.set(this.sequenceCount));
+    scraped(Gauge, registers, 'dolmeangi_max_sequences', 'The --max-sequences limit.', [], (g) => g.set(view.maxSequences));
 
-    counter(registers, 'dolmeangi_requests_total', 'Requests by command; unknown commands count under command="unknown".', ['command'], (c) => {
+    scraped(Counter, registers, 'dolmeangi_requests_total', 'Requests by command; unknown commands count under command="unknown".', ['command'], (c) => {
       const calls = view.commands().calls;
       COMMAND_LABELS.forEach((command, i) => c.inc({ command }, calls[i] ?? 0));
     });
-    counter(registers, 'dolmeangi_errors_total', 'Error replies by wire code (ERR, NOAUTH, WRONGPASS, NOTLEADER, ...).', ['code'], (c) => {
+    scraped(Counter, registers, 'dolmeangi_errors_total', 'Error replies by wire code (ERR, NOAUTH, WRONGPASS, NOTLEADER, ...).', ['code'], (c) => {
       for (const [code, n] of view.commands().errors) c.inc({ code }, n);
     });
 
-    gauge(registers, 'dolmeangi_connections', 'Open client connections.', [], (g) => g.set(view.connections().open));
-    gauge(registers, 'dolmeangi_max_connections', 'The --max-connections limit.', [], (g) => g.set(view.maxConnections));
-    counter(registers, 'dolmeangi_connections_accepted_total', 'Client connections accepted.', [], (c) => c.inc(view.connections().accepted));
-    counter(registers, 'dolmeangi_connections_rejected_total', 'Client connections refused because --max-connections were open.', [], (c) => c.inc(view.connections().rejected));
-    counter(registers, 'dolmeangi_output_limit_disconnects_total', 'Clients disconnected for leaving more than --client-output-limit reply bytes unread.', [], (c) => c.inc(view.connections().outputLimitDisconnects));
+    scraped(Gauge, registers, 'dolmeangi_connections', 'Open client connections.', [], (g) => g.set(view.connections().open));
+    scraped(Gauge, registers, 'dolmeangi_max_connections', 'The --max-connections limit.', [], (g) => g.set(view.maxConnections));
+    scraped(Counter, registers, 'dolmeangi_connections_accepted_total', 'Client connections accepted.', [], (c) => c.inc(view.connections().accepted));
+    scraped(Counter, registers, 'dolmeangi_connections_rejected_total', 'Client connections refused because --max-connections were open.', [], (c) => c.inc(view.connections().rejected));
+    scraped(Counter, registers, 'dolmeangi_output_limit_disconnects_total', 'Clients disconnected for leaving more than --client-output-limit reply bytes unread.', [], (c) => c.inc(view.connections().outputLimitDisconnects));
 
-    gauge(registers, 'dolmeangi_ready', '1 when this node can hand out numbers now (as /readyz), else 0.', [], (g) => g.set(view.ready() ? 1 : 0));
-    gauge(registers, 'dolmeangi_persistence_up', '0 while writes to storage fail, else 1 (also 1 in memory mode, where nothing is written).', [], (g) => g.set(view.persistenceUp() ? 1 : 0));
+    scraped(Gauge, registers, 'dolmeangi_ready', '1 when this node can hand out numbers now (as /readyz), else 0.', [], (g) => g.set(view.ready() ? 1 : 0));
+    scraped(Gauge, registers, 'dolmeangi_persistence_up', '0 while writes to storage fail, else 1 (also 1 in memory mode, where nothing is written).', [], (g) => g.set(view.persistenceUp() ? 1 : 0));
     const leader = view.leader?.bind(view);
     if (leader !== undefined) {
-      gauge(registers, 'dolmeangi_leader', '1 while this member leads its group, else 0 (group mode only).', [], (g) => g.set(leader() ? 1 : 0));
+      scraped(Gauge, registers, 'dolmeangi_leader', '1 while this member leads its group, else 0 (group mode only).', [], (g) => g.set(leader() ? 1 : 0));
     }
-    gauge(registers, 'dolmeangi_build_info', 'Always 1; the labels say which release runs in which mode.', ['version', 'mode'], (g) => {
+    scraped(Gauge, registers, 'dolmeangi_build_info', 'Always 1; the labels say which release runs in which mode.', ['version', 'mode'], (g) => {
       g.set({ version: view.version, mode: view.mode() }, 1);
     });
 
@@ -194,25 +194,29 @@ function foldSequences(snapshot: readonly SequenceSnapshot[], labelled: number):
   return rows;
 }
 
-/**
- * A counter whose value is read at scrape time. prom-client counters only go up
- * by inc(), so each scrape starts from zero and adds the current totals.
- */
-function counter(registers: Registry[], name: string, help: string, labelNames: string[], fill: (c: Counter) => void): void {
-  new Counter({
-    name,
-    help,
-    labelNames,
-    registers,
-    collect() {
-      this.reset();
-      fill(this);
-    },
-  });
+/** The settings both metric kinds take; `collect` runs at each scrape. */
+interface ScrapedConfig<M> {
+  name: string;
+  help: string;
+  labelNames: string[];
+  registers: Registry[];
+  collect(this: M): void;
 }
 
-function gauge(registers: Registry[], name: string, help: string, labelNames: string[], fill: (g: Gauge) => void): void {
-  new Gauge({
+/**
+ * A metric whose value is read at scrape time. prom-client counters only go up
+ * by inc(), so each scrape starts from zero and adds the current totals; gauges
+ * are reset too, so a sequence gone from the view leaves no stale series.
+ */
+function scraped<K extends typeof Counter | typeof Gauge>(
+  Kind: K,
+  registers: Registry[],
+  name: string,
+  help: string,
+  labelNames: string[],
+  fill: (m: InstanceType<K>) => void,
+): void {
+  const config: ScrapedConfig<InstanceType<K>> = {
     name,
     help,
     labelNames,
@@ -221,5 +225,7 @@ function gauge(registers: Registry[], name: string, help: string, labelNames: st
       this.reset();
       fill(this);
     },
-  });
+  };
+  // Both constructors take this config; TypeScript cannot see that through their label-name generics.
+  new (Kind as new (c: typeof config) => InstanceType<K>)(config);
 }
