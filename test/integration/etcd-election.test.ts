@@ -30,6 +30,24 @@ describe('etcd leadership', () => {
 
   const conn = (endpoints: readonly string[]): EtcdConnection => ({ endpoints, username: null, password: null });
 
+  /**
+   * a leads and stores s=100 through a store of its term, then resigns to b;
+   * returns both terms' stores, the new one loaded (and checked to see s=100).
+   */
+  async function handOver(prefix: string): Promise<{ oldStore: EtcdStore; newStore: EtcdStore }> {
+    const a = await startNode(prefix, 'a');
+    await waitFor(() => a.leadership.canServe(), 'a to lead');
+    const oldStore = new EtcdStore(a.client, prefix, a.leadership.term!);
+    await oldStore.load();
+    await oldStore.persist(new Map([['s', 100n]]));
+    const b = await startNode(prefix, 'b');
+    await a.leadership.resign();
+    await waitFor(() => b.leadership.canServe(), 'b to lead');
+    const newStore = new EtcdStore(b.client, prefix, b.leadership.term!);
+    assert.deepEqual(await newStore.load(), new Map([['s', 100n]]));
+    return { oldStore, newStore };
+  }
+
   async function startNode(prefix: string, id: string, opts: { endpoints?: readonly string[]; ttl?: number } = {}): Promise<Node> {
     const connection = conn(opts.endpoints ?? cluster.endpoints);
     const client = createEtcdClient(connection);
@@ -111,18 +129,7 @@ describe('etcd leadership', () => {
 
   test('a deposed leader cannot write: its store rejects with FencedError once another node leads', async () => {
     const prefix = freshPrefix();
-    const a = await startNode(prefix, 'a');
-    await waitFor(() => a.leadership.canServe(), 'a to lead');
-    const oldTerm = a.leadership.term!;
-    const oldStore = new EtcdStore(a.client, prefix, oldTerm);
-    await oldStore.load();
-    await oldStore.persist(new Map([['s', 100n]]));
-
-    const b = await startNode(prefix, 'b');
-    await a.leadership.resign();
-    await waitFor(() => b.leadership.canServe(), 'b to lead');
-    const newStore = new EtcdStore(b.client, prefix, b.leadership.term!);
-    assert.deepEqual(await newStore.load(), new Map([['s', 100n]]));
+    const { oldStore, newStore } = await handOver(prefix);
     await newStore.persist(new Map([['s', 200n]]));
 
     await assert.rejects(oldStore.persist(new Map([['s', 150n]])), (err: Error & { code?: string }) => {
@@ -211,16 +218,7 @@ describe('etcd leadership', () => {
 
   test('a deposed leader cannot write even before the new leader has written anything', async () => {
     const prefix = freshPrefix();
-    const a = await startNode(prefix, 'a');
-    await waitFor(() => a.leadership.canServe(), 'a to lead');
-    const oldStore = new EtcdStore(a.client, prefix, a.leadership.term!);
-    await oldStore.load();
-    await oldStore.persist(new Map([['s', 100n]]));
-    const b = await startNode(prefix, 'b');
-    await a.leadership.resign();
-    await waitFor(() => b.leadership.canServe(), 'b to lead');
-    const newStore = new EtcdStore(b.client, prefix, b.leadership.term!);
-    assert.deepEqual(await newStore.load(), new Map([['s', 100n]]));
+    const { oldStore } = await handOver(prefix);
     await assert.rejects(oldStore.persist(new Map([['s', 150n]])), { name: 'FencedError' });
     assert.equal(await direct.get(`${prefix}marks/s`).string(), '100');
   });
