@@ -83,7 +83,6 @@ export class Decoder {
   private error(detail: string): -2 {
     this.state = S.Failed;
     this.fail = new ProtocolError(detail);
-    this.words = [];
     return -2;
   }
 
@@ -111,8 +110,11 @@ export class Decoder {
       }
       case S.Inline: {
         const from = pos + this.scan;
-        const lf = from < end ? buf.indexOf(LF, from) : -1;
-        if (lf === -1 || lf >= end) {
+        // Bounded at `end`: a carried-over buffer holds stale bytes beyond it, and
+        // scanning them on every chunk would make a slow inline line quadratic.
+        const at = from < end ? buf.subarray(from, end).indexOf(LF) : -1;
+        const lf = at === -1 ? -1 : from + at;
+        if (lf === -1) {
           this.scan = end - pos;
           if (this.scan > MAX_LINE + 1) return this.error('too big inline request');
           return -1;
@@ -134,8 +136,8 @@ export class Decoder {
         if (n.value <= 0) {
           this.state = S.Start;
         } else {
+          // `words` is empty here: each frame hands its array on and starts a new one.
           this.expected = n.value;
-          this.words = [];
           this.state = S.BulkHeader;
         }
         return n.next;
