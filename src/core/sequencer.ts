@@ -77,7 +77,7 @@ interface Waiter {
 interface Seq {
   readonly name: string;
   next: bigint;
-  /** Durable: numbers below it may be handed out now. */
+  /** Durable: numbers below it may be handed out now (END in memory). */
   mark: bigint;
   /** The mark asked of the store (>= mark); equal to mark when nothing is pending. */
   target: bigint;
@@ -170,10 +170,10 @@ export class Sequencer implements SequenceSource {
     const first = s.next;
     const end = first + count;
     if (end > END) return EXHAUSTED;
-    if (this.store === null || (s.waiters.length === 0 && end <= s.mark)) {
+    if (s.waiters.length === 0 && end <= s.mark) {
       s.next = end;
       s.issued += Number(count);
-      if (end > s.refillAt && this.store !== null) this.want(s);
+      if (end > s.refillAt) this.want(s);
       return first;
     }
     if (this.failure !== null) {
@@ -202,7 +202,7 @@ export class Sequencer implements SequenceSource {
   snapshot(): SequenceSnapshot[] {
     const out: SequenceSnapshot[] = [];
     for (const s of this.seqs.values()) {
-      out.push({ name: s.name, next: s.next + s.waitingCount, durableMark: this.store ? s.mark : END, issued: s.issued });
+      out.push({ name: s.name, next: s.next + s.waitingCount, durableMark: s.mark, issued: s.issued });
     }
     return out;
   }
@@ -293,13 +293,17 @@ export class Sequencer implements SequenceSource {
     return this.create(name, this.initial);
   }
 
-  private create(name: string, mark: bigint): Seq {
+  /** A sequence starting at `next`; durable up to there, or (in memory) all the way to END. */
+  private create(name: string, next: bigint): Seq {
+    // In memory there is nothing to wait for: every number is "durable", and the
+    // fast path of allocate() alone serves it.
+    const mark = this.store === null ? END : next;
     const s: Seq = {
       name,
-      next: mark,
+      next,
       mark,
       target: mark,
-      refillAt: mark - this.lowWater,
+      refillAt: mark >= END ? END : mark - this.lowWater,
       stored: null,
       waiters: [],
       waitingCount: 0n,
