@@ -21,6 +21,11 @@ export class SequenceError {
   ) {}
 }
 
+/** NOTLEADER naming the leader when one is known (an empty message otherwise). */
+export function notLeader(leadership: Leadership | undefined): SequenceError {
+  return new SequenceError('NOTLEADER', leadership?.leaderAddress() ?? '');
+}
+
 export const EXHAUSTED = new SequenceError('ERR', 'sequence exhausted');
 export const SHUTTING_DOWN = new SequenceError('ERR', 'server is shutting down; retry on another server');
 
@@ -283,9 +288,8 @@ export class Sequencer implements SequenceSource {
     return null;
   }
 
-  /** NOTLEADER naming the leader when one is known (an empty message otherwise). */
   private notLeader(): SequenceError {
-    return new SequenceError('NOTLEADER', this.leadership?.leaderAddress() ?? '');
+    return notLeader(this.leadership);
   }
 
   private createNew(name: string): Seq | undefined {

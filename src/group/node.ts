@@ -10,6 +10,7 @@ import os from 'node:os';
 import type { Config } from '../config.js';
 import type { Leadership, Store } from '../core/ports.js';
 import {
+  notLeader,
   Sequencer,
   SequenceError,
   SHUTTING_DOWN,
@@ -116,8 +117,7 @@ class GroupNode implements GroupHandle {
   private readonly log: Logger;
   /** The sequencer of the current term, once its marks are loaded. */
   private sequencer: Sequencer | null = null;
-  /** The term being loaded, and why the last load failed. */
-  private loading: LeadershipTerm | null = null;
+  /** Why the last load of this term's marks failed (null once loaded, or not leading). */
   private loadError: string | null = null;
   private persistFailingSince: number | null = null;
   private closing: Promise<void> | null = null;
@@ -165,8 +165,7 @@ class GroupNode implements GroupHandle {
   }
 
   persistenceFailure(): string | null {
-    if (this.loading !== null) return this.loadError;
-    return this.sequencer?.persistenceFailure ?? null;
+    return this.sequencer?.persistenceFailure ?? this.loadError;
   }
 
   readiness(): { ready: boolean; reason: string } {
@@ -223,12 +222,11 @@ class GroupNode implements GroupHandle {
       // in a loop; a bare NOTLEADER makes them wait and retry.
       return new SequenceError('NOTLEADER', '');
     }
-    return new SequenceError('NOTLEADER', this.leadership.leaderAddress() ?? '');
+    return notLeader(this.leadership);
   }
 
   private async onElected(term: LeadershipTerm): Promise<void> {
     this.log.info({ term: term.revision, nodeId: this.nodeId }, 'elected group leader; loading marks from etcd');
-    this.loading = term;
     this.loadError = null;
     const current = (): boolean => this.leadership.term === term && this.closing === null;
     let delay = LOAD_RETRY_MIN_MS;
@@ -238,10 +236,9 @@ class GroupNode implements GroupHandle {
       try {
         const { raisedByInitial } = await seq.open();
         if (!current()) {
-          seq.abort(this.notLeader());
+          seq.abort(notLeader(this.leadership));
           return;
         }
-        this.loading = null;
         this.loadError = null;
         this.persistFailingSince = null;
         this.sequencer = seq;
@@ -309,15 +306,11 @@ class GroupNode implements GroupHandle {
   private onLost(reason: string): void {
     const seq = this.sequencer;
     this.sequencer = null;
-    this.loading = null;
     this.loadError = null;
     this.persistFailingSince = null;
-    seq?.abort(this.notLeader());
+    seq?.abort(notLeader(this.leadership));
     if (this.closing) this.log.info({ reason }, 'no longer group leader');
     else this.log.warn({ reason }, 'no longer group leader');
   }
 
-  private notLeader(): SequenceError {
-    return new SequenceError('NOTLEADER', this.leadership.leaderAddress() ?? '');
-  }
 }
