@@ -1,7 +1,7 @@
 import type { Command } from './types.js';
 import { numberReply, sequenceName } from './sequence-reply.js';
 import { parseUnsigned } from '../core/limits.js';
-import { error } from '../protocol/encoder.js';
+import { clip, error } from '../protocol/encoder.js';
 
 /** GETSEQ_BATCH <count> [name]: the caller owns first .. first+count-1. */
 export const batch: Command = {
@@ -13,8 +13,7 @@ export const batch: Command = {
     // `:100` is accepted because the seed's design note wrote it that way.
     const count = parseUnsigned(raw.charCodeAt(0) === 58 ? raw.slice(1) : raw);
     if (count === undefined || count < 1n || count > services.maxBatch) {
-      const shown = raw.length > 32 ? `${raw.slice(0, 32)}...` : raw;
-      return error('ERR', `invalid count '${shown}': expected an integer from 1 to ${services.maxBatch} (--max-batch)`);
+      return error('ERR', `invalid count '${clip(raw, 32)}': expected an integer from 1 to ${services.maxBatch} (--max-batch)`);
     }
     const name = sequenceName(words[2]);
     if (typeof name !== 'string') return name.reply;

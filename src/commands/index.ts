@@ -10,7 +10,7 @@ import { ping } from './ping.js';
 import { info } from './info.js';
 import { auth } from './auth.js';
 import { quit } from './quit.js';
-import { error, oneLine } from '../protocol/encoder.js';
+import { clip, error } from '../protocol/encoder.js';
 
 export type { Command, Reply, Services, Session } from './types.js';
 
@@ -52,15 +52,16 @@ export function newSession(): Session {
 export function execute(words: string[], session: Session, services: Services, stats: CommandStats): Reply {
   const name = words[0]!;
   const entry = table.get(name) ?? table.get(name.toUpperCase());
+  const locked = services.passwordDigest !== null && !session.authenticated;
   let reply: Reply;
   if (entry === undefined) {
     stats.calls[COMMANDS.length]!++;
-    reply = services.passwordDigest !== null && !session.authenticated ? NOAUTH : unknown(name);
+    reply = locked ? NOAUTH : unknown(name);
   } else {
     stats.calls[entry.index]!++;
     const { command } = entry;
     const argc = words.length - 1;
-    if (services.passwordDigest !== null && !session.authenticated && command.beforeAuth !== true) {
+    if (locked && command.beforeAuth !== true) {
       reply = NOAUTH;
     } else if (argc < command.minArgs || argc > command.maxArgs) {
       reply = error('ERR', `wrong number of arguments for '${command.name}'`);
@@ -75,6 +76,6 @@ export function execute(words: string[], session: Session, services: Services, s
 
 function unknown(name: string): string {
   // The name is echoed as sent (cut to a sane length), never as raw control bytes.
-  const shown = name.length > 128 ? `${name.slice(0, 128)}...` : name;
-  return error('ERR', `Unknown command '${oneLine(shown)}'. Supported: ${SUPPORTED}`);
+  // error() makes the name safe for one line.
+  return error('ERR', `Unknown command '${clip(name, 128)}'. Supported: ${SUPPORTED}`);
 }

@@ -1,6 +1,6 @@
 /** Turns what the sequence core returns into wire replies. */
 import { SequenceError } from '../core/sequencer.js';
-import { error, integer } from '../protocol/encoder.js';
+import { clip, error, integer } from '../protocol/encoder.js';
 import { isValidName, DEFAULT_SEQUENCE, NAME_RULE } from '../core/limits.js';
 import type { Reply } from './types.js';
 
@@ -17,6 +17,5 @@ export function numberReply(r: bigint | SequenceError | Promise<bigint>): Reply 
 export function sequenceName(arg: string | undefined): string | { reply: string } {
   if (arg === undefined) return DEFAULT_SEQUENCE;
   if (isValidName(arg)) return arg;
-  const shown = arg.length > 64 ? `${arg.slice(0, 64)}...` : arg;
-  return { reply: error('ERR', `invalid sequence name '${shown}': use ${NAME_RULE}`) };
+  return { reply: error('ERR', `invalid sequence name '${clip(arg, 64)}': use ${NAME_RULE}`) };
 }

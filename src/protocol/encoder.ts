@@ -15,8 +15,9 @@ export function error(code: string, message: string): string {
   return message === '' ? `-${code}\r\n` : `-${code} ${oneLine(message)}\r\n`;
 }
 
+/** A bulk string of latin1 text: one character is one byte, so its length is the byte count. */
 export function bulk(text: string): string {
-  return `$${Buffer.byteLength(text, 'latin1')}\r\n${text}\r\n`;
+  return `$${text.length}\r\n${text}\r\n`;
 }
 
 /**
@@ -26,4 +27,9 @@ export function bulk(text: string): string {
 export function oneLine(text: string): string {
   // eslint-disable-next-line no-control-regex
   return /[\x00-\x1f\x7f]/.test(text) ? text.replace(/[\x00-\x1f\x7f]/g, ' ') : text;
+}
+
+/** Client-supplied text cut to `max` characters for an error message (marked `...` when cut). */
+export function clip(text: string, max: number): string {
+  return text.length > max ? `${text.slice(0, max)}...` : text;
 }
