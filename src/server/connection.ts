@@ -134,31 +134,14 @@ export class Connection {
     if (this.stopped) return;
     this.progress++;
     const reply = execute(words, this.session, this.services, this.stats);
-    if (typeof reply === 'string') {
-      if (this.queueHead === this.queue.length) this.out += reply;
-      else this.queue.push(reply);
-      this.owed += reply.length;
-      if (this.owed > this.room) {
-        this.cutOff();
-        return;
-      }
-    } else {
-      const slot: Slot = { value: null };
-      this.queue.push(slot);
-      // A waiting reply holds memory here and in the core before it has a byte to
-      // show: it counts against the output limit too, or a client could pipeline
-      // without bound while storage is slow.
-      this.owed += PENDING_COST;
-      if (this.owed > this.room) {
-        this.cutOff();
-        return;
-      }
-      reply.then((value) => {
-        if (value.charCodeAt(0) === 45 /* '-' */) this.stats.countError(value);
-        slot.value = value;
-        this.owed += value.length - PENDING_COST;
-        this.schedulePump();
-      });
+    // A waiting reply holds memory here and in the core before it has a byte to
+    // show: it counts against the output limit too, or a client could pipeline
+    // without bound while storage is slow.
+    if (typeof reply === 'string') this.append(reply, reply.length);
+    else this.append(this.slotFor(reply), PENDING_COST);
+    if (this.owed > this.room) {
+      this.cutOff();
+      return;
     }
     if (this.session.quit) {
       this.stopped = true;
@@ -171,11 +154,33 @@ export class Connection {
     if (this.stopped) return;
     const reply = error('ERR', err.message);
     this.stats.countError(reply);
-    if (this.queueHead === this.queue.length) this.out += reply;
-    else this.queue.push(reply);
-    this.owed += reply.length;
+    this.append(reply, reply.length);
     this.stopped = true;
     this.whenIdle(() => this.socket.end());
+  }
+
+  /** Every reply so far has left the queue (it may still sit in `out`). */
+  private get drained(): boolean {
+    return this.queueHead === this.queue.length;
+  }
+
+  /** Puts a reply behind those owed: straight into `out` when nothing waits before it. */
+  private append(item: string | Slot, cost: number): void {
+    if (typeof item === 'string' && this.drained) this.out += item;
+    else this.queue.push(item);
+    this.owed += cost;
+  }
+
+  /** A queue slot that a reply still waiting for storage fills when it is ready. */
+  private slotFor(reply: Promise<string>): Slot {
+    const slot: Slot = { value: null };
+    reply.then((value) => {
+      if (value.charCodeAt(0) === 45 /* '-' */) this.stats.countError(value);
+      slot.value = value;
+      this.owed += value.length - PENDING_COST;
+      this.schedulePump();
+    });
+    return slot;
   }
 
   /** The client asked for more than it may leave unread: drop it and everything owed to it. */
@@ -239,11 +244,11 @@ export class Connection {
         this.socket.pause();
       }
     }
-    if (this.queueHead === this.queue.length) this.notifyIdle();
+    if (this.drained) this.notifyIdle();
   }
 
   private checkIdle(): void {
-    if (this.progress !== this.progressAtCheck || this.queueHead !== this.queue.length) {
+    if (this.progress !== this.progressAtCheck || !this.drained) {
       // A reply still waiting for storage is the server's delay, not the client's.
       this.progressAtCheck = this.progress;
       this.idleChecks = 0;
@@ -254,7 +259,7 @@ export class Connection {
 
   /** Runs `fn` once every reply owed so far has been handed to the socket. */
   private whenIdle(fn: () => void): void {
-    if (this.closed || (this.queueHead === this.queue.length && this.out.length === 0)) {
+    if (this.closed || (this.drained && this.out.length === 0)) {
       fn();
       return;
     }
