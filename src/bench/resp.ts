@@ -1,16 +1,11 @@
 /**
  * A one-shot RESP request for the bench's own checks (readiness, verifying
- * counts). Deliberately independent of the client library: the bench must be
- * able to check the server even while that library is being changed.
+ * counts). Independent of the client library (connections, retries,
+ * redirects): the bench must be able to check the server even while that
+ * library is being changed. It shares only the pure request encoder.
  */
 import net from 'node:net';
-
-/** Encodes words as a RESP array of bulk strings, as redis-benchmark sends them. */
-export function encodeCommand(words: readonly string[]): string {
-  let out = `*${words.length}\r\n`;
-  for (const w of words) out += `$${Buffer.byteLength(w)}\r\n${w}\r\n`;
-  return out;
-}
+import { encodeCommand } from '../protocol/request-encoder.js';
 
 /**
  * Sends one command on a fresh connection and resolves with the reply: the
