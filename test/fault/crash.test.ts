@@ -4,7 +4,7 @@
  */
 import { test, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, rm, writeFile, readFile, rename, mkdir } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile, readFile, rename, mkdir, readdir } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { startServerProcess, runCli, type ServerProcess } from '../helpers/server-process.js';
@@ -131,6 +131,24 @@ test('a clean stop (SIGTERM) and restart continue with no gap, even with a large
   }
 });
 
+test('--in-memory writes no files, and a restart begins again at --initial', async () => {
+  const dir = await tempDir();
+  try {
+    for (let run = 0; run < 2; run++) {
+      // --data-dir is given too: --in-memory must ignore it, not create state there.
+      const s = await start(['--in-memory', `--data-dir=${path.join(dir, 'data')}`]);
+      const c = await WireClient.connect(s.port);
+      c.send('GETSEQ\r\nGETSEQ\r\n');
+      await c.expect(':1\r\n:2\r\n');
+      c.close();
+      assert.equal(await s.stop(), 0);
+      assert.deepEqual(await readdir(dir), [], 'nothing written');
+    }
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
 test('--initial only seeds new sequences; above the persisted mark it wins', async () => {
   const dir = await tempDir();
   try {
@@ -251,6 +269,8 @@ test('SIGTERM answers the requests already read, even those waiting for fsync, t
     a.child.kill('SIGTERM');
     await c.waitClosed(10_000);
     const lines = c.text.split('\r\n').filter((l) => l !== '');
+    // The 500 requests left in one write, so the server had read them all before the signal.
+    assert.equal(lines.length, 500, 'every request read before the signal is answered');
     const numbers = lines.filter((l) => l.startsWith(':')).map((l) => BigInt(l.slice(1)));
     assert.deepEqual(numbers, numbers.map((_, i) => BigInt(i + 1)), 'numbers in order, none skipped');
     for (const l of lines.slice(numbers.length)) assert.match(l, /^-ERR server is shutting down/);

@@ -8,7 +8,7 @@ import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { createInterface } from 'node:readline';
 import { CLI, runCli, startServerProcess } from '../helpers/server-process.js';
-import { OPTIONS } from '../../src/config.js';
+import { OPTIONS, parseConfig } from '../../src/config.js';
 import { WireClient } from '../helpers/wire.js';
 
 const bad: Array<[string[], RegExp]> = [
@@ -54,6 +54,57 @@ test('--help lists every option with its environment variable', async () => {
     assert.ok(r.stdout.includes(`SEQUENCER_${o.name.toUpperCase().replace(/-/g, '_')}`), `env of --${o.name}`);
   }
   for (const seed of ['--initial', '--port', '--host', '--max-connections']) assert.ok(r.stdout.includes(seed));
+});
+
+test('the defaults are the documented ones, written out here rather than read from the option table', () => {
+  const c = parseConfig([]);
+  assert.deepEqual(
+    {
+      initial: c.initial,
+      port: c.port,
+      host: c.host,
+      maxConnections: c.maxConnections,
+      dataDir: c.dataDir,
+      inMemory: c.inMemory,
+      reserve: c.reserve,
+      maxBatch: c.maxBatch,
+      maxSequences: c.maxSequences,
+      metricsPort: c.metricsPort,
+      timeout: c.timeout,
+      clientOutputLimit: c.clientOutputLimit,
+      logLevel: c.logLevel,
+      leaseTtl: c.leaseTtl,
+      etcdPrefix: c.etcdPrefix,
+      etcd: c.etcd,
+    },
+    {
+      initial: 1n,
+      port: 10001,
+      host: '0.0.0.0',
+      maxConnections: 1000,
+      dataDir: './data',
+      inMemory: false,
+      reserve: 100000n,
+      maxBatch: 1000000n,
+      maxSequences: 10000,
+      metricsPort: 10090,
+      timeout: 300,
+      clientOutputLimit: 8388608,
+      logLevel: 'info',
+      leaseTtl: 2,
+      etcdPrefix: '/dolmeangi/default/',
+      etcd: [],
+    },
+  );
+  // Flags come from the environment too.
+  assert.equal(parseConfig([], { SEQUENCER_IN_MEMORY: 'true' }).inMemory, true);
+});
+
+test('--help names every option of the contract', async () => {
+  const r = await runCli(['sequencer', '--help']);
+  const contract = ['initial', 'port', 'host', 'max-connections', 'data-dir', 'in-memory', 'reserve', 'max-batch', 'max-sequences',
+    'metrics-port', 'requirepass', 'tls-port', 'timeout', 'etcd', 'node-id', 'advertise', 'lease-ttl', 'etcd-prefix'];
+  for (const name of contract) assert.match(r.stdout, new RegExp(`--${name}\\b`), `--${name}`);
 });
 
 test('--version prints the package version', async () => {

@@ -328,6 +328,27 @@ test('a crash between the new snapshot and the new log leaves the snapshot in ch
   assert.deepEqual(await reload(dir), m({ a: 3n, b: 9n }));
 });
 
+test('a compaction replaces each file whole: write and fsync a temp file, rename it, fsync the directory', async (t) => {
+  const dir = await tempDir(t);
+  const probe = faultAt(Number.MAX_SAFE_INTEGER);
+  const store = await FileStore.open(dir, { compactAfterBytes: 0, beforeIo: probe.hook });
+  t.after(() => store.close());
+  await store.load();
+  await store.persist(m({ a: 1n }));
+  probe.arm();
+  await store.persist(m({ a: 2n }));
+  const replace = (file: string) => [
+    `open ${join(dir, file)}.tmp`,
+    `write ${join(dir, file)}.tmp`,
+    `fsync ${join(dir, file)}.tmp`,
+    `rename ${join(dir, file)}`,
+    `open ${dir}`,
+    `fsync ${dir}`,
+  ];
+  // The snapshot first: until the new log is in place, the old one is ignored as stale.
+  assert.deepEqual(probe.ops, [...replace('marks.snapshot'), ...replace('marks.log'), `stat ${join(dir, 'marks.log')}`]);
+});
+
 for (const commits of COMMIT_MODES) {
   test(`a failure at any step of a write leaves loadable state with the old or new marks (${commits.name})`, async (t) => {
     for (const compactAfterBytes of [0, 1 << 20]) {

@@ -8,6 +8,7 @@ import assert from 'node:assert/strict';
 import { EventEmitter } from 'node:events';
 import { parseConfig } from '../../src/config.js';
 import { SequenceError } from '../../src/core/sequencer.js';
+import { numberReply } from '../../src/commands/sequence-reply.js';
 import type { Marks, Store } from '../../src/core/ports.js';
 import type { LeadershipEvents, LeadershipTerm } from '../../src/election/etcd.js';
 import { startGroup, type GroupElection, type GroupHandle } from '../../src/group/node.js';
@@ -146,6 +147,8 @@ test('elected but still loading the marks: a bare NOTLEADER, never its own addre
   // Naming itself would send clients straight back here, round and round.
   assert.deepEqual(refusal(node.allocate('a', 1n)), { code: 'NOTLEADER', message: '' });
   assert.deepEqual(refusal(node.current('a')), { code: 'NOTLEADER', message: '' });
+  // On the wire: the code alone, as SPEC section 6 gives it.
+  assert.equal(numberReply(node.allocate('a', 1n)), '-NOTLEADER\r\n');
   assert.deepEqual(node.readiness(), { ready: false, reason: 'leader, loading marks from etcd' });
 
   stores[0]!.finish(new Map([['a', 41n]]));
