@@ -17,6 +17,9 @@ export type { Command, Reply, Services, Session } from './types.js';
 /** In the order the unknown-command error lists them. */
 export const COMMANDS: readonly Command[] = [getseq, current, batch, ping, info, auth, quit];
 
+/** Lower-case command names plus `unknown`, indexed as CommandStats.calls: for INFO and the metrics. */
+export const COMMAND_LABELS: readonly string[] = [...COMMANDS.map((c) => c.name.toLowerCase()), 'unknown'];
+
 const SUPPORTED = COMMANDS.map((c) => c.name).join(', ');
 const NOAUTH = error('NOAUTH', 'Authentication required.');
 

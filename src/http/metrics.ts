@@ -17,7 +17,7 @@
  * for graphs and alerts; INFO gives the exact numbers.
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import { COMMANDS, type CommandStats } from '../commands/index.js';
+import { COMMAND_LABELS, type CommandStats } from '../commands/index.js';
 import type { SequenceSnapshot } from '../core/sequencer.js';
 import { END } from '../core/limits.js';
 
@@ -56,7 +56,6 @@ interface SequenceRow {
   readonly remaining: bigint;
 }
 
-const COMMAND_LABELS = [...COMMANDS.map((c) => c.name.toLowerCase()), 'unknown'];
 /** Size of the number space, as a float for ratios. */
 const SPACE = Number(END);
 

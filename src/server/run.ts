@@ -13,7 +13,7 @@ import { FileStore } from '../store/file.js';
 import { SequencerServer } from './server.js';
 import { renderInfo } from './info.js';
 import { digestConfiguredPassword } from '../commands/auth.js';
-import { COMMANDS, type Services } from '../commands/index.js';
+import { COMMAND_LABELS, type Services } from '../commands/index.js';
 import { VERSION } from '../version.js';
 import { createLogger, type Logger } from '../log.js';
 import { Metrics } from '../http/metrics.js';
@@ -85,10 +85,7 @@ export async function startServer(config: Config, opts: StartOptions = {}): Prom
     const error = backend.persistenceFailure();
     return { state: error === null ? 'ok' : 'failing', error };
   };
-  const backend = await openBackend(config, log, sequencerEvents(log, metrics), {
-    persisted: metrics?.persisted,
-    persistFailed: metrics ? () => metrics.persistFailed() : undefined,
-  });
+  const backend = await openBackend(config, log, sequencerEvents(log, metrics), storeMetrics(metrics));
 
   const services: Services = {
     source: backend.source,
@@ -113,9 +110,7 @@ export async function startServer(config: Config, opts: StartOptions = {}): Prom
         persistenceError: p.error,
         reserve: config.reserve,
         extra: backend.extraInfo(),
-        commandCalls: COMMANDS.map((c, i): [string, number] => [c.name.toLowerCase(), server!.stats.calls[i]!]).concat([
-          ['unknown', server!.stats.calls[COMMANDS.length]!],
-        ]),
+        commandCalls: COMMAND_LABELS.map((label, i): [string, number] => [label, server!.stats.calls[i]!]),
         errorReplies: [...server!.stats.errors],
         sequences: backend.source.snapshot(),
       });
@@ -234,15 +229,21 @@ async function readPassword(config: Config): Promise<string | null> {
 /** A failing store is retried every few seconds; while it fails the same way, a line a minute says enough. */
 const STILL_FAILING_LOG_MS = 60_000;
 
+/** What the core reports about storage, to the metrics only (a group member logs it its own way). */
+function storeMetrics(metrics: Metrics | null): SequencerEvents {
+  return { persisted: metrics?.persisted, persistFailed: metrics ? () => metrics.persistFailed() : undefined };
+}
+
 /** What the core reports about storage, to the log and the metrics. */
 function sequencerEvents(log: Logger, metrics: Metrics | null): SequencerEvents {
+  const counted = storeMetrics(metrics);
   let failures = 0;
   let loggedReason = '';
   let loggedAt = 0;
   return {
-    persisted: metrics?.persisted,
+    persisted: counted.persisted,
     persistFailed: (err, retryInMs) => {
-      metrics?.persistFailed();
+      counted.persistFailed?.(err, retryInMs);
       failures++;
       const now = Date.now();
       if (failures > 1 && err.message === loggedReason && now - loggedAt < STILL_FAILING_LOG_MS) return;
