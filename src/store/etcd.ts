@@ -78,7 +78,7 @@ export class EtcdStore implements Store {
       }
       marks.set(name, mark);
     }
-    this.writerRevision = res.responses[1]?.response_range?.kvs[0]?.mod_revision ?? '0';
+    this.writerRevision = writerRevisionIn(res, 1);
     return marks;
   }
 
@@ -123,7 +123,7 @@ export class EtcdStore implements Store {
         );
       }
       // A write of ours that we had given up on has landed since; ours now goes on top of it.
-      this.writerRevision = res.responses[1]?.response_range?.kvs[0]?.mod_revision ?? '0';
+      this.writerRevision = writerRevisionIn(res, 1);
     }
     throw new PersistenceError('earlier writes to etcd kept landing late; retrying');
   }
@@ -134,7 +134,7 @@ export class EtcdStore implements Store {
       success: [{ request_range: { key: this.writerKey } }],
       failure: [],
     });
-    this.writerRevision = res.responses[0]?.response_range?.kvs[0]?.mod_revision ?? '0';
+    this.writerRevision = writerRevisionIn(res, 0);
   }
 
   private async call(
@@ -151,4 +151,9 @@ export class EtcdStore implements Store {
   private assertOpen(): void {
     if (this.closed) throw new PersistenceError('the etcd store of this term is closed');
   }
+}
+
+/** The writer key's mod revision in response `i` of a transaction ('0' when the key does not exist yet). */
+function writerRevisionIn(res: ITxnResponse, i: number): string {
+  return res.responses[i]?.response_range?.kvs[0]?.mod_revision ?? '0';
 }
