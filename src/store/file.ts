@@ -432,15 +432,10 @@ export class FileStore implements Store {
 
   /** Who holds the mutex, as far as LOCK tells; a pid that is gone would send the operator after nothing. */
   private async describeMutexHolder(): Promise<string> {
-    const unnamed = 'a process on this machine; find it with: ss -xlp | grep dolmeangi-data-dir';
-    const seen = await readFile(this.lockPath, 'utf8').catch(() => '');
-    try {
-      const { pid } = JSON.parse(seen) as { pid?: unknown };
-      if (typeof pid === 'number' && Number.isSafeInteger(pid) && pid > 0 && isAlive(pid)) return `pid ${pid}, on this machine`;
-    } catch {
-      // Its LOCK is not written yet, or unreadable.
-    }
-    return unnamed;
+    const holder = parseLock(await readFile(this.lockPath, 'utf8').catch(() => ''));
+    // Its LOCK may not be written yet, or be unreadable: then say how to find it.
+    if (holder !== null && isAlive(holder.pid)) return `pid ${holder.pid}, on this machine`;
+    return 'a process on this machine; find it with: ss -xlp | grep dolmeangi-data-dir';
   }
 
   private releaseMachineMutex(): void {
@@ -493,18 +488,12 @@ export class FileStore implements Store {
 
   /** Returns if the lock in `text` is stale; throws DataDirLockedError while its holder may still run. */
   private checkStale(text: string): void {
-    const unreadable = `its lock file is unreadable; delete ${this.lockPath} if no server uses the directory`;
-    let holder: { pid?: unknown; host?: unknown; started?: unknown };
-    try {
-      holder = JSON.parse(text) as typeof holder;
-    } catch {
-      throw new DataDirLockedError(this.dir, unreadable);
+    const holder = parseLock(text);
+    if (holder === null) {
+      throw new DataDirLockedError(this.dir, `its lock file is unreadable; delete ${this.lockPath} if no server uses the directory`);
     }
-    const { pid, host, started } = holder ?? {};
-    if (typeof pid !== 'number' || !Number.isSafeInteger(pid) || pid <= 0 || typeof host !== 'string') {
-      throw new DataDirLockedError(this.dir, unreadable);
-    }
-    const since = typeof started === 'string' ? `, started ${started}` : '';
+    const { pid, host, started } = holder;
+    const since = started === null ? '' : `, started ${started}`;
     // A process on another machine (a shared volume) cannot be checked from here.
     if (host !== hostname()) {
       throw new DataDirLockedError(
@@ -585,6 +574,19 @@ export class FileStore implements Store {
  */
 function mutexName(dev: bigint, ino: bigint): string {
   return `\0${`dolmeangi-data-dir-${dev}-${ino}`.padEnd(107, '_')}`;
+}
+
+/** A LOCK's contents, or null when they are not a lock this server could have written. */
+function parseLock(text: string): { pid: number; host: string; started: string | null } | null {
+  let holder: { pid?: unknown; host?: unknown; started?: unknown } | null;
+  try {
+    holder = JSON.parse(text) as typeof holder;
+  } catch {
+    return null;
+  }
+  const { pid, host, started } = holder ?? {};
+  if (typeof pid !== 'number' || !Number.isSafeInteger(pid) || pid <= 0 || typeof host !== 'string') return null;
+  return { pid, host, started: typeof started === 'string' ? started : null };
 }
 
 function isAlive(pid: number): boolean {
