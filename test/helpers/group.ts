@@ -39,12 +39,24 @@ export interface GroupOptions {
 }
 
 /** One request on a fresh connection, with a deadline; '' when nothing came back. */
+/**
+ * Whether `text` (latin1, one byte per character) holds one whole reply: a line,
+ * or a bulk string's header, its `n` bytes of body and their CRLF.
+ */
+function completeReply(text: string): boolean {
+  const eol = text.indexOf('\r\n');
+  if (eol === -1) return false;
+  if (!text.startsWith('$')) return true;
+  const n = Number(text.slice(1, eol));
+  return n < 0 || text.length >= eol + 2 + n + 2;
+}
+
 export async function ask(port: number, request: string, timeoutMs = 2000): Promise<string> {
   let c: WireClient | null = null;
   try {
     c = await WireClient.connect(port);
     c.send(request);
-    return await c.until((t) => t.endsWith('\r\n') && (!t.startsWith('$') || t.split('\r\n').length > 2 && Buffer.byteLength(t) >= Number(/^\$(\d+)/.exec(t)?.[1] ?? 0)), timeoutMs);
+    return await c.until(completeReply, timeoutMs);
   } catch {
     return c?.text ?? '';
   } finally {

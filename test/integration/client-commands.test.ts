@@ -1,9 +1,9 @@
 /** The CLI client commands, run in process against mock servers. */
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import net from 'node:net';
 import { runClientCommand, type ClientCommand } from '../../src/cli/client-commands.js';
 import { counterScript, startMockServer, type MockServer } from '../helpers/mock-server.js';
+import { freePort } from '../helpers/ports.js';
 
 const servers: MockServer[] = [];
 after(() => Promise.all(servers.map((s) => s.close())));
@@ -23,14 +23,6 @@ async function run(command: ClientCommand, argv: string[], env: NodeJS.ProcessEn
     env,
   });
   return { code, stdout, stderr };
-}
-
-async function deadPort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as net.AddressInfo;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
 }
 
 test('getseq, current, ping and info print their answers', async () => {
@@ -54,7 +46,8 @@ test('getseq --count takes a batch and prints its first number; names are passed
 
 test('SEQUENCER_SERVER and SEQUENCER_PASSWORD; a server list skips a dead first entry', async () => {
   const server = await mock();
-  const dead = await deadPort();
+  // Free a moment ago, so nothing listens there.
+  const dead = await freePort();
   const result = await run('getseq', [], { SEQUENCER_SERVER: `127.0.0.1:${dead},${server.address}`, SEQUENCER_PASSWORD: 'pw' });
   assert.deepEqual(result, { code: 0, stdout: '1\n', stderr: '' });
   assert.deepEqual(server.requests[0], ['AUTH', 'pw']);
@@ -70,7 +63,8 @@ test('a server error: exit 1 and one line on stderr', async () => {
 });
 
 test('no server answering: exit 1 at once', async () => {
-  const dead = await deadPort();
+  // Free a moment ago, so nothing listens there.
+  const dead = await freePort();
   const started = performance.now();
   const result = await run('ping', ['--server', `127.0.0.1:${dead}`]);
   assert.equal(result.code, 1);
