@@ -4,7 +4,7 @@
  * Both axes are logarithmic because the gapless mode at one client and the
  * in-memory mode at depth 16 differ by orders of magnitude.
  */
-import { SERVERS, type Cell, type MatrixRow, type Results, type ServerId } from './results.js';
+import { SERVERS, SERVER_ORDER, cellName, distinctCells, sameCell, type Cell, type MatrixRow, type Results, type ServerId } from './results.js';
 
 const COLORS: Record<ServerId, string> = {
   'dolmeangi-memory': '#1f6fb4',
@@ -38,11 +38,8 @@ interface Panel {
 }
 
 export function renderChart(r: Results): string {
-  const order = Object.keys(SERVERS) as ServerId[];
-  const servers = order.filter((id) => r.matrix.some((m) => m.server === id));
-  const cells: Cell[] = [];
-  for (const m of r.matrix) if (!cells.some((c) => c.clients === m.clients && c.pipeline === m.pipeline)) cells.push(m);
-  cells.sort((a, b) => a.clients - b.clients || a.pipeline - b.pipeline);
+  const servers = SERVER_ORDER.filter((id) => r.matrix.some((m) => m.server === id));
+  const cells = distinctCells(r.matrix);
 
   // The legend wraps (text width estimated from its length: no font metrics here); the panels go below it.
   const legend: string[] = [];
@@ -101,9 +98,9 @@ function panel(p: Panel, rows: readonly MatrixRow[], servers: readonly ServerId[
   const barW = (groupW * 0.8) / Math.max(1, servers.length);
   cells.forEach((cell, ci) => {
     const gx = LEFT + ci * groupW + groupW * 0.1;
-    out.push(`<text x="${num(LEFT + (ci + 0.5) * groupW)}" y="${bottom + 17}" text-anchor="middle">-c ${cell.clients} -P ${cell.pipeline}</text>`);
+    out.push(`<text x="${num(LEFT + (ci + 0.5) * groupW)}" y="${bottom + 17}" text-anchor="middle">${cellName(cell)}</text>`);
     servers.forEach((id, si) => {
-      const m = rows.find((x) => x.server === id && x.clients === cell.clients && x.pipeline === cell.pipeline);
+      const m = rows.find((x) => x.server === id && sameCell(x, cell));
       if (m === undefined || !(p.value(m) > 0)) return;
       const v = p.value(m);
       const x = gx + si * barW;

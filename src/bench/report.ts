@@ -2,7 +2,7 @@
  * Results as Markdown tables: printed by the bench and pasted into
  * docs/benchmarks.md by the same code, so the two never disagree.
  */
-import { COMPARISONS, DISTURBED_PERCENT, SERVERS, type Cell, type Results, type ServerId } from './results.js';
+import { COMPARISONS, DISTURBED_PERCENT, SERVERS, cellName, distinctCells, sameCell, SERVER_ORDER, type Results, type ServerId } from './results.js';
 
 type Align = 'l' | 'r';
 
@@ -31,8 +31,6 @@ export const fmt = {
 };
 
 const label = (id: ServerId) => SERVERS[id].label;
-const cellName = (c: Cell) => `-c ${c.clients} -P ${c.pipeline}`;
-const sameCell = (a: Cell, b: Cell) => a.clients === b.clients && a.pipeline === b.pipeline;
 
 /** server, -c, -P, req/s and CPU µs/req, each with its ratio to Redis: the columns every matrix table opens with. */
 function throughputCells(r: Results, m: Results['matrix'][number]): string[] {
@@ -49,9 +47,8 @@ function throughputCells(r: Results, m: Results['matrix'][number]): string[] {
 }
 
 export function matrixTable(r: Results): string {
-  const order = Object.keys(SERVERS) as ServerId[];
   const rows = [...r.matrix].sort(
-    (a, b) => a.clients - b.clients || a.pipeline - b.pipeline || order.indexOf(a.server) - order.indexOf(b.server),
+    (a, b) => a.clients - b.clients || a.pipeline - b.pipeline || SERVER_ORDER.indexOf(a.server) - SERVER_ORDER.indexOf(b.server),
   );
   return table(
     ['server', '-c', '-P', 'req/s', 'vs Redis', 'CPU µs/req', 'CPU vs Redis', 'p50 ms', 'p99 ms', 'RSS MiB', 'others %'],
@@ -68,9 +65,7 @@ export function matrixTable(r: Results): string {
 
 /** One row per comparison, one column per cell: throughput ratio, then CPU-per-request ratio. */
 export function ratioTable(r: Results): string {
-  const cells: Cell[] = [];
-  for (const x of r.ratios) if (!cells.some((c) => sameCell(c, x))) cells.push(x);
-  cells.sort((a, b) => a.clients - b.clients || a.pipeline - b.pipeline);
+  const cells = distinctCells(r.ratios);
   const rows = COMPARISONS.filter((c) => r.ratios.some((x) => x.server === c.server)).map((c) => [
     `${label(c.server)} / ${label(c.baseline)}`,
     ...cells.map((cell) => {
@@ -143,9 +138,7 @@ const median = (xs: readonly number[]): number => {
 export function groupTable(r: Results): string {
   const rows: string[][] = [];
   const group = r.group ?? [];
-  const cells: Cell[] = [];
-  for (const g of group) if (!cells.some((c) => sameCell(c, g))) cells.push(g);
-  for (const cell of cells) {
+  for (const cell of distinctCells(group)) {
     const here = group.filter((g) => sameCell(g, cell));
     const rounds = [...new Set(here.map((g) => g.round))].sort((a, b) => a - b);
     const pairs = rounds

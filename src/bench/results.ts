@@ -190,6 +190,19 @@ export const GROUP_CELLS: readonly Cell[] = QUICK_CELLS;
 /** Rounds of leader and single node, alternating which goes first: even, so each goes first as often. */
 export const GROUP_ROUNDS = 4;
 
+export const cellName = (c: Cell): string => `-c ${c.clients} -P ${c.pipeline}`;
+export const sameCell = (a: Cell, b: Cell): boolean => a.clients === b.clients && a.pipeline === b.pipeline;
+
+/** The cells `rows` cover, each once, by concurrency then pipeline depth. */
+export function distinctCells(rows: readonly Cell[]): Cell[] {
+  const cells: Cell[] = [];
+  for (const r of rows) if (!cells.some((c) => sameCell(c, r))) cells.push({ clients: r.clients, pipeline: r.pipeline });
+  return cells.sort((a, b) => a.clients - b.clients || a.pipeline - b.pipeline);
+}
+
+/** Servers in the order every table and chart lists them. */
+export const SERVER_ORDER = Object.keys(SERVERS) as ServerId[];
+
 export function matrixCells(): Cell[] {
   const cells: Cell[] = [];
   for (const clients of MATRIX_CLIENTS) for (const pipeline of MATRIX_PIPELINES) cells.push({ clients, pipeline });

@@ -31,7 +31,10 @@ import {
   METRICS_CELLS,
   QUICK_CELLS,
   SERVERS,
+  cellName,
   matrixCells,
+  sameCell,
+  SERVER_ORDER,
   type BatchRow,
   type Cell,
   type ClientRow,
@@ -63,7 +66,6 @@ import {
 /** The most a whole bench waits, in all, for other processes to leave the machine alone. */
 const QUIET_WAIT_MS = 180_000;
 
-const cellName = (c: Cell) => `-c ${c.clients} -P ${c.pipeline}`;
 
 /** Runs the bench as the options say; resolves with the process exit code. */
 export async function runBench(opts: BenchOptions, stdout: (s: string) => void = (s) => process.stdout.write(s)): Promise<number> {
@@ -120,7 +122,7 @@ class Run {
     else if (this.redis === null) this.skipped.push('redis: redis-server is not installed, so no Redis rows and no ratios');
     const wanted: ServerId[] = opts.quick
       ? ['dolmeangi-memory', 'redis']
-      : ['dolmeangi-memory', 'dolmeangi-durable', 'dolmeangi-reserve0', 'redis', 'redis-aof-always'];
+      : SERVER_ORDER;
     this.servers = wanted.map((id) => SERVERS[id]).filter((s) => s.kind === 'dolmeangi' || this.redis !== null);
     this.etcd = opts.quick ? null : etcdVersion();
     if (!opts.quick && this.etcd === null) this.skipped.push('group: etcd is not installed (Debian: apt-get install etcd-server), so no group-mode rows');
@@ -378,7 +380,7 @@ class Run {
     const ratios: Ratio[] = [];
     for (const c of COMPARISONS) {
       for (const row of this.matrix.filter((m) => m.server === c.server)) {
-        const base = this.matrix.find((m) => m.server === c.baseline && m.clients === row.clients && m.pipeline === row.pipeline);
+        const base = this.matrix.find((m) => m.server === c.baseline && sameCell(m, row));
         if (base === undefined) continue;
         ratios.push({
           server: c.server,
