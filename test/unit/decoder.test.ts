@@ -1,7 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { Decoder, MAX_ARRAY, MAX_BULK, MAX_LINE } from '../../src/protocol/decoder.js';
+import { COMMAND_NAMES, Decoder, MAX_ARRAY, MAX_BULK, MAX_LINE } from '../../src/protocol/decoder.js';
+import { COMMANDS } from '../../src/commands/index.js';
 import { resp } from '../helpers/wire.js';
 
 interface Outcome {
@@ -34,6 +35,10 @@ function check(input: string | Buffer, expected: Outcome): void {
 }
 
 const ok = (...frames: string[][]): Outcome => ({ frames, error: null });
+
+test('the decoder knows the same command names as the command table', () => {
+  assert.deepEqual([...COMMAND_NAMES].sort(), COMMANDS.map((c) => c.name).sort());
+});
 
 test('inline commands, LF or CRLF, spaces and tabs', () => {
   check('GETSEQ\r\n', ok(['GETSEQ']));
