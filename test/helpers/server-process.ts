@@ -128,30 +128,50 @@ export async function startServerProcess(args: string[] = [], opts: StartOptions
   };
 }
 
-/** Runs the CLI to completion (for option errors and client commands). */
-export function runCli(
-  args: string[],
-  opts: { env?: NodeJS.ProcessEnv; timeoutMs?: number; input?: string } = {},
-): Promise<{ code: number | null; stdout: string; stderr: string }> {
+export interface ProgramResult {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+export interface ProgramOptions {
+  env?: NodeJS.ProcessEnv;
+  cwd?: string;
+  /** Written to stdin, which is then closed. */
+  input?: string;
+  timeoutMs?: number;
+  /** Sent on the deadline (default SIGKILL); SIGTERM lets a program clean up after itself. */
+  killSignal?: NodeJS.Signals;
+  /** How stdout and stderr are decoded (default utf8). */
+  encoding?: BufferEncoding;
+}
+
+/** Runs a program to completion with a deadline, and keeps everything it printed. */
+export function runProgram(cmd: string, args: string[], opts: ProgramOptions = {}): Promise<ProgramResult> {
+  const timeoutMs = opts.timeoutMs ?? 15_000;
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CLI, ...args], {
-      env: { ...process.env, ...opts.env },
-      stdio: ['pipe', 'pipe', 'pipe'],
-    });
+    const child = spawn(cmd, args, { cwd: opts.cwd, env: { ...process.env, ...opts.env }, stdio: ['pipe', 'pipe', 'pipe'] });
     live.add(child);
     let stdout = '';
     let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
-    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+    child.stdout.setEncoding(opts.encoding ?? 'utf8').on('data', (d: string) => (stdout += d));
+    child.stderr.setEncoding(opts.encoding ?? 'utf8').on('data', (d: string) => (stderr += d));
+    // A program that exits without reading its input must not fail the test with EPIPE.
+    child.stdin.on('error', () => {});
     child.stdin.end(opts.input ?? '');
     const timer = setTimeout(() => {
-      child.kill('SIGKILL');
-      reject(new Error(`dolmeangi ${args.join(' ')} did not exit within ${opts.timeoutMs ?? 15_000} ms; stdout: ${stdout}; stderr: ${stderr}`));
-    }, opts.timeoutMs ?? 15_000);
+      child.kill(opts.killSignal ?? 'SIGKILL');
+      reject(new Error(`${cmd} ${args.join(' ')} did not exit within ${timeoutMs} ms; stdout: ${stdout}; stderr: ${stderr}`));
+    }, timeoutMs);
     child.once('exit', (code) => {
       clearTimeout(timer);
       live.delete(child);
       resolve({ code, stdout, stderr });
     });
   });
+}
+
+/** Runs the CLI to completion (for option errors and client commands). */
+export function runCli(args: string[], opts: ProgramOptions = {}): Promise<ProgramResult> {
+  return runProgram(process.execPath, [CLI, ...args], opts);
 }

@@ -5,11 +5,11 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { CLI } from '../helpers/server-process.js';
+import { runCli, type ProgramResult } from '../helpers/server-process.js';
 import {
   BATCH_SERVERS,
   BATCH_SIZES,
@@ -26,22 +26,8 @@ const hasRedisBenchmark = spawnSync('redis-benchmark', ['--version']).status ===
 const hasEtcd = spawnSync('etcd', ['--version']).status === 0;
 
 /** Runs the CLI; on the deadline it sends SIGTERM, which makes the bench kill every server it started. */
-function runBench(args: string[], timeoutMs: number): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CLI, 'bench', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
-    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-    const timer = setTimeout(() => {
-      child.kill('SIGTERM');
-      reject(new Error(`bench --smoke did not finish within ${timeoutMs} ms; stderr: ${stderr}`));
-    }, timeoutMs);
-    child.once('exit', (code) => {
-      clearTimeout(timer);
-      resolve({ code, stdout, stderr });
-    });
-  });
+function runBench(args: string[], timeoutMs: number): Promise<ProgramResult> {
+  return runCli(['bench', ...args], { timeoutMs, killSignal: 'SIGTERM' });
 }
 
 test('bench --smoke runs every part and saves JSON, chart and page', async () => {

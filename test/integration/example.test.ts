@@ -4,30 +4,16 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import path from 'node:path';
-import { ROOT, startServerProcess } from '../helpers/server-process.js';
+import { ROOT, runProgram, startServerProcess } from '../helpers/server-process.js';
 
 test('examples/kv-transaction-ids.ts runs against a local server', async () => {
   const server = await startServerProcess(['--in-memory']);
   try {
-    const { code, stdout, stderr } = await new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve, reject) => {
-      const child = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'examples/kv-transaction-ids.ts')], {
-        cwd: ROOT,
-        env: { ...process.env, SEQUENCER_SERVER: server.address },
-      });
-      let out = '';
-      let err = '';
-      child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
-      child.stderr.setEncoding('utf8').on('data', (d: string) => (err += d));
-      const timer = setTimeout(() => {
-        child.kill('SIGKILL');
-        reject(new Error(`the example did not finish in 30 s; ${out} ${err}`));
-      }, 30_000);
-      child.once('exit', (c) => {
-        clearTimeout(timer);
-        resolve({ code: c, stdout: out, stderr: err });
-      });
+    const { code, stdout, stderr } = await runProgram(process.execPath, ['--import', 'tsx', path.join(ROOT, 'examples/kv-transaction-ids.ts')], {
+      cwd: ROOT,
+      env: { SEQUENCER_SERVER: server.address },
+      timeoutMs: 30_000,
     });
     assert.equal(code, 0, stderr);
     assert.match(stdout, /^committed txn 1, then txn 2; user:1 was last written by txn 2$/m);

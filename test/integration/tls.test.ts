@@ -6,11 +6,11 @@
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import net from 'node:net';
 import tls from 'node:tls';
 import fs from 'node:fs';
-import { startServerProcess, type ServerProcess } from '../helpers/server-process.js';
+import { runProgram, startServerProcess, type ProgramResult, type ServerProcess } from '../helpers/server-process.js';
 import { WireClient, resp } from '../helpers/wire.js';
 import { makeCerts, type TestCerts } from '../helpers/certs.js';
 
@@ -91,25 +91,9 @@ class TlsPeer {
   }
 }
 
-/** Runs a program we did not write, with stdin, a deadline, and everything it printed. */
-function runTool(cmd: string, args: string[], input: string, timeoutMs = 10_000): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('latin1').on('data', (d: string) => (stdout += d));
-    child.stderr.setEncoding('latin1').on('data', (d: string) => (stderr += d));
-    child.stdin.on('error', () => {});
-    child.stdin.end(input);
-    const timer = setTimeout(() => {
-      child.kill('SIGKILL');
-      reject(new Error(`${cmd} did not finish within ${timeoutMs} ms; stdout ${JSON.stringify(stdout)}; stderr ${stderr}`));
-    }, timeoutMs);
-    child.once('exit', (code) => {
-      clearTimeout(timer);
-      resolve({ code, stdout, stderr });
-    });
-  });
+/** Runs a program we did not write; its output is kept byte for byte (latin1). */
+function runTool(cmd: string, args: string[], input: string, timeoutMs = 10_000): Promise<ProgramResult> {
+  return runProgram(cmd, args, { input, timeoutMs, encoding: 'latin1' });
 }
 
 /** `-quiet` keeps s_client open after stdin ends, so each request list ends with QUIT. */
