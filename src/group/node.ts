@@ -6,7 +6,6 @@
  * leader may have moved the marks since.
  */
 import type { EventEmitter } from 'node:events';
-import os from 'node:os';
 import type { Config } from '../config.js';
 import type { Leadership, Store } from '../core/ports.js';
 import {
@@ -99,7 +98,8 @@ export async function startGroup(
   parts?: (nodeId: string, log: Logger) => GroupParts,
 ): Promise<GroupHandle> {
   const groupLog = log.child({ component: 'group' });
-  const nodeId = config.nodeId ?? config.advertise ?? `${os.hostname()}-${process.pid}`;
+  if (config.advertise === null) throw new Error('startGroup needs config.advertise: the address NOTLEADER names for this member');
+  const nodeId = config.nodeId ?? config.advertise;
   const makeParts = parts ?? ((id: string, l: Logger) => etcdParts(config, id, l));
   const node = new GroupNode(config, groupLog, events, nodeId, makeParts(nodeId, groupLog));
   try {
@@ -140,9 +140,6 @@ class GroupNode implements GroupHandle {
   }
 
   async start(): Promise<void> {
-    if (this.config.advertise === null) {
-      this.log.warn('no --advertise given: while this node leads, the others cannot redirect clients to it');
-    }
     this.log.info(
       { nodeId: this.nodeId, etcd: this.config.etcd, prefix: this.config.etcdPrefix, leaseTtl: this.config.leaseTtl },
       'joining group',

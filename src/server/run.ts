@@ -366,17 +366,20 @@ async function openBackend(
 }
 
 /** The address NOTLEADER replies name for this node: --advertise, or the bind address and port. */
-function advertisedAddress(config: Config): string {
+function advertisedAddress(config: Config, log: Logger): string {
   if (config.advertise !== null) return config.advertise;
   if (config.port === 0) {
     throw new ConfigError('--advertise', 'is needed in group mode with --port=0: clients must be told where the leader is');
   }
   const wildcard = config.host === '0.0.0.0' || config.host === '::';
-  return `${wildcard ? os.hostname() : config.host}:${config.port}`;
+  if (!wildcard) return `${config.host}:${config.port}`;
+  const guessed = `${os.hostname()}:${config.port}`;
+  log.warn({ advertise: guessed }, 'no --advertise given: clients are redirected to this host name; set --advertise if they cannot resolve it');
+  return guessed;
 }
 
 async function openGroup(config: Config, log: Logger, metricsEvents: SequencerEvents): Promise<Backend> {
-  const advertise = advertisedAddress(config);
+  const advertise = advertisedAddress(config, log);
   // Loaded only in group mode: the etcd client and its gRPC stack cost a
   // standalone server about 20 MiB of memory for nothing.
   const { startGroup } = await import('../group/node.js');
