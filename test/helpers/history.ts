@@ -6,7 +6,8 @@
  *   - real-time order: a number acknowledged before another request was sent
  *     is below every number that request got;
  *   - bounded gaps: numbers never acknowledged are explained by requests whose
- *     outcome is unknown ("maybe issued") or by crashes, at most `reserve` each.
+ *     outcome is unknown ("maybe issued") or by crashes, at most `reserve` each;
+ *     given which server process served each request, this holds per crash.
  * Times are monotonic nanoseconds (process.hrtime.bigint) of one test process.
  */
 
@@ -61,6 +62,14 @@ export interface CheckOptions {
   reserve?: bigint;
   /** Numbers handed out before the history began are below this (e.g. --initial). */
   start?: bigint;
+  /**
+   * Which run of the server a request went to (0, 1, ...), where every run but the
+   * last ended in a crash. The gaps are then bounded crash by crash: the numbers
+   * skipped within a run and up to the next one's first are explained by that
+   * run's lost requests and one window. Without it only the total is bounded, and
+   * one crash skipping two windows would hide behind another that skipped none.
+   */
+  runOf?: (op: Op) => number;
 }
 
 export interface CheckResult {
@@ -74,6 +83,8 @@ export interface CheckResult {
   /** How many unacknowledged numbers the maybe-issued requests and crashes can explain. */
   gapAllowance: bigint;
   gapViolation: string | null;
+  /** With `runOf`: each run whose skipped numbers exceed what its lost requests and crash explain. */
+  runGapViolations: string[];
 }
 
 const cmp = (a: bigint, b: bigint) => (a < b ? -1 : a > b ? 1 : 0);
@@ -91,6 +102,7 @@ export function checkHistory(history: History | Op[], opts: CheckOptions = {}): 
     gaps: 0n,
     gapAllowance: 0n,
     gapViolation: null,
+    runGapViolations: [],
   };
 
   // Unique: sorted by first number, each range must end before the next begins.
@@ -156,7 +168,61 @@ export function checkHistory(history: History | Op[], opts: CheckOptions = {}): 
   if (result.gaps > allowance) {
     result.gapViolation = `${result.gaps} numbers were skipped, but lost requests and crashes explain at most ${allowance}`;
   }
+  if (opts.runOf !== undefined) result.runGapViolations = checkRunGaps(ops, byFirst, opts.runOf, opts);
   return result;
+}
+
+/**
+ * Charges each gap to the run of the range below it (a gap before the first
+ * range, to that range's run) and compares each run's charge with its budget:
+ * its lost requests, plus one window if it crashed. A gap that reaches past runs
+ * with no acknowledged number draws on their budgets too.
+ */
+function checkRunGaps(ops: Op[], byFirst: Op[], runOf: (op: Op) => number, opts: CheckOptions): string[] {
+  if (byFirst.length === 0) return [];
+  let last = 0;
+  for (const o of ops) last = Math.max(last, runOf(o));
+  const budget: bigint[] = [];
+  const lostCount: number[] = [];
+  for (let r = 0; r <= last; r++) {
+    budget.push(r < last ? (opts.reserve ?? 0n) : 0n);
+    lostCount.push(0);
+  }
+  for (const o of ops) {
+    if (o.first !== null || !o.maybe) continue;
+    const r = runOf(o);
+    budget[r]! += o.count;
+    lostCount[r]!++;
+  }
+  const charged = budget.map(() => 0n);
+  const allowed = [...budget];
+  if (opts.start !== undefined) {
+    const r = runOf(byFirst[0]!);
+    charged[r]! += byFirst[0]!.first! - opts.start;
+    for (let earlier = 0; earlier < r; earlier++) allowed[r]! += budget[earlier]!;
+  }
+  for (let i = 1; i < byFirst.length; i++) {
+    const prev = byFirst[i - 1]!;
+    const gap = byFirst[i]!.first! - (prev.first! + prev.count);
+    if (gap <= 0n) continue;
+    const from = runOf(prev);
+    const to = runOf(byFirst[i]!);
+    charged[from]! += gap;
+    for (let r = from + 1; r < to; r++) {
+      allowed[from]! += budget[r]!;
+      budget[r] = 0n;
+    }
+  }
+  const violations: string[] = [];
+  for (let r = 0; r <= last; r++) {
+    if (charged[r]! > allowed[r]!) {
+      violations.push(
+        `run ${r}${r < last ? ' (ended by a crash)' : ''} skipped ${charged[r]} numbers, but its ${lostCount[r]} lost requests` +
+          `${r < last ? ` and one window of ${opts.reserve ?? 0n}` : ''} explain at most ${allowed[r]}`,
+      );
+    }
+  }
+  return violations;
 }
 
 /** Throws with every violation listed; for use in tests. */
@@ -167,6 +233,7 @@ export function assertHistory(history: History | Op[], opts: CheckOptions = {}):
     ...r.perClientViolations.map((d) => `order within a client: ${d}`),
     ...r.realTimeViolations.map((d) => `real-time order: ${d}`),
     ...(r.gapViolation ? [`gap: ${r.gapViolation}`] : []),
+    ...r.runGapViolations.map((d) => `gap: ${d}`),
   ];
   if (problems.length > 0) throw new Error(`history check failed (${r.acknowledged} acknowledged):\n  ${problems.join('\n  ')}`);
   return r;

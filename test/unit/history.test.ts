@@ -72,3 +72,52 @@ test('numbers skipped before the first acknowledged one count when the start is 
   assert.ok(checkHistory(h, { start: 1n }).gapViolation);
   assert.equal(checkHistory(h).gapViolation, null);
 });
+
+/** An op of run `run` (its client is named after it), for the per-crash bound. */
+function inRun(h: History, run: number, sentAt: number, receivedAt: number | null, first: number | null, count = 1, maybe = false) {
+  return op(h, `run${run}/c0`, sentAt, receivedAt, first, count, maybe);
+}
+const runOf = (o: { client: string }) => Number(/^run(\d+)\//.exec(o.client)![1]);
+
+test('with runs known, each crash is bounded by one window, not the total', () => {
+  const h = new History();
+  inRun(h, 0, 0, 1, 1);
+  inRun(h, 1, 10, 11, 202); // the first crash skipped 200
+  inRun(h, 2, 20, 21, 203); // the second skipped none
+  const opts = { crashes: 2, reserve: 100n, start: 1n };
+  assert.equal(checkHistory(h, opts).gapViolation, null, 'the total alone fits two windows');
+  const r = checkHistory(h, { ...opts, runOf });
+  assert.deepEqual(r.runGapViolations, [
+    'run 0 (ended by a crash) skipped 200 numbers, but its 0 lost requests and one window of 100 explain at most 100',
+  ]);
+  // A request lost in run 0 explains its share; one lost in run 1 does not.
+  inRun(h, 1, 12, null, null, 100, true);
+  assert.equal(checkHistory(h, { ...opts, runOf }).runGapViolations.length, 1);
+  inRun(h, 0, 2, null, null, 100, true);
+  assert.deepEqual(checkHistory(h, { ...opts, runOf }).runGapViolations, []);
+});
+
+test('a gap within the last run is explained by its lost requests only', () => {
+  const h = new History();
+  inRun(h, 0, 0, 1, 1);
+  inRun(h, 1, 10, 11, 50);
+  inRun(h, 1, 12, 13, 53);
+  const opts = { crashes: 1, reserve: 100n, start: 1n, runOf };
+  assert.equal(checkHistory(h, opts).runGapViolations.length, 1, 'run 1 skipped 51 and 52 with nothing lost');
+  inRun(h, 1, 11, null, null, 2, true);
+  assert.deepEqual(checkHistory(h, opts).runGapViolations, []);
+});
+
+test('runs that acknowledged nothing lend their window to the gap that spans them', () => {
+  const h = new History();
+  inRun(h, 0, 0, 1, 1);
+  inRun(h, 1, 5, null, null, 1, true);
+  inRun(h, 2, 10, 11, 180); // two crashes, 178 skipped
+  const opts = { crashes: 2, reserve: 100n, start: 1n, runOf };
+  assert.deepEqual(checkHistory(h, opts).runGapViolations, []);
+  const first = new History();
+  inRun(first, 0, 0, null, null, 1, true);
+  inRun(first, 1, 10, 11, 102); // run 0 acknowledged nothing; its lost request and window cover 1..101
+  assert.deepEqual(checkHistory(first, { crashes: 1, reserve: 100n, start: 1n, runOf }).runGapViolations, []);
+  assert.equal(checkHistory(first, { crashes: 1, reserve: 10n, start: 1n, runOf }).runGapViolations.length, 1);
+});
