@@ -24,6 +24,18 @@ async function start(args: string[]): Promise<ServerProcess> {
   return s;
 }
 
+/** The INFO text, over a connection of its own. */
+async function info(port: number): Promise<string> {
+  const c = await WireClient.connect(port);
+  try {
+    c.send('INFO\r\n');
+    // The persistence lines come before this section.
+    return await c.until((t) => t.includes('# Sequences'));
+  } finally {
+    c.close();
+  }
+}
+
 async function tempDir(): Promise<string> {
   return mkdtemp(path.join(tmpdir(), 'dolmeangi-crash-'));
 }
@@ -49,14 +61,7 @@ async function crashLoop(reserve: bigint, rounds: number): Promise<void> {
       const server = await start([`--data-dir=${dir}`, `--reserve=${reserve}`]);
       if (round === 0) {
         // The gapless mode, and only it, commits on the main thread.
-        const c = await WireClient.connect(server.port);
-        try {
-          c.send('INFO\r\n');
-          await c.until((t) => t.includes('# Sequences'));
-          assert.match(c.text, new RegExp(`\r\ncommit_thread:${reserve === 0n ? 'main' : 'workers'}\r\n`));
-        } finally {
-          c.close();
-        }
+        assert.match(await info(server.port), new RegExp(`\r\ncommit_thread:${reserve === 0n ? 'main' : 'workers'}\r\n`));
       }
       const killAfter = 50 + Math.floor(random() * 1500);
       let killed = false;
@@ -238,6 +243,8 @@ test('storage failure: numbers below the durable mark still served, then -ERR pe
     assert.ok(errors.length > 0, 'requests beyond the window are refused');
     for (const e of errors) assert.match(e, /^-ERR persistence unavailable: /);
     await server.waitForLog((l) => /persistence failing/.test(String(l.msg)));
+    const failing = await info(server.port);
+    assert.match(failing, /\r\npersistence:failing\r\npersistence_error:persistence unavailable: [^\r]+\r\n/);
     // Storage comes back: service resumes by itself.
     await rm(dir);
     await rename(moved, dir);
@@ -252,6 +259,9 @@ test('storage failure: numbers below the durable mark still served, then -ERR pe
     }
     assert.equal(reply, `:${numbers.length + 2}\r\n`, 'resumes with the next number: the refused requests took nothing');
     await server.waitForLog((l) => /persistence recovered/.test(String(l.msg)));
+    const recovered = await info(server.port);
+    assert.match(recovered, /\r\npersistence:ok\r\n/);
+    assert.doesNotMatch(recovered, /persistence_error/);
   } finally {
     c.close();
     assert.equal(await server.stop(), 0);
@@ -286,4 +296,35 @@ test('SIGTERM answers the requests already read, even those waiting for fsync, t
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
+});
+
+test('after SIGTERM new connections are refused, while an open one still gets every reply owed', async () => {
+  const s = await start(['--in-memory']);
+  // A client that reads nothing yet keeps the shutdown waiting for it (up to the 5 s grace).
+  const open = await WireClient.connect(s.port);
+  open.socket.pause();
+  open.send('GETSEQ\r\n'.repeat(100));
+  const probe = await WireClient.connect(s.port);
+  probe.send('CURRENT\r\n');
+  await probe.expect(':101\r\n');
+  probe.close();
+  s.child.kill('SIGTERM');
+  const deadline = Date.now() + 4000;
+  let refused = false;
+  while (!refused && Date.now() < deadline) {
+    try {
+      (await WireClient.connect(s.port)).close();
+      await new Promise((r) => setTimeout(r, 10));
+    } catch (err) {
+      assert.equal((err as NodeJS.ErrnoException).code, 'ECONNREFUSED');
+      refused = true;
+    }
+  }
+  assert.ok(refused, 'the listener was closed within 4 s of SIGTERM');
+  assert.equal(s.child.exitCode, null, 'refused while still draining, not because the process was gone');
+  open.socket.resume();
+  await open.waitClosed();
+  const expected = Array.from({ length: 100 }, (_, i) => `:${i + 1}\r\n`).join('');
+  assert.equal(open.text, expected);
+  assert.equal(await s.exited, 0);
 });
