@@ -12,6 +12,7 @@ import { History, assertHistory } from '../helpers/history.js';
 import { startClientLoad } from '../helpers/client-load.js';
 import { SequencerClient } from '../../src/index.js';
 import { WireClient } from '../helpers/wire.js';
+import { waitFor } from '../helpers/wait.js';
 
 const LEASE_TTL_S = 2;
 const RESERVE = 1000n;
@@ -201,6 +202,12 @@ describe('group mode on etcd', () => {
       const probe = probeClient();
       await firstSuccess(probe, 'partition-probe', 10_000);
       await probe.close();
+      // Healed, the former leader rejoins as a follower that names the new leader.
+      const current = group.nodes[await group.waitForLeader()]!;
+      await waitFor(
+        async () => (await ask(node.port, 'GETSEQ\r\n')) === `-NOTLEADER ${current.address}\r\n`,
+        `the healed node ${node.address} to answer -NOTLEADER ${current.address}`,
+      );
     } finally {
       await l.stop();
     }

@@ -38,7 +38,6 @@ export interface GroupOptions {
   extraArgs?: string[];
 }
 
-/** One request on a fresh connection, with a deadline; '' when nothing came back. */
 /**
  * Whether `text` (latin1, one byte per character) holds one whole reply: a line,
  * or a bulk string's header, its `n` bytes of body and their CRLF.
@@ -51,6 +50,7 @@ function completeReply(text: string): boolean {
   return n < 0 || text.length >= eol + 2 + n + 2;
 }
 
+/** One request on a fresh connection, with a deadline; '' when nothing came back. */
 export async function ask(port: number, request: string, timeoutMs = 2000): Promise<string> {
   let c: WireClient | null = null;
   try {
