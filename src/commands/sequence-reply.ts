@@ -4,12 +4,21 @@ import { clip, error, integer } from '../protocol/encoder.js';
 import { isValidName, DEFAULT_SEQUENCE, NAME_RULE } from '../core/limits.js';
 import type { Reply } from './types.js';
 
+/** Refusals already encoded: a follower, or a failing store, gives the same one to every request. */
+const encoded = new WeakMap<SequenceError, string>();
+
+function refusal(err: SequenceError): string {
+  let text = encoded.get(err);
+  if (text === undefined) encoded.set(err, (text = error(err.code, err.message)));
+  return text;
+}
+
 const onError = (err: unknown): string =>
-  err instanceof SequenceError ? error(err.code, err.message) : error('ERR', `internal error: ${String((err as Error)?.message ?? err)}`);
+  err instanceof SequenceError ? refusal(err) : error('ERR', `internal error: ${String((err as Error)?.message ?? err)}`);
 
 export function numberReply(r: bigint | SequenceError | Promise<bigint>): Reply {
   if (typeof r === 'bigint') return integer(r);
-  if (r instanceof SequenceError) return error(r.code, r.message);
+  if (r instanceof SequenceError) return refusal(r);
   return r.then(integer, onError);
 }
 
