@@ -117,8 +117,9 @@ class GroupNode implements GroupHandle {
   readonly leadership: GroupElection;
   private readonly config: Config;
   private readonly log: Logger;
-  /** The sequencer of the current term, once its marks are loaded. */
+  /** The sequencer of the current term, once its marks are loaded, and its store. */
   private sequencer: Sequencer | null = null;
+  private store: Store | null = null;
   /** Why the last load of this term's marks failed (null once loaded, or not leading). */
   private loadError: string | null = null;
   /** The NOTLEADER naming the current leader (an empty name when none is known). */
@@ -213,6 +214,8 @@ class GroupNode implements GroupHandle {
     }
     await this.leadership.close();
     this.sequencer = null;
+    closeQuietly(this.store);
+    this.store = null;
     this.parts.close();
   }
 
@@ -236,22 +239,26 @@ class GroupNode implements GroupHandle {
     let delay = LOAD_RETRY_MIN_MS;
     // A failed load leaves nothing behind; each attempt gets a fresh Sequencer.
     while (current()) {
-      const seq = this.createSequencer(term);
+      const store = this.parts.storeFor(term);
+      const seq = this.createSequencer(term, store);
       try {
         const { raisedByInitial } = await seq.open();
         if (!current()) {
           seq.abort(notLeader(this.leadership));
+          closeQuietly(store);
           return;
         }
         this.loadError = null;
         this.persistFailingSince = null;
         this.sequencer = seq;
+        this.store = store;
         this.log.info(
           { term: term.revision, sequences: seq.snapshot().length, raisedByInitial },
           'serving as group leader',
         );
         return;
       } catch (err) {
+        closeQuietly(store);
         if (!current()) return;
         const message = (err as Error).message;
         // Log each distinct failure once, not every retry.
@@ -269,10 +276,10 @@ class GroupNode implements GroupHandle {
     }
   }
 
-  private createSequencer(term: LeadershipTerm): Sequencer {
+  private createSequencer(term: LeadershipTerm, store: Store): Sequencer {
     const ttlMs = this.config.leaseTtl * 1000;
     return new Sequencer({
-      store: this.parts.storeFor(term),
+      store,
       initial: this.config.initial,
       reserve: this.config.reserve,
       maxSequences: this.config.maxSequences,
@@ -309,12 +316,21 @@ class GroupNode implements GroupHandle {
 
   private onLost(reason: string): void {
     const seq = this.sequencer;
+    const store = this.store;
     this.sequencer = null;
+    this.store = null;
     this.loadError = null;
     this.persistFailingSince = null;
     seq?.abort(notLeader(this.leadership));
+    // A term's store is fenced on that term: it could only be refused from here on.
+    closeQuietly(store);
     if (this.closing) this.log.info({ reason }, 'no longer group leader');
     else this.log.warn({ reason }, 'no longer group leader');
   }
 
+}
+
+/** Closes a term's store; a failure to close one that is no longer used changes nothing. */
+function closeQuietly(store: Store | null): void {
+  store?.close().catch(() => {});
 }

@@ -67,6 +67,7 @@ class FakeElection extends EventEmitter<LeadershipEvents> implements GroupElecti
 class HeldStore implements Store {
   readonly description = 'held';
   readonly persisted: Marks[] = [];
+  closed = false;
   private settle: { resolve(m: Map<string, bigint>): void; reject(e: Error): void } | null = null;
   private onLoad: () => void = () => {};
   private readonly loaded = new Promise<void>((r) => (this.onLoad = r));
@@ -78,7 +79,9 @@ class HeldStore implements Store {
   async persist(marks: Marks): Promise<void> {
     this.persisted.push(new Map(marks));
   }
-  async close(): Promise<void> {}
+  async close(): Promise<void> {
+    this.closed = true;
+  }
 
   /** Resolves once the member has asked this store for the marks. */
   asked(): Promise<void> {
@@ -163,6 +166,7 @@ test('a failed load says persistence unavailable and is retried with a fresh sto
   await stores[0]!.asked();
   stores[0]!.fail('etcd unavailable');
   await waitFor(() => node.persistenceFailure() !== null, 'node.persistenceFailure() !== null');
+  assert.equal(stores[0]!.closed, true, 'the failed store is closed');
   assert.deepEqual(refusal(node.allocate('a', 1n)), { code: 'ERR', message: 'persistence unavailable: etcd unavailable' });
   assert.match(node.readiness().reason, /cannot load marks: etcd unavailable/);
   // The retry (after about 100 ms) gets a store of its own.
@@ -179,8 +183,10 @@ test('losing leadership stops serving at once; a later term loads the marks afre
   await serveTerm(m, '9', new Map([['a', 100n]]));
   assert.equal(await node.allocate('a', 1n), 100n);
 
+  assert.equal(stores[0]!.closed, false, 'the serving term keeps its store open');
   election.lose('lease expired', OTHER);
   assert.deepEqual(refusal(node.allocate('a', 1n)), { code: 'NOTLEADER', message: OTHER });
+  assert.equal(stores[0]!.closed, true, "the lost term's store is closed");
 
   // Elected again: nothing from the old term is trusted, the new store is asked.
   election.win('12');
@@ -189,6 +195,11 @@ test('losing leadership stops serving at once; a later term loads the marks afre
   stores[1]!.finish(new Map([['a', 500n]]));
   await waitFor(() => node.readiness().ready, 'the member to serve');
   assert.equal(await node.allocate('a', 1n), 500n);
+
+  // A clean stop writes the exact next number through the term's store, then closes it.
+  await node.close();
+  assert.deepEqual(stores[1]!.persisted.at(-1), new Map([['a', 501n]]));
+  assert.equal(stores[1]!.closed, true);
 });
 
 test('a leader whose lease is not confirmed refuses with NOTLEADER and is not ready', async (t) => {
