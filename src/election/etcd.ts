@@ -469,8 +469,8 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
     this.known = { nodeId: this.nodeId, advertise: this.advertise };
     const created = BigInt(term.revision);
     if (created > this.seenRevision) this.seenRevision = created;
+    // A deadline left from an earlier term must not outlast this term's proof.
     this.serveUntil = 0;
-    this.verdict = null;
     this.extend(term, provenAt);
     this.scheduleKeepalive(term, provenAt + this.keepaliveInterval() - performance.now());
     this.announce();
