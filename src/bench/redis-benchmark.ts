@@ -119,7 +119,7 @@ type Parsed = Omit<LoadResult, 'requests' | 'sent'>;
  * from the "Summary" block of its default output (both printed by 7.x).
  * Returns null when neither is there or a number is not a number.
  */
-export function parseRedisBenchmark(output: string): Parsed | null {
+function parseRedisBenchmark(output: string): Parsed | null {
   return fromCsv(output) ?? fromSummary(output);
 }
 

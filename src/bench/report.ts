@@ -181,7 +181,7 @@ export function groupTable(r: Results): string {
 }
 
 /** The short form for `bench:quick`: throughput and the ratio to Redis. */
-export function quickTable(r: Results): string {
+function quickTable(r: Results): string {
   const rows = [...r.matrix].sort((a, b) => a.pipeline - b.pipeline);
   return table(
     ['server', '-c', '-P', 'req/s', 'vs Redis', 'CPU µs/req', 'CPU vs Redis', 'others %'],

@@ -175,8 +175,8 @@ export interface Results {
 /** Other processes using more than this much of a core during a run make its numbers suspect. */
 export const DISTURBED_PERCENT = 10;
 
-export const MATRIX_CLIENTS = [1, 50, 200] as const;
-export const MATRIX_PIPELINES = [1, 16] as const;
+const MATRIX_CLIENTS = [1, 50, 200] as const;
+const MATRIX_PIPELINES = [1, 16] as const;
 export const QUICK_CELLS: readonly Cell[] = [
   { clients: 50, pipeline: 1 },
   { clients: 50, pipeline: 16 },

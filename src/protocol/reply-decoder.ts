@@ -29,7 +29,7 @@ export interface ReplyDecoderLimits {
   readonly maxDepth: number;
 }
 
-export const DEFAULT_REPLY_LIMITS: ReplyDecoderLimits = {
+const DEFAULT_REPLY_LIMITS: ReplyDecoderLimits = {
   maxLine: 1024 * 1024,
   maxBulk: 128 * 1024 * 1024,
   maxArray: 1024 * 1024,

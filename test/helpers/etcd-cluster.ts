@@ -76,7 +76,7 @@ process.on('exit', () => {
 });
 
 /** Throws when no `etcd` executable is on PATH. */
-export function findEtcd(): string {
+function findEtcd(): string {
   for (const dir of (process.env.PATH ?? '').split(path.delimiter)) {
     if (dir === '') continue;
     const candidate = path.join(dir, 'etcd');
