@@ -8,6 +8,8 @@ export class WireClient {
   private data = Buffer.alloc(0);
   private waiters = new Set<() => void>();
   closed = false;
+  /** The socket's error, if it had one (a refused TLS handshake, a reset). */
+  error: Error | null = null;
 
   private constructor(readonly socket: net.Socket) {
     socket.on('data', (d: Buffer) => {
@@ -18,7 +20,14 @@ export class WireClient {
       this.closed = true;
       this.wake();
     });
-    socket.on('error', () => {});
+    socket.on('error', (err) => {
+      this.error = err;
+    });
+  }
+
+  /** A peer over a socket opened elsewhere (a TLS socket, say). */
+  static wrap(socket: net.Socket): WireClient {
+    return new WireClient(socket);
   }
 
   static connect(port: number, host = '127.0.0.1'): Promise<WireClient> {
@@ -45,7 +54,10 @@ export class WireClient {
     const deadline = Date.now() + timeoutMs;
     while (!cond(this.text)) {
       const left = deadline - Date.now();
-      if (left <= 0) throw new Error(`timed out waiting for ${what}; received ${JSON.stringify(this.text.slice(0, 500))}`);
+      if (left <= 0) {
+        const error = this.error === null ? '' : `, socket error ${this.error.message}`;
+        throw new Error(`timed out waiting for ${what}; received ${JSON.stringify(this.text.slice(0, 500))}${error}`);
+      }
       await new Promise<void>((resolve) => {
         const t = setTimeout(done, Math.min(left, 1000));
         function done() {
@@ -58,12 +70,19 @@ export class WireClient {
     return this.text;
   }
 
-  /** Waits for exactly `expected` bytes in total and checks nothing else came. */
+  /** Waits for exactly `expected` bytes in total and checks nothing else came (a close ends the wait). */
   async expect(expected: string, timeoutMs = 5000): Promise<void> {
-    await this.until((t) => t.length >= expected.length, timeoutMs, JSON.stringify(expected));
+    await this.until((t) => t.length >= expected.length || this.closed, timeoutMs, JSON.stringify(expected));
     if (this.text !== expected) {
       throw new Error(`expected ${JSON.stringify(expected)}, received ${JSON.stringify(this.text)}`);
     }
+  }
+
+  /** Clears what was received, sends `request`, and expects exactly `expected` back. */
+  async exchange(request: string, expected: string, timeoutMs = 5000): Promise<void> {
+    this.reset();
+    this.send(request);
+    await this.expect(expected, timeoutMs);
   }
 
   async waitClosed(timeoutMs = 5000): Promise<void> {

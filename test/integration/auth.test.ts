@@ -31,23 +31,16 @@ async function connect(s: ServerProcess): Promise<WireClient> {
   return c;
 }
 
-/** Sends `request` and checks that exactly `expected` comes back; clears for the next exchange. */
-async function exchange(c: WireClient, request: string, expected: string): Promise<void> {
-  c.reset();
-  c.send(request);
-  await c.expect(expected);
-}
-
 /** Everything but PING, AUTH and QUIT is refused before AUTH, unknown commands included. */
 async function checkLockedOut(c: WireClient): Promise<void> {
-  await exchange(c, 'PING\r\n', '+PONG\r\n');
-  await exchange(c, resp('PING'), '+PONG\r\n');
+  await c.exchange('PING\r\n', '+PONG\r\n');
+  await c.exchange(resp('PING'), '+PONG\r\n');
   for (const req of ['GETSEQ\r\n', 'CURRENT\r\n', 'GETSEQ_BATCH 10\r\n', 'INFO\r\n', 'FOOBAR\r\n', 'getseq lower\r\n']) {
-    await exchange(c, req, NOAUTH);
+    await c.exchange(req, NOAUTH);
   }
-  await exchange(c, resp('GETSEQ', 'x') + resp('NOSUCHCOMMAND', 'a', 'b'), NOAUTH + NOAUTH);
+  await c.exchange(resp('GETSEQ', 'x') + resp('NOSUCHCOMMAND', 'a', 'b'), NOAUTH + NOAUTH);
   // Wrong arity is not a way to learn anything before AUTH either.
-  await exchange(c, 'GETSEQ a b c d\r\n', NOAUTH);
+  await c.exchange('GETSEQ a b c d\r\n', NOAUTH);
 }
 
 /** The whole story on one connection: locked out, wrong password, right password, served. */
@@ -55,14 +48,14 @@ async function checkAuthFlow(s: ServerProcess, password: string, viaResp: boolea
   const c = await connect(s);
   await checkLockedOut(c);
   const auth = (pw: string) => (viaResp ? resp('AUTH', pw) : `AUTH ${pw}\r\n`);
-  await exchange(c, auth('wrong-password'), WRONGPASS);
-  await exchange(c, auth(password.slice(0, -1)), WRONGPASS);
-  await exchange(c, auth(`${password}x`), WRONGPASS);
-  await exchange(c, 'GETSEQ\r\n', NOAUTH);
-  await exchange(c, auth(password), '+OK\r\n');
-  await exchange(c, 'GETSEQ\r\nGETSEQ\r\nCURRENT\r\n', ':1\r\n:2\r\n:3\r\n');
-  await exchange(c, resp('GETSEQ_BATCH', '10'), ':3\r\n');
-  await exchange(c, 'PING\r\n', '+PONG\r\n');
+  await c.exchange(auth('wrong-password'), WRONGPASS);
+  await c.exchange(auth(password.slice(0, -1)), WRONGPASS);
+  await c.exchange(auth(`${password}x`), WRONGPASS);
+  await c.exchange('GETSEQ\r\n', NOAUTH);
+  await c.exchange(auth(password), '+OK\r\n');
+  await c.exchange('GETSEQ\r\nGETSEQ\r\nCURRENT\r\n', ':1\r\n:2\r\n:3\r\n');
+  await c.exchange(resp('GETSEQ_BATCH', '10'), ':3\r\n');
+  await c.exchange('PING\r\n', '+PONG\r\n');
 }
 
 before(async () => {
@@ -83,24 +76,24 @@ test('--requirepass: only PING, AUTH and QUIT before AUTH; WRONGPASS; then +OK a
 
   // AUTH belongs to one connection, not to the client's address.
   const other = await connect(s);
-  await exchange(other, 'GETSEQ\r\n', NOAUTH);
+  await other.exchange('GETSEQ\r\n', NOAUTH);
 
   // The Redis 6 form, AUTH <user> <password>: only the user "default" exists.
   const c = await connect(s);
-  await exchange(c, resp('AUTH', 'admin', PASSWORD), WRONGPASS);
-  await exchange(c, `AUTH default ${PASSWORD}\r\n`, '+OK\r\n');
-  await exchange(c, 'CURRENT\r\n', ':13\r\n');
+  await c.exchange(resp('AUTH', 'admin', PASSWORD), WRONGPASS);
+  await c.exchange(`AUTH default ${PASSWORD}\r\n`, '+OK\r\n');
+  await c.exchange('CURRENT\r\n', ':13\r\n');
 
   const arity = await connect(s);
-  await exchange(arity, 'AUTH\r\n', "-ERR wrong number of arguments for 'AUTH'\r\n");
-  await exchange(arity, 'AUTH default pw extra\r\n', "-ERR wrong number of arguments for 'AUTH'\r\n");
-  await exchange(arity, 'auth ' + PASSWORD + '\r\n', '+OK\r\n');
+  await arity.exchange('AUTH\r\n', "-ERR wrong number of arguments for 'AUTH'\r\n");
+  await arity.exchange('AUTH default pw extra\r\n', "-ERR wrong number of arguments for 'AUTH'\r\n");
+  await arity.exchange('auth ' + PASSWORD + '\r\n', '+OK\r\n');
 });
 
 test('QUIT before AUTH answers +OK and closes', async () => {
   const s = await start([`--requirepass=${PASSWORD}`]);
   const c = await connect(s);
-  await exchange(c, 'QUIT\r\nGETSEQ\r\n*x\r\n', '+OK\r\n');
+  await c.exchange('QUIT\r\nGETSEQ\r\n*x\r\n', '+OK\r\n');
   await c.waitClosed();
   assert.equal(c.text, '+OK\r\n');
 });
@@ -118,10 +111,10 @@ test('--requirepass-file: the trailing newline is stripped and the password stay
   await checkAuthFlow(s, FILE_PASSWORD, true);
 
   const c = await connect(s);
-  await exchange(c, resp('AUTH', `${FILE_PASSWORD}\n`), WRONGPASS);
+  await c.exchange(resp('AUTH', `${FILE_PASSWORD}\n`), WRONGPASS);
   // Inline, the words split at spaces: "from" is taken for a user name.
-  await exchange(c, `AUTH ${FILE_PASSWORD}\r\n`, "-ERR wrong number of arguments for 'AUTH'\r\n");
-  await exchange(c, 'AUTH a:b with\r\n', WRONGPASS);
+  await c.exchange(`AUTH ${FILE_PASSWORD}\r\n`, "-ERR wrong number of arguments for 'AUTH'\r\n");
+  await c.exchange('AUTH a:b with\r\n', WRONGPASS);
 
   const cmdline = (await readFile(`/proc/${s.pid}/cmdline`)).toString('latin1');
   assert.ok(cmdline.includes('--requirepass-file='), `the listing is the server's: ${cmdline}`);
@@ -137,10 +130,10 @@ test('a file with CRLF, and a password with no newline at all', async () => {
   const a = await start([`--requirepass-file=${crlf}`]);
   const b = await start([`--requirepass-file=${bare}`]);
   const ca = await connect(a);
-  await exchange(ca, resp('AUTH', 'windows-pass\r'), WRONGPASS);
-  await exchange(ca, 'AUTH windows-pass\r\n', '+OK\r\n');
+  await ca.exchange(resp('AUTH', 'windows-pass\r'), WRONGPASS);
+  await ca.exchange('AUTH windows-pass\r\n', '+OK\r\n');
   const cb = await connect(b);
-  await exchange(cb, 'AUTH bare-pass\r\nGETSEQ\r\n', '+OK\r\n:1\r\n');
+  await cb.exchange('AUTH bare-pass\r\nGETSEQ\r\n', '+OK\r\n:1\r\n');
 });
 
 test('--requirepass on the command line is visible in the process listing (why the file exists)', async () => {
@@ -152,10 +145,10 @@ test('--requirepass on the command line is visible in the process listing (why t
 test('without a password everything is served and AUTH is an error', async () => {
   const s = await start([]);
   const c = await connect(s);
-  await exchange(c, 'GETSEQ\r\n', ':1\r\n');
-  await exchange(c, 'AUTH anything\r\n', '-ERR AUTH called, but this server has no password (--requirepass is not set)\r\n');
-  await exchange(c, resp('AUTH', 'default', 'anything'), '-ERR AUTH called, but this server has no password (--requirepass is not set)\r\n');
-  await exchange(c, 'GETSEQ\r\n', ':2\r\n');
+  await c.exchange('GETSEQ\r\n', ':1\r\n');
+  await c.exchange('AUTH anything\r\n', '-ERR AUTH called, but this server has no password (--requirepass is not set)\r\n');
+  await c.exchange(resp('AUTH', 'default', 'anything'), '-ERR AUTH called, but this server has no password (--requirepass is not set)\r\n');
+  await c.exchange('GETSEQ\r\n', ':2\r\n');
 });
 
 test('a stream of wrong passwords is answered one by one and never lets a command through', async () => {
@@ -167,8 +160,8 @@ test('a stream of wrong passwords is answered one by one and never lets a comman
     request += `AUTH guess-${i}\r\nGETSEQ\r\n`;
     expected += WRONGPASS + NOAUTH;
   }
-  await exchange(c, request, expected);
-  await exchange(c, `AUTH ${PASSWORD}\r\nGETSEQ\r\n`, '+OK\r\n:1\r\n');
+  await c.exchange(request, expected);
+  await c.exchange(`AUTH ${PASSWORD}\r\nGETSEQ\r\n`, '+OK\r\n:1\r\n');
 });
 
 test('a non-ASCII password matches the UTF-8 bytes a client sends', async () => {

@@ -35,60 +35,15 @@ async function start(args: string[]): Promise<{ server: ServerProcess; tlsPort: 
   return { server, tlsPort };
 }
 
-/** A TLS peer for byte-for-byte exchanges, like WireClient for plain TCP. */
-class TlsPeer {
-  text = '';
-  error: Error | null = null;
-  closed = false;
-  private wake: (() => void) | null = null;
-
-  private constructor(readonly socket: tls.TLSSocket) {
-    socket.setEncoding('latin1');
-    socket.on('data', (d: string) => {
-      this.text += d;
-      this.wake?.();
-    });
-    socket.on('error', (err) => {
-      this.error = err;
-    });
-    socket.on('close', () => {
-      this.closed = true;
-      this.wake?.();
-    });
-  }
-
-  /** Resolves once the handshake is done from the client's side (or it failed: see `error`). */
-  static connect(port: number, options: tls.ConnectionOptions = {}): Promise<TlsPeer> {
-    return new Promise((resolve) => {
-      const socket = tls.connect({ host: '127.0.0.1', port, ca, servername: 'localhost', ...options });
-      sockets.push(socket);
-      const peer = new TlsPeer(socket);
-      socket.once('secureConnect', () => resolve(peer));
-      socket.once('close', () => resolve(peer));
-    });
-  }
-
-  async until(cond: () => boolean, timeoutMs = 5000, what = 'condition'): Promise<void> {
-    const deadline = Date.now() + timeoutMs;
-    while (!cond()) {
-      const left = deadline - Date.now();
-      if (left <= 0) throw new Error(`timed out waiting for ${what}; received ${JSON.stringify(this.text.slice(0, 300))}, error ${this.error?.message}`);
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, Math.min(left, 200));
-        this.wake = () => {
-          clearTimeout(timer);
-          resolve();
-        };
-      });
-    }
-  }
-
-  async exchange(request: string, expected: string): Promise<void> {
-    this.text = '';
-    this.socket.write(request, 'latin1');
-    await this.until(() => this.text.length >= expected.length || this.closed, 5000, JSON.stringify(expected));
-    assert.equal(this.text, expected);
-  }
+/** A TLS peer for byte-for-byte exchanges, once its handshake is done from the client's side (or failed: see `error`). */
+function tlsConnect(port: number, options: tls.ConnectionOptions = {}): Promise<WireClient> {
+  return new Promise((resolve) => {
+    const socket = tls.connect({ host: '127.0.0.1', port, ca, servername: 'localhost', ...options });
+    sockets.push(socket);
+    const peer = WireClient.wrap(socket);
+    socket.once('secureConnect', () => resolve(peer));
+    socket.once('close', () => resolve(peer));
+  });
 }
 
 /** Runs a program we did not write; its output is kept byte for byte (latin1). */
@@ -119,9 +74,9 @@ after(async () => {
 
 test('GETSEQ over TLS byte for byte; plain TCP and TLS share one sequence', async () => {
   const { server, tlsPort } = await start([]);
-  const secure = await TlsPeer.connect(tlsPort);
+  const secure = await tlsConnect(tlsPort);
   assert.equal(secure.error, null);
-  assert.equal(secure.socket.authorized, true, 'the server certificate verifies against the test CA');
+  assert.equal((secure.socket as tls.TLSSocket).authorized, true, 'the server certificate verifies against the test CA');
   const plain = await WireClient.connect(server.port);
   try {
     await secure.exchange('GETSEQ\r\n', ':1\r\n');
@@ -141,7 +96,7 @@ test('GETSEQ over TLS byte for byte; plain TCP and TLS share one sequence', asyn
 
 test('a TLS client that half-closes still gets every reply', async () => {
   const { tlsPort } = await start([]);
-  const peer = await TlsPeer.connect(tlsPort);
+  const peer = await tlsConnect(tlsPort);
   peer.socket.end('GETSEQ half\r\nGETSEQ half\r\nCURRENT half\r\n');
   await peer.until(() => peer.closed, 5000, 'the server to close after answering');
   assert.equal(peer.text, ':1\r\n:2\r\n:3\r\n');
@@ -187,17 +142,17 @@ test('--tls-ca: a client without a certificate, or with one from another CA, is 
   const key = fs.readFileSync(certs.clientKey);
   const cert = fs.readFileSync(certs.clientCert);
 
-  const anonymous = await TlsPeer.connect(tlsPort);
+  const anonymous = await tlsConnect(tlsPort);
   anonymous.socket.write('GETSEQ\r\n');
   await anonymous.until(() => anonymous.closed, 5000, 'the server to refuse a client without a certificate');
   assert.equal(anonymous.text, '', 'nothing is answered without a client certificate');
 
-  const stranger = await TlsPeer.connect(tlsPort, { key: fs.readFileSync(certs.strangerKey), cert: fs.readFileSync(certs.strangerCert) });
+  const stranger = await tlsConnect(tlsPort, { key: fs.readFileSync(certs.strangerKey), cert: fs.readFileSync(certs.strangerCert) });
   stranger.socket.write('GETSEQ\r\n');
   await stranger.until(() => stranger.closed, 5000, 'the server to refuse a certificate from another CA');
   assert.equal(stranger.text, '');
 
-  const trusted = await TlsPeer.connect(tlsPort, { key, cert });
+  const trusted = await tlsConnect(tlsPort, { key, cert });
   await trusted.exchange('GETSEQ\r\n', ':1\r\n');
 
   const sNoCert = await sClient(tlsPort, 'GETSEQ\r\nQUIT\r\n');
@@ -228,7 +183,7 @@ test('a TLS client over --max-connections gets the error over TLS', async () => 
   try {
     holder.send('PING\r\n');
     await holder.expect('+PONG\r\n');
-    const refused = await TlsPeer.connect(tlsPort);
+    const refused = await tlsConnect(tlsPort);
     await refused.until(() => refused.closed, 5000, 'the refusal');
     assert.equal(refused.text, '-ERR max number of clients reached\r\n');
   } finally {
@@ -264,7 +219,7 @@ test('a client that never finishes its TLS handshake is closed by the handshake 
     assert.ok(at - t0 <= 3000, `closed after ${at - t0} ms`);
   }
   // The listener still serves real clients afterwards.
-  const peer = await TlsPeer.connect(tlsPort);
+  const peer = await tlsConnect(tlsPort);
   await peer.exchange('PING\r\n', '+PONG\r\n');
 });
 
@@ -286,7 +241,7 @@ test('sockets stuck before their handshake are bounded by --max-connections; pla
   // Once they are gone, a real TLS client is served again.
   const deadline = Date.now() + 5000;
   for (;;) {
-    const peer = await TlsPeer.connect(tlsPort);
+    const peer = await tlsConnect(tlsPort);
     if (peer.error === null && !peer.closed) {
       await peer.exchange('GETSEQ\r\n', ':2\r\n');
       break;
@@ -298,7 +253,7 @@ test('sockets stuck before their handshake are bounded by --max-connections; pla
 
 test('a TLS client that pipelines without reading is paused, and others are served meanwhile', async () => {
   const { server, tlsPort } = await start([]);
-  const hog = await TlsPeer.connect(tlsPort);
+  const hog = await tlsConnect(tlsPort);
   hog.socket.pause();
   const chunk = Buffer.from('GETSEQ hog\r\n'.repeat(8192));
   const t0 = Date.now();

@@ -18,11 +18,10 @@ async function connect(s: ServerProcess = server): Promise<WireClient> {
   return c;
 }
 
-/** Sends one request on a fresh connection and returns the exact reply bytes. */
+/** Sends one request on a fresh connection, checks the exact reply bytes, and returns the connection. */
 async function exchange(request: string, expected: string, s: ServerProcess = server): Promise<WireClient> {
   const c = await connect(s);
-  c.send(request);
-  await c.expect(expected);
+  await c.exchange(request, expected);
   return c;
 }
 
