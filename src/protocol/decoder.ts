@@ -266,11 +266,19 @@ const FAST_FRAMES: ReadonlyArray<{ readonly bytes: Buffer; readonly words: strin
   words: Object.freeze([name!]) as string[],
 }));
 
+/**
+ * Whether `buf` holds `bytes` at `pos` (the caller checks there is room). A loop
+ * the JIT compiles inline: for a few bytes, Buffer#compare's call into C++
+ * (argument checks and all) costs several times more.
+ */
+function sameBytes(bytes: Buffer, buf: Buffer, pos: number): boolean {
+  for (let i = 0; i < bytes.length; i++) if (buf[pos + i] !== bytes[i]) return false;
+  return true;
+}
+
 function wholeFrame(buf: Buffer, pos: number, end: number): { readonly bytes: Buffer; readonly words: string[] } | null {
-  const first = buf[pos];
   for (const f of FAST_FRAMES) {
-    const n = f.bytes.length;
-    if (first === f.bytes[0] && end - pos >= n && f.bytes.compare(buf, pos, pos + n) === 0) return f;
+    if (end - pos >= f.bytes.length && sameBytes(f.bytes, buf, pos)) return f;
   }
   return null;
 }
@@ -278,7 +286,7 @@ function wholeFrame(buf: Buffer, pos: number, end: number): { readonly bytes: Bu
 function commandName(buf: Buffer, start: number, end: number): string {
   const len = end - start;
   for (const [bytes, name] of KNOWN_NAMES) {
-    if (bytes.length === len && buf[start] === bytes[0] && bytes.compare(buf, start, end) === 0) return name;
+    if (bytes.length === len && sameBytes(bytes, buf, start)) return name;
   }
   return buf.toString('latin1', start, end);
 }
