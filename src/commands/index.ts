@@ -52,9 +52,24 @@ export function newSession(): Session {
   return { authenticated: false, quit: false };
 }
 
+/**
+ * The last command looked up. The decoder hands out one interned string per
+ * known name, so a run of the same command compares pointers, not hashes.
+ */
+let lastName = '';
+let lastEntry: Entry | undefined;
+
+function lookup(name: string): Entry | undefined {
+  if (name === lastName) return lastEntry;
+  const entry = table.get(name) ?? table.get(name.toUpperCase());
+  lastName = name;
+  lastEntry = entry;
+  return entry;
+}
+
 export function execute(words: string[], session: Session, services: Services, stats: CommandStats): Reply {
   const name = words[0]!;
-  const entry = table.get(name) ?? table.get(name.toUpperCase());
+  const entry = lookup(name);
   const locked = services.passwordDigest !== null && !session.authenticated;
   let reply: Reply;
   if (entry === undefined) {
