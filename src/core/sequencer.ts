@@ -97,7 +97,12 @@ interface Seq {
   /** Requests that need numbers at or beyond `mark`, in arrival order. */
   waiters: Waiter[];
   waitingCount: bigint;
-  issued: number;
+  /**
+   * `next` when this process began serving the sequence. Numbers leave only by
+   * moving `next` up, so next - servedFrom is how many were issued, with no count
+   * kept per request.
+   */
+  servedFrom: bigint;
 }
 
 type State = 'new' | 'serving' | 'closing' | 'closed' | 'aborted';
@@ -106,6 +111,8 @@ const isFenced = (err: unknown): boolean => (err as { code?: string })?.code ===
 
 export class Sequencer implements SequenceSource {
   private readonly seqs = new Map<string, Seq>();
+  /** The sequence asked for last: most traffic names one sequence over and over. */
+  private last: Seq | null = null;
   private readonly store: Store | null;
   private readonly initial: bigint;
   private readonly reserve: bigint;
@@ -155,6 +162,7 @@ export class Sequencer implements SequenceSource {
         s.stored = mark;
         if (this.initial > mark) {
           s.next = this.initial;
+          s.servedFrom = this.initial;
           raisedByInitial.push(name);
         }
       }
@@ -170,14 +178,13 @@ export class Sequencer implements SequenceSource {
   allocate(name: string, count: bigint): bigint | SequenceError | Promise<bigint> {
     const refusal = this.gate();
     if (refusal) return refusal;
-    const s = this.seqs.get(name) ?? this.createNew(name);
+    const s = this.find(name);
     if (s === undefined) return this.tooMany;
     const first = s.next;
     const end = first + count;
     if (end > END) return EXHAUSTED;
     if (s.waiters.length === 0 && end <= s.mark) {
       s.next = end;
-      s.issued += Number(count);
       if (end > s.refillAt) this.want(s);
       return first;
     }
@@ -196,7 +203,7 @@ export class Sequencer implements SequenceSource {
   current(name: string): bigint | SequenceError {
     const refusal = this.gate();
     if (refusal) return refusal;
-    const s = this.seqs.get(name) ?? this.createNew(name);
+    const s = this.find(name);
     if (s === undefined) return this.tooMany;
     // Requests still waiting for storage take their numbers first.
     const next = s.next + s.waitingCount;
@@ -207,7 +214,7 @@ export class Sequencer implements SequenceSource {
   snapshot(): SequenceSnapshot[] {
     const out: SequenceSnapshot[] = [];
     for (const s of this.seqs.values()) {
-      out.push({ name: s.name, next: s.next + s.waitingCount, durableMark: s.mark, issued: s.issued });
+      out.push({ name: s.name, next: s.next + s.waitingCount, durableMark: s.mark, issued: Number(s.next - s.servedFrom) });
     }
     return out;
   }
@@ -292,6 +299,16 @@ export class Sequencer implements SequenceSource {
     return notLeader(this.leadership);
   }
 
+  /** The sequence by name, created at first use; undefined when --max-sequences are taken. */
+  private find(name: string): Seq | undefined {
+    const last = this.last;
+    // Sequences are never removed, so the one found last stays valid.
+    if (last !== null && last.name === name) return last;
+    const s = this.seqs.get(name) ?? this.createNew(name);
+    if (s !== undefined) this.last = s;
+    return s;
+  }
+
   private createNew(name: string): Seq | undefined {
     if (this.seqs.size >= this.maxSequences) return undefined;
     return this.create(name, this.initial);
@@ -311,7 +328,7 @@ export class Sequencer implements SequenceSource {
       stored: null,
       waiters: [],
       waitingCount: 0n,
-      issued: 0,
+      servedFrom: next,
     };
     this.seqs.set(name, s);
     return s;
@@ -430,7 +447,6 @@ export class Sequencer implements SequenceSource {
       const first = s.next;
       s.next = end;
       s.waitingCount -= w.count;
-      s.issued += Number(w.count);
       w.resolve(first);
       i++;
     }

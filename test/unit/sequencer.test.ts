@@ -151,6 +151,7 @@ test('gapless (--reserve=0): every reply waits, and concurrent requests share on
   assert.equal(await take(a), 51n);
   assert.deepEqual(await Promise.all(more.map(take)), Array.from({ length: 10 }, (_, i) => BigInt(52 + i)));
   assert.equal(store.calls.persist, 3);
+  assert.equal(seq.snapshot()[0]!.issued, 61, 'numbers released to waiters count as issued');
 });
 
 test('storage failure: below the mark still served, beyond it refused, no number skipped, recovery by itself', async () => {
@@ -260,6 +261,15 @@ test('--initial seeds new sequences; above a persisted mark it wins', async () =
   assert.equal(await take(seq.allocate('low', 1n)), 1000n);
   assert.equal(await take(seq.allocate('high', 1n)), 5000n);
   assert.equal(await take(seq.allocate('fresh', 1n)), 1000n);
+  // Issued counts from where this process began, not from the stored mark.
+  assert.deepEqual(
+    seq.snapshot().map((s) => [s.name, s.issued]),
+    [
+      ['low', 1],
+      ['high', 1],
+      ['fresh', 1],
+    ],
+  );
 });
 
 /**
