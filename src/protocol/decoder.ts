@@ -53,6 +53,12 @@ export class Decoder {
   private expected = 0;
   private bulkLen = 0;
   private words: string[] = [];
+  /**
+   * The argument last seen at each position of a frame: a client that repeats
+   * `GETSEQ orders` gets the same string back, compared byte for byte, instead
+   * of a new one from a call into C++ per request.
+   */
+  private readonly recent: string[] = [];
 
   /**
    * Feeds one chunk. Every complete frame goes to `sink` in order. Returns a
@@ -100,6 +106,8 @@ export class Decoder {
           return pos + fast.bytes.length;
         }
         if (buf[pos] === 42 /* '*' */) {
+          const next = this.wholeArray(buf, pos, end, sink);
+          if (next !== -1) return next;
           this.state = S.ArrayHeader;
           this.scan = 1;
         } else {
@@ -161,9 +169,7 @@ export class Decoder {
         if (buf[pos + this.bulkLen] !== CR || buf[pos + this.bulkLen + 1] !== LF) {
           return this.error('bulk string not followed by CRLF');
         }
-        this.words.push(
-          this.words.length === 0 ? commandName(buf, pos, pos + this.bulkLen) : buf.toString('latin1', pos, pos + this.bulkLen),
-        );
+        this.words.push(this.word(this.words.length, buf, pos, pos + this.bulkLen));
         if (this.words.length === this.expected) {
           const words = this.words;
           this.words = [];
@@ -180,10 +186,57 @@ export class Decoder {
   }
 
 
+  /**
+   * A RESP array that sits whole in the buffer, read in one pass: the usual case,
+   * and one without a state change per element. Returns the position after it,
+   * or -1 when it is incomplete or breaks any rule; the state machine then reads
+   * it from the start and is the one that reports errors.
+   */
+  private wholeArray(buf: Buffer, pos: number, end: number, sink: FrameSink): number {
+    const h = readHeader(buf, pos, end);
+    if (h === NEED_MORE || h === BAD_HEADER || h.value < 1 || h.value > MAX_ARRAY) return -1;
+    const count = h.value;
+    let p = h.next;
+    const words: string[] = [];
+    for (let i = 0; i < count; i++) {
+      if (p >= end || buf[p] !== 36 /* '$' */) return -1;
+      const b = readHeader(buf, p, end);
+      if (b === NEED_MORE || b === BAD_HEADER || b.value < 0 || b.value > MAX_BULK) return -1;
+      const start = b.next;
+      const stop = start + b.value;
+      if (stop + 2 > end || buf[stop] !== CR || buf[stop + 1] !== LF) return -1;
+      words.push(this.word(i, buf, start, stop));
+      p = stop + 2;
+    }
+    sink(words);
+    return p;
+  }
+
+  /** Word `i` of a frame: a known command name, a recent argument, or new text. */
+  private word(i: number, buf: Buffer, start: number, end: number): string {
+    if (i === 0) return commandName(buf, start, end);
+    if (i > RECENT_WORDS || end - start > RECENT_MAX_LENGTH) return buf.toString('latin1', start, end);
+    const seen = this.recent[i - 1];
+    if (seen !== undefined && seen.length === end - start && sameText(buf, start, seen)) return seen;
+    const text = buf.toString('latin1', start, end);
+    this.recent[i - 1] = text;
+    return text;
+  }
+
   /** Bytes held for an incomplete frame; bounded by the protocol limits. */
   get buffered(): number {
     return this.carry.length;
   }
+}
+
+/** Arguments remembered per position (GETSEQ_BATCH has two), and up to what length. */
+const RECENT_WORDS = 2;
+const RECENT_MAX_LENGTH = 64;
+
+/** Whether buf[start..] holds `text`'s characters as bytes (the caller checks the length). */
+function sameText(buf: Buffer, start: number, text: string): boolean {
+  for (let i = 0; i < text.length; i++) if (buf[start + i] !== text.charCodeAt(i)) return false;
+  return true;
 }
 
 const NEED_MORE = 0;

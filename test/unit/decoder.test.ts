@@ -160,3 +160,21 @@ test('property: arbitrary bytes yield frames or a protocol error, never an excep
     { numRuns: 2000 },
   );
 });
+
+test('an argument repeated from the frame before is reused only when every byte matches', () => {
+  // Same lengths, different bytes, in both framings and at both argument positions.
+  check(
+    resp('GETSEQ', 'aaaa') + resp('GETSEQ', 'aaab') + resp('GETSEQ', 'aaab') + resp('GETSEQ_BATCH', '10', 'aaaa') + resp('GETSEQ_BATCH', '11', 'aaab'),
+    ok(['GETSEQ', 'aaaa'], ['GETSEQ', 'aaab'], ['GETSEQ', 'aaab'], ['GETSEQ_BATCH', '10', 'aaaa'], ['GETSEQ_BATCH', '11', 'aaab']),
+  );
+  // Past the remembered positions and lengths, words are still decoded afresh.
+  const long = 'x'.repeat(65);
+  check(resp('A', 'b', 'c', 'd') + resp('A', 'b', 'c', 'e') + resp('A', long) + resp('A', `${long.slice(1)}y`), ok(['A', 'b', 'c', 'd'], ['A', 'b', 'c', 'e'], ['A', long], ['A', `${long.slice(1)}y`]));
+  // A frame cut short falls back to the state machine, which gives the same words.
+  const d = new Decoder();
+  const frames: string[][] = [];
+  const bytes = Buffer.from(resp('GETSEQ', 'orders') + resp('GETSEQ', 'ordert'), 'latin1');
+  d.feed(bytes.subarray(0, bytes.length - 3), (w) => frames.push(w));
+  d.feed(bytes.subarray(bytes.length - 3), (w) => frames.push(w));
+  assert.deepEqual(frames, [['GETSEQ', 'orders'], ['GETSEQ', 'ordert']]);
+});
