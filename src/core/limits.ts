@@ -26,15 +26,18 @@ export function isValidName(name: string): boolean {
 }
 
 /**
- * Parses an unsigned decimal integer without ever going through a float.
- * Returns undefined for anything but 1-20 ASCII digits.
+ * Parses an unsigned decimal integer exactly. Returns undefined for anything but
+ * 1-20 ASCII digits. Up to 15 digits are summed in a double, where every integer
+ * below 2^53 is exact, which is much cheaper than BigInt's string parsing.
  */
 export function parseUnsigned(text: string): bigint | undefined {
   const n = text.length;
   if (n === 0 || n > 20) return undefined;
+  let value = 0;
   for (let i = 0; i < n; i++) {
     const c = text.charCodeAt(i);
     if (c < 48 || c > 57) return undefined;
+    value = value * 10 + (c - 48);
   }
-  return BigInt(text);
+  return n <= 15 ? BigInt(value) : BigInt(text);
 }
