@@ -59,6 +59,8 @@ export class Decoder {
    * of a new one from a call into C++ per request.
    */
   private readonly recent: string[] = [];
+  /** The command name of the last frame (it may be any word, when it was unknown). */
+  private lastName = '';
 
   /**
    * Feeds one chunk. Every complete frame goes to `sink` in order. Returns a
@@ -214,7 +216,14 @@ export class Decoder {
 
   /** Word `i` of a frame: a known command name, a recent argument, or new text. */
   private word(i: number, buf: Buffer, start: number, end: number): string {
-    if (i === 0) return commandName(buf, start, end);
+    if (i === 0) {
+      // Most connections send one command over and over: try the last one first.
+      const last = this.lastName;
+      if (last.length === end - start && sameText(buf, start, last)) return last;
+      const name = commandName(buf, start, end);
+      if (name.length <= RECENT_MAX_LENGTH) this.lastName = name;
+      return name;
+    }
     if (i > RECENT_WORDS || end - start > RECENT_MAX_LENGTH) return buf.toString('latin1', start, end);
     const seen = this.recent[i - 1];
     if (seen !== undefined && seen.length === end - start && sameText(buf, start, seen)) return seen;
