@@ -11,6 +11,7 @@ import { startServerProcess, runCli, type ServerProcess } from '../helpers/serve
 import { History, assertHistory } from '../helpers/history.js';
 import { runLoad } from '../helpers/load.js';
 import { WireClient } from '../helpers/wire.js';
+import { waitFor } from '../helpers/wait.js';
 
 /** Servers of the running test: killed after it, so a failed assertion cannot leave one behind. */
 const running: ServerProcess[] = [];
@@ -299,15 +300,27 @@ test('SIGTERM answers the requests already read, even those waiting for fsync, t
 });
 
 test('after SIGTERM new connections are refused, while an open one still gets every reply owed', async () => {
-  const s = await start(['--in-memory']);
-  // A client that reads nothing yet keeps the shutdown waiting for it (up to the 5 s grace).
+  // 1,000 sequences make each INFO reply about 60 KB, so 300 of them (18 MB) cannot all fit in the
+  // kernel's socket buffers: most of what is owed is still in the server when the signal comes.
+  const s = await start(['--in-memory', `--client-output-limit=${64 * 1024 * 1024}`]);
+  const setup = await WireClient.connect(s.port);
+  setup.send(Array.from({ length: 1000 }, (_, i) => `GETSEQ s${i}\r\n`).join(''));
+  await setup.until((t) => t.split('\r\n').length > 1000);
+  setup.close();
+  // A client that asks for all of it and reads nothing yet.
   const open = await WireClient.connect(s.port);
   open.socket.pause();
-  open.send('GETSEQ\r\n'.repeat(100));
-  const probe = await WireClient.connect(s.port);
-  probe.send('CURRENT\r\n');
-  await probe.expect(':101\r\n');
-  probe.close();
+  open.send('INFO\r\n'.repeat(300));
+  // Read and answered (the probe's INFO is the 301st): the replies are owed before the signal.
+  await waitFor(async () => {
+    const probe = await WireClient.connect(s.port);
+    try {
+      probe.send('INFO\r\n');
+      return /\r\ncmdstat_info:calls=301\r\n/.test(await probe.until((t) => t.includes('# Sequences')));
+    } finally {
+      probe.close();
+    }
+  }, 'the server to answer the 300 INFO requests');
   s.child.kill('SIGTERM');
   const deadline = Date.now() + 4000;
   let refused = false;
@@ -321,10 +334,26 @@ test('after SIGTERM new connections are refused, while an open one still gets ev
     }
   }
   assert.ok(refused, 'the listener was closed within 4 s of SIGTERM');
-  assert.equal(s.child.exitCode, null, 'refused while still draining, not because the process was gone');
+  // Nothing else happens from here until the client reads: a server that dropped what it owed would
+  // be gone within this half second, so it is waited out rather than polled for.
+  await new Promise((r) => setTimeout(r, 500));
+  assert.equal(s.child.exitCode, null, 'still draining the replies owed');
+  assert.ok(!s.logs.some((l) => l.msg === 'stopped'), 'not stopped while replies are owed');
   open.socket.resume();
-  await open.waitClosed();
-  const expected = Array.from({ length: 100 }, (_, i) => `:${i + 1}\r\n`).join('');
-  assert.equal(open.text, expected);
+  await open.waitClosed(10_000);
+  // Every reply whole, in order: 300 bulk strings and nothing else.
+  const text = open.text;
+  let at = 0;
+  let replies = 0;
+  while (at < text.length) {
+    const eol = text.indexOf('\r\n', at);
+    assert.ok(text[at] === '$' && eol !== -1, `a bulk reply at byte ${at}`);
+    const body = eol + 2;
+    const length = Number(text.slice(at + 1, eol));
+    assert.ok(text.startsWith('# Server', body) && text.startsWith('\r\n', body + length), `reply ${replies} is whole`);
+    at = body + length + 2;
+    replies++;
+  }
+  assert.equal(replies, 300);
   assert.equal(await s.exited, 0);
 });
