@@ -202,10 +202,11 @@ describe('group mode on etcd', () => {
       const probe = probeClient();
       await firstSuccess(probe, 'partition-probe', 10_000);
       await probe.close();
-      // Healed, the former leader rejoins as a follower that names the new leader.
+      // Healed, the former leader rejoins as a follower that names the new leader. CURRENT, not
+      // GETSEQ: should it lead again, the probe must not take numbers the history never sees.
       const current = group.nodes[await group.waitForLeader()]!;
       await waitFor(
-        async () => (await ask(node.port, 'GETSEQ\r\n')) === `-NOTLEADER ${current.address}\r\n`,
+        async () => (await ask(node.port, 'CURRENT\r\n')) === `-NOTLEADER ${current.address}\r\n`,
         `the healed node ${node.address} to answer -NOTLEADER ${current.address}`,
       );
     } finally {
