@@ -174,51 +174,58 @@ export function checkHistory(history: History | Op[], opts: CheckOptions = {}): 
 
 /**
  * Charges each gap to the run of the range below it (a gap before the first
- * range, to that range's run) and compares each run's charge with its budget:
- * its lost requests, plus one window if it crashed. A gap that reaches past runs
- * with no acknowledged number draws on their budgets too.
+ * range, to that range's run) and compares each run's charge with what may
+ * explain it: its lost requests, one window if it crashed, and, for the gap up
+ * to the next run's first number, that next run's lost requests too (one may
+ * have taken the numbers just below it). A gap that reaches past runs with no
+ * acknowledged number draws on their budgets as well.
  */
 function checkRunGaps(ops: Op[], byFirst: Op[], runOf: (op: Op) => number, opts: CheckOptions): string[] {
   if (byFirst.length === 0) return [];
   let last = 0;
   for (const o of ops) last = Math.max(last, runOf(o));
-  const budget: bigint[] = [];
+  const window = (r: number): bigint => (r < last ? (opts.reserve ?? 0n) : 0n);
+  const lost: bigint[] = [];
   const lostCount: number[] = [];
   for (let r = 0; r <= last; r++) {
-    budget.push(r < last ? (opts.reserve ?? 0n) : 0n);
+    lost.push(0n);
     lostCount.push(0);
   }
   for (const o of ops) {
     if (o.first !== null || !o.maybe) continue;
     const r = runOf(o);
-    budget[r]! += o.count;
+    lost[r]! += o.count;
     lostCount[r]!++;
   }
-  const charged = budget.map(() => 0n);
-  const allowed = [...budget];
-  if (opts.start !== undefined) {
-    const r = runOf(byFirst[0]!);
-    charged[r]! += byFirst[0]!.first! - opts.start;
-    for (let earlier = 0; earlier < r; earlier++) allowed[r]! += budget[earlier]!;
-  }
+  const charged = lost.map(() => 0n);
+  const allowed = lost.map((n, r) => n + window(r));
+  /** Runs whose budget a spanning gap has used, so no other gap counts it again. */
+  const lent = new Set<number>();
+  const lend = (to: number, from: number): void => {
+    if (lent.has(from)) return;
+    lent.add(from);
+    allowed[to]! += lost[from]! + window(from);
+  };
+  const firstRun = runOf(byFirst[0]!);
+  if (opts.start !== undefined) charged[firstRun]! += byFirst[0]!.first! - opts.start;
+  for (let r = 0; r < firstRun; r++) lend(firstRun, r);
   for (let i = 1; i < byFirst.length; i++) {
     const prev = byFirst[i - 1]!;
-    const gap = byFirst[i]!.first! - (prev.first! + prev.count);
-    if (gap <= 0n) continue;
     const from = runOf(prev);
     const to = runOf(byFirst[i]!);
-    charged[from]! += gap;
-    for (let r = from + 1; r < to; r++) {
-      allowed[from]! += budget[r]!;
-      budget[r] = 0n;
+    if (to > from) {
+      for (let r = from + 1; r < to; r++) lend(from, r);
+      allowed[from]! += lost[to]!;
     }
+    const gap = byFirst[i]!.first! - (prev.first! + prev.count);
+    if (gap > 0n) charged[from]! += gap;
   }
   const violations: string[] = [];
   for (let r = 0; r <= last; r++) {
     if (charged[r]! > allowed[r]!) {
       violations.push(
         `run ${r}${r < last ? ' (ended by a crash)' : ''} skipped ${charged[r]} numbers, but its ${lostCount[r]} lost requests` +
-          `${r < last ? ` and one window of ${opts.reserve ?? 0n}` : ''} explain at most ${allowed[r]}`,
+          `${r < last ? `, one window of ${opts.reserve ?? 0n} and the next run's lost requests` : ''} explain at most ${allowed[r]}`,
       );
     }
   }

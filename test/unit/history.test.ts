@@ -88,13 +88,22 @@ test('with runs known, each crash is bounded by one window, not the total', () =
   assert.equal(checkHistory(h, opts).gapViolation, null, 'the total alone fits two windows');
   const r = checkHistory(h, { ...opts, runOf });
   assert.deepEqual(r.runGapViolations, [
-    'run 0 (ended by a crash) skipped 200 numbers, but its 0 lost requests and one window of 100 explain at most 100',
+    "run 0 (ended by a crash) skipped 200 numbers, but its 0 lost requests, one window of 100 and the next run's lost requests explain at most 100",
   ]);
-  // A request lost in run 0 explains its share; one lost in run 1 does not.
-  inRun(h, 1, 12, null, null, 100, true);
+  // A request lost in run 2 cannot explain what run 0's crash skipped.
+  inRun(h, 2, 22, null, null, 100, true);
   assert.equal(checkHistory(h, { ...opts, runOf }).runGapViolations.length, 1);
-  inRun(h, 0, 2, null, null, 100, true);
-  assert.deepEqual(checkHistory(h, { ...opts, runOf }).runGapViolations, []);
+  // One lost in run 0 can, and so can one lost in run 1: it may hold the numbers just below run 1's first.
+  const own = new History();
+  inRun(own, 0, 0, 1, 1);
+  inRun(own, 0, 2, null, null, 100, true);
+  inRun(own, 1, 10, 11, 202);
+  assert.deepEqual(checkHistory(own, { crashes: 1, reserve: 100n, start: 1n, runOf }).runGapViolations, []);
+  const next = new History();
+  inRun(next, 0, 0, 1, 1);
+  inRun(next, 1, 10, null, null, 100, true);
+  inRun(next, 1, 10, 11, 202);
+  assert.deepEqual(checkHistory(next, { crashes: 1, reserve: 100n, start: 1n, runOf }).runGapViolations, []);
 });
 
 test('a gap within the last run is explained by its lost requests only', () => {
