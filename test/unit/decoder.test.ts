@@ -104,6 +104,9 @@ test('limits: 64 KiB line and bulk, 1,024 elements', () => {
   const many = Array.from({ length: MAX_ARRAY }, () => 'x');
   assert.deepEqual(decode([Buffer.from(resp(...many))]), ok(many));
   assert.equal(decode([Buffer.from(`*${MAX_ARRAY + 1}\r\n`)]).error, `Protocol error: too many arguments (at most ${MAX_ARRAY})`);
+  // Also when the whole oversized frame (or bulk string) has arrived and could be read in one pass.
+  assert.equal(decode([Buffer.from(resp(...many, 'x'))]).error, `Protocol error: too many arguments (at most ${MAX_ARRAY})`);
+  assert.equal(decode([Buffer.from(resp('X', 'b'.repeat(MAX_BULK + 1)))]).error, `Protocol error: bulk string longer than ${MAX_BULK} bytes`);
   assert.equal(decode([Buffer.from(`${'x '.repeat(MAX_ARRAY + 1)}\r\n`)]).error, `Protocol error: too many arguments (at most ${MAX_ARRAY})`);
   // A header that never ends is an error at once, not a buffer that grows.
   assert.equal(decode([Buffer.from('*' + '1'.repeat(40))]).error, 'Protocol error: invalid multibulk length');
@@ -159,6 +162,49 @@ test('property: arbitrary bytes yield frames or a protocol error, never an excep
     }),
     { numRuns: 2000 },
   );
+});
+
+test('property: arbitrary bytes give the same frames and error whole, byte by byte, or split anywhere', () => {
+  // Whole, RESP arrays take the one-pass path; byte by byte, only the state machine can read them.
+  // Valid frames with one byte changed, dropped or added test every rule the one-pass read must share.
+  const sym = fc.constantFrom('*', '$', '\r', '\n', '0', '1', '2', '9', '-', 'A', 'b', ' ');
+  const damaged = fc
+    .tuple(fc.array(fc.constantFrom('GETSEQ', 'ab', 'ac', 'XYZ1', '', '10'), { minLength: 1, maxLength: 3 }), fc.nat(), fc.integer({ min: 0, max: 3 }), sym)
+    .map(([words, at, how, c]) => {
+      const t = resp(...words);
+      const i = at % t.length;
+      if (how === 0) return t;
+      if (how === 1) return t.slice(0, i) + c + t.slice(i + 1);
+      if (how === 2) return t.slice(0, i) + t.slice(i + 1);
+      return t.slice(0, i) + c + t.slice(i);
+    });
+  const noise = fc.array(
+    fc.oneof(sym, damaged, fc.constantFrom('*1\r\n$-1\r\n', '*0\r\n', '*-1\r\n', 'XYZ2 ab\r\n')),
+    { maxLength: 12 },
+  );
+  fc.assert(
+    fc.property(noise, fc.array(fc.nat(), { maxLength: 6 }), (parts, cuts) => {
+      const bytes = Buffer.from(parts.join(''), 'latin1');
+      const whole = decode([bytes]);
+      const single: Buffer[] = [];
+      for (let i = 0; i < bytes.length; i++) single.push(bytes.subarray(i, i + 1));
+      assert.deepEqual(decode(single), whole, 'byte by byte');
+      const points = [...new Set(cuts.map((c) => (bytes.length === 0 ? 0 : c % bytes.length)))].sort((a, b) => a - b);
+      const chunks: Buffer[] = [];
+      let at = 0;
+      for (const p of points) {
+        chunks.push(bytes.subarray(at, p));
+        at = p;
+      }
+      chunks.push(bytes.subarray(at));
+      assert.deepEqual(decode(chunks), whole, `split at ${points.join(', ')}`);
+    }),
+    { numRuns: 2000 },
+  );
+});
+
+test('an unknown command name of the same length as the last is not taken for it', () => {
+  check(resp('XYZ1') + resp('XYZ2', 'a') + 'XYZ2 a\r\nXYZ3\r\n', ok(['XYZ1'], ['XYZ2', 'a'], ['XYZ2', 'a'], ['XYZ3']));
 });
 
 test('an argument repeated from the frame before is reused only when every byte matches', () => {
