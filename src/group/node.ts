@@ -228,7 +228,7 @@ class GroupNode implements GroupHandle {
     }
     // One object per leader address, so its wire text is encoded once, not per request.
     const address = this.leadership.leaderAddress() ?? '';
-    if (this.redirect.message !== address) this.redirect = notLeader(this.leadership);
+    if (this.redirect.message !== address) this.redirect = new SequenceError('NOTLEADER', address);
     return this.redirect;
   }
 
