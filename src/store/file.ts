@@ -198,16 +198,19 @@ export class FileStore implements Store {
     await this.unlock();
   }
 
+  /** `current` (what is durable) changes only once the write has succeeded. */
   private async write(current: Map<string, bigint>, changes: Marks): Promise<void> {
-    const merged = new Map(current);
-    for (const [name, mark] of changes) merged.set(name, mark);
     const record = frame(`{"v":${FORMAT_VERSION},"m":${marksJson(changes)}}`);
     if (this.log === null || this.logSize + record.length > Math.max(this.compactAfter, this.snapshotBytes)) {
+      const merged = new Map(current);
+      for (const [name, mark] of changes) merged.set(name, mark);
       await this.compact(merged);
+      this.marks = merged;
     } else {
+      // In place: a copy of every mark per append would cost each commit in proportion to all the sequences.
       await this.append(this.log, record);
+      for (const [name, mark] of changes) current.set(name, mark);
     }
-    this.marks = merged;
   }
 
   private async append(log: FileHandle, record: Buffer): Promise<void> {
