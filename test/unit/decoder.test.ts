@@ -4,6 +4,7 @@ import fc from 'fast-check';
 import { COMMAND_NAMES, Decoder, MAX_ARRAY, MAX_BULK, MAX_LINE } from '../../src/protocol/decoder.js';
 import { COMMANDS } from '../../src/commands/index.js';
 import { resp } from '../helpers/wire.js';
+import { bytewise, cut, splits } from '../helpers/chunks.js';
 
 interface Outcome {
   frames: string[][];
@@ -25,13 +26,7 @@ function decode(chunks: Buffer[]): Outcome {
 /** Runs a case whole, byte by byte, and split in two at every offset: all must agree. */
 function check(input: string | Buffer, expected: Outcome): void {
   const bytes = typeof input === 'string' ? Buffer.from(input, 'latin1') : input;
-  assert.deepEqual(decode([bytes]), expected, 'whole');
-  const single: Buffer[] = [];
-  for (let i = 0; i < bytes.length; i++) single.push(bytes.subarray(i, i + 1));
-  assert.deepEqual(decode(single), expected, 'byte by byte');
-  for (let i = 1; i < bytes.length; i++) {
-    assert.deepEqual(decode([bytes.subarray(0, i), bytes.subarray(i)]), expected, `split at ${i}`);
-  }
+  for (const { how, chunks } of splits(bytes)) assert.deepEqual(decode(chunks), expected, how);
 }
 
 const ok = (...frames: string[][]): Outcome => ({ frames, error: null });
@@ -133,15 +128,7 @@ test('property: any split of a valid pipeline yields the same frames', () => {
   fc.assert(
     fc.property(fc.array(encoded, { maxLength: 20 }), fc.array(fc.nat(), { maxLength: 10 }), (pipeline, cuts) => {
       const bytes = Buffer.from(pipeline.map((p) => p.bytes).join(''), 'latin1');
-      const points = [...new Set(cuts.map((c) => (bytes.length === 0 ? 0 : c % bytes.length)))].sort((a, b) => a - b);
-      const chunks: Buffer[] = [];
-      let at = 0;
-      for (const p of points) {
-        chunks.push(bytes.subarray(at, p));
-        at = p;
-      }
-      chunks.push(bytes.subarray(at));
-      assert.deepEqual(decode(chunks), ok(...pipeline.map((p) => p.words)));
+      assert.deepEqual(decode(cut(bytes, cuts)), ok(...pipeline.map((p) => p.words)));
     }),
     { numRuns: 500 },
   );
@@ -186,18 +173,8 @@ test('property: arbitrary bytes give the same frames and error whole, byte by by
     fc.property(noise, fc.array(fc.nat(), { maxLength: 6 }), (parts, cuts) => {
       const bytes = Buffer.from(parts.join(''), 'latin1');
       const whole = decode([bytes]);
-      const single: Buffer[] = [];
-      for (let i = 0; i < bytes.length; i++) single.push(bytes.subarray(i, i + 1));
-      assert.deepEqual(decode(single), whole, 'byte by byte');
-      const points = [...new Set(cuts.map((c) => (bytes.length === 0 ? 0 : c % bytes.length)))].sort((a, b) => a - b);
-      const chunks: Buffer[] = [];
-      let at = 0;
-      for (const p of points) {
-        chunks.push(bytes.subarray(at, p));
-        at = p;
-      }
-      chunks.push(bytes.subarray(at));
-      assert.deepEqual(decode(chunks), whole, `split at ${points.join(', ')}`);
+      assert.deepEqual(decode(bytewise(bytes)), whole, 'byte by byte');
+      assert.deepEqual(decode(cut(bytes, cuts)), whole, `cut at ${cuts.join(', ')}`);
     }),
     { numRuns: 2000 },
   );

@@ -2,6 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import { ReplyDecoder, type Reply, type ReplyDecoderLimits } from '../../src/protocol/reply-decoder.js';
+import { cut, splits } from '../helpers/chunks.js';
 
 interface Outcome {
   replies: Reply[];
@@ -17,18 +18,6 @@ function decode(chunks: Buffer[], limits?: Partial<ReplyDecoderLimits>): Outcome
     error ??= e;
   }
   return { replies, error };
-}
-
-/** The ways a stream is cut into chunks: whole, byte by byte, and in two at every offset. */
-function splits(bytes: Buffer): Array<{ how: string; chunks: Buffer[] }> {
-  const ways = [
-    { how: 'whole', chunks: [bytes] },
-    { how: 'byte by byte', chunks: [...bytes].map((b) => Buffer.from([b])) },
-  ];
-  for (let i = 1; i < bytes.length; i++) {
-    ways.push({ how: `split at ${i}`, chunks: [bytes.subarray(0, i), bytes.subarray(i)] });
-  }
-  return ways;
 }
 
 const int = (value: bigint): Reply => ({ type: 'integer', value });
@@ -176,18 +165,6 @@ function encode(r: Reply): string {
     case 'array':
       return r.value === null ? '*-1\r\n' : `*${r.value.length}\r\n${r.value.map(encode).join('')}`;
   }
-}
-
-function cut(bytes: Buffer, offsets: number[]): Buffer[] {
-  const points = [...new Set(offsets.map((o) => o % (bytes.length + 1)))].sort((a, b) => a - b);
-  const chunks: Buffer[] = [];
-  let from = 0;
-  for (const p of points) {
-    chunks.push(bytes.subarray(from, p));
-    from = p;
-  }
-  chunks.push(bytes.subarray(from));
-  return chunks;
 }
 
 test('property: any split of any valid reply stream gives the same replies', () => {
