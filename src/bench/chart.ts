@@ -106,7 +106,7 @@ function panel(p: Panel, rows: readonly MatrixRow[], servers: readonly ServerId[
       const x = gx + si * barW;
       const top = y(v);
       out.push(
-        `<rect x="${num(x + 1)}" y="${num(top)}" width="${num(barW - 2)}" height="${num(bottom - top)}" fill="${COLORS[id]}"><title>${esc(`${SERVERS[id].label}, -c ${cell.clients} -P ${cell.pipeline}: ${short(v)}`)}</title></rect>`,
+        `<rect x="${num(x + 1)}" y="${num(top)}" width="${num(barW - 2)}" height="${num(bottom - top)}" fill="${COLORS[id]}"><title>${esc(`${SERVERS[id].label}, ${cellName(cell)}: ${short(v)}`)}</title></rect>`,
         `<text transform="translate(${num(x + barW / 2 + 3)},${num(top - 4)}) rotate(-90)" font-size="10" fill="#333">${short(v)}</text>`,
       );
     });

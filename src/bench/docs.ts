@@ -2,7 +2,7 @@
  * docs/benchmarks.md, generated from a run's results so that the page always
  * shows numbers that were measured together, on one machine, by one version.
  */
-import { existsSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { OPTIONS } from '../config.js';
 import { batchTable, clientTable, disturbedRuns, fmt, groupTable, idleTable, matrixTable, metricsTable, ratioTable } from './report.js';
@@ -10,7 +10,8 @@ import { DISTURBED_PERCENT, type Results } from './results.js';
 
 const RESERVE_DEFAULT = OPTIONS.find((o) => o.name === 'reserve')?.def ?? 'see --help';
 
-export function renderDocs(r: Results, files: { docs: string; chart: string; json: string }): string {
+/** `analysis`: hand-written Markdown (the targets and what limits them) placed after the tables. */
+export function renderDocs(r: Results, files: { docs: string; chart: string; json: string; analysis: string | null }): string {
   const rel = (file: string) => path.relative(path.dirname(files.docs), file).split(path.sep).join('/');
   const m = r.machine;
   const out: string[] = [];
@@ -129,7 +130,7 @@ export function renderDocs(r: Results, files: { docs: string; chart: string; jso
       '',
     );
   }
-  if ((r.group ?? []).length > 0) {
+  if (r.group.length > 0) {
     add(
       '## Group mode',
       '',
@@ -144,10 +145,9 @@ export function renderDocs(r: Results, files: { docs: string; chart: string; jso
       '',
     );
   }
-  // The targets and what limits them are written by hand beside the results,
-  // since they need judgement that a generator cannot supply.
-  const analysis = path.join(path.dirname(files.json), '..', 'targets.md');
-  if (existsSync(analysis)) add(readFileSync(analysis, 'utf8').trimEnd(), '');
+  // The targets and what limits them are written by hand, since they need
+  // judgement that a generator cannot supply.
+  if (files.analysis !== null) add(readFileSync(files.analysis, 'utf8').trimEnd(), '');
   add(
     '## Reading these numbers',
     '',

@@ -12,6 +12,8 @@ export interface BenchOptions {
   readonly out: string | null;
   /** Markdown page to (re)write from the results; null writes none. */
   readonly docs: string | null;
+  /** Hand-written Markdown (targets, what limits them) to include in that page; null includes none. */
+  readonly analysis: string | null;
   /** Compare with redis-server when it is installed. */
   readonly redis: boolean;
   readonly idleConnections: number;
@@ -85,6 +87,7 @@ export function parseBenchArgs(argv: readonly string[], env: NodeJS.ProcessEnv):
     idleConnections: Math.round(number('idle-connections', smoke ? 20 : 1000, 1, 10_000)),
     out: text('out'),
     docs: text('docs'),
+    analysis: null,
     redis: values['no-redis'] !== true,
   };
 }

@@ -2,12 +2,12 @@
  * Results as Markdown tables: printed by the bench and pasted into
  * docs/benchmarks.md by the same code, so the two never disagree.
  */
-import { COMPARISONS, DISTURBED_PERCENT, SERVERS, cellName, distinctCells, sameCell, SERVER_ORDER, type Results, type ServerId } from './results.js';
+import { COMPARISONS, DISTURBED_PERCENT, SERVERS, cellName, distinctCells, sameCell, SERVER_ORDER, type MatrixRow, type Results, type ServerId } from './results.js';
 
 type Align = 'l' | 'r';
 
 export function disturbedRuns(r: Results): number {
-  return [...r.matrix, ...r.batch, ...r.metrics, ...(r.group ?? [])].filter((x) => x.otherCpuPercent > DISTURBED_PERCENT).length;
+  return [...r.matrix, ...r.batch, ...r.metrics, ...r.group].filter((x) => x.otherCpuPercent > DISTURBED_PERCENT).length;
 }
 
 /** A Markdown table padded so it also reads well as plain text in a terminal. */
@@ -33,7 +33,7 @@ export const fmt = {
 const label = (id: ServerId) => SERVERS[id].label;
 
 /** server, -c, -P, req/s and CPU µs/req, each with its ratio to Redis: the columns every matrix table opens with. */
-function throughputCells(r: Results, m: Results['matrix'][number]): string[] {
+function throughputCells(r: Results, m: MatrixRow): string[] {
   const ratio = r.ratios.find((x) => x.server === m.server && sameCell(x, m));
   return [
     label(m.server),
@@ -52,13 +52,7 @@ export function matrixTable(r: Results): string {
   );
   return table(
     ['server', '-c', '-P', 'req/s', 'vs Redis', 'CPU µs/req', 'CPU vs Redis', 'p50 ms', 'p99 ms', 'RSS MiB', 'others %'],
-    rows.map((m) => [
-        ...throughputCells(r, m),
-        fmt.ms(m.p50Ms),
-        fmt.ms(m.p99Ms),
-        fmt.mib(m.rssBytes),
-        fmt.others(m.otherCpuPercent),
-      ]),
+    rows.map((m) => [...throughputCells(r, m), fmt.ms(m.p50Ms), fmt.ms(m.p99Ms), fmt.mib(m.rssBytes), fmt.others(m.otherCpuPercent)]),
     ['l', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r'],
   );
 }
@@ -137,13 +131,16 @@ const median = (xs: readonly number[]): number => {
 /** One row per round and cell, then the medians: the leader against the single node. */
 export function groupTable(r: Results): string {
   const rows: string[][] = [];
-  const group = r.group ?? [];
-  for (const cell of distinctCells(group)) {
-    const here = group.filter((g) => sameCell(g, cell));
-    const rounds = [...new Set(here.map((g) => g.round))].sort((a, b) => a - b);
-    const pairs = rounds
-      .map((round) => ({ round, leader: here.find((g) => g.round === round && g.role === 'leader'), single: here.find((g) => g.round === round && g.role === 'single') }))
-      .filter((p): p is { round: number; leader: NonNullable<typeof p.leader>; single: NonNullable<typeof p.single> } => p.leader !== undefined && p.single !== undefined);
+  for (const cell of distinctCells(r.group)) {
+    const here = r.group.filter((g) => sameCell(g, cell));
+    // Rounds where both were measured, in order.
+    const pairs = here
+      .filter((g) => g.role === 'leader')
+      .flatMap((leader) => {
+        const single = here.find((g) => g.role === 'single' && g.round === leader.round);
+        return single === undefined ? [] : [{ round: leader.round, leader, single }];
+      })
+      .sort((a, b) => a.round - b.round);
     for (const p of pairs) {
       rows.push([
         cellName(cell),
@@ -203,7 +200,7 @@ export function textReport(r: Results): string {
   if (r.metrics.length > 0) section('Metrics off / on (durable default)', metricsTable(r));
   if (r.idle.length > 0) section('Idle connections', idleTable(r));
   if (r.client.length > 0) section('Client library (dolmeangi --in-memory)', clientTable(r));
-  if ((r.group ?? []).length > 0) section('Group mode: leader on a one-member etcd vs single durable node', groupTable(r));
+  if (r.group.length > 0) section('Group mode: leader on a one-member etcd vs single durable node', groupTable(r));
   const disturbed = disturbedRuns(r);
   if (disturbed > 0) {
     parts.push(`warning: in ${disturbed} run(s) (marked !) other processes used more than ${DISTURBED_PERCENT}% of a core; rerun on a quiet machine`);

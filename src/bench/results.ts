@@ -14,6 +14,8 @@ export interface ServerSpec {
   readonly args: readonly string[];
   /** dolmeangi only: give it a `--data-dir` in a temporary directory. */
   readonly dataDir: boolean;
+  /** dolmeangi only: a group member, measured once it leads (its lease granted, its marks loaded). */
+  readonly leads?: boolean;
   /** What each request does: take one number. */
   readonly command: readonly string[];
   /** The same work as GETSEQ_BATCH <size>. */
@@ -153,7 +155,7 @@ export interface Results {
     readonly dolmeangi: string;
     readonly redis: string | null;
     readonly redisBenchmark: string | null;
-    readonly etcd?: string | null;
+    readonly etcd: string | null;
   };
   /** Filesystem of the temporary data directories: fsync on tmpfs costs nothing. */
   readonly dataFilesystem: string;
@@ -163,8 +165,7 @@ export interface Results {
   readonly metrics: MetricsRow[];
   readonly idle: IdleRow[];
   readonly client: ClientRow[];
-  /** Absent from results saved before group mode was measured. */
-  readonly group?: GroupRow[];
+  readonly group: GroupRow[];
   readonly verified: Verification[];
   /** Parts left out on purpose, and why (e.g. Redis not installed). */
   readonly skipped: string[];

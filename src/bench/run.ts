@@ -66,7 +66,6 @@ import {
 /** The most a whole bench waits, in all, for other processes to leave the machine alone. */
 const QUIET_WAIT_MS = 180_000;
 
-
 /** Runs the bench as the options say; resolves with the process exit code. */
 export async function runBench(opts: BenchOptions, stdout: (s: string) => void = (s) => process.stdout.write(s)): Promise<number> {
   const missing = checkProcfs() ?? ((await redisBenchmarkVersion()) === null ? 'redis-benchmark is not installed (Debian: apt-get install redis-tools)' : null);
@@ -83,7 +82,7 @@ export async function runBench(opts: BenchOptions, stdout: (s: string) => void =
   }
   stdout(textReport(results));
   if (opts.out !== null) {
-    const saved = save(results, opts.out, opts.docs);
+    const saved = save(results, opts.out, opts.docs, opts.analysis);
     stdout(`\nsaved ${saved.join(', ')}\n`);
   } else if (opts.docs !== null) {
     stdout(`\n--docs needs --out (the page links the saved chart and JSON); no page written\n`);
@@ -120,9 +119,7 @@ class Run {
     this.redis = opts.redis ? redisVersion() : null;
     if (!opts.redis) this.skipped.push('redis: --no-redis');
     else if (this.redis === null) this.skipped.push('redis: redis-server is not installed, so no Redis rows and no ratios');
-    const wanted: ServerId[] = opts.quick
-      ? ['dolmeangi-memory', 'redis']
-      : SERVER_ORDER;
+    const wanted: readonly ServerId[] = opts.quick ? ['dolmeangi-memory', 'redis'] : SERVER_ORDER;
     this.servers = wanted.map((id) => SERVERS[id]).filter((s) => s.kind === 'dolmeangi' || this.redis !== null);
     this.etcd = opts.quick ? null : etcdVersion();
     if (!opts.quick && this.etcd === null) this.skipped.push('group: etcd is not installed (Debian: apt-get install etcd-server), so no group-mode rows');
@@ -180,26 +177,16 @@ class Run {
       }
       for (const [i, cell] of this.cells.entries()) {
         for (const { spec, server, tally } of rotate(running, i)) {
-          const row = await this.step(
-            `${spec.label} ${cellName(cell)}`,
-            () => measureLoad(server, cell, spec.command, this.plan, (n) => (tally.numbers += BigInt(n))),
-            loadSummary,
-          );
+          const row = await this.measure(`${spec.label} ${cellName(cell)}`, server, cell, spec.command, tally);
           if (row) this.matrix.push({ server: spec.id, ...row });
-          else tally.failed = true;
         }
       }
       const batching = running.filter((r) => this.withBatch(r.spec));
       for (const [i, size] of BATCH_SIZES.entries()) {
         for (const { spec, server, tally } of rotate(batching, i)) {
           const command = spec.batchCommand(size);
-          const row = await this.step(
-            `${spec.label} ${command.join(' ')}`,
-            () => measureLoad(server, BATCH_CELL, command, this.plan, (n) => (tally.numbers += BigInt(n) * BigInt(size))),
-            (r) => `${Math.round(r.rps * size).toLocaleString('en-US')} numbers/s; ${loadSummary(r)}`,
-          );
+          const row = await this.measure(`${spec.label} ${command.join(' ')}`, server, BATCH_CELL, command, tally, size);
           if (row) this.batch.push({ server: spec.id, size, numbersPerSecond: row.rps * size, ...row });
-          else tally.failed = true;
         }
       }
       // A failed run sent an unknown number of requests: nothing to check against.
@@ -222,7 +209,7 @@ class Run {
           this.skipped.push(`metrics: GET /metrics on --metrics-port=${metricsPort} did not answer 200; "on" measured a server without a working endpoint`);
         }
         for (const cell of METRICS_CELLS) {
-          const row = await this.step(`${label} ${cellName(cell)}`, () => measureLoad(server, cell, spec.command, this.plan, () => {}), loadSummary);
+          const row = await this.measure(`${label} ${cellName(cell)}`, server, cell, spec.command, new Tally());
           if (row) this.metrics.push({ metrics: on ? 'on' : 'off', served, ...row });
         }
       });
@@ -267,15 +254,13 @@ class Run {
    * shares the machine with the leader (its CPU shows under "others %").
    */
   private async groupLeader(): Promise<void> {
+    const single = { ...SERVERS['dolmeangi-durable'], label: 'dolmeangi durable (default), beside the group leader' };
     for (let round = 1; round <= this.groupRounds(); round++) {
-      for (const role of round % 2 === 1 ? (['single', 'leader'] as const) : (['leader', 'single'] as const)) {
-        if (role === 'single') {
-          const spec = { ...SERVERS['dolmeangi-durable'], label: 'dolmeangi durable (default), beside the group leader' };
-          await this.withServer(spec, GROUP_CELLS.length, (server) => this.groupCells(role, round, spec, server));
-        } else {
-          await this.groupLeaderRound(round);
-        }
-      }
+      const turns = [
+        () => this.withServer(single, GROUP_CELLS.length, (server) => this.groupCells('single', round, single, server)),
+        () => this.groupLeaderRound(round),
+      ];
+      for (const turn of rotate(turns, round - 1)) await turn();
     }
   }
 
@@ -297,17 +282,9 @@ class Run {
         label: 'dolmeangi group leader',
         args: [`--port=${port}`, `--advertise=${HOST}:${port}`, `--etcd=${etcd.url}`, '--node-id=bench'],
         dataDir: false,
+        leads: true,
       };
-      await this.withServer(spec, GROUP_CELLS.length, async (server) => {
-        try {
-          await untilLeading(server);
-        } catch (err) {
-          this.errors.push((err as Error).message);
-          this.progress.skip(GROUP_CELLS.length, 'group mode: no leader');
-          return;
-        }
-        await this.groupCells('leader', round, spec, server);
-      });
+      await this.withServer(spec, GROUP_CELLS.length, (server) => this.groupCells('leader', round, spec, server));
     } finally {
       await etcd.stop();
     }
@@ -316,15 +293,24 @@ class Run {
   private async groupCells(role: GroupRow['role'], round: number, spec: ServerSpec, server: RunningServer): Promise<void> {
     const tally = new Tally();
     for (const cell of GROUP_CELLS) {
-      const row = await this.step(
-        `group mode, ${spec.label} ${cellName(cell)}, round ${round}`,
-        () => measureLoad(server, cell, spec.command, this.plan, (n) => (tally.numbers += BigInt(n))),
-        loadSummary,
-      );
+      const row = await this.measure(`group mode, ${spec.label} ${cellName(cell)}, round ${round}`, server, cell, spec.command, tally);
       if (row) this.group.push({ role, round, ...row });
-      else tally.failed = true;
     }
     if (!tally.failed) this.verified.push(await verify(spec, server, tally));
+  }
+
+  /**
+   * One measured load of `command`, each request taking `per` numbers: counted in
+   * `tally`, which a failed run marks as unknown (nothing to verify afterwards).
+   */
+  private async measure(label: string, server: RunningServer, cell: Cell, command: readonly string[], tally: Tally, per = 1) {
+    const row = await this.step(
+      label,
+      () => measureLoad(server, cell, command, this.plan, (n) => (tally.numbers += BigInt(n) * BigInt(per))),
+      (r) => (per === 1 ? loadSummary(r) : `${Math.round(r.rps * per).toLocaleString('en-US')} numbers/s; ${loadSummary(r)}`),
+    );
+    if (row === null) tally.failed = true;
+    return row;
   }
 
   /** Starts the server, runs `body`, always stops it. When it cannot start, its `steps` are counted as skipped. */
@@ -344,7 +330,7 @@ class Run {
     try {
       server =
         spec.kind === 'dolmeangi'
-          ? await startDolmeangi(spec.label, { args: spec.args, dataDir: spec.dataDir })
+          ? await startDolmeangi(spec.label, { args: spec.args, dataDir: spec.dataDir, ready: spec.leads === true ? leads : undefined })
           : await startRedis(spec.label, spec.args);
     } catch (err) {
       this.errors.push(`${spec.label}: cannot start: ${(err as Error).message}`);
@@ -461,17 +447,9 @@ function rotate<T>(list: readonly T[], by: number): T[] {
 }
 
 /** A new group member leads once its lease is granted and its marks are loaded: CURRENT then answers a number. */
-async function untilLeading(server: RunningServer): Promise<void> {
-  const deadline = performance.now() + 30_000;
-  for (;;) {
-    try {
-      await queryInteger(server.port, ['CURRENT']);
-      return;
-    } catch (err) {
-      if (performance.now() > deadline) throw new Error(`${server.label} did not start leading within 30 s: ${(err as Error).message}`);
-    }
-    await new Promise((r) => setTimeout(r, 50));
-  }
+async function leads(port: number): Promise<boolean> {
+  await queryInteger(port, ['CURRENT']);
+  return true;
 }
 
 function httpOk(port: number, pathname: string): Promise<boolean> {
@@ -486,7 +464,7 @@ function httpOk(port: number, pathname: string): Promise<boolean> {
 }
 
 /** Writes the results; returns the paths written. Each file is replaced atomically. */
-function save(r: Results, outDir: string, docs: string | null): string[] {
+function save(r: Results, outDir: string, docs: string | null, analysis: string | null): string[] {
   mkdirSync(outDir, { recursive: true });
   const stamp = r.date.replace(/:/g, '-').replace(/\.\d+Z$/, 'Z');
   const json = JSON.stringify(r, null, 2) + '\n';
@@ -496,7 +474,7 @@ function save(r: Results, outDir: string, docs: string | null): string[] {
     [path.join(outDir, 'latest.svg'), renderChart(r)],
   ];
   if (docs !== null) {
-    files.push([docs, renderDocs(r, { docs, chart: files[2]![0], json: files[0]![0] })]);
+    files.push([docs, renderDocs(r, { docs, chart: files[2]![0], json: files[0]![0], analysis })]);
   }
   for (const [file, text] of files) {
     mkdirSync(path.dirname(file), { recursive: true });

@@ -119,6 +119,8 @@ export interface DolmeangiOptions {
   readonly nodeArgs?: readonly string[];
   /** Gives the server a `--data-dir` in a fresh temporary directory. */
   readonly dataDir?: boolean;
+  /** After "listening", waits (up to 30 s) until this says the server serves, e.g. a group member leads. */
+  readonly ready?: (port: number) => Promise<boolean>;
 }
 
 /** Starts `dolmeangi sequencer` on port 0 and learns its port from the JSON "listening" log line. */
@@ -153,6 +155,12 @@ export async function startDolmeangi(label: string, opts: DolmeangiOptions): Pro
       clearTimeout(timer);
       reject(new Error(`${label} exited with ${code} before listening: ${output() || '(no output)'}`));
     });
+  }).then(async (port) => {
+    const ready = opts.ready;
+    if (ready !== undefined && !(await answers(exited, 30_000, () => ready(port)))) {
+      throw new Error(`${label} listened on port ${port} but did not become ready within 30 s: ${output() || '(no output)'}`);
+    }
+    return port;
   }).catch(async (err: unknown) => {
     child.kill('SIGKILL');
     await exited;
@@ -162,15 +170,21 @@ export async function startDolmeangi(label: string, opts: DolmeangiOptions): Pro
   return { label, pid: child.pid!, port, dir, stop: stopper(child, exited, dir) };
 }
 
-/** Whether redis-server is on the PATH, and its version. */
-export function redisVersion(): string | null {
+/** A tool's version as `pattern` finds it in `<command> --version` (its first line otherwise); null when it is not installed. */
+function toolVersion(command: string, pattern: RegExp): string | null {
   try {
-    const out = execFileSync('redis-server', ['--version'], { encoding: 'utf8' });
-    return /v=(\S+)/.exec(out)?.[1] ?? out.trim();
+    const out = execFileSync(command, ['--version'], { encoding: 'utf8' });
+    return pattern.exec(out)?.[1] ?? out.trim().split('\n')[0]!;
   } catch {
     return null;
   }
 }
+
+/** Whether redis-server is on the PATH, and its version. */
+export const redisVersion = (): string | null => toolVersion('redis-server', /v=(\S+)/);
+
+/** Whether etcd is on the PATH, and its version. */
+export const etcdVersion = (): string | null => toolVersion('etcd', /etcd Version:\s*(\S+)/);
 
 /** A port that was free a moment ago; Redis cannot pick its own (port 0 turns TCP off). */
 export function freePort(): Promise<number> {
@@ -211,12 +225,26 @@ function logTail(file: string): string {
   }
 }
 
-/** Starts redis-server on a free loopback port, its files in a temporary directory. */
-export async function startRedis(label: string, args: readonly string[]): Promise<RunningServer> {
+/**
+ * Starts a server that cannot pick its own port, in a fresh temporary directory:
+ * another process may take a free port before the server binds it, so `launch`
+ * (which says whether the server answered, and why not) gets three tries.
+ */
+async function onFreePorts<T>(prefix: string, launch: (dir: string) => Promise<{ started: T } | { failed: Error }>): Promise<T> {
   let lastError: Error | null = null;
-  // Another process may take the free port before Redis binds it: try a few.
   for (let attempt = 0; attempt < 3; attempt++) {
-    const dir = tempDir('redis');
+    const dir = tempDir(prefix);
+    const r = await launch(dir);
+    if ('started' in r) return r.started;
+    lastError = r.failed;
+    removeDir(dir);
+  }
+  throw lastError!;
+}
+
+/** Starts redis-server on a free loopback port, its files in a temporary directory. */
+export function startRedis(label: string, args: readonly string[]): Promise<RunningServer> {
+  return onFreePorts<RunningServer>('redis', async (dir) => {
     const port = await freePort();
     const log = path.join(dir, 'redis.log');
     const { child, output, exited } = track(
@@ -225,24 +253,12 @@ export async function startRedis(label: string, args: readonly string[]): Promis
       'ignore',
     );
     if (await answers(exited, 15_000, async () => (await query(port, ['PING'], 1000)) === '+PONG')) {
-      return { label, pid: child.pid!, port, dir, stop: stopper(child, exited, dir) };
+      return { started: { label, pid: child.pid!, port, dir, stop: stopper(child, exited, dir) } };
     }
     child.kill('SIGKILL');
     await exited;
-    lastError = new Error(`${label} did not answer PING on port ${port}: ${output() || logTail(log)}`);
-    removeDir(dir);
-  }
-  throw lastError!;
-}
-
-/** Whether etcd is on the PATH, and its version. */
-export function etcdVersion(): string | null {
-  try {
-    const out = execFileSync('etcd', ['--version'], { encoding: 'utf8' });
-    return /etcd Version:\s*(\S+)/.exec(out)?.[1] ?? out.trim().split('\n')[0]!;
-  } catch {
-    return null;
-  }
+    return { failed: new Error(`${label} did not answer PING on port ${port}: ${output() || logTail(log)}`) };
+  });
 }
 
 export interface RunningEtcd {
@@ -252,10 +268,8 @@ export interface RunningEtcd {
 }
 
 /** A one-member etcd on free loopback ports, its data in a temporary directory: a group for the leader to lead. */
-export async function startEtcd(): Promise<RunningEtcd> {
-  let lastError: Error | null = null;
-  for (let attempt = 0; attempt < 3; attempt++) {
-    const dir = tempDir('etcd');
+export function startEtcd(): Promise<RunningEtcd> {
+  return onFreePorts<RunningEtcd>('etcd', async (dir) => {
     const [clientPort, peerPort] = [await freePort(), await freePort()];
     const url = `http://${HOST}:${clientPort}`;
     const { child, output, exited } = track(
@@ -276,11 +290,9 @@ export async function startEtcd(): Promise<RunningEtcd> {
       const res = await fetch(`${url}/health`, { signal: AbortSignal.timeout(1000) });
       return ((await res.json()) as { health?: string }).health === 'true';
     };
-    if (await answers(exited, 20_000, healthy)) return { pid: child.pid!, url, stop: stopper(child, exited, dir) };
+    if (await answers(exited, 20_000, healthy)) return { started: { pid: child.pid!, url, stop: stopper(child, exited, dir) } };
     child.kill('SIGKILL');
     await exited;
-    lastError = new Error(`etcd did not become healthy on ${url}: ${output() || '(no output)'}`);
-    removeDir(dir);
-  }
-  throw lastError!;
+    return { failed: new Error(`etcd did not become healthy on ${url}: ${output() || '(no output)'}`) };
+  });
 }

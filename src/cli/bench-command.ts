@@ -2,25 +2,19 @@
 import { runBench } from '../bench/run.js';
 import { BENCH_HELP, BenchUsageError, parseBenchArgs, type BenchOptions } from '../bench/options.js';
 
-export interface BenchCommandOptions {
-  /** Prefix of usage errors. */
-  readonly name?: string;
-  /** Fills in what the options left open (where `npm run bench` saves its results). */
-  readonly complete?: (opts: BenchOptions) => BenchOptions;
-}
-
-export async function runBenchCommand(argv: string[], command: BenchCommandOptions = {}): Promise<number> {
+/** `complete` fills in what the options left open (where `npm run bench` saves its results). */
+export async function runBenchCommand(argv: string[], complete?: (opts: BenchOptions) => BenchOptions): Promise<number> {
   let opts;
   try {
     opts = parseBenchArgs(argv, process.env);
   } catch (err) {
     if (!(err instanceof BenchUsageError)) throw err;
-    process.stderr.write(`${command.name ?? 'dolmeangi bench'}: ${err.message}\n`);
+    process.stderr.write(`dolmeangi bench: ${err.message}\n`);
     return 2;
   }
   if (opts === null) {
     process.stdout.write(`${BENCH_HELP}\n`);
     return 0;
   }
-  return runBench(command.complete?.(opts) ?? opts);
+  return runBench(complete?.(opts) ?? opts);
 }
