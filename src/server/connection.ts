@@ -136,13 +136,14 @@ export class Connection {
     const reply = execute(words, this.session, this.services, this.stats);
     // A waiting reply holds memory here and in the core before it has a byte to
     // show: it counts against the output limit too, or a client could pipeline
-    // without bound while storage is slow.
-    if (typeof reply === 'string') this.append(reply, reply.length);
-    else this.append(this.slotFor(reply), PENDING_COST);
-    if (this.owed > this.room) {
+    // without bound while storage is slow. Checked before a waiting reply gets a
+    // slot, so nothing of a client cut off acts when its replies arrive.
+    const cost = typeof reply === 'string' ? reply.length : PENDING_COST;
+    if (this.owed + cost > this.room) {
       this.cutOff();
       return;
     }
+    this.append(typeof reply === 'string' ? reply : this.slotFor(reply), cost);
     if (this.session.quit) {
       this.stopped = true;
       this.whenIdle(() => this.socket.end());
