@@ -21,13 +21,26 @@ export class SequenceError {
   ) {}
 }
 
-/** NOTLEADER naming the leader when one is known (an empty message otherwise). */
+/**
+ * The NOTLEADER made last. A node that cannot serve refuses every request the
+ * same way, so keeping the one object lets its wire text be encoded once.
+ */
+let lastNotLeader = new SequenceError('NOTLEADER', '');
+
+/** NOTLEADER naming `address`; an empty address gives the bare code. */
+export function notLeaderAt(address: string): SequenceError {
+  if (lastNotLeader.message !== address) lastNotLeader = new SequenceError('NOTLEADER', address);
+  return lastNotLeader;
+}
+
+/** NOTLEADER naming the leader when one is known (the bare code otherwise). */
 export function notLeader(leadership: Leadership | undefined): SequenceError {
-  return new SequenceError('NOTLEADER', leadership?.leaderAddress() ?? '');
+  return notLeaderAt(leadership?.leaderAddress() ?? '');
 }
 
 export const EXHAUSTED = new SequenceError('ERR', 'sequence exhausted');
 export const SHUTTING_DOWN = new SequenceError('ERR', 'server is shutting down; retry on another server');
+const STARTING = new SequenceError('ERR', 'server is starting; retry shortly');
 
 export interface SequenceSnapshot {
   readonly name: string;
@@ -286,17 +299,13 @@ export class Sequencer implements SequenceSource {
 
   private gate(): SequenceError | null {
     if (this.state !== 'serving') {
-      if (this.state === 'aborted') return this.notLeader();
-      if (this.state === 'new') return new SequenceError('ERR', 'server is starting; retry shortly');
+      if (this.state === 'aborted') return notLeader(this.leadership);
+      if (this.state === 'new') return STARTING;
       // While closing, requests already read are still answered from memory.
       if (this.state !== 'closing') return SHUTTING_DOWN;
     }
-    if (this.leadership !== undefined && !this.leadership.canServe()) return this.notLeader();
+    if (this.leadership !== undefined && !this.leadership.canServe()) return notLeader(this.leadership);
     return null;
-  }
-
-  private notLeader(): SequenceError {
-    return notLeader(this.leadership);
   }
 
   /** The sequence by name, created at first use; undefined when --max-sequences are taken. */
@@ -403,7 +412,7 @@ export class Sequencer implements SequenceSource {
     const error = err instanceof Error ? err : new Error(String(err));
     if (isFenced(error)) {
       this.events.fenced?.(error);
-      this.abort(this.notLeader());
+      this.abort(notLeader(this.leadership));
       return;
     }
     if (this.failure === null) this.failingSince = this.now();

@@ -10,6 +10,7 @@ import type { Config } from '../config.js';
 import type { Leadership, Store } from '../core/ports.js';
 import {
   notLeader,
+  notLeaderAt,
   Sequencer,
   SequenceError,
   SHUTTING_DOWN,
@@ -42,8 +43,6 @@ export interface GroupHandle extends SequenceSource {
 
 const LOAD_RETRY_MIN_MS = 100;
 const LOAD_RETRY_MAX_MS = 2000;
-/** What an elected member answers while it loads the marks: a bare NOTLEADER. */
-const LOADING = new SequenceError('NOTLEADER', '');
 
 /** What a member needs from its election: EtcdLeadership, or a fake in tests. */
 export interface GroupElection extends Leadership, Pick<EventEmitter<LeadershipEvents>, 'on'> {
@@ -122,8 +121,6 @@ class GroupNode implements GroupHandle {
   private store: Store | null = null;
   /** Why the last load of this term's marks failed (null once loaded, or not leading). */
   private loadError: string | null = null;
-  /** The NOTLEADER naming the current leader (an empty name when none is known). */
-  private redirect = new SequenceError('NOTLEADER', '');
   private persistFailingSince: number | null = null;
   private closing: Promise<void> | null = null;
 
@@ -224,12 +221,9 @@ class GroupNode implements GroupHandle {
       if (this.loadError !== null) return new SequenceError('ERR', `persistence unavailable: ${this.loadError}`);
       // Elected but still loading the marks: naming itself would send clients round
       // in a loop; a bare NOTLEADER makes them wait and retry.
-      return LOADING;
+      return notLeaderAt('');
     }
-    // One object per leader address, so its wire text is encoded once, not per request.
-    const address = this.leadership.leaderAddress() ?? '';
-    if (this.redirect.message !== address) this.redirect = new SequenceError('NOTLEADER', address);
-    return this.redirect;
+    return notLeader(this.leadership);
   }
 
   private async onElected(term: LeadershipTerm): Promise<void> {
