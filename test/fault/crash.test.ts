@@ -10,7 +10,7 @@ import path from 'node:path';
 import { startServerProcess, runCli, type ServerProcess } from '../helpers/server-process.js';
 import { History, assertHistory } from '../helpers/history.js';
 import { runLoad } from '../helpers/load.js';
-import { WireClient } from '../helpers/wire.js';
+import { WireClient, ask } from '../helpers/wire.js';
 import { waitFor } from '../helpers/wait.js';
 
 /** Servers of the running test: killed after it, so a failed assertion cannot leave one behind. */
@@ -23,18 +23,6 @@ async function start(args: string[]): Promise<ServerProcess> {
   const s = await startServerProcess(args);
   running.push(s);
   return s;
-}
-
-/** The INFO text, over a connection of its own. */
-async function info(port: number): Promise<string> {
-  const c = await WireClient.connect(port);
-  try {
-    c.send('INFO\r\n');
-    // The persistence lines come before this section.
-    return await c.until((t) => t.includes('# Sequences'));
-  } finally {
-    c.close();
-  }
 }
 
 async function tempDir(): Promise<string> {
@@ -62,7 +50,7 @@ async function crashLoop(reserve: bigint, rounds: number): Promise<void> {
       const server = await start([`--data-dir=${dir}`, `--reserve=${reserve}`]);
       if (round === 0) {
         // The gapless mode, and only it, commits on the main thread.
-        assert.match(await info(server.port), new RegExp(`\r\ncommit_thread:${reserve === 0n ? 'main' : 'workers'}\r\n`));
+        assert.match(await ask(server.port, 'INFO\r\n'), new RegExp(`\r\ncommit_thread:${reserve === 0n ? 'main' : 'workers'}\r\n`));
       }
       const killAfter = 50 + Math.floor(random() * 1500);
       let killed = false;
@@ -244,7 +232,7 @@ test('storage failure: numbers below the durable mark still served, then -ERR pe
     assert.ok(errors.length > 0, 'requests beyond the window are refused');
     for (const e of errors) assert.match(e, /^-ERR persistence unavailable: /);
     await server.waitForLog((l) => /persistence failing/.test(String(l.msg)));
-    const failing = await info(server.port);
+    const failing = await ask(server.port, 'INFO\r\n');
     assert.match(failing, /\r\npersistence:failing\r\npersistence_error:persistence unavailable: [^\r]+\r\n/);
     // Storage comes back: service resumes by itself.
     await rm(dir);
@@ -260,7 +248,7 @@ test('storage failure: numbers below the durable mark still served, then -ERR pe
     }
     assert.equal(reply, `:${numbers.length + 2}\r\n`, 'resumes with the next number: the refused requests took nothing');
     await server.waitForLog((l) => /persistence recovered/.test(String(l.msg)));
-    const recovered = await info(server.port);
+    const recovered = await ask(server.port, 'INFO\r\n');
     assert.match(recovered, /\r\npersistence:ok\r\n/);
     assert.doesNotMatch(recovered, /persistence_error/);
   } finally {
@@ -311,29 +299,26 @@ test('after SIGTERM new connections are refused, while an open one still gets ev
   const open = await WireClient.connect(s.port);
   open.socket.pause();
   open.send('INFO\r\n'.repeat(300));
-  // Read and answered (the probe's INFO is the 301st): the replies are owed before the signal.
+  // Read and answered (each probe is an INFO too): the replies are owed before the signal.
+  let probes = 0;
   await waitFor(async () => {
-    const probe = await WireClient.connect(s.port);
-    try {
-      probe.send('INFO\r\n');
-      return /\r\ncmdstat_info:calls=301\r\n/.test(await probe.until((t) => t.includes('# Sequences')));
-    } finally {
-      probe.close();
-    }
+    const calls = /\r\ncmdstat_info:calls=(\d+)\r\n/.exec(await ask(s.port, 'INFO\r\n'))?.[1];
+    return Number(calls) >= 300 + ++probes;
   }, 'the server to answer the 300 INFO requests');
   s.child.kill('SIGTERM');
-  const deadline = Date.now() + 4000;
-  let refused = false;
-  while (!refused && Date.now() < deadline) {
-    try {
-      (await WireClient.connect(s.port)).close();
-      await new Promise((r) => setTimeout(r, 10));
-    } catch (err) {
-      assert.equal((err as NodeJS.ErrnoException).code, 'ECONNREFUSED');
-      refused = true;
-    }
-  }
-  assert.ok(refused, 'the listener was closed within 4 s of SIGTERM');
+  await waitFor(
+    async () => {
+      try {
+        (await WireClient.connect(s.port)).close();
+        return false;
+      } catch (err) {
+        assert.equal((err as NodeJS.ErrnoException).code, 'ECONNREFUSED');
+        return true;
+      }
+    },
+    'the listener to close after SIGTERM',
+    4000,
+  );
   // Nothing else happens from here until the client reads: a server that dropped what it owed would
   // be gone within this half second, so it is waited out rather than polled for.
   await new Promise((r) => setTimeout(r, 500));

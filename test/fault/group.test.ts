@@ -7,11 +7,11 @@
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { startEtcdCluster, type EtcdCluster } from '../helpers/etcd-cluster.js';
-import { startGroup, ask, type SequencerGroup } from '../helpers/group.js';
+import { startGroup, type SequencerGroup } from '../helpers/group.js';
 import { History, assertHistory } from '../helpers/history.js';
 import { startClientLoad } from '../helpers/client-load.js';
 import { SequencerClient } from '../../src/index.js';
-import { WireClient } from '../helpers/wire.js';
+import { WireClient, ask } from '../helpers/wire.js';
 import { waitFor } from '../helpers/wait.js';
 
 const LEASE_TTL_S = 2;

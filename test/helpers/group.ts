@@ -5,7 +5,7 @@
 import { startServerProcess, type ServerProcess } from './server-process.js';
 import { startTcpProxy, type TcpProxy } from './tcp-proxy.js';
 import type { EtcdCluster } from './etcd-cluster.js';
-import { WireClient } from './wire.js';
+import { ask } from './wire.js';
 import { freePort } from './ports.js';
 
 
@@ -36,32 +36,6 @@ export interface GroupOptions {
   leaseTtl?: number;
   reserve?: number;
   extraArgs?: string[];
-}
-
-/**
- * Whether `text` (latin1, one byte per character) holds one whole reply: a line,
- * or a bulk string's header, its `n` bytes of body and their CRLF.
- */
-function completeReply(text: string): boolean {
-  const eol = text.indexOf('\r\n');
-  if (eol === -1) return false;
-  if (!text.startsWith('$')) return true;
-  const n = Number(text.slice(1, eol));
-  return n < 0 || text.length >= eol + 2 + n + 2;
-}
-
-/** One request on a fresh connection, with a deadline; '' when nothing came back. */
-export async function ask(port: number, request: string, timeoutMs = 2000): Promise<string> {
-  let c: WireClient | null = null;
-  try {
-    c = await WireClient.connect(port);
-    c.send(request);
-    return await c.until(completeReply, timeoutMs);
-  } catch {
-    return c?.text ?? '';
-  } finally {
-    c?.close();
-  }
 }
 
 export async function startGroup(etcd: EtcdCluster, opts: GroupOptions): Promise<SequencerGroup> {

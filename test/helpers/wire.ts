@@ -105,6 +105,32 @@ export class WireClient {
   }
 }
 
+/**
+ * Whether `text` (latin1, one byte per character) holds one whole reply: a line,
+ * or a bulk string's header, its `n` bytes of body and their CRLF.
+ */
+function completeReply(text: string): boolean {
+  const eol = text.indexOf('\r\n');
+  if (eol === -1) return false;
+  if (!text.startsWith('$')) return true;
+  const n = Number(text.slice(1, eol));
+  return n < 0 || text.length >= eol + 2 + n + 2;
+}
+
+/** One request on a fresh connection, with a deadline; '' when nothing came back. */
+export async function ask(port: number, request: string, timeoutMs = 2000): Promise<string> {
+  let c: WireClient | null = null;
+  try {
+    c = await WireClient.connect(port);
+    c.send(request);
+    return await c.until(completeReply, timeoutMs);
+  } catch {
+    return c?.text ?? '';
+  } finally {
+    c?.close();
+  }
+}
+
 /** Encodes words as a RESP array of bulk strings, exactly as Redis clients do. */
 export function resp(...words: string[]): string {
   return `*${words.length}\r\n` + words.map((w) => `$${Buffer.byteLength(w, 'latin1')}\r\n${w}\r\n`).join('');
