@@ -53,6 +53,8 @@ export class Decoder {
   private expected = 0;
   private bulkLen = 0;
   private words: string[] = [];
+  /** The error that stopped decoding, once there is one. */
+  private fail: ProtocolError | null = null;
   /**
    * The argument last seen at each position of a frame: a client that repeats
    * `GETSEQ orders` gets the same string back, compared byte for byte, instead
@@ -86,8 +88,6 @@ export class Decoder {
     return err;
   }
 
-  private fail: ProtocolError | null = null;
-
   private error(detail: string): -2 {
     this.state = S.Failed;
     this.fail = new ProtocolError(detail);
@@ -105,7 +105,7 @@ export class Decoder {
         const fast = wholeFrame(buf, pos, end);
         if (fast !== null) {
           sink(fast.words);
-          return pos + fast.bytes.length;
+          return pos + fast.text.length;
         }
         if (buf[pos] === 42 /* '*' */) {
           const next = this.wholeArray(buf, pos, end, sink);
@@ -187,12 +187,12 @@ export class Decoder {
     }
   }
 
-
   /**
-   * A RESP array that sits whole in the buffer, read in one pass: the usual case,
-   * and one without a state change per element. Returns the position after it,
-   * or -1 when it is incomplete or breaks any rule; the state machine then reads
-   * it from the start and is the one that reports errors.
+   * A RESP array read in one pass while its elements are all in the buffer: the
+   * usual case, and one without a state change per element. Returns the position
+   * after it; at an element that is cut short or breaks a rule, hands the words so
+   * far to the state machine (which reports errors) and returns where it stopped.
+   * -1: the array header itself is for the state machine to read.
    */
   private wholeArray(buf: Buffer, pos: number, end: number, sink: FrameSink): number {
     const h = readHeader(buf, pos, end);
@@ -201,12 +201,14 @@ export class Decoder {
     let p = h.next;
     const words: string[] = [];
     for (let i = 0; i < count; i++) {
-      if (p >= end || buf[p] !== 36 /* '$' */) return -1;
-      const b = readHeader(buf, p, end);
-      if (b === NEED_MORE || b === BAD_HEADER || b.value < 0 || b.value > MAX_BULK) return -1;
-      const start = b.next;
-      const stop = start + b.value;
-      if (stop + 2 > end || buf[stop] !== CR || buf[stop + 1] !== LF) return -1;
+      const start = wholeBulk(buf, p, end);
+      if (start === -1) {
+        this.words = words;
+        this.expected = count;
+        this.state = S.BulkHeader;
+        return p;
+      }
+      const stop = start + header.value;
       words.push(this.word(i, buf, start, stop));
       p = stop + 2;
     }
@@ -242,7 +244,11 @@ export class Decoder {
 const RECENT_WORDS = 2;
 const RECENT_MAX_LENGTH = 64;
 
-/** Whether buf[start..] holds `text`'s characters as bytes (the caller checks the length). */
+/**
+ * Whether buf[start..] holds `text`'s characters as bytes (the caller checks
+ * there is room). A loop the JIT compiles inline: for a few bytes, Buffer#compare's
+ * call into C++ (argument checks and all) costs several times more.
+ */
 function sameText(buf: Buffer, start: number, text: string): boolean {
   for (let i = 0; i < text.length; i++) if (buf[start + i] !== text.charCodeAt(i)) return false;
   return true;
@@ -284,6 +290,19 @@ function readHeader(buf: Buffer, pos: number, end: number): Header | typeof NEED
   }
 }
 
+/**
+ * Where the body of the bulk string at buf[p] starts, when the whole string and
+ * its CRLF are in the buffer and break no rule (its length is then in
+ * `header.value`); -1 otherwise.
+ */
+function wholeBulk(buf: Buffer, p: number, end: number): number {
+  if (p >= end || buf[p] !== 36 /* '$' */) return -1;
+  const b = readHeader(buf, p, end);
+  if (b === NEED_MORE || b === BAD_HEADER || b.value < 0 || b.value > MAX_BULK) return -1;
+  const stop = b.next + b.value;
+  return stop + 2 <= end && buf[stop] === CR && buf[stop + 1] === LF ? b.next : -1;
+}
+
 function splitInline(buf: Buffer, start: number, end: number): string[] {
   const words: string[] = [];
   let i = start;
@@ -308,47 +327,36 @@ export const COMMAND_NAMES: readonly string[] = ['GETSEQ', 'CURRENT', 'GETSEQ_BA
  * one byte for byte becomes this very string, whose hash V8 already knows, so
  * the command lookup costs no hashing of a fresh string per request.
  */
-const KNOWN_NAMES: ReadonlyArray<readonly [Buffer, string]> = COMMAND_NAMES.flatMap((n) => [
-  [Buffer.from(n, 'latin1'), n] as const,
-  [Buffer.from(n.toLowerCase(), 'latin1'), n.toLowerCase()] as const,
-]);
+const KNOWN_NAMES: readonly string[] = COMMAND_NAMES.flatMap((n) => [n, n.toLowerCase()]);
 
 /**
  * The frames load generators and clients send most, byte for byte. One that
  * sits whole in the buffer skips the state machine and its allocations; the
  * words array is shared, so commands must never change the words they get.
  */
-const FAST_FRAMES: ReadonlyArray<{ readonly bytes: Buffer; readonly words: string[] }> = [
+const FAST_FRAMES: ReadonlyArray<{ readonly text: string; readonly words: string[] }> = [
   ['GETSEQ', 'resp'],
   ['GETSEQ', 'inline'],
   ['CURRENT', 'resp'],
   ['PING', 'resp'],
 ].map(([name, form]) => ({
-  bytes: Buffer.from(form === 'resp' ? `*1\r\n$${name!.length}\r\n${name}\r\n` : `${name}\r\n`, 'latin1'),
+  // latin1: one character per byte, so `text.length` is the frame's length in bytes. Made
+  // through a Buffer so it is one flat string: a concatenation read char by char is slower.
+  text: Buffer.from(form === 'resp' ? `*1\r\n$${name!.length}\r\n${name}\r\n` : `${name}\r\n`, 'latin1').toString('latin1'),
   words: Object.freeze([name!]) as string[],
 }));
 
-/**
- * Whether `buf` holds `bytes` at `pos` (the caller checks there is room). A loop
- * the JIT compiles inline: for a few bytes, Buffer#compare's call into C++
- * (argument checks and all) costs several times more.
- */
-function sameBytes(bytes: Buffer, buf: Buffer, pos: number): boolean {
-  for (let i = 0; i < bytes.length; i++) if (buf[pos + i] !== bytes[i]) return false;
-  return true;
-}
-
-function wholeFrame(buf: Buffer, pos: number, end: number): { readonly bytes: Buffer; readonly words: string[] } | null {
+function wholeFrame(buf: Buffer, pos: number, end: number): { readonly text: string; readonly words: string[] } | null {
   for (const f of FAST_FRAMES) {
-    if (end - pos >= f.bytes.length && sameBytes(f.bytes, buf, pos)) return f;
+    if (end - pos >= f.text.length && sameText(buf, pos, f.text)) return f;
   }
   return null;
 }
 
 function commandName(buf: Buffer, start: number, end: number): string {
   const len = end - start;
-  for (const [bytes, name] of KNOWN_NAMES) {
-    if (bytes.length === len && sameBytes(bytes, buf, start)) return name;
+  for (const name of KNOWN_NAMES) {
+    if (name.length === len && sameText(buf, start, name)) return name;
   }
   return buf.toString('latin1', start, end);
 }
