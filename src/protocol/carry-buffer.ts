@@ -6,29 +6,34 @@
  */
 export class CarryBuffer {
   /** The carried bytes are bytes[0..length). */
-  bytes: Buffer = Buffer.alloc(0);
+  private bytes: Buffer = Buffer.alloc(0);
   length = 0;
+  /** take() handed out the carried bytes (not the chunk itself). */
+  private carrying = false;
 
   /** @param shrinkAbove a buffer larger than this is released once empty */
   constructor(private readonly shrinkAbove: number) {}
 
   /**
    * The bytes to parse for this chunk: the chunk itself when nothing is carried,
-   * else the carried bytes followed by the chunk. Returns the end offset.
+   * else the carried bytes followed by the chunk. Either way `end` is the buffer's
+   * length, so a search to its end never reads stale bytes past what was received.
    */
   take(chunk: Buffer): { buf: Buffer; end: number } {
-    if (this.length === 0) return { buf: chunk, end: chunk.length };
+    this.carrying = this.length > 0;
+    if (!this.carrying) return { buf: chunk, end: chunk.length };
     this.ensure(this.length + chunk.length);
     chunk.copy(this.bytes, this.length);
     this.length += chunk.length;
-    return { buf: this.bytes, end: this.length };
+    return { buf: this.bytes.subarray(0, this.length), end: this.length };
   }
 
   /** Keeps buf[pos..end) for the next chunk; `buf` is what take() returned. */
   keep(buf: Buffer, pos: number, end: number): void {
     const rest = end - pos;
     if (rest === 0) return this.clear();
-    if (buf === this.bytes) {
+    if (this.carrying) {
+      // `buf` is a view of the start of `bytes`.
       if (pos > 0) this.bytes.copyWithin(0, pos, end);
     } else {
       this.ensure(rest);

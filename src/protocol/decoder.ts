@@ -120,10 +120,7 @@ export class Decoder {
       }
       case S.Inline: {
         const from = pos + this.scan;
-        // Bounded at `end`: a carried-over buffer holds stale bytes beyond it, and
-        // scanning them on every chunk would make a slow inline line quadratic.
-        const at = from < end ? buf.subarray(from, end).indexOf(LF) : -1;
-        const lf = at === -1 ? -1 : from + at;
+        const lf = from < end ? buf.indexOf(LF, from) : -1;
         if (lf === -1) {
           this.scan = end - pos;
           if (this.scan > MAX_LINE + 1) return this.error('too big inline request');

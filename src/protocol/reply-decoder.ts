@@ -132,7 +132,7 @@ export class ReplyDecoder {
     const limit = type === PLUS || type === MINUS ? this.limits.maxLine : MAX_HEADER;
     const from = pos + Math.max(this.scan, 1);
     const lf = from < end ? buf.indexOf(LF, from) : -1;
-    if (lf === -1 || lf >= end) {
+    if (lf === -1) {
       this.scan = end - pos;
       if (this.scan > limit + 2) return this.fail(`reply line longer than ${limit} bytes`);
       return NEED_MORE;

@@ -117,6 +117,14 @@ test('a slow sender of a long line costs linear work', () => {
   assert.equal(frames[0]![0]!.length, MAX_LINE);
 });
 
+test('bytes left in the carry buffer by an earlier line are never read as part of a later one', () => {
+  // The first line grows the carry buffer and leaves 'A...A\n' in it; 'B' and 'C' then sit at its
+  // start with the old LF still further on, where only a search past the bytes received would find it.
+  const chunks = ['A'.repeat(1000), '\n', 'B', 'C', '\n'].map((t) => Buffer.from(t, 'latin1'));
+  assert.deepEqual(decode(chunks), ok(['A'.repeat(1000)], ['BC']));
+  assert.deepEqual(decode(chunks.slice(0, 4)), ok(['A'.repeat(1000)]), 'no frame before its own LF');
+});
+
 const word = fc.string({ minLength: 1, maxLength: 12, unit: fc.constantFrom(...'ABCxyz019_.:-'.split('')) });
 const frame = fc.array(word, { minLength: 1, maxLength: 5 });
 const encoded = fc.tuple(frame, fc.boolean(), fc.boolean()).map(([words, asResp, crlf]) => ({

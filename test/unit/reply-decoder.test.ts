@@ -167,6 +167,12 @@ function encode(r: Reply): string {
   }
 }
 
+test('bytes left in the carry buffer by an earlier reply are never read as part of a later one', () => {
+  const chunks = [`+${'A'.repeat(1000)}`, '\r\n', '+B', 'C', '\r\n'].map((t) => Buffer.from(t, 'latin1'));
+  assert.deepEqual(decode(chunks), { replies: [simple('A'.repeat(1000)), simple('BC')], error: null });
+  assert.deepEqual(decode(chunks.slice(0, 4)).replies, [simple('A'.repeat(1000))], 'no reply before its own line ends');
+});
+
 test('property: any split of any valid reply stream gives the same replies', () => {
   fc.assert(
     fc.property(fc.array(replyArb, { maxLength: 8 }), fc.array(fc.nat(), { maxLength: 10 }), (replies, offsets) => {
