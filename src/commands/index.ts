@@ -42,34 +42,28 @@ interface Entry {
   readonly index: number;
 }
 
+const ENTRIES: readonly Entry[] = COMMANDS.map((command, index) => ({ command, index }));
 const table = new Map<string, Entry>();
-COMMANDS.forEach((command, index) => {
-  table.set(command.name, { command, index });
-  table.set(command.name.toLowerCase(), { command, index });
-});
-
-export function newSession(): Session {
-  return { authenticated: false, quit: false };
+for (const entry of ENTRIES) {
+  table.set(entry.command.name, entry);
+  table.set(entry.command.name.toLowerCase(), entry);
 }
 
-/**
- * The last command looked up. The decoder hands out one interned string per
- * known name, so a run of the same command compares pointers, not hashes.
- */
-let lastName = '';
-let lastEntry: Entry | undefined;
+export function newSession(): Session {
+  return { authenticated: false, quit: false, last: null };
+}
 
-function lookup(name: string): Entry | undefined {
-  if (name === lastName) return lastEntry;
+function lookup(name: string, session: Session): Entry | undefined {
+  const last = session.last;
+  if (last !== null && last.name === name) return ENTRIES[last.index];
   const entry = table.get(name) ?? table.get(name.toUpperCase());
-  lastName = name;
-  lastEntry = entry;
+  if (entry !== undefined) session.last = { name, index: entry.index };
   return entry;
 }
 
 export function execute(words: string[], session: Session, services: Services, stats: CommandStats): Reply {
   const name = words[0]!;
-  const entry = lookup(name);
+  const entry = lookup(name, session);
   const locked = services.passwordDigest !== null && !session.authenticated;
   let reply: Reply;
   if (entry === undefined) {

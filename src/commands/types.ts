@@ -8,6 +8,12 @@ export interface Session {
   authenticated: boolean;
   /** Set by QUIT: the connection closes once this reply is written. */
   quit: boolean;
+  /**
+   * The known command name this connection sent last, and its index in COMMANDS.
+   * The decoder hands out one string per known name, so a run of one command
+   * compares pointers instead of looking the name up again.
+   */
+  last: { readonly name: string; readonly index: number } | null;
 }
 
 export interface Services {
