@@ -397,12 +397,19 @@ export class FileStore implements Store {
    * free, and the message says to delete LOCK.
    */
   private async lock(): Promise<void> {
+    // Claimed before the first await, so two opens in this process cannot both pass.
     if (lockedHere.has(this.dir)) throw new DataDirLockedError(this.dir, `pid ${process.pid}, this very process`);
-    await this.holdMachineMutex();
+    lockedHere.add(this.dir);
     try {
-      await this.lockFile();
+      await this.holdMachineMutex();
+      try {
+        await this.lockFile();
+      } catch (err) {
+        this.releaseMachineMutex();
+        throw err;
+      }
     } catch (err) {
-      this.releaseMachineMutex();
+      lockedHere.delete(this.dir);
       throw err;
     }
   }
@@ -458,7 +465,7 @@ export class FileStore implements Store {
       });
       if (created !== null) {
         await created.close().catch(() => {});
-        this.held(text);
+        this.lockText = text;
         return;
       }
       const seen = await this.readIfExists(this.lockPath);
@@ -478,16 +485,12 @@ export class FileStore implements Store {
         file: this.lockPath,
         previous: seenText.trim(),
       });
-      this.held(text);
+      this.lockText = text;
       return;
     }
     throw new DataDirLockedError(this.dir, `its ${this.lockPath} keeps changing; is another server starting?`);
   }
 
-  private held(text: string): void {
-    this.lockText = text;
-    lockedHere.add(this.dir);
-  }
 
   /** Returns if the lock in `text` is stale; throws DataDirLockedError while its holder may still run. */
   private checkStale(text: string): void {
@@ -504,12 +507,9 @@ export class FileStore implements Store {
         `pid ${pid} on host ${host}${since}; delete ${this.lockPath} if that server is gone`,
       );
     }
-    if (pid === process.pid) {
-      if (lockedHere.has(this.dir)) throw new DataDirLockedError(this.dir, `pid ${pid}, this very process`);
-      // Our own pid, yet not ours: an earlier run that had the same pid, as a
-      // container's first process always does.
-      return;
-    }
+    // Our own pid, yet not ours (this process claims a directory once, in lock()):
+    // an earlier run that had the same pid, as a container's first process always does.
+    if (pid === process.pid) return;
     if (isAlive(pid)) {
       throw new DataDirLockedError(
         this.dir,

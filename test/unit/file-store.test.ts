@@ -482,6 +482,13 @@ test('a second store on the same directory in this process is refused until the 
   await first.close();
   const second = await FileStore.open(dir);
   await second.close();
+  // Two opens at once: exactly one gets the directory (on Linux the socket mutex would
+  // catch the second anyway; the in-process claim must not rely on it).
+  const both = await Promise.allSettled([FileStore.open(dir), FileStore.open(dir)]);
+  const opened = both.filter((r) => r.status === 'fulfilled');
+  assert.equal(opened.length, 1, 'one of two concurrent opens');
+  assert.match(String((both.find((r) => r.status === 'rejected') as PromiseRejectedResult).reason), /this very process/);
+  await (opened[0] as PromiseFulfilledResult<FileStore>).value.close();
 });
 
 test('a stale lock from a dead process is taken over and logged', async (t) => {
