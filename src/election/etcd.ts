@@ -315,7 +315,6 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
     this.state = 'follower';
     this.current = null;
     this.serveUntil = 0;
-    this.verdict = null;
     this.known = null;
     this.clearLeaderTimers();
     if (opts.holdOffMs !== undefined) this.holdOffUntil = performance.now() + opts.holdOffMs;
