@@ -85,7 +85,7 @@ export async function startServer(config: Config, opts: StartOptions = {}): Prom
     const error = backend.persistenceFailure();
     return { state: error === null ? 'ok' : 'failing', error };
   };
-  const backend = await openBackend(config, log, sequencerEvents(log, metrics), storeMetrics(metrics));
+  const backend = await openBackend(config, log, metrics);
 
   const services: Services = {
     source: backend.source,
@@ -298,13 +298,8 @@ function authFailureReporter(log: Logger, metrics: Metrics | null): { failed(): 
   };
 }
 
-async function openBackend(
-  config: Config,
-  log: Logger,
-  events: SequencerEvents,
-  metricsEvents: SequencerEvents,
-): Promise<Backend> {
-  if (config.etcd.length > 0) return openGroup(config, log, metricsEvents);
+async function openBackend(config: Config, log: Logger, metrics: Metrics | null): Promise<Backend> {
+  if (config.etcd.length > 0) return openGroup(config, log, storeMetrics(metrics));
   if (config.inMemory) {
     const seq = new Sequencer({ store: null, initial: config.initial, reserve: 0n, maxSequences: config.maxSequences });
     await seq.open();
@@ -333,7 +328,7 @@ async function openBackend(
     initial: config.initial,
     reserve: config.reserve,
     maxSequences: config.maxSequences,
-    events,
+    events: sequencerEvents(log, metrics),
   });
   let raised: string[];
   try {
