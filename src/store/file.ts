@@ -178,7 +178,7 @@ export class FileStore implements Store {
       if (mark < 0n || mark > END) throw new RangeError(`mark ${mark} of ${name} is outside 0..2^63`);
     }
     if (marks.size === 0) return;
-    const write = this.write(this.marks, marks);
+    const write = this.write(marks);
     this.inflight = write;
     try {
       await write;
@@ -198,8 +198,9 @@ export class FileStore implements Store {
     await this.unlock();
   }
 
-  /** `current` (what is durable) changes only once the write has succeeded. */
-  private async write(current: Map<string, bigint>, changes: Marks): Promise<void> {
+  /** `this.marks` (what is durable) changes only once the write has succeeded. */
+  private async write(changes: Marks): Promise<void> {
+    const current = this.marks!;
     const record = frame(`{"v":${FORMAT_VERSION},"m":${marksJson(changes)}}`);
     if (this.log === null || this.logSize + record.length > Math.max(this.compactAfter, this.snapshotBytes)) {
       const merged = new Map(current);
