@@ -30,6 +30,12 @@ export interface Store {
   close(): Promise<void>;
 }
 
+/** Whether a node can hand out numbers now, and if not, why (for /readyz). */
+export interface Readiness {
+  readonly ready: boolean;
+  readonly reason: string;
+}
+
 /**
  * Who may hand out numbers in a group: only the leader, and only while its
  * lease is surely alive. A single node has no Leadership and always may.

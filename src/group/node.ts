@@ -7,7 +7,7 @@
  */
 import type { EventEmitter } from 'node:events';
 import type { Config } from '../config.js';
-import type { Leadership, Store } from '../core/ports.js';
+import type { Leadership, Readiness, Store } from '../core/ports.js';
 import {
   notLeader,
   notLeaderAt,
@@ -32,7 +32,7 @@ import { EtcdStore } from '../store/etcd.js';
 export interface GroupHandle extends SequenceSource {
   readonly leadership: Leadership;
   /** For /readyz: ok only while this node leads, has loaded its state and its lease is surely alive. */
-  readiness(): { ready: boolean; reason: string };
+  readiness(): Readiness;
   /** Extra INFO lines: role, leader, node_id, etcd endpoints, prefix, term. */
   info(): Array<[string, string]>;
   /** Why etcd writes are failing right now, or null. */
@@ -167,7 +167,7 @@ class GroupNode implements GroupHandle {
     return this.sequencer?.persistenceFailure ?? this.loadError;
   }
 
-  readiness(): { ready: boolean; reason: string } {
+  readiness(): Readiness {
     if (this.closing) return { ready: false, reason: 'shutting down' };
     const l = this.leadership;
     if (l.role !== 'leader') {

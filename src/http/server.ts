@@ -7,12 +7,13 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { ListenError } from '../errors.js';
 import type { Metrics } from './metrics.js';
+import type { Readiness } from '../core/ports.js';
 
 export interface OpsServerOptions {
   host: string;
   port: number;
   metrics: Metrics;
-  readiness(): { ready: boolean; reason: string };
+  readiness(): Readiness;
 }
 
 export interface OpsServer {

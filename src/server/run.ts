@@ -9,6 +9,7 @@ import type tls from 'node:tls';
 import type { Config } from '../config.js';
 import { ConfigError } from '../errors.js';
 import { Sequencer, type SequenceSource, type SequencerEvents } from '../core/sequencer.js';
+import type { Readiness } from '../core/ports.js';
 import { FileStore } from '../store/file.js';
 import { SequencerServer } from './server.js';
 import { renderInfo } from './info.js';
@@ -33,11 +34,6 @@ export interface RunningServer {
   persistence(): { state: 'ok' | 'failing' | 'none'; error: string | null };
   /** Clean stop: stop accepting, answer what was read, persist exact next numbers. */
   close(): Promise<void>;
-}
-
-export interface Readiness {
-  readonly ready: boolean;
-  readonly reason: string;
 }
 
 export interface StartOptions {
