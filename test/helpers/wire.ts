@@ -79,7 +79,7 @@ export class WireClient {
   }
 
   /** Clears what was received, sends `request`, and expects exactly `expected` back. */
-  async exchange(request: string, expected: string, timeoutMs = 5000): Promise<void> {
+  async exchange(request: string | Buffer, expected: string, timeoutMs = 5000): Promise<void> {
     this.reset();
     this.send(request);
     await this.expect(expected, timeoutMs);

@@ -164,17 +164,23 @@ test('a stream of wrong passwords is answered one by one and never lets a comman
   await c.exchange(`AUTH ${PASSWORD}\r\nGETSEQ\r\n`, '+OK\r\n:1\r\n');
 });
 
+/** AUTH with the password as exactly these bytes, as a RESP bulk string. */
+const authBytes = (password: Buffer): Buffer =>
+  Buffer.concat([Buffer.from(`*2\r\n$4\r\nAUTH\r\n$${password.length}\r\n`), password, Buffer.from('\r\n')]);
+
 test('a non-ASCII password matches the UTF-8 bytes a client sends', async () => {
   const password = 'pässwörd-밀번호';
   assert.notEqual(Buffer.byteLength(password, 'utf8'), password.length);
   const s = await start([`--requirepass=${password}`]);
   const c = await connect(s);
-  const utf8 = Buffer.from(password, 'utf8');
   c.reset();
-  c.send(Buffer.concat([Buffer.from(`*2\r\n$4\r\nAUTH\r\n$${utf8.length}\r\n`), utf8, Buffer.from('\r\nGETSEQ\r\n')]));
+  c.send(Buffer.concat([authBytes(Buffer.from(password, 'utf8')), Buffer.from('GETSEQ\r\n')]));
   await c.expect('+OK\r\n:1\r\n');
-  // The same characters in another encoding are other bytes: a different password.
-  c.reset();
-  c.send(Buffer.from(resp('AUTH', 'pässwörd'), 'latin1'));
-  await c.expect(WRONGPASS);
+  // A password whose characters all fit latin1, sent as latin1 bytes rather than UTF-8: the
+  // same characters, other bytes, so not the password.
+  const latin = 'pässwörd';
+  const t = await start([`--requirepass=${latin}`]);
+  const d = await connect(t);
+  await d.exchange(authBytes(Buffer.from(latin, 'latin1')), WRONGPASS);
+  await d.exchange(authBytes(Buffer.from(latin, 'utf8')), '+OK\r\n');
 });
