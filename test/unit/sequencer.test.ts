@@ -235,6 +235,20 @@ test('clean close persists the exact next numbers: a restart continues with no g
   assert.equal(await take(again.allocate('b', 1n)), 8n);
 });
 
+test('a clean close lets a request waiting for the write in flight get its number', async () => {
+  const store = new MemoryStore();
+  const seq = await open(store, 0n);
+  store.pause();
+  const waiting = seq.allocate('default', 1n);
+  assert.ok(waiting instanceof Promise);
+  await settle();
+  const closing = seq.close();
+  store.resume();
+  assert.equal(await take(waiting), 1n, 'answered, not refused with shutting down');
+  assert.equal(await closing, true);
+  assert.equal(store.state().get('default'), 2n, 'and the exact next number stored');
+});
+
 test('nothing is handed out while the exact marks of a clean stop are being written', async () => {
   const store = new MemoryStore();
   const seq = await open(store, 1000n);
