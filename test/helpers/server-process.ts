@@ -45,16 +45,18 @@ export interface StartOptions {
   timeoutMs?: number;
   /** Resolve when this log line appears instead of "listening" (e.g. group followers). */
   readyWhen?: (line: Record<string, unknown>) => boolean;
+  /** Leave out the pinned `--host`, `--port` and `--metrics-port`: the CLI's own defaults, as `npm start` runs it. */
+  defaults?: boolean;
 }
 
 /**
  * Runs `dolmeangi sequencer` with `--host=127.0.0.1 --port=0 --metrics-port=0`
- * in front of `args` (later flags win).
+ * in front of `args` (later flags win), unless `opts.defaults`.
  */
 export async function startServerProcess(args: string[] = [], opts: StartOptions = {}): Promise<ServerProcess> {
   const child = spawn(
     process.execPath,
-    [CLI, 'sequencer', '--host=127.0.0.1', '--port=0', '--metrics-port=0', ...args],
+    [CLI, 'sequencer', ...(opts.defaults === true ? [] : ['--host=127.0.0.1', '--port=0', '--metrics-port=0']), ...args],
     { env: { ...process.env, ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'] },
   );
   live.add(child);

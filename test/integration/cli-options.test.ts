@@ -4,10 +4,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { once } from 'node:events';
-import { createInterface } from 'node:readline';
-import { CLI, runCli, startServerProcess } from '../helpers/server-process.js';
+import { runCli, startServerProcess } from '../helpers/server-process.js';
 import { OPTIONS, parseConfig } from '../../src/config.js';
 import { WireClient } from '../helpers/wire.js';
 
@@ -102,9 +99,11 @@ test('the defaults are the documented ones, written out here rather than read fr
 
 test('--help names every option of the contract', async () => {
   const r = await runCli(['sequencer', '--help']);
+  assert.equal(r.code, 0);
   const contract = ['initial', 'port', 'host', 'max-connections', 'data-dir', 'in-memory', 'reserve', 'max-batch', 'max-sequences',
     'metrics-port', 'requirepass', 'tls-port', 'timeout', 'etcd', 'node-id', 'advertise', 'lease-ttl', 'etcd-prefix'];
-  for (const name of contract) assert.match(r.stdout, new RegExp(`--${name}\\b`), `--${name}`);
+  // Not followed by more of a name: `--etcd` must not be found in `--etcd-prefix`.
+  for (const name of contract) assert.match(r.stdout, new RegExp(`--${name}(?![\\w-])`), `--${name}`);
 });
 
 test('--version prints the package version', async () => {
@@ -150,28 +149,16 @@ test('a port already in use stops start-up with a clear message', async () => {
 });
 
 test('with no options the server listens on 0.0.0.0:10001 (the defaults of the original design)', async () => {
-  // startServerProcess pins host and port; this runs the CLI as `npm start` would.
-  const child = spawn(process.execPath, [CLI, 'sequencer', '--in-memory', '--metrics-port=0'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  // --metrics-port=0 only keeps the test off the metrics port; host and port are the CLI's own.
+  const s = await startServerProcess(['--in-memory', '--metrics-port=0'], { defaults: true });
   try {
-    const line = await new Promise<Record<string, unknown>>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error('no listening line within 10 s')), 10_000);
-      createInterface({ input: child.stdout }).on('line', (text) => {
-        const l = JSON.parse(text) as Record<string, unknown>;
-        if (l.msg === 'listening') {
-          clearTimeout(timer);
-          resolve(l);
-        }
-      });
-      child.once('exit', (code) => reject(new Error(`exited with ${code}`)));
-    });
+    const line = s.logs.find((l) => l.msg === 'listening')!;
     assert.equal(line.host, '0.0.0.0');
     assert.equal(line.port, 10001);
     const c = await WireClient.connect(10001);
-    c.send('GETSEQ\r\n');
-    await c.expect(':1\r\n');
+    await c.exchange('GETSEQ\r\n', ':1\r\n');
     c.close();
   } finally {
-    child.kill('SIGTERM');
-    await once(child, 'exit');
+    assert.equal(await s.stop(), 0);
   }
 });
