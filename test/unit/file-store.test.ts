@@ -504,29 +504,43 @@ test('a stale lock from a dead process is taken over and logged', async (t) => {
   await assert.rejects(stat(p.lock), { code: 'ENOENT' });
 });
 
+/** The store module, for scripts run in a child process. */
+const STORE_MODULE = new URL('../../src/store/file.ts', import.meta.url).href;
+
+/**
+ * Runs `script` (module source; `STORE` names the store module) in another Node
+ * process, killed when the test ends, and resolves once what it printed satisfies
+ * `until`. Returns the process and everything it printed so far.
+ */
+async function runScript(t: TestContext, script: string, until: (out: string) => boolean, what: string) {
+  const child = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', `const STORE = ${JSON.stringify(STORE_MODULE)};\n${script}`], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  t.after(() => child.kill('SIGKILL'));
+  let out = '';
+  child.stdout.setEncoding('utf8');
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`${what}: not within 20 s`)), 20_000);
+    child.stdout.on('data', (chunk: string) => {
+      out += chunk;
+      if (!until(out)) return;
+      clearTimeout(timer);
+      resolve();
+    });
+    child.once('exit', (code) => reject(new Error(`${what}: the script exited with ${code}`)));
+  });
+  return { child, out: () => out };
+}
+
 test('a LOCK that names a dead pid does not let a second server in while the first runs (no takeover race)', { skip: process.platform !== 'linux' && 'the machine-wide mutex is Linux only' }, async (t) => {
   const dir = await tempDir(t);
-  const store = new URL('../../src/store/file.ts', import.meta.url).href;
   const script = `
-    const { FileStore } = await import(${JSON.stringify(store)});
+    const { FileStore } = await import(STORE);
     const s = await FileStore.open(${JSON.stringify(dir)});
     await s.load();
     process.stdout.write('ready\\n');
     setInterval(() => {}, 1000);`;
-  const holder = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], {
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
-  t.after(() => holder.kill('SIGKILL'));
-  holder.stdout.setEncoding('utf8');
-  await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error('the holder did not open the store within 20 s')), 20_000);
-    holder.stdout.on('data', (d: string) => {
-      if (!d.includes('ready')) return;
-      clearTimeout(timer);
-      resolve();
-    });
-    holder.once('exit', (code) => reject(new Error(`the holder exited with ${code}`)));
-  });
+  const { child: holder } = await runScript(t, script, (out) => out.includes('ready'), 'the holder opening the store');
   // The mutex's name fills sun_path, so that every Node version binds the same address.
   const id = await stat(dir, { bigint: true });
   const bound = (await readFile('/proc/net/unix', 'utf8')).split('\n').map((l) => l.split(' ').at(-1)!);
@@ -642,30 +656,19 @@ for (const commits of COMMIT_MODES) {
 for (const commits of COMMIT_MODES) {
   test(`kill -9 in the middle of writes: a restart loads at least every acknowledged mark (${commits.name})`, async (t) => {
     const dir = await tempDir(t);
-    const store = new URL('../../src/store/file.ts', import.meta.url).href;
     // Prints each mark after its persist resolved; compacts often so kills land in compactions too.
     const script = `
-      const { FileStore } = await import(${JSON.stringify(store)});
+      const { FileStore } = await import(STORE);
       const s = await FileStore.open(${JSON.stringify(dir)}, { compactAfterBytes: 2000, blockingCommits: ${commits.opts.blockingCommits} });
       await s.load();
       for (let i = 1n; ; i++) {
         await s.persist(new Map([['a', i], ['b' + (i % 50n), i]]));
         process.stdout.write(i + '\\n');
       }`;
-    const child = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], {
-      stdio: ['ignore', 'pipe', 'inherit'],
-    });
-    let out = '';
-    child.stdout.setEncoding('utf8');
-    await new Promise<void>((resolve) =>
-      child.stdout.on('data', (chunk: string) => {
-        out += chunk;
-        if (out.split('\n').length > 300) resolve();
-      }),
-    );
+    const { child, out } = await runScript(t, script, (text) => text.split('\n').length > 300, 'the writer acknowledging 300 marks');
     child.kill('SIGKILL');
     await once(child, 'exit');
-    const acked = BigInt(out.trim().split('\n').at(-1)!);
+    const acked = BigInt(out().trim().split('\n').at(-1)!);
     const logs: string[] = [];
     const after = await reload(dir, { log: (msg) => logs.push(msg) });
     assert.ok(after.get('a')! >= acked, `a=${after.get('a')} acknowledged ${acked}`);
