@@ -9,6 +9,8 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { startServerProcess } from '../helpers/server-process.js';
 import { WireClient } from '../helpers/wire.js';
+import { freePort } from '../helpers/ports.js';
+import { parseMetrics, request } from '../helpers/http.js';
 
 /** Parses `:n\r\n` replies; fails on anything else. */
 function integers(text: string): bigint[] {
@@ -20,9 +22,11 @@ function integers(text: string): bigint[] {
   });
 }
 
-async function hundredClients(args: string[]): Promise<void> {
+/** Runs the load; `after` gets the server's metrics URL once every reply is checked. */
+async function hundredClients(args: string[], after?: (metrics: string) => Promise<void>): Promise<void> {
   const dir = await mkdtemp(path.join(tmpdir(), 'dolmeangi-conc-'));
-  const s = await startServerProcess([`--data-dir=${dir}`, ...args]);
+  const metricsPort = await freePort();
+  const s = await startServerProcess([`--data-dir=${dir}`, `--metrics-port=${metricsPort}`, ...args]);
   const clients: WireClient[] = [];
   try {
     for (let i = 0; i < 100; i++) clients.push(await WireClient.connect(s.port));
@@ -39,6 +43,7 @@ async function hundredClients(args: string[]): Promise<void> {
     all.sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
     assert.equal(all.length, 100_000);
     for (let i = 0; i < all.length; i++) assert.equal(all[i], BigInt(i + 1), 'exactly 1..100000, no duplicate, no gap');
+    await after?.(`http://127.0.0.1:${metricsPort}/metrics`);
   } finally {
     for (const c of clients) c.close();
     assert.equal(await s.stop(), 0);
@@ -51,7 +56,13 @@ test('100 connections x 1,000 pipelined GETSEQ: exactly 100,000 consecutive numb
 
 test('the same with durable state (default reservation window)', () => hundredClients([]));
 
-test('the same in the gapless mode (--reserve=0, group commit)', () => hundredClients(['--reserve=0']));
+test('the same in the gapless mode (--reserve=0), where requests that arrive together share one commit', () =>
+  hundredClients(['--reserve=0'], async (metrics) => {
+    const commits = parseMetrics((await request(metrics)).body).get('dolmeangi_persist_duration_seconds_count');
+    assert.ok(commits !== undefined && commits >= 1, 'commits are counted');
+    // One commit per request would be 100,000; group commit shares each among many.
+    assert.ok(commits < 10_000, `${commits} commits for 100,000 requests`);
+  }));
 
 test('GETSEQ_BATCH mixed with GETSEQ over many connections: ranges never overlap', async () => {
   const dir = await mkdtemp(path.join(tmpdir(), 'dolmeangi-conc-'));
