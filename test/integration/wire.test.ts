@@ -119,6 +119,8 @@ test('wrong number of arguments, bad counts and bad names; the connection stays 
     ['GETSEQ bad/name\r\n', "-ERR invalid sequence name 'bad/name': use 1-64 characters of A-Z a-z 0-9 _ . : -\r\n"],
     ['GETSEQ_BATCH 5 bad*\r\n', "-ERR invalid sequence name 'bad*': use 1-64 characters of A-Z a-z 0-9 _ . : -\r\n"],
     [`CURRENT ${'n'.repeat(65)}\r\n`, `-ERR invalid sequence name '${'n'.repeat(64)}...': use 1-64 characters of A-Z a-z 0-9 _ . : -\r\n`],
+    [`GETSEQ_BATCH ${'9'.repeat(33)}\r\n`, `-ERR invalid count '${'9'.repeat(32)}...': expected an integer from 1 to 1000 (--max-batch)\r\n`],
+    [`${'X'.repeat(129)}\r\n`, `-ERR Unknown command '${'X'.repeat(128)}...'. ${SUPPORTED}\r\n`],
   ];
   for (const [request, reply] of cases) {
     c.reset();
