@@ -216,6 +216,23 @@ describe('etcd leadership', () => {
     assert.equal(a.leadership.leaderAddress(), null);
   });
 
+  test("canServe's answer lasts for one synchronous stretch only: the next reads the clock again", async () => {
+    const prefix = freshPrefix();
+    const a = await startNode(prefix, 'a');
+    await waitFor(() => a.leadership.canServe(), 'a to lead');
+    const realNow = performance.now.bind(performance);
+    assert.equal(a.leadership.canServe(), true, 'read the clock for this stretch');
+    // The clock jumps an hour ahead, far past the deadline, within the same stretch.
+    performance.now = () => realNow() + 3_600_000;
+    try {
+      assert.equal(a.leadership.canServe(), true, 'the same stretch keeps the answer it was given');
+      await Promise.resolve();
+      assert.equal(a.leadership.canServe(), false, 'a later stretch reads the clock and sees the deadline passed');
+    } finally {
+      performance.now = realNow;
+    }
+  });
+
   test('a deposed leader cannot write even before the new leader has written anything', async () => {
     const prefix = freshPrefix();
     const { oldStore } = await handOver(prefix);
