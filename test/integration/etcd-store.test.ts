@@ -12,7 +12,7 @@ import { END } from '../../src/core/limits.js';
 import { SequenceError, type SequenceSource } from '../../src/core/sequencer.js';
 import { createEtcdClient, EtcdLeadership, type EtcdConnection, type LeadershipTerm } from '../../src/election/etcd.js';
 import { PersistenceError, StateCorruptError } from '../../src/errors.js';
-import { startGroup, type GroupHandle } from '../../src/group/node.js';
+import { startGroup, type GroupElection, type GroupHandle } from '../../src/group/node.js';
 import { silentLogger } from '../../src/log.js';
 import { EtcdStore } from '../../src/store/etcd.js';
 import { startEtcdCluster, type EtcdCluster } from '../helpers/etcd-cluster.js';
@@ -207,6 +207,14 @@ describe('etcd store', () => {
     await take(handle);
     await take(handle);
     assert.ok(persisted >= 2, `${persisted} writes observed`);
+    // A second term gets a store of its own, and its writes are observed too.
+    const election = handle.leadership as GroupElection;
+    const firstTerm = election.term;
+    await election.stepDown('test: a new term');
+    await waitFor(() => handle.readiness().ready && election.term !== firstTerm, 'the member to lead a new term');
+    const before = persisted;
+    await take(handle);
+    assert.ok(persisted > before, `the second term's write observed (${persisted} after ${before})`);
   });
 
   test('two groups on one etcd under different prefixes lead and count independently', async () => {
