@@ -1,6 +1,6 @@
 /**
  * HTTP helpers for the operations port: plain requests without connection reuse
- * (so no socket outlives a test), a free-port finder and a parser for the
+ * (so no socket outlives a test) and a parser for the
  * Prometheus text format.
  */
 import http from 'node:http';
@@ -36,21 +36,4 @@ export function parseMetrics(text: string): Map<string, number> {
     out.set(line.slice(0, space), Number(line.slice(space + 1)));
   }
   return out;
-}
-
-/** Polls `probe` until it returns a value other than undefined, or fails at the deadline with `what`. */
-export async function eventually<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 10_000, everyMs = 100): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let last: unknown = 'no attempt finished';
-  for (;;) {
-    try {
-      const v = await probe();
-      if (v !== undefined) return v;
-      last = 'not yet';
-    } catch (err) {
-      last = err;
-    }
-    if (Date.now() >= deadline) throw new Error(`${what}: not within ${timeoutMs} ms (last: ${String((last as Error)?.message ?? last)})`);
-    await new Promise((resolve) => setTimeout(resolve, everyMs));
-  }
 }

@@ -10,7 +10,8 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { runCli, startServerProcess, type ServerProcess } from '../helpers/server-process.js';
 import { WireClient, resp } from '../helpers/wire.js';
-import { eventually, parseMetrics, request } from '../helpers/http.js';
+import { parseMetrics, request } from '../helpers/http.js';
+import { eventually } from '../helpers/wait.js';
 import { freePort } from '../helpers/ports.js';
 import { VERSION } from '../../src/version.js';
 

@@ -11,7 +11,8 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { ROOT, startServerProcess, type ServerProcess } from '../helpers/server-process.js';
 import { WireClient } from '../helpers/wire.js';
-import { eventually, request } from '../helpers/http.js';
+import { request } from '../helpers/http.js';
+import { eventually } from '../helpers/wait.js';
 import { freePort } from '../helpers/ports.js';
 
 const PROMETHEUS_DIR = path.join(ROOT, 'deploy/prometheus');
