@@ -492,7 +492,6 @@ export class FileStore implements Store {
     throw new DataDirLockedError(this.dir, `its ${this.lockPath} keeps changing; is another server starting?`);
   }
 
-
   /** Returns if the lock in `text` is stale; throws DataDirLockedError while its holder may still run. */
   private checkStale(text: string): void {
     const holder = parseLock(text);

@@ -10,8 +10,6 @@ import os from 'node:os';
 import path from 'node:path';
 import { freePorts } from './ports.js';
 
-
-
 export interface EtcdClusterOptions {
   /** 1 or 3 members (default 1). */
   readonly size?: 1 | 3;
@@ -89,7 +87,6 @@ function findEtcd(): string {
   }
   throw new Error("etcd not found on PATH: install it with 'apt-get install -y etcd-server' (Debian)");
 }
-
 
 export async function startEtcdCluster(opts: EtcdClusterOptions = {}): Promise<EtcdCluster> {
   const binary = findEtcd();

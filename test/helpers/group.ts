@@ -8,7 +8,6 @@ import type { EtcdCluster } from './etcd-cluster.js';
 import { ask } from './wire.js';
 import { freePort } from './ports.js';
 
-
 export interface GroupNodeProcess {
   readonly id: string;
   readonly port: number;

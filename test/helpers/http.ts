@@ -26,7 +26,6 @@ export function request(url: string, method = 'GET', timeoutMs = 5000): Promise<
   });
 }
 
-
 /** Samples by series as written, e.g. `dolmeangi_requests_total{command="getseq"}` -> 4. */
 export function parseMetrics(text: string): Map<string, number> {
   const out = new Map<string, number>();

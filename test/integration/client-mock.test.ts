@@ -40,7 +40,6 @@ function client(options: SequencerClientOptions): SequencerClient {
   return c;
 }
 
-
 test('pipelined calls share one connection, leave in few writes, and get their own replies', async () => {
   const server = await mock(counterScript());
   const c = client({ servers: [server.address] });
