@@ -104,6 +104,12 @@ export class FileStore implements Store {
   private logSize = 0;
   private inflight: Promise<void> | null = null;
   private lockText: string | null = null;
+  /**
+   * The directory locked at open. Files are created only while the path still
+   * names it: a directory that was removed and made again, or an empty mount
+   * point left by an unmounted volume, holds neither our LOCK nor our state.
+   */
+  private dirId: { dev: bigint; ino: bigint } | null = null;
   /** Held while the directory is ours (Linux): see holdMachineMutex. */
   private mutex: net.Server | null = null;
   private closing: Promise<void> | null = null;
@@ -259,6 +265,7 @@ export class FileStore implements Store {
    */
   private async compact(merged: Map<string, bigint>): Promise<void> {
     await this.dropLog();
+    await this.checkDirIsOurs();
     const gen = this.gen + 1;
     const snapshot = frame(`{"v":${FORMAT_VERSION},"g":${gen},"m":${marksJson(merged)}}`, SNAPSHOT_MAGIC);
     const snapshotHandle = await this.install(this.snapshotPath, snapshot);
@@ -345,6 +352,16 @@ export class FileStore implements Store {
     }
   }
 
+  private async checkDirIsOurs(): Promise<void> {
+    const now = await this.io('stat', this.dir, () => stat(this.dir, { bigint: true }));
+    if (now.dev !== this.dirId?.dev || now.ino !== this.dirId?.ino) {
+      throw new PersistenceError(
+        `${this.dir} is not the directory this server locked at start (it was removed, moved or replaced, ` +
+          `or its volume unmounted); put that directory back: nothing is written into another one`,
+      );
+    }
+  }
+
   private async dropLog(): Promise<void> {
     const log = this.log;
     this.log = null;
@@ -402,7 +419,8 @@ export class FileStore implements Store {
     if (lockedHere.has(this.dir)) throw new DataDirLockedError(this.dir, `pid ${process.pid}, this very process`);
     lockedHere.add(this.dir);
     try {
-      await this.holdMachineMutex();
+      this.dirId = await this.io('stat', this.dir, () => stat(this.dir, { bigint: true }));
+      await this.holdMachineMutex(this.dirId);
       try {
         await this.lockFile();
       } catch (err) {
@@ -421,9 +439,8 @@ export class FileStore implements Store {
    * vanishes with its holder, even after kill -9, so nothing is ever stale. Other
    * network namespaces (containers) do not share it; the LOCK file covers those.
    */
-  private async holdMachineMutex(): Promise<void> {
+  private async holdMachineMutex(id: { dev: bigint; ino: bigint }): Promise<void> {
     if (process.platform !== 'linux') return;
-    const id = await this.io('stat', this.dir, () => stat(this.dir, { bigint: true }));
     const server = net.createServer((socket) => socket.destroy());
     try {
       await new Promise<void>((resolve, reject) => {

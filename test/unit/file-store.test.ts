@@ -2,7 +2,7 @@ import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { appendFile, mkdir, mkdtemp, readFile, rm, stat, unlink, writeFile } from 'node:fs/promises';
+import { appendFile, mkdir, mkdtemp, readdir, readFile, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
 import { constants, hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
@@ -345,8 +345,9 @@ test('a compaction replaces each file whole: write and fsync a temp file, rename
     `open ${dir}`,
     `fsync ${dir}`,
   ];
-  // The snapshot first: until the new log is in place, the old one is ignored as stale.
-  assert.deepEqual(probe.ops, [...replace('marks.snapshot'), ...replace('marks.log'), `stat ${join(dir, 'marks.log')}`]);
+  // The directory is checked to be the one locked; then the snapshot first:
+  // until the new log is in place, the old one is ignored as stale.
+  assert.deepEqual(probe.ops, [`stat ${dir}`, ...replace('marks.snapshot'), ...replace('marks.log'), `stat ${join(dir, 'marks.log')}`]);
 });
 
 for (const commits of COMMIT_MODES) {
@@ -424,19 +425,31 @@ for (const commits of COMMIT_MODES) {
 }
 
 for (const commits of COMMIT_MODES) {
-  test(`a removed data directory fails writes until it is back, then everything is rewritten (${commits.name})`, async (t) => {
+  test(`a data directory moved away fails writes, another one made in its place is not written, the original back resumes (${commits.name})`, async (t) => {
     const dir = await tempDir(t);
+    const away = `${dir}.away`;
+    t.after(() => rm(away, { recursive: true, force: true }));
     const { store } = await openLoaded(t, dir, commits.opts);
     await store.persist(m({ a: 1n, b: 2n }));
     await store.persist(m({ a: 3n }));
-    await rm(dir, { recursive: true });
+    await rename(dir, away);
     await assert.rejects(store.persist(m({ a: 4n })), (err: unknown) => {
       assert.ok(err instanceof PersistenceError);
       assert.match(err.message, /marks\.log: ENOENT \(no such file or directory\)/);
       return true;
     });
     await assert.rejects(store.persist(m({ a: 4n })), /ENOENT/);
+    // A new directory at the path (rm -rf and mkdir, or the mount point of an
+    // unmounted volume) has no LOCK, and would hide the real state when the volume returns.
     await mkdir(dir);
+    await assert.rejects(store.persist(m({ a: 4n })), (err: unknown) => {
+      assert.ok(err instanceof PersistenceError);
+      assert.match(err.message, /is not the directory this server locked at start .*put that directory back/);
+      return true;
+    });
+    assert.deepEqual(await readdir(dir), [], 'nothing written into the stranger');
+    await rm(dir, { recursive: true });
+    await rename(away, dir);
     await store.persist(m({ c: 6n }));
     await store.persist(m({ a: 7n }));
     await store.close();
