@@ -145,6 +145,14 @@ export class FileStore implements Store {
     const log = await this.readIfExists(this.logPath);
     // No log beside a snapshot is a crash during the very first compaction: the
     // snapshot already holds everything, and the first persist creates the log.
+    // Later compactions replace the log by rename, never remove it, so without one
+    // beside a later generation the records since that snapshot were lost.
+    if (log === null && gen > 1) {
+      throw new StateCorruptError(
+        this.logPath,
+        `it is missing beside ${this.snapshotPath} of generation ${gen}: the marks written since that snapshot are lost, so resuming could hand out numbers again`,
+      );
+    }
     if (log !== null) {
       const header = parseLogHeader(log, this.logPath);
       if (snapshot === null) {
@@ -694,6 +702,17 @@ function unframe(buf: Buffer, offset: number, file: string): Unframed {
   return { payload, next: end };
 }
 
+/** Where the first well-framed record (plausible length, matching checksum) after `offset` starts, if any. */
+function intactRecordAfter(buf: Buffer, offset: number): number | null {
+  for (let at = offset + 1; at + HEADER_LENGTH < buf.length; at++) {
+    const length = buf.readUInt32BE(at);
+    if (length === 0 || length > MAX_RECORD || at + HEADER_LENGTH + length > buf.length) continue;
+    const payload = buf.subarray(at + HEADER_LENGTH, at + HEADER_LENGTH + length);
+    if (crc32(payload) === buf.readUInt32BE(at + 4)) return at;
+  }
+  return null;
+}
+
 function isZero(buf: Buffer, from: number): boolean {
   for (let i = from; i < buf.length; i++) if (buf[i] !== 0) return false;
   return true;
@@ -738,7 +757,18 @@ function replay(
   let offset = start;
   while (offset < buf.length) {
     const r = unframe(buf, offset, file);
-    if ('torn' in r) return { end: offset, torn: r.torn };
+    if ('torn' in r) {
+      // Each append is synced before the next begins, so a crash can tear only the
+      // last record: an intact one after the damage means the damage is not a tear.
+      const later = intactRecordAfter(buf, offset);
+      if (later !== null) {
+        throw new StateCorruptError(
+          file,
+          `the record at byte ${offset} is damaged (${r.torn}), but an intact record follows at byte ${later}: not the end of a write cut short by a crash`,
+        );
+      }
+      return { end: offset, torn: r.torn };
+    }
     decodeMarks(decode(r.payload, file, offset), file, offset, marks);
     offset = r.next;
   }

@@ -231,6 +231,30 @@ test('a bad checksum in the middle of the log is corruption, not a torn tail', a
   await assertCorrupt(dir, p.log, /checksum mismatch/);
 });
 
+test('a damaged record with intact ones after it is corruption, not a torn tail, and the log is left as it was', async (t) => {
+  const { dir, p, headerEnd } = await populated(t);
+  const buf = await readFile(p.log);
+  // A length that reaches past the end looks like a tear, but the record for b=3 follows.
+  buf.writeUInt32BE(buf.length, headerEnd);
+  await writeFile(p.log, buf);
+  await assertCorrupt(dir, p.log, new RegExp(`record at byte ${headerEnd} is damaged .*intact record follows`));
+  assert.deepEqual(await readFile(p.log), buf, 'not truncated');
+});
+
+test('a missing log beside a later snapshot generation is corruption; beside the first it is a crash in the first compaction', async (t) => {
+  const { dir, p } = await populated(t);
+  const first = await readFile(p.snapshot);
+  // populated() wrote generation 1; one compaction more makes generation 2.
+  const store = await FileStore.open(dir, { compactAfterBytes: 0 });
+  await store.load();
+  await store.persist(m({ a: 4n }));
+  await store.close();
+  await unlink(p.log);
+  await assertCorrupt(dir, p.log, /missing beside .*generation 2/);
+  await writeFile(p.snapshot, first);
+  assert.deepEqual(await reload(dir), m({ a: 1n }));
+});
+
 test('an impossible record length in the log is corruption', async (t) => {
   const { dir, p, headerEnd } = await populated(t);
   const buf = await readFile(p.log);
