@@ -231,6 +231,8 @@ class GroupNode implements GroupHandle {
     this.loadError = null;
     const current = (): boolean => this.leadership.term === term && this.closing === null;
     let delay = LOAD_RETRY_MIN_MS;
+    let failingSince: number | null = null;
+    const ttlMs = this.config.leaseTtl * 1000;
     // A failed load leaves nothing behind; each attempt gets a fresh Sequencer.
     while (current()) {
       const store = this.parts.storeFor(term);
@@ -264,6 +266,16 @@ class GroupNode implements GroupHandle {
           }
         }
         this.loadError = message;
+        failingSince ??= performance.now();
+        if (!(err instanceof StateCorruptError) && performance.now() - failingSince > ttlMs) {
+          // As with failing writes: perhaps only this node's path to etcd is broken. Let another node try.
+          this.log.error({ err: message }, 'loading marks keeps failing; stepping down');
+          void this.leadership.stepDown(`loading marks failed for longer than the lease: ${message}`, {
+            term,
+            holdOffMs: ttlMs,
+          });
+          return;
+        }
       }
       await new Promise((r) => setTimeout(r, delay).unref());
       delay = Math.min(LOAD_RETRY_MAX_MS, delay * 2);

@@ -12,7 +12,7 @@
  *   guard makes sure it can never land after a newer write and take a mark
  *   back down below numbers already handed out.
  */
-import { CompareResult, CompareTarget, type Etcd3, type ICompare, type IRequestOp, type ITxnResponse } from 'etcd3';
+import { CompareResult, CompareTarget, type Etcd3, type ICompare, type IRangeRequest, type IRangeResponse, type IRequestOp, type ITxnResponse } from 'etcd3';
 import { END, isValidName, NAME_RULE, parseUnsigned } from '../core/limits.js';
 import type { Marks, Store } from '../core/ports.js';
 import { ETCD_CALL_TIMEOUT_MS, etcdErrorReason, withTimeout, type LeadershipTerm } from '../election/etcd.js';
@@ -20,6 +20,12 @@ import { FencedError, PersistenceError, StateCorruptError } from '../errors.js';
 
 /** etcd refuses transactions of more than 128 operations (--max-txn-ops); one is the writer key. */
 const MARKS_PER_TXN = 127;
+
+/**
+ * Marks read per range request when loading: etcd's client refuses replies over
+ * 4 MiB, which one read of every mark would pass at around 60,000 sequences.
+ */
+const LOAD_PAGE = 10_000;
 
 /** The first key after every key that starts with `prefix`. */
 function prefixEnd(prefix: Buffer): Buffer {
@@ -47,6 +53,7 @@ export class EtcdStore implements Store {
     prefix: string,
     private readonly term: LeadershipTerm,
     private readonly timeoutMs: number = ETCD_CALL_TIMEOUT_MS,
+    private readonly pageSize: number = LOAD_PAGE,
   ) {
     this.marksPrefix = `${prefix}marks/`;
     this.leaderKey = Buffer.from(term.key);
@@ -57,29 +64,40 @@ export class EtcdStore implements Store {
   async load(): Promise<Map<string, bigint>> {
     this.assertOpen();
     const marksKey = Buffer.from(this.marksPrefix);
-    // One read-only transaction: the marks and the writer key at the same revision.
+    const rangeEnd = prefixEnd(marksKey);
+    // The first page and the writer key in one read-only transaction; the other
+    // pages at that transaction's revision, so that all of them show one moment.
     const res = await this.call('reading marks', {
       compare: [],
       success: [
-        { request_range: { key: marksKey, range_end: prefixEnd(marksKey) } },
+        { request_range: { key: marksKey, range_end: rangeEnd, limit: this.pageSize } },
         { request_range: { key: this.writerKey } },
       ],
       failure: [],
     });
     const marks = new Map<string, bigint>();
-    for (const kv of res.responses[0]?.response_range?.kvs ?? []) {
-      const key = kv.key.toString('utf8');
-      const name = key.slice(this.marksPrefix.length);
-      if (!isValidName(name)) throw new StateCorruptError(key, `'${name}' is not a sequence name (${NAME_RULE})`);
-      const text = kv.value.toString('utf8');
-      const mark = parseUnsigned(text);
-      if (mark === undefined || mark > END) {
-        throw new StateCorruptError(key, `expected a decimal number from 0 to ${END}, found '${text.slice(0, 40)}'`);
-      }
-      marks.set(name, mark);
+    let page = res.responses[0]?.response_range;
+    while (page !== undefined) {
+      for (const kv of page.kvs) this.addMark(marks, kv.key, kv.value);
+      const last = page.kvs[page.kvs.length - 1];
+      if (!page.more || last === undefined) break;
+      const from = Buffer.concat([last.key, Buffer.from([0])]);
+      page = await this.range('reading marks', { key: from, range_end: rangeEnd, limit: this.pageSize, revision: res.header.revision });
     }
     this.writerRevision = writerRevisionIn(res, 1);
     return marks;
+  }
+
+  private addMark(marks: Map<string, bigint>, rawKey: Buffer, value: Buffer): void {
+    const key = rawKey.toString('utf8');
+    const name = key.slice(this.marksPrefix.length);
+    if (!isValidName(name)) throw new StateCorruptError(key, `'${name}' is not a sequence name (${NAME_RULE})`);
+    const text = value.toString('utf8');
+    const mark = parseUnsigned(text);
+    if (mark === undefined || mark > END) {
+      throw new StateCorruptError(key, `expected a decimal number from 0 to ${END}, found '${text.slice(0, 40)}'`);
+    }
+    marks.set(name, mark);
   }
 
   async persist(marks: Marks): Promise<void> {
@@ -143,6 +161,14 @@ export class EtcdStore implements Store {
   ): Promise<ITxnResponse> {
     try {
       return await withTimeout(this.client.kv.txn(txn), this.timeoutMs, what);
+    } catch (err) {
+      throw new PersistenceError(`${what} in etcd: ${etcdErrorReason(err)}`, { cause: err });
+    }
+  }
+
+  private async range(what: string, req: IRangeRequest): Promise<IRangeResponse> {
+    try {
+      return await withTimeout(this.client.kv.range(req), this.timeoutMs, what);
     } catch (err) {
       throw new PersistenceError(`${what} in etcd: ${etcdErrorReason(err)}`, { cause: err });
     }

@@ -100,6 +100,18 @@ describe('etcd store', () => {
     await cluster?.close();
   });
 
+  test('marks are loaded page by page: every one of 300, whatever the page size', async () => {
+    const prefix = freshPrefix();
+    const term = await lead(prefix);
+    const marks = new Map<string, bigint>();
+    for (let i = 0; i < 300; i++) marks.set(`s${i}`, BigInt(i) * 1_000_003n);
+    // More marks than one transaction takes: persist splits them.
+    await new EtcdStore(direct, prefix, term).persist(marks);
+    for (const pageSize of [1, 7, 100, 300, 301]) {
+      assert.deepEqual(await new EtcdStore(direct, prefix, term, undefined, pageSize).load(), marks, `pages of ${pageSize}`);
+    }
+  });
+
   test('marks round-trip exactly beyond 2^53, up to 2^63, as decimal text', async () => {
     const prefix = freshPrefix();
     const term = await lead(prefix);

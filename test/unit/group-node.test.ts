@@ -8,6 +8,7 @@ import assert from 'node:assert/strict';
 import { EventEmitter } from 'node:events';
 import { parseConfig } from '../../src/config.js';
 import { SequenceError } from '../../src/core/sequencer.js';
+import { StateCorruptError } from '../../src/errors.js';
 import { numberReply } from '../../src/commands/sequence-reply.js';
 import type { Marks, Store } from '../../src/core/ports.js';
 import type { LeadershipEvents, LeadershipTerm } from '../../src/election/etcd.js';
@@ -90,8 +91,8 @@ class HeldStore implements Store {
   finish(marks: Map<string, bigint>): void {
     this.settle!.resolve(marks);
   }
-  fail(message: string): void {
-    this.settle!.reject(new Error(message));
+  fail(message: string | Error): void {
+    this.settle!.reject(typeof message === 'string' ? new Error(message) : message);
   }
 }
 
@@ -112,10 +113,10 @@ async function serveTerm({ node, election, stores }: Member, revision: string, m
   await waitFor(() => node.readiness().ready, 'the member to serve');
 }
 
-async function member(t: import('node:test').TestContext): Promise<Member> {
+async function member(t: import('node:test').TestContext, extra: string[] = []): Promise<Member> {
   const election = new FakeElection();
   const stores: HeldStore[] = [];
-  const config = parseConfig([`--etcd=http://127.0.0.1:1`, '--node-id=a', `--advertise=${SELF}`]);
+  const config = parseConfig([`--etcd=http://127.0.0.1:1`, '--node-id=a', `--advertise=${SELF}`, ...extra]);
   const node = await startGroup(config, silentLogger(), {}, () => ({
     election,
     storeFor: () => {
@@ -175,6 +176,31 @@ test('a failed load says persistence unavailable and is retried with a fresh sto
   stores[1]!.finish(new Map());
   await waitFor(() => node.readiness().ready, 'the member to serve');
   assert.equal(await node.allocate('a', 1n), 1n);
+});
+
+test('loads failing for longer than the lease step down, to let another node try; corrupt marks do not', async (t) => {
+  for (const corrupt of [false, true]) {
+    const { election, stores } = await member(t, ['--lease-ttl=1']);
+    election.win('9');
+    const started = performance.now();
+    // Fail every load as it comes, for two leases' time at most.
+    let failed = 0;
+    while (performance.now() - started < 2000 && election.stepDowns.length === 0) {
+      await waitFor(() => stores.length > failed || election.stepDowns.length > 0, 'another load or a step-down');
+      if (stores.length > failed) {
+        await stores[failed]!.asked();
+        stores[failed]!.fail(corrupt ? new StateCorruptError('/t/marks/a', 'not a number') : new Error('etcd unavailable'));
+        failed++;
+      }
+    }
+    if (corrupt) {
+      assert.deepEqual(election.stepDowns, [], 'another node would find the same marks');
+    } else {
+      assert.equal(election.stepDowns.length, 1);
+      assert.match(election.stepDowns[0]!, /loading marks failed for longer than the lease: etcd unavailable/);
+      assert.ok(performance.now() - started >= 1000, 'not before a lease has passed');
+    }
+  }
 });
 
 test('losing leadership stops serving at once; a later term loads the marks afresh', async (t) => {
