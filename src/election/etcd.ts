@@ -369,9 +369,25 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
   }
 
   private async poll(): Promise<void> {
+    const before = this.seenRevision;
     const res = await withTimeout(this.client.get(this.key).exec(), ETCD_CALL_TIMEOUT_MS, 'reading the leader key');
     this.etcdAnswered();
-    this.apply(res.kvs[0] ?? null, BigInt(res.header.revision));
+    const revision = BigInt(res.header.revision);
+    if (revision < before) {
+      // A read sent after we had seen `before` cannot come from earlier in the same
+      // history: etcd was restored from a snapshot or replaced. Without starting the
+      // count over, every answer from then on would be ignored as stale, and nobody
+      // would campaign again. The watch waits for revisions past the old ones: watch anew.
+      this.log.warn({ revision: String(revision), seen: String(before) }, "etcd's revision went backwards (a restored or new cluster); following it");
+      this.seenRevision = revision;
+      this.raftTerm = 0n;
+      if (!this.closed) {
+        this.watcher?.cancel().catch(() => {});
+        this.watcher = null;
+        this.watch();
+      }
+    }
+    this.apply(res.kvs[0] ?? null, revision);
   }
 
   /** Takes in the leader key as etcd had it at `revision` (null: absent). */

@@ -36,6 +36,8 @@ export interface EtcdCluster {
   stop(i: number): Promise<void>;
   /** Starts a stopped or killed member again on its old data directory and waits until it is healthy. */
   start(i: number): Promise<void>;
+  /** Deletes a stopped member's data directory: started again, a lone member is a new, empty etcd. */
+  wipe(i: number): void;
   /** SIGSTOP: the member keeps its sockets but answers nothing. */
   pause(i: number): void;
   /** SIGCONT. */
@@ -281,6 +283,11 @@ async function tryStart(binary: string, opts: EtcdClusterOptions): Promise<EtcdC
       if (m.child !== null) throw new Error(`etcd member ${m.name} is already running`);
       spawnMember(m);
       await waitHealthy([i]);
+    },
+    wipe(i) {
+      const m = member(i);
+      if (m.child !== null) throw new Error(`etcd member ${m.name} is running`);
+      rmSync(m.dataDir, { recursive: true, force: true });
     },
   };
 }
