@@ -387,7 +387,12 @@ export class Sequencer implements SequenceSource {
 
   private persisted(batch: Map<string, bigint>, started: number): void {
     this.writing = null;
-    if (this.state === 'aborted' || this.state === 'closed') return;
+    if (this.state === 'aborted') return;
+    if (this.state === 'closed') {
+      // The write close() waits for last: what it stored decides whether the exact marks must go over it.
+      this.recordStored(batch, true);
+      return;
+    }
     const ms = this.now() - started;
     if (this.failure !== null) {
       const down = this.now() - this.failingSince;
@@ -406,9 +411,21 @@ export class Sequencer implements SequenceSource {
     if (this.dirty.size > 0) this.flush();
   }
 
+  /** What the store holds after a write once closed: the marks written, or unknown (it may have landed). */
+  private recordStored(batch: Map<string, bigint>, ok: boolean): void {
+    for (const [name, mark] of batch) {
+      const s = this.seqs.get(name);
+      if (s !== undefined) s.stored = ok ? mark : null;
+    }
+  }
+
   private persistFailed(batch: Map<string, bigint>, err: unknown): void {
     this.writing = null;
-    if (this.state === 'aborted' || this.state === 'closed') return;
+    if (this.state === 'aborted') return;
+    if (this.state === 'closed') {
+      this.recordStored(batch, false);
+      return;
+    }
     const error = err instanceof Error ? err : new Error(String(err));
     if (isFenced(error)) {
       this.events.fenced?.(error);
