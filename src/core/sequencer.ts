@@ -349,9 +349,14 @@ export class Sequencer implements SequenceSource {
     s.refillAt = target >= END ? END : target - this.lowWater;
   }
 
-  /** Asks for a mark that covers every waiter plus a fresh window. */
+  /**
+   * Asks for a mark that covers every waiter, and at least a window. The waiters
+   * are served out of that window rather than on top of it: a crash right after
+   * the write then skips at most the window, or, if more, the numbers of those
+   * waiters, whose replies died with the process.
+   */
   private want(s: Seq): void {
-    let target = s.next + s.waitingCount + this.reserve;
+    let target = s.next + (s.waitingCount > this.reserve ? s.waitingCount : this.reserve);
     if (target > END) target = END;
     if (target > s.target) this.setTarget(s, target);
     if (s.target > s.mark) {
