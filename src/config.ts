@@ -166,8 +166,8 @@ function crossCheck(c: Config): void {
   if (c.requirepass !== null && c.requirepassFile !== null) {
     throw new ConfigError('--requirepass-file', 'give either --requirepass or --requirepass-file, not both');
   }
-  if (c.advertise !== null && !/^[^\s:]+:\d{1,5}$/.test(c.advertise)) {
-    throw new ConfigError('--advertise', `expected host:port, got '${c.advertise}'`);
+  if (c.advertise !== null && !/^(?:[^\s:[\]]+|\[[0-9A-Fa-f:.]+\]):\d{1,5}$/.test(c.advertise)) {
+    throw new ConfigError('--advertise', `expected host:port or [ipv6]:port, got '${c.advertise}'`);
   }
   if (c.etcd.length > 0 && c.inMemory) {
     throw new ConfigError('--in-memory', 'cannot be combined with --etcd (a group keeps its state in etcd)');

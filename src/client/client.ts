@@ -14,6 +14,7 @@
  * silent retry would hide that. The call fails instead; the numbers are
  * skipped (a gap), never handed out twice.
  */
+import { setMaxListeners } from 'node:events';
 import { setTimeout as delay } from 'node:timers/promises';
 import type tls from 'node:tls';
 import { ConfigError } from '../errors.js';
@@ -121,6 +122,8 @@ export class SequencerClient {
       throw new ConfigError('maxRedirects', 'must be a whole number, 0 or more');
     }
     this.backoff = options.reconnect === false ? null : { ...DEFAULT_BACKOFF, ...options.reconnect };
+    // Every call sleeping between retries listens for close(): many at once in an outage is normal, not a leak.
+    setMaxListeners(0, this.closing.signal);
   }
 
   /** The next number of sequence `name` (default `default`). */
@@ -283,6 +286,8 @@ export class SequencerClient {
           const connection = await this.open(address);
           if (connection !== null) return connection;
           if (this.closed) throw clientClosed();
+          // Every caller gave up: no more attempts (and no socket opened for nobody).
+          if (this.waiting === 0) throw this.noServerError();
         }
         if (this.backoff === null || this.waiting === 0) throw this.noServerError();
         await sleep(backoffDelay(round, this.backoff), this.closing.signal);
@@ -300,6 +305,8 @@ export class SequencerClient {
       connection = await Connection.open(address, {
         tls: this.tls,
         connectTimeoutMs: this.connectTimeoutMs,
+        stallMs: this.requestTimeoutMs,
+        signal: this.closing.signal,
         onClose: (c) => {
           if (this.connection === c) this.connection = null;
         },
@@ -308,14 +315,20 @@ export class SequencerClient {
       this.lastConnectError = err;
       return null;
     }
+    // close() gives up an AUTH under way too, rather than wait out its timeout.
+    const giveUp = (): void => connection.destroy();
+    this.closing.signal.addEventListener('abort', giveUp);
     try {
       if (this.password !== undefined) await this.authenticate(connection);
     } catch (err) {
       connection.destroy();
       // A refused password fails the waiting calls now; another server would refuse it too.
-      if (err instanceof ServerError) throw err;
+      // A full server (its ServerError kept as the reason) may be the only one full.
+      if (err instanceof ServerError && err.wireCode === 'WRONGPASS') throw err;
       this.lastConnectError = err;
       return null;
+    } finally {
+      this.closing.signal.removeEventListener('abort', giveUp);
     }
     if (this.closed) {
       connection.destroy();
@@ -331,8 +344,11 @@ export class SequencerClient {
   private async authenticate(connection: Connection): Promise<void> {
     const reply = await connection.send(['AUTH', this.password!], this.connectTimeoutMs);
     // Only a refusal is fatal. Other errors (a server without a password may
-    // answer AUTH with -ERR) are left for the real commands to report.
+    // answer AUTH with -ERR) are left for the real commands to report, except a
+    // server that is full: it sends that unasked and closes, and AUTH must not
+    // take it for its answer.
     if (reply.type === 'error' && reply.code === 'WRONGPASS') throw fromWire(reply.code, reply.message);
+    if (reply.type === 'error' && /max number of clients/i.test(reply.message)) throw fromWire(reply.code, reply.message);
   }
 
   /**
@@ -381,8 +397,13 @@ function describe(reply: Reply): string {
   return reply.type === 'simple' ? `simple string '${reply.value}'` : `${reply.type} reply`;
 }
 
+/** Node's timers hold at most this; a longer delay would fire after 1 ms. */
+const MAX_TIMEOUT_MS = 2 ** 31 - 1;
+
 function positive(option: string, value: number): number {
-  if (!(Number.isFinite(value) && value > 0)) throw new ConfigError(option, `must be a positive number of milliseconds, got ${value}`);
+  if (!(Number.isFinite(value) && value > 0 && value <= MAX_TIMEOUT_MS)) {
+    throw new ConfigError(option, `must be a positive number of milliseconds up to ${MAX_TIMEOUT_MS} (about 24.8 days), got ${value}`);
+  }
   return value;
 }
 

@@ -15,6 +15,15 @@ export interface ConnectOptions {
   /** TLS options, or null for plain TCP. */
   readonly tls: tls.ConnectionOptions | null;
   readonly connectTimeoutMs: number;
+  /**
+   * The full request timeout. A request that had at least half of it and got no
+   * reply means the server stalls, and the connection is dropped; one that had
+   * less (it spent most of its time waiting for a connection) fails alone, and
+   * the calls behind it keep their chance.
+   */
+  readonly stallMs: number;
+  /** Aborting it gives up a connection attempt under way (the client was closed). */
+  readonly signal?: AbortSignal;
   /** Called once when the socket is gone, whatever the reason. */
   readonly onClose?: (connection: Connection) => void;
 }
@@ -33,7 +42,11 @@ class PendingRequest {
     private readonly reject: (err: Error) => void,
   ) {}
 
+  /** The time this request was given for its reply. */
+  budgetMs = 0;
+
   startTimer(ms: number, onTimeout: (request: PendingRequest) => void): void {
+    this.budgetMs = ms;
     this.timer = setTimeout(onTimeout, ms, this);
   }
 
@@ -69,6 +82,7 @@ export class Connection {
   /** Why the connection is being torn down, given to every request still pending. */
   private fatal: Error | null = null;
   private socketError: Error | null = null;
+  private readonly stallMs: number;
 
   /** Connects (and completes the TLS handshake) within `connectTimeoutMs`. */
   static open(address: Address, options: ConnectOptions): Promise<Connection> {
@@ -79,6 +93,7 @@ export class Connection {
         : tls.connect({ ...options.tls, host: address.host, port: address.port });
       const done = (err: Error | null): void => {
         clearTimeout(timer);
+        options.signal?.removeEventListener('abort', onAbort);
         socket.off('error', done);
         socket.off('close', onEarlyClose);
         socket.off(options.tls === null ? 'connect' : 'secureConnect', onConnect);
@@ -91,6 +106,7 @@ export class Connection {
       };
       const onConnect = (): void => done(null);
       const onEarlyClose = (): void => done(new Error(`connection to ${text} closed while connecting`));
+      const onAbort = (): void => done(new Error(`gave up connecting to ${text}: the client was closed`));
       const timer = setTimeout(
         () => done(new TimeoutError(`could not connect to ${text} within ${options.connectTimeoutMs} ms: check the address and that the server runs, or raise connectTimeoutMs`)),
         options.connectTimeoutMs,
@@ -98,12 +114,15 @@ export class Connection {
       socket.once(options.tls === null ? 'connect' : 'secureConnect', onConnect);
       socket.once('error', done);
       socket.once('close', onEarlyClose);
+      if (options.signal?.aborted) onAbort();
+      else options.signal?.addEventListener('abort', onAbort);
     });
   }
 
   private constructor(socket: net.Socket, address: string, options: ConnectOptions) {
     this.socket = socket;
     this.address = address;
+    this.stallMs = options.stallMs;
     socket.setNoDelay(true);
     socket.setKeepAlive(true, KEEPALIVE_MS);
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
@@ -127,9 +146,10 @@ export class Connection {
 
   /**
    * Sends one command; resolves with its reply, error replies included.
-   * Rejects with TimeoutError after `timeoutMs` (and then drops the
-   * connection: a server that stalls on one request stalls on all that follow),
-   * ConnectionClosedError, or ReplyProtocolError.
+   * Rejects with TimeoutError after `timeoutMs` (and then, if that was at
+   * least half of `stallMs`, drops the connection: a server that stalls on one
+   * request stalls on all that follow), ConnectionClosedError, or ReplyProtocolError.
+   * A request that timed out alone keeps its place: its late reply is read and dropped.
    */
   send(words: readonly string[], timeoutMs: number): Promise<Reply> {
     return new Promise((resolve, reject) => {
@@ -196,7 +216,9 @@ export class Connection {
       `no reply to ${request.command} from ${this.address} within the request timeout: ` +
         `the server is slow, paused or unreachable; check it, or raise requestTimeoutMs.${lostNumbers}`,
     ));
-    this.tearDown(new Error(`a ${request.command} request timed out, so the connection was dropped`));
+    if (request.budgetMs * 2 >= this.stallMs) {
+      this.tearDown(new Error(`a ${request.command} request timed out, so the connection was dropped`));
+    }
   };
 
   /** Fails every pending request with `reason` (via failAll on close) and closes the socket. */

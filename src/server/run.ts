@@ -363,7 +363,8 @@ function advertisedAddress(config: Config, log: Logger): string {
     throw new ConfigError('--advertise', 'is needed in group mode with --port=0: clients must be told where the leader is');
   }
   const wildcard = config.host === '0.0.0.0' || config.host === '::';
-  if (!wildcard) return `${config.host}:${config.port}`;
+  // An IPv6 literal goes in brackets, as clients parse `[v6]:port`.
+  if (!wildcard) return config.host.includes(':') ? `[${config.host}]:${config.port}` : `${config.host}:${config.port}`;
   const guessed = `${os.hostname()}:${config.port}`;
   log.warn({ advertise: guessed }, 'no --advertise given: clients are redirected to this host name; set --advertise if they cannot resolve it');
   return guessed;

@@ -205,6 +205,55 @@ test('a refused password fails the call at once with ServerError WRONGPASS', asy
   assert.equal(server.requests.length, 1, 'GETSEQ was never sent');
 });
 
+test('a call left with little time by a slow connect fails alone: the calls behind it on the connection still get their numbers', async () => {
+  let next = 0;
+  const server = await mock((words, connection) => {
+    // AUTH takes most of the calls' time; then every request is answered in 100 ms.
+    if (words[0] === 'AUTH') setTimeout(() => connection.send('+OK\r\n'), 950);
+    else setTimeout(() => connection.send(`:${++next}\r\n`), 100);
+  });
+  const c = client({ servers: [server.address], password: 'pw', requestTimeoutMs: 1000 });
+  const early = c.getNextSequence().then(() => null, (e: unknown) => e);
+  await waitFor(() => server.requests.length === 1, 'AUTH to arrive');
+  await new Promise((r) => setTimeout(r, 300)); // a wait that must pass: these calls start later, with time to spare
+  const later = [c.getNextSequence(), c.getNextSequence(), c.getNextSequence()];
+  const error = await early;
+  assert.ok(error instanceof TimeoutError, String(error));
+  assert.deepEqual(await Promise.all(later), [2n, 3n, 4n], 'the early call\'s late reply (1) was read and dropped');
+  assert.equal(server.connections.length, 1, 'the connection was kept');
+});
+
+test('a full server (max clients) is not taken for an AUTH answer: the next server is tried, and the error says what happened', async () => {
+  // What the server does over --max-connections: the error, unasked, then close.
+  const fullServer = net.createServer((socket) => {
+    socket.on('error', () => {});
+    socket.end('-ERR max number of clients reached\r\n');
+  });
+  await new Promise<void>((r) => fullServer.listen(0, '127.0.0.1', r));
+  after(() => {
+    fullServer.close();
+  });
+  const fullAddress = `127.0.0.1:${(fullServer.address() as net.AddressInfo).port}`;
+  const healthy = await mock(counterScript());
+  const c = client({ servers: [fullAddress, healthy.address], password: 'pw' });
+  assert.equal(await c.getNextSequence(), 1n, 'served by the second server');
+  const alone = client({ servers: [fullAddress], password: 'pw', requestTimeoutMs: 500 });
+  const error = await alone.getNextSequence().then(() => null, (e: unknown) => e);
+  assert.ok(error instanceof NoServerAvailableError, String(error));
+  assert.match(error.message, /max number of clients reached.*--max-connections/);
+});
+
+test('close() gives up a connection attempt under way instead of waiting it out', async () => {
+  // Accepts, and never answers AUTH: the attempt would last connectTimeoutMs.
+  const server = await mock(() => {});
+  const c = new SequencerClient({ servers: [server.address], password: 'pw', connectTimeoutMs: 5000, requestTimeoutMs: 300 });
+  const error = await c.getNextSequence().then(() => null, (e: unknown) => e);
+  assert.ok(error instanceof NoServerAvailableError, String(error));
+  const started = performance.now();
+  await c.close();
+  assert.ok(performance.now() - started < 1000, `close() took ${Math.round(performance.now() - started)} ms`);
+});
+
 test('error replies become ServerError with the wire code; NOAUTH says what to do', async () => {
   const server = await mock((_words, connection) => connection.send('-NOAUTH Authentication required.\r\n'));
   const c = client({ servers: [server.address] });
@@ -283,6 +332,9 @@ test('bad options are refused up front', () => {
   assert.throws(() => new SequencerClient({ servers: ['no port:x'] }), /servers/);
   assert.throws(() => new SequencerClient({ servers: [] }), /servers/);
   assert.throws(() => new SequencerClient({ requestTimeoutMs: 0 }), /requestTimeoutMs/);
+  // Node's timers would fire such a delay after 1 ms.
+  assert.throws(() => new SequencerClient({ requestTimeoutMs: 2 ** 31 }), /requestTimeoutMs.*up to 2147483647/);
+  assert.throws(() => new SequencerClient({ connectTimeoutMs: 1e10 }), /connectTimeoutMs/);
 });
 
 test('an allocator over a client: many numbers, few round trips', async () => {
