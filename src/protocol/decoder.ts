@@ -10,6 +10,12 @@ import { CarryBuffer } from './carry-buffer.js';
 export const MAX_LINE = 64 * 1024;
 export const MAX_BULK = 64 * 1024;
 export const MAX_ARRAY = 1024;
+/**
+ * Bytes of all the bulk strings of one RESP frame together. Without it an
+ * unfinished frame could hold MAX_ARRAY x MAX_BULK (64 MiB) per connection; the
+ * largest useful request (one 64 KiB argument) fits twice over.
+ */
+export const MAX_FRAME = 128 * 1024;
 /** `*1024\r\n` and `$65536\r\n` fit; a longer header line is an error at once. */
 const MAX_HEADER = 32;
 
@@ -53,6 +59,8 @@ export class Decoder {
   private expected = 0;
   private bulkLen = 0;
   private words: string[] = [];
+  /** Bytes of the bulk strings in `words` and the one being read. */
+  private frameBytes = 0;
   /** The error that stopped decoding, once there is one. */
   private fail: ProtocolError | null = null;
   /**
@@ -158,6 +166,8 @@ export class Decoder {
         if (n === NEED_MORE) return -1;
         if (n === BAD_HEADER || n.value < 0) return this.error('invalid bulk length');
         if (n.value > MAX_BULK) return this.error(`bulk string longer than ${MAX_BULK} bytes`);
+        if (this.frameBytes + n.value > MAX_FRAME) return this.error(`request longer than ${MAX_FRAME} bytes`);
+        this.frameBytes += n.value;
         this.bulkLen = n.value;
         this.state = S.BulkBody;
         return n.next;
@@ -172,6 +182,7 @@ export class Decoder {
         if (this.words.length === this.expected) {
           const words = this.words;
           this.words = [];
+          this.frameBytes = 0;
           this.state = S.Start;
           sink(words);
         } else {
@@ -197,14 +208,17 @@ export class Decoder {
     const count = h.value;
     let p = h.next;
     const words: string[] = [];
+    let bytes = 0;
     for (let i = 0; i < count; i++) {
       const start = wholeBulk(buf, p, end);
-      if (start === -1) {
+      if (start === -1 || bytes + header.value > MAX_FRAME) {
         this.words = words;
+        this.frameBytes = bytes;
         this.expected = count;
         this.state = S.BulkHeader;
         return p;
       }
+      bytes += header.value;
       const stop = start + header.value;
       words.push(this.word(i, buf, start, stop));
       p = stop + 2;

@@ -139,7 +139,10 @@ export class Connection {
     // without bound while storage is slow. Checked before a waiting reply gets a
     // slot, so nothing of a client cut off acts when its replies arrive.
     const cost = typeof reply === 'string' ? reply.length : PENDING_COST;
-    if (this.owed + cost > this.room) {
+    // Cut off once what is owed already reaches the limit, not when this reply would
+    // pass it: one reply may be larger than the limit (PING echoes up to 64 KiB, INFO
+    // can reach a megabyte), so a client holds at most the limit plus one reply.
+    if (this.owed >= this.room) {
       this.cutOff();
       return;
     }
@@ -232,12 +235,14 @@ export class Connection {
 
   private flush(): void {
     if (this.out.length > 0 && !this.socket.destroyed) {
+      const unsentBefore = this.socket.writableLength;
       const ok = this.socket.write(this.out, 'latin1');
       this.owed -= this.out.length;
       this.out = '';
       if (!ok) {
         // Replies that waited for storage are not counted against `room` as they are made.
-        if (this.socket.writableLength > this.limits.outputLimit) {
+        // As in handle(): what was unsent before this write must reach the limit.
+        if (unsentBefore >= this.limits.outputLimit) {
           this.cutOff();
           return;
         }

@@ -416,6 +416,22 @@ test('a request that asks for more than --client-output-limit without reading is
   }
 });
 
+test('one reply larger than --client-output-limit still goes to a client that has read everything', async () => {
+  // The smallest limit allowed, and the largest legal reply (PING echoes a 64 KiB argument).
+  const s = await start(['--client-output-limit=65536']);
+  try {
+    const arg = 'p'.repeat(65536);
+    const c = await WireClient.connect(s.port);
+    c.send(resp('PING', arg));
+    await c.expect(`$65536\r\n${arg}\r\n`);
+    c.send('PING\r\n');
+    await c.expect(`$65536\r\n${arg}\r\n+PONG\r\n`);
+    c.close();
+  } finally {
+    await stop(s);
+  }
+});
+
 test('huge declared lengths are refused at once, with nothing allocated', async (t) => {
   const s = await start([]);
   try {

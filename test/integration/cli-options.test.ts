@@ -162,3 +162,13 @@ test('with no options the server listens on 0.0.0.0:10001 (the defaults of the o
     assert.equal(await s.stop(), 0);
   }
 });
+
+test('--timeout is bounded by what a timer holds; --advertise takes host:port or [ipv6]:port', () => {
+  assert.equal(parseConfig(['--timeout=2147483']).timeout, 2147483);
+  // Beyond it Node's timers would fire after 1 ms and close every connection at once.
+  assert.throws(() => parseConfig(['--timeout=2147484']), /--timeout/);
+  assert.equal(parseConfig(['--advertise=[::1]:7000']).advertise, '[::1]:7000');
+  assert.equal(parseConfig(['--advertise=node-a.example:7000']).advertise, 'node-a.example:7000');
+  // Unbracketed, the port cannot be told from the address.
+  assert.throws(() => parseConfig(['--advertise=::1:7000']), /--advertise.*\[ipv6\]:port/);
+});

@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { COMMAND_NAMES, Decoder, MAX_ARRAY, MAX_BULK, MAX_LINE } from '../../src/protocol/decoder.js';
+import { COMMAND_NAMES, Decoder, MAX_ARRAY, MAX_BULK, MAX_FRAME, MAX_LINE } from '../../src/protocol/decoder.js';
 import { COMMANDS } from '../../src/commands/index.js';
 import { resp } from '../helpers/wire.js';
 import { bytewise, cut, splits } from '../helpers/chunks.js';
@@ -105,6 +105,30 @@ test('limits: 64 KiB line and bulk, 1,024 elements', () => {
   assert.equal(decode([Buffer.from(`${'x '.repeat(MAX_ARRAY + 1)}\r\n`)]).error, `Protocol error: too many arguments (at most ${MAX_ARRAY})`);
   // A header that never ends is an error at once, not a buffer that grows.
   assert.equal(decode([Buffer.from('*' + '1'.repeat(40))]).error, 'Protocol error: invalid multibulk length');
+});
+
+test('limits: the bulk strings of one frame together hold at most MAX_FRAME bytes, whole or in pieces', () => {
+  // Whole, byte by byte, and split at every 997th offset: every offset of 128 KiB would take seconds.
+  const check = (input: string, expected: Outcome): void => {
+    const ways = splits(Buffer.from(input, 'latin1')).filter((_, i) => i < 2 || i % 997 === 0);
+    for (const { how, chunks } of ways) assert.deepEqual(decode(chunks), expected, how);
+  };
+  const big = 'b'.repeat(MAX_BULK);
+  // Exactly MAX_FRAME in all: served.
+  const full = Array.from({ length: MAX_FRAME / MAX_BULK }, () => big);
+  check(resp('PING', ...full.slice(1), 'b'.repeat(MAX_BULK - 4)), ok(['PING', ...full.slice(1), 'b'.repeat(MAX_BULK - 4)]));
+  // One byte more: refused before the last element's body arrives, whichever path reads it.
+  const over = resp('PING', ...full.slice(1), 'b'.repeat(MAX_BULK - 3));
+  check(over, { frames: [], error: `Protocol error: request longer than ${MAX_FRAME} bytes` });
+  const header = over.slice(0, over.lastIndexOf('$'));
+  assert.equal(decode([Buffer.from(header + `$${MAX_BULK - 3}\r\n`)]).error, `Protocol error: request longer than ${MAX_FRAME} bytes`);
+  // An unfinished frame of many large elements cannot pile up: 1,024 x 64 KiB was 64 MiB per connection.
+  const d = new Decoder();
+  let error: string | undefined;
+  for (let i = 0; i < MAX_ARRAY && error === undefined; i++) {
+    error = d.feed(Buffer.from(i === 0 ? `*${MAX_ARRAY}\r\n` : `$${MAX_BULK}\r\n${big}\r\n`), () => assert.fail('no frame'))?.message;
+  }
+  assert.equal(error, `Protocol error: request longer than ${MAX_FRAME} bytes`);
 });
 
 test('a slow sender of a long line costs linear work', () => {
