@@ -72,7 +72,8 @@ async function runSequencer(argv: string[]): Promise<number> {
       stopping = true;
       log.info({ signal }, 'signal received');
       running.close().then(
-        () => resolve(0),
+        // Not stored exactly: the next start skips numbers. Say so to whoever watches the exit status.
+        (exact) => resolve(exact ? 0 : 1),
         (err: unknown) => {
           log.error({ err: String((err as Error)?.message ?? err) }, 'error during shutdown');
           resolve(1);

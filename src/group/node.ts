@@ -37,8 +37,11 @@ export interface GroupHandle extends SequenceSource {
   info(): Array<[string, string]>;
   /** Why etcd writes are failing right now, or null. */
   persistenceFailure(): string | null;
-  /** Clean stop: a leader persists its exact next numbers, then resigns; closes the etcd clients. */
-  close(): Promise<void>;
+  /**
+   * Clean stop: a leader persists its exact next numbers, then resigns; closes the
+   * etcd clients. Resolves false when a leader could not store them.
+   */
+  close(): Promise<boolean>;
 }
 
 const LOAD_RETRY_MIN_MS = 100;
@@ -122,7 +125,7 @@ class GroupNode implements GroupHandle {
   /** Why the last load of this term's marks failed (null once loaded, or not leading). */
   private loadError: string | null = null;
   private persistFailingSince: number | null = null;
-  private closing: Promise<void> | null = null;
+  private closing: Promise<boolean> | null = null;
 
   constructor(
     config: Config,
@@ -197,15 +200,16 @@ class GroupNode implements GroupHandle {
     ];
   }
 
-  close(): Promise<void> {
+  close(): Promise<boolean> {
     this.closing ??= this.shutdown();
     return this.closing;
   }
 
-  private async shutdown(): Promise<void> {
+  private async shutdown(): Promise<boolean> {
     const seq = this.sequencer;
+    let exact = true;
     if (seq !== null) {
-      const exact = await seq.close();
+      exact = await seq.close();
       if (exact) this.log.info('stored the exact next numbers in etcd');
       else this.log.warn('could not store the exact next numbers; the next leader skips the rest of the reserved window');
     }
@@ -214,6 +218,7 @@ class GroupNode implements GroupHandle {
     closeQuietly(this.store);
     this.store = null;
     this.parts.close();
+    return exact;
   }
 
   private notServing(): SequenceError {

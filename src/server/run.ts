@@ -32,8 +32,12 @@ export interface RunningServer {
   readiness(): Readiness;
   /** Storage health, as INFO reports it. */
   persistence(): { state: 'ok' | 'failing' | 'none'; error: string | null };
-  /** Clean stop: stop accepting, answer what was read, persist exact next numbers. */
-  close(): Promise<void>;
+  /**
+   * Clean stop: stop accepting, answer what was read, persist exact next numbers.
+   * Resolves false when those could not be stored (the next start skips the rest
+   * of the reserved windows).
+   */
+  close(): Promise<boolean>;
 }
 
 export interface StartOptions {
@@ -51,7 +55,8 @@ interface Backend {
   persistenceFailure(): string | null;
   readiness(): Readiness;
   extraInfo(): Array<[string, string]>;
-  close(): Promise<void>;
+  /** Resolves false when the exact next numbers could not be stored. */
+  close(): Promise<boolean>;
 }
 
 export async function startServer(config: Config, opts: StartOptions = {}): Promise<RunningServer> {
@@ -163,7 +168,7 @@ export async function startServer(config: Config, opts: StartOptions = {}): Prom
     'listening',
   );
 
-  let closing: Promise<void> | null = null;
+  let closing: Promise<boolean> | null = null;
   const srv = server;
   return {
     port,
@@ -181,8 +186,9 @@ export async function startServer(config: Config, opts: StartOptions = {}): Prom
         await ops?.close();
         await srv.close();
         authFailures.stop();
-        await backend.close();
-        log.info('stopped');
+        const exact = await backend.close();
+        log.info({ exact }, 'stopped');
+        return exact;
       })();
       return closing;
     },
@@ -308,9 +314,7 @@ async function openBackend(config: Config, log: Logger, metrics: Metrics | null)
       persistenceFailure: () => null,
       readiness: () => ({ ready: true, reason: 'serving from memory' }),
       extraInfo: () => [],
-      close: async () => {
-        await seq.close();
-      },
+      close: () => seq.close(),
     };
   }
   const dir = path.resolve(config.dataDir);
@@ -352,6 +356,7 @@ async function openBackend(config: Config, log: Logger, metrics: Metrics | null)
       const exact = await seq.close();
       if (!exact) log.error('could not persist exact next numbers; the next start resumes at the reserved marks (a gap, never a repeat)');
       await store.close();
+      return exact;
     },
   };
 }

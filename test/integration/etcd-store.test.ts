@@ -83,7 +83,9 @@ describe('etcd store', () => {
       ...extra,
     ]);
     const handle = await startGroup(config, silentLogger());
-    closers.push(() => handle.close());
+    closers.push(async () => {
+      await handle.close();
+    });
     return handle;
   }
 
@@ -214,7 +216,9 @@ describe('etcd store', () => {
       '--reserve=0',
     ]);
     const handle = await startGroup(config, silentLogger(), { persisted: () => persisted++ });
-    closers.push(() => handle.close());
+    closers.push(async () => {
+      await handle.close();
+    });
     await waitFor(() => handle.readiness().ready, 'the member to lead');
     await take(handle);
     await take(handle);
