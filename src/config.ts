@@ -161,7 +161,8 @@ function crossCheck(c: Config): void {
     throw new ConfigError('--tls-port', 'needs --tls-cert and --tls-key');
   }
   if ((c.tlsCert !== null || c.tlsKey !== null || c.tlsCa !== null) && c.tlsPort === null) {
-    throw new ConfigError('--tls-cert', 'TLS files were given without --tls-port');
+    const given = c.tlsCert !== null ? '--tls-cert' : c.tlsKey !== null ? '--tls-key' : '--tls-ca';
+    throw new ConfigError(given, 'TLS files were given without --tls-port');
   }
   if (c.requirepass !== null && c.requirepassFile !== null) {
     throw new ConfigError('--requirepass-file', 'give either --requirepass or --requirepass-file, not both');

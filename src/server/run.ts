@@ -5,7 +5,7 @@
 import { readFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import type tls from 'node:tls';
+import tls from 'node:tls';
 import type { Config } from '../config.js';
 import { ConfigError } from '../errors.js';
 import { Sequencer, type SequenceSource, type SequencerEvents } from '../core/sequencer.js';
@@ -205,13 +205,23 @@ async function readTlsFiles(config: Config): Promise<tls.TlsOptions> {
     }
   };
   const ca = await read('--tls-ca', config.tlsCa);
-  return {
+  const options: tls.TlsOptions = {
     cert: await read('--tls-cert', config.tlsCert),
     key: await read('--tls-key', config.tlsKey),
     // With a CA, clients must present a certificate it signed (mutual TLS).
     ...(ca ? { ca, requestCert: true, rejectUnauthorized: true } : {}),
     minVersion: 'TLSv1.2',
   };
+  // Checked here, where the files can be named, rather than as OpenSSL's words when listening.
+  try {
+    tls.createSecureContext(options);
+  } catch (err) {
+    throw new ConfigError(
+      '--tls-cert',
+      `the certificate (${config.tlsCert}), key (${config.tlsKey})${config.tlsCa === null ? '' : ` or CA (${config.tlsCa})`} is not usable PEM, or the key does not match the certificate: ${(err as Error).message}`,
+    );
+  }
+  return options;
 }
 
 async function readPassword(config: Config): Promise<string | null> {

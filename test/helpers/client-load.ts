@@ -12,7 +12,7 @@ import {
   ServerError,
   type SequencerClientOptions,
 } from '../../src/index.js';
-import type { History } from './history.js';
+import type { History, Op } from './history.js';
 
 export interface ClientLoadOptions extends SequencerClientOptions {
   workers: number;
@@ -28,6 +28,20 @@ export interface ClientLoad {
   readonly acked: () => number;
   readonly errors: Map<string, number>;
   stop(): Promise<void>;
+}
+
+/**
+ * Records a failed GETSEQ: refused when the client knows no number was taken (an
+ * error reply, NOTLEADER, no server reached, never sent), else "maybe issued".
+ */
+export function recordFailure(history: History, op: Op, err: unknown): void {
+  const surelyNotIssued =
+    err instanceof NotLeaderError ||
+    err instanceof ServerError ||
+    err instanceof NoServerAvailableError ||
+    (err instanceof ConnectionClosedError && !err.requestSent);
+  if (surelyNotIssued) history.refused(op, String((err as Error).message));
+  else history.lost(op, String((err as Error).message));
 }
 
 export function startClientLoad(history: History, opts: ClientLoadOptions): ClientLoad {
@@ -46,13 +60,7 @@ export function startClientLoad(history: History, opts: ClientLoadOptions): Clie
       } catch (err) {
         const key = (err as Error).constructor.name;
         errors.set(key, (errors.get(key) ?? 0) + 1);
-        const surelyNotIssued =
-          err instanceof NotLeaderError ||
-          err instanceof ServerError ||
-          err instanceof NoServerAvailableError ||
-          (err instanceof ConnectionClosedError && !err.requestSent);
-        if (surelyNotIssued) history.refused(op, String((err as Error).message));
-        else history.lost(op, String((err as Error).message));
+        recordFailure(history, op, err);
         // Back off a little so a dead cluster is not hammered in a tight loop.
         await new Promise((r) => setTimeout(r, 20));
       }

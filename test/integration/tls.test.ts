@@ -10,7 +10,7 @@ import { spawnSync } from 'node:child_process';
 import net from 'node:net';
 import tls from 'node:tls';
 import fs from 'node:fs';
-import { runProgram, startServerProcess, type ProgramResult, type ServerProcess } from '../helpers/server-process.js';
+import { runCli, runProgram, startServerProcess, type ProgramResult, type ServerProcess } from '../helpers/server-process.js';
 import { WireClient, resp } from '../helpers/wire.js';
 import { makeCerts, type TestCerts } from '../helpers/certs.js';
 
@@ -278,4 +278,15 @@ test('a TLS client that pipelines without reading is paused, and others are serv
     plain.close();
     hog.socket.destroy();
   }
+});
+
+test('a key that does not match the certificate stops start-up with status 2 and a line naming the files', async () => {
+  // The client's key with the server's certificate: both valid PEM, not a pair.
+  const r = await runCli(['sequencer', '--in-memory', '--host=127.0.0.1', '--port=0', '--metrics-port=0',
+    '--tls-port=0', `--tls-cert=${certs.serverCert}`, `--tls-key=${certs.clientKey}`]);
+  assert.equal(r.code, 2, r.stderr);
+  assert.match(r.stderr, new RegExp(`--tls-cert: .*${certs.serverCert.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}.*key does not match`));
+  const orphan = await runCli(['sequencer', '--in-memory', `--tls-key=${certs.serverKey}`]);
+  assert.equal(orphan.code, 2);
+  assert.match(orphan.stderr, /--tls-key: TLS files were given without --tls-port/);
 });
