@@ -7,6 +7,7 @@ export const info: Command = {
   minArgs: 0,
   maxArgs: 1,
   run(_args, _session, services) {
-    return bulk(services.info());
+    // bulk() takes one character per byte: paths and error reasons may hold any UTF-8.
+    return bulk(Buffer.from(services.info(), 'utf8').toString('latin1'));
   },
 };

@@ -5,6 +5,9 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { startServerProcess, type ServerProcess } from '../helpers/server-process.js';
 import { WireClient, resp } from '../helpers/wire.js';
+import { mkdtemp, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
 
 const SUPPORTED = 'Supported: GETSEQ, CURRENT, GETSEQ_BATCH, PING, INFO, AUTH, QUIT';
 const MAX = 9223372036854775807n;
@@ -88,6 +91,24 @@ test('INFO is a bulk string of key:value lines', async () => {
   assert.match(body, /\r\ncmdstat_getseq:calls=\d+\r\n/);
   assert.match(body, /\r\ntotal_commands_processed:\d+\r\n/);
   assert.match(body, /sequence:name=infoseq,current=2,durable_mark=none,issued=1/);
+});
+
+test('INFO counts bytes, not characters: a data directory named in UTF-8 arrives intact', async () => {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'dolmeangi-데이터-'));
+  const s = await startServerProcess([`--data-dir=${dir}`]);
+  try {
+    const c = await connect(s);
+    c.send('INFO\r\n');
+    const text = await c.until((t) => /^\$\d+\r\n/.test(t) && Buffer.byteLength(t, 'latin1') >= Number(/^\$(\d+)/.exec(t)![1]) + 8);
+    const bytes = Buffer.from(text, 'latin1');
+    const len = Number(/^\$(\d+)\r\n/.exec(text)![1]);
+    const start = text.indexOf('\r\n') + 2;
+    assert.equal(bytes.length, start + len + 2, 'the length prefix is the byte count');
+    assert.match(bytes.toString('utf8'), new RegExp(`\r\nstore:file:${dir.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}\r\n`));
+  } finally {
+    assert.equal(await s.stop(), 0);
+    await rm(dir, { recursive: true, force: true });
+  }
 });
 
 test('unknown command: the name as sent and every supported command', async () => {
