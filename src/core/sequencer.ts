@@ -48,8 +48,8 @@ export interface SequenceSnapshot {
   readonly next: bigint;
   /** Numbers below this are durable and may be handed out without waiting. */
   readonly durableMark: bigint;
-  /** Numbers handed out by this process since it started (a batch of 100 counts 100). */
-  readonly issued: number;
+  /** Numbers handed out by this process since it started (a batch of 100 counts 100); exact at any size. */
+  readonly issued: bigint;
 }
 
 /** What the command layer needs from whatever hands out numbers on this node. */
@@ -227,7 +227,7 @@ export class Sequencer implements SequenceSource {
   snapshot(): SequenceSnapshot[] {
     const out: SequenceSnapshot[] = [];
     for (const s of this.seqs.values()) {
-      out.push({ name: s.name, next: s.next + s.waitingCount, durableMark: s.mark, issued: Number(s.next - s.servedFrom) });
+      out.push({ name: s.name, next: s.next + s.waitingCount, durableMark: s.mark, issued: s.next - s.servedFrom });
     }
     return out;
   }

@@ -183,9 +183,9 @@ function foldSequences(snapshot: readonly SequenceSnapshot[], labelled: number):
     const s = snapshot[i]!;
     const left = END - s.next;
     if (i < labelled) {
-      rows.push({ sequence: s.name, issued: s.issued, next: s.next, durableMark: s.durableMark, remaining: left });
+      rows.push({ sequence: s.name, issued: Number(s.issued), next: s.next, durableMark: s.durableMark, remaining: left });
     } else {
-      issued += s.issued;
+      issued += Number(s.issued);
       if (remaining === null || left < remaining) remaining = left;
     }
   }

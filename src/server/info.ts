@@ -56,7 +56,7 @@ export function renderInfo(f: InfoFacts): string {
   lines.push(`reserve:${f.reserve}`, '', '# Stats');
   let calls = 0;
   for (const [, n] of f.commandCalls) calls += n;
-  let issued = 0;
+  let issued = 0n;
   for (const s of f.sequences) issued += s.issued;
   lines.push(`total_commands_processed:${calls}`, `total_issued_numbers:${issued}`);
   for (const [name, n] of f.commandCalls) if (n > 0) lines.push(`cmdstat_${name}:calls=${n}`);

@@ -27,10 +27,10 @@ function view(sequences: SequenceSnapshot[], extra: Partial<NodeView> = {}): Nod
   };
 }
 
-const seq = (name: string, next: bigint, issued: number): SequenceSnapshot => ({ name, next, durableMark: next, issued });
+const seq = (name: string, next: bigint, issued: bigint): SequenceSnapshot => ({ name, next, durableMark: next, issued });
 
 test('past the label limit, sequences share one series: issued summed, remaining the least', async () => {
-  const sequences = [seq('a', 11n, 10), seq('b', 21n, 20), seq('c', 4n, 3), seq('d', END - 5n, 7), seq('e', 100n, 99)];
+  const sequences = [seq('a', 11n, 10n), seq('b', 21n, 20n), seq('c', 4n, 3n), seq('d', END - 5n, 7n), seq('e', 100n, 99n)];
   const m = parseMetrics(await new Metrics(view(sequences), { labelledSequences: 2 }).render());
   assert.equal(m.get('dolmeangi_issued_numbers_total{sequence="a"}'), 10);
   assert.equal(m.get('dolmeangi_issued_numbers_total{sequence="b"}'), 20);
@@ -44,10 +44,10 @@ test('past the label limit, sequences share one series: issued summed, remaining
 });
 
 test('values are read at each scrape; an exhausted sequence has nothing left', async () => {
-  const sequences = [seq('x', 1n, 0)];
+  const sequences = [seq('x', 1n, 0n)];
   const metrics = new Metrics(view(sequences));
   assert.equal(parseMetrics(await metrics.render()).get('dolmeangi_issued_numbers_total{sequence="x"}'), 0);
-  sequences[0] = seq('x', END, 42);
+  sequences[0] = seq('x', END, 42n);
   const m = parseMetrics(await metrics.render());
   assert.equal(m.get('dolmeangi_issued_numbers_total{sequence="x"}'), 42);
   assert.equal(m.get('dolmeangi_sequence_remaining{sequence="x"}'), 0);

@@ -38,10 +38,18 @@ test('in memory: consecutive numbers, batches, names, nothing waits', async () =
   assert.deepEqual(
     seq.snapshot().map((s) => [s.name, s.next, s.issued]),
     [
-      ['default', 104n, 103],
-      ['other', 2n, 1],
+      ['default', 104n, 103n],
+      ['other', 2n, 1n],
     ],
   );
+});
+
+test('the issued count is exact past 2^53', async () => {
+  const seq = await open(null, 0n);
+  const big = (1n << 53n) + 1n;
+  assert.equal(seq.allocate('a', big), 1n);
+  assert.equal(seq.allocate('a', 1n), big + 1n);
+  assert.equal(seq.snapshot()[0]!.issued, big + 1n);
 });
 
 test('exhaustion at 2^63-1 issues nothing and leaves other sequences alone', async () => {
@@ -151,7 +159,7 @@ test('gapless (--reserve=0): every reply waits, and concurrent requests share on
   assert.equal(await take(a), 51n);
   assert.deepEqual(await Promise.all(more.map(take)), Array.from({ length: 10 }, (_, i) => BigInt(52 + i)));
   assert.equal(store.calls.persist, 3);
-  assert.equal(seq.snapshot()[0]!.issued, 61, 'numbers released to waiters count as issued');
+  assert.equal(seq.snapshot()[0]!.issued, 61n, 'numbers released to waiters count as issued');
 });
 
 test('storage failure: below the mark still served, beyond it refused, no number skipped, recovery by itself', async () => {
@@ -320,9 +328,9 @@ test('--initial seeds new sequences; above a persisted mark it wins', async () =
   assert.deepEqual(
     seq.snapshot().map((s) => [s.name, s.issued]),
     [
-      ['low', 1],
-      ['high', 1],
-      ['fresh', 1],
+      ['low', 1n],
+      ['high', 1n],
+      ['fresh', 1n],
     ],
   );
 });
