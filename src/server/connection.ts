@@ -133,20 +133,20 @@ export class Connection {
   private handle(words: string[]): void {
     if (this.stopped) return;
     this.progress++;
-    const reply = execute(words, this.session, this.services, this.stats);
-    // A waiting reply holds memory here and in the core before it has a byte to
-    // show: it counts against the output limit too, or a client could pipeline
-    // without bound while storage is slow. Checked before a waiting reply gets a
-    // slot, so nothing of a client cut off acts when its replies arrive.
-    const cost = typeof reply === 'string' ? reply.length : PENDING_COST;
-    // Cut off once what is owed already reaches the limit, not when this reply would
-    // pass it: one reply may be larger than the limit (PING echoes up to 64 KiB, INFO
-    // can reach a megabyte), so a client holds at most the limit plus one reply.
+    // Cut off once what is owed already reaches the limit, before the request acts
+    // (its reply would be dropped, and a number it took skipped). Not when a reply
+    // would pass the limit: one may be larger than it (PING echoes up to 64 KiB,
+    // INFO can reach a megabyte), so a client holds at most the limit plus one reply.
     if (this.owed >= this.room) {
       this.cutOff();
       return;
     }
-    this.append(typeof reply === 'string' ? reply : this.slotFor(reply), cost);
+    const reply = execute(words, this.session, this.services, this.stats);
+    // A waiting reply holds memory here and in the core before it has a byte to
+    // show: it counts against the output limit too, or a client could pipeline
+    // without bound while storage is slow.
+    if (typeof reply === 'string') this.append(reply, reply.length);
+    else this.append(this.slotFor(reply), PENDING_COST);
     if (this.session.quit) {
       this.stopped = true;
       this.whenIdle(() => this.socket.end());
