@@ -393,11 +393,10 @@ export class Sequencer implements SequenceSource {
   private persisted(batch: Map<string, bigint>, started: number): void {
     this.writing = null;
     if (this.state === 'aborted') return;
-    if (this.state === 'closed') {
-      // The write close() waits for last: what it stored decides whether the exact marks must go over it.
-      this.recordStored(batch, true);
-      return;
-    }
+    // Recorded in every state: after close() stopped handing out, what the write it
+    // waits for last stored decides whether the exact marks must go over it.
+    this.recordStored(batch, true);
+    if (this.state === 'closed') return;
     const ms = this.now() - started;
     if (this.failure !== null) {
       const down = this.now() - this.failingSince;
@@ -408,7 +407,6 @@ export class Sequencer implements SequenceSource {
     for (const [name, mark] of batch) {
       const s = this.seqs.get(name);
       if (s === undefined) continue;
-      s.stored = mark;
       if (mark > s.mark) s.mark = mark;
       this.release(s);
     }
@@ -416,7 +414,7 @@ export class Sequencer implements SequenceSource {
     if (this.dirty.size > 0) this.flush();
   }
 
-  /** What the store holds after a write once closed: the marks written, or unknown (it may have landed). */
+  /** What the store holds after a write: the marks written, or unknown when it failed (it may have landed). */
   private recordStored(batch: Map<string, bigint>, ok: boolean): void {
     for (const [name, mark] of batch) {
       const s = this.seqs.get(name);
@@ -427,10 +425,8 @@ export class Sequencer implements SequenceSource {
   private persistFailed(batch: Map<string, bigint>, err: unknown): void {
     this.writing = null;
     if (this.state === 'aborted') return;
-    if (this.state === 'closed') {
-      this.recordStored(batch, false);
-      return;
-    }
+    this.recordStored(batch, false);
+    if (this.state === 'closed') return;
     const error = err instanceof Error ? err : new Error(String(err));
     if (isFenced(error)) {
       this.events.fenced?.(error);
@@ -444,8 +440,6 @@ export class Sequencer implements SequenceSource {
     for (const name of batch.keys()) {
       const s = this.seqs.get(name);
       if (s === undefined) continue;
-      // The write may have landed: what the store holds is unknown until a write succeeds.
-      s.stored = null;
       this.dirty.add(s);
     }
     // Waiting requests get their error now rather than hang; their numbers were
