@@ -99,7 +99,7 @@ export class FileStore implements Store {
    * append (the file may then end in a partial record, so it is replaced whole).
    */
   private log: FileHandle | null = null;
-  private logId: { dev: bigint; ino: bigint } | null = null;
+  private logId: FileId | null = null;
   /** End of the last good record: where the next append goes. */
   private logSize = 0;
   private inflight: Promise<void> | null = null;
@@ -109,7 +109,7 @@ export class FileStore implements Store {
    * names it: a directory that was removed and made again, or an empty mount
    * point left by an unmounted volume, holds neither our LOCK nor our state.
    */
-  private dirId: { dev: bigint; ino: bigint } | null = null;
+  private dirId: FileId | null = null;
   /** Held while the directory is ours (Linux): see holdMachineMutex. */
   private mutex: net.Server | null = null;
   private closing: Promise<void> | null = null;
@@ -233,7 +233,7 @@ export class FileStore implements Store {
       const now = this.blockingCommits ? this.appendBlocking(log, record) : await this.appendPooled(log, record);
       // An open handle keeps writing happily into a file that was deleted or
       // replaced; the sync would then "succeed" into a file nobody will read.
-      if (now.dev !== this.logId?.dev || now.ino !== this.logId?.ino) {
+      if (!sameFile(now, this.logId)) {
         throw new PersistenceError(
           `write ${this.logPath}: the file was replaced behind the server's back; ` +
             `nothing but this server may change ${this.dir} while it runs`,
@@ -362,7 +362,7 @@ export class FileStore implements Store {
 
   private async checkDirIsOurs(): Promise<void> {
     const now = await this.io('stat', this.dir, () => stat(this.dir, { bigint: true }));
-    if (now.dev !== this.dirId?.dev || now.ino !== this.dirId?.ino) {
+    if (!sameFile(now, this.dirId)) {
       throw new PersistenceError(
         `${this.dir} is not the directory this server locked at start (it was removed, moved or replaced, ` +
           `or its volume unmounted); put that directory back: nothing is written into another one`,
@@ -447,7 +447,7 @@ export class FileStore implements Store {
    * vanishes with its holder, even after kill -9, so nothing is ever stale. Other
    * network namespaces (containers) do not share it; the LOCK file covers those.
    */
-  private async holdMachineMutex(id: { dev: bigint; ino: bigint }): Promise<void> {
+  private async holdMachineMutex(id: FileId): Promise<void> {
     if (process.platform !== 'linux') return;
     const server = net.createServer((socket) => socket.destroy());
     try {
@@ -700,6 +700,13 @@ function unframe(buf: Buffer, offset: number, file: string): Unframed {
     throw new StateCorruptError(file, `checksum mismatch in the record at byte ${offset}`);
   }
   return { payload, next: end };
+}
+
+/** A file's identity: what a path names may change, this does not. */
+type FileId = { readonly dev: bigint; readonly ino: bigint };
+
+function sameFile(a: FileId, b: FileId | null): boolean {
+  return b !== null && a.dev === b.dev && a.ino === b.ino;
 }
 
 /** Where the first well-framed record (plausible length, matching checksum) after `offset` starts, if any. */
