@@ -67,7 +67,7 @@ export class EtcdStore implements Store {
     const rangeEnd = prefixEnd(marksKey);
     // The first page and the writer key in one read-only transaction; the other
     // pages at that transaction's revision, so that all of them show one moment.
-    const res = await this.call('reading marks', {
+    const res = await this.txn('reading marks', {
       compare: [],
       success: [
         { request_range: { key: marksKey, range_end: rangeEnd, limit: this.pageSize } },
@@ -125,7 +125,7 @@ export class EtcdStore implements Store {
         { key: this.leaderKey, target: CompareTarget.Create, result: CompareResult.Equal, create_revision: this.term.revision },
         { key: this.writerKey, target: CompareTarget.Mod, result: CompareResult.Equal, mod_revision: this.writerRevision! },
       ];
-      const res = await this.call('writing marks', {
+      const res = await this.txn('writing marks', {
         compare,
         success: puts,
         failure: [{ request_range: { key: this.leaderKey } }, { request_range: { key: this.writerKey } }],
@@ -147,7 +147,7 @@ export class EtcdStore implements Store {
   }
 
   private async readWriter(): Promise<void> {
-    const res = await this.call('reading the writer key', {
+    const res = await this.txn('reading the writer key', {
       compare: [],
       success: [{ request_range: { key: this.writerKey } }],
       failure: [],
@@ -155,20 +155,18 @@ export class EtcdStore implements Store {
     this.writerRevision = writerRevisionIn(res, 0);
   }
 
-  private async call(
-    what: string,
-    txn: { compare: ICompare[]; success: IRequestOp[]; failure: IRequestOp[] },
-  ): Promise<ITxnResponse> {
-    try {
-      return await withTimeout(this.client.kv.txn(txn), this.timeoutMs, what);
-    } catch (err) {
-      throw new PersistenceError(`${what} in etcd: ${etcdErrorReason(err)}`, { cause: err });
-    }
+  private txn(what: string, txn: { compare: ICompare[]; success: IRequestOp[]; failure: IRequestOp[] }): Promise<ITxnResponse> {
+    return this.call(what, this.client.kv.txn(txn));
   }
 
-  private async range(what: string, req: IRangeRequest): Promise<IRangeResponse> {
+  private range(what: string, req: IRangeRequest): Promise<IRangeResponse> {
+    return this.call(what, this.client.kv.range(req));
+  }
+
+  /** An etcd call with this store's deadline; every failure becomes a PersistenceError saying what was tried. */
+  private async call<T>(what: string, request: Promise<T>): Promise<T> {
     try {
-      return await withTimeout(this.client.kv.range(req), this.timeoutMs, what);
+      return await withTimeout(request, this.timeoutMs, what);
     } catch (err) {
       throw new PersistenceError(`${what} in etcd: ${etcdErrorReason(err)}`, { cause: err });
     }
