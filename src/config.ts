@@ -6,6 +6,7 @@
 import { parseArgs } from 'node:util';
 import { ConfigError } from './errors.js';
 import { MAX_VALUE } from './core/limits.js';
+import { parseAddress } from './client/address.js';
 
 export interface Config {
   readonly initial: bigint;
@@ -167,7 +168,8 @@ function crossCheck(c: Config): void {
   if (c.requirepass !== null && c.requirepassFile !== null) {
     throw new ConfigError('--requirepass-file', 'give either --requirepass or --requirepass-file, not both');
   }
-  if (c.advertise !== null && !/^(?:[^\s:[\]]+|\[[0-9A-Fa-f:.]+\]):\d{1,5}$/.test(c.advertise)) {
+  // What clients parse a NOTLEADER address with; the port must be given, not defaulted.
+  if (c.advertise !== null && (parseAddress(c.advertise) === null || !/:\d+$/.test(c.advertise))) {
     throw new ConfigError('--advertise', `expected host:port or [ipv6]:port, got '${c.advertise}'`);
   }
   if (c.etcd.length > 0 && c.inMemory) {

@@ -8,6 +8,7 @@ import path from 'node:path';
 import tls from 'node:tls';
 import type { Config } from '../config.js';
 import { ConfigError } from '../errors.js';
+import { formatAddress } from '../client/address.js';
 import { Sequencer, type SequenceSource, type SequencerEvents } from '../core/sequencer.js';
 import type { Readiness } from '../core/ports.js';
 import { FileStore } from '../store/file.js';
@@ -378,8 +379,8 @@ function advertisedAddress(config: Config, log: Logger): string {
     throw new ConfigError('--advertise', 'is needed in group mode with --port=0: clients must be told where the leader is');
   }
   const wildcard = config.host === '0.0.0.0' || config.host === '::';
-  // An IPv6 literal goes in brackets, as clients parse `[v6]:port`.
-  if (!wildcard) return config.host.includes(':') ? `[${config.host}]:${config.port}` : `${config.host}:${config.port}`;
+  // Written as clients parse it: an IPv6 literal in brackets.
+  if (!wildcard) return formatAddress({ host: config.host, port: config.port });
   const guessed = `${os.hostname()}:${config.port}`;
   log.warn({ advertise: guessed }, 'no --advertise given: clients are redirected to this host name; set --advertise if they cannot resolve it');
   return guessed;
