@@ -30,6 +30,7 @@ import {
   ReplyProtocolError,
   ServerError,
   fromWire,
+  isServerFull,
 } from './errors.js';
 import { type ServerInfo, parseInfo } from './info.js';
 
@@ -348,7 +349,7 @@ export class SequencerClient {
     // server that is full: it sends that unasked and closes, and AUTH must not
     // take it for its answer.
     if (reply.type === 'error' && reply.code === 'WRONGPASS') throw fromWire(reply.code, reply.message);
-    if (reply.type === 'error' && /max number of clients/i.test(reply.message)) throw fromWire(reply.code, reply.message);
+    if (reply.type === 'error' && isServerFull(reply.message)) throw fromWire(reply.code, reply.message);
   }
 
   /**

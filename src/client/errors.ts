@@ -92,6 +92,11 @@ export function fromWire(code: string, message: string): NotLeaderError | Server
   return new ServerError(code, message);
 }
 
+/** The error a server at --max-connections sends, unasked, before it closes. */
+export function isServerFull(message: string): boolean {
+  return message.startsWith('max number of clients');
+}
+
 function hintFor(code: string, message: string): string | null {
   switch (code) {
     case 'NOAUTH':
@@ -103,7 +108,7 @@ function hintFor(code: string, message: string): string | null {
     return 'the server cannot make numbers durable right now and resumes by itself when storage recovers; retry later';
   }
   if (message.startsWith('sequence exhausted')) return 'this sequence reached 2^63-1; use another sequence name';
-  if (message.startsWith('max number of clients')) {
+  if (isServerFull(message)) {
     return 'the server is at --max-connections: close idle clients or raise the limit';
   }
   if (message.startsWith('Protocol error')) return 'the server could not parse the request: please report this client bug';
