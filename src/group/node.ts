@@ -126,6 +126,8 @@ class GroupNode implements GroupHandle {
   private loadError: string | null = null;
   private persistFailingSince: number | null = null;
   private closing: Promise<boolean> | null = null;
+  /** The lease: how long etcd may keep failing a leader before it lets another node try. */
+  private readonly ttlMs: number;
 
   constructor(
     config: Config,
@@ -136,6 +138,7 @@ class GroupNode implements GroupHandle {
   ) {
     this.config = config;
     this.log = log;
+    this.ttlMs = config.leaseTtl * 1000;
     this.leadership = parts.election;
     this.leadership.on('elected', (term) => void this.onElected(term));
     this.leadership.on('lost', (reason) => this.onLost(reason));
@@ -237,7 +240,6 @@ class GroupNode implements GroupHandle {
     const current = (): boolean => this.leadership.term === term && this.closing === null;
     let delay = LOAD_RETRY_MIN_MS;
     let failingSince: number | null = null;
-    const ttlMs = this.config.leaseTtl * 1000;
     // A failed load leaves nothing behind; each attempt gets a fresh Sequencer.
     while (current()) {
       const store = this.parts.storeFor(term);
@@ -272,23 +274,28 @@ class GroupNode implements GroupHandle {
         }
         this.loadError = message;
         failingSince ??= performance.now();
-        if (!(err instanceof StateCorruptError) && performance.now() - failingSince > ttlMs) {
-          // As with failing writes: perhaps only this node's path to etcd is broken. Let another node try.
-          this.log.error({ err: message }, 'loading marks keeps failing; stepping down');
-          void this.leadership.stepDown(`loading marks failed for longer than the lease: ${message}`, {
-            term,
-            holdOffMs: ttlMs,
-          });
-          return;
-        }
+        // Corrupt marks are corrupt for every node: stepping down would not help.
+        if (!(err instanceof StateCorruptError) && this.stepDownIfFailingLong(failingSince, 'loading marks', message, term)) return;
       }
       await new Promise((r) => setTimeout(r, delay).unref());
       delay = Math.min(LOAD_RETRY_MAX_MS, delay * 2);
     }
   }
 
+  /**
+   * etcd has failed this leader for longer than the lease: perhaps only this node's
+   * path to etcd is broken, so it steps down and holds off for a lease to let another
+   * node try. Returns whether it did.
+   */
+  private stepDownIfFailingLong(since: number, what: string, message: string, term: LeadershipTerm): boolean {
+    const failingForMs = performance.now() - since;
+    if (failingForMs <= this.ttlMs) return false;
+    this.log.error({ err: message, failingForMs: Math.round(failingForMs) }, `${what}: failing for longer than the lease; stepping down`);
+    void this.leadership.stepDown(`${what} failed for longer than the lease: ${message}`, { term, holdOffMs: this.ttlMs });
+    return true;
+  }
+
   private createSequencer(term: LeadershipTerm, store: Store): Sequencer {
-    const ttlMs = this.config.leaseTtl * 1000;
     return new Sequencer({
       store,
       initial: this.config.initial,
@@ -303,17 +310,11 @@ class GroupNode implements GroupHandle {
         },
         persistFailed: (err, retryInMs) => {
           this.observer.persistFailed?.(err, retryInMs);
-          const now = performance.now();
           if (this.persistFailingSince === null) {
-            this.persistFailingSince = now;
+            this.persistFailingSince = performance.now();
             this.log.warn({ err: err.message, retryInMs }, 'cannot write marks to etcd; retrying');
-          } else if (now - this.persistFailingSince > ttlMs) {
-            // Writes fail while the lease holds: perhaps only this node's path to etcd is broken. Let another node try.
-            this.log.error({ err: err.message, failingForMs: Math.round(now - this.persistFailingSince) }, 'writes of marks keep failing; stepping down');
-            void this.leadership.stepDown(`writes of marks failed for longer than the lease: ${err.message}`, {
-              term,
-              holdOffMs: ttlMs,
-            });
+          } else {
+            this.stepDownIfFailingLong(this.persistFailingSince, 'writes of marks', err.message, term);
           }
         },
         persistRecovered: (downForMs) => {

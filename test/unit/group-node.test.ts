@@ -26,6 +26,7 @@ class FakeElection extends EventEmitter<LeadershipEvents> implements GroupElecti
   known: string | null = null;
   leaseAlive = true;
   stepDowns: string[] = [];
+  stepDownOptions: Array<{ term?: LeadershipTerm; holdOffMs?: number }> = [];
 
   canServe(): boolean {
     return this.role === 'leader' && this.leaseAlive;
@@ -42,8 +43,9 @@ class FakeElection extends EventEmitter<LeadershipEvents> implements GroupElecti
     return 0;
   }
   async start(): Promise<void> {}
-  async stepDown(reason: string): Promise<void> {
+  async stepDown(reason: string, opts: { term?: LeadershipTerm; holdOffMs?: number } = {}): Promise<void> {
     this.stepDowns.push(reason);
+    this.stepDownOptions.push(opts);
     this.lose(reason);
   }
   async close(): Promise<void> {}
@@ -198,6 +200,9 @@ test('loads failing for longer than the lease step down, to let another node try
     } else {
       assert.equal(election.stepDowns.length, 1);
       assert.match(election.stepDowns[0]!, /loading marks failed for longer than the lease: etcd unavailable/);
+      // Holding off for a lease lets another node win the next election.
+      assert.equal(election.stepDownOptions[0]!.holdOffMs, 1000);
+      assert.equal(election.stepDownOptions[0]!.term?.revision, '9');
       assert.ok(performance.now() - started >= 1000, 'not before a lease has passed');
     }
   }
