@@ -360,9 +360,13 @@ export class FileStore implements Store {
     }
   }
 
+  /** What the directory's path names now. */
+  private statDir(): Promise<FileId> {
+    return this.io('stat', this.dir, () => stat(this.dir, { bigint: true }));
+  }
+
   private async checkDirIsOurs(): Promise<void> {
-    const now = await this.io('stat', this.dir, () => stat(this.dir, { bigint: true }));
-    if (!sameFile(now, this.dirId)) {
+    if (!sameFile(await this.statDir(), this.dirId)) {
       throw new PersistenceError(
         `${this.dir} is not the directory this server locked at start (it was removed, moved or replaced, ` +
           `or its volume unmounted); put that directory back: nothing is written into another one`,
@@ -427,15 +431,12 @@ export class FileStore implements Store {
     if (lockedHere.has(this.dir)) throw new DataDirLockedError(this.dir, `pid ${process.pid}, this very process`);
     lockedHere.add(this.dir);
     try {
-      this.dirId = await this.io('stat', this.dir, () => stat(this.dir, { bigint: true }));
+      this.dirId = await this.statDir();
       await this.holdMachineMutex(this.dirId);
-      try {
-        await this.lockFile();
-      } catch (err) {
-        this.releaseMachineMutex();
-        throw err;
-      }
+      await this.lockFile();
     } catch (err) {
+      // Either may be held, or neither; releasing what is not held does nothing.
+      this.releaseMachineMutex();
       lockedHere.delete(this.dir);
       throw err;
     }
@@ -694,8 +695,8 @@ function unframe(buf: Buffer, offset: number, file: string): Unframed {
   }
   const end = offset + HEADER_LENGTH + length;
   if (end > buf.length) return { torn: `a record of ${length} bytes with only ${rest - HEADER_LENGTH} present` };
-  const payload = buf.subarray(offset + HEADER_LENGTH, end);
-  if (crc32(payload) !== buf.readUInt32BE(offset + 4)) {
+  const payload = checkedPayload(buf, offset, length);
+  if (payload === null) {
     if (end === buf.length) return { torn: 'a checksum mismatch in the last record' };
     throw new StateCorruptError(file, `checksum mismatch in the record at byte ${offset}`);
   }
@@ -713,11 +714,18 @@ function sameFile(a: FileId, b: FileId | null): boolean {
 function intactRecordAfter(buf: Buffer, offset: number): number | null {
   for (let at = offset + 1; at + HEADER_LENGTH < buf.length; at++) {
     const length = buf.readUInt32BE(at);
-    if (length === 0 || length > MAX_RECORD || at + HEADER_LENGTH + length > buf.length) continue;
-    const payload = buf.subarray(at + HEADER_LENGTH, at + HEADER_LENGTH + length);
-    if (crc32(payload) === buf.readUInt32BE(at + 4)) return at;
+    if (length === 0 || length > MAX_RECORD) continue;
+    if (checkedPayload(buf, at, length) !== null) return at;
   }
   return null;
+}
+
+/** The payload of the record of `length` bytes at `at`, if all of it is there and its checksum matches. */
+function checkedPayload(buf: Buffer, at: number, length: number): Buffer | null {
+  const end = at + HEADER_LENGTH + length;
+  if (end > buf.length) return null;
+  const payload = buf.subarray(at + HEADER_LENGTH, end);
+  return crc32(payload) === buf.readUInt32BE(at + 4) ? payload : null;
 }
 
 function isZero(buf: Buffer, from: number): boolean {
