@@ -348,12 +348,18 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
     w.on('error', (err) => {
       // etcd cancelled the watch (e.g. its revision was compacted): the poll covers the gap; watch anew.
       this.log.debug({ err: err.message }, 'etcd watch cancelled; watching again');
-      if (this.watcher !== w || this.closed) return;
-      this.watcher = null;
-      setTimeout(() => {
-        if (!this.closed && this.watcher === null) this.watch();
-      }, 250).unref();
+      if (this.watcher === w) this.rewatch(250);
     });
+  }
+
+  /** Drops the current watch and starts a new one from the latest revision, after `delayMs`. */
+  private rewatch(delayMs: number): void {
+    if (this.closed) return;
+    this.watcher?.cancel().catch(() => {});
+    this.watcher = null;
+    setTimeout(() => {
+      if (!this.closed && this.watcher === null) this.watch();
+    }, delayMs).unref();
   }
 
   private async refresh(): Promise<void> {
@@ -381,11 +387,7 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
       this.log.warn({ revision: String(revision), seen: String(before) }, "etcd's revision went backwards (a restored or new cluster); following it");
       this.seenRevision = revision;
       this.raftTerm = 0n;
-      if (!this.closed) {
-        this.watcher?.cancel().catch(() => {});
-        this.watcher = null;
-        this.watch();
-      }
+      this.rewatch(0);
     }
     this.apply(res.kvs[0] ?? null, revision);
   }
