@@ -9,9 +9,10 @@ export interface Session {
   /** Set by QUIT: the connection closes once this reply is written. */
   quit: boolean;
   /**
-   * The known command name this connection sent last, and its index in COMMANDS.
-   * The decoder hands out one string per known name, so a run of one command
-   * compares pointers instead of looking the name up again.
+   * The known command name this connection sent last, and its index in COMMANDS:
+   * a lookup cache that only commands/index.ts reads and writes. The decoder hands
+   * out one string per known name, so a run of one command costs a string compare
+   * that V8 settles on the pointers, instead of two Map lookups.
    */
   last: { readonly name: string; readonly index: number } | null;
 }
