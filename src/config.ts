@@ -5,7 +5,7 @@
  */
 import { parseArgs } from 'node:util';
 import { ConfigError } from './errors.js';
-import { MAX_VALUE } from './core/limits.js';
+import { MAX_TIMER_MS, MAX_VALUE } from './core/limits.js';
 import { parseAddress } from './client/address.js';
 
 export interface Config {
@@ -73,7 +73,7 @@ export const OPTIONS: readonly OptionSpec[] = [
   { name: 'tls-cert', key: 'tlsCert', kind: 'string', def: null, arg: '<path>', help: 'PEM certificate chain for TLS' },
   { name: 'tls-key', key: 'tlsKey', kind: 'string', def: null, arg: '<path>', help: 'PEM private key for TLS' },
   { name: 'tls-ca', key: 'tlsCa', kind: 'string', def: null, arg: '<path>', help: 'PEM CA bundle: TLS clients must present a certificate it signed' },
-  { name: 'timeout', key: 'timeout', kind: 'int', def: '300', min: 0n, max: 2_147_483n, arg: '<seconds>', help: 'close connections idle this long; 0 = never' },
+  { name: 'timeout', key: 'timeout', kind: 'int', def: '300', min: 0n, max: BigInt(Math.floor(MAX_TIMER_MS / 1000)), arg: '<seconds>', help: 'close connections idle this long; 0 = never' },
   { name: 'client-output-limit', key: 'clientOutputLimit', kind: 'int', def: '8388608', min: 65536n, max: 1n << 32n, arg: '<bytes>', help: 'disconnect a client that leaves this many reply bytes unread' },
   { name: 'log-level', key: 'logLevel', kind: 'level', def: 'info', arg: '<level>', help: `log level: ${LEVELS.join(', ')}` },
   { name: 'etcd', key: 'etcd', kind: 'list', def: null, arg: '<url,...>', help: 'run as a member of a group on these etcd endpoints' },

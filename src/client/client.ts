@@ -18,6 +18,7 @@ import { setMaxListeners } from 'node:events';
 import { setTimeout as delay } from 'node:timers/promises';
 import type tls from 'node:tls';
 import { ConfigError } from '../errors.js';
+import { MAX_TIMER_MS } from '../core/limits.js';
 import type { Reply } from '../protocol/reply-decoder.js';
 import { type Address, DEFAULT_PORT, formatAddress, parseAddress } from './address.js';
 import { SequenceAllocator, type AllocatorOptions } from './allocator.js';
@@ -398,12 +399,9 @@ function describe(reply: Reply): string {
   return reply.type === 'simple' ? `simple string '${reply.value}'` : `${reply.type} reply`;
 }
 
-/** Node's timers hold at most this; a longer delay would fire after 1 ms. */
-const MAX_TIMEOUT_MS = 2 ** 31 - 1;
-
 function positive(option: string, value: number): number {
-  if (!(Number.isFinite(value) && value > 0 && value <= MAX_TIMEOUT_MS)) {
-    throw new ConfigError(option, `must be a positive number of milliseconds up to ${MAX_TIMEOUT_MS} (about 24.8 days), got ${value}`);
+  if (!(Number.isFinite(value) && value > 0 && value <= MAX_TIMER_MS)) {
+    throw new ConfigError(option, `must be a positive number of milliseconds up to ${MAX_TIMER_MS} (about 24.8 days), got ${value}`);
   }
   return value;
 }

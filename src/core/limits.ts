@@ -41,3 +41,6 @@ export function parseUnsigned(text: string): bigint | undefined {
   }
   return n <= 15 ? BigInt(value) : BigInt(text);
 }
+
+/** The longest delay Node's timers hold (2^31 - 1 ms, about 24.8 days); a longer one fires after 1 ms. */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
