@@ -246,7 +246,7 @@ test('a full server (max clients) is not taken for an AUTH answer: the next serv
 test('close() gives up a connection attempt under way instead of waiting it out', async () => {
   // Accepts, and never answers AUTH: the attempt would last connectTimeoutMs.
   const server = await mock(() => {});
-  const c = new SequencerClient({ servers: [server.address], password: 'pw', connectTimeoutMs: 5000, requestTimeoutMs: 300 });
+  const c = client({ servers: [server.address], password: 'pw', connectTimeoutMs: 5000, requestTimeoutMs: 300 });
   const error = await c.getNextSequence().then(() => null, (e: unknown) => e);
   assert.ok(error instanceof NoServerAvailableError, String(error));
   const started = performance.now();
