@@ -13,9 +13,11 @@ import { runBenchCommand } from '../src/cli/bench-command.js';
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
 process.exitCode = await runBenchCommand(process.argv.slice(2), (opts) => {
-  if (opts.out !== null || opts.quick) return opts;
+  // Any docs a real run writes carry the targets section, wherever the results go.
+  const analysis = opts.smoke ? null : path.join(root, 'bench/targets.md');
+  if (opts.quick) return opts;
+  if (opts.out !== null) return { ...opts, analysis: opts.docs === null ? null : analysis };
   const out = opts.smoke ? mkdtempSync(path.join(tmpdir(), 'dolmeangi-bench-smoke-')) : path.join(root, 'bench/results');
   const docs = opts.smoke ? path.join(out, 'benchmarks.md') : path.join(root, 'docs/benchmarks.md');
-  const analysis = opts.smoke ? null : path.join(root, 'bench/targets.md');
   return { ...opts, out, docs: opts.docs ?? docs, analysis };
 });

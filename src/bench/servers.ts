@@ -157,8 +157,9 @@ export async function startDolmeangi(label: string, opts: DolmeangiOptions): Pro
     });
   }).then(async (port) => {
     const ready = opts.ready;
-    if (ready !== undefined && !(await answers(exited, 30_000, () => ready(port)))) {
-      throw new Error(`${label} listened on port ${port} but did not become ready within 30 s: ${output() || '(no output)'}`);
+    const notReady = ready === undefined ? null : await answers(exited, 30_000, () => ready(port));
+    if (notReady !== null) {
+      throw new Error(`${label} listened on port ${port} but did not become ready within 30 s (${notReady}): ${output() || '(no output)'}`);
     }
     return port;
   }).catch(async (err: unknown) => {
@@ -199,22 +200,25 @@ export function freePort(): Promise<number> {
 }
 
 /**
- * Polls `probe` until it says yes (true), the process exits or `ms` pass
- * (false). A probe that throws has not answered yet.
+ * Polls `probe` until it says yes (null), the process exits or `ms` pass (why
+ * not: the last probe's error, when one threw). A probe that throws has not
+ * answered yet.
  */
-async function answers(exited: Promise<unknown>, ms: number, probe: () => Promise<boolean>): Promise<boolean> {
+async function answers(exited: Promise<unknown>, ms: number, probe: () => Promise<boolean>): Promise<string | null> {
   let gone = false;
   void exited.then(() => (gone = true));
   const deadline = Date.now() + ms;
+  let why = 'no answer';
   while (!gone && Date.now() < deadline) {
     try {
-      if (await probe()) return true;
-    } catch {
-      // Not serving yet.
+      if (await probe()) return null;
+    } catch (err) {
+      // Not serving yet; kept for the message if it never does.
+      why = (err as Error).message;
     }
     await new Promise((r) => setTimeout(r, 50));
   }
-  return false;
+  return gone ? 'it exited' : why;
 }
 
 function logTail(file: string): string {
@@ -252,7 +256,7 @@ export function startRedis(label: string, args: readonly string[]): Promise<Runn
       ['--port', String(port), '--bind', HOST, '--dir', dir, '--daemonize', 'no', '--logfile', log, ...args],
       'ignore',
     );
-    if (await answers(exited, 15_000, async () => (await query(port, ['PING'], 1000)) === '+PONG')) {
+    if ((await answers(exited, 15_000, async () => (await query(port, ['PING'], 1000)) === '+PONG')) === null) {
       return { started: { label, pid: child.pid!, port, dir, stop: stopper(child, exited, dir) } };
     }
     child.kill('SIGKILL');
@@ -290,7 +294,7 @@ export function startEtcd(): Promise<RunningEtcd> {
       const res = await fetch(`${url}/health`, { signal: AbortSignal.timeout(1000) });
       return ((await res.json()) as { health?: string }).health === 'true';
     };
-    if (await answers(exited, 20_000, healthy)) return { started: { pid: child.pid!, url, stop: stopper(child, exited, dir) } };
+    if ((await answers(exited, 20_000, healthy)) === null) return { started: { pid: child.pid!, url, stop: stopper(child, exited, dir) } };
     child.kill('SIGKILL');
     await exited;
     return { failed: new Error(`etcd did not become healthy on ${url}: ${output() || '(no output)'}`) };
