@@ -15,13 +15,6 @@ export interface ConnectOptions {
   /** TLS options, or null for plain TCP. */
   readonly tls: tls.ConnectionOptions | null;
   readonly connectTimeoutMs: number;
-  /**
-   * The full request timeout. A request that had at least half of it and got no
-   * reply means the server stalls, and the connection is dropped; one that had
-   * less (it spent most of its time waiting for a connection) fails alone, and
-   * the calls behind it keep their chance.
-   */
-  readonly stallMs: number;
   /** Aborting it gives up a connection attempt under way (the client was closed). */
   readonly signal?: AbortSignal;
   /** Called once when the socket is gone, whatever the reason. */
@@ -38,15 +31,13 @@ class PendingRequest {
 
   constructor(
     readonly command: string,
+    /** Whether its timing out shows the server stalls, so the connection is dropped. */
+    readonly dropOnTimeout: boolean,
     private readonly resolve: (reply: Reply) => void,
     private readonly reject: (err: Error) => void,
   ) {}
 
-  /** The time this request was given for its reply. */
-  budgetMs = 0;
-
   startTimer(ms: number, onTimeout: (request: PendingRequest) => void): void {
-    this.budgetMs = ms;
     this.timer = setTimeout(onTimeout, ms, this);
   }
 
@@ -82,7 +73,6 @@ export class Connection {
   /** Why the connection is being torn down, given to every request still pending. */
   private fatal: Error | null = null;
   private socketError: Error | null = null;
-  private readonly stallMs: number;
 
   /** Connects (and completes the TLS handshake) within `connectTimeoutMs`. */
   static open(address: Address, options: ConnectOptions): Promise<Connection> {
@@ -122,7 +112,6 @@ export class Connection {
   private constructor(socket: net.Socket, address: string, options: ConnectOptions) {
     this.socket = socket;
     this.address = address;
-    this.stallMs = options.stallMs;
     socket.setNoDelay(true);
     socket.setKeepAlive(true, KEEPALIVE_MS);
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
@@ -146,14 +135,14 @@ export class Connection {
 
   /**
    * Sends one command; resolves with its reply, error replies included.
-   * Rejects with TimeoutError after `timeoutMs` (and then, if that was at
-   * least half of `stallMs`, drops the connection: a server that stalls on one
-   * request stalls on all that follow), ConnectionClosedError, or ReplyProtocolError.
-   * A request that timed out alone keeps its place: its late reply is read and dropped.
+   * Rejects with TimeoutError after `timeoutMs` (and then, with `dropOnTimeout`,
+   * drops the connection: a server that stalls on one request stalls on all that
+   * follow), ConnectionClosedError, or ReplyProtocolError. Without it, a request
+   * that timed out fails alone and keeps its place: its late reply is read and dropped.
    */
-  send(words: readonly string[], timeoutMs: number): Promise<Reply> {
+  send(words: readonly string[], timeoutMs: number, dropOnTimeout = true): Promise<Reply> {
     return new Promise((resolve, reject) => {
-      const request = new PendingRequest(words[0] ?? '', resolve, reject);
+      const request = new PendingRequest(words[0] ?? '', dropOnTimeout, resolve, reject);
       if (!this.usable) {
         request.fail(this.closedError(false));
         return;
@@ -216,7 +205,7 @@ export class Connection {
       `no reply to ${request.command} from ${this.address} within the request timeout: ` +
         `the server is slow, paused or unreachable; check it, or raise requestTimeoutMs.${lostNumbers}`,
     ));
-    if (request.budgetMs * 2 >= this.stallMs) {
+    if (request.dropOnTimeout) {
       this.tearDown(new Error(`a ${request.command} request timed out, so the connection was dropped`));
     }
   };
