@@ -13,6 +13,7 @@
 import type { Socket } from 'node:net';
 import { Decoder, type ProtocolError } from '../protocol/decoder.js';
 import { error } from '../protocol/encoder.js';
+import { readInto } from './socket-reads.js';
 import { execute, newSession, type CommandStats, type Services, type Session } from '../commands/index.js';
 
 export interface ConnectionLimits {
@@ -87,7 +88,7 @@ export class Connection {
       this.idleTimer = setInterval(() => this.checkIdle(), Math.max(1, Math.ceil(limits.idleTimeoutMs / IDLE_CHECKS)));
       this.idleTimer.unref();
     }
-    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    readInto(socket, (chunk) => this.onData(chunk));
     socket.on('drain', () => {
       this.progress++;
       socket.resume();

@@ -57,7 +57,10 @@ export class SequencerServer {
   /** Listens for plain TCP; resolves with the bound port (useful with port 0). */
   listen(host: string, port: number): Promise<number> {
     // allowHalfOpen: a client that shuts down its sending side still gets every reply it is owed.
-    const server = net.createServer({ allowHalfOpen: true, noDelay: true }, (socket) => this.accept(socket));
+    // pauseOnConnect: nothing is read before the connection chooses how to read (socket-reads.ts).
+    const server = net.createServer({ allowHalfOpen: true, noDelay: true, pauseOnConnect: true }, (socket) =>
+      this.accept(socket),
+    );
     return this.bind(server, 'clients', host, port);
   }
 
