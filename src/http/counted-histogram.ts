@@ -36,6 +36,8 @@ export class CountedHistogram {
   }
 
   observe(value: number): void {
+    // prom-client throws on these; here one bad timing must not turn the sum into NaN for good.
+    if (!Number.isFinite(value)) return;
     const bounds = this.bounds;
     let i = 0;
     while (i < bounds.length && value > bounds[i]!) i++;
@@ -43,7 +45,7 @@ export class CountedHistogram {
     this.sum += value;
   }
 
-  /** Cumulative buckets, `+Inf`, sum and count, as prom-client's Histogram reports them. */
+  /** Cumulative buckets, `+Inf`, sum and count, in the lines and order prom-client's Histogram writes. */
   async get(): Promise<{ name: string; help: string; type: string; aggregator: string; values: ValueLine[] }> {
     const values: ValueLine[] = [];
     const bucket = `${this.name}_bucket`;
@@ -59,6 +61,7 @@ export class CountedHistogram {
     return { name: this.name, help: this.help, type: this.type, aggregator: this.aggregator, values };
   }
 
+  /** Back to zero. (prom-client's own Histogram shows no samples at all after a reset, until it observes again.) */
   reset(): void {
     this.counts.fill(0);
     this.sum = 0;

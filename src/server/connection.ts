@@ -74,6 +74,8 @@ export class Connection {
   private progressAtCheck = 0;
   private idleChecks = 0;
   private readonly idleTimer: NodeJS.Timeout | null = null;
+  /** Whether this socket is read through the lean path (socket-reads.ts). */
+  readonly leanReads: boolean;
 
   constructor(
     readonly socket: Socket,
@@ -88,7 +90,7 @@ export class Connection {
       this.idleTimer = setInterval(() => this.checkIdle(), Math.max(1, Math.ceil(limits.idleTimeoutMs / IDLE_CHECKS)));
       this.idleTimer.unref();
     }
-    readInto(socket, (chunk) => this.onData(chunk));
+    this.leanReads = readInto(socket, (chunk) => this.onData(chunk));
     socket.on('drain', () => {
       this.progress++;
       socket.resume();

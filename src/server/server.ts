@@ -26,11 +26,13 @@ export interface ServerCounters {
   accepted: number;
   rejected: number;
   outputLimitDisconnects: number;
+  /** Accepted connections read through the lean path (socket-reads.ts): all plain TCP ones on Node 20. */
+  leanReads: number;
 }
 
 export class SequencerServer {
   readonly stats = new CommandStats();
-  readonly counters: ServerCounters = { accepted: 0, rejected: 0, outputLimitDisconnects: 0 };
+  readonly counters: ServerCounters = { accepted: 0, rejected: 0, outputLimitDisconnects: 0, leanReads: 0 };
   private readonly connections = new Set<Connection>();
   /** Refused sockets still delivering their error. */
   private refusing = 0;
@@ -129,6 +131,8 @@ export class SequencerServer {
       return;
     }
     this.counters.accepted++;
-    this.connections.add(new Connection(socket, this.services, this.stats, this.options, this.events));
+    const conn = new Connection(socket, this.services, this.stats, this.options, this.events);
+    if (conn.leanReads) this.counters.leanReads++;
+    this.connections.add(conn);
   }
 }

@@ -8,7 +8,11 @@ import assert from 'node:assert/strict';
 import net from 'node:net';
 import { once } from 'node:events';
 import { readInto, leanReadsAvailable } from '../../src/server/socket-reads.js';
+import { pino } from 'pino';
 import { waitFor } from '../helpers/wait.js';
+import { ask, resp } from '../helpers/wire.js';
+import { parseConfig } from '../../src/config.js';
+import { startServer } from '../../src/server/run.js';
 
 const servers: net.Server[] = [];
 const sockets: net.Socket[] = [];
@@ -63,6 +67,22 @@ test('this Node.js offers the lean read path', () => {
   // If this fails after a Node.js upgrade, the server still works (it reads through
   // 'data'), but each read costs more: see socket-reads.ts.
   assert.equal(leanReadsAvailable, true);
+});
+
+test("the server reads its plain TCP clients through the lean path", async () => {
+  const running = await startServer(parseConfig(['--host=127.0.0.1', '--port=0', '--metrics-port=0', '--in-memory']), {
+    log: pino({ enabled: false }),
+  });
+  try {
+    assert.equal(await ask(running.port, resp('GETSEQ')), ':1\r\n');
+    assert.equal(await ask(running.port, 'GETSEQ\r\n'), ':2\r\n');
+    assert.equal(await ask(running.port, 'PING\r\n'), '+PONG\r\n');
+    const { accepted, leanReads } = running.server.counters;
+    assert.equal(accepted, 3);
+    assert.equal(leanReads, accepted, 'every plain TCP connection takes the lean path');
+  } finally {
+    assert.equal(await running.close(), true);
+  }
 });
 
 for (const pauseOnConnect of [true, false]) {

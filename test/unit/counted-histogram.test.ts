@@ -50,3 +50,14 @@ test('reset() empties it, and a registry reset reaches it', async () => {
   assert.match(await r.metrics(), /^h_seconds_count 0$/m);
   assert.match(await r.metrics(), /^h_seconds_sum 0$/m);
 });
+
+test('a value that is not a finite number is not counted', async () => {
+  const r = new Registry();
+  const h = new CountedHistogram('h_seconds', 'A histogram.', BUCKETS, r);
+  h.observe(Number.NaN);
+  h.observe(Number.POSITIVE_INFINITY);
+  h.observe(0.003);
+  const text = await r.metrics();
+  assert.match(text, /^h_seconds_count 1$/m);
+  assert.match(text, /^h_seconds_sum 0.003$/m);
+});

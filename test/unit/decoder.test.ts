@@ -166,6 +166,26 @@ test('property: any split of a valid pipeline yields the same frames', () => {
   );
 });
 
+test('property: chunks read into one reused buffer, overwritten after each feed, yield the same frames', () => {
+  // The server reads every socket into one shared buffer (server/socket-reads.ts):
+  // whatever the decoder keeps of a chunk must be a copy.
+  const shared = Buffer.alloc(4096);
+  fc.assert(
+    fc.property(fc.array(encoded, { maxLength: 20 }), fc.array(fc.nat(), { maxLength: 10 }), (pipeline, cuts) => {
+      const bytes = Buffer.from(pipeline.map((p) => p.bytes).join(''), 'latin1');
+      const d = new Decoder();
+      const frames: string[][] = [];
+      for (const chunk of cut(bytes, cuts)) {
+        chunk.copy(shared);
+        assert.equal(d.feed(shared.subarray(0, chunk.length), (w) => frames.push(w)), null);
+        shared.fill(0x2a); // '*': would start a frame if any of it were read again
+      }
+      assert.deepEqual(frames, pipeline.map((p) => p.words));
+    }),
+    { numRuns: 500 },
+  );
+});
+
 test('property: arbitrary bytes yield frames or a protocol error, never an exception', () => {
   const noise = fc.oneof(
     fc.uint8Array({ maxLength: 200 }),
