@@ -13,6 +13,7 @@ import { Sequencer, type SequenceSource, type SequencerEvents } from '../core/se
 import type { Readiness } from '../core/ports.js';
 import { FileStore } from '../store/file.js';
 import { SequencerServer } from './server.js';
+import { leanReadsAvailable } from './socket-reads.js';
 import { renderInfo } from './info.js';
 import { digestConfiguredPassword } from '../commands/auth.js';
 import { COMMAND_LABELS, type Services } from '../commands/index.js';
@@ -165,9 +166,13 @@ export async function startServer(config: Config, opts: StartOptions = {}): Prom
       clientOutputLimit: config.clientOutputLimit,
       logLevel: config.logLevel,
       auth: password !== null,
+      leanReads: leanReadsAvailable,
     },
     'listening',
   );
+  if (!leanReadsAvailable) {
+    log.warn("this Node.js does not offer the lean read path; plain TCP clients are read through 'data', at some more CPU per request (see docs/design.md)");
+  }
 
   let closing: Promise<boolean> | null = null;
   const srv = server;

@@ -48,6 +48,7 @@ test('one line at start with version, ports and data directory; none per request
   assert.equal(start.mode, 'durable');
   assert.equal(start.dataDir, path.join(dir, 'data'));
   assert.equal(start.reserve, '10');
+  assert.equal(start.leanReads, true, 'this Node.js reads clients through the lean path (socket-reads.ts)');
   for (const option of ['initial', 'maxConnections', 'maxBatch', 'maxSequences', 'timeout', 'auth']) {
     assert.ok(option in start, `the start line has ${option}`);
   }
