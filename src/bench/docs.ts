@@ -29,7 +29,7 @@ export function renderDocs(r: Results, files: { docs: string; chart: string; jso
     '## How to run',
     '',
     '```sh',
-    'npm run bench          # everything below: a few minutes; writes bench/results/ and this page',
+    'npm run bench          # everything below: about ten minutes; writes bench/results/ and this page',
     'npm run bench:quick    # -c 50 at -P 1 and -P 16, in-memory vs Redis: about half a minute',
     'npm run bench -- --seconds=10   # longer runs per cell (default 5)',
     'BENCH_SMOKE=1 npm run bench     # tiny counts: checks the pipeline in seconds, measures nothing',
