@@ -19,8 +19,9 @@
  * Compaction writes the whole state as snapshot g+1, then replaces the log with an
  * empty one of generation g+1. A log older than the snapshot is what a crash
  * between those two steps leaves; its records are all in the snapshot, so it is
- * ignored. A log newer than the snapshot, or a log with no snapshot, means a file
- * was lost or restored from elsewhere, and loading refuses.
+ * ignored. A log newer than the snapshot, a log with no snapshot, or no log beside
+ * a snapshot past generation 1 (compaction makes sure one exists before it writes
+ * a snapshot) means a file was lost or restored from elsewhere, and loading refuses.
  */
 import { type FileHandle, mkdir, open, readFile, rename, stat, unlink } from 'node:fs/promises';
 import fs from 'node:fs';
@@ -102,6 +103,12 @@ export class FileStore implements Store {
   private logId: FileId | null = null;
   /** End of the last good record: where the next append goes. */
   private logSize = 0;
+  /**
+   * Whether marks.log exists on disk. Past generation 1 a snapshot is trusted only
+   * beside a log (see load()), so compaction puts one back before it writes a
+   * snapshot when the last start found none.
+   */
+  private logOnDisk = false;
   private inflight: Promise<void> | null = null;
   private lockText: string | null = null;
   /**
@@ -145,8 +152,9 @@ export class FileStore implements Store {
     const log = await this.readIfExists(this.logPath);
     // No log beside a snapshot is a crash during the very first compaction: the
     // snapshot already holds everything, and the first persist creates the log.
-    // Later compactions replace the log by rename, never remove it, so without one
-    // beside a later generation the records since that snapshot were lost.
+    // Later compactions replace the log by rename, never remove it, and make sure
+    // one exists before they write a snapshot (compact()), so without one beside a
+    // later generation the records since that snapshot were lost.
     if (log === null && gen > 1) {
       throw new StateCorruptError(
         this.logPath,
@@ -179,6 +187,7 @@ export class FileStore implements Store {
     this.marks = marks;
     this.gen = gen;
     this.snapshotBytes = snapshot?.length ?? 0;
+    this.logOnDisk = log !== null;
     return new Map(marks);
   }
 
@@ -274,6 +283,13 @@ export class FileStore implements Store {
   private async compact(merged: Map<string, bigint>): Promise<void> {
     await this.dropLog();
     await this.checkDirIsOurs();
+    if (!this.logOnDisk && this.gen >= 1) {
+      // A crash between the snapshot and the log below must leave a log, or the
+      // next start would take the lone snapshot of generation 2+ for a lost log.
+      const empty = await this.install(this.logPath, frame(`{"v":${FORMAT_VERSION},"g":${this.gen}}`, LOG_MAGIC));
+      await empty.close().catch(() => {});
+      this.logOnDisk = true;
+    }
     const gen = this.gen + 1;
     const snapshot = frame(`{"v":${FORMAT_VERSION},"g":${gen},"m":${marksJson(merged)}}`, SNAPSHOT_MAGIC);
     const snapshotHandle = await this.install(this.snapshotPath, snapshot);
@@ -287,6 +303,7 @@ export class FileStore implements Store {
       throw err;
     }
     this.log = log;
+    this.logOnDisk = true;
     this.logSize = header.length;
     this.gen = gen;
     this.snapshotBytes = snapshot.length;

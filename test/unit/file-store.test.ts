@@ -255,6 +255,29 @@ test('a missing log beside a later snapshot generation is corruption; beside the
   assert.deepEqual(await reload(dir), m({ a: 1n }));
 });
 
+test('two compactions in a row that each stop between the snapshot and the log still load', async (t) => {
+  const dir = await tempDir(t);
+  const p = paths(dir);
+  // Each store fails its compaction right after the new snapshot is in place, as a crash would.
+  const crashAfterSnapshot = (): FileStoreOptions => {
+    let snapshotInstalled = false;
+    return {
+      compactAfterBytes: 0,
+      beforeIo: (op, path) => {
+        if (op === 'rename' && path === p.snapshot) snapshotInstalled = true;
+        if (snapshotInstalled && op === 'open' && path === `${p.log}.tmp`) throw errno('EIO', op);
+      },
+    };
+  };
+  for (const a of [100n, 200n]) {
+    const store = await FileStore.open(dir, crashAfterSnapshot());
+    await store.load();
+    await assert.rejects(store.persist(m({ a })), /EIO/);
+    await store.close();
+  }
+  assert.deepEqual(await reload(dir), m({ a: 200n }));
+});
+
 test('an impossible record length in the log is corruption', async (t) => {
   const { dir, p, headerEnd } = await populated(t);
   const buf = await readFile(p.log);
