@@ -356,13 +356,18 @@ export class Sequencer implements SequenceSource {
    * waiters, whose replies died with the process.
    */
   private want(s: Seq): void {
-    let target = s.next + (s.waitingCount > this.reserve ? s.waitingCount : this.reserve);
-    if (target > END) target = END;
+    const target = this.windowTarget(s);
     if (target > s.target) this.setTarget(s, target);
     if (s.target > s.mark) {
       this.dirty.add(s);
       this.scheduleFlush();
     }
+  }
+
+  /** A mark covering every waiter and at least a window past `next`, at most END. */
+  private windowTarget(s: Seq): bigint {
+    const target = s.next + (s.waitingCount > this.reserve ? s.waitingCount : this.reserve);
+    return target > END ? END : target;
   }
 
   private scheduleFlush(): void {
@@ -411,6 +416,9 @@ export class Sequencer implements SequenceSource {
       this.release(s);
     }
     this.events.persisted?.(ms, batch.size);
+    // Requests that came during the write asked for a target it may already cover.
+    // (After a failure the same mark is written again on purpose: it probes the store.)
+    for (const s of this.dirty) if (s.target <= s.mark) this.dirty.delete(s);
     if (this.dirty.size > 0) this.flush();
   }
 
@@ -446,8 +454,7 @@ export class Sequencer implements SequenceSource {
     // never taken, so nothing is skipped.
     this.failWaiters(this.failure);
     for (const s of this.dirty) {
-      let target = s.next + this.reserve;
-      if (target > END) target = END;
+      const target = this.windowTarget(s);
       this.setTarget(s, target > s.mark ? target : s.mark);
     }
     this.retryDelay = Math.min(this.retryMaxMs, this.retryDelay === 0 ? this.retryMinMs : this.retryDelay * 2);

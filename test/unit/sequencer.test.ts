@@ -312,6 +312,50 @@ test('gapless: a clean close under steady traffic stores exactly the next number
   assert.equal(store.state().get('default'), next, 'the store holds the exact next number, not the reservation over it');
 });
 
+test('a request that waits behind a write covering it does not cause a second write of the same mark', async () => {
+  const store = new MemoryStore();
+  const seq = await open(store, 100n);
+  store.pause();
+  const first = seq.allocate('default', 1n);
+  await settle();
+  const second = seq.allocate('default', 1n);
+  assert.ok(first instanceof Promise && second instanceof Promise);
+  store.resume();
+  assert.deepEqual(await Promise.all([first, second]), [1n, 2n]);
+  await settle();
+  assert.equal(store.calls.persist, 1, 'one write of mark 101 serves both');
+  assert.equal(store.state().get('default'), 101n);
+});
+
+test('gapless: a write still in flight when close() stops handing out, that fails but lands, is written over with the exact next number', async () => {
+  const store = new MemoryStore();
+  const seq = await open(store, 0n);
+  const answered: bigint[] = [];
+  const request = (): void => {
+    const r = seq.allocate('default', 1n);
+    if (r instanceof Promise) r.then((v) => answered.push(v), () => {});
+    else if (typeof r === 'bigint') answered.push(r);
+  };
+  request();
+  await settle();
+  let injected = false;
+  store.delay = async () => {
+    request();
+    await new Promise((r) => setTimeout(r, 1));
+    // close() has stopped handing out: this write is the one it waits for last.
+    if (!injected && seq.current('default') instanceof SequenceError) {
+      injected = true;
+      store.failNext(1, { landed: true });
+    }
+  };
+  request();
+  assert.equal(await seq.close(), true);
+  assert.ok(injected, 'a write was in flight after close() stopped handing out');
+  const next = seq.snapshot()[0]!.next;
+  assert.equal(next, BigInt(answered.length) + 1n, 'numbers 1..n answered, nothing skipped');
+  assert.equal(store.state().get('default'), next, 'the landed reservation is written over with the exact next number');
+});
+
 test('--initial seeds new sequences; above a persisted mark it wins', async () => {
   const seq = new Sequencer({
     store: new MemoryStore({ initial: [['low', 5n], ['high', 5000n]] }),
