@@ -79,7 +79,11 @@ class HeldStore implements Store {
     this.onLoad();
     return new Promise((resolve, reject) => (this.settle = { resolve, reject }));
   }
+  /** When set, every persist fails, as against an etcd that is down. */
+  failPersists = false;
+
   async persist(marks: Marks): Promise<void> {
+    if (this.failPersists) throw new Error('etcd unavailable');
     this.persisted.push(new Map(marks));
   }
   async close(): Promise<void> {
@@ -228,9 +232,21 @@ test('losing leadership stops serving at once; a later term loads the marks afre
   assert.equal(await node.allocate('a', 1n), 500n);
 
   // A clean stop writes the exact next number through the term's store, then closes it.
-  await node.close();
+  assert.equal(await node.close(), true, 'the exact next numbers are stored');
   assert.deepEqual(stores[1]!.persisted.at(-1), new Map([['a', 501n]]));
   assert.equal(stores[1]!.closed, true);
+});
+
+test('a clean stop that cannot store the exact next numbers says so (the process exits 1)', async (t) => {
+  const m = await member(t);
+  await serveTerm(m, '9', new Map([['a', 100n]]));
+  assert.equal(await m.node.allocate('a', 1n), 100n);
+  const store = m.stores.at(-1)!;
+  const written = store.persisted.length;
+  store.failPersists = true;
+  assert.equal(await m.node.close(), false);
+  assert.equal(store.persisted.length, written, 'nothing stored');
+  assert.equal(store.closed, true);
 });
 
 test('a leader whose lease is not confirmed refuses with NOTLEADER and is not ready', async (t) => {
