@@ -31,7 +31,6 @@ import {
   ReplyProtocolError,
   ServerError,
   fromWire,
-  isServerFull,
 } from './errors.js';
 import { type ServerInfo, parseInfo } from './info.js';
 
@@ -328,7 +327,6 @@ export class SequencerClient {
     } catch (err) {
       connection.destroy();
       // A refused password fails the waiting calls now; another server would refuse it too.
-      // A full server (its ServerError kept as the reason) may be the only one full.
       if (err instanceof ServerError && err.wireCode === 'WRONGPASS') throw err;
       this.lastConnectError = err;
       return null;
@@ -349,11 +347,9 @@ export class SequencerClient {
   private async authenticate(connection: Connection): Promise<void> {
     const reply = await connection.send(['AUTH', this.password!], this.connectTimeoutMs);
     // Only a refusal is fatal. Other errors (a server without a password may
-    // answer AUTH with -ERR) are left for the real commands to report, except a
-    // server that is full: it sends that unasked and closes, and AUTH must not
-    // take it for its answer.
+    // answer AUTH with -ERR) are left for the real commands to report. (A full
+    // server's unasked error never gets here: the connection takes it, see onReply.)
     if (reply.type === 'error' && reply.code === 'WRONGPASS') throw fromWire(reply.code, reply.message);
-    if (reply.type === 'error' && isServerFull(reply.message)) throw fromWire(reply.code, reply.message);
   }
 
   /**

@@ -8,7 +8,7 @@ import tls from 'node:tls';
 import { ReplyDecoder, type Reply } from '../protocol/reply-decoder.js';
 import { encodeCommand } from '../protocol/request-encoder.js';
 import { type Address, formatAddress } from './address.js';
-import { ConnectionClosedError, ReplyProtocolError, TimeoutError } from './errors.js';
+import { ConnectionClosedError, ReplyProtocolError, TimeoutError, fromWire, isServerFull } from './errors.js';
 import { Fifo } from './fifo.js';
 
 export interface ConnectOptions {
@@ -73,6 +73,10 @@ export class Connection {
   /** Why the connection is being torn down, given to every request still pending. */
   private fatal: Error | null = null;
   private socketError: Error | null = null;
+  /** No reply has arrived yet: a full server's refusal can only come first. */
+  private firstReply = true;
+  /** The server refused the connection before reading anything: no request was acted on. */
+  private refused = false;
 
   /** Connects (and completes the TLS handshake) within `connectTimeoutMs`. */
   static open(address: Address, options: ConnectOptions): Promise<Connection> {
@@ -189,6 +193,15 @@ export class Connection {
   }
 
   private readonly onReply = (reply: Reply): void => {
+    const first = this.firstReply;
+    this.firstReply = false;
+    if (first && reply.type === 'error' && isServerFull(reply.message)) {
+      // Sent unasked as the server accepts, before it closes without reading: it is
+      // no request's answer, and every request may safely go to another server.
+      this.refused = true;
+      this.tearDown(fromWire(reply.code, reply.message));
+      return;
+    }
     const request = this.pending.shift();
     if (request === undefined) {
       if (this.fatal === null) this.tearDown(new ReplyProtocolError(this.address, 'a reply arrived that no request was waiting for'));
@@ -223,7 +236,7 @@ export class Connection {
     this.unsent = 0;
     const requests = this.pending.drain();
     requests.forEach((request, i) => {
-      const sent = i < requests.length - unsent;
+      const sent = !this.refused && i < requests.length - unsent;
       request.fail(this.fatal instanceof ReplyProtocolError ? this.fatal : this.closedError(sent));
     });
   }
@@ -232,7 +245,9 @@ export class Connection {
     const why = this.fatal?.message ?? this.socketError?.message ?? (this.retiring ? 'the client retired it' : 'the server closed it');
     const advice = requestSent
       ? 'The request may have reached the server: a GETSEQ or GETSEQ_BATCH may have issued numbers that are now skipped, never handed out again.'
-      : 'The request was never sent; it is safe to retry.';
+      : this.refused
+        ? 'The server refused the connection before reading the request; it is safe to retry.'
+        : 'The request was never sent; it is safe to retry.';
     return new ConnectionClosedError(`connection to ${this.address} closed before the reply arrived (${why}). ${advice}`, {
       requestSent,
       cause: this.fatal ?? this.socketError ?? undefined,

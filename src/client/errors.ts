@@ -61,7 +61,8 @@ export class NoServerAvailableError extends TimeoutError {
 /** The connection ended before the reply arrived. */
 export class ConnectionClosedError extends DolmeangiError {
   /**
-   * False when the request never left this process: retrying it is safe.
+   * False when the request never left this process, or the server refused the
+   * connection before reading it (full): retrying it is safe.
    * True when it may have reached the server, which may have acted on it.
    */
   readonly requestSent: boolean;

@@ -223,7 +223,7 @@ test('a call left with little time by a slow connect fails alone: the calls behi
   assert.equal(server.connections.length, 1, 'the connection was kept');
 });
 
-test('a full server (max clients) is not taken for an AUTH answer: the next server is tried, and the error says what happened', async () => {
+test('a full server (max clients) is not taken for a reply, with a password or without: the next server is tried, and the error says what happened', async () => {
   // What the server does over --max-connections: the error, unasked, then close.
   const fullServer = net.createServer((socket) => {
     socket.on('error', () => {});
@@ -241,6 +241,15 @@ test('a full server (max clients) is not taken for an AUTH answer: the next serv
   const error = await alone.getNextSequence().then(() => null, (e: unknown) => e);
   assert.ok(error instanceof NoServerAvailableError, String(error));
   assert.match(error.message, /max number of clients reached.*--max-connections/);
+
+  // Without a password the first request is the one in flight when the refusal arrives.
+  const open = client({ servers: [fullAddress, healthy.address] });
+  assert.equal(await open.getNextSequence(), 2n, 'served by the second server');
+  const openAlone = client({ servers: [fullAddress], requestTimeoutMs: 500, reconnect: { minDelayMs: 10, maxDelayMs: 50 } });
+  const refused = await openAlone.getNextSequence().then(() => null, (e: unknown) => e);
+  assert.ok(refused instanceof ConnectionClosedError, String(refused));
+  assert.equal(refused.requestSent, false, 'the server read nothing');
+  assert.match(refused.message, /max number of clients reached.*--max-connections/);
 });
 
 test('close() gives up a connection attempt under way instead of waiting it out', async () => {
