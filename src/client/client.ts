@@ -19,7 +19,7 @@ import { setTimeout as delay } from 'node:timers/promises';
 import type tls from 'node:tls';
 import { ConfigError } from '../errors.js';
 import { MAX_TIMER_MS } from '../core/limits.js';
-import type { Reply } from '../protocol/reply-decoder.js';
+import { bytesAsUtf8, type Reply } from '../protocol/reply-decoder.js';
 import { type Address, DEFAULT_PORT, formatAddress, parseAddress } from './address.js';
 import { SequenceAllocator, type AllocatorOptions } from './allocator.js';
 import { type BackoffOptions, DEFAULT_BACKOFF, backoffDelay } from './backoff.js';
@@ -154,7 +154,7 @@ export class SequencerClient {
 
   /** The server's INFO, parsed; `raw` keeps the text as sent. */
   info(): Promise<ServerInfo> {
-    return this.execute(['INFO'], Resend.Safe, (r) => (r.type === 'bulk' && r.value !== null ? parseInfo(r.value) : undefined));
+    return this.execute(['INFO'], Resend.Safe, (r) => (r.type === 'bulk' && r.value !== null ? parseInfo(bytesAsUtf8(r.value)) : undefined));
   }
 
   /** A local range cache over this client; see SequenceAllocator for what it trades away. */

@@ -3,6 +3,7 @@
  * message says what happened and what to do about it.
  */
 import { DolmeangiError } from '../errors.js';
+import { bytesAsUtf8 } from '../protocol/reply-decoder.js';
 
 /**
  * The server is a follower in a group. The client follows these redirects by
@@ -90,7 +91,7 @@ export class ReplyProtocolError extends DolmeangiError {
 /** The error a `-CODE message` reply stands for. */
 export function fromWire(code: string, message: string): NotLeaderError | ServerError {
   if (code === 'NOTLEADER') return new NotLeaderError(message === '' ? null : message);
-  return new ServerError(code, message);
+  return new ServerError(code, bytesAsUtf8(message));
 }
 
 /** The error a server at --max-connections sends, unasked, before it closes. */

@@ -1,5 +1,5 @@
 import type { Command } from './types.js';
-import { bulk } from '../protocol/encoder.js';
+import { bulk, utf8Bytes } from '../protocol/encoder.js';
 
 /** INFO [section]: the section is accepted for Redis clients' sake; all facts are always sent. */
 export const info: Command = {
@@ -7,7 +7,7 @@ export const info: Command = {
   minArgs: 0,
   maxArgs: 1,
   run(_args, _session, services) {
-    // bulk() takes one character per byte: paths and error reasons may hold any UTF-8.
-    return bulk(Buffer.from(services.info(), 'utf8').toString('latin1'));
+    // Paths and error reasons may hold any UTF-8; bulk() counts one character per byte.
+    return bulk(utf8Bytes(services.info()));
   },
 };

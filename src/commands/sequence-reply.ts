@@ -1,6 +1,6 @@
 /** Turns what the sequence core returns into wire replies. */
 import { SequenceError } from '../core/sequencer.js';
-import { clip, error, integer } from '../protocol/encoder.js';
+import { clip, error, integer, utf8Bytes } from '../protocol/encoder.js';
 import { isValidName, DEFAULT_SEQUENCE, NAME_RULE } from '../core/limits.js';
 import type { Reply } from './types.js';
 
@@ -9,12 +9,13 @@ const encoded = new WeakMap<SequenceError, string>();
 
 function refusal(err: SequenceError): string {
   let text = encoded.get(err);
-  if (text === undefined) encoded.set(err, (text = error(err.code, err.message)));
+  // The message is the server's own text: a storage failure names a path.
+  if (text === undefined) encoded.set(err, (text = error(err.code, utf8Bytes(err.message))));
   return text;
 }
 
 const onError = (err: unknown): string =>
-  err instanceof SequenceError ? refusal(err) : error('ERR', `internal error: ${String((err as Error)?.message ?? err)}`);
+  err instanceof SequenceError ? refusal(err) : error('ERR', utf8Bytes(`internal error: ${String((err as Error)?.message ?? err)}`));
 
 export function numberReply(r: bigint | SequenceError | Promise<bigint>): Reply {
   if (typeof r === 'bigint') return integer(r);

@@ -15,6 +15,16 @@ export function error(code: string, message: string): string {
   return message === '' ? `-${code}\r\n` : `-${code} ${oneLine(message)}\r\n`;
 }
 
+/**
+ * The server's own text (paths, the operating system's error messages) as a
+ * reply string: its UTF-8 bytes, one character per byte, as every reply is built.
+ * Text from the wire is already bytes and must not pass through here.
+ */
+export function utf8Bytes(text: string): string {
+  // eslint-disable-next-line no-control-regex
+  return /[^\x00-\x7f]/.test(text) ? Buffer.from(text, 'utf8').toString('latin1') : text;
+}
+
 /** A bulk string of latin1 text: one character is one byte, so its length is the byte count. */
 export function bulk(text: string): string {
   return `$${text.length}\r\n${text}\r\n`;

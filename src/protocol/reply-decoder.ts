@@ -67,6 +67,16 @@ interface OpenArray {
 const NEED_MORE = -1;
 const FAILED = -2;
 
+/**
+ * Text the server wrote as UTF-8 (INFO, error messages: paths, and the words a
+ * client sent, which it encodes as UTF-8), from the one-character-per-byte form
+ * the decoder gives.
+ */
+export function bytesAsUtf8(text: string): string {
+  // eslint-disable-next-line no-control-regex
+  return /[^\x00-\x7f]/.test(text) ? Buffer.from(text, 'latin1').toString('utf8') : text;
+}
+
 export class ReplyDecoder {
   private readonly limits: ReplyDecoderLimits;
   private state = S.Line;

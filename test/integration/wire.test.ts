@@ -5,7 +5,8 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { startServerProcess, type ServerProcess } from '../helpers/server-process.js';
 import { WireClient, ask, resp } from '../helpers/wire.js';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rename, rm } from 'node:fs/promises';
+import { SequencerClient, ServerError } from '../../src/index.js';
 import os from 'node:os';
 import path from 'node:path';
 
@@ -93,9 +94,10 @@ test('INFO is a bulk string of key:value lines', async () => {
   assert.match(body, /sequence:name=infoseq,current=2,durable_mark=none,issued=1/);
 });
 
-test('INFO counts bytes, not characters: a data directory named in UTF-8 arrives intact', async () => {
+test('server text is UTF-8 on the wire: a data directory named in UTF-8 arrives intact in INFO and in errors, and the client reads it back', async () => {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'dolmeangi-데이터-'));
-  const s = await startServerProcess([`--data-dir=${dir}`]);
+  const s = await startServerProcess([`--data-dir=${dir}`, '--reserve=1']);
+  const client = new SequencerClient({ servers: [`127.0.0.1:${s.port}`], requestTimeoutMs: 2000 });
   try {
     // ask() reads one character per byte and waits for as many bytes as the prefix says.
     const text = await ask(s.port, 'INFO\r\n');
@@ -103,9 +105,25 @@ test('INFO counts bytes, not characters: a data directory named in UTF-8 arrives
     const start = text.indexOf('\r\n') + 2;
     assert.equal(text.length, start + len + 2, 'the length prefix is the byte count');
     assert.ok(Buffer.from(text, 'latin1').toString('utf8').includes(`\r\nstore:file:${dir}\r\n`));
-  } finally {
+    assert.equal((await client.info()).fields.store, `file:${dir}`);
+
+    // With the directory gone, a number past the mark is refused with a reason naming it.
+    assert.equal(await client.getNextSequence(), 1n);
+    await rename(dir, `${dir}.away`);
+    const refused = await client.getNextSequence().then(() => null, (e: unknown) => e);
+    assert.ok(refused instanceof ServerError, String(refused));
+    assert.ok(refused.message.includes(`persistence unavailable: stat ${dir}/`), refused.message);
+    const raw = await ask(s.port, 'GETSEQ\r\n');
+    assert.ok(Buffer.from(raw, 'latin1').toString('utf8').startsWith(`-ERR persistence unavailable: stat ${dir}/`), raw);
+    await rename(`${dir}.away`, dir);
+    await client.close();
+    // Back in place, the directory takes the exact next numbers at the clean stop.
     assert.equal(await s.stop(), 0);
+  } finally {
+    await client.close();
+    await s.stop();
     await rm(dir, { recursive: true, force: true });
+    await rm(`${dir}.away`, { recursive: true, force: true });
   }
 });
 
