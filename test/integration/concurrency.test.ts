@@ -58,8 +58,12 @@ test('100 connections x 1,000 pipelined GETSEQ: exactly 100,000 consecutive numb
 // outgrows its windows, and thousands of requests at a time wait for a reservation that covers them.
 test('the same with durable state, requests waiting for reservations under the load', () =>
   hundredClients(['--reserve=10000'], async (metrics) => {
-    const writes = parseMetrics((await request(metrics)).body).get('dolmeangi_persist_duration_seconds_count');
+    const m = parseMetrics((await request(metrics)).body);
+    const writes = m.get('dolmeangi_persist_duration_seconds_count');
     assert.ok(writes !== undefined && writes >= 2, `${writes} reservation writes for 100,000 numbers`);
+    // The window in use is --reserve's: the default one would have reserved past 150,000 by now.
+    const mark = m.get('dolmeangi_sequence_durable_mark{sequence="default"}');
+    assert.ok(mark !== undefined && mark <= 100_001 + 10_000, `durable mark ${mark}`);
   }));
 
 test('the same in the gapless mode (--reserve=0), where requests that arrive together share one commit', () =>
