@@ -9,6 +9,10 @@ import { accessSync, constants, mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { freePorts } from './ports.js';
+import type { EtcdConnection } from '../../src/election/etcd.js';
+
+/** How the tests reach a cluster: its endpoints, no credentials. */
+export const etcdConnection = (endpoints: readonly string[]): EtcdConnection => ({ endpoints, username: null, password: null });
 
 export interface EtcdClusterOptions {
   /** 1 or 3 members (default 1). */

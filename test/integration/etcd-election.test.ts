@@ -6,16 +6,14 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import type { Etcd3 } from 'etcd3';
-import { createEtcdClient, EtcdLeadership, type EtcdConnection } from '../../src/election/etcd.js';
+import { createEtcdClient, EtcdLeadership } from '../../src/election/etcd.js';
 import { EtcdStore } from '../../src/store/etcd.js';
 import { parseConfig, type Config } from '../../src/config.js';
 import { startGroup, type GroupHandle } from '../../src/group/node.js';
 import { silentLogger } from '../../src/log.js';
-import { startEtcdCluster, type EtcdCluster } from '../helpers/etcd-cluster.js';
+import { etcdConnection as conn, startEtcdCluster, type EtcdCluster } from '../helpers/etcd-cluster.js';
 import { waitFor } from '../helpers/wait.js';
 import { startTcpProxy, type TcpProxy } from '../helpers/tcp-proxy.js';
-
-const conn = (endpoints: readonly string[]): EtcdConnection => ({ endpoints, username: null, password: null });
 
 interface Node {
   readonly leadership: EtcdLeadership;
@@ -250,7 +248,7 @@ describe('etcd with authentication', () => {
 
   before(async () => {
     cluster = await startEtcdCluster({ size: 1 });
-    const admin = createEtcdClient({ endpoints: cluster.endpoints, username: null, password: null });
+    const admin = createEtcdClient(conn(cluster.endpoints));
     try {
       await admin.role('root').create();
       await admin.user('root').create('s3cret');

@@ -10,16 +10,14 @@ import { AlarmAction, AlarmType, type Etcd3 } from 'etcd3';
 import { parseConfig } from '../../src/config.js';
 import { END } from '../../src/core/limits.js';
 import { SequenceError, type SequenceSource } from '../../src/core/sequencer.js';
-import { createEtcdClient, EtcdLeadership, type EtcdConnection, type LeadershipTerm } from '../../src/election/etcd.js';
+import { createEtcdClient, EtcdLeadership, type LeadershipTerm } from '../../src/election/etcd.js';
 import { PersistenceError, StateCorruptError } from '../../src/errors.js';
 import { startGroup, type GroupElection, type GroupHandle } from '../../src/group/node.js';
 import { silentLogger } from '../../src/log.js';
 import { EtcdStore } from '../../src/store/etcd.js';
-import { startEtcdCluster, type EtcdCluster } from '../helpers/etcd-cluster.js';
+import { etcdConnection as conn, startEtcdCluster, type EtcdCluster } from '../helpers/etcd-cluster.js';
 import { waitFor } from '../helpers/wait.js';
 import { startTcpProxy, type TcpProxy } from '../helpers/tcp-proxy.js';
-
-const conn = (endpoints: readonly string[]): EtcdConnection => ({ endpoints, username: null, password: null });
 
 async function take(source: SequenceSource, name = 'default', count = 1n): Promise<bigint> {
   let r: bigint | SequenceError;
