@@ -12,7 +12,8 @@ export interface Session {
    * The known command name this connection sent last, and its index in COMMANDS:
    * a lookup cache that only commands/index.ts reads and writes. The decoder hands
    * out one string per known name, so a run of one command costs a string compare
-   * that V8 settles on the pointers, instead of two Map lookups.
+   * that V8 settles on the pointers, instead of a Map lookup (two for a name in
+   * mixed case).
    */
   last: { readonly name: string; readonly index: number } | null;
 }

@@ -29,7 +29,8 @@ export class CountedHistogram {
     buckets: readonly number[],
     registry: Registry,
   ) {
-    this.bounds = Float64Array.from([...buckets].sort((a, b) => a - b));
+    // A typed array sorts by value, where an Array would sort the numbers as text.
+    this.bounds = Float64Array.from(buckets).sort();
     this.counts = new Float64Array(this.bounds.length + 1);
     // The registry takes any object with prom-client's metric shape; its typings name only its own classes.
     registry.registerMetric(this as unknown as Histogram);

@@ -148,8 +148,7 @@ export class Connection {
     // A waiting reply holds memory here and in the core before it has a byte to
     // show: it counts against the output limit too, or a client could pipeline
     // without bound while storage is slow.
-    if (typeof reply === 'string') this.append(reply, reply.length);
-    else this.append(this.slotFor(reply), PENDING_COST);
+    this.append(typeof reply === 'string' ? reply : this.slotFor(reply));
     if (this.session.quit) {
       this.stopped = true;
       this.whenIdle(() => this.socket.end());
@@ -161,7 +160,7 @@ export class Connection {
     if (this.stopped) return;
     const reply = error('ERR', err.message);
     this.stats.countError(reply);
-    this.append(reply, reply.length);
+    this.append(reply);
     this.stopped = true;
     this.whenIdle(() => this.socket.end());
   }
@@ -171,11 +170,19 @@ export class Connection {
     return this.queueHead === this.queue.length;
   }
 
-  /** Puts a reply behind those owed: straight into `out` when nothing waits before it. */
-  private append(item: string | Slot, cost: number): void {
-    if (typeof item === 'string' && this.drained) this.out += item;
-    else this.queue.push(item);
-    this.owed += cost;
+  /**
+   * Puts a reply behind those owed: straight into `out` when nothing waits before
+   * it. A reply still waiting for storage is owed PENDING_COST until it is ready.
+   */
+  private append(item: string | Slot): void {
+    if (typeof item === 'string') {
+      if (this.drained) this.out += item;
+      else this.queue.push(item);
+      this.owed += item.length;
+    } else {
+      this.queue.push(item);
+      this.owed += PENDING_COST;
+    }
   }
 
   /** A queue slot that a reply still waiting for storage fills when it is ready. */

@@ -71,9 +71,9 @@ interface HandleWithUserBuffer {
  * default way before the switch. Returns whether the lean path is in use.
  */
 export function readInto(socket: Socket, sink: ReadSink): boolean {
-  const lean = fields !== null && canReadLean(socket, fields);
+  const f = fields;
+  const lean = f !== null && canReadLean(socket, f);
   if (lean) {
-    const f = fields!;
     const record = socket as unknown as Record<symbol, unknown>;
     record[f.buffer] = shared;
     // A block body: a callback returning false would make Node stop reading without pausing the stream.
