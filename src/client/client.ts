@@ -259,8 +259,9 @@ export class SequencerClient {
   /** Waits for the shared connection attempt, at most until `deadline`. */
   private connect(deadline: number): Promise<Connection> {
     if (this.closed) return Promise.reject(clientClosed());
-    const connecting = (this.connecting ??= this.connectRounds());
+    // Counted first: the rounds check for callers before every attempt.
     this.waiting++;
+    const connecting = (this.connecting ??= this.connectRounds());
     return new Promise((resolve, reject) => {
       let done = false;
       const settle = (): boolean => {
@@ -286,15 +287,16 @@ export class SequencerClient {
   private async connectRounds(): Promise<Connection> {
     try {
       for (let round = 0; ; round++) {
-        // Every throw below follows an await, so `connecting` is set before `finally` clears it.
         for (const address of this.candidates()) {
+          // Every caller gave up: no more attempts, and no socket opened for nobody.
+          // (Never true before the first await: the caller that started the rounds is
+          // counted, so `connecting` is set before `finally` clears it.)
+          if (this.waiting === 0) throw this.noServerError();
           const connection = await this.open(address);
           if (connection !== null) return connection;
           if (this.closed) throw clientClosed();
-          // Every caller gave up: no more attempts (and no socket opened for nobody).
-          if (this.waiting === 0) throw this.noServerError();
         }
-        if (this.backoff === null || this.waiting === 0) throw this.noServerError();
+        if (this.backoff === null) throw this.noServerError();
         await sleep(backoffDelay(round, this.backoff), this.closing.signal);
         if (this.closed) throw clientClosed();
       }
