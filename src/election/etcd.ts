@@ -384,6 +384,8 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
       // history: etcd was restored from a snapshot or replaced. Without starting the
       // count over, every answer from then on would be ignored as stale, and nobody
       // would campaign again. The watch waits for revisions past the old ones: watch anew.
+      // Its raft terms start over too: renewals from it must not be refused as behind
+      // the old cluster's term (a follower resets it anyway when it campaigns).
       this.log.warn({ revision: String(revision), seen: String(before) }, "etcd's revision went backwards (a restored or new cluster); following it");
       this.seenRevision = revision;
       this.raftTerm = 0n;

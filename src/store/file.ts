@@ -707,7 +707,7 @@ function unframe(buf: Buffer, offset: number, file: string): Unframed {
   if (isZero(buf, offset)) return { torn: `${rest} zero bytes where a record should be` };
   if (rest < HEADER_LENGTH) return { torn: `only ${rest} bytes of a record header` };
   const length = buf.readUInt32BE(offset);
-  if (length === 0 || length > MAX_RECORD) {
+  if (!plausibleLength(length)) {
     throw new StateCorruptError(file, `the record at byte ${offset} claims an impossible length ${length}`);
   }
   const end = offset + HEADER_LENGTH + length;
@@ -731,10 +731,14 @@ function sameFile(a: FileId, b: FileId | null): boolean {
 function intactRecordAfter(buf: Buffer, offset: number): number | null {
   for (let at = offset + 1; at + HEADER_LENGTH < buf.length; at++) {
     const length = buf.readUInt32BE(at);
-    if (length === 0 || length > MAX_RECORD) continue;
-    if (checkedPayload(buf, at, length) !== null) return at;
+    if (plausibleLength(length) && checkedPayload(buf, at, length) !== null) return at;
   }
   return null;
+}
+
+/** A length a record header may hold: any other is damage. */
+function plausibleLength(length: number): boolean {
+  return length > 0 && length <= MAX_RECORD;
 }
 
 /** The payload of the record of `length` bytes at `at`, if all of it is there and its checksum matches. */
