@@ -289,7 +289,8 @@ test('waiting requests are served out of the window, not on top of it: a crash r
   }
 });
 
-test('gapless: a clean close under steady traffic stores exactly the next number, even over the write still in flight', async () => {
+/** A gapless sequencer that has answered one request, and a way to make more (their numbers collected). */
+async function gaplessTraffic() {
   const store = new MemoryStore();
   const seq = await open(store, 0n);
   const answered: bigint[] = [];
@@ -300,6 +301,11 @@ test('gapless: a clean close under steady traffic stores exactly the next number
   };
   request();
   await settle();
+  return { store, seq, answered, request };
+}
+
+test('gapless: a clean close under steady traffic stores exactly the next number, even over the write still in flight', async () => {
+  const { store, seq, answered, request } = await gaplessTraffic();
   // Every write brings a new request with it: close() runs out of rounds with a write still in flight.
   store.delay = async () => {
     request();
@@ -328,16 +334,7 @@ test('a request that waits behind a write covering it does not cause a second wr
 });
 
 test('gapless: a write still in flight when close() stops handing out, that fails but lands, is written over with the exact next number', async () => {
-  const store = new MemoryStore();
-  const seq = await open(store, 0n);
-  const answered: bigint[] = [];
-  const request = (): void => {
-    const r = seq.allocate('default', 1n);
-    if (r instanceof Promise) r.then((v) => answered.push(v), () => {});
-    else if (typeof r === 'bigint') answered.push(r);
-  };
-  request();
-  await settle();
+  const { store, seq, answered, request } = await gaplessTraffic();
   let injected = false;
   store.delay = async () => {
     request();
