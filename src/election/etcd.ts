@@ -15,7 +15,13 @@
  * the machines and late timers), measured on the monotonic clock. If no
  * keepalive succeeds by then, it stops by itself and steps down: a paused or
  * cut-off leader has stopped handing out numbers before its key can expire,
- * and so before anyone else can be elected. (Older etcd releases can revoke a
+ * and so before anyone else can be elected. The same deadline is also kept on
+ * the wall clock: Linux's monotonic clock stands still while the machine is
+ * suspended (a laptop's sleep, some VM pauses), while etcd's keeps running; the
+ * wall clock is set forward on resume. Either clock past its deadline stops
+ * serving, so a wall clock set back only leaves the monotonic one in charge,
+ * and one set forward pauses serving until the next keepalive proves the lease
+ * again. (Older etcd releases can revoke a
  * lease early after their own leader stalls, etcd-io/etcd#15247; the leader
  * also watches its key and steps down as soon as it disappears.)
  */
@@ -154,6 +160,14 @@ export interface EtcdLeadershipOptions {
   /** Lease TTL in seconds. */
   readonly leaseTtl: number;
   readonly log: Logger;
+  /** Wall-clock milliseconds; Date.now unless a test moves it alone. */
+  readonly wallClock?: () => number;
+}
+
+/** One moment on both clocks the serving deadline is kept on. */
+interface Instant {
+  readonly mono: number;
+  readonly wall: number;
 }
 
 interface KnownLeader {
@@ -190,6 +204,9 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
   private ttlMs: number;
   /** Monotonic ms until which the lease is surely alive in etcd. */
   private serveUntil = 0;
+  /** The same deadline in wall-clock ms (see the file's comment). */
+  private serveUntilWall = 0;
+  private readonly wallClock: () => number;
   private known: KnownLeader | null = null;
   /** etcd revision of the newest leader-key state applied; older news is ignored. */
   private seenRevision = 0n;
@@ -222,6 +239,7 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
     this.requestedTtlMs = opts.leaseTtl * 1000;
     this.ttlMs = this.requestedTtlMs;
     this.log = opts.log;
+    this.wallClock = opts.wallClock ?? Date.now;
   }
 
   get role(): 'leader' | 'follower' | 'candidate' {
@@ -245,7 +263,7 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
   canServe(): boolean {
     if (this.state !== 'leader') return false;
     if (this.verdict === null) {
-      this.verdict = performance.now() < this.serveUntil;
+      this.verdict = performance.now() < this.serveUntil && this.wallClock() < this.serveUntilWall;
       queueMicrotask(this.forgetVerdict);
     }
     return this.verdict;
@@ -266,7 +284,9 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
 
   /** How long this node may still serve without another keepalive (0 unless leading). */
   leaseRemainingMs(): number {
-    return this.state === 'leader' ? Math.max(0, Math.floor(this.serveUntil - performance.now())) : 0;
+    if (this.state !== 'leader') return 0;
+    const left = Math.min(this.serveUntil - performance.now(), this.serveUntilWall - this.wallClock());
+    return Math.max(0, Math.floor(left));
   }
 
   /** The latest etcd failure, while etcd keeps failing; null when etcd answers. */
@@ -315,6 +335,7 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
     this.state = 'follower';
     this.current = null;
     this.serveUntil = 0;
+    this.serveUntilWall = 0;
     this.known = null;
     this.clearLeaderTimers();
     if (opts.holdOffMs !== undefined) this.holdOffUntil = performance.now() + opts.holdOffMs;
@@ -428,7 +449,7 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
     this.raftTerm = 0n;
     let unusedLease: string | null = null;
     try {
-      const sentAt = performance.now();
+      const sentAt = this.now();
       const grant = await withTimeout(
         this.client.leaseClient.leaseGrant({ TTL: this.requestedTtlMs / 1000, ID: 0 }),
         ETCD_CALL_TIMEOUT_MS,
@@ -460,9 +481,9 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
         unusedLease = null;
         const term: LeadershipTerm = { key: this.key, revision: kv.create_revision, leaseId: grant.ID };
         let provenAt = sentAt;
-        if (!this.closed && performance.now() - sentAt > this.keepaliveInterval()) {
+        if (!this.closed && performance.now() - sentAt.mono > this.keepaliveInterval()) {
           // A slow campaign would start the term with its lease nearly spent: prove it afresh first.
-          provenAt = performance.now();
+          provenAt = this.now();
           if ((await this.renew(grant.ID)) <= 0) throw new Error('the new lease expired during the campaign');
         }
         if (this.closed) {
@@ -482,7 +503,7 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
     }
   }
 
-  private becomeLeader(term: LeadershipTerm, provenAt: number): void {
+  private becomeLeader(term: LeadershipTerm, provenAt: Instant): void {
     this.state = 'leader';
     this.current = term;
     this.known = { nodeId: this.nodeId, advertise: this.advertise };
@@ -490,10 +511,15 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
     if (created > this.seenRevision) this.seenRevision = created;
     // A deadline left from an earlier term must not outlast this term's proof.
     this.serveUntil = 0;
+    this.serveUntilWall = 0;
     this.extend(term, provenAt);
-    this.scheduleKeepalive(term, provenAt + this.keepaliveInterval() - performance.now());
+    this.scheduleKeepalive(term, provenAt.mono + this.keepaliveInterval() - performance.now());
     this.announce();
     this.emit('elected', term);
+  }
+
+  private now(): Instant {
+    return { mono: performance.now(), wall: this.wallClock() };
   }
 
   private margin(): number {
@@ -506,10 +532,12 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
   }
 
   /** A renewal sent at `sentAt` succeeded: the lease lives in etcd until at least sentAt + TTL. */
-  private extend(term: LeadershipTerm, sentAt: number): void {
-    const until = sentAt + this.ttlMs - this.margin();
+  private extend(term: LeadershipTerm, sentAt: Instant): void {
+    const until = sentAt.mono + this.ttlMs - this.margin();
+    // An older renewal answering late proves less than the last one did.
     if (until <= this.serveUntil) return;
     this.serveUntil = until;
+    this.serveUntilWall = sentAt.wall + this.ttlMs - this.margin();
     this.verdict = null;
     this.armDeadline(term);
   }
@@ -546,7 +574,7 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
    */
   private keepalive(term: LeadershipTerm): void {
     if (this.current !== term) return;
-    const sentAt = performance.now();
+    const sentAt = this.now();
     this.renew(term.leaseId).then(
       (ttlSeconds) => {
         if (this.current !== term) return;

@@ -46,7 +46,11 @@ describe('etcd leadership', () => {
     return { oldStore, newStore };
   }
 
-  async function startNode(prefix: string, id: string, opts: { endpoints?: readonly string[]; ttl?: number } = {}): Promise<Node> {
+  async function startNode(
+    prefix: string,
+    id: string,
+    opts: { endpoints?: readonly string[]; ttl?: number; wallClock?: () => number } = {},
+  ): Promise<Node> {
     const connection = conn(opts.endpoints ?? cluster.endpoints);
     const client = createEtcdClient(connection);
     const leadership = new EtcdLeadership({
@@ -57,6 +61,7 @@ describe('etcd leadership', () => {
       advertise: `127.0.0.1:${7000 + nodes.length}`,
       leaseTtl: opts.ttl ?? 2,
       log: silentLogger(),
+      ...(opts.wallClock ? { wallClock: opts.wallClock } : {}),
     });
     const node: Node = { leadership, client, lost: [] };
     leadership.on('lost', (reason) => node.lost.push(reason));
@@ -229,6 +234,35 @@ describe('etcd leadership', () => {
     } finally {
       performance.now = realNow;
     }
+  });
+
+  test('a wall clock jumping past the deadline while the monotonic clock stands still (a suspended machine) stops serving', async () => {
+    const prefix = freshPrefix();
+    let wallAhead = 0;
+    const a = await startNode(prefix, 'a', { wallClock: () => Date.now() + wallAhead });
+    await waitFor(() => a.leadership.canServe(), 'a to lead');
+    const term = a.leadership.term;
+    // Back from a suspend: the monotonic clock has not moved, the wall clock has, by more than the TTL.
+    wallAhead = 2 * 2000;
+    await Promise.resolve();
+    assert.equal(a.leadership.canServe(), false, 'the wall clock alone says the lease may have expired');
+    assert.equal(a.leadership.leaderAddress(), null);
+    assert.equal(a.leadership.leaseRemainingMs(), 0);
+    // Here the lease did live on in etcd, as after a clock set forward: the next keepalive proves it
+    // again on both clocks, and the same term serves on with no election.
+    await waitFor(() => a.leadership.canServe(), 'a to serve again after a keepalive');
+    assert.equal(a.leadership.term, term);
+    assert.deepEqual(a.lost, []);
+  });
+
+  test('a wall clock set back leaves the monotonic deadline in charge', async () => {
+    const prefix = freshPrefix();
+    let wallAhead = 0;
+    const a = await startNode(prefix, 'a', { wallClock: () => Date.now() + wallAhead });
+    await waitFor(() => a.leadership.canServe(), 'a to lead');
+    wallAhead = -3_600_000;
+    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 2500);
+    assert.equal(a.leadership.canServe(), false);
   });
 
   test('a deposed leader cannot write even before the new leader has written anything', async () => {
