@@ -22,7 +22,7 @@ export type Script = (words: string[], connection: MockConnection) => void;
 
 export interface MockServer {
   readonly port: number;
-  /** `127.0.0.1:<port>` */
+  /** `host:port`, `[host]:port` for IPv6 */
   readonly address: string;
   /** One entry per accepted connection, in order. */
   readonly connections: MockConnection[];
@@ -37,10 +37,12 @@ export interface MockOptions {
   readonly port?: number;
   /** Serve TLS with these options (key, cert, ...) instead of plain TCP. */
   readonly tls?: tls.TlsOptions;
+  /** Default 127.0.0.1. */
+  readonly host?: string;
 }
 
-/** Listens on 127.0.0.1. */
 export async function startMockServer(script: Script, options: MockOptions = {}): Promise<MockServer> {
+  const host = options.host ?? '127.0.0.1';
   const connections: MockConnection[] = [];
   const requests: string[][] = [];
   const onConnection = (socket: net.Socket): void => {
@@ -69,12 +71,12 @@ export async function startMockServer(script: Script, options: MockOptions = {})
     : tls.createServer(options.tls, onConnection);
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
-    server.listen(options.port ?? 0, '127.0.0.1', resolve);
+    server.listen(options.port ?? 0, host, resolve);
   });
   const bound = (server.address() as net.AddressInfo).port;
   return {
     port: bound,
-    address: `127.0.0.1:${bound}`,
+    address: host.includes(':') ? `[${host}]:${bound}` : `${host}:${bound}`,
     connections,
     requests,
     close: () =>

@@ -17,7 +17,7 @@ import {
   type SequencerClientOptions,
 } from '../../src/index.js';
 import { makeCerts } from '../helpers/certs.js';
-import { counterScript, startMockServer, type MockServer, type Script } from '../helpers/mock-server.js';
+import { counterScript, startMockServer, type MockOptions, type MockServer, type Script } from '../helpers/mock-server.js';
 import { freePort } from '../helpers/ports.js';
 import { waitFor } from '../helpers/wait.js';
 
@@ -28,8 +28,8 @@ after(async () => {
   await Promise.all(servers.map((s) => s.close()));
 });
 
-async function mock(script: Script): Promise<MockServer> {
-  const server = await startMockServer(script);
+async function mock(script: Script, options?: MockOptions): Promise<MockServer> {
+  const server = await startMockServer(script, options);
   servers.push(server);
   return server;
 }
@@ -141,6 +141,15 @@ test('NOTLEADER with an address: the client follows it and the call succeeds the
   assert.equal(await c.getNextSequence(), 503n, 'later calls go straight to the leader');
   assert.equal(follower.requests.length, 3);
   assert.equal(leader.connections.length, 1);
+});
+
+test('NOTLEADER naming an IPv6 leader in brackets: the client follows it', async () => {
+  const leader = await mock(counterScript(40n), { host: '::1' });
+  assert.match(leader.address, /^\[::1\]:\d+$/);
+  const follower = await mock((_words, connection) => connection.send(`-NOTLEADER ${leader.address}\r\n`));
+  const c = client({ servers: [follower.address] });
+  assert.equal(await c.getNextSequence(), 40n);
+  assert.equal(leader.requests.length, 1);
 });
 
 test('a redirect loop ends in NotLeaderError after maxRedirects hops', async () => {
