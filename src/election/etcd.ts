@@ -17,8 +17,9 @@
  * cut-off leader has stopped handing out numbers before its key can expire,
  * and so before anyone else can be elected. The same deadline is also kept on
  * the wall clock: Linux's monotonic clock stands still while the machine is
- * suspended (a laptop's sleep, some VM pauses), while etcd's keeps running; the
- * wall clock is set forward on resume. Either clock past its deadline stops
+ * suspended, while etcd's keeps running, and the kernel sets the wall clock
+ * forward on resume (docs/cluster.md says which VM pauses this does not
+ * cover). Either clock past its deadline stops
  * serving, so a wall clock set back only leaves the monotonic one in charge,
  * and one set forward pauses serving until the next keepalive proves the lease
  * again. (Older etcd releases can revoke a
