@@ -243,6 +243,17 @@ test('clean close persists the exact next numbers: a restart continues with no g
   assert.equal(await take(again.allocate('b', 1n)), 8n);
 });
 
+test('gapless: a clean close with every number already stored exactly writes nothing more', async () => {
+  const store = new MemoryStore();
+  const seq = await open(store, 0n);
+  for (let i = 1n; i <= 3n; i++) assert.equal(await take(seq.allocate('default', 1n)), i);
+  assert.equal(store.state().get('default'), 4n);
+  const writes = store.calls.persist;
+  assert.equal(await seq.close(), true);
+  assert.equal(store.calls.persist, writes, 'the last write already stored the exact next number');
+  assert.equal(store.state().get('default'), 4n);
+});
+
 test('a clean close lets a request waiting for the write in flight get its number', async () => {
   const store = new MemoryStore();
   const seq = await open(store, 0n);
