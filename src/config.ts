@@ -169,7 +169,7 @@ function crossCheck(c: Config): void {
     throw new ConfigError('--requirepass-file', 'give either --requirepass or --requirepass-file, not both');
   }
   // What clients parse a NOTLEADER address with; the port must be given, not defaulted.
-  if (c.advertise !== null && (parseAddress(c.advertise) === null || !/:\d+$/.test(c.advertise))) {
+  if (c.advertise !== null && parseAddress(c.advertise, null) === null) {
     throw new ConfigError('--advertise', `expected host:port or [ipv6]:port, got '${c.advertise}'`);
   }
   if (c.etcd.length > 0 && c.inMemory) {

@@ -8,14 +8,15 @@ export interface Address {
 }
 
 /**
- * Parses `host:port`, `[ipv6]:port`, or a bare host (port 10001).
- * Returns null for anything else, such as an empty host or a port out of range.
+ * Parses `host:port`, `[ipv6]:port`, or a bare host (port `defaultPort`; null
+ * when the port must be given). Returns null for anything else, such as an
+ * empty host or a port out of range.
  */
-export function parseAddress(text: string): Address | null {
+export function parseAddress(text: string, defaultPort: number | null = DEFAULT_PORT): Address | null {
   const m = /^(?:\[([^\]]+)\]|([^:[\]\s]+))(?::(\d{1,5}))?$/.exec(text.trim());
   if (m === null) return null;
-  const port = m[3] === undefined ? DEFAULT_PORT : Number(m[3]);
-  if (port < 1 || port > 65535) return null;
+  const port = m[3] === undefined ? defaultPort : Number(m[3]);
+  if (port === null || port < 1 || port > 65535) return null;
   return { host: (m[1] ?? m[2])!, port };
 }
 

@@ -172,4 +172,6 @@ test('--timeout is bounded by what a timer holds; --advertise takes host:port or
   assert.equal(parseConfig(['--advertise=node-a.example:7000']).advertise, 'node-a.example:7000');
   // Unbracketed, the port cannot be told from the address.
   assert.throws(() => parseConfig(['--advertise=::1:7000']), /--advertise.*\[ipv6\]:port/);
+  // Clients would default the port; NOTLEADER must name the one this member listens on.
+  assert.throws(() => parseConfig(['--advertise=node-a.example']), /--advertise/);
 });

@@ -15,6 +15,9 @@ test('parseAddress: host:port, [ipv6]:port, a bare host, and what it refuses', (
   for (const bad of ['', ':10001', 'host:0', 'host:65536', 'host:port', 'a b:1', '::1:7000']) {
     assert.equal(parseAddress(bad), null, bad);
   }
+  // Where the port must be given (--advertise), a bare host is refused.
+  assert.equal(parseAddress('seq.internal', null), null);
+  assert.deepEqual(parseAddress('[::1]:7000', null), { host: '::1', port: 7000 });
   assert.equal(formatAddress({ host: '::1', port: 7000 }), '[::1]:7000');
   assert.equal(formatAddress({ host: 'localhost', port: 1 }), 'localhost:1');
 });
