@@ -41,11 +41,13 @@ class PendingRequest {
     this.timer = setTimeout(onTimeout, ms, this);
   }
 
-  succeed(reply: Reply): void {
-    if (this.settled) return;
+  /** Returns false when it had already settled (it timed out): nobody waits for this reply. */
+  succeed(reply: Reply): boolean {
+    if (this.settled) return false;
     this.settled = true;
     clearTimeout(this.timer);
     this.resolve(reply);
+    return true;
   }
 
   fail(err: Error): void {
@@ -64,6 +66,12 @@ export class Connection {
   private readonly socket: net.Socket;
   private readonly decoder = new ReplyDecoder();
   private readonly pending = new Fifo<PendingRequest>();
+  /**
+   * Entries of `pending` whose callers still wait. A request that timed out
+   * without dropping the connection keeps its place (its reply is still read),
+   * but a retiring connection does not wait for that reply.
+   */
+  private awaited = 0;
   /** Encoded requests not yet written; they are the newest `unsent` entries of `pending`. */
   private out = '';
   private unsent = 0;
@@ -153,6 +161,7 @@ export class Connection {
       }
       request.startTimer(timeoutMs, this.onTimeout);
       this.pending.push(request);
+      this.awaited++;
       this.out += encodeCommand(words);
       this.unsent++;
       if (!this.flushScheduled) {
@@ -163,13 +172,13 @@ export class Connection {
   }
 
   /**
-   * Sends nothing more; closes the socket once every pending reply has
-   * arrived. Closing then needs nothing from the server, so a paused server
-   * cannot hold it open.
+   * Sends nothing more; closes the socket once every request still waited for
+   * has its reply or has timed out. Closing then needs nothing more from the
+   * server, so a paused server cannot hold it open.
    */
   retire(): void {
     this.retiring = true;
-    if (this.pending.length === 0) this.socket.destroy();
+    if (this.awaited === 0) this.socket.destroy();
   }
 
   /** Closes at once; pending requests fail with ConnectionClosedError. */
@@ -189,7 +198,7 @@ export class Connection {
     if (this.fatal !== null) return;
     const problem = this.decoder.feed(chunk, this.onReply);
     if (problem !== null) this.tearDown(new ReplyProtocolError(this.address, problem));
-    else if (this.fatal === null && this.retiring && this.pending.length === 0) this.socket.destroy();
+    else if (this.fatal === null && this.retiring && this.awaited === 0) this.socket.destroy();
   }
 
   private readonly onReply = (reply: Reply): void => {
@@ -207,19 +216,22 @@ export class Connection {
       if (this.fatal === null) this.tearDown(new ReplyProtocolError(this.address, 'a reply arrived that no request was waiting for'));
       return;
     }
-    request.succeed(reply);
+    if (request.succeed(reply)) this.awaited--;
   };
 
   private readonly onTimeout = (request: PendingRequest): void => {
     const lostNumbers = request.command.toUpperCase().startsWith('GETSEQ')
       ? ' Numbers it may have issued are skipped, never handed out again.'
       : '';
+    this.awaited--;
     request.fail(new TimeoutError(
       `no reply to ${request.command} from ${this.address} within the request timeout: ` +
         `the server is slow, paused or unreachable; check it, or raise requestTimeoutMs.${lostNumbers}`,
     ));
     if (request.dropOnTimeout) {
       this.tearDown(new Error(`a ${request.command} request timed out, so the connection was dropped`));
+    } else if (this.retiring && this.awaited === 0) {
+      this.socket.destroy();
     }
   };
 
@@ -235,6 +247,7 @@ export class Connection {
     this.out = '';
     this.unsent = 0;
     const requests = this.pending.drain();
+    this.awaited = 0;
     requests.forEach((request, i) => {
       const sent = !this.refused && i < requests.length - unsent;
       request.fail(this.fatal instanceof ReplyProtocolError ? this.fatal : this.closedError(sent));

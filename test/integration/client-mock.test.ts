@@ -335,6 +335,20 @@ test('TLS: the client verifies the server against the given CA', async () => {
   }
 });
 
+test('close() after a call that timed out alone does not wait for its reply from a server that never sends it', async () => {
+  const server = await mock((words, connection) => {
+    // AUTH takes most of the call's time, so its timeout keeps the connection; GETSEQ is never answered.
+    if (words[0] === 'AUTH') setTimeout(() => connection.send('+OK\r\n'), 950);
+  });
+  const c = client({ servers: [server.address], password: 'pw', requestTimeoutMs: 1000 });
+  const error = await c.getNextSequence().then(() => null, (e: unknown) => e);
+  assert.ok(error instanceof TimeoutError, String(error));
+  let closed = false;
+  void c.close().then(() => (closed = true));
+  await waitFor(() => closed, 'close() to finish');
+  await waitFor(() => server.connections[0]!.socket.readableEnded || server.connections[0]!.socket.destroyed, 'the server to see the close');
+});
+
 test('close(): later calls fail with ConnectionClosedError and the socket is closed', async () => {
   const server = await mock(counterScript());
   const c = new SequencerClient({ servers: [server.address] });
