@@ -6,7 +6,8 @@
  *
  * Reservation: with a window W (`--reserve`), the core persists mark = next + W
  * ahead of time and refills when less than W/2 remains, so in steady state no
- * request waits on the disk and a crash skips at most W numbers. With W = 0
+ * request waits on the disk and a crash skips at most W numbers (or, when the
+ * requests waiting for a write ask for more than W, their numbers: see want()). With W = 0
  * (gapless) every request waits for a persist of exactly the numbers promised;
  * all requests that arrive while one write is in flight share the next write.
  */
@@ -357,11 +358,12 @@ export class Sequencer implements SequenceSource {
    */
   private want(s: Seq): void {
     const target = this.windowTarget(s);
-    if (target > s.target) this.setTarget(s, target);
-    if (s.target > s.mark) {
-      this.dirty.add(s);
-      this.scheduleFlush();
-    }
+    // A target no higher is already asked for: it waits in `dirty` or is being written
+    // (a failed write puts its sequences back in `dirty`).
+    if (target <= s.target) return;
+    this.setTarget(s, target);
+    this.dirty.add(s);
+    this.scheduleFlush();
   }
 
   /** A mark covering every waiter and at least a window past `next`, at most END. */
@@ -416,9 +418,6 @@ export class Sequencer implements SequenceSource {
       this.release(s);
     }
     this.events.persisted?.(ms, batch.size);
-    // Requests that came during the write asked for a target it may already cover.
-    // (After a failure the same mark is written again on purpose: it probes the store.)
-    for (const s of this.dirty) if (s.target <= s.mark) this.dirty.delete(s);
     if (this.dirty.size > 0) this.flush();
   }
 
