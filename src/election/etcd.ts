@@ -171,6 +171,8 @@ interface Instant {
   readonly wall: number;
 }
 
+const NEVER: Instant = { mono: 0, wall: 0 };
+
 interface KnownLeader {
   readonly nodeId: string | null;
   readonly advertise: string | null;
@@ -203,10 +205,8 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
   private current: LeadershipTerm | null = null;
   /** The TTL etcd honours for the current lease: the smaller of asked and granted. */
   private ttlMs: number;
-  /** Monotonic ms until which the lease is surely alive in etcd. */
-  private serveUntil = 0;
-  /** The same deadline in wall-clock ms (see the file's comment). */
-  private serveUntilWall = 0;
+  /** Until when the lease is surely alive in etcd, on both clocks (see the file's comment). */
+  private serveUntil: Instant = NEVER;
   private readonly wallClock: () => number;
   private known: KnownLeader | null = null;
   /** etcd revision of the newest leader-key state applied; older news is ignored. */
@@ -264,7 +264,7 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
   canServe(): boolean {
     if (this.state !== 'leader') return false;
     if (this.verdict === null) {
-      this.verdict = performance.now() < this.serveUntil && this.wallClock() < this.serveUntilWall;
+      this.verdict = performance.now() < this.serveUntil.mono && this.wallClock() < this.serveUntil.wall;
       queueMicrotask(this.forgetVerdict);
     }
     return this.verdict;
@@ -286,7 +286,7 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
   /** How long this node may still serve without another keepalive (0 unless leading). */
   leaseRemainingMs(): number {
     if (this.state !== 'leader') return 0;
-    const left = Math.min(this.serveUntil - performance.now(), this.serveUntilWall - this.wallClock());
+    const left = Math.min(this.serveUntil.mono - performance.now(), this.serveUntil.wall - this.wallClock());
     return Math.max(0, Math.floor(left));
   }
 
@@ -335,8 +335,7 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
     if (opts.term !== undefined && opts.term !== term) return;
     this.state = 'follower';
     this.current = null;
-    this.serveUntil = 0;
-    this.serveUntilWall = 0;
+    this.serveUntil = NEVER;
     this.known = null;
     this.clearLeaderTimers();
     if (opts.holdOffMs !== undefined) this.holdOffUntil = performance.now() + opts.holdOffMs;
@@ -511,8 +510,7 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
     const created = BigInt(term.revision);
     if (created > this.seenRevision) this.seenRevision = created;
     // A deadline left from an earlier term must not outlast this term's proof.
-    this.serveUntil = 0;
-    this.serveUntilWall = 0;
+    this.serveUntil = NEVER;
     this.extend(term, provenAt);
     this.scheduleKeepalive(term, provenAt.mono + this.keepaliveInterval() - performance.now());
     this.announce();
@@ -534,25 +532,24 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
 
   /** A renewal sent at `sentAt` succeeded: the lease lives in etcd until at least sentAt + TTL. */
   private extend(term: LeadershipTerm, sentAt: Instant): void {
-    const until = sentAt.mono + this.ttlMs - this.margin();
+    const lives = this.ttlMs - this.margin();
     // An older renewal answering late proves less than the last one did.
-    if (until <= this.serveUntil) return;
-    this.serveUntil = until;
-    this.serveUntilWall = sentAt.wall + this.ttlMs - this.margin();
+    if (sentAt.mono + lives <= this.serveUntil.mono) return;
+    this.serveUntil = { mono: sentAt.mono + lives, wall: sentAt.wall + lives };
     this.verdict = null;
     this.armDeadline(term);
   }
 
   private armDeadline(term: LeadershipTerm): void {
     if (this.deadlineTimer) clearTimeout(this.deadlineTimer);
-    this.deadlineTimer = setTimeout(() => this.checkDeadline(term), this.serveUntil - performance.now() + 1);
+    this.deadlineTimer = setTimeout(() => this.checkDeadline(term), this.serveUntil.mono - performance.now() + 1);
     this.deadlineTimer.unref();
   }
 
   private checkDeadline(term: LeadershipTerm): void {
     if (this.current !== term) return;
     // Timers count from the event loop's cached clock and may fire a little early.
-    if (performance.now() < this.serveUntil) {
+    if (performance.now() < this.serveUntil.mono) {
       this.armDeadline(term);
       return;
     }
