@@ -254,6 +254,19 @@ test('gapless: a clean close with every number already stored exactly writes not
   assert.equal(store.state().get('default'), 4n);
 });
 
+test('a write that failed but landed is not taken for what the store holds: a clean close still writes the exact next number', async () => {
+  const store = new MemoryStore();
+  // No retry before close(): its own rounds are the only writes after the failure.
+  const seq = await open(store, 0n, { retryMinMs: 60_000, retryMaxMs: 60_000 });
+  assert.equal(await take(seq.allocate('default', 1n)), 1n);
+  store.failNext(1, { landed: true });
+  await assert.rejects(take(seq.allocate('default', 1n)), (e: unknown) => e instanceof SequenceError);
+  assert.equal(store.state().get('default'), 3n, 'the failed write landed');
+  store.failNext(3); // close()'s rounds for the pending write fail too
+  assert.equal(await seq.close(), true);
+  assert.equal(store.state().get('default'), 2n, 'the next start hands out 2: no gap');
+});
+
 test('a clean close lets a request waiting for the write in flight get its number', async () => {
   const store = new MemoryStore();
   const seq = await open(store, 0n);
