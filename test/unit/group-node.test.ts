@@ -212,6 +212,20 @@ test('loads failing for longer than the lease step down, to let another node try
   }
 });
 
+test('writes of marks failing for longer than the lease step down too', async (t) => {
+  const m = await member(t, ['--lease-ttl=1']);
+  await serveTerm(m, '9', new Map([['a', 100n]]));
+  const started = performance.now();
+  m.stores.at(-1)!.failPersists = true;
+  // Past the window: the reservation it needs fails, and is retried with backoff.
+  assert.equal(refusal(await Promise.resolve(m.node.allocate('a', 1_000_000n)).catch((e: unknown) => e)).code, 'ERR');
+  await waitFor(() => m.election.stepDowns.length > 0, 'a step-down', 10_000);
+  assert.match(m.election.stepDowns[0]!, /writes of marks failed for longer than the lease: etcd unavailable/);
+  assert.equal(m.election.stepDownOptions[0]!.holdOffMs, 1000);
+  assert.equal(m.election.stepDownOptions[0]!.term?.revision, '9');
+  assert.ok(performance.now() - started >= 1000, 'not before a lease has passed');
+});
+
 test('losing leadership stops serving at once; a later term loads the marks afresh', async (t) => {
   const m = await member(t);
   const { node, election, stores } = m;
