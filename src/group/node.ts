@@ -214,7 +214,7 @@ class GroupNode implements GroupHandle {
     if (seq !== null) {
       exact = await seq.close();
       if (exact) this.log.info('stored the exact next numbers in etcd');
-      else this.log.warn('could not store the exact next numbers; the next leader skips the rest of the reserved window');
+      else this.log.error('could not store the exact next numbers; the next leader skips the rest of the reserved window');
     }
     await this.leadership.close();
     this.sequencer = null;
