@@ -321,6 +321,10 @@ export class SequencerClient {
       this.lastConnectError = err;
       return null;
     }
+    if (this.closed) {
+      connection.destroy();
+      throw clientClosed();
+    }
     // close() gives up an AUTH under way too, rather than wait out its timeout.
     const giveUp = (): void => connection.destroy();
     this.closing.signal.addEventListener('abort', giveUp);
