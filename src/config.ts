@@ -6,7 +6,7 @@
 import { parseArgs } from 'node:util';
 import { ConfigError } from './errors.js';
 import { MAX_TIMER_MS, MAX_VALUE } from './core/limits.js';
-import { parseAddress } from './client/address.js';
+import { parseAddress } from './protocol/address.js';
 
 export interface Config {
   readonly initial: bigint;

@@ -10,7 +10,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
-import { DEFAULT_PORT, parseAddress } from '../client/address.js';
+import { DEFAULT_PORT, parseAddress } from '../protocol/address.js';
 import { SequencerClient, type SequencerClientOptions } from '../client/client.js';
 import { parseUnsigned } from '../core/limits.js';
 

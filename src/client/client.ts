@@ -20,7 +20,7 @@ import type tls from 'node:tls';
 import { ConfigError } from '../errors.js';
 import { MAX_TIMER_MS } from '../core/limits.js';
 import { bytesAsUtf8, type Reply } from '../protocol/reply-decoder.js';
-import { type Address, DEFAULT_PORT, formatAddress, parseAddress } from './address.js';
+import { type Address, DEFAULT_PORT, formatAddress, parseAddress } from '../protocol/address.js';
 import { SequenceAllocator, type AllocatorOptions } from './allocator.js';
 import { type BackoffOptions, DEFAULT_BACKOFF, backoffDelay } from './backoff.js';
 import { Connection } from './connection.js';

@@ -7,7 +7,7 @@ import net from 'node:net';
 import tls from 'node:tls';
 import { ReplyDecoder, type Reply } from '../protocol/reply-decoder.js';
 import { encodeCommand } from '../protocol/request-encoder.js';
-import { type Address, formatAddress } from './address.js';
+import { type Address, formatAddress } from '../protocol/address.js';
 import { ConnectionClosedError, ReplyProtocolError, TimeoutError, fromWire, isServerFull } from './errors.js';
 import { Fifo } from './fifo.js';
 

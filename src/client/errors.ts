@@ -3,6 +3,7 @@
  * message says what happened and what to do about it.
  */
 import { DolmeangiError } from '../errors.js';
+import { SERVER_FULL } from '../protocol/server-full.js';
 import { bytesAsUtf8 } from '../protocol/reply-decoder.js';
 
 /**
@@ -96,7 +97,7 @@ export function fromWire(code: string, message: string): NotLeaderError | Server
 
 /** The error a server at --max-connections sends, unasked, before it closes. */
 export function isServerFull(message: string): boolean {
-  return message.startsWith('max number of clients');
+  return message.startsWith(SERVER_FULL);
 }
 
 function hintFor(code: string, message: string): string | null {

@@ -8,7 +8,7 @@ import path from 'node:path';
 import tls from 'node:tls';
 import type { Config } from '../config.js';
 import { ConfigError } from '../errors.js';
-import { formatAddress } from '../client/address.js';
+import { formatAddress } from '../protocol/address.js';
 import { Sequencer, type SequenceSource, type SequencerEvents } from '../core/sequencer.js';
 import type { Readiness } from '../core/ports.js';
 import { FileStore } from '../store/file.js';

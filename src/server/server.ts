@@ -8,9 +8,10 @@ import { once } from 'node:events';
 import { Connection, type ConnectionEvents, type ConnectionLimits } from './connection.js';
 import { CommandStats, type Services } from '../commands/index.js';
 import { error } from '../protocol/encoder.js';
+import { SERVER_FULL } from '../protocol/server-full.js';
 import { ListenError } from '../errors.js';
 
-const TOO_MANY = error('ERR', 'max number of clients reached');
+const TOO_MANY = error('ERR', SERVER_FULL);
 /** A refused client gets this long to read the error before its socket is destroyed. */
 const REFUSED_LINGER_MS = 1000;
 /** Refusals in flight past which a flood's extra sockets are closed without the error. */

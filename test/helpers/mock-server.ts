@@ -6,6 +6,7 @@
 import net from 'node:net';
 import tls from 'node:tls';
 import { Decoder } from '../../src/protocol/decoder.js';
+import { formatAddress } from '../../src/protocol/address.js';
 
 export interface MockConnection {
   readonly socket: net.Socket;
@@ -76,7 +77,7 @@ export async function startMockServer(script: Script, options: MockOptions = {})
   const bound = (server.address() as net.AddressInfo).port;
   return {
     port: bound,
-    address: host.includes(':') ? `[${host}]:${bound}` : `${host}:${bound}`,
+    address: formatAddress({ host, port: bound }),
     connections,
     requests,
     close: () =>

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { formatAddress, parseAddress } from '../../src/client/address.js';
+import { formatAddress, parseAddress } from '../../src/protocol/address.js';
 import { backoffDelay } from '../../src/client/backoff.js';
 import { NotLeaderError, ServerError, fromWire } from '../../src/client/errors.js';
 import { Fifo } from '../../src/client/fifo.js';
