@@ -5,8 +5,9 @@
  *
  * What one client may cost is bounded: input by the decoder's limits and by
  * pausing reads while the client leaves replies unread; output by
- * --client-output-limit, checked as each reply is made (one small request can
- * ask for a large reply, so checking once per chunk is not enough); time by an
+ * --client-output-limit, checked before each request acts (one small request can
+ * ask for a large reply, so checking once per chunk is not enough; a client holds
+ * at most the limit plus one reply); time by an
  * idle timeout that counts requests and replies taken, not bytes, so a client
  * dribbling a frame that never ends is as idle as a silent one.
  */
