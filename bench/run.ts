@@ -13,7 +13,7 @@ import { runBenchCommand } from '../src/cli/bench-command.js';
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
 process.exitCode = await runBenchCommand(process.argv.slice(2), (opts) => {
-  // Any docs a real run writes carry the targets section, wherever the results go.
+  // Docs a full run writes carry the targets section, wherever the results go; a quick run's stay plain.
   const analysis = opts.smoke ? null : path.join(root, 'bench/targets.md');
   if (opts.quick) return opts;
   if (opts.out !== null) return { ...opts, analysis: opts.docs === null ? null : analysis };

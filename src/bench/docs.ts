@@ -59,7 +59,7 @@ export function renderDocs(r: Results, files: { docs: string; chart: string; jso
     '| name | started as | promises |',
     '|:--|:--|:--|',
     '| dolmeangi --in-memory | `dolmeangi sequencer --in-memory` | unique and increasing while the process lives |',
-    `| dolmeangi durable (default) | \`dolmeangi sequencer --data-dir=<tmp>\` | survives crashes; a crash may skip up to \`--reserve\` (default ${RESERVE_DEFAULT}) numbers |`,
+    `| dolmeangi durable (default) | \`dolmeangi sequencer --data-dir=<tmp>\` | survives crashes; a crash may skip up to \`--reserve\` (default ${RESERVE_DEFAULT}) numbers, besides those of requests it cuts off |`,
     '| dolmeangi --reserve=0 | `dolmeangi sequencer --data-dir=<tmp> --reserve=0` | every reply waits for the fsync that covers it (group commit) |',
     '| redis, no persistence | `redis-server --save "" --appendonly no` | nothing survives a restart |',
     '| redis, appendfsync always | `redis-server --appendonly yes --appendfsync always` | every write is fsynced before the reply |',
