@@ -255,6 +255,28 @@ describe('etcd leadership', () => {
     assert.deepEqual(a.lost, []);
   });
 
+  test('the wall-clock deadline counts from when a renewal was sent, not from when its answer came', async () => {
+    const prefix = freshPrefix();
+    const proxy = await startTcpProxy({ host: '127.0.0.1', port: Number(new URL(cluster.endpoints[0]!).port) });
+    proxies.push(proxy);
+    let wallAhead = 0;
+    // A long lease: renewals go out every 7.5 s, so none is sent in the moments this test watches.
+    const a = await startNode(prefix, 'a', { endpoints: [proxy.url], ttl: 30, wallClock: () => Date.now() + wallAhead });
+    await waitFor(() => a.leadership.canServe(), 'a to lead');
+    const led = performance.now();
+    // Hold the first renewal on its way, so that it is answered only after the wall clock jumps.
+    proxy.blackhole(true);
+    await waitFor(() => performance.now() - led > 8000, 'the first renewal to be sent (7.5 s after the campaign)', 10_000);
+    wallAhead = 60_000; // past that renewal's send time + 22.5 s, not past its answer time + 22.5 s
+    proxy.blackhole(false);
+    const until = performance.now() + 1500;
+    while (performance.now() < until) {
+      assert.equal(a.leadership.canServe(), false, 'a renewal sent before the jump proves nothing past its send time + TTL');
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    assert.deepEqual(a.lost, []);
+  });
+
   test('a wall clock set back leaves the monotonic deadline in charge', async () => {
     const prefix = freshPrefix();
     let wallAhead = 0;
