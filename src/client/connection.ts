@@ -8,7 +8,7 @@ import tls from 'node:tls';
 import { ReplyDecoder, type Reply } from '../protocol/reply-decoder.js';
 import { encodeCommand } from '../protocol/request-encoder.js';
 import { type Address, formatAddress } from '../protocol/address.js';
-import { ConnectionClosedError, ReplyProtocolError, TimeoutError, fromWire, isServerFull } from './errors.js';
+import { ConnectionClosedError, ReplyProtocolError, ServerError, TimeoutError, fromWire, isServerFull } from './errors.js';
 import { Fifo } from './fifo.js';
 
 export interface ConnectOptions {
@@ -83,8 +83,6 @@ export class Connection {
   private socketError: Error | null = null;
   /** No reply has arrived yet: a full server's refusal can only come first. */
   private firstReply = true;
-  /** The server refused the connection before reading anything: no request was acted on. */
-  private refused = false;
 
   /** Connects (and completes the TLS handshake) within `connectTimeoutMs`. */
   static open(address: Address, options: ConnectOptions): Promise<Connection> {
@@ -207,7 +205,6 @@ export class Connection {
     if (first && reply.type === 'error' && isServerFull(reply.message)) {
       // Sent unasked as the server accepts, before it closes without reading: it is
       // no request's answer, and every request may safely go to another server.
-      this.refused = true;
       this.tearDown(fromWire(reply.code, reply.message));
       return;
     }
@@ -234,6 +231,14 @@ export class Connection {
       this.socket.destroy();
     }
   };
+
+  /**
+   * The server refused the connection before reading anything (its unasked error is
+   * the only ServerError a connection tears down with): no request was acted on.
+   */
+  private get refused(): boolean {
+    return this.fatal instanceof ServerError;
+  }
 
   /** Fails every pending request with `reason` (via failAll on close) and closes the socket. */
   private tearDown(reason: Error): void {
