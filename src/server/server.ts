@@ -27,7 +27,7 @@ export interface ServerCounters {
   accepted: number;
   rejected: number;
   outputLimitDisconnects: number;
-  /** Accepted connections read through the lean path (socket-reads.ts): all plain TCP ones on Node 20. */
+  /** Accepted connections read through the lean path (socket-reads.ts): every plain TCP one where Node offers it. */
   leanReads: number;
 }
 
