@@ -49,9 +49,11 @@ export interface SequencerClientOptions {
    */
   readonly requestTimeoutMs?: number;
   /**
-   * NOTLEADER redirects to a named leader followed per call before giving up
-   * with NotLeaderError. A NOTLEADER naming no leader is not a hop: the call
-   * waits for an election until its timeout. Default 5.
+   * Hops per call before giving up with NotLeaderError: a member the call was
+   * sent to answering NOTLEADER with yet another leader. A NOTLEADER naming no
+   * leader, or naming again a leader that did not answer (it just died, and
+   * the others name it until its lease runs out), is not a hop: the call waits
+   * for the election until its timeout. Default 5.
    */
   readonly maxRedirects?: number;
   /**
@@ -66,6 +68,16 @@ export interface SequencerClientOptions {
 export interface Batch {
   readonly first: bigint;
   readonly count: bigint;
+}
+
+/** Where one call's NOTLEADER replies have sent it. */
+interface Route {
+  /** Members that named another leader after the call was sent to them (or first asked). */
+  readonly hops: string[];
+  /** Every leader named to the call. */
+  readonly named: Set<string>;
+  /** The leader the call was last sent to, until a NOTLEADER names none. */
+  following: string | null;
 }
 
 /** May the command be sent again after its reply was lost? */
@@ -184,7 +196,7 @@ export class SequencerClient {
    */
   private async execute<T>(words: string[], resend: Resend, parse: (reply: Reply) => T | undefined): Promise<T> {
     const deadline = performance.now() + this.requestTimeoutMs;
-    const hops: string[] = [];
+    const route: Route = { hops: [], named: new Set(), following: null };
     for (let attempt = 0; ; attempt++) {
       const connection = this.connection?.usable ? this.connection : await this.connect(deadline);
       let reply: Reply;
@@ -204,7 +216,7 @@ export class SequencerClient {
       }
       if (reply.type === 'error') {
         if (reply.code !== 'NOTLEADER') throw fromWire(reply.code, reply.message);
-        await this.redirect(connection, reply.message, hops, attempt, deadline);
+        await this.redirect(connection, reply.message, route, attempt, deadline);
         continue;
       }
       const result = parse(reply);
@@ -216,12 +228,15 @@ export class SequencerClient {
   }
 
   /**
-   * Leaves a connection whose server is not the leader: for the named leader
-   * at once (at most maxRedirects times per call, `hops` being those so far),
-   * or, when none is known, for the next server after a backoff: an election
-   * is probably under way, and the call may wait for it until its deadline.
+   * Leaves a connection whose server is not the leader. A named leader is
+   * followed at once; each time the server a call was sent to names yet
+   * another, that is a hop, and more than maxRedirects hops mean the members
+   * disagree. When no leader is named, or the one named did not answer (the
+   * call landed on another member, which names it again), an election or a
+   * new leader's start is probably under way: the call waits a backoff step
+   * and tries again, until its deadline.
    */
-  private async redirect(from: Connection, leaderText: string, hops: string[], attempt: number, deadline: number): Promise<void> {
+  private async redirect(from: Connection, leaderText: string, route: Route, attempt: number, deadline: number): Promise<void> {
     const leader = leaderText === '' ? null : parseAddress(leaderText);
     // Replies still due on `from` (other calls' NOTLEADERs, say) are let in before it closes.
     if (this.connection === from) {
@@ -231,15 +246,37 @@ export class SequencerClient {
       else this.preferred = (this.indexOf(from.address) + 1) % this.servers.length;
     }
     if (leader === null) {
+      route.following = null;
       await this.pause(attempt, deadline, new NotLeaderError(null));
       return;
     }
-    hops.push(from.address);
-    if (hops.length > this.maxRedirects) {
-      const leaderName = formatAddress(leader);
+    const name = formatAddress(leader);
+    const sentThere = route.hops.length === 0 || from.address === route.following;
+    const namedBefore = route.named.has(name);
+    route.following = name;
+    route.named.add(name);
+    if (!sentThere) {
+      // Not a hop: the leader this call was sent to did not answer it, and a
+      // leader that died is still named by the others until its lease runs out.
+      if (namedBefore) {
+        await this.pause(
+          attempt,
+          deadline,
+          new NotLeaderError(
+            name,
+            `${from.address} names ${name} as the leader, but ${name} did not answer in time: ` +
+              'a leader that just failed is named until its lease runs out, so a new one is probably being elected; ' +
+              `retry shortly, or check that ${name} is the address that member advertises (--advertise)`,
+          ),
+        );
+      }
+      return;
+    }
+    route.hops.push(from.address);
+    if (route.hops.length > this.maxRedirects) {
       throw new NotLeaderError(
-        leaderName,
-        `no leader reached after ${this.maxRedirects} NOTLEADER redirects (${hops.join(' -> ')} -> ${leaderName}): ` +
+        name,
+        `no leader reached after ${this.maxRedirects} NOTLEADER redirects (${route.hops.join(' -> ')} -> ${name}): ` +
           'the members disagree on who leads, or advertise wrong addresses; retry later, check --advertise, ' +
           'or raise maxRedirects',
       );

@@ -163,6 +163,64 @@ test('a redirect loop ends in NotLeaderError after maxRedirects hops', async () 
   assert.equal(a.requests.length + b.requests.length, 4, 'the first request and 3 redirects');
 });
 
+/** A call in flight whose outcome can be looked at without awaiting it. */
+function watch<T>(promise: Promise<T>): { settled: () => boolean; result: Promise<T> } {
+  let done = false;
+  const result = promise.finally(() => (done = true));
+  return { settled: () => done, result };
+}
+
+test('a dead leader still named by the others: the call waits for the election instead of counting hops', async () => {
+  // After a leader dies, the other members name it until its lease runs out.
+  const dead = `127.0.0.1:${await freePort()}`;
+  const successor = await mock(counterScript(70n));
+  let elected = false;
+  const follower = await mock((_words, connection) =>
+    connection.send(`-NOTLEADER ${elected ? successor.address : dead}\r\n`),
+  );
+  const c = client({ servers: [follower.address], requestTimeoutMs: 5000, maxRedirects: 1, reconnect: { minDelayMs: 10, maxDelayMs: 40 } });
+  const started = performance.now();
+  const call = watch(c.getNextSequence());
+  await waitFor(() => follower.requests.length >= 5 || call.settled(), 'the follower to name the dead leader five times');
+  elected = true;
+  assert.equal(await call.result, 70n);
+  const elapsed = performance.now() - started;
+  // Paced by the backoff (at least 10 ms a round), not a tight loop of connects.
+  assert.ok(follower.requests.length <= elapsed / 10 + 3, `${follower.requests.length} requests in ${Math.round(elapsed)} ms`);
+});
+
+test('a dead leader named until the deadline: NotLeaderError naming it, not before the call timed out', async () => {
+  const dead = `127.0.0.1:${await freePort()}`;
+  const follower = await mock((_words, connection) => connection.send(`-NOTLEADER ${dead}\r\n`));
+  const c = client({ servers: [follower.address], requestTimeoutMs: 400, maxRedirects: 1, reconnect: { minDelayMs: 10, maxDelayMs: 40 } });
+  const started = performance.now();
+  const error = await c.getNextSequence().then(() => null, (e: unknown) => e);
+  const elapsed = performance.now() - started;
+  // A pause gives up only when the deadline falls within it (at most 40 ms); a
+  // last request already sent when the deadline passes times out instead.
+  if (error instanceof NotLeaderError) {
+    assert.equal(error.leader, dead);
+    assert.match(error.message, /did not answer in time/);
+  } else {
+    assert.ok(error instanceof TimeoutError, String(error));
+  }
+  assert.ok(elapsed >= 400 - 40 - 5, `gave up after ${Math.round(elapsed)} ms of 400`);
+  assert.ok(follower.requests.length > 2);
+});
+
+test('a new leader still loading its marks: the call goes back to it until it serves', async () => {
+  // Elected, it answers a bare NOTLEADER until its marks are loaded; the others already name it.
+  let loaded = false;
+  const count = counterScript(300n);
+  const leader = await mock((words, connection) => (loaded ? count(words, connection) : connection.send('-NOTLEADER\r\n')));
+  const follower = await mock((_words, connection) => connection.send(`-NOTLEADER ${leader.address}\r\n`));
+  const c = client({ servers: [follower.address], requestTimeoutMs: 5000, maxRedirects: 1, reconnect: { minDelayMs: 10, maxDelayMs: 40 } });
+  const call = watch(c.getNextSequence());
+  await waitFor(() => leader.requests.length >= 3 || call.settled(), 'the loading leader to be asked three times');
+  loaded = true;
+  assert.equal(await call.result, 300n);
+});
+
 test('NOTLEADER with no address: the next server in the list, after a backoff', async () => {
   const candidate = await mock((_words, connection) => connection.send('-NOTLEADER\r\n'));
   const leader = await mock(counterScript(9n));
