@@ -98,6 +98,11 @@ export class SequencerClient {
   private readonly backoff: BackoffOptions | null;
 
   private connection: Connection | null = null;
+  /**
+   * Every connection not yet closed: the current one, and those left for
+   * another server (NOTLEADER, a failed request) that still owe replies.
+   */
+  private readonly live = new Set<Connection>();
   /** The connection attempt under way, shared by every call that waits for it. */
   private connecting: Promise<Connection> | null = null;
   /** Calls waiting for `connecting`; the attempts stop when none is left. */
@@ -176,14 +181,15 @@ export class SequencerClient {
 
   /**
    * Stops: new calls fail at once, calls waiting for a connection fail, and
-   * requests already sent get their replies (or time out) before the socket closes.
+   * requests already sent get their replies (or time out) before the sockets close,
+   * those of connections already left for another server included.
    */
   async close(): Promise<void> {
     this.closing.abort();
-    const connection = this.connection;
     this.connection = null;
-    connection?.retire();
-    await Promise.all([connection?.closed, this.connecting?.catch(() => {})]);
+    const open = [...this.live];
+    for (const connection of open) connection.retire();
+    await Promise.all([...open.map((c) => c.closed), this.connecting?.catch(() => {})]);
   }
 
   private get closed(): boolean {
@@ -221,6 +227,12 @@ export class SequencerClient {
       }
       const result = parse(reply);
       if (result === undefined) {
+        // Well framed but of the wrong kind: whatever answers there is not a server to keep using.
+        this.avoid(connection);
+        if (this.connection === connection) {
+          this.connection = null;
+          connection.retire();
+        }
         throw new ReplyProtocolError(connection.address, `unexpected ${describe(reply)} in reply to ${words[0]}`);
       }
       return result;
@@ -344,6 +356,8 @@ export class SequencerClient {
 
   /** A connected, authenticated connection, or null (the reason kept in lastConnectError). */
   private async open(address: Address): Promise<Connection | null> {
+    // One budget for the attempt: what the TCP and TLS handshakes took is not AUTH's.
+    const deadline = performance.now() + this.connectTimeoutMs;
     let connection: Connection;
     try {
       connection = await Connection.open(address, {
@@ -366,7 +380,7 @@ export class SequencerClient {
     const giveUp = (): void => connection.destroy();
     this.closing.signal.addEventListener('abort', giveUp);
     try {
-      if (this.password !== undefined) await this.authenticate(connection);
+      if (this.password !== undefined) await this.authenticate(connection, deadline);
     } catch (err) {
       connection.destroy();
       // A refused password fails the waiting calls now; another server would refuse it too.
@@ -381,14 +395,16 @@ export class SequencerClient {
       throw clientClosed();
     }
     this.connection = connection;
+    this.live.add(connection);
+    void connection.closed.then(() => this.live.delete(connection));
     this.lastConnectError = null;
     const index = this.indexOf(connection.address);
     if (index !== -1) this.preferred = index;
     return connection;
   }
 
-  private async authenticate(connection: Connection): Promise<void> {
-    const reply = await connection.send(['AUTH', this.password!], this.connectTimeoutMs);
+  private async authenticate(connection: Connection, deadline: number): Promise<void> {
+    const reply = await connection.send(['AUTH', this.password!], Math.max(1, deadline - performance.now()));
     // Only a refusal is fatal. Other errors (a server without a password may
     // answer AUTH with -ERR) are left for the real commands to report. (A full
     // server's unasked error never gets here: the connection takes it, see onReply.)

@@ -40,6 +40,8 @@ export interface MockOptions {
   readonly tls?: tls.TlsOptions;
   /** Default 127.0.0.1. */
   readonly host?: string;
+  /** With `tls`: accepted connections wait this long before the handshake starts (a slow network or server). */
+  readonly handshakeDelayMs?: number;
 }
 
 export async function startMockServer(script: Script, options: MockOptions = {}): Promise<MockServer> {
@@ -70,11 +72,22 @@ export async function startMockServer(script: Script, options: MockOptions = {})
   const server = options.tls === undefined
     ? net.createServer(onConnection)
     : tls.createServer(options.tls, onConnection);
+  const delay = options.handshakeDelayMs;
+  const raw: net.Socket[] = [];
+  // The TLS server is handed each socket late; until then the client's hello waits unread.
+  const listener = options.tls === undefined || delay === undefined
+    ? server
+    : net.createServer((socket) => {
+      raw.push(socket);
+      socket.on('error', () => {});
+      const timer = setTimeout(() => server.emit('connection', socket), delay);
+      socket.once('close', () => clearTimeout(timer));
+    });
   await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(options.port ?? 0, host, resolve);
+    listener.once('error', reject);
+    listener.listen(options.port ?? 0, host, resolve);
   });
-  const bound = (server.address() as net.AddressInfo).port;
+  const bound = (listener.address() as net.AddressInfo).port;
   return {
     port: bound,
     address: formatAddress({ host, port: bound }),
@@ -83,7 +96,8 @@ export async function startMockServer(script: Script, options: MockOptions = {})
     close: () =>
       new Promise<void>((resolve) => {
         for (const c of connections) c.socket.destroy();
-        server.close(() => resolve());
+        for (const socket of raw) socket.destroy();
+        listener.close(() => resolve());
       }),
   };
 }

@@ -98,6 +98,17 @@ test('garbage from the server: ReplyProtocolError, and the connection is dropped
   await waitFor(() => server.connections[0]!.socket.destroyed || server.connections[0]!.socket.readableEnded, 'the connection to close');
 });
 
+test('a well-framed reply of the wrong kind: ReplyProtocolError, and the connection is dropped', async () => {
+  let answered = 0;
+  const count = counterScript(3n);
+  const server = await mock((words, connection) => (answered++ === 0 ? connection.send('+OK\r\n') : count(words, connection)));
+  const c = client({ servers: [server.address] });
+  await assert.rejects(c.getNextSequence(), (err: unknown) => err instanceof ReplyProtocolError && /simple string 'OK' in reply to GETSEQ/.test(err.message));
+  await waitFor(() => server.connections[0]!.socket.destroyed || server.connections[0]!.socket.readableEnded, 'the connection to close');
+  assert.equal(await c.getNextSequence(), 3n);
+  assert.equal(server.connections.length, 2, 'the next call came on a new connection');
+});
+
 test('a reply nobody asked for is a protocol error that drops the connection', async () => {
   const server = await mock((_words, connection) => connection.send('+PONG\r\n+PONG\r\n'));
   const c = client({ servers: [server.address] });
@@ -391,6 +402,48 @@ test('TLS: the client verifies the server against the given CA', async () => {
   } finally {
     await certs.remove();
   }
+});
+
+test('connectTimeoutMs covers the TLS handshake and AUTH together', async () => {
+  const certs = await makeCerts();
+  try {
+    const [key, cert, ca] = await Promise.all([readFile(certs.serverKey), readFile(certs.serverCert), readFile(certs.caCert)]);
+    // Each step alone fits in the 1000 ms; the two together do not.
+    const server = await startMockServer(
+      (words, connection) => {
+        if (words[0] === 'AUTH') setTimeout(() => connection.send('+OK\r\n'), 600);
+        else connection.send(':1\r\n');
+      },
+      { tls: { key, cert }, handshakeDelayMs: 600 },
+    );
+    servers.push(server);
+    const c = client({ servers: [server.address], tls: { ca }, password: 'pw', connectTimeoutMs: 1000, requestTimeoutMs: 5000, reconnect: false });
+    const error = await c.getNextSequence().then(() => null, (e: unknown) => e);
+    assert.ok(error instanceof NoServerAvailableError, String(error));
+    assert.ok(error.cause instanceof TimeoutError, String(error.cause));
+    assert.equal(server.requests.length, 1, 'only AUTH was sent');
+  } finally {
+    await certs.remove();
+  }
+});
+
+test('close() waits for a connection left for the leader while a request on it is still answered', async () => {
+  const leader = await mock(counterScript(10n));
+  const follower = await mock((words, connection) => {
+    // The follower is slow to answer CURRENT, quick to redirect GETSEQ.
+    if (words[0] === 'CURRENT') setTimeout(() => connection.send(':5\r\n'), 300);
+    else connection.send(`-NOTLEADER ${leader.address}\r\n`);
+  });
+  const c = client({ servers: [follower.address] });
+  // Pipelined in this order, so the follower's replies keep the order of the requests.
+  const next = c.getNextSequence();
+  const current = watch(c.current());
+  assert.equal(await next, 10n, 'redirected to the leader');
+  assert.equal(current.settled(), false, 'CURRENT still waits on the follower');
+  await c.close();
+  assert.ok(current.settled(), 'close() resolved before the request on the retired connection was answered');
+  assert.equal(await current.result, 5n);
+  await waitFor(() => follower.connections[0]!.socket.destroyed, 'the follower connection to be closed');
 });
 
 test('close() after a call that timed out alone does not wait for its reply from a server that never sends it', async () => {
