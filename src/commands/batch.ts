@@ -8,7 +8,7 @@ export const batch: Command = {
   name: 'GETSEQ_BATCH',
   minArgs: 1,
   maxArgs: 2,
-  run(words, _session, services) {
+  run(words, session, services) {
     const raw = words[1]!;
     // `:100` is accepted because the seed's design note wrote it that way.
     const count = parseUnsigned(raw.charCodeAt(0) === 58 ? raw.slice(1) : raw);
@@ -17,6 +17,6 @@ export const batch: Command = {
     }
     const name = sequenceName(words[2]);
     if (typeof name !== 'string') return name.reply;
-    return numberReply(services.source.allocate(name, count));
+    return numberReply(services.source.allocate(name, count, session));
   },
 };

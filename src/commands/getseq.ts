@@ -5,9 +5,9 @@ export const getseq: Command = {
   name: 'GETSEQ',
   minArgs: 0,
   maxArgs: 1,
-  run(words, _session, services) {
+  run(words, session, services) {
     const name = sequenceName(words[1]);
     if (typeof name !== 'string') return name.reply;
-    return numberReply(services.source.allocate(name, 1n));
+    return numberReply(services.source.allocate(name, 1n, session));
   },
 };

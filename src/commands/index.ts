@@ -50,7 +50,7 @@ for (const entry of ENTRIES) {
 }
 
 export function newSession(): Session {
-  return { authenticated: false, quit: false, last: null };
+  return { authenticated: false, quit: false, last: null, gone: false };
 }
 
 function lookup(name: string, session: Session): Entry | undefined {

@@ -16,6 +16,11 @@ export interface Session {
    * mixed case).
    */
   last: { readonly name: string; readonly index: number } | null;
+  /**
+   * The connection is closed, or being cut off: a request of it still waiting
+   * for storage takes no numbers (see Caller in the sequence core).
+   */
+  gone: boolean;
 }
 
 export interface Services {

@@ -41,6 +41,8 @@ export function notLeader(leadership: Leadership | undefined): SequenceError {
 
 export const EXHAUSTED = new SequenceError('ERR', 'sequence exhausted');
 export const SHUTTING_DOWN = new SequenceError('ERR', 'server is shutting down; retry on another server');
+/** What a waiting request whose caller left gets instead of numbers; nobody reads it. */
+const CALLER_GONE = new SequenceError('ERR', 'the connection closed before the numbers were durable');
 const STARTING = new SequenceError('ERR', 'server is starting; retry shortly');
 
 export interface SequenceSnapshot {
@@ -53,10 +55,20 @@ export interface SequenceSnapshot {
   readonly issued: bigint;
 }
 
+/**
+ * Who asked for numbers, as far as the core cares. A request that waits for
+ * storage takes its numbers only when they are durable; if its caller is gone
+ * by then (its connection closed, or was cut off at shutdown), it takes none,
+ * so the numbers go to the next request instead of into a gap.
+ */
+export interface Caller {
+  readonly gone: boolean;
+}
+
 /** What the command layer needs from whatever hands out numbers on this node. */
 export interface SequenceSource {
   /** First of `count` numbers; a promise only when the reply must wait for storage. */
-  allocate(name: string, count: bigint): bigint | SequenceError | Promise<bigint>;
+  allocate(name: string, count: bigint, caller?: Caller): bigint | SequenceError | Promise<bigint>;
   current(name: string): bigint | SequenceError;
   snapshot(): SequenceSnapshot[];
 }
@@ -89,6 +101,7 @@ export interface SequencerOptions {
 
 interface Waiter {
   count: bigint;
+  caller: Caller | undefined;
   resolve(first: bigint): void;
   reject(err: SequenceError): void;
 }
@@ -189,7 +202,7 @@ export class Sequencer implements SequenceSource {
     return this.failure?.message ?? null;
   }
 
-  allocate(name: string, count: bigint): bigint | SequenceError | Promise<bigint> {
+  allocate(name: string, count: bigint, caller?: Caller): bigint | SequenceError | Promise<bigint> {
     const refusal = this.gate();
     if (refusal) return refusal;
     const s = this.find(name);
@@ -208,7 +221,7 @@ export class Sequencer implements SequenceSource {
     }
     if (s.waitingCount + end > END) return EXHAUSTED;
     return new Promise<bigint>((resolve, reject) => {
-      s.waiters.push({ count, resolve, reject });
+      s.waiters.push({ count, caller, resolve, reject });
       s.waitingCount += count;
       this.want(s);
     });
@@ -473,6 +486,12 @@ export class Sequencer implements SequenceSource {
     let i = 0;
     while (i < ws.length) {
       const w = ws[i]!;
+      if (w.caller?.gone === true) {
+        s.waitingCount -= w.count;
+        w.reject(CALLER_GONE);
+        i++;
+        continue;
+      }
       const end = s.next + w.count;
       if (end > s.mark) break;
       const first = s.next;

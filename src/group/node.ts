@@ -14,6 +14,7 @@ import {
   Sequencer,
   SequenceError,
   SHUTTING_DOWN,
+  type Caller,
   type SequenceSnapshot,
   type SequenceSource,
   type SequencerEvents,
@@ -155,9 +156,9 @@ class GroupNode implements GroupHandle {
     await this.leadership.start();
   }
 
-  allocate(name: string, count: bigint): bigint | SequenceError | Promise<bigint> {
+  allocate(name: string, count: bigint, caller?: Caller): bigint | SequenceError | Promise<bigint> {
     if (this.closing) return SHUTTING_DOWN;
-    return this.sequencer?.allocate(name, count) ?? this.notServing();
+    return this.sequencer?.allocate(name, count, caller) ?? this.notServing();
   }
 
   current(name: string): bigint | SequenceError {

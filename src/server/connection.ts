@@ -107,10 +107,21 @@ export class Connection {
     socket.on('close', () => {
       this.closed = true;
       this.stopped = true;
+      this.session.gone = true;
       if (this.idleTimer !== null) clearInterval(this.idleTimer);
       this.notifyIdle();
       events.closed(this);
     });
+  }
+
+  /**
+   * Closes now, with replies still owed: requests waiting for storage then take
+   * no numbers, where a plain destroy would let them take numbers nobody receives.
+   */
+  abandon(): void {
+    this.stopped = true;
+    this.session.gone = true;
+    this.socket.destroy();
   }
 
   /** Stops serving and closes the socket once every reply already owed is written. */
@@ -190,7 +201,8 @@ export class Connection {
   private slotFor(reply: Promise<string>): Slot {
     const slot: Slot = { value: null };
     reply.then((value) => {
-      if (value.charCodeAt(0) === 45 /* '-' */) this.stats.countError(value);
+      // A request whose connection is gone is refused unseen: not an error anyone got.
+      if (value.charCodeAt(0) === 45 /* '-' */ && !this.session.gone) this.stats.countError(value);
       slot.value = value;
       this.owed += value.length - PENDING_COST;
       this.schedulePump();
@@ -201,6 +213,7 @@ export class Connection {
   /** The client asked for more than it may leave unread: drop it and everything owed to it. */
   private cutOff(): void {
     this.stopped = true;
+    this.session.gone = true;
     this.out = '';
     this.queue = [];
     this.queueHead = 0;

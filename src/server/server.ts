@@ -90,7 +90,7 @@ export class SequencerServer {
     for (const l of this.listeners) l.close();
     const drains = [...this.connections].map((c) => c.shutdown());
     const timer = setTimeout(() => {
-      for (const c of this.connections) c.socket.destroy();
+      for (const c of this.connections) c.abandon();
     }, graceMs);
     await Promise.all(drains);
     clearTimeout(timer);

@@ -8,7 +8,7 @@ import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
 import { SequencerServer } from '../../src/server/server.js';
-import { SequenceError, type SequenceSource } from '../../src/core/sequencer.js';
+import { SequenceError, type Caller, type SequenceSource } from '../../src/core/sequencer.js';
 import { waitFor } from '../helpers/wait.js';
 
 const cleanup: Array<() => unknown> = [];
@@ -22,8 +22,12 @@ test('replies released by storage, larger than counted while they waited, cut of
   // Each reply ~200 KB: all of them would hold about 20 MB for a client that reads nothing.
   const big = 'x'.repeat(200_000);
   const waiting: Array<() => void> = [];
+  const callers: Array<Caller | undefined> = [];
   const source: SequenceSource = {
-    allocate: () => new Promise<bigint>((_, reject) => waiting.push(() => reject(new SequenceError('ERR', big)))),
+    allocate: (_name, _count, caller) => {
+      callers.push(caller);
+      return new Promise<bigint>((_, reject) => waiting.push(() => reject(new SequenceError('ERR', big))));
+    },
     current: () => 1n,
     snapshot: () => [],
   };
@@ -52,6 +56,8 @@ test('replies released by storage, larger than counted while they waited, cut of
   }
   assert.equal(server.counters.outputLimitDisconnects, 1, `cut off (after ${released} of ${REQUESTS} replies)`);
   assert.ok(released < REQUESTS, 'before every reply was piled up');
+  // Requests still waiting then take no numbers (see abandoned-requests.test.ts).
+  assert.ok(callers.length === REQUESTS && callers.every((c) => c?.gone === true), 'every caller marked gone at the cut-off');
   client.resume(); // what was sent before the cut-off, then the end
   await waitFor(() => closed, 'the client to see its connection closed');
 });

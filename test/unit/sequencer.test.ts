@@ -377,6 +377,26 @@ test('gapless: a write still in flight when close() stops handing out, that fail
   assert.equal(store.state().get('default'), next, 'the landed reservation is written over with the exact next number');
 });
 
+test('a waiting request whose caller is gone when its numbers become durable takes none; the next one gets them', async () => {
+  for (const reserve of [0n, 3n]) {
+    const store = new MemoryStore();
+    const seq = await open(store, reserve);
+    store.pause();
+    const caller = { gone: false };
+    // Larger than any window here: it waits for a write of its own.
+    const left = seq.allocate('default', 5n, caller);
+    const staying = seq.allocate('default', 1n, { gone: false });
+    assert.ok(left instanceof Promise && staying instanceof Promise);
+    caller.gone = true;
+    store.resume();
+    await assert.rejects(left, (e: unknown) => e instanceof SequenceError);
+    assert.equal(await staying, 1n, `reserve ${reserve}`);
+    assert.equal(seq.current('default'), 2n);
+    assert.equal(await seq.close(), true);
+    assert.equal(store.state().get('default'), 2n, `reserve ${reserve}: a clean stop continues at 2`);
+  }
+});
+
 test('--initial seeds new sequences; above a persisted mark it wins', async () => {
   const seq = new Sequencer({
     store: new MemoryStore({ initial: [['low', 5n], ['high', 5000n]] }),

@@ -1,0 +1,76 @@
+/**
+ * Requests that wait for storage and whose connection goes away before their
+ * numbers are durable: a client that resets its connection, and the clients a shutdown cuts
+ * off when its grace period runs out. Such a request must take no numbers;
+ * otherwise they would be handed to nobody, a gap while the server runs, or
+ * (after a clean stop) across the restart.
+ */
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { SequencerServer } from '../../src/server/server.js';
+import { Sequencer } from '../../src/core/sequencer.js';
+import { MemoryStore } from '../../src/store/memory.js';
+import { WireClient } from '../helpers/wire.js';
+import { waitFor } from '../helpers/wait.js';
+
+const cleanup: Array<() => unknown> = [];
+after(async () => {
+  for (const c of cleanup.reverse()) await c();
+});
+
+/** A gapless server (every reply waits for its write) over a store the test can hold. */
+async function gaplessServer() {
+  const store = new MemoryStore();
+  const seq = new Sequencer({ store, initial: 1n, reserve: 0n, maxSequences: 10 });
+  await seq.open();
+  const server = new SequencerServer(
+    { source: seq, maxBatch: 1000n, passwordDigest: null, info: () => '', authFailed: () => {} },
+    { maxConnections: 10, idleTimeoutMs: 0, outputLimit: 1 << 20 },
+  );
+  const port = await server.listen('127.0.0.1', 0);
+  cleanup.push(async () => {
+    store.resume();
+    await server.close(0);
+    await seq.close();
+  });
+  return { store, seq, server, port };
+}
+
+async function connect(port: number): Promise<WireClient> {
+  const c = await WireClient.connect(port);
+  cleanup.push(() => c.close());
+  return c;
+}
+
+test('a client that resets its connection while its requests wait for storage takes no numbers', async () => {
+  const { store, seq, server, port } = await gaplessServer();
+  const gone = await connect(port);
+  store.pause();
+  gone.send('GETSEQ\r\nGETSEQ_BATCH 10\r\n');
+  await waitFor(() => seq.current('default') === 12n, 'both requests to wait for storage');
+  // A reset, not a FIN: a client that only shuts down its sending side still gets its replies.
+  gone.socket.resetAndDestroy();
+  await waitFor(() => server.connectionCount === 0, 'the server to see the connection close');
+  const staying = await connect(port);
+  staying.send('GETSEQ\r\n');
+  store.resume();
+  await staying.expect(':1\r\n');
+  assert.equal(seq.snapshot()[0]!.next, 2n, 'numbers 1..11 were not handed to the closed connection');
+});
+
+test('a clean stop that cuts off a request still waiting for storage after its grace period leaves no gap', async () => {
+  const { store, seq, server, port } = await gaplessServer();
+  const c = await connect(port);
+  c.send('GETSEQ\r\n');
+  await c.expect(':1\r\n');
+  store.pause();
+  c.send('GETSEQ\r\n');
+  await waitFor(() => seq.current('default') === 3n, 'the request to wait for storage');
+  // The write is stuck past the grace period: the server gives up on the connection.
+  await server.close(20);
+  store.resume();
+  assert.equal(await seq.close(), true);
+  assert.equal(store.state().get('default'), 2n, 'the next start continues at 2: the cut-off request took nothing');
+  await c.waitClosed();
+  assert.equal(c.text, ':1\r\n');
+});
