@@ -178,7 +178,9 @@ export function checkHistory(history: History | Op[], opts: CheckOptions = {}): 
  * explain it: its lost requests, one window if it crashed, and, for the gap up
  * to the next run's first number, that next run's lost requests too (one may
  * have taken the numbers just below it). A gap that reaches past runs with no
- * acknowledged number draws on their budgets as well.
+ * acknowledged number draws on their budgets as well. A crash skips only what
+ * lies above everything its run handed out, so gaps between two ranges of one
+ * run must be explained by that run's lost requests alone.
  */
 function checkRunGaps(ops: Op[], byFirst: Op[], runOf: (op: Op) => number, opts: CheckOptions): string[] {
   if (byFirst.length === 0) return [];
@@ -198,6 +200,8 @@ function checkRunGaps(ops: Op[], byFirst: Op[], runOf: (op: Op) => number, opts:
     lostCount[r]!++;
   }
   const charged = lost.map(() => 0n);
+  /** Gaps between two ranges of the same run: no crash can explain those. */
+  const withinRun = lost.map(() => 0n);
   const allowed = lost.map((n, r) => n + window(r));
   /** Runs whose budget a spanning gap has used, so no other gap counts it again. */
   const lent = new Set<number>();
@@ -219,9 +223,16 @@ function checkRunGaps(ops: Op[], byFirst: Op[], runOf: (op: Op) => number, opts:
     }
     const gap = byFirst[i]!.first! - (prev.first! + prev.count);
     if (gap > 0n) charged[from]! += gap;
+    if (gap > 0n && to === from) withinRun[from]! += gap;
   }
   const violations: string[] = [];
   for (let r = 0; r <= last; r++) {
+    if (withinRun[r]! > lost[r]!) {
+      violations.push(
+        `run ${r} skipped ${withinRun[r]} numbers between numbers it handed out, but its ${lostCount[r]} lost requests explain at most ${lost[r]}`,
+      );
+      continue;
+    }
     if (charged[r]! > allowed[r]!) {
       violations.push(
         `run ${r}${r < last ? ' (ended by a crash)' : ''} skipped ${charged[r]} numbers, but its ${lostCount[r]} lost requests` +

@@ -117,6 +117,20 @@ test('a gap within the last run is explained by its lost requests only', () => {
   assert.deepEqual(checkHistory(h, opts).runGapViolations, []);
 });
 
+test('a gap within a run that ended in a crash is not explained by the crash window', () => {
+  const h = new History();
+  inRun(h, 0, 0, 1, 1);
+  inRun(h, 0, 2, 3, 50); // 2..49 skipped while run 0 was still serving
+  inRun(h, 1, 10, 11, 51);
+  const opts = { crashes: 1, reserve: 100n, start: 1n, runOf };
+  assert.equal(checkHistory(h, opts).gapViolation, null, 'the total alone fits one window');
+  assert.deepEqual(checkHistory(h, opts).runGapViolations, [
+    'run 0 skipped 48 numbers between numbers it handed out, but its 0 lost requests explain at most 0',
+  ]);
+  inRun(h, 0, 1, null, null, 48, true);
+  assert.deepEqual(checkHistory(h, opts).runGapViolations, []);
+});
+
 test('runs that acknowledged nothing lend their window to the gap that spans them', () => {
   const h = new History();
   inRun(h, 0, 0, 1, 1);
