@@ -707,9 +707,9 @@ function unframe(buf: Buffer, offset: number, file: string): Unframed {
   if (isZero(buf, offset)) return { torn: `${rest} zero bytes where a record should be` };
   if (rest < HEADER_LENGTH) return { torn: `only ${rest} bytes of a record header` };
   const length = buf.readUInt32BE(offset);
-  if (!plausibleLength(length)) {
-    throw new StateCorruptError(file, `the record at byte ${offset} claims an impossible length ${length}`);
-  }
+  // Also what a tear leaves when the block holding a record's start never reached
+  // the disk but a later one did: replay() tells the two apart by what follows.
+  if (!plausibleLength(length)) return { torn: `a record header claiming an impossible length ${length}` };
   const end = offset + HEADER_LENGTH + length;
   if (end > buf.length) return { torn: `a record of ${length} bytes with only ${rest - HEADER_LENGTH} present` };
   const payload = checkedPayload(buf, offset, length);
