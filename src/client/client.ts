@@ -139,7 +139,7 @@ export class SequencerClient {
     if (!Number.isInteger(this.maxRedirects) || this.maxRedirects < 0) {
       throw new ConfigError('maxRedirects', 'must be a whole number, 0 or more');
     }
-    this.backoff = options.reconnect === false ? null : { ...DEFAULT_BACKOFF, ...options.reconnect };
+    this.backoff = options.reconnect === false ? null : reconnectOption({ ...DEFAULT_BACKOFF, ...options.reconnect });
     // Every call sleeping between retries listens for close(): many at once in an outage is normal, not a leak.
     setMaxListeners(0, this.closing.signal);
   }
@@ -462,6 +462,18 @@ function positive(option: string, value: number): number {
     throw new ConfigError(option, `must be a positive number of milliseconds up to ${MAX_TIMER_MS} (about 24.8 days), got ${value}`);
   }
   return value;
+}
+
+/** A zero delay would retry a dead server in a tight loop; a maximum below the minimum is a typo. */
+function reconnectOption(backoff: BackoffOptions): BackoffOptions {
+  const { minDelayMs, maxDelayMs } = backoff;
+  if (!(Number.isFinite(minDelayMs) && minDelayMs >= 1 && Number.isFinite(maxDelayMs) && maxDelayMs >= minDelayMs && maxDelayMs <= MAX_TIMER_MS)) {
+    throw new ConfigError(
+      'reconnect',
+      `needs 1 <= minDelayMs <= maxDelayMs <= ${MAX_TIMER_MS} milliseconds, got minDelayMs ${minDelayMs}, maxDelayMs ${maxDelayMs}`,
+    );
+  }
+  return backoff;
 }
 
 function clientClosed(): ConnectionClosedError {

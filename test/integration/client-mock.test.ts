@@ -478,6 +478,11 @@ test('bad options are refused up front', () => {
   // Node's timers would fire such a delay after 1 ms.
   assert.throws(() => new SequencerClient({ requestTimeoutMs: 2 ** 31 }), /requestTimeoutMs.*up to 2147483647/);
   assert.throws(() => new SequencerClient({ connectTimeoutMs: 1e10 }), /connectTimeoutMs/);
+  // A dead server would be retried in a tight loop.
+  assert.throws(() => new SequencerClient({ reconnect: { minDelayMs: 0 } }), /reconnect.*minDelayMs 0/);
+  assert.throws(() => new SequencerClient({ reconnect: { minDelayMs: 500, maxDelayMs: 100 } }), /reconnect/);
+  assert.throws(() => new SequencerClient({ reconnect: { maxDelayMs: Number.NaN } }), /reconnect/);
+  assert.doesNotThrow(() => new SequencerClient({ reconnect: { minDelayMs: 1, maxDelayMs: 1 } }));
 });
 
 test('an allocator over a client: many numbers, few round trips', async () => {
