@@ -4,6 +4,7 @@
  * here except reading the given argv/env; the result is frozen.
  */
 import { parseArgs } from 'node:util';
+import { isIP } from 'node:net';
 import { ConfigError } from './errors.js';
 import { MAX_TIMER_MS, MAX_VALUE } from './core/limits.js';
 import { parseAddress } from './protocol/address.js';
@@ -157,7 +158,22 @@ function parseFlag(source: string, text: string): boolean {
   throw new ConfigError(source, `expected true or false, got '${text}'`);
 }
 
+/**
+ * An IP address or a host name (RFC 1123 labels, the last not all digits). A
+ * malformed one, such as `999.1.1.1`, would only fail at bind time, as a
+ * failed name lookup.
+ */
+function isBindHost(host: string): boolean {
+  if (isIP(host) !== 0) return true;
+  const label = /^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$/;
+  const labels = host.endsWith('.') ? host.slice(0, -1).split('.') : host.split('.');
+  return host.length <= 253 && labels.every((l) => label.test(l)) && !/^\d+$/.test(labels[labels.length - 1]!);
+}
+
 function crossCheck(c: Config): void {
+  if (!isBindHost(c.host)) {
+    throw new ConfigError('--host', `expected an IP address or a host name, got '${c.host}'`);
+  }
   if (c.tlsPort !== null && (c.tlsCert === null || c.tlsKey === null)) {
     throw new ConfigError('--tls-port', 'needs --tls-cert and --tls-key');
   }
@@ -194,8 +210,13 @@ function fromParseArgs(err: unknown): ConfigError {
         ? new ConfigError(`--${flag}`, 'takes no value')
         : new ConfigError(`--${flag ?? '?'}`, `expected a value: --${flag}=${spec?.arg ?? '<value>'}`);
     }
-    case 'ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL':
-      return new ConfigError(opt, 'unexpected argument; options look like --name=value');
+    case 'ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL': {
+      const word = /'([^']*)'/.exec(e.message ?? '')?.[1];
+      return new ConfigError(
+        word === undefined ? 'arguments' : `'${word}'`,
+        'unexpected argument; options look like --name=value, and flags such as --in-memory take no value',
+      );
+    }
     default:
       return new ConfigError('arguments', String(e.message ?? err).split('\n')[0]!);
   }

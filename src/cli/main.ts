@@ -57,8 +57,10 @@ async function runSequencer(argv: string[]): Promise<number> {
     server = await startServer(config, { log });
   } catch (err) {
     const message = err instanceof Error ? err.message : String(err);
-    log.fatal({ err: message }, 'cannot start');
-    return fail(message, err instanceof DolmeangiError && err.code === 'CONFIG' ? 2 : 1);
+    const badOption = err instanceof DolmeangiError && err.code === 'CONFIG';
+    // A bad option gets its one line on stderr, as when parsing the command line.
+    if (!badOption) log.fatal({ err: message }, 'cannot start');
+    return fail(message, badOption ? 2 : 1);
   }
   const running = server;
   return new Promise<number>((resolve) => {

@@ -65,6 +65,8 @@ export async function startServer(config: Config, opts: StartOptions = {}): Prom
   const log = opts.log ?? createLogger(config.logLevel);
   const started = Date.now();
   const password = await readPassword(config);
+  // Before the data directory is touched or a port bound: a bad file starts nothing.
+  const tlsOptions = config.tlsPort === null ? null : await readTlsFiles(config);
   let server: SequencerServer | null = null;
   // Read only at scrape time, once the backend and the server exist.
   const metrics =
@@ -131,8 +133,8 @@ export async function startServer(config: Config, opts: StartOptions = {}): Prom
   let ops: OpsServer | null = null;
   try {
     port = await server.listen(config.host, config.port);
-    if (config.tlsPort !== null) {
-      tlsPort = await server.listenTls(config.host, config.tlsPort, await readTlsFiles(config));
+    if (config.tlsPort !== null && tlsOptions !== null) {
+      tlsPort = await server.listenTls(config.host, config.tlsPort, tlsOptions);
     }
     if (metrics !== null) {
       ops = await startOpsServer({

@@ -3,6 +3,9 @@
  * lists every option; environment variables work and flags win.
  */
 import { test } from 'node:test';
+import { mkdtemp, rm, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import assert from 'node:assert/strict';
 import { runCli, startServerProcess } from '../helpers/server-process.js';
 import { OPTIONS, parseConfig } from '../../src/config.js';
@@ -22,7 +25,11 @@ const bad: Array<[string[], RegExp]> = [
   [['--no-such-option'], /^dolmeangi: --no-such-option: unknown option; see --help/],
   [['--port'], /^dolmeangi: --port: expected a value/],
   [['--in-memory=yes'], /^dolmeangi: --in-memory: takes no value/],
-  [['stray'], /^dolmeangi: .*unexpected argument/],
+  [['stray'], /^dolmeangi: 'stray': unexpected argument/],
+  [['--port', '18001', '18002'], /^dolmeangi: '18002': unexpected argument/],
+  [['--host=999.1.1.1'], /^dolmeangi: --host: expected an IP address or a host name, got '999.1.1.1'\n$/],
+  [['--host=bad host'], /^dolmeangi: --host: expected an IP address or a host name/],
+  [['--tls-port=0', '--tls-cert=/nonexistent/c.pem', '--tls-key=/nonexistent/k.pem'], /^dolmeangi: --tls-cert: cannot read \/nonexistent\/c.pem/],
   [['--etcd=localhost'], /^dolmeangi: --etcd: expected URLs like/],
   [['--tls-port=6380'], /^dolmeangi: --tls-port: needs --tls-cert and --tls-key/],
 ];
@@ -36,6 +43,26 @@ for (const [args, message] of bad) {
     assert.equal(r.stdout, '', 'nothing started, nothing logged');
   });
 }
+
+test('unreadable TLS files stop start-up before the data directory is created or a port bound', async () => {
+  const dir = await mkdtemp(path.join(tmpdir(), 'dolmeangi-cli-'));
+  try {
+    const dataDir = path.join(dir, 'data');
+    const r = await runCli(['sequencer', `--data-dir=${dataDir}`, '--port=0', '--tls-port=0', `--tls-cert=${dir}/none.pem`, `--tls-key=${dir}/none.pem`]);
+    assert.equal(r.code, 2);
+    assert.match(r.stderr, /^dolmeangi: --tls-cert: cannot read /);
+    assert.equal(r.stdout, '', 'nothing logged');
+    await assert.rejects(stat(dataDir), /ENOENT/, 'the data directory was not created');
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('host names and addresses --host accepts', () => {
+  for (const host of ['0.0.0.0', '::', '::1', '127.0.0.1', 'localhost', 'db-1.example.com', 'example.com.', 'x1']) {
+    assert.equal(parseConfig(['--host', host], {}).host, host);
+  }
+});
 
 test('an environment variable with a bad value is named', async () => {
   const r = await runCli(['sequencer', '--in-memory'], { env: { SEQUENCER_PORT: 'nope' } });
