@@ -33,7 +33,7 @@ export interface NodeView {
   mode(): string;
   sequences(): readonly SequenceSnapshot[];
   commands(): CommandStats;
-  connections(): { open: number; accepted: number; rejected: number; outputLimitDisconnects: number };
+  connections(): { open: number; accepted: number; rejected: number; outputLimitDisconnects: number; acceptErrors: number };
   ready(): boolean;
   /** False while the store is failing; true when there is no store to fail. */
   persistenceUp(): boolean;
@@ -110,6 +110,7 @@ export class Metrics {
     scraped(Gauge, registers, 'dolmeangi_max_connections', 'The --max-connections limit.', [], (g) => g.set(view.maxConnections));
     scraped(Counter, registers, 'dolmeangi_connections_accepted_total', 'Client connections accepted.', [], (c) => c.inc(view.connections().accepted));
     scraped(Counter, registers, 'dolmeangi_connections_rejected_total', 'Client connections refused because --max-connections were open.', [], (c) => c.inc(view.connections().rejected));
+    scraped(Counter, registers, 'dolmeangi_accept_errors_total', 'Client connections the server failed to accept (EMFILE and the like); the server serves on.', [], (c) => c.inc(view.connections().acceptErrors));
     scraped(Counter, registers, 'dolmeangi_output_limit_disconnects_total', 'Clients disconnected for leaving more than --client-output-limit reply bytes unread.', [], (c) => c.inc(view.connections().outputLimitDisconnects));
 
     scraped(Gauge, registers, 'dolmeangi_ready', '1 when this node can hand out numbers now (as /readyz), else 0.', [], (g) => g.set(view.ready() ? 1 : 0));

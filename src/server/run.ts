@@ -84,7 +84,8 @@ export async function startServer(config: Config, opts: StartOptions = {}): Prom
           persistenceUp: () => backend.persistenceFailure() === null,
           ...(config.etcd.length > 0 ? { leader: () => backend.role() === 'leader' } : {}),
         });
-  const authFailures = authFailureReporter(log, metrics);
+  const authFailures = repeatReporter(log, 'AUTH with a wrong password', metrics === null ? undefined : () => metrics.authFailed());
+  const acceptErrors = repeatReporter(log, 'failed to accept a client connection (it was dropped; others are served)');
   const persistence = (): { state: 'ok' | 'failing' | 'none'; error: string | null } => {
     if (backend.mode === 'in-memory') return { state: 'none', error: null };
     const error = backend.persistenceFailure();
@@ -120,7 +121,7 @@ export async function startServer(config: Config, opts: StartOptions = {}): Prom
         sequences: backend.source.snapshot(),
       });
     },
-    authFailed: authFailures.failed,
+    authFailed: () => authFailures.failed(),
   };
   server = new SequencerServer(services, {
     maxConnections: config.maxConnections,
@@ -128,6 +129,7 @@ export async function startServer(config: Config, opts: StartOptions = {}): Prom
     outputLimit: config.clientOutputLimit,
   });
   if (metrics !== null) server.onChunkHandled = metrics.chunkHandled;
+  server.onAcceptError = (err) => acceptErrors.failed(err.message);
   let port = 0;
   let tlsPort: number | null = null;
   let ops: OpsServer | null = null;
@@ -194,6 +196,7 @@ export async function startServer(config: Config, opts: StartOptions = {}): Prom
         await ops?.close();
         await srv.close();
         authFailures.stop();
+        acceptErrors.stop();
         const exact = await backend.close();
         log.info({ exact }, 'stopped');
         return exact;
@@ -284,29 +287,31 @@ function sequencerEvents(log: Logger, metrics: Metrics | null): SequencerEvents 
   };
 }
 
-const AUTH_LOG_MS = 10_000;
+const REPEAT_LOG_MS = 10_000;
 
 /**
- * Counts failed AUTHs for the metrics and logs them at most once per AUTH_LOG_MS,
- * with how many there were since the last line: a password guesser must not be
- * able to flood the log.
+ * Logs an event that clients can cause at will (a wrong password, a failed
+ * accept in a flood) at most once per REPEAT_LOG_MS, with how many there were
+ * since the last line and the latest detail: they must not be able to flood the log.
  */
-function authFailureReporter(log: Logger, metrics: Metrics | null): { failed(): void; stop(): void } {
+function repeatReporter(log: Logger, message: string, counted?: () => void): { failed(detail?: string): void; stop(): void } {
   let unlogged = 0;
+  let lastDetail: string | undefined;
   let timer: NodeJS.Timeout | null = null;
   const report = () => {
-    if (unlogged > 0) log.warn({ count: unlogged }, 'AUTH with a wrong password');
+    if (unlogged > 0) log.warn({ count: unlogged, ...(lastDetail === undefined ? {} : { error: lastDetail }) }, message);
     unlogged = 0;
   };
   const tick = () => {
     timer = null;
     if (unlogged === 0) return;
     report();
-    timer = setTimeout(tick, AUTH_LOG_MS).unref();
+    timer = setTimeout(tick, REPEAT_LOG_MS).unref();
   };
   return {
-    failed() {
-      metrics?.authFailed();
+    failed(detail) {
+      counted?.();
+      lastDetail = detail;
       unlogged++;
       if (timer === null) tick();
     },

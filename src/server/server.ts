@@ -29,11 +29,15 @@ export interface ServerCounters {
   outputLimitDisconnects: number;
   /** Accepted connections read through the lean path (socket-reads.ts): every plain TCP one where Node offers it. */
   leanReads: number;
+  /** Connections the kernel or libuv failed to accept (EMFILE and the like): those clients see a reset or a hang. */
+  acceptErrors: number;
 }
 
 export class SequencerServer {
   readonly stats = new CommandStats();
-  readonly counters: ServerCounters = { accepted: 0, rejected: 0, outputLimitDisconnects: 0, leanReads: 0 };
+  readonly counters: ServerCounters = { accepted: 0, rejected: 0, outputLimitDisconnects: 0, leanReads: 0, acceptErrors: 0 };
+  /** Told of each failed accept (for the log); the server serves on either way. */
+  onAcceptError: ((err: Error) => void) | null = null;
   private readonly connections = new Set<Connection>();
   /** Refused sockets still delivering their error. */
   private refusing = 0;
@@ -105,6 +109,12 @@ export class SequencerServer {
         server.off('error', onError);
         resolve();
       });
+    });
+    // Once listening, an error is a failed accept (EMFILE, ENFILE, ENOMEM...): it costs
+    // that one client. Unhandled, it would end the process and every other client's service.
+    server.on('error', (err) => {
+      this.counters.acceptErrors++;
+      this.onAcceptError?.(err);
     });
     this.listeners.push(server);
     return (server.address() as net.AddressInfo).port;

@@ -20,7 +20,7 @@ function view(sequences: SequenceSnapshot[], extra: Partial<NodeView> = {}): Nod
     mode: () => 'durable',
     sequences: () => sequences,
     commands: () => stats,
-    connections: () => ({ open: 0, accepted: 0, rejected: 0, outputLimitDisconnects: 0 }),
+    connections: () => ({ open: 0, accepted: 0, rejected: 0, outputLimitDisconnects: 0, acceptErrors: 0 }),
     ready: () => true,
     persistenceUp: () => true,
     ...extra,
