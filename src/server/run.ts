@@ -80,7 +80,7 @@ export async function startServer(config: Config, opts: StartOptions = {}): Prom
           sequences: () => backend.source.snapshot(),
           commands: () => server!.stats,
           connections: () => ({ open: server!.connectionCount, ...server!.counters }),
-          ready: () => backend.readiness().ready,
+          ready: () => readiness().ready,
           persistenceUp: () => backend.persistenceFailure() === null,
           ...(config.etcd.length > 0 ? { leader: () => backend.role() === 'leader' } : {}),
         });
@@ -92,6 +92,8 @@ export async function startServer(config: Config, opts: StartOptions = {}): Prom
     return { state: error === null ? 'ok' : 'failing', error };
   };
   const backend = await openBackend(config, log, metrics);
+  let shuttingDown = false;
+  const readiness = (): Readiness => (shuttingDown ? { ready: false, reason: 'shutting down' } : backend.readiness());
 
   const services: Services = {
     source: backend.source,
@@ -143,7 +145,7 @@ export async function startServer(config: Config, opts: StartOptions = {}): Prom
         host: config.host,
         port: config.metricsPort,
         metrics,
-        readiness: () => backend.readiness(),
+        readiness,
       });
     }
   } catch (err) {
@@ -187,17 +189,18 @@ export async function startServer(config: Config, opts: StartOptions = {}): Prom
     server: srv,
     source: backend.source,
     mode: backend.mode,
-    readiness: () => backend.readiness(),
+    readiness,
     persistence,
     close() {
       closing ??= (async () => {
+        shuttingDown = true;
         log.info('shutting down: no new connections, answering requests already read');
-        // Probes and scrapes fail from here on: the node is on its way out.
-        await ops?.close();
         await srv.close();
         authFailures.stop();
         acceptErrors.stop();
         const exact = await backend.close();
+        // Last: /healthz answers while the process drains, /readyz says it is shutting down.
+        await ops?.close();
         log.info({ exact }, 'stopped');
         return exact;
       })();

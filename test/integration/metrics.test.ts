@@ -8,6 +8,7 @@ import assert from 'node:assert/strict';
 import { mkdtemp, rename, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import net from 'node:net';
 import { runCli, startServerProcess, type ServerProcess } from '../helpers/server-process.js';
 import { WireClient, resp } from '../helpers/wire.js';
 import { parseMetrics, request } from '../helpers/http.js';
@@ -135,6 +136,26 @@ test('the HTTP endpoints: content type, /healthz, 404 and 405', async () => {
   assert.equal(post.status, 405);
   assert.equal(post.headers.allow, 'GET, HEAD');
   assert.equal((await request(`${http}/healthz`, 'HEAD')).status, 200);
+});
+
+test('during a clean stop, /healthz still answers 200 and /readyz 503 shutting down, until the process exits', async () => {
+  const { server, http } = await start(['--in-memory']);
+  // Half-open: it keeps its side open after the server's FIN, so the drain waits for it.
+  const lingering = net.connect({ port: server.port, host: '127.0.0.1', allowHalfOpen: true });
+  lingering.on('error', () => {});
+  const client = WireClient.wrap(lingering);
+  clients.push(client);
+  await client.exchange('PING\r\n', '+PONG\r\n');
+  const exited = server.stop('SIGTERM');
+  const ready = await eventually('/readyz to say the server is shutting down', async () => {
+    const r = await request(`${http}/readyz`);
+    return r.status === 503 ? r : undefined;
+  });
+  assert.match(ready.body, /shutting down/);
+  assert.deepEqual([(await request(`${http}/healthz`)).status, (await request(`${http}/healthz`)).body], [200, 'ok\n']);
+  assert.equal(server.child.exitCode, null, 'still draining the lingering client');
+  lingering.destroy();
+  assert.equal(await exited, 0);
 });
 
 test('/readyz: 200, then 503 with the reason while storage fails, then 200 after it recovers', async () => {
