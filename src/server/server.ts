@@ -16,6 +16,12 @@ const TOO_MANY = error('ERR', SERVER_FULL);
 const REFUSED_LINGER_MS = 1000;
 /** Refusals in flight past which a flood's extra sockets are closed without the error. */
 const MAX_REFUSING = 1024;
+/**
+ * TLS sockets the listener holds beyond --max-connections: room for clients over
+ * the cap to finish their handshake and read the refusal over TLS, as plain TCP
+ * clients do. Past it, new ones are closed before any TLS, unanswered.
+ */
+const TLS_REFUSAL_ROOM = 16;
 /** The longest a TLS handshake may take (less when --timeout is shorter). */
 const HANDSHAKE_TIMEOUT_MS = 10_000;
 
@@ -82,7 +88,7 @@ export class SequencerServer {
     });
     // Sockets still in their handshake are not Connections yet, so the cap in accept()
     // does not see them; this bounds them (new ones are closed unanswered: no TLS yet).
-    server.maxConnections = this.options.maxConnections;
+    server.maxConnections = this.options.maxConnections + TLS_REFUSAL_ROOM;
     // With a listener here node leaves the socket open, so a failed or timed-out
     // handshake would hold its descriptor (and a slot under maxConnections) forever.
     server.on('tlsClientError', (_err, socket) => socket.destroy());

@@ -223,10 +223,20 @@ test('a client that never finishes its TLS handshake is closed by the handshake 
   await peer.exchange('PING\r\n', '+PONG\r\n');
 });
 
-test('sockets stuck before their handshake are bounded by --max-connections; plain TCP is unaffected', async () => {
+test('a TLS client over --max-connections, all of them TLS, gets the error over TLS', async () => {
+  const { tlsPort } = await start(['--max-connections=2']);
+  const holders = [await tlsConnect(tlsPort), await tlsConnect(tlsPort)];
+  for (const h of holders) await h.exchange('PING\r\n', '+PONG\r\n');
+  const refused = await tlsConnect(tlsPort);
+  await refused.until(() => refused.closed, 5000, 'the refusal');
+  assert.equal(refused.text, '-ERR max number of clients reached\r\n');
+  assert.equal(refused.error, null, 'refused after its handshake, not during it');
+});
+
+test('sockets stuck before their handshake are bounded by --max-connections + 16; plain TCP is unaffected', async () => {
   const { server, tlsPort } = await start(['--max-connections=5', '--timeout=30']);
-  const stuck = await Promise.all(Array.from({ length: 5 }, () => rawConnect(tlsPort)));
-  // A sixth is closed at once rather than holding memory until its handshake times out.
+  const stuck = await Promise.all(Array.from({ length: 5 + 16 }, () => rawConnect(tlsPort)));
+  // One more is closed at once rather than holding memory until its handshake times out.
   const extra = await rawConnect(tlsPort);
   const closedIn = await Promise.race([extra.closedAt.then((at) => at - Date.now()), new Promise<null>((r) => setTimeout(() => r(null), 3000))]);
   assert.notEqual(closedIn, null, 'the connection past the cap was closed');
