@@ -11,11 +11,14 @@ export const MAX_LINE = 64 * 1024;
 export const MAX_BULK = 64 * 1024;
 export const MAX_ARRAY = 1024;
 /**
- * Bytes of all the bulk strings of one RESP frame together. Without it an
- * unfinished frame could hold MAX_ARRAY x MAX_BULK (64 MiB) per connection; the
- * largest useful request (one 64 KiB argument) fits twice over.
+ * Words a frame keeps: the command name and two arguments, as many as any
+ * command takes (a test holds the command table to it). Later words are handed
+ * on as '': they only make the request's arity wrong, and how many there are
+ * is all that counts. So an unfinished frame holds at most this many words of
+ * MAX_BULK bytes, not MAX_ARRAY x MAX_BULK (64 MiB), and a legal request of
+ * many large elements gets its error reply rather than a protocol error.
  */
-export const MAX_FRAME = 128 * 1024;
+export const KEPT_WORDS = 3;
 /** `*1024\r\n` and `$65536\r\n` fit; a longer header line is an error at once. */
 const MAX_HEADER = 32;
 
@@ -30,7 +33,10 @@ export class ProtocolError extends Error {
   }
 }
 
-/** Called once per complete frame. Words are decoded as latin1: one char per byte. */
+/**
+ * Called once per complete frame. Words are decoded as latin1: one char per
+ * byte; from KEPT_WORDS on they are '' (the array keeps its full length).
+ */
 export type FrameSink = (words: string[]) => void;
 
 // States as plain numbers: a `const enum` is not inlined under isolatedModules,
@@ -59,8 +65,6 @@ export class Decoder {
   private expected = 0;
   private bulkLen = 0;
   private words: string[] = [];
-  /** Bytes of the bulk strings in `words` and the one being read. */
-  private frameBytes = 0;
   /** The error that stopped decoding, once there is one. */
   private fail: ProtocolError | null = null;
   /**
@@ -166,8 +170,6 @@ export class Decoder {
         if (n === NEED_MORE) return -1;
         if (n === BAD_HEADER || n.value < 0) return this.error('invalid bulk length');
         if (n.value > MAX_BULK) return this.error(`bulk string longer than ${MAX_BULK} bytes`);
-        if (this.frameBytes + n.value > MAX_FRAME) return this.error(`request longer than ${MAX_FRAME} bytes`);
-        this.frameBytes += n.value;
         this.bulkLen = n.value;
         this.state = S.BulkBody;
         return n.next;
@@ -178,11 +180,11 @@ export class Decoder {
         if (buf[pos + this.bulkLen] !== CR || buf[pos + this.bulkLen + 1] !== LF) {
           return this.error('bulk string not followed by CRLF');
         }
-        this.words.push(this.word(this.words.length, buf, pos, pos + this.bulkLen));
+        const i = this.words.length;
+        this.words.push(i < KEPT_WORDS ? this.word(i, buf, pos, pos + this.bulkLen) : '');
         if (this.words.length === this.expected) {
           const words = this.words;
           this.words = [];
-          this.frameBytes = 0;
           this.state = S.Start;
           sink(words);
         } else {
@@ -208,19 +210,16 @@ export class Decoder {
     const count = h.value;
     let p = h.next;
     const words: string[] = [];
-    let bytes = 0;
     for (let i = 0; i < count; i++) {
       const start = wholeBulk(buf, p, end);
-      if (start === -1 || bytes + header.value > MAX_FRAME) {
+      if (start === -1) {
         this.words = words;
-        this.frameBytes = bytes;
         this.expected = count;
         this.state = S.BulkHeader;
         return p;
       }
-      bytes += header.value;
       const stop = start + header.value;
-      words.push(this.word(i, buf, start, stop));
+      words.push(i < KEPT_WORDS ? this.word(i, buf, start, stop) : '');
       p = stop + 2;
     }
     sink(words);
@@ -237,7 +236,8 @@ export class Decoder {
       if (name.length <= RECENT_MAX_LENGTH) this.lastName = name;
       return name;
     }
-    if (i > RECENT_WORDS || end - start > RECENT_MAX_LENGTH) return buf.toString('latin1', start, end);
+    // i < KEPT_WORDS: every argument position a command has is remembered.
+    if (end - start > RECENT_MAX_LENGTH) return buf.toString('latin1', start, end);
     const seen = this.recent[i - 1];
     if (seen !== undefined && seen.length === end - start && sameText(buf, start, seen)) return seen;
     const text = buf.toString('latin1', start, end);
@@ -251,8 +251,7 @@ export class Decoder {
   }
 }
 
-/** Arguments remembered per position (GETSEQ_BATCH has two), and up to what length. */
-const RECENT_WORDS = 2;
+/** Up to what length an argument is remembered at its position. */
 const RECENT_MAX_LENGTH = 64;
 
 /**
@@ -322,7 +321,8 @@ function splitInline(buf: Buffer, start: number, end: number): string[] {
     if (i >= end) break;
     const w = i;
     while (i < end && buf[i] !== SPACE && buf[i] !== TAB) i++;
-    words.push(words.length === 0 ? commandName(buf, w, i) : buf.toString('latin1', w, i));
+    const n = words.length;
+    words.push(n === 0 ? commandName(buf, w, i) : n < KEPT_WORDS ? buf.toString('latin1', w, i) : '');
   }
   return words;
 }

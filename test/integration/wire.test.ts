@@ -200,6 +200,19 @@ test('the largest line and bulk string are accepted', async () => {
   await exchange(resp('PING', 'q'.repeat(64 * 1024)), `$${64 * 1024}\r\n${'q'.repeat(64 * 1024)}\r\n`);
 });
 
+test('a request of 1,024 elements of any legal size is answered, not a protocol error', async () => {
+  const c = await connect();
+  // 1,024 x 200 bytes, and 1,024 x 64 KiB (64 MiB, sent in pieces): neither breaks a protocol limit.
+  c.send(resp(...Array.from({ length: 1024 }, () => 'a'.repeat(200))) + 'PING\r\n');
+  await c.expect(`-ERR Unknown command '${'a'.repeat(128)}...'. ${SUPPORTED}\r\n+PONG\r\n`);
+  c.reset();
+  const big = `$${64 * 1024}\r\n${'g'.repeat(64 * 1024)}\r\n`;
+  c.send('*1024\r\n$6\r\nGETSEQ\r\n');
+  for (let i = 1; i < 1024; i++) c.send(big);
+  c.send('GETSEQ\r\n');
+  await c.expect(`-ERR wrong number of arguments for 'GETSEQ'\r\n:1\r\n`, 30_000);
+});
+
 test('1,000 pipelined commands in one write are answered in order', async () => {
   const c = await connect();
   let request = '';
