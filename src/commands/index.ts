@@ -49,8 +49,16 @@ for (const entry of ENTRIES) {
   table.set(entry.command.name.toLowerCase(), entry);
 }
 
-export function newSession(): Session {
-  return { authenticated: false, quit: false, last: null, gone: false };
+/** `gone`: whether the connection can still carry a reply (see Session.gone). */
+export function newSession(gone: () => boolean = () => false): Session {
+  return {
+    authenticated: false,
+    quit: false,
+    last: null,
+    get gone() {
+      return gone();
+    },
+  };
 }
 
 function lookup(name: string, session: Session): Entry | undefined {

@@ -17,10 +17,11 @@ export interface Session {
    */
   last: { readonly name: string; readonly index: number } | null;
   /**
-   * The connection is closed, or being cut off: a request of it still waiting
-   * for storage takes no numbers (see Caller in the sequence core).
+   * The connection can no longer carry a reply (its socket is destroyed): a
+   * request of it still waiting for storage takes no numbers (see Caller in the
+   * sequence core). Read from the socket, so no event has to arrive first.
    */
-  gone: boolean;
+  readonly gone: boolean;
 }
 
 export interface Services {

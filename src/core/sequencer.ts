@@ -71,6 +71,11 @@ export interface SequenceSource {
   allocate(name: string, count: bigint, caller?: Caller): bigint | SequenceError | Promise<bigint>;
   current(name: string): bigint | SequenceError;
   snapshot(): SequenceSnapshot[];
+  /**
+   * Drops the requests of `caller` that still wait for storage (its connection
+   * closed): they take no numbers, and CURRENT stops counting them at once.
+   */
+  forget?(caller: Caller): void;
 }
 
 export interface SequencerEvents {
@@ -502,6 +507,25 @@ export class Sequencer implements SequenceSource {
     }
     if (i > 0) ws.splice(0, i);
     if (ws.length > 0 || (this.reserve > 0n && s.next > s.refillAt)) this.want(s);
+  }
+
+  forget(caller: Caller): void {
+    if (this.state === 'closed' || this.state === 'aborted') return;
+    for (const s of this.seqs.values()) {
+      if (!s.waiters.some((w) => w.caller === caller)) continue;
+      const kept: Waiter[] = [];
+      for (const w of s.waiters) {
+        if (w.caller !== caller) {
+          kept.push(w);
+          continue;
+        }
+        s.waitingCount -= w.count;
+        w.reject(CALLER_GONE);
+      }
+      s.waiters = kept;
+      // A request queued behind the dropped ones may fit below the mark already.
+      this.release(s);
+    }
   }
 
   private failWaiters(err: SequenceError): void {

@@ -161,6 +161,10 @@ class GroupNode implements GroupHandle {
     return this.sequencer?.allocate(name, count, caller) ?? this.notServing();
   }
 
+  forget(caller: Caller): void {
+    this.sequencer?.forget(caller);
+  }
+
   current(name: string): bigint | SequenceError {
     if (this.closing) return SHUTTING_DOWN;
     return this.sequencer?.current(name) ?? this.notServing();

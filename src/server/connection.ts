@@ -50,7 +50,9 @@ const PENDING_COST = 256;
 
 export class Connection {
   private readonly decoder = new Decoder();
-  private readonly session: Session = newSession();
+  private readonly session: Session = newSession(() => this.socket.destroyed);
+  /** Replies still waiting for storage (their requests are in the sequence core's queue). */
+  private waiting = 0;
   /** Replies ready to write, concatenated. */
   private out = '';
   /** Replies behind one that still waits, in order; strings are ready. */
@@ -107,21 +109,12 @@ export class Connection {
     socket.on('close', () => {
       this.closed = true;
       this.stopped = true;
-      this.session.gone = true;
+      // Requests still waiting for storage leave the queue now, so CURRENT stops counting them.
+      if (this.waiting > 0) this.services.source.forget?.(this.session);
       if (this.idleTimer !== null) clearInterval(this.idleTimer);
       this.notifyIdle();
       events.closed(this);
     });
-  }
-
-  /**
-   * Closes now, with replies still owed: requests waiting for storage then take
-   * no numbers, where a plain destroy would let them take numbers nobody receives.
-   */
-  abandon(): void {
-    this.stopped = true;
-    this.session.gone = true;
-    this.socket.destroy();
   }
 
   /** Stops serving and closes the socket once every reply already owed is written. */
@@ -200,7 +193,9 @@ export class Connection {
   /** A queue slot that a reply still waiting for storage fills when it is ready. */
   private slotFor(reply: Promise<string>): Slot {
     const slot: Slot = { value: null };
+    this.waiting++;
     reply.then((value) => {
+      this.waiting--;
       // A request whose connection is gone is refused unseen: not an error anyone got.
       if (value.charCodeAt(0) === 45 /* '-' */ && !this.session.gone) this.stats.countError(value);
       slot.value = value;
@@ -213,7 +208,6 @@ export class Connection {
   /** The client asked for more than it may leave unread: drop it and everything owed to it. */
   private cutOff(): void {
     this.stopped = true;
-    this.session.gone = true;
     this.out = '';
     this.queue = [];
     this.queueHead = 0;

@@ -100,7 +100,7 @@ export class SequencerServer {
     for (const l of this.listeners) l.close();
     const drains = [...this.connections].map((c) => c.shutdown());
     const timer = setTimeout(() => {
-      for (const c of this.connections) c.abandon();
+      for (const c of this.connections) c.socket.destroy();
     }, graceMs);
     await Promise.all(drains);
     clearTimeout(timer);

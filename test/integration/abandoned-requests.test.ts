@@ -51,11 +51,28 @@ test('a client that resets its connection while its requests wait for storage ta
   // A reset, not a FIN: a client that only shuts down its sending side still gets its replies.
   gone.socket.resetAndDestroy();
   await waitFor(() => server.connectionCount === 0, 'the server to see the connection close');
+  assert.equal(seq.current('default'), 1n, 'CURRENT no longer counts the requests of the closed connection');
   const staying = await connect(port);
   staying.send('GETSEQ\r\n');
   store.resume();
   await staying.expect(':1\r\n');
   assert.equal(seq.snapshot()[0]!.next, 2n, 'numbers 1..11 were not handed to the closed connection');
+});
+
+test('a write that lands in the same turn as the connection is destroyed gives its requests nothing', async () => {
+  const { store, seq, server, port } = await gaplessServer();
+  const c = await connect(port);
+  store.pause();
+  c.send('GETSEQ\r\n');
+  await waitFor(() => seq.current('default') === 2n, 'the request to wait for storage');
+  const [conn] = (server as unknown as { connections: Set<{ socket: { destroy(): void } }> }).connections;
+  // No 'close' event has run yet when the write's completion releases the waiting requests.
+  conn!.socket.destroy();
+  store.resume();
+  await waitFor(() => seq.snapshot()[0]!.durableMark >= 2n, 'the write to land');
+  assert.equal(seq.snapshot()[0]!.next, 1n, 'number 1 was not handed to the destroyed connection');
+  const other = await connect(port);
+  await other.exchange('GETSEQ\r\n', ':1\r\n');
 });
 
 test('a clean stop that cuts off a request still waiting for storage after its grace period leaves no gap', async () => {

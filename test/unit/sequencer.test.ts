@@ -397,6 +397,27 @@ test('a waiting request whose caller is gone when its numbers become durable tak
   }
 });
 
+test('forget(): a closed connection\'s waiting requests leave the queue at once, and one behind them that fits is served', async () => {
+  const store = new MemoryStore();
+  const seq = await open(store, 10n);
+  assert.equal(await take(seq.allocate('default', 1n)), 1n); // the mark is now 11
+  await settle();
+  store.pause();
+  const gone = { gone: false };
+  const big = seq.allocate('default', 50n, gone); // past the mark: waits for a write
+  const small = seq.allocate('default', 1n, { gone: false }); // fits, but queues behind it
+  assert.ok(big instanceof Promise && small instanceof Promise);
+  assert.equal(seq.current('default'), 53n);
+  seq.forget(gone);
+  await assert.rejects(big, (e: unknown) => e instanceof SequenceError);
+  const served = await Promise.race([small, settle().then(() => 'still waiting')]);
+  assert.equal(served, 2n, 'served from the window without waiting for the write in flight');
+  assert.equal(seq.current('default'), 3n);
+  store.resume();
+  assert.equal(await seq.close(), true);
+  assert.equal(store.state().get('default'), 3n);
+});
+
 test('--initial seeds new sequences; above a persisted mark it wins', async () => {
   const seq = new Sequencer({
     store: new MemoryStore({ initial: [['low', 5n], ['high', 5000n]] }),
