@@ -76,7 +76,7 @@ interface Route {
   readonly hops: string[];
   /** Every leader named to the call. */
   readonly named: Set<string>;
-  /** The leader the call was last sent to, until a NOTLEADER names none. */
+  /** The leader the call was last sent to. */
   following: string | null;
 }
 
@@ -111,6 +111,13 @@ export class SequencerClient {
   private preferred = 0;
   /** A leader named by NOTLEADER: tried before `servers` in the next round. */
   private redirectTarget: Address | null = null;
+  /**
+   * A redirect target that could not be reached, and until when it is not made
+   * one again: a leader whose host died is named by the others until its lease
+   * runs out, and dialling it on every retry would spend connectTimeoutMs each
+   * time (where packets are dropped) while the election completes elsewhere.
+   */
+  private unreachable: { readonly address: string; readonly until: number } | null = null;
   private lastConnectError: unknown = null;
   private readonly closing = new AbortController();
 
@@ -254,11 +261,10 @@ export class SequencerClient {
     if (this.connection === from) {
       this.connection = null;
       from.retire();
-      if (leader !== null) this.redirectTarget = leader;
+      if (leader !== null && !this.recentlyUnreachable(leader)) this.redirectTarget = leader;
       else this.preferred = (this.indexOf(from.address) + 1) % this.servers.length;
     }
     if (leader === null) {
-      route.following = null;
       await this.pause(attempt, deadline, new NotLeaderError(null));
       return;
     }
@@ -336,6 +342,7 @@ export class SequencerClient {
   private async connectRounds(): Promise<Connection> {
     try {
       for (let round = 0; ; round++) {
+        const target = this.redirectTarget;
         for (const address of this.candidates()) {
           // Every caller gave up: no more attempts, and no socket opened for nobody.
           // (Never true before the first await: the caller that started the rounds is
@@ -344,6 +351,9 @@ export class SequencerClient {
           const connection = await this.open(address);
           if (connection !== null) return connection;
           if (this.closed) throw clientClosed();
+          if (address === target) {
+            this.unreachable = { address: formatAddress(address), until: performance.now() + this.connectTimeoutMs };
+          }
         }
         if (this.backoff === null) throw this.noServerError();
         await sleep(backoffDelay(round, this.backoff), this.closing.signal);
@@ -426,6 +436,11 @@ export class SequencerClient {
     const target = this.redirectTarget;
     this.redirectTarget = null;
     return target === null ? ordered : [target, ...ordered];
+  }
+
+  private recentlyUnreachable(address: Address): boolean {
+    const u = this.unreachable;
+    return u !== null && u.address === formatAddress(address) && performance.now() < u.until;
   }
 
   private indexOf(address: string): number {

@@ -29,6 +29,8 @@ export interface MockServer {
   readonly connections: MockConnection[];
   /** Every request on every connection, in arrival order. */
   readonly requests: string[][];
+  /** TCP connections accepted, whether or not their TLS handshake finished. */
+  readonly accepted: number;
   /** Stops listening and destroys every connection. */
   close(): Promise<void>;
 }
@@ -83,6 +85,8 @@ export async function startMockServer(script: Script, options: MockOptions = {})
       const timer = setTimeout(() => server.emit('connection', socket), delay);
       socket.once('close', () => clearTimeout(timer));
     });
+  let accepted = 0;
+  listener.on('connection', () => accepted++);
   await new Promise<void>((resolve, reject) => {
     listener.once('error', reject);
     listener.listen(options.port ?? 0, host, resolve);
@@ -93,6 +97,9 @@ export async function startMockServer(script: Script, options: MockOptions = {})
     address: formatAddress({ host, port: bound }),
     connections,
     requests,
+    get accepted() {
+      return accepted;
+    },
     close: () =>
       new Promise<void>((resolve) => {
         for (const c of connections) c.socket.destroy();

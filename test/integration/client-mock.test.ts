@@ -200,6 +200,30 @@ test('a dead leader still named by the others: the call waits for the election i
   assert.ok(follower.requests.length <= elapsed / 10 + 3, `${follower.requests.length} requests in ${Math.round(elapsed)} ms`);
 });
 
+test('a named leader whose connection attempts time out is not dialled again on every retry', async () => {
+  const certs = await makeCerts();
+  try {
+    const [key, cert, ca] = await Promise.all([readFile(certs.serverKey), readFile(certs.serverCert), readFile(certs.caCert)]);
+    // A host that is down: the handshake never completes within connectTimeoutMs.
+    const dead = await startMockServer(() => {}, { tls: { key, cert }, handshakeDelayMs: 60_000 });
+    const successor = await startMockServer(counterScript(90n), { tls: { key, cert } });
+    servers.push(dead, successor);
+    let asked = 0;
+    const follower = await startMockServer(
+      (_words, connection) => connection.send(`-NOTLEADER ${++asked <= 6 ? dead.address : successor.address}\r\n`),
+      { tls: { key, cert } },
+    );
+    servers.push(follower);
+    const c = client({ servers: [follower.address], tls: { ca }, connectTimeoutMs: 300, requestTimeoutMs: 5000, reconnect: { minDelayMs: 10, maxDelayMs: 40 } });
+    assert.equal(await c.getNextSequence(), 90n);
+    assert.equal(asked, 7);
+    // The first dial times out; the repeats that follow within connectTimeoutMs go back to the follower.
+    assert.ok(dead.accepted <= 2, `the dead leader was dialled ${dead.accepted} times for 6 redirects`);
+  } finally {
+    await certs.remove();
+  }
+});
+
 test('a dead leader named until the deadline: NotLeaderError naming it, not before the call timed out', async () => {
   const dead = `127.0.0.1:${await freePort()}`;
   const follower = await mock((_words, connection) => connection.send(`-NOTLEADER ${dead}\r\n`));
@@ -217,6 +241,8 @@ test('a dead leader named until the deadline: NotLeaderError naming it, not befo
   }
   assert.ok(elapsed >= 400 - 40 - 5, `gave up after ${Math.round(elapsed)} ms of 400`);
   assert.ok(follower.requests.length > 2);
+  // Paced by the backoff (at least 10 ms a round), not a tight loop.
+  assert.ok(follower.requests.length <= elapsed / 10 + 3, `${follower.requests.length} requests in ${Math.round(elapsed)} ms`);
 });
 
 test('a new leader still loading its marks: the call goes back to it until it serves', async () => {
