@@ -43,6 +43,15 @@ test('past the label limit, sequences share one series: issued summed, remaining
   assert.equal([...m.keys()].filter((k) => k.startsWith('dolmeangi_issued_numbers_total')).length, 3);
 });
 
+test('connection counters are read from the server at each scrape', async () => {
+  const counts = { open: 3, accepted: 40, rejected: 5, outputLimitDisconnects: 2, acceptErrors: 7 };
+  const m = parseMetrics(await new Metrics(view([], { connections: () => counts })).render());
+  assert.deepEqual(
+    ['dolmeangi_connections', 'dolmeangi_connections_accepted_total', 'dolmeangi_connections_rejected_total', 'dolmeangi_output_limit_disconnects_total', 'dolmeangi_accept_errors_total'].map((k) => m.get(k)),
+    [3, 40, 5, 2, 7],
+  );
+});
+
 test('values are read at each scrape; an exhausted sequence has nothing left', async () => {
   const sequences = [seq('x', 1n, 0n)];
   const metrics = new Metrics(view(sequences));
