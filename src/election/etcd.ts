@@ -222,6 +222,8 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
   private serveUntil: Instant = NEVER;
   private readonly wallClock: () => number;
   private known: KnownLeader | null = null;
+  /** The leader key (by create revision) last reported as another member's with our node id. */
+  private duplicateSeen: string | null = null;
   /** etcd revision of the newest leader-key state applied; older news is ignored. */
   private seenRevision = 0n;
   /** The newest etcd raft term seen in a keepalive answer. */
@@ -441,9 +443,18 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
       return;
     }
     const leader = kv === null ? null : parseLeader(kv);
-    // A key naming this node while it does not lead is left from an earlier term of
-    // ours (it expires with its lease); sending clients here would only loop them.
-    this.known = leader?.nodeId === this.nodeId ? null : leader;
+    // A key naming this node and its address while it does not lead is left from an
+    // earlier term of ours (it expires with its lease); sending clients here would
+    // only loop them. The same id with another address is another member.
+    const ours = leader !== null && leader.nodeId === this.nodeId && leader.advertise === this.advertise;
+    if (leader !== null && leader.nodeId === this.nodeId && !ours && kv!.create_revision !== this.duplicateSeen) {
+      this.duplicateSeen = kv!.create_revision;
+      this.log.error(
+        { nodeId: this.nodeId, leader: leader.advertise },
+        'another member uses this node id and leads: give each member its own --node-id',
+      );
+    }
+    this.known = ours ? null : leader;
     this.announce();
     if (kv === null) void this.campaign();
   }

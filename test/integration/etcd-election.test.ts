@@ -10,7 +10,8 @@ import { createEtcdClient, EtcdLeadership } from '../../src/election/etcd.js';
 import { EtcdStore } from '../../src/store/etcd.js';
 import { parseConfig, type Config } from '../../src/config.js';
 import { startGroup, type GroupHandle } from '../../src/group/node.js';
-import { silentLogger } from '../../src/log.js';
+import { silentLogger, type Logger } from '../../src/log.js';
+import pino from 'pino';
 import { etcdConnection as conn, startEtcdCluster, type EtcdCluster } from '../helpers/etcd-cluster.js';
 import { waitFor } from '../helpers/wait.js';
 import { startTcpProxy, type TcpProxy } from '../helpers/tcp-proxy.js';
@@ -49,7 +50,7 @@ describe('etcd leadership', () => {
   async function startNode(
     prefix: string,
     id: string,
-    opts: { endpoints?: readonly string[]; ttl?: number; wallClock?: () => number } = {},
+    opts: { endpoints?: readonly string[]; ttl?: number; wallClock?: () => number; log?: Logger } = {},
   ): Promise<Node> {
     const connection = conn(opts.endpoints ?? cluster.endpoints);
     const client = createEtcdClient(connection);
@@ -60,7 +61,7 @@ describe('etcd leadership', () => {
       nodeId: id,
       advertise: `127.0.0.1:${7000 + nodes.length}`,
       leaseTtl: opts.ttl ?? 2,
-      log: silentLogger(),
+      log: opts.log ?? silentLogger(),
       ...(opts.wallClock ? { wallClock: opts.wallClock } : {}),
     });
     const node: Node = { leadership, client, lost: [] };
@@ -108,6 +109,18 @@ describe('etcd leadership', () => {
     assert.deepEqual(leader.lost, []);
     const stored = await direct.get(`${prefix}leader`).json();
     assert.deepEqual(stored, { nodeId: leader.leadership.nodeId, advertise: leader.leadership.leaderAddress() });
+  });
+
+  test('two members with the same node id: the follower still sends clients to the leader, and says what is wrong', async () => {
+    const prefix = freshPrefix();
+    const errors: string[] = [];
+    const log = pino({ level: 'error' }, { write: (s: string) => void errors.push((JSON.parse(s) as { msg: string }).msg) });
+    const a = await startNode(prefix, 'same', { log });
+    await waitFor(() => a.leadership.canServe(), 'a to lead');
+    const b = await startNode(prefix, 'same', { log });
+    await waitFor(() => b.leadership.leaderAddress() !== null, 'the follower to know the leader');
+    assert.equal(b.leadership.leaderAddress(), a.leadership.leaderAddress());
+    assert.deepEqual(errors, ['another member uses this node id and leads: give each member its own --node-id']);
   });
 
   test('resign hands leadership over within a fraction of a second', async (t) => {
