@@ -40,6 +40,12 @@ import {
 import type { Leadership } from '../core/ports.js';
 import type { Logger } from '../log.js';
 
+/** The kinds of etcd call whose failures are reported (see etcdFailed). */
+const READING = 'reading the leader key';
+const CAMPAIGNING = 'campaigning for leadership';
+const RENEWING = 'renewing the lease';
+type EtcdCall = typeof READING | typeof CAMPAIGNING | typeof RENEWING;
+
 /** One gRPC attempt; etcd3 retries on another member after it. */
 const ATTEMPT_MS = 1000;
 /** The most any one etcd operation may take, retries included. */
@@ -234,7 +240,8 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
   private holdOffUntil = 0;
   private started = false;
   private closed = false;
-  private etcdTrouble: string | null = null;
+  /** The latest failure of each kind of call that is failing now, the newest last. */
+  private readonly etcdTrouble = new Map<EtcdCall, string>();
   private watcher: Watcher | null = null;
   private pollTimer: NodeJS.Timeout | null = null;
   private keepaliveTimer: NodeJS.Timeout | null = null;
@@ -307,7 +314,9 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
 
   /** The latest etcd failure, while etcd keeps failing; null when etcd answers. */
   get etcdProblem(): string | null {
-    return this.etcdTrouble;
+    let latest: string | null = null;
+    for (const reason of this.etcdTrouble.values()) latest = reason;
+    return latest;
   }
 
   /**
@@ -324,7 +333,7 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
       if (this.campaigning) await this.campaigning;
     } catch (err) {
       if (isCredentialError(err)) throw new Error(etcdErrorReason(err), { cause: err });
-      this.etcdFailed('reading the leader key', err);
+      this.etcdFailed(READING, err);
     }
     const every = Math.min(5000, Math.max(250, this.requestedTtlMs / 2));
     this.pollTimer = setInterval(() => void this.refresh(), every);
@@ -356,6 +365,8 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
     if (opts.holdOffMs !== undefined) this.holdOffUntil = performance.now() + opts.holdOffMs;
     this.emit('lost', reason);
     this.announce();
+    // No renewals from here on: their failures no longer say anything about etcd.
+    this.etcdAnswered(RENEWING);
     await this.release(term);
     if (!this.closed) void this.refresh();
   }
@@ -404,7 +415,7 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
     try {
       await this.poll();
     } catch (err) {
-      this.etcdFailed('reading the leader key', err);
+      this.etcdFailed(READING, err);
     } finally {
       this.polling = false;
     }
@@ -413,7 +424,7 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
   private async poll(): Promise<void> {
     const before = this.seenRevision;
     const res = await withTimeout(this.client.get(this.key).exec(), ETCD_CALL_TIMEOUT_MS, 'reading the leader key');
-    this.etcdAnswered();
+    this.etcdAnswered(READING);
     const revision = BigInt(res.header.revision);
     if (revision < before) {
       // A read sent after we had seen `before` cannot come from earlier in the same
@@ -456,6 +467,8 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
     }
     this.known = ours ? null : leader;
     this.announce();
+    // Someone leads: campaigning is over, and so is whatever failed it.
+    if (kv !== null) this.etcdAnswered(CAMPAIGNING);
     if (kv === null) void this.campaign();
   }
 
@@ -498,7 +511,7 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
         ETCD_CALL_TIMEOUT_MS,
         'creating the leader key',
       );
-      this.etcdAnswered();
+      this.etcdAnswered(CAMPAIGNING);
       const kv = res.responses[res.succeeded ? 1 : 0]?.response_range?.kvs[0] ?? null;
       // The key may carry our lease although the txn "failed": a retried attempt found what the first one created.
       if (kv !== null && kv.lease === grant.ID) {
@@ -521,7 +534,7 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
       this.apply(kv, BigInt(res.header.revision));
     } catch (err) {
       this.state = 'follower';
-      this.etcdFailed('campaigning for leadership', err instanceof AggregateError ? err.errors[0] : err);
+      this.etcdFailed(CAMPAIGNING, err instanceof AggregateError ? err.errors[0] : err);
     } finally {
       if (unusedLease !== null) void this.revoke(unusedLease);
     }
@@ -604,11 +617,11 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
           void this.stepDown('etcd reports that our lease has expired', { term });
           return;
         }
-        this.etcdAnswered();
+        this.etcdAnswered(RENEWING);
         this.extend(term, sentAt);
       },
       (err: AggregateError) => {
-        if (this.current === term) this.etcdFailed('renewing the lease', err.errors[0]);
+        if (this.current === term) this.etcdFailed(RENEWING, err.errors[0]);
       },
     );
     this.scheduleKeepalive(term, this.keepaliveInterval());
@@ -693,17 +706,21 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
     this.emit('leaderChanged', address);
   }
 
-  private etcdFailed(what: string, err: unknown): void {
+  /**
+   * One warning per outage, not one per retry. Kept per kind of call: when etcd
+   * answers reads but refuses writes (its space quota reached, say), a successful
+   * read must not end the outage that failing campaigns are still in.
+   */
+  private etcdFailed(what: EtcdCall, err: unknown): void {
     const reason = `${what}: ${etcdErrorReason(err)}`;
-    // One warning per outage, not one per retry.
-    if (this.etcdTrouble === null) this.log.warn({ err: reason }, 'etcd is failing');
+    if (this.etcdTrouble.size === 0) this.log.warn({ err: reason }, 'etcd is failing');
     else this.log.debug({ err: reason }, 'etcd still failing');
-    this.etcdTrouble = reason;
+    this.etcdTrouble.delete(what);
+    this.etcdTrouble.set(what, reason);
   }
 
-  private etcdAnswered(): void {
-    if (this.etcdTrouble === null) return;
-    this.etcdTrouble = null;
+  private etcdAnswered(what: EtcdCall): void {
+    if (!this.etcdTrouble.delete(what) || this.etcdTrouble.size > 0) return;
     this.log.info('etcd answers again');
   }
 }

@@ -50,10 +50,11 @@ describe('etcd leadership', () => {
   async function startNode(
     prefix: string,
     id: string,
-    opts: { endpoints?: readonly string[]; ttl?: number; wallClock?: () => number; log?: Logger } = {},
+    opts: { endpoints?: readonly string[]; ttl?: number; wallClock?: () => number; log?: Logger; beforeStart?: (client: Etcd3) => void } = {},
   ): Promise<Node> {
     const connection = conn(opts.endpoints ?? cluster.endpoints);
     const client = createEtcdClient(connection);
+    opts.beforeStart?.(client);
     const leadership = new EtcdLeadership({
       client,
       connection,
@@ -121,6 +122,27 @@ describe('etcd leadership', () => {
     await waitFor(() => b.leadership.leaderAddress() !== null, 'the follower to know the leader');
     assert.equal(b.leadership.leaderAddress(), a.leadership.leaderAddress());
     assert.deepEqual(errors, ['another member uses this node id and leads: give each member its own --node-id']);
+  });
+
+  test('etcd answering reads but refusing writes is one outage in the log, not one per poll', async () => {
+    const prefix = freshPrefix();
+    const messages: string[] = [];
+    const log = pino({ level: 'info' }, { write: (s: string) => void messages.push((JSON.parse(s) as { msg: string }).msg) });
+    let refused = 0;
+    const node = await startNode(prefix, 'full', {
+      ttl: 1,
+      log,
+      // What etcd does when its space quota is reached: reads work, lease grants fail.
+      beforeStart: (client) => {
+        (client.leaseClient as { leaseGrant: unknown }).leaseGrant = () => {
+          refused++;
+          return Promise.reject(new Error('etcdserver: mvcc: database space exceeded'));
+        };
+      },
+    });
+    await waitFor(() => refused >= 4, 'four campaigns to be refused');
+    assert.deepEqual(messages.filter((m) => m.startsWith('etcd ')), ['etcd is failing']);
+    assert.match(node.leadership.etcdProblem ?? '', /^campaigning for leadership: .*space exceeded/);
   });
 
   test('resign hands leadership over within a fraction of a second', async (t) => {
