@@ -12,7 +12,7 @@ import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { DEFAULT_PORT, parseAddress } from '../protocol/address.js';
 import { SequencerClient, type SequencerClientOptions } from '../client/client.js';
-import { parseUnsigned } from '../core/limits.js';
+import { MAX_VALUE, parseUnsigned } from '../core/limits.js';
 
 export type ClientCommand = 'getseq' | 'current' | 'info' | 'ping';
 
@@ -35,9 +35,11 @@ const SYNOPSIS: Record<ClientCommand, string> = {
 const OPTIONS_HELP = `Options:
   --server host:port[,host:port...]  servers to try in order (env SEQUENCER_SERVER; default ${DEFAULT_SERVER})
   --password <secret>                sent with AUTH (env SEQUENCER_PASSWORD)
-  --timeout <ms>                     per connection attempt and per request (default ${DEFAULT_TIMEOUT_MS})
+  --timeout <ms>                     for the whole command, every server tried included; with several
+                                     servers each connection attempt gets an equal share (default ${DEFAULT_TIMEOUT_MS})
   --tls                              connect with TLS
-  --tls-ca <path>                    PEM CA bundle to trust (implies --tls)`;
+  --tls-ca <path>                    PEM CA bundle to trust (implies --tls)
+  --tls-cert <path>, --tls-key <path>  client certificate and key, for a server with --tls-ca (imply --tls)`;
 
 const OPTIONS = {
   server: { type: 'string' },
@@ -45,6 +47,8 @@ const OPTIONS = {
   timeout: { type: 'string' },
   tls: { type: 'boolean' },
   'tls-ca': { type: 'string' },
+  'tls-cert': { type: 'string' },
+  'tls-key': { type: 'string' },
   count: { type: 'string' },
   help: { type: 'boolean', short: 'h' },
 } as const;
@@ -112,30 +116,38 @@ function parseCommandLine(command: ClientCommand, argv: string[], env: NodeJS.Pr
   let count: bigint | undefined;
   if (values.count !== undefined) {
     count = parseUnsigned(values.count);
-    if (count === undefined || count < 1n) throw new UsageError('--count takes a whole number, 1 or more');
-  }
-
-  const caPath = values['tls-ca'];
-  let ca: string | undefined;
-  if (caPath !== undefined) {
-    try {
-      ca = readFileSync(caPath, 'utf8');
-    } catch (err) {
-      throw new UsageError(`--tls-ca: cannot read ${caPath}: ${(err as Error).message}`);
+    if (count === undefined || count < 1n || count > MAX_VALUE) {
+      throw new UsageError(`--count takes a whole number from 1 to ${MAX_VALUE}`);
     }
   }
+
+  const ca = readOption('--tls-ca', values['tls-ca']);
+  const cert = readOption('--tls-cert', values['tls-cert']);
+  const key = readOption('--tls-key', values['tls-key']);
+  if ((cert === undefined) !== (key === undefined)) throw new UsageError('--tls-cert and --tls-key go together');
+  const tlsFiles = { ...(ca === undefined ? {} : { ca }), ...(cert === undefined ? {} : { cert, key }) };
 
   const password = values.password ?? (env.SEQUENCER_PASSWORD || undefined);
   const options: SequencerClientOptions = {
     servers,
     password,
-    tls: ca !== undefined ? { ca } : values.tls === true ? true : undefined,
-    connectTimeoutMs: timeout,
+    tls: Object.keys(tlsFiles).length > 0 ? tlsFiles : values.tls === true ? true : undefined,
+    // A server that accepts and then never answers (paused, hung) must leave time for the next one.
+    connectTimeoutMs: Math.max(1, Math.floor(timeout / servers.length)),
     requestTimeoutMs: timeout,
     // A command-line user wants to hear at once that nothing answers.
     reconnect: false,
   };
   return { options, name: positionals[0], count, help: values.help === true };
+}
+
+function readOption(option: string, path: string | undefined): string | undefined {
+  if (path === undefined) return undefined;
+  try {
+    return readFileSync(path, 'utf8');
+  } catch (err) {
+    throw new UsageError(`${option}: cannot read ${path}: ${(err as Error).message}`);
+  }
 }
 
 function oneLine(text: string): string {

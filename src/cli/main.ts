@@ -95,6 +95,11 @@ async function main(argv: string[]): Promise<number> {
     case 'current':
     case 'info':
     case 'ping': {
+      // `dolmeangi info | head -1`: a reader that stops early is no failure of ours.
+      process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+        if (err.code === 'EPIPE') process.exit(0);
+        throw err;
+      });
       const { runClientCommand } = await import('./client-commands.js');
       return runClientCommand(command, rest, {
         out: (s) => process.stdout.write(s),
@@ -114,7 +119,8 @@ async function main(argv: string[]): Promise<number> {
     case '--help':
     case '-h':
     case 'help':
-      process.stdout.write(USAGE + '\n');
+      // Asked for, it is the answer; given for a missing command, it is an error.
+      (command === undefined ? process.stderr : process.stdout).write(USAGE + '\n');
       return command === undefined ? 2 : 0;
     default:
       return fail(`unknown command '${command}'; commands: sequencer, getseq, current, info, ping, bench`, 2);

@@ -30,6 +30,7 @@ import {
   NotLeaderError,
   ReplyProtocolError,
   ServerError,
+  TimeoutError,
   fromWire,
 } from './errors.js';
 import { type ServerInfo, parseInfo } from './info.js';
@@ -119,6 +120,8 @@ export class SequencerClient {
    */
   private unreachable: { readonly address: string; readonly until: number } | null = null;
   private lastConnectError: unknown = null;
+  /** Servers the connection attempts under way have tried, for the error that says none answered. */
+  private readonly tried = new Set<string>();
   private readonly closing = new AbortController();
 
   constructor(options?: SequencerClientOptions);
@@ -210,6 +213,8 @@ export class SequencerClient {
   private async execute<T>(words: string[], resend: Resend, parse: (reply: Reply) => T | undefined): Promise<T> {
     const deadline = performance.now() + this.requestTimeoutMs;
     const route: Route = { hops: [], named: new Set(), following: null };
+    // Without reconnecting, a call still tries each server once (a full or hung one is left for the next).
+    let attemptsLeft = this.backoff === null ? this.servers.length : Infinity;
     for (let attempt = 0; ; attempt++) {
       const connection = this.connection?.usable ? this.connection : await this.connect(deadline);
       let reply: Reply;
@@ -218,13 +223,19 @@ export class SequencerClient {
         // that spent most of its time waiting for the connection fails alone, and the calls
         // behind it keep their chance.
         const left = deadline - performance.now();
-        reply = await connection.send(words, Math.max(1, left), left * 2 >= this.requestTimeoutMs);
+        // A command that may be sent again gives a stalled server half the time, so another
+        // server listed can still answer; one that issues numbers cannot be sent again anyway.
+        const wait = resend === Resend.Safe && this.servers.length > 1 ? Math.min(left, this.requestTimeoutMs / 2) : left;
+        reply = await connection.send(words, Math.max(1, wait), left * 2 >= this.requestTimeoutMs);
       } catch (err) {
         this.avoid(connection);
-        const retry = err instanceof ConnectionClosedError && (!err.requestSent || resend === Resend.Safe);
-        if (!retry || this.closed) throw err;
+        const retry =
+          (err instanceof ConnectionClosedError && (!err.requestSent || resend === Resend.Safe)) ||
+          // Timed out and dropped: the next attempt goes to the next server.
+          (err instanceof TimeoutError && resend === Resend.Safe && !connection.usable && performance.now() < deadline);
+        if (!retry || this.closed || --attemptsLeft <= 0) throw err;
         // A server that accepts and then drops every connection must not be hammered.
-        await this.pause(attempt, deadline, err);
+        if (this.backoff !== null) await this.pause(attempt, deadline, err);
         continue;
       }
       if (reply.type === 'error') {
@@ -340,6 +351,7 @@ export class SequencerClient {
    * client closes, or no call waits any more.
    */
   private async connectRounds(): Promise<Connection> {
+    this.tried.clear();
     try {
       for (let round = 0; ; round++) {
         const target = this.redirectTarget;
@@ -348,6 +360,7 @@ export class SequencerClient {
           // (Never true before the first await: the caller that started the rounds is
           // counted, so `connecting` is set before `finally` clears it.)
           if (this.waiting === 0) throw this.noServerError();
+          this.tried.add(formatAddress(address));
           const connection = await this.open(address);
           if (connection !== null) return connection;
           if (this.closed) throw clientClosed();
@@ -448,12 +461,13 @@ export class SequencerClient {
   }
 
   private noServerError(): NoServerAvailableError {
-    const tried = this.servers.map(formatAddress).join(', ');
+    const tried = this.tried.size === 0 ? 'none tried yet' : `tried ${[...this.tried].join(', ')}`;
     const cause = this.lastConnectError;
     const why = cause instanceof Error ? `: ${cause.message}` : '';
+    // More time helps only where time ran out, not against a refusal or a bad certificate.
+    const advice = cause === null || cause instanceof TimeoutError ? ', or allow more time (requestTimeoutMs)' : '';
     return new NoServerAvailableError(
-      `no server could be reached in time (tried ${tried})${why}. Check that a server runs at one of these addresses, ` +
-        'or raise requestTimeoutMs.',
+      `no server could be reached in time (${tried})${why}. Check that a server runs at one of these addresses${advice}.`,
       { cause },
     );
   }

@@ -110,7 +110,9 @@ function hintFor(code: string, message: string): string | null {
   if (message.startsWith('persistence unavailable')) {
     return 'the server cannot make numbers durable right now and resumes by itself when storage recovers; retry later';
   }
-  if (message.startsWith('sequence exhausted')) return 'this sequence reached 2^63-1; use another sequence name';
+  if (message.startsWith('sequence exhausted')) {
+    return 'the numbers asked for do not fit below 2^63-1: ask for fewer (a batch must fit whole), or use another sequence name';
+  }
   if (isServerFull(message)) {
     return 'the server is at --max-connections: close idle clients or raise the limit';
   }

@@ -7,7 +7,7 @@ import { mkdtemp, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import assert from 'node:assert/strict';
-import { runCli, startServerProcess } from '../helpers/server-process.js';
+import { CLI, runCli, runProgram, startServerProcess } from '../helpers/server-process.js';
 import { OPTIONS, parseConfig } from '../../src/config.js';
 import { WireClient } from '../helpers/wire.js';
 
@@ -55,6 +55,25 @@ test('unreadable TLS files stop start-up before the data directory is created or
     await assert.rejects(stat(dataDir), /ENOENT/, 'the data directory was not created');
   } finally {
     await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('no command: usage on stderr, exit 2', async () => {
+  const r = await runCli([]);
+  assert.equal(r.code, 2);
+  assert.equal(r.stdout, '');
+  assert.match(r.stderr, /^Usage: dolmeangi /);
+});
+
+test('a client command whose reader stops early exits quietly', async () => {
+  const s = await startServerProcess(['--in-memory', '--host=127.0.0.1', '--port=0', '--metrics-port=0']);
+  try {
+    // `true` exits without reading: the write of INFO's text finds the pipe closed (EPIPE).
+    const r = await runProgram('bash', ['-c', `set -o pipefail; node ${JSON.stringify(CLI)} info --server 127.0.0.1:${s.port} | true`]);
+    assert.equal(r.stderr, '');
+    assert.equal(r.code, 0);
+  } finally {
+    await s.stop();
   }
 });
 

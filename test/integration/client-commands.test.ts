@@ -62,13 +62,32 @@ test('a server error: exit 1 and one line on stderr', async () => {
   assert.equal(result.stderr.split('\n').length, 2);
 });
 
+test('a listed server that accepts and never answers leaves time for the next one, with a password too', async () => {
+  const hung = await mock(() => {});
+  const good = await mock(counterScript(7n));
+  for (const extra of [[], ['--password', 'pw']]) {
+    for (const command of ['current', 'ping'] as const) {
+      const result = await run(command, ['--server', `${hung.address},${good.address}`, '--timeout', '2000', ...extra]);
+      assert.equal(result.code, 0, `${command} ${extra.join(' ')}: ${result.stderr}`);
+    }
+  }
+});
+
+test('a full server: exit 1 after one attempt, not a reconnect loop until the timeout', async () => {
+  const full = await mock((_words, connection) => connection.socket.end('-ERR max number of clients reached\r\n'));
+  const result = await run('ping', ['--server', full.address, '--timeout', '3000']);
+  assert.equal(result.code, 1);
+  assert.match(result.stderr, /max number of clients reached/);
+  assert.equal(full.accepted, 1);
+});
+
 test('no server answering: exit 1 at once', async () => {
   // Free a moment ago, so nothing listens there.
   const dead = await freePort();
   const started = performance.now();
   const result = await run('ping', ['--server', `127.0.0.1:${dead}`]);
   assert.equal(result.code, 1);
-  assert.match(result.stderr, /^dolmeangi: no server could be reached.*ECONNREFUSED/);
+  assert.match(result.stderr, /^dolmeangi: no server could be reached in time \(tried 127\.0\.0\.1:\d+\): .*ECONNREFUSED.*these addresses\.\n$/);
   assert.ok(performance.now() - started < 2000);
 });
 
@@ -83,6 +102,8 @@ test('bad usage: exit 2 with a message, nothing sent', async () => {
     ['ping', ['--server', 'host:99999'], /--server/],
     ['ping', ['--timeout', '-5'], /--timeout/],
     ['ping', ['--tls-ca', '/nonexistent/ca.pem'], /--tls-ca/],
+    ['ping', ['--tls-cert', '/nonexistent/c.pem'], /--tls-cert/],
+    ['getseq', ['--count', '9223372036854775808'], /--count takes a whole number from 1 to 9223372036854775807/],
   ];
   for (const [command, argv, message] of cases) {
     const result = await run(command, argv);

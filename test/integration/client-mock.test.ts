@@ -224,6 +224,19 @@ test('a named leader whose connection attempts time out is not dialled again on 
   }
 });
 
+test('CURRENT, PING and INFO leave a server that never answers for the next one listed, in the same call', async () => {
+  const hung = await mock(() => {});
+  const good = await mock(counterScript(5n));
+  for (const reconnect of [undefined, false] as const) {
+    const c = client({ servers: [hung.address, good.address], requestTimeoutMs: 1000, ...(reconnect === false ? { reconnect } : {}) });
+    assert.equal(await c.current(), 5n, `reconnect ${String(reconnect)}`);
+    await c.ping();
+  }
+  // GETSEQ is never sent twice: on a server that does not answer, it times out.
+  const c = client({ servers: [hung.address, good.address], requestTimeoutMs: 500 });
+  await assert.rejects(c.getNextSequence(), TimeoutError);
+});
+
 test('a dead leader named until the deadline: NotLeaderError naming it, not before the call timed out', async () => {
   const dead = `127.0.0.1:${await freePort()}`;
   const follower = await mock((_words, connection) => connection.send(`-NOTLEADER ${dead}\r\n`));

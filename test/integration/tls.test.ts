@@ -175,6 +175,14 @@ test('--tls-ca: a client without a certificate, or with one from another CA, is 
   } finally {
     plain.close();
   }
+
+  // The command-line client, with a certificate and without one.
+  const address = `localhost:${tlsPort}`;
+  const withCert = await runCli(['getseq', '--server', address, '--tls-ca', certs.caCert, '--tls-cert', certs.clientCert, '--tls-key', certs.clientKey]);
+  assert.deepEqual([withCert.code, withCert.stdout], [0, haveRedisCli ? '5\n' : '4\n'], withCert.stderr);
+  const withoutCert = await runCli(['getseq', '--server', address, '--tls-ca', certs.caCert, '--timeout', '2000']);
+  assert.equal(withoutCert.code, 1);
+  assert.match(withoutCert.stderr, /^dolmeangi: /);
 });
 
 test('a TLS client over --max-connections gets the error over TLS', async () => {
