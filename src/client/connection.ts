@@ -237,7 +237,7 @@ export class Connection {
    * the only ServerError a connection tears down with): no request was acted on.
    */
   private get refused(): boolean {
-    return this.fatal instanceof ServerError;
+    return this.fatal instanceof ServerError || (this.firstReply && tlsHandshakeRefusal(this.socketError));
   }
 
   /** Fails every pending request with `reason` (via failAll on close) and closes the socket. */
@@ -271,4 +271,14 @@ export class Connection {
       cause: this.fatal ?? this.socketError ?? undefined,
     });
   }
+}
+
+/**
+ * A TLS alert about the handshake or our certificate (a server with --tls-ca
+ * refusing a client without one). Under TLS 1.3 it can arrive after our first
+ * request was written, but the server refused the session before reading it.
+ */
+function tlsHandshakeRefusal(err: Error | null): boolean {
+  const code = (err as NodeJS.ErrnoException | null)?.code ?? '';
+  return code.startsWith('ERR_SSL_') && /ALERT_(CERTIFICATE|HANDSHAKE|UNKNOWN_CA|BAD_CERTIFICATE)/.test(code);
 }
