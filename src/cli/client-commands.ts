@@ -12,6 +12,7 @@ import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { DEFAULT_PORT, parseAddress } from '../protocol/address.js';
 import { SequencerClient, type SequencerClientOptions } from '../client/client.js';
+import { ConnectionClosedError, NoServerAvailableError, TimeoutError } from '../client/errors.js';
 import { MAX_VALUE, parseUnsigned } from '../core/limits.js';
 
 export type ClientCommand = 'getseq' | 'current' | 'info' | 'ping';
@@ -35,8 +36,8 @@ const SYNOPSIS: Record<ClientCommand, string> = {
 const OPTIONS_HELP = `Options:
   --server host:port[,host:port...]  servers to try in order (env SEQUENCER_SERVER; default ${DEFAULT_SERVER})
   --password <secret>                sent with AUTH (env SEQUENCER_PASSWORD)
-  --timeout <ms>                     for the whole command, every server tried included; with several
-                                     servers each connection attempt gets an equal share (default ${DEFAULT_TIMEOUT_MS})
+  --timeout <ms>                     for the whole command, every server tried included; servers are
+                                     asked in order, each with an equal share of what is left (default ${DEFAULT_TIMEOUT_MS})
   --tls                              connect with TLS
   --tls-ca <path>                    PEM CA bundle to trust (implies --tls)
   --tls-cert <path>, --tls-key <path>  client certificate and key, for a server with --tls-ca (imply --tls)`;
@@ -55,8 +56,11 @@ const OPTIONS = {
 
 class UsageError extends Error {}
 
+/** The client options a command line gives: always its servers and one timeout for the command. */
+type CommandOptions = SequencerClientOptions & { readonly servers: readonly string[]; readonly requestTimeoutMs: number };
+
 export async function runClientCommand(command: ClientCommand, argv: string[], io: CommandIo): Promise<number> {
-  let request: { options: SequencerClientOptions; name: string | undefined; count: bigint | undefined; help: boolean };
+  let request: { options: CommandOptions; name: string | undefined; count: bigint | undefined; help: boolean };
   try {
     request = parseCommandLine(command, argv, io.env);
   } catch (err) {
@@ -69,16 +73,53 @@ export async function runClientCommand(command: ClientCommand, argv: string[], i
     return 0;
   }
 
-  const client = new SequencerClient(request.options);
   try {
-    io.out(await perform(client, command, request.name, request.count));
+    io.out(await eachServer(request.options, command, (client) => perform(client, command, request.name, request.count)));
     return 0;
   } catch (err) {
     io.err(`dolmeangi: ${oneLine(err instanceof Error ? err.message : String(err))}\n`);
     return 1;
-  } finally {
-    await client.close();
   }
+}
+
+/**
+ * Asks the listed servers one after another, within one --timeout for all. A
+ * server that cannot be reached, or that failed a command which changes
+ * nothing (current, info, ping: it may be paused or hung), leaves the rest of
+ * the time to the next; each gets an equal share of what is left, so quick
+ * failures give theirs on. A getseq whose request may have reached a server is
+ * never sent again (it may have taken a number), as in the library.
+ */
+async function eachServer(
+  options: CommandOptions,
+  command: ClientCommand,
+  ask: (client: SequencerClient) => Promise<string>,
+): Promise<string> {
+  const deadline = performance.now() + options.requestTimeoutMs;
+  let lastError: unknown = null;
+  for (let i = 0; i < options.servers.length; i++) {
+    const left = Math.floor(deadline - performance.now());
+    if (left < 1) break;
+    const share = Math.max(1, Math.floor(left / (options.servers.length - i)));
+    const last = i === options.servers.length - 1;
+    const client = new SequencerClient({
+      ...options,
+      servers: [options.servers[i]!],
+      connectTimeoutMs: share,
+      requestTimeoutMs: command === 'getseq' || last ? left : share,
+    });
+    try {
+      return await ask(client);
+    } catch (err) {
+      lastError = err;
+      const nothingSent = err instanceof NoServerAvailableError || (err instanceof ConnectionClosedError && !err.requestSent);
+      const changesNothing = command !== 'getseq' && (err instanceof TimeoutError || err instanceof ConnectionClosedError);
+      if (!nothingSent && !changesNothing) throw err;
+    } finally {
+      await client.close();
+    }
+  }
+  throw lastError ?? new NoServerAvailableError(`no time left to try ${options.servers.join(', ')}`);
 }
 
 async function perform(client: SequencerClient, command: ClientCommand, name: string | undefined, count: bigint | undefined): Promise<string> {
@@ -128,12 +169,12 @@ function parseCommandLine(command: ClientCommand, argv: string[], env: NodeJS.Pr
   const tlsFiles = { ...(ca === undefined ? {} : { ca }), ...(cert === undefined ? {} : { cert, key }) };
 
   const password = values.password ?? (env.SEQUENCER_PASSWORD || undefined);
-  const options: SequencerClientOptions = {
+  const options: CommandOptions = {
     servers,
     password,
     tls: Object.keys(tlsFiles).length > 0 ? tlsFiles : values.tls === true ? true : undefined,
-    // A server that accepts and then never answers (paused, hung) must leave time for the next one.
-    connectTimeoutMs: Math.max(1, Math.floor(timeout / servers.length)),
+    // eachServer() shares the time out over the servers.
+    connectTimeoutMs: timeout,
     requestTimeoutMs: timeout,
     // A command-line user wants to hear at once that nothing answers.
     reconnect: false,

@@ -223,16 +223,10 @@ export class SequencerClient {
         // that spent most of its time waiting for the connection fails alone, and the calls
         // behind it keep their chance.
         const left = deadline - performance.now();
-        // A command that may be sent again gives a stalled server half the time, so another
-        // server listed can still answer; one that issues numbers cannot be sent again anyway.
-        const wait = resend === Resend.Safe && this.servers.length > 1 ? Math.min(left, this.requestTimeoutMs / 2) : left;
-        reply = await connection.send(words, Math.max(1, wait), left * 2 >= this.requestTimeoutMs);
+        reply = await connection.send(words, Math.max(1, left), left * 2 >= this.requestTimeoutMs);
       } catch (err) {
         this.avoid(connection);
-        const retry =
-          (err instanceof ConnectionClosedError && (!err.requestSent || resend === Resend.Safe)) ||
-          // Timed out and dropped: the next attempt goes to the next server.
-          (err instanceof TimeoutError && resend === Resend.Safe && !connection.usable && performance.now() < deadline);
+        const retry = err instanceof ConnectionClosedError && (!err.requestSent || resend === Resend.Safe);
         if (!retry || this.closed || --attemptsLeft <= 0) throw err;
         // A server that accepts and then drops every connection must not be hammered.
         if (this.backoff !== null) await this.pause(attempt, deadline, err);

@@ -66,11 +66,23 @@ test('a listed server that accepts and never answers leaves time for the next on
   const hung = await mock(() => {});
   const good = await mock(counterScript(7n));
   for (const extra of [[], ['--password', 'pw']]) {
-    for (const command of ['current', 'ping'] as const) {
+    for (const command of ['current', 'ping', 'info'] as const) {
       const result = await run(command, ['--server', `${hung.address},${good.address}`, '--timeout', '2000', ...extra]);
       assert.equal(result.code, 0, `${command} ${extra.join(' ')}: ${result.stderr}`);
     }
   }
+  // With a password nothing is sent before AUTH, so a getseq moves on too; without one it may have taken a number.
+  assert.equal((await run('getseq', ['--server', `${hung.address},${good.address}`, '--timeout', '2000', '--password', 'pw'])).code, 0);
+  assert.equal((await run('getseq', ['--server', `${hung.address},${good.address}`, '--timeout', '1000'])).code, 1);
+});
+
+test('servers that refuse at once leave their share of --timeout to the next one', async () => {
+  const refused = await Promise.all([freePort(), freePort(), freePort()]);
+  const count = counterScript(3n);
+  // Slow to accept the password: more than a quarter of the timeout.
+  const slow = await mock((words, connection) => (words[0] === 'AUTH' ? setTimeout(() => connection.send('+OK\r\n'), 400) : count(words, connection)));
+  const list = [...refused.map((p) => `127.0.0.1:${p}`), slow.address].join(',');
+  assert.deepEqual(await run('getseq', ['--server', list, '--timeout', '1000', '--password', 'pw']), { code: 0, stdout: '3\n', stderr: '' });
 });
 
 test('a full server: exit 1 after one attempt, not a reconnect loop until the timeout', async () => {

@@ -116,12 +116,25 @@ describe('etcd leadership', () => {
     const prefix = freshPrefix();
     const errors: string[] = [];
     const log = pino({ level: 'error' }, { write: (s: string) => void errors.push((JSON.parse(s) as { msg: string }).msg) });
-    const a = await startNode(prefix, 'same', { log });
+    const a = await startNode(prefix, 'same', { log, ttl: 1 });
     await waitFor(() => a.leadership.canServe(), 'a to lead');
-    const b = await startNode(prefix, 'same', { log });
+    let polls = 0;
+    const b = await startNode(prefix, 'same', {
+      log,
+      ttl: 1,
+      beforeStart: (client) => {
+        const get = client.get.bind(client);
+        client.get = (key: string) => {
+          polls++;
+          return get(key);
+        };
+      },
+    });
     await waitFor(() => b.leadership.leaderAddress() !== null, 'the follower to know the leader');
     assert.equal(b.leadership.leaderAddress(), a.leadership.leaderAddress());
-    assert.deepEqual(errors, ['another member uses this node id and leads: give each member its own --node-id']);
+    const seen = polls;
+    await waitFor(() => polls >= seen + 3, 'three more polls of the leader key');
+    assert.deepEqual(errors, ['another member uses this node id and leads: give each member its own --node-id'], 'once per term');
   });
 
   test('etcd answering reads but refusing writes is one outage in the log, not one per poll', async () => {
@@ -143,6 +156,11 @@ describe('etcd leadership', () => {
     await waitFor(() => refused >= 4, 'four campaigns to be refused');
     assert.deepEqual(messages.filter((m) => m.startsWith('etcd ')), ['etcd is failing']);
     assert.match(node.leadership.etcdProblem ?? '', /^campaigning for leadership: .*space exceeded/);
+    // Another member leads: this one campaigns no more, so what failed its campaigns is over.
+    const other = await startNode(prefix, 'other', { ttl: 1 });
+    await waitFor(() => other.leadership.canServe(), 'the other member to lead');
+    await waitFor(() => node.leadership.etcdProblem === null, 'the problem to clear');
+    assert.deepEqual(messages.filter((m) => m.startsWith('etcd ')), ['etcd is failing', 'etcd answers again']);
   });
 
   test('resign hands leadership over within a fraction of a second', async (t) => {
@@ -214,6 +232,8 @@ describe('etcd leadership', () => {
       'a to rejoin as a follower',
       10_000,
     );
+    // Neither its failed reads nor the renewals of the term it lost are reported any more.
+    await waitFor(() => a.leadership.etcdProblem === null, "a's etcd problem to clear", 5000);
   });
 
   test('a leader whose key is deleted in etcd steps down, and a node leads again', async () => {
