@@ -19,6 +19,12 @@ export interface TcpProxy {
    * including whatever was held.
    */
   blackhole(on: boolean): void;
+  /**
+   * On: drop every connection and reset new ones at once, as a host whose
+   * service is down does (calls fail fast instead of timing out). Off: accept
+   * and forward again.
+   */
+  refuse(on: boolean): void;
   /** Destroys every connection and stops listening. Idempotent. */
   close(): Promise<void>;
 }
@@ -31,6 +37,7 @@ interface Pair {
 export async function startTcpProxy(target: { host: string; port: number }): Promise<TcpProxy> {
   const pairs = new Set<Pair>();
   let holed = false;
+  let refusing = false;
   let closed = false;
 
   const drop = (pair: Pair): void => {
@@ -68,8 +75,12 @@ export async function startTcpProxy(target: { host: string; port: number }): Pro
   };
 
   const server = net.createServer({ pauseOnConnect: true }, (client) => {
-    client.setNoDelay(true);
     client.on('error', () => {});
+    if (refusing) {
+      client.resetAndDestroy();
+      return;
+    }
+    client.setNoDelay(true);
     const pair: Pair = { client, upstream: null };
     pairs.add(pair);
     if (!holed) connectUpstream(pair);
@@ -103,6 +114,11 @@ export async function startTcpProxy(target: { host: string; port: number }): Pro
           pair.upstream.resume();
         }
       }
+    },
+    refuse(on: boolean) {
+      if (closed) return;
+      refusing = on;
+      if (on) for (const pair of [...pairs]) drop(pair);
     },
     async close() {
       if (closed) return;

@@ -236,6 +236,24 @@ describe('etcd leadership', () => {
     await waitFor(() => a.leadership.etcdProblem === null, "a's etcd problem to clear", 5000);
   });
 
+  test('a leader whose renewals fail steps down, and once etcd answers again it reports no problem', async () => {
+    const prefix = freshPrefix();
+    const proxy = await startTcpProxy({ host: '127.0.0.1', port: Number(new URL(cluster.endpoints[0]!).port) });
+    proxies.push(proxy);
+    const a = await startNode(prefix, 'a', { endpoints: [proxy.url], ttl: 2 });
+    await waitFor(() => a.leadership.canServe(), 'a to lead');
+    const b = await startNode(prefix, 'b', { ttl: 2 });
+    // Refused rather than blackholed: the renewals fail while a still leads.
+    proxy.refuse(true);
+    await waitFor(() => a.leadership.etcdProblem?.startsWith('renewing the lease') === true, 'a renewal to fail');
+    await waitFor(() => a.lost.length === 1, 'a to step down');
+    await waitFor(() => b.leadership.canServe(), 'b to take over', 10_000);
+    proxy.refuse(false);
+    await waitFor(() => a.leadership.role === 'follower' && a.leadership.leaderAddress() === b.leadership.leaderAddress(), 'a to follow b', 10_000);
+    // A follower renews nothing: the failures of the term it lost say nothing about etcd now.
+    await waitFor(() => a.leadership.etcdProblem === null, "a's etcd problem to clear", 5000);
+  });
+
   test('a leader whose key is deleted in etcd steps down, and a node leads again', async () => {
     const prefix = freshPrefix();
     const a = await startNode(prefix, 'a');
