@@ -365,8 +365,6 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
     if (opts.holdOffMs !== undefined) this.holdOffUntil = performance.now() + opts.holdOffMs;
     this.emit('lost', reason);
     this.announce();
-    // No renewals from here on: their failures no longer say anything about etcd.
-    this.etcdAnswered(RENEWING);
     await this.release(term);
     if (!this.closed) void this.refresh();
   }
@@ -423,8 +421,10 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
 
   private async poll(): Promise<void> {
     const before = this.seenRevision;
-    const res = await withTimeout(this.client.get(this.key).exec(), ETCD_CALL_TIMEOUT_MS, 'reading the leader key');
-    this.etcdAnswered(READING);
+    const res = await withTimeout(this.client.get(this.key).exec(), ETCD_CALL_TIMEOUT_MS, READING);
+    // A follower renews nothing: the failed renewals of a term it lost are over once etcd answers.
+    if (this.state === 'leader') this.etcdAnswered(READING);
+    else this.etcdAnswered(READING, RENEWING);
     const revision = BigInt(res.header.revision);
     if (revision < before) {
       // A read sent after we had seen `before` cannot come from earlier in the same
@@ -457,19 +457,20 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
     // A key naming this node and its address while it does not lead is left from an
     // earlier term of ours (it expires with its lease); sending clients here would
     // only loop them. The same id with another address is another member.
-    const ours = leader !== null && leader.nodeId === this.nodeId && leader.advertise === this.advertise;
-    if (leader !== null && leader.nodeId === this.nodeId && !ours && kv!.create_revision !== this.duplicateSeen) {
-      this.duplicateSeen = kv!.create_revision;
+    const sameId = kv !== null && leader?.nodeId === this.nodeId;
+    const ours = sameId && leader!.advertise === this.advertise;
+    if (sameId && !ours && kv.create_revision !== this.duplicateSeen) {
+      this.duplicateSeen = kv.create_revision;
       this.log.error(
-        { nodeId: this.nodeId, leader: leader.advertise },
+        { nodeId: this.nodeId, leader: leader!.advertise },
         'another member uses this node id and leads: give each member its own --node-id',
       );
     }
     this.known = ours ? null : leader;
     this.announce();
-    // Someone leads: campaigning is over, and so is whatever failed it.
-    if (kv !== null) this.etcdAnswered(CAMPAIGNING);
     if (kv === null) void this.campaign();
+    // Someone leads: campaigning is over, and so is whatever failed it.
+    else this.etcdAnswered(CAMPAIGNING);
   }
 
   private campaign(): void {
@@ -562,14 +563,19 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
     return Math.max(MARGIN_MIN_MS, this.ttlMs * MARGIN_FRACTION);
   }
 
+  /** How long a renewal keeps the leader serving, from when it was sent. */
+  private servingWindowMs(): number {
+    return this.ttlMs - this.margin();
+  }
+
   /** Three renewals go out in every serving window, so one or two may fail unnoticed. */
   private keepaliveInterval(): number {
-    return Math.max(50, (this.ttlMs - this.margin()) / 3);
+    return Math.max(50, this.servingWindowMs() / 3);
   }
 
   /** A renewal sent at `sentAt` succeeded: the lease lives in etcd until at least sentAt + TTL. */
   private extend(term: LeadershipTerm, sentAt: Instant): void {
-    const lives = this.ttlMs - this.margin();
+    const lives = this.servingWindowMs();
     // An older renewal answering late proves less than the last one did.
     if (sentAt.mono + lives <= this.serveUntil.mono) return;
     this.serveUntil = { mono: sentAt.mono + lives, wall: sentAt.wall + lives };
@@ -591,7 +597,7 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
       return;
     }
     void this.stepDown(
-      `the lease was not renewed in time (no keepalive succeeded for ${Math.round(this.ttlMs - this.margin())} ms: ` +
+      `the lease was not renewed in time (no keepalive succeeded for ${Math.round(this.servingWindowMs())} ms: ` +
         'etcd unreachable, or this process was paused); stopped serving before it could expire in etcd',
       { term },
     );
@@ -634,7 +640,7 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
    */
   private renew(leaseId: string): Promise<number> {
     // An answer later than this extends nothing.
-    const usefulFor = this.ttlMs - this.margin();
+    const usefulFor = this.servingWindowMs();
     return Promise.any(this.keepaliveClients.map((c) => this.renewVia(c, leaseId, usefulFor)));
   }
 
@@ -719,8 +725,9 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
     this.etcdTrouble.set(what, reason);
   }
 
-  private etcdAnswered(what: EtcdCall): void {
-    if (!this.etcdTrouble.delete(what) || this.etcdTrouble.size > 0) return;
-    this.log.info('etcd answers again');
+  private etcdAnswered(...calls: EtcdCall[]): void {
+    let cleared = false;
+    for (const what of calls) cleared = this.etcdTrouble.delete(what) || cleared;
+    if (cleared && this.etcdTrouble.size === 0) this.log.info('etcd answers again');
   }
 }

@@ -6,16 +6,15 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import type net from 'node:net';
-import pino from 'pino';
 import { startServer } from '../../src/server/run.js';
 import { parseConfig } from '../../src/config.js';
 import { WireClient } from '../helpers/wire.js';
 import { parseMetrics, request } from '../helpers/http.js';
 import { freePort } from '../helpers/ports.js';
+import { captureLog } from '../helpers/log-capture.js';
 
 test('a failed accept on the client port is counted, logged and survived', async () => {
-  const lines: Array<Record<string, unknown>> = [];
-  const log = pino({ level: 'info' }, { write: (s: string) => void lines.push(JSON.parse(s) as Record<string, unknown>) });
+  const { log, lines } = captureLog();
   const metricsPort = await freePort();
   const running = await startServer(parseConfig(['--host=127.0.0.1', '--port=0', `--metrics-port=${metricsPort}`, '--in-memory']), { log });
   try {

@@ -11,10 +11,10 @@ import { EtcdStore } from '../../src/store/etcd.js';
 import { parseConfig, type Config } from '../../src/config.js';
 import { startGroup, type GroupHandle } from '../../src/group/node.js';
 import { silentLogger, type Logger } from '../../src/log.js';
-import pino from 'pino';
 import { etcdConnection as conn, startEtcdCluster, type EtcdCluster } from '../helpers/etcd-cluster.js';
 import { waitFor } from '../helpers/wait.js';
 import { startTcpProxy, type TcpProxy } from '../helpers/tcp-proxy.js';
+import { captureLog } from '../helpers/log-capture.js';
 
 interface Node {
   readonly leadership: EtcdLeadership;
@@ -74,6 +74,13 @@ describe('etcd leadership', () => {
 
   const freshPrefix = (): string => `/election-test-${++prefixes}/`;
 
+  /** A TCP proxy in front of the cluster's etcd, closed with the others at the end. */
+  async function proxiedEtcd(): Promise<TcpProxy> {
+    const proxy = await startTcpProxy({ host: '127.0.0.1', port: Number(new URL(cluster.endpoints[0]!).port) });
+    proxies.push(proxy);
+    return proxy;
+  }
+
   before(async () => {
     cluster = await startEtcdCluster({ size: 1 });
     direct = createEtcdClient(conn(cluster.endpoints));
@@ -114,8 +121,7 @@ describe('etcd leadership', () => {
 
   test('two members with the same node id: the follower still sends clients to the leader, and says what is wrong', async () => {
     const prefix = freshPrefix();
-    const errors: string[] = [];
-    const log = pino({ level: 'error' }, { write: (s: string) => void errors.push((JSON.parse(s) as { msg: string }).msg) });
+    const { log, messages } = captureLog('error');
     const a = await startNode(prefix, 'same', { log, ttl: 1 });
     await waitFor(() => a.leadership.canServe(), 'a to lead');
     let polls = 0;
@@ -134,13 +140,12 @@ describe('etcd leadership', () => {
     assert.equal(b.leadership.leaderAddress(), a.leadership.leaderAddress());
     const seen = polls;
     await waitFor(() => polls >= seen + 3, 'three more polls of the leader key');
-    assert.deepEqual(errors, ['another member uses this node id and leads: give each member its own --node-id'], 'once per term');
+    assert.deepEqual(messages(), ['another member uses this node id and leads: give each member its own --node-id'], 'once per term');
   });
 
   test('etcd answering reads but refusing writes is one outage in the log, not one per poll', async () => {
     const prefix = freshPrefix();
-    const messages: string[] = [];
-    const log = pino({ level: 'info' }, { write: (s: string) => void messages.push((JSON.parse(s) as { msg: string }).msg) });
+    const { log, messages } = captureLog();
     let refused = 0;
     const node = await startNode(prefix, 'full', {
       ttl: 1,
@@ -154,13 +159,13 @@ describe('etcd leadership', () => {
       },
     });
     await waitFor(() => refused >= 4, 'four campaigns to be refused');
-    assert.deepEqual(messages.filter((m) => m.startsWith('etcd ')), ['etcd is failing']);
+    assert.deepEqual(messages().filter((m) => m.startsWith('etcd ')), ['etcd is failing']);
     assert.match(node.leadership.etcdProblem ?? '', /^campaigning for leadership: .*space exceeded/);
     // Another member leads: this one campaigns no more, so what failed its campaigns is over.
     const other = await startNode(prefix, 'other', { ttl: 1 });
     await waitFor(() => other.leadership.canServe(), 'the other member to lead');
     await waitFor(() => node.leadership.etcdProblem === null, 'the problem to clear');
-    assert.deepEqual(messages.filter((m) => m.startsWith('etcd ')), ['etcd is failing', 'etcd answers again']);
+    assert.deepEqual(messages().filter((m) => m.startsWith('etcd ')), ['etcd is failing', 'etcd answers again']);
   });
 
   test('resign hands leadership over within a fraction of a second', async (t) => {
@@ -198,8 +203,7 @@ describe('etcd leadership', () => {
 
   test('a leader cut off from etcd stops serving by itself before its lease can expire in etcd', async (t) => {
     const prefix = freshPrefix();
-    const proxy = await startTcpProxy({ host: '127.0.0.1', port: Number(new URL(cluster.endpoints[0]!).port) });
-    proxies.push(proxy);
+    const proxy = await proxiedEtcd();
     const ttl = 2;
     const a = await startNode(prefix, 'a', { endpoints: [proxy.url], ttl });
     await waitFor(() => a.leadership.canServe(), 'a to lead');
@@ -238,9 +242,9 @@ describe('etcd leadership', () => {
 
   test('a leader whose renewals fail steps down, and once etcd answers again it reports no problem', async () => {
     const prefix = freshPrefix();
-    const proxy = await startTcpProxy({ host: '127.0.0.1', port: Number(new URL(cluster.endpoints[0]!).port) });
-    proxies.push(proxy);
-    const a = await startNode(prefix, 'a', { endpoints: [proxy.url], ttl: 2 });
+    const proxy = await proxiedEtcd();
+    const { log, messages } = captureLog();
+    const a = await startNode(prefix, 'a', { endpoints: [proxy.url], ttl: 2, log });
     await waitFor(() => a.leadership.canServe(), 'a to lead');
     const b = await startNode(prefix, 'b', { ttl: 2 });
     // Refused rather than blackholed: the renewals fail while a still leads.
@@ -248,6 +252,8 @@ describe('etcd leadership', () => {
     await waitFor(() => a.leadership.etcdProblem?.startsWith('renewing the lease') === true, 'a renewal to fail');
     await waitFor(() => a.lost.length === 1, 'a to step down');
     await waitFor(() => b.leadership.canServe(), 'b to take over', 10_000);
+    // Stepping down proves nothing about etcd: it must not be reported as answering again.
+    assert.equal(messages().includes('etcd answers again'), false, messages().join(' / '));
     proxy.refuse(false);
     await waitFor(() => a.leadership.role === 'follower' && a.leadership.leaderAddress() === b.leadership.leaderAddress(), 'a to follow b', 10_000);
     // A follower renews nothing: the failures of the term it lost say nothing about etcd now.
@@ -330,8 +336,7 @@ describe('etcd leadership', () => {
 
   test('the wall-clock deadline counts from when a renewal was sent, not from when its answer came', async () => {
     const prefix = freshPrefix();
-    const proxy = await startTcpProxy({ host: '127.0.0.1', port: Number(new URL(cluster.endpoints[0]!).port) });
-    proxies.push(proxy);
+    const proxy = await proxiedEtcd();
     let wallAhead = 0;
     // A long lease: renewals go out every 7.5 s, so none is sent in the moments this test watches.
     const a = await startNode(prefix, 'a', { endpoints: [proxy.url], ttl: 30, wallClock: () => Date.now() + wallAhead });
