@@ -222,8 +222,10 @@ function checkRunGaps(ops: Op[], byFirst: Op[], runOf: (op: Op) => number, opts:
       allowed[from]! += lost[to]!;
     }
     const gap = byFirst[i]!.first! - (prev.first! + prev.count);
-    if (gap > 0n) charged[from]! += gap;
-    if (gap > 0n && to === from) withinRun[from]! += gap;
+    if (gap > 0n) {
+      charged[from]! += gap;
+      if (to === from) withinRun[from]! += gap;
+    }
   }
   const violations: string[] = [];
   for (let r = 0; r <= last; r++) {
