@@ -12,7 +12,7 @@ import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { DEFAULT_PORT, parseAddress } from '../protocol/address.js';
 import { SequencerClient, type SequencerClientOptions } from '../client/client.js';
-import { ConnectionClosedError, NoServerAvailableError, TimeoutError } from '../client/errors.js';
+import { ConnectionClosedError, NoServerAvailableError, NotLeaderError, TimeoutError } from '../client/errors.js';
 import { MAX_VALUE, parseUnsigned } from '../core/limits.js';
 
 export type ClientCommand = 'getseq' | 'current' | 'info' | 'ping';
@@ -106,13 +106,16 @@ async function eachServer(
       ...options,
       servers: [options.servers[i]!],
       connectTimeoutMs: share,
-      requestTimeoutMs: command === 'getseq' || last ? left : share,
+      // A follower answering NOTLEADER while no leader is known would otherwise keep a call all the time.
+      requestTimeoutMs: last ? left : share,
     });
     try {
       return await ask(client);
     } catch (err) {
       lastError = err;
-      const nothingSent = err instanceof NoServerAvailableError || (err instanceof ConnectionClosedError && !err.requestSent);
+      // NOTLEADER: that server issued nothing, and the next may lead or know who does.
+      const nothingSent =
+        err instanceof NoServerAvailableError || err instanceof NotLeaderError || (err instanceof ConnectionClosedError && !err.requestSent);
       const changesNothing = command !== 'getseq' && (err instanceof TimeoutError || err instanceof ConnectionClosedError);
       if (!nothingSent && !changesNothing) throw err;
     } finally {

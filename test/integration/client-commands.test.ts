@@ -76,6 +76,18 @@ test('a listed server that accepts and never answers leaves time for the next on
   assert.equal((await run('getseq', ['--server', `${hung.address},${good.address}`, '--timeout', '1000'])).code, 1);
 });
 
+test('a server answering NOTLEADER (no leader known, or a dead one named) leaves the next one listed its turn', async () => {
+  const good = await mock(counterScript(12n));
+  const dead = await freePort();
+  for (const reply of ['-NOTLEADER\r\n', `-NOTLEADER 127.0.0.1:${dead}\r\n`]) {
+    const follower = await mock((_words, connection) => connection.send(reply));
+    for (const command of ['getseq', 'current'] as const) {
+      const result = await run(command, ['--server', `${follower.address},${good.address}`, '--timeout', '2000']);
+      assert.equal(result.code, 0, `${command} after ${JSON.stringify(reply)}: ${result.stderr}`);
+    }
+  }
+});
+
 test('servers that refuse at once leave their share of --timeout to the next one', async () => {
   const refused = await Promise.all([freePort(), freePort(), freePort()]);
   const count = counterScript(3n);
