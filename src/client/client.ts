@@ -58,9 +58,10 @@ export interface SequencerClientOptions {
    */
   readonly maxRedirects?: number;
   /**
-   * Delays between rounds of connection attempts. `false`: one round over
-   * the servers per call, then fail with NoServerAvailableError at once
-   * (what a command-line tool wants). Default 50..2000 ms.
+   * Delays between rounds of connection attempts. `false`: no waiting; a call
+   * whose connection attempt fails or is refused retries at most as many times
+   * as there are servers, then fails (what a command-line tool wants). Default
+   * 50..2000 ms.
    */
   readonly reconnect?: Partial<BackoffOptions> | false;
 }
@@ -213,7 +214,7 @@ export class SequencerClient {
   private async execute<T>(words: string[], resend: Resend, parse: (reply: Reply) => T | undefined): Promise<T> {
     const deadline = performance.now() + this.requestTimeoutMs;
     const route: Route = { hops: [], named: new Set(), following: null };
-    // Without reconnecting, a call still tries each server once (a full or hung one is left for the next).
+    // Without reconnecting, a call still retries once per server (a full one, or one that drops the connection, is left for the next).
     let attemptsLeft = this.backoff === null ? this.servers.length : Infinity;
     for (let attempt = 0; ; attempt++) {
       const connection = this.connection?.usable ? this.connection : await this.connect(deadline);
@@ -241,10 +242,7 @@ export class SequencerClient {
       if (result === undefined) {
         // Well framed but of the wrong kind: whatever answers there is not a server to keep using.
         this.avoid(connection);
-        if (this.connection === connection) {
-          this.connection = null;
-          connection.retire();
-        }
+        this.leave(connection);
         throw new ReplyProtocolError(connection.address, `unexpected ${describe(reply)} in reply to ${words[0]}`);
       }
       return result;
@@ -262,10 +260,7 @@ export class SequencerClient {
    */
   private async redirect(from: Connection, leaderText: string, route: Route, attempt: number, deadline: number): Promise<void> {
     const leader = leaderText === '' ? null : parseAddress(leaderText);
-    // Replies still due on `from` (other calls' NOTLEADERs, say) are let in before it closes.
-    if (this.connection === from) {
-      this.connection = null;
-      from.retire();
+    if (this.leave(from)) {
       if (leader !== null && !this.recentlyUnreachable(leader)) this.redirectTarget = leader;
       else this.preferred = (this.indexOf(from.address) + 1) % this.servers.length;
     }
@@ -443,6 +438,17 @@ export class SequencerClient {
     const target = this.redirectTarget;
     this.redirectTarget = null;
     return target === null ? ordered : [target, ...ordered];
+  }
+
+  /**
+   * Stops using a connection for new calls; replies still due on it (other calls'
+   * NOTLEADERs, say) are let in before it closes. False if it was no longer the current one.
+   */
+  private leave(connection: Connection): boolean {
+    if (this.connection !== connection) return false;
+    this.connection = null;
+    connection.retire();
+    return true;
   }
 
   private recentlyUnreachable(address: Address): boolean {
