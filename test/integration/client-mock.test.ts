@@ -23,10 +23,23 @@ import { waitFor } from '../helpers/wait.js';
 
 const servers: MockServer[] = [];
 const clients: SequencerClient[] = [];
+let certs: Awaited<ReturnType<typeof makeCerts>> | null = null;
 after(async () => {
   await Promise.all(clients.map((c) => c.close()));
   await Promise.all(servers.map((s) => s.close()));
+  await certs?.remove();
 });
+
+/** One set of test certificates for every TLS test here, made on first use. */
+let tlsMaterial: Promise<{ key: Buffer; cert: Buffer; ca: Buffer }> | null = null;
+function tlsFiles(): Promise<{ key: Buffer; cert: Buffer; ca: Buffer }> {
+  tlsMaterial ??= makeCerts().then(async (made) => {
+    certs = made;
+    const [key, cert, ca] = await Promise.all([readFile(made.serverKey), readFile(made.serverCert), readFile(made.caCert)]);
+    return { key, cert, ca };
+  });
+  return tlsMaterial;
+}
 
 async function mock(script: Script, options?: MockOptions): Promise<MockServer> {
   const server = await startMockServer(script, options);
@@ -201,27 +214,20 @@ test('a dead leader still named by the others: the call waits for the election i
 });
 
 test('a named leader whose connection attempts time out is not dialled again on every retry', async () => {
-  const certs = await makeCerts();
-  try {
-    const [key, cert, ca] = await Promise.all([readFile(certs.serverKey), readFile(certs.serverCert), readFile(certs.caCert)]);
-    // A host that is down: the handshake never completes within connectTimeoutMs.
-    const dead = await startMockServer(() => {}, { tls: { key, cert }, handshakeDelayMs: 60_000 });
-    const successor = await startMockServer(counterScript(90n), { tls: { key, cert } });
-    servers.push(dead, successor);
-    let asked = 0;
-    const follower = await startMockServer(
-      (_words, connection) => connection.send(`-NOTLEADER ${++asked <= 6 ? dead.address : successor.address}\r\n`),
-      { tls: { key, cert } },
-    );
-    servers.push(follower);
-    const c = client({ servers: [follower.address], tls: { ca }, connectTimeoutMs: 300, requestTimeoutMs: 5000, reconnect: { minDelayMs: 10, maxDelayMs: 40 } });
-    assert.equal(await c.getNextSequence(), 90n);
-    assert.equal(asked, 7);
-    // The first dial times out; the repeats that follow within connectTimeoutMs go back to the follower.
-    assert.ok(dead.accepted <= 2, `the dead leader was dialled ${dead.accepted} times for 6 redirects`);
-  } finally {
-    await certs.remove();
-  }
+  const { key, cert, ca } = await tlsFiles();
+  // A host that is down: the handshake never completes within connectTimeoutMs.
+  const dead = await mock(() => {}, { tls: { key, cert }, handshakeDelayMs: 60_000 });
+  const successor = await mock(counterScript(90n), { tls: { key, cert } });
+  let asked = 0;
+  const follower = await mock(
+    (_words, connection) => connection.send(`-NOTLEADER ${++asked <= 6 ? dead.address : successor.address}\r\n`),
+    { tls: { key, cert } },
+  );
+  const c = client({ servers: [follower.address], tls: { ca }, connectTimeoutMs: 300, requestTimeoutMs: 5000, reconnect: { minDelayMs: 10, maxDelayMs: 40 } });
+  assert.equal(await c.getNextSequence(), 90n);
+  assert.equal(asked, 7);
+  // The first dial times out; the repeats that follow within connectTimeoutMs go back to the follower.
+  assert.ok(dead.accepted <= 2, `the dead leader was dialled ${dead.accepted} times for 6 redirects`);
 });
 
 test('a server that never answers costs one call its timeout; the next call goes to the next server listed', async () => {
@@ -436,43 +442,31 @@ test('calls made while no server answers wait, and succeed once one does', async
 });
 
 test('TLS: the client verifies the server against the given CA', async () => {
-  const certs = await makeCerts();
-  try {
-    const [key, cert, ca] = await Promise.all([readFile(certs.serverKey), readFile(certs.serverCert), readFile(certs.caCert)]);
-    const server = await startMockServer(counterScript(), { tls: { key, cert } });
-    servers.push(server);
-    const trusting = client({ servers: [server.address], tls: { ca } });
-    assert.equal(await trusting.getNextSequence(), 1n);
-    const untrusting = client({ servers: [server.address], tls: true, reconnect: false });
-    const error = await untrusting.ping().then(() => null, (e: unknown) => e);
-    assert.ok(error instanceof NoServerAvailableError, String(error));
-    assert.match(error.message, /certificate/);
-  } finally {
-    await certs.remove();
-  }
+  const { key, cert, ca } = await tlsFiles();
+  const server = await mock(counterScript(), { tls: { key, cert } });
+  const trusting = client({ servers: [server.address], tls: { ca } });
+  assert.equal(await trusting.getNextSequence(), 1n);
+  const untrusting = client({ servers: [server.address], tls: true, reconnect: false });
+  const error = await untrusting.ping().then(() => null, (e: unknown) => e);
+  assert.ok(error instanceof NoServerAvailableError, String(error));
+  assert.match(error.message, /certificate/);
 });
 
 test('connectTimeoutMs covers the TLS handshake and AUTH together', async () => {
-  const certs = await makeCerts();
-  try {
-    const [key, cert, ca] = await Promise.all([readFile(certs.serverKey), readFile(certs.serverCert), readFile(certs.caCert)]);
-    // Each step alone fits in the 1000 ms; the two together do not.
-    const server = await startMockServer(
-      (words, connection) => {
-        if (words[0] === 'AUTH') setTimeout(() => connection.send('+OK\r\n'), 600);
-        else connection.send(':1\r\n');
-      },
-      { tls: { key, cert }, handshakeDelayMs: 600 },
-    );
-    servers.push(server);
-    const c = client({ servers: [server.address], tls: { ca }, password: 'pw', connectTimeoutMs: 1000, requestTimeoutMs: 5000, reconnect: false });
-    const error = await c.getNextSequence().then(() => null, (e: unknown) => e);
-    assert.ok(error instanceof NoServerAvailableError, String(error));
-    assert.ok(error.cause instanceof TimeoutError, String(error.cause));
-    assert.equal(server.requests.length, 1, 'only AUTH was sent');
-  } finally {
-    await certs.remove();
-  }
+  const { key, cert, ca } = await tlsFiles();
+  // Each step alone fits in the 1000 ms; the two together do not.
+  const server = await mock(
+    (words, connection) => {
+      if (words[0] === 'AUTH') setTimeout(() => connection.send('+OK\r\n'), 600);
+      else connection.send(':1\r\n');
+    },
+    { tls: { key, cert }, handshakeDelayMs: 600 },
+  );
+  const c = client({ servers: [server.address], tls: { ca }, password: 'pw', connectTimeoutMs: 1000, requestTimeoutMs: 5000, reconnect: false });
+  const error = await c.getNextSequence().then(() => null, (e: unknown) => e);
+  assert.ok(error instanceof NoServerAvailableError, String(error));
+  assert.ok(error.cause instanceof TimeoutError, String(error.cause));
+  assert.equal(server.requests.length, 1, 'only AUTH was sent');
 });
 
 test('close() waits for a connection left for the leader while a request on it is still answered', async () => {
