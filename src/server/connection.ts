@@ -196,8 +196,9 @@ export class Connection {
     this.waiting++;
     reply.then((value) => {
       this.waiting--;
-      // A request whose connection is gone is refused unseen: not an error anyone got.
-      if (value.charCodeAt(0) === 45 /* '-' */ && !this.session.gone) this.stats.countError(value);
+      // Nobody will read it (a request of a gone connection is refused unseen): nothing to count or write.
+      if (this.socket.destroyed) return;
+      if (value.charCodeAt(0) === 45 /* '-' */) this.stats.countError(value);
       slot.value = value;
       this.owed += value.length - PENDING_COST;
       this.schedulePump();
