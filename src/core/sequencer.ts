@@ -512,17 +512,18 @@ export class Sequencer implements SequenceSource {
   forget(caller: Caller): void {
     if (this.state === 'closed' || this.state === 'aborted') return;
     for (const s of this.seqs.values()) {
-      if (!s.waiters.some((w) => w.caller === caller)) continue;
-      const kept: Waiter[] = [];
-      for (const w of s.waiters) {
+      const ws = s.waiters;
+      let kept = 0;
+      for (const w of ws) {
         if (w.caller !== caller) {
-          kept.push(w);
+          ws[kept++] = w;
           continue;
         }
         s.waitingCount -= w.count;
         w.reject(CALLER_GONE);
       }
-      s.waiters = kept;
+      if (kept === ws.length) continue;
+      ws.length = kept;
       // A request queued behind the dropped ones may fit below the mark already.
       this.release(s);
     }
