@@ -167,6 +167,11 @@ test('a torn log tail is cut off with a warning and the good records kept', asyn
     ['a partial record', record('{"v":1,"m":{"a":"999"}}').subarray(0, 15)],
     ['a partial header', Buffer.from([0, 0, 1])],
     ['zero fill', Buffer.alloc(40)],
+    ['a header claiming an impossible length', (() => {
+      const r = record('{"v":1,"m":{"a":"999"}}');
+      r.writeUInt32BE(0xfffffff0, 0);
+      return r;
+    })()],
     ['a record whose first bytes never reached the disk', (() => {
       const r = record(`{"v":1,"m":{"a":"999","${'b'.repeat(60)}":"1"}}`);
       r.fill(0, 0, 12);
