@@ -638,11 +638,26 @@ function parseLock(text: string): { pid: number; host: string; started: string |
 function isAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
-    return true;
   } catch (err) {
     // EPERM: alive but someone else's. Only ESRCH proves it is gone.
-    return (err as NodeJS.ErrnoException).code !== 'ESRCH';
+    if ((err as NodeJS.ErrnoException).code === 'ESRCH') return false;
   }
+  // A killed server stays a zombie until its parent collects it (a shell or a supervisor
+  // that reaps late): it has exited and closed its files, so its lock is stale.
+  return !isZombie(pid);
+}
+
+/** Linux only (elsewhere false): whether `pid` has exited and waits to be reaped. */
+function isZombie(pid: number): boolean {
+  let stat: string;
+  try {
+    stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+  } catch {
+    return false;
+  }
+  // "pid (comm) S ...": the name may hold spaces and parentheses, the state follows the last ')'.
+  const state = stat.charAt(stat.lastIndexOf(')') + 2);
+  return state === 'Z' || state === 'X';
 }
 
 let errnoText: Map<string, string> | null = null;

@@ -2,6 +2,7 @@ import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
+import { readFileSync } from 'node:fs';
 import { appendFile, mkdir, mkdtemp, readdir, readFile, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
 import { constants, hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -10,6 +11,7 @@ import fc from 'fast-check';
 import { FileStore, type FileStoreOptions } from '../../src/store/file.js';
 import { END, MAX_VALUE } from '../../src/core/limits.js';
 import { DataDirLockedError, PersistenceError, StateCorruptError } from '../../src/errors.js';
+import { waitFor } from '../helpers/wait.js';
 
 async function tempDir(t: TestContext): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), 'dolmeangi-file-store-'));
@@ -572,6 +574,29 @@ test('a stale lock from a dead process is taken over and logged', async (t) => {
   assert.ok(logs.some((l) => l.includes('stale lock')));
   await store.close();
   await assert.rejects(stat(p.lock), { code: 'ENOENT' });
+});
+
+test('a lock whose holder was killed but not yet reaped (a zombie) is taken over', async (t) => {
+  const dir = await tempDir(t);
+  // The shell starts the holder, then becomes a `sleep` that never collects it.
+  const parent = spawn('sh', ['-c', 'sleep 60 & echo $!; exec sleep 60'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  t.after(() => parent.kill('SIGKILL'));
+  const [line] = (await once(parent.stdout, 'data')) as [Buffer];
+  const pid = Number(line.toString().trim());
+  process.kill(pid, 'SIGKILL');
+  const state = () => {
+    const text = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return text.charAt(text.lastIndexOf(')') + 2);
+  };
+  await waitFor(() => state() === 'Z', `pid ${pid} to become a zombie`);
+  // What made the lock look held: the zombie still answers signal 0.
+  assert.doesNotThrow(() => process.kill(pid, 0));
+  await writeFile(paths(dir).lock, lockJson(pid));
+  const logs: string[] = [];
+  const store = await FileStore.open(dir, { log: (msg) => logs.push(msg) });
+  assert.equal(JSON.parse(await readFile(paths(dir).lock, 'utf8')).pid, process.pid);
+  assert.ok(logs.some((l) => l.includes('stale lock')));
+  await store.close();
 });
 
 /** The store module, for scripts run in a child process. */
