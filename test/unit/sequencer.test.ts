@@ -313,6 +313,30 @@ test('waiting requests are served out of the window, not on top of it: a crash r
   }
 });
 
+test('gapless: a write covering only the first waiting request releases only it; a crash before the next write repeats nothing', async () => {
+  const store = new MemoryStore();
+  const seq = await open(store, 0n);
+  // The first write lands when resumed; every later one never does.
+  let writes = 0;
+  store.delay = () => (++writes === 1 ? Promise.resolve() : new Promise<void>(() => {}));
+  store.pause();
+  const handed: bigint[] = [];
+  const requestOne = () => take(seq.allocate('default', 1n)).then((n) => void handed.push(n), () => {});
+  const first = requestOne();
+  await settle();
+  // These arrive while the first write is in flight: its mark does not cover them.
+  const later = [requestOne(), requestOne(), requestOne()];
+  store.resume();
+  await first;
+  await settle();
+  assert.deepEqual(handed, [1n], 'only the request the landed write covers has its number');
+  seq.abort(new SequenceError('ERR', 'crashed'));
+  await Promise.all(later);
+  const again = await open(new MemoryStore({ initial: store.crash({ inFlight: 'lost' }) }), 0n);
+  const next = await take(again.allocate('default', 1n));
+  assert.ok(handed.every((n) => n < next), `handed out ${handed.join(', ')} before the crash, ${next} after it`);
+});
+
 /** A gapless sequencer that has answered one request, and a way to make more (their numbers collected). */
 async function gaplessTraffic() {
   const store = new MemoryStore();
@@ -439,6 +463,20 @@ test('--initial seeds new sequences; above a persisted mark it wins', async () =
       ['fresh', 1n],
     ],
   );
+});
+
+test('--initial against a stored mark at the edges: one above wins, equal is not a raise', async () => {
+  const seq = new Sequencer({
+    store: new MemoryStore({ initial: [['below', 5n], ['equal', 6n], ['above', 7n]] }),
+    initial: 6n,
+    reserve: 10n,
+    maxSequences: 10,
+  });
+  const { raisedByInitial } = await seq.open();
+  assert.deepEqual(raisedByInitial, ['below']);
+  assert.equal(await take(seq.allocate('below', 1n)), 6n);
+  assert.equal(await take(seq.allocate('equal', 1n)), 6n);
+  assert.equal(await take(seq.allocate('above', 1n)), 7n);
 });
 
 /**
