@@ -30,6 +30,33 @@ test('overlapping ranges are duplicates', () => {
   assert.equal(checkHistory(h).duplicates.length, 1);
 });
 
+test('the same number given to two clients is a duplicate, as are two batches starting at the same number', () => {
+  const h = new History();
+  op(h, 'a', 0, 1, 5);
+  op(h, 'b', 0, 1, 5);
+  assert.equal(checkHistory(h).duplicates.length, 1);
+  const batches = new History();
+  op(batches, 'a', 0, 1, 100, 3);
+  op(batches, 'b', 0, 1, 100, 50);
+  assert.equal(checkHistory(batches).duplicates.length, 1);
+});
+
+test('real-time order is checked against the largest number received so far, not the last', () => {
+  const h = new History();
+  op(h, 'a', 0, 10, 10);
+  op(h, 'b', 5, 12, 2); // concurrent with a: fine, but it is received last
+  op(h, 'c', 15, 20, 7); // sent after a's 10 was received
+  assert.equal(checkHistory(h).realTimeViolations.length, 1);
+});
+
+test('real-time order follows when replies were received, not when requests were sent', () => {
+  const h = new History();
+  op(h, 'x', 0, 100, 1); // sent first, received last
+  op(h, 'y', 10, 20, 10);
+  op(h, 'z', 50, 60, 5); // sent after y's 10 was received
+  assert.equal(checkHistory(h).realTimeViolations.length, 1);
+});
+
 test('a smaller number for a request sent after a reply was received violates real-time order', () => {
   const h = new History();
   op(h, 'a', 0, 10, 5);
