@@ -168,6 +168,27 @@ describe('etcd leadership', () => {
     assert.deepEqual(messages().filter((m) => m.startsWith('etcd ')), ['etcd is failing', 'etcd answers again']);
   });
 
+  test('a renewal keeps the leader serving for the TTL minus the margin, max(500 ms, TTL/4), never the whole TTL', async () => {
+    for (const [ttl, windowMs] of [
+      [2, 1500],
+      [4, 3000],
+    ] as const) {
+      const node = await startNode(freshPrefix(), `margin-${ttl}`, { ttl });
+      await waitFor(() => node.leadership.canServe(), 'it to lead');
+      // Several renewals go by; right after each, the time left is at its largest.
+      let most = 0;
+      const until = performance.now() + windowMs;
+      while (performance.now() < until) {
+        most = Math.max(most, node.leadership.leaseRemainingMs());
+        await new Promise((r) => setTimeout(r, 5));
+      }
+      assert.ok(most <= windowMs, `--lease-ttl=${ttl}: ${most} ms left after a renewal, more than ${windowMs}`);
+      // Renewals go out three times per window, so it never runs low while etcd answers.
+      assert.ok(most > windowMs / 2, `--lease-ttl=${ttl}: at most ${most} ms left`);
+      await node.leadership.close();
+    }
+  });
+
   test('resign hands leadership over within a fraction of a second', async (t) => {
     const prefix = freshPrefix();
     const a = await startNode(prefix, 'a');
