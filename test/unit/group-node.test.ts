@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { EventEmitter } from 'node:events';
 import { parseConfig } from '../../src/config.js';
 import { SequenceError } from '../../src/core/sequencer.js';
-import { StateCorruptError } from '../../src/errors.js';
+import { FencedError, StateCorruptError } from '../../src/errors.js';
 import { numberReply } from '../../src/commands/sequence-reply.js';
 import type { Marks, Store } from '../../src/core/ports.js';
 import type { LeadershipEvents, LeadershipTerm } from '../../src/election/etcd.js';
@@ -48,7 +48,10 @@ class FakeElection extends EventEmitter<LeadershipEvents> implements GroupElecti
     this.stepDownOptions.push(opts);
     this.lose(reason);
   }
-  async close(): Promise<void> {}
+  /** As EtcdLeadership: closing resigns, so a leader loses its term. */
+  async close(): Promise<void> {
+    if (this.role === 'leader') this.lose('shutting down');
+  }
 
   win(revision: string): LeadershipTerm {
     const term = { key: '/t/leader', revision, leaseId: '1' };
@@ -82,7 +85,11 @@ class HeldStore implements Store {
   /** When set, every persist fails, as against an etcd that is down. */
   failPersists = false;
 
+  /** When set, every persist is fenced, as after another node took the leader key. */
+  fencePersists = false;
+
   async persist(marks: Marks): Promise<void> {
+    if (this.fencePersists) throw new FencedError('/t/leader no longer belongs to this term');
     if (this.failPersists) throw new Error('etcd unavailable');
     this.persisted.push(new Map(marks));
   }
@@ -224,6 +231,20 @@ test('writes of marks failing for longer than the lease step down too', async (t
   assert.equal(m.election.stepDownOptions[0]!.holdOffMs, 1000);
   assert.equal(m.election.stepDownOptions[0]!.term?.revision, '9');
   assert.ok(performance.now() - started >= 1000, 'not before a lease has passed');
+});
+
+test('a fenced write steps this term down at once: waiters and later requests get a bare NOTLEADER', async (t) => {
+  const m = await member(t);
+  await serveTerm(m, '9', new Map([['a', 100n]]));
+  m.stores.at(-1)!.fencePersists = true;
+  // Past the window: the reservation it needs is the fenced write.
+  const waiter = await Promise.resolve(m.node.allocate('a', 1_000_000n)).catch((e: unknown) => e);
+  assert.equal(refusal(waiter).code, 'NOTLEADER');
+  await waitFor(() => m.election.stepDowns.length > 0, 'a step-down');
+  assert.match(m.election.stepDowns[0]!, /store write fenced/);
+  assert.equal(m.election.stepDownOptions[0]!.term?.revision, '9');
+  // Who leads now is not known here: clients wait and retry rather than come back.
+  assert.deepEqual(refusal(m.node.allocate('a', 1n)), { code: 'NOTLEADER', message: '' });
 });
 
 test('losing leadership stops serving at once; a later term loads the marks afresh', async (t) => {
