@@ -143,7 +143,6 @@ export class Decoder {
         if (lineEnd - pos > MAX_LINE) return this.error('too big inline request');
         this.state = S.Start;
         const words = splitInline(buf, pos, lineEnd);
-        if (words.length > MAX_ARRAY) return this.error(`too many arguments (at most ${MAX_ARRAY})`);
         if (words.length > 0) sink(words);
         return lf + 1;
       }
@@ -286,12 +285,14 @@ function readHeader(buf: Buffer, pos: number, end: number): Header | typeof NEED
     if (i >= end) return end - pos > MAX_HEADER ? BAD_HEADER : NEED_MORE;
     const c = buf[i]!;
     if (c >= 48 && c <= 57) {
+      // As Redis reads them: no leading zero, so `*01` is as malformed there as here.
+      if (digits === 1 && value === 0) return BAD_HEADER;
       if (++digits > 9) return BAD_HEADER;
       value = value * 10 + (c - 48);
       i++;
       continue;
     }
-    if (c !== CR || digits === 0) return BAD_HEADER;
+    if (c !== CR || digits === 0 || (neg && value === 0)) return BAD_HEADER;
     if (i + 1 >= end) return NEED_MORE;
     if (buf[i + 1] !== LF) return BAD_HEADER;
     header.value = neg ? -value : value;
@@ -313,10 +314,16 @@ function wholeBulk(buf: Buffer, p: number, end: number): number {
   return stop + 2 <= end && buf[stop] === CR && buf[stop + 1] === LF ? b.next : -1;
 }
 
+/**
+ * The words of an inline line. A line is not an array, so SPEC's 1,024-element
+ * limit does not make it an error; words past MAX_ARRAY + 1 are not counted,
+ * which keeps a line of 32,768 one-letter words to a small array and leaves the
+ * request's arity wrong for every command, as it is.
+ */
 function splitInline(buf: Buffer, start: number, end: number): string[] {
   const words: string[] = [];
   let i = start;
-  while (i < end) {
+  while (i < end && words.length <= MAX_ARRAY) {
     while (i < end && (buf[i] === SPACE || buf[i] === TAB)) i++;
     if (i >= end) break;
     const w = i;

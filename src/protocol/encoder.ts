@@ -39,7 +39,16 @@ export function oneLine(text: string): string {
   return /[\x00-\x1f\x7f]/.test(text) ? text.replace(/[\x00-\x1f\x7f]/g, ' ') : text;
 }
 
-/** Client-supplied text cut to `max` characters for an error message (marked `...` when cut). */
+/**
+ * Client-supplied text (latin1: one char per byte) cut to at most `max` bytes
+ * for an error message, marked `...` when cut. The cut backs off to the start
+ * of a UTF-8 character, so a name in UTF-8 is never echoed with half a
+ * character (an invalid sequence) before the mark.
+ */
 export function clip(text: string, max: number): string {
-  return text.length > max ? `${text.slice(0, max)}...` : text;
+  if (text.length <= max) return text;
+  let cut = max;
+  // 0x80-0xBF continue a UTF-8 character (of at most four bytes): the one at the cut began before it.
+  for (let back = 0; back < 3 && cut > 0 && (text.charCodeAt(cut) & 0xc0) === 0x80; back++) cut--;
+  return `${text.slice(0, cut)}...`;
 }

@@ -48,6 +48,14 @@ const IDLE_CHECKS = 4;
 /** Bytes a reply waiting for storage is counted as, for the output limit: about what it holds. */
 const PENDING_COST = 256;
 
+/**
+ * After QUIT or a protocol error, how long a client may keep its own side open
+ * once our last reply and FIN are out. Closing at once could turn the goodbye
+ * into a reset while the client still sends; never closing would let a
+ * half-open client hold a connection slot for good.
+ */
+const HANGUP_LINGER_MS = 1000;
+
 export class Connection {
   private readonly decoder = new Decoder();
   private readonly session: Session = newSession(() => this.socket.destroyed);
@@ -154,10 +162,7 @@ export class Connection {
     // show: it counts against the output limit too, or a client could pipeline
     // without bound while storage is slow.
     this.append(typeof reply === 'string' ? reply : this.slotFor(reply));
-    if (this.session.quit) {
-      this.stopped = true;
-      this.whenIdle(() => this.socket.end());
-    }
+    if (this.session.quit) this.hangUp();
   }
 
   private protocolError(err: ProtocolError): void {
@@ -166,8 +171,19 @@ export class Connection {
     const reply = error('ERR', err.message);
     this.stats.countError(reply);
     this.append(reply);
+    this.hangUp();
+  }
+
+  /** Serves nothing more and closes the connection once the replies owed are written. */
+  private hangUp(): void {
     this.stopped = true;
-    this.whenIdle(() => this.socket.end());
+    this.whenIdle(() =>
+      this.socket.end(() => {
+        const timer = setTimeout(() => this.socket.destroy(), HANGUP_LINGER_MS);
+        timer.unref();
+        this.socket.once('close', () => clearTimeout(timer));
+      }),
+    );
   }
 
   /** Every reply so far has left the queue (it may still sit in `out`). */

@@ -5,8 +5,11 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { startServerProcess, type ServerProcess } from '../helpers/server-process.js';
 import { WireClient, ask, resp } from '../helpers/wire.js';
+import { waitFor } from '../helpers/wait.js';
 import { mkdtemp, rename, rm } from 'node:fs/promises';
 import { SequencerClient, ServerError } from '../../src/index.js';
+import net from 'node:net';
+import { once } from 'node:events';
 import os from 'node:os';
 import path from 'node:path';
 
@@ -158,6 +161,9 @@ test('wrong number of arguments, bad counts and bad names; the connection stays 
     [`CURRENT ${'n'.repeat(65)}\r\n`, `-ERR invalid sequence name '${'n'.repeat(64)}...': use 1-64 characters of A-Z a-z 0-9 _ . : -\r\n`],
     [`GETSEQ_BATCH ${'9'.repeat(33)}\r\n`, `-ERR invalid count '${'9'.repeat(32)}...': expected an integer from 1 to 1000 (--max-batch)\r\n`],
     [`${'X'.repeat(129)}\r\n`, `-ERR Unknown command '${'X'.repeat(128)}...'. ${SUPPORTED}\r\n`],
+    // Sent as UTF-8 (é is C3 A9; replies are compared as latin1): never half a character before the mark.
+    [`${'a'.repeat(127)}éé\r\n`, `-ERR Unknown command '${'a'.repeat(127)}...'. ${SUPPORTED}\r\n`],
+    [`${'a'.repeat(126)}éb\r\n`, `-ERR Unknown command '${'a'.repeat(126)}\xc3\xa9...'. ${SUPPORTED}\r\n`],
   ];
   for (const [request, reply] of cases) {
     c.reset();
@@ -193,6 +199,40 @@ test('protocol errors get -ERR Protocol error and the connection is closed', asy
     const c = await exchange('PING\r\n' + request, '+PONG\r\n' + reply);
     await c.waitClosed();
   }
+});
+
+test('after QUIT or a protocol error the connection is closed even when the client keeps its side open', async () => {
+  const s = await startServerProcess(['--in-memory', '--timeout=0']);
+  const connected = async () => Number(/connected_clients:(\d+)/.exec(await ask(s.port, 'INFO\r\n'))?.[1]);
+  try {
+    for (const [request, reply] of [
+      ['QUIT\r\n', '+OK\r\n'],
+      ['*x\r\n', '-ERR Protocol error: invalid multibulk length\r\n'],
+    ] as const) {
+      // A client that never ends its own side, as a half-closing tool might.
+      const half = net.connect({ port: s.port, host: '127.0.0.1', allowHalfOpen: true });
+      half.on('error', () => {});
+      let received = '';
+      half.on('data', (d: Buffer) => (received += d.toString('latin1')));
+      const ended = once(half, 'end');
+      half.write(request);
+      await ended;
+      assert.equal(received, reply);
+      try {
+        // Only the INFO connection asking is left, though `half` never closed.
+        await waitFor(async () => (await connected()) === 1, `the server to close the connection after ${JSON.stringify(request)}`);
+      } finally {
+        half.destroy();
+      }
+    }
+  } finally {
+    assert.equal(await s.stop(), 0);
+  }
+});
+
+test('an inline line of more than 1,024 words is a request with the wrong arity, not a protocol error', async () => {
+  const c = await exchange(`GETSEQ${' a'.repeat(1024)}\r\nPING\r\n`, "-ERR wrong number of arguments for 'GETSEQ'\r\n+PONG\r\n");
+  assert.equal(c.closed, false);
 });
 
 test('the largest line and bulk string are accepted', async () => {
