@@ -119,7 +119,7 @@ type Parsed = Omit<LoadResult, 'requests' | 'sent'>;
  * from the "Summary" block of its default output (both printed by 7.x).
  * Returns null when neither is there or a number is not a number.
  */
-function parseRedisBenchmark(output: string): Parsed | null {
+export function parseRedisBenchmark(output: string): Parsed | null {
   return fromCsv(output) ?? fromSummary(output);
 }
 

@@ -2,7 +2,7 @@
  * Results as Markdown tables: printed by the bench and pasted into
  * docs/benchmarks.md by the same code, so the two never disagree.
  */
-import { COMPARISONS, DISTURBED_PERCENT, SERVERS, cellName, distinctCells, sameCell, SERVER_ORDER, type MatrixRow, type Results, type ServerId } from './results.js';
+import { COMPARISONS, DISTURBED_PERCENT, SERVERS, cellName, distinctCells, median, sameCell, SERVER_ORDER, type MatrixRow, type Results, type ServerId } from './results.js';
 
 type Align = 'l' | 'r';
 
@@ -121,12 +121,6 @@ export function clientTable(r: Results): string {
     ['l', 'l', 'r', 'r', 'r'],
   );
 }
-
-const median = (xs: readonly number[]): number => {
-  const s = [...xs].sort((a, b) => a - b);
-  const mid = s.length >> 1;
-  return s.length % 2 === 1 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
-};
 
 /** One row per round and cell, then the medians: the leader against the single node. */
 export function groupTable(r: Results): string {

@@ -213,3 +213,30 @@ export function matrixCells(): Cell[] {
   for (const clients of MATRIX_CLIENTS) for (const pipeline of MATRIX_PIPELINES) cells.push({ clients, pipeline });
   return cells;
 }
+
+/** Every comparison of COMPARISONS at every cell where both servers were measured. */
+export function ratiosOf(matrix: readonly MatrixRow[]): Ratio[] {
+  const ratios: Ratio[] = [];
+  for (const c of COMPARISONS) {
+    for (const row of matrix.filter((m) => m.server === c.server)) {
+      const base = matrix.find((m) => m.server === c.baseline && sameCell(m, row));
+      if (base === undefined) continue;
+      ratios.push({
+        server: c.server,
+        baseline: c.baseline,
+        clients: row.clients,
+        pipeline: row.pipeline,
+        rps: row.rps / base.rps,
+        cpu: row.cpuUsPerRequest / base.cpuUsPerRequest,
+      });
+    }
+  }
+  return ratios;
+}
+
+/** The middle value (the mean of the middle two for an even count). */
+export function median(xs: readonly number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const mid = s.length >> 1;
+  return s.length % 2 === 1 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
+}

@@ -24,7 +24,6 @@ import {
   BATCH_CELL,
   BATCH_SERVERS,
   BATCH_SIZES,
-  COMPARISONS,
   DISTURBED_PERCENT,
   GROUP_CELLS,
   GROUP_ROUNDS,
@@ -33,7 +32,7 @@ import {
   SERVERS,
   cellName,
   matrixCells,
-  sameCell,
+  ratiosOf,
   SERVER_ORDER,
   type BatchRow,
   type Cell,
@@ -208,10 +207,12 @@ class Run {
         if (on && !served) {
           this.skipped.push(`metrics: GET /metrics on --metrics-port=${metricsPort} did not answer 200; "on" measured a server without a working endpoint`);
         }
+        const tally = new Tally();
         for (const cell of METRICS_CELLS) {
-          const row = await this.measure(`${label} ${cellName(cell)}`, server, cell, spec.command, new Tally());
+          const row = await this.measure(`${label} ${cellName(cell)}`, server, cell, spec.command, tally);
           if (row) this.metrics.push({ metrics: on ? 'on' : 'off', served, ...row });
         }
+        if (!tally.failed) this.verified.push(await verify(variant, server, tally));
       });
     }
   }
@@ -363,22 +364,7 @@ class Run {
   }
 
   ratios(): Ratio[] {
-    const ratios: Ratio[] = [];
-    for (const c of COMPARISONS) {
-      for (const row of this.matrix.filter((m) => m.server === c.server)) {
-        const base = this.matrix.find((m) => m.server === c.baseline && sameCell(m, row));
-        if (base === undefined) continue;
-        ratios.push({
-          server: c.server,
-          baseline: c.baseline,
-          clients: row.clients,
-          pipeline: row.pipeline,
-          rps: row.rps / base.rps,
-          cpu: row.cpuUsPerRequest / base.cpuUsPerRequest,
-        });
-      }
-    }
-    return ratios;
+    return ratiosOf(this.matrix);
   }
 }
 

@@ -95,8 +95,8 @@ test('bench --smoke runs every part and saves JSON, chart and page', async () =>
       }
     }
     assert.equal(typeof results.versions.etcd, 'string', 'the etcd version is recorded');
-    // Each matrix server, plus the group leader and the single node it is compared with.
-    assert.equal(results.verified.length, servers.length + 2, 'every server checked');
+    // Each matrix server, the durable default with metrics off and on, and the group leader and the single node it is compared with.
+    assert.equal(results.verified.length, servers.length + 4, 'every server checked');
     assert.ok(results.verified.some((v) => v.server === 'dolmeangi group leader'), 'the group leader is checked');
     for (const v of results.verified) assert.ok(v.ok, `${v.server}: every request took its numbers (expected ${v.expected}, got ${v.actual})`);
 
@@ -107,6 +107,7 @@ test('bench --smoke runs every part and saves JSON, chart and page', async () =>
     assert.match(page, /\| server +\| +-c \| +-P \| +req\/s \|/);
     assert.match(r.stdout, /dolmeangi --in-memory/);
     assert.match(page, /## Group mode/);
+    assert.match(page, /This run is not valid[\s\S]*smoke mode/, 'a smoke run\'s page says its figures mean nothing');
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
