@@ -647,17 +647,19 @@ function isAlive(pid: number): boolean {
   return !isZombie(pid);
 }
 
-/** Linux only (elsewhere false): whether `pid` has exited and waits to be reaped. */
-function isZombie(pid: number): boolean {
-  let stat: string;
+/** Linux only (elsewhere false): whether `pid` has exited and waits to be reaped. Exported for tests. */
+export function isZombie(pid: number, procRoot = '/proc'): boolean {
   try {
-    stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const stat = fs.readFileSync(`${procRoot}/${pid}/stat`, 'utf8');
+    // "pid (comm) S ...": the name may hold spaces and parentheses, the state follows the last ')'.
+    const state = stat.charAt(stat.lastIndexOf(')') + 2);
+    if (state !== 'Z' && state !== 'X') return false;
+    // The main thread shows Z once it alone has exited, while other threads (one stuck
+    // in a write, say) still run: only a process down to that one thread is gone.
+    return fs.readdirSync(`${procRoot}/${pid}/task`).length <= 1;
   } catch {
     return false;
   }
-  // "pid (comm) S ...": the name may hold spaces and parentheses, the state follows the last ')'.
-  const state = stat.charAt(stat.lastIndexOf(')') + 2);
-  return state === 'Z' || state === 'X';
 }
 
 let errnoText: Map<string, string> | null = null;

@@ -8,7 +8,7 @@ import { constants, hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
 import fc from 'fast-check';
-import { FileStore, type FileStoreOptions } from '../../src/store/file.js';
+import { FileStore, isZombie, type FileStoreOptions } from '../../src/store/file.js';
 import { END, MAX_VALUE } from '../../src/core/limits.js';
 import { DataDirLockedError, PersistenceError, StateCorruptError } from '../../src/errors.js';
 import { waitFor } from '../helpers/wait.js';
@@ -597,6 +597,23 @@ test('a lock whose holder was killed but not yet reaped (a zombie) is taken over
   assert.equal(JSON.parse(await readFile(paths(dir).lock, 'utf8')).pid, process.pid);
   assert.ok(logs.some((l) => l.includes('stale lock')));
   await store.close();
+});
+
+test('a process whose main thread has exited while another thread runs (Zl in ps) is not taken for a zombie', async (t) => {
+  // A /proc of our own: making such a process for real needs a thread library call Node.js does not offer.
+  const proc = await tempDir(t);
+  const fake = async (pid: number, state: string, threads: number) => {
+    await mkdir(join(proc, String(pid), 'task'), { recursive: true });
+    await writeFile(join(proc, String(pid), 'stat'), `${pid} (dolmeangi (x)) ${state} 1 ${pid} ${pid} 0 -1\n`);
+    for (let i = 0; i < threads; i++) await mkdir(join(proc, String(pid), 'task', String(pid + i)));
+  };
+  await fake(100, 'Z', 1);
+  await fake(200, 'Z', 2);
+  await fake(300, 'S', 1);
+  assert.equal(isZombie(100, proc), true, 'exited, waiting to be reaped');
+  assert.equal(isZombie(200, proc), false, 'one thread still runs: its writes may still land');
+  assert.equal(isZombie(300, proc), false, 'running');
+  assert.equal(isZombie(400, proc), false, 'no such process');
 });
 
 /** The store module, for scripts run in a child process. */
