@@ -18,7 +18,7 @@ function invalidRun(r: Results): string[] {
   const problems = [
     ...(r.smoke ? ['it ran in smoke mode (tiny counts): its figures measure nothing'] : []),
     ...r.errors.map((e) => `failed: ${e}`),
-    ...r.verified.filter((v) => !v.ok).map((v) => `${v.server} did not issue every number asked for (expected ${v.expected}, found ${v.actual}): error replies were counted as requests`),
+    ...r.verified.filter((v) => !v.ok).map((v) => `${v.server} did not issue exactly the numbers asked for (expected ${v.expected}, found ${v.actual})`),
   ];
   if (problems.length === 0) return [];
   return ['> **This run is not valid.** Do not quote its figures:', '>', ...problems.map((p) => `> - ${p}`), ''];

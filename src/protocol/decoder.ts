@@ -315,8 +315,8 @@ function wholeBulk(buf: Buffer, p: number, end: number): number {
 }
 
 /**
- * The words of an inline line. A line is not an array, so SPEC's 1,024-element
- * limit does not make it an error; words past MAX_ARRAY + 1 are not counted,
+ * The words of an inline line. A line is not an array, so the 1,024-element
+ * limit (docs/protocol.md) does not make it an error; words past MAX_ARRAY + 1 are not counted,
  * which keeps a line of 32,768 one-letter words to a small array and leaves the
  * request's arity wrong for every command, as it is.
  */

@@ -183,8 +183,8 @@ describe('etcd leadership', () => {
         await new Promise((r) => setTimeout(r, 5));
       }
       assert.ok(most <= windowMs, `--lease-ttl=${ttl}: ${most} ms left after a renewal, more than ${windowMs}`);
-      // Renewals go out three times per window, so it never runs low while etcd answers.
-      assert.ok(most > windowMs / 2, `--lease-ttl=${ttl}: at most ${most} ms left`);
+      // Renewals go out three times per window: right after one, the window less a round trip is left.
+      assert.ok(most > windowMs - 300, `--lease-ttl=${ttl}: at most ${most} ms left, expected close to ${windowMs}`);
       await node.leadership.close();
     }
   });

@@ -220,7 +220,7 @@ test('after QUIT or a protocol error the connection is closed even when the clie
       assert.equal(received, reply);
       try {
         // Only the INFO connection asking is left, though `half` never closed.
-        await waitFor(async () => (await connected()) === 1, `the server to close the connection after ${JSON.stringify(request)}`);
+        await waitFor(async () => (await connected()) === 1, `the server to close the connection after ${JSON.stringify(request)}`, 3000);
       } finally {
         half.destroy();
       }
