@@ -74,7 +74,9 @@ export async function startGroup(etcd: EtcdCluster, opts: GroupOptions): Promise
   };
   const group: SequencerGroup = {
     nodes,
-    addresses: nodes.map((n) => n.address),
+    get addresses() {
+      return nodes.map((n) => n.address);
+    },
     start,
     leaderIndex,
     async waitForLeader(timeoutMs = 15_000, not?: number) {
@@ -105,6 +107,25 @@ export async function startGroup(etcd: EtcdCluster, opts: GroupOptions): Promise
       );
     },
   };
-  for (let i = 0; i < opts.size; i++) await start(i);
+  try {
+    for (let i = 0; i < opts.size; i++) await startFresh(i);
+  } catch (err) {
+    // Proxies and started nodes would keep the test runner from ever exiting.
+    await group.close();
+    throw err;
+  }
   return group;
+
+  /** A first start; a port taken since freePort() picked it gets another (up to three tries). */
+  async function startFresh(i: number): Promise<void> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await start(i);
+      } catch (err) {
+        if (attempt >= 3 || !/in use/.test(String((err as Error).message))) throw err;
+        const port = await freePort();
+        nodes[i] = { ...nodes[i]!, port, address: `127.0.0.1:${port}`, proc: null };
+      }
+    }
+  }
 }

@@ -107,7 +107,11 @@ export async function startServerProcess(args: string[] = [], opts: StartOptions
       });
     });
 
-  const listening = await waitForLog(opts.readyWhen ?? ((l) => l.msg === 'listening'), opts.timeoutMs ?? 15_000);
+  const listening = await waitForLog(opts.readyWhen ?? ((l) => l.msg === 'listening'), opts.timeoutMs ?? 15_000).catch((err: unknown) => {
+    // Nobody holds a handle to a server that never got ready: it must not outlive the failure.
+    child.kill('SIGKILL');
+    throw err;
+  });
   const port = Number(listening.port);
   const host = '127.0.0.1';
   return {

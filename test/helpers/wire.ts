@@ -5,7 +5,11 @@
 import net from 'node:net';
 
 export class WireClient {
-  private data = Buffer.alloc(0);
+  /** What arrived, kept as chunks and joined only when read: a reply of megabytes costs linear time. */
+  private chunks: Buffer[] = [];
+  private textCache: string | null = '';
+  /** Bytes received since the last reset. */
+  private size = 0;
   private waiters = new Set<() => void>();
   closed = false;
   /** The socket's error, if it had one (a refused TLS handshake, a reset). */
@@ -13,7 +17,9 @@ export class WireClient {
 
   private constructor(readonly socket: net.Socket) {
     socket.on('data', (d: Buffer) => {
-      this.data = Buffer.concat([this.data, d]);
+      this.chunks.push(d);
+      this.size += d.length;
+      this.textCache = null;
       this.wake();
     });
     socket.on('close', () => {
@@ -46,13 +52,24 @@ export class WireClient {
 
   /** Everything received so far, as latin1. */
   get text(): string {
-    return this.data.toString('latin1');
+    if (this.textCache === null) {
+      const all = Buffer.concat(this.chunks);
+      this.chunks = [all];
+      this.textCache = all.toString('latin1');
+    }
+    return this.textCache;
   }
 
   /** Waits until `cond(received)` holds; rejects with what was received at the deadline. */
   async until(cond: (text: string) => boolean, timeoutMs = 5000, what = 'condition'): Promise<string> {
+    await this.waitUntil(() => cond(this.text), timeoutMs, what);
+    return this.text;
+  }
+
+  /** Waits until `check()` holds, woken by each chunk and by the close. */
+  private async waitUntil(check: () => boolean, timeoutMs: number, what: string): Promise<void> {
     const deadline = Date.now() + timeoutMs;
-    while (!cond(this.text)) {
+    while (!check()) {
       const left = deadline - Date.now();
       if (left <= 0) {
         const error = this.error === null ? '' : `, socket error ${this.error.message}`;
@@ -67,12 +84,12 @@ export class WireClient {
         this.waiters.add(done);
       });
     }
-    return this.text;
   }
 
   /** Waits for exactly `expected` bytes in total and checks nothing else came (a close ends the wait). */
   async expect(expected: string, timeoutMs = 5000): Promise<void> {
-    await this.until((t) => t.length >= expected.length || this.closed, timeoutMs, JSON.stringify(expected));
+    // Counted in bytes (latin1 text has one char per byte), so waiting does not decode what came.
+    await this.waitUntil(() => this.size >= expected.length || this.closed, timeoutMs, JSON.stringify(expected));
     if (this.text !== expected) {
       throw new Error(`expected ${JSON.stringify(expected)}, received ${JSON.stringify(this.text)}`);
     }
@@ -86,12 +103,14 @@ export class WireClient {
   }
 
   async waitClosed(timeoutMs = 5000): Promise<void> {
-    await this.until(() => this.closed, timeoutMs, 'the server to close the connection');
+    await this.waitUntil(() => this.closed, timeoutMs, 'the server to close the connection');
   }
 
   /** Clears what was received, for the next exchange. */
   reset(): void {
-    this.data = Buffer.alloc(0);
+    this.chunks = [];
+    this.size = 0;
+    this.textCache = '';
   }
 
   close(): void {

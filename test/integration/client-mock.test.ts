@@ -340,14 +340,16 @@ test('a refused password fails the call at once with ServerError WRONGPASS', asy
 test('a call left with little time by a slow connect fails alone: the calls behind it on the connection still get their numbers', async () => {
   let next = 0;
   const server = await mock((words, connection) => {
-    // AUTH takes most of the calls' time; then every request is answered in 100 ms.
-    if (words[0] === 'AUTH') setTimeout(() => connection.send('+OK\r\n'), 950);
-    else setTimeout(() => connection.send(`:${++next}\r\n`), 100);
+    // AUTH takes most of the calls' 2 s; then every request is answered in 600 ms, too late
+    // for the first call (sent 500 ms before its deadline), in time for the later ones.
+    // Each side of that has 500 ms to spare, for a loaded machine.
+    if (words[0] === 'AUTH') setTimeout(() => connection.send('+OK\r\n'), 1500);
+    else setTimeout(() => connection.send(`:${++next}\r\n`), 600);
   });
-  const c = client({ servers: [server.address], password: 'pw', requestTimeoutMs: 1000 });
+  const c = client({ servers: [server.address], password: 'pw', requestTimeoutMs: 2000, connectTimeoutMs: 2500 });
   const early = c.getNextSequence().then(() => null, (e: unknown) => e);
   await waitFor(() => server.requests.length === 1, 'AUTH to arrive');
-  await new Promise((r) => setTimeout(r, 300)); // a wait that must pass: these calls start later, with time to spare
+  await new Promise((r) => setTimeout(r, 600)); // a wait that must pass: these calls start later, with time to spare
   const later = [c.getNextSequence(), c.getNextSequence(), c.getNextSequence()];
   const error = await early;
   assert.ok(error instanceof TimeoutError, String(error));
