@@ -191,6 +191,9 @@ class GroupNode implements GroupHandle {
       return { ready: false, reason: this.loadError ? `leader, cannot load marks: ${this.loadError}` : 'leader, loading marks from etcd' };
     }
     if (!l.canServe()) return { ready: false, reason: 'leader, but the lease is not confirmed by etcd' };
+    // As a single node with failing storage: numbers beyond the mark are refused until etcd takes writes.
+    const failing = this.sequencer.persistenceFailure;
+    if (failing !== null) return { ready: false, reason: `leader; ${failing}` };
     return { ready: true, reason: 'leader' };
   }
 

@@ -226,6 +226,8 @@ test('writes of marks failing for longer than the lease step down too', async (t
   m.stores.at(-1)!.failPersists = true;
   // Past the window: the reservation it needs fails, and is retried with backoff.
   assert.equal(refusal(await Promise.resolve(m.node.allocate('a', 1_000_000n)).catch((e: unknown) => e)).code, 'ERR');
+  // Meanwhile it cannot hand out numbers past its mark: not ready, as a single node with failing storage.
+  assert.deepEqual(m.node.readiness(), { ready: false, reason: 'leader; persistence unavailable: etcd unavailable' });
   await waitFor(() => m.election.stepDowns.length > 0, 'a step-down', 10_000);
   assert.match(m.election.stepDowns[0]!, /writes of marks failed for longer than the lease: etcd unavailable/);
   assert.equal(m.election.stepDownOptions[0]!.holdOffMs, 1000);
