@@ -12,7 +12,7 @@ import type { Readiness } from '../core/ports.js';
 export interface OpsServerOptions {
   host: string;
   port: number;
-  metrics: Metrics;
+  metrics: Pick<Metrics, 'render' | 'contentType'>;
   readiness(): Readiness;
 }
 
@@ -23,11 +23,28 @@ export interface OpsServer {
 
 const TEXT = 'text/plain; charset=utf-8';
 
+/**
+ * Connections the port holds at once: scrapers and probes need a few. Past it,
+ * new ones are closed at once, so an unauthenticated port cannot take the file
+ * descriptors that clients of the sequencer need.
+ */
+export const MAX_OPS_CONNECTIONS = 64;
+
 export async function startOpsServer(opts: OpsServerOptions): Promise<OpsServer> {
-  const server = http.createServer((req, res) => handle(req, res, opts));
-  // Scrapers and probes send small requests quickly; anything slower is stuck or hostile.
-  server.headersTimeout = 5_000;
-  server.requestTimeout = 10_000;
+  // Scrapes that arrive while one is rendered share its text: a burst of them costs
+  // one render, not one each on the thread that serves the sequences.
+  let rendering: Promise<string> | null = null;
+  const render = (): Promise<string> =>
+    (rendering ??= opts.metrics.render().finally(() => {
+      rendering = null;
+    }));
+  const server = http.createServer(
+    // Scrapers and probes send small requests quickly; anything slower is stuck or hostile.
+    // The timeouts are checked every second, not every 30 s (Node's default).
+    { headersTimeout: 5_000, requestTimeout: 10_000, connectionsCheckingInterval: 1_000 },
+    (req, res) => handle(req, res, opts, render),
+  );
+  server.maxConnections = MAX_OPS_CONNECTIONS;
   await new Promise<void>((resolve, reject) => {
     const onError = (err: Error) => reject(new ListenError('metrics', opts.host, opts.port, err));
     server.once('error', onError);
@@ -49,7 +66,7 @@ export async function startOpsServer(opts: OpsServerOptions): Promise<OpsServer>
   };
 }
 
-function handle(req: http.IncomingMessage, res: http.ServerResponse, opts: OpsServerOptions): void {
+function handle(req: http.IncomingMessage, res: http.ServerResponse, opts: OpsServerOptions, render: () => Promise<string>): void {
   if (req.method !== 'GET' && req.method !== 'HEAD') {
     reply(res, 405, 'method not allowed: use GET\n', { Allow: 'GET, HEAD' });
     return;
@@ -57,7 +74,7 @@ function handle(req: http.IncomingMessage, res: http.ServerResponse, opts: OpsSe
   const path = (req.url ?? '/').split('?', 1)[0];
   switch (path) {
     case '/metrics':
-      opts.metrics.render().then(
+      render().then(
         (text) => reply(res, 200, text, { 'Content-Type': opts.metrics.contentType }),
         (err: unknown) => reply(res, 500, `cannot collect metrics: ${(err as Error)?.message ?? err}\n`),
       );

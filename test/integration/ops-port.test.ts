@@ -1,0 +1,85 @@
+/**
+ * The operations port under load it should shrug off: many scrapes at once, many
+ * idle connections, a request that never finishes its headers.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import http from 'node:http';
+import net from 'node:net';
+import { once } from 'node:events';
+import { MAX_OPS_CONNECTIONS, startOpsServer } from '../../src/http/server.js';
+import { waitFor } from '../helpers/wait.js';
+
+function get(port: number, path: string): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = http.get({ host: '127.0.0.1', port, path, agent: false }, (res) => {
+      let body = '';
+      res.setEncoding('utf8').on('data', (d: string) => (body += d));
+      res.on('end', () => resolve({ status: res.statusCode!, body }));
+    });
+    req.on('error', reject);
+  });
+}
+
+/** Metrics whose render the test finishes by hand, counting how often it was asked. */
+function heldMetrics() {
+  let finish: (text: string) => void = () => {};
+  const m = {
+    renders: 0,
+    contentType: 'text/plain; version=0.0.4',
+    render(): Promise<string> {
+      m.renders++;
+      return new Promise<string>((resolve) => (finish = resolve));
+    },
+    finish: (text: string) => finish(text),
+  };
+  return m;
+}
+
+async function start(t: import('node:test').TestContext, metrics = heldMetrics()) {
+  const ops = await startOpsServer({ host: '127.0.0.1', port: 0, metrics, readiness: () => ({ ready: true, reason: 'serving' }) });
+  t.after(() => ops.close());
+  return { ops, metrics };
+}
+
+test('scrapes that arrive while one is rendered share its text: one render for a burst', async (t) => {
+  const { ops, metrics } = await start(t);
+  // Twenty requests in one write on one connection: the server parses them all in one go.
+  const s = net.connect({ host: '127.0.0.1', port: ops.port });
+  t.after(() => s.destroy());
+  let received = '';
+  s.setEncoding('latin1').on('data', (d: string) => (received += d));
+  s.write('GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n'.repeat(20));
+  await waitFor(() => metrics.renders > 0, 'the first render');
+  await new Promise((r) => setImmediate(r));
+  metrics.finish('x 1\n');
+  await waitFor(() => received.split('HTTP/1.1 200').length - 1 === 20, 'twenty answers');
+  assert.equal(received.split('\r\n\r\nx 1\n').length - 1, 20, 'each with the one text');
+  assert.equal(metrics.renders, 1);
+  // Once done, the next scrape renders afresh.
+  const next = get(ops.port, '/metrics');
+  await waitFor(() => metrics.renders === 2, 'a new render');
+  metrics.finish('x 2\n');
+  assert.equal((await next).body, 'x 2\n');
+});
+
+test(`the port holds at most ${MAX_OPS_CONNECTIONS} connections; one that never sends its headers is closed within seconds`, async (t) => {
+  const { ops } = await start(t);
+  const idle: net.Socket[] = [];
+  t.after(() => idle.forEach((s) => s.destroy()));
+  for (let i = 0; i < MAX_OPS_CONNECTIONS + 10; i++) {
+    const s = net.connect({ host: '127.0.0.1', port: ops.port });
+    s.on('error', () => {});
+    s.resume(); // so that the server's FIN is seen
+    idle.push(s);
+    await once(s, 'connect');
+  }
+  const closed = () => idle.filter((s) => s.destroyed || s.readableEnded).length;
+  // The ones past the cap are closed at once.
+  await waitFor(() => closed() >= 10, 'the connections past the cap to be closed', 5000);
+  // The rest sent nothing: the header timeout (5 s, checked every second) closes them too.
+  const started = performance.now();
+  await waitFor(() => closed() === idle.length, 'the idle connections to be closed', 10_000);
+  assert.ok(performance.now() - started < 8000, 'not left to Node\'s 30 s check');
+  assert.equal((await get(ops.port, '/healthz')).status, 200, 'the port serves again');
+});
