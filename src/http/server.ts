@@ -71,7 +71,7 @@ function handle(req: http.IncomingMessage, res: http.ServerResponse, opts: OpsSe
     reply(res, 405, 'method not allowed: use GET\n', { Allow: 'GET, HEAD' });
     return;
   }
-  const path = (req.url ?? '/').split('?', 1)[0];
+  const path = pathOf(req.url ?? '/');
   switch (path) {
     case '/metrics':
       render().then(
@@ -100,4 +100,14 @@ function reply(res: http.ServerResponse, status: number, body: string, headers: 
     ...headers,
   });
   res.end(body);
+}
+
+/** The path of a request target, in origin form (`/metrics?x`) or absolute form (`http://host/metrics`), as some proxies send. */
+function pathOf(target: string): string {
+  if (target.startsWith('/')) return target.split('?', 1)[0]!;
+  try {
+    return new URL(target).pathname;
+  } catch {
+    return target;
+  }
 }

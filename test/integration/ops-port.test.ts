@@ -83,3 +83,14 @@ test(`the port holds at most ${MAX_OPS_CONNECTIONS} connections; one that never 
   assert.ok(performance.now() - started < 8000, 'not left to Node\'s 30 s check');
   assert.equal((await get(ops.port, '/healthz')).status, 200, 'the port serves again');
 });
+
+test('a request line in absolute form (as some proxies send it) reaches the same paths', async (t) => {
+  const { ops } = await start(t);
+  const s = net.connect({ host: '127.0.0.1', port: ops.port });
+  t.after(() => s.destroy());
+  let received = '';
+  s.setEncoding('latin1').on('data', (d: string) => (received += d));
+  s.write(`GET http://127.0.0.1:${ops.port}/healthz?probe=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`);
+  await once(s, 'end');
+  assert.match(received, /^HTTP\/1\.1 200 [\s\S]*\r\n\r\nok\n$/);
+});
