@@ -39,6 +39,8 @@ export interface NodeView {
   persistenceUp(): boolean;
   /** Whether this member leads its group; absent outside group mode, where the gauge is not exported. */
   leader?(): boolean;
+  /** The group this member belongs to (its --etcd-prefix), the leader gauge's label. */
+  group?: string;
 }
 
 export interface MetricsOptions {
@@ -117,7 +119,11 @@ export class Metrics {
     scraped(Gauge, registers, 'dolmeangi_persistence_up', '0 while writes to storage fail, else 1 (also 1 in memory mode, where nothing is written).', [], (g) => g.set(view.persistenceUp() ? 1 : 0));
     const leader = view.leader?.bind(view);
     if (leader !== undefined) {
-      scraped(Gauge, registers, 'dolmeangi_leader', '1 while this member leads its group, else 0 (group mode only).', [], (g) => g.set(leader() ? 1 : 0));
+      // Labelled with the group, so that a rule can sum by it: several groups may share one scrape job.
+      const group = view.group ?? '';
+      scraped(Gauge, registers, 'dolmeangi_leader', '1 while this member leads its group (the --etcd-prefix), else 0 (group mode only).', ['group'], (g) =>
+        g.set({ group }, leader() ? 1 : 0),
+      );
     }
     scraped(Gauge, registers, 'dolmeangi_build_info', 'Always 1; the labels say which release runs in which mode.', ['version', 'mode'], (g) => {
       g.set({ version: view.version, mode: view.mode() }, 1);

@@ -83,10 +83,10 @@ test('events: persist durations in seconds, failures, AUTH failures, chunk durat
 test('the leader gauge exists only in group mode', async () => {
   assert.equal(parseMetrics(await new Metrics(view([])).render()).has('dolmeangi_leader'), false);
   let leading = false;
-  const metrics = new Metrics(view([], { mode: () => 'group', leader: () => leading }));
-  assert.equal(parseMetrics(await metrics.render()).get('dolmeangi_leader'), 0);
+  const metrics = new Metrics(view([], { mode: () => 'group', leader: () => leading, group: '/dolmeangi/orders/' }));
+  assert.equal(parseMetrics(await metrics.render()).get('dolmeangi_leader{group="/dolmeangi/orders/"}'), 0);
   leading = true;
   const m = parseMetrics(await metrics.render());
-  assert.equal(m.get('dolmeangi_leader'), 1);
+  assert.equal(m.get('dolmeangi_leader{group="/dolmeangi/orders/"}'), 1);
   assert.equal(m.get('dolmeangi_build_info{version="9.9.9",mode="group"}'), 1);
 });
