@@ -24,18 +24,24 @@ export interface OpsServer {
 const TEXT = 'text/plain; charset=utf-8';
 
 /**
- * Connections the port holds at once: scrapers and probes need a few. Past it,
- * new ones are closed at once, so an unauthenticated port cannot take the file
- * descriptors that clients of the sequencer need.
+ * Connections the port holds at once, and from one peer address: scrapers and
+ * probes need a few. Past either, new ones are closed at once, so an
+ * unauthenticated port cannot take the file descriptors that clients of the
+ * sequencer need; the limit per peer keeps one client filling the port from
+ * failing the liveness probes that come from elsewhere.
  */
-export const MAX_OPS_CONNECTIONS = 64;
+export const MAX_OPS_CONNECTIONS = 1024;
+export const MAX_OPS_CONNECTIONS_PER_PEER = 16;
+
+/** A render that takes longer is given up, so one stuck collector cannot block every later scrape. */
+const RENDER_TIMEOUT_MS = 10_000;
 
 export async function startOpsServer(opts: OpsServerOptions): Promise<OpsServer> {
   // Scrapes that arrive while one is rendered share its text: a burst of them costs
   // one render, not one each on the thread that serves the sequences.
   let rendering: Promise<string> | null = null;
   const render = (): Promise<string> =>
-    (rendering ??= opts.metrics.render().finally(() => {
+    (rendering ??= withDeadline(() => opts.metrics.render()).finally(() => {
       rendering = null;
     }));
   const server = http.createServer(
@@ -45,6 +51,21 @@ export async function startOpsServer(opts: OpsServerOptions): Promise<OpsServer>
     (req, res) => handle(req, res, opts, render),
   );
   server.maxConnections = MAX_OPS_CONNECTIONS;
+  const perPeer = new Map<string, number>();
+  server.on('connection', (socket) => {
+    const peer = socket.remoteAddress ?? '';
+    const n = (perPeer.get(peer) ?? 0) + 1;
+    if (n > MAX_OPS_CONNECTIONS_PER_PEER) {
+      socket.destroy();
+      return;
+    }
+    perPeer.set(peer, n);
+    socket.once('close', () => {
+      const left = perPeer.get(peer)! - 1;
+      if (left === 0) perPeer.delete(peer);
+      else perPeer.set(peer, left);
+    });
+  });
   await new Promise<void>((resolve, reject) => {
     const onError = (err: Error) => reject(new ListenError('metrics', opts.host, opts.port, err));
     server.once('error', onError);
@@ -53,7 +74,7 @@ export async function startOpsServer(opts: OpsServerOptions): Promise<OpsServer>
       resolve();
     });
   });
-  // A failed accept (EMFILE and the like) must not take the sequencer down with it.
+  // A failed accept (out of memory and the like) must not take the sequencer down with it.
   server.on('error', () => {});
   return {
     port: (server.address() as AddressInfo).port,
@@ -110,4 +131,15 @@ function pathOf(target: string): string {
   } catch {
     return target;
   }
+}
+
+function withDeadline(render: () => Promise<string>): Promise<string> {
+  return new Promise<string>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`no metrics within ${RENDER_TIMEOUT_MS / 1000} s`)), RENDER_TIMEOUT_MS);
+    timer.unref();
+    Promise.resolve()
+      .then(render)
+      .then(resolve, reject)
+      .finally(() => clearTimeout(timer));
+  });
 }

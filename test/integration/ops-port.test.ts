@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import http from 'node:http';
 import net from 'node:net';
 import { once } from 'node:events';
-import { MAX_OPS_CONNECTIONS, startOpsServer } from '../../src/http/server.js';
+import { MAX_OPS_CONNECTIONS_PER_PEER, startOpsServer } from '../../src/http/server.js';
 import { waitFor } from '../helpers/wait.js';
 
 function get(port: number, path: string): Promise<{ status: number; body: string }> {
@@ -63,12 +63,12 @@ test('scrapes that arrive while one is rendered share its text: one render for a
   assert.equal((await next).body, 'x 2\n');
 });
 
-test(`the port holds at most ${MAX_OPS_CONNECTIONS} connections; one that never sends its headers is closed within seconds`, async (t) => {
+test(`one peer holds at most ${MAX_OPS_CONNECTIONS_PER_PEER} connections, others still get in; one that never sends its headers is closed within seconds`, async (t) => {
   const { ops } = await start(t);
   const idle: net.Socket[] = [];
   t.after(() => idle.forEach((s) => s.destroy()));
-  for (let i = 0; i < MAX_OPS_CONNECTIONS + 10; i++) {
-    const s = net.connect({ host: '127.0.0.1', port: ops.port });
+  for (let i = 0; i < MAX_OPS_CONNECTIONS_PER_PEER + 10; i++) {
+    const s = net.connect({ host: '127.0.0.1', port: ops.port, localAddress: '127.0.0.1' });
     s.on('error', () => {});
     s.resume(); // so that the server's FIN is seen
     idle.push(s);
@@ -77,11 +77,33 @@ test(`the port holds at most ${MAX_OPS_CONNECTIONS} connections; one that never 
   const closed = () => idle.filter((s) => s.destroyed || s.readableEnded).length;
   // The ones past the cap are closed at once.
   await waitFor(() => closed() >= 10, 'the connections past the cap to be closed', 5000);
+  // Meanwhile a probe from another address (as a kubelet's would be) is answered.
+  const probe = await new Promise<number>((resolve, reject) => {
+    http
+      .get({ host: '127.0.0.1', port: ops.port, path: '/healthz', localAddress: '127.0.0.2', agent: false }, (res) => {
+        res.resume();
+        resolve(res.statusCode!);
+      })
+      .on('error', reject);
+  });
+  assert.equal(probe, 200);
+  assert.equal(closed(), 10, 'the first ones are still held');
   // The rest sent nothing: the header timeout (5 s, checked every second) closes them too.
   const started = performance.now();
   await waitFor(() => closed() === idle.length, 'the idle connections to be closed', 10_000);
   assert.ok(performance.now() - started < 8000, 'not left to Node\'s 30 s check');
   assert.equal((await get(ops.port, '/healthz')).status, 200, 'the port serves again');
+});
+
+test('a render that never ends fails its scrape after 10 s, and the next scrape renders afresh', async (t) => {
+  const { ops, metrics } = await start(t);
+  const first = get(ops.port, '/metrics');
+  await waitFor(() => metrics.renders === 1, 'the first render');
+  assert.equal((await first).status, 500);
+  const next = get(ops.port, '/metrics');
+  await waitFor(() => metrics.renders === 2, 'a second render', 5000);
+  metrics.finish('x 2\n');
+  assert.equal((await next).body, 'x 2\n');
 });
 
 test('a request line in absolute form (as some proxies send it) reaches the same paths', async (t) => {
