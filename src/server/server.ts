@@ -35,7 +35,7 @@ export interface ServerCounters {
   outputLimitDisconnects: number;
   /** Accepted connections read through the lean path (socket-reads.ts): every plain TCP one where Node offers it. */
   leanReads: number;
-  /** Connections the kernel or libuv failed to accept (EMFILE and the like): those clients see a reset or a hang. */
+  /** Failed accepts Node.js reports (ENOMEM, ENOBUFS...; libuv handles EMFILE and ENFILE itself, unreported): those clients see a reset or a hang. */
   acceptErrors: number;
 }
 
@@ -116,7 +116,7 @@ export class SequencerServer {
         resolve();
       });
     });
-    // Once listening, an error is a failed accept (EMFILE, ENFILE, ENOMEM...): it costs
+    // Once listening, an error is a failed accept (ENOMEM, ENOBUFS...): it costs
     // that one client. Unhandled, it would end the process and every other client's service.
     server.on('error', (err) => {
       this.counters.acceptErrors++;

@@ -5,7 +5,7 @@
 import net from 'node:net';
 
 export class WireClient {
-  /** What arrived, kept as chunks and joined only when read: a reply of megabytes costs linear time. */
+  /** What arrived, kept as chunks and joined only when read: expect() and waitClosed() take linear time. */
   private chunks: Buffer[] = [];
   private textCache: string | null = '';
   /** Bytes received since the last reset. */

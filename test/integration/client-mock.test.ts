@@ -341,8 +341,8 @@ test('a call left with little time by a slow connect fails alone: the calls behi
   let next = 0;
   const server = await mock((words, connection) => {
     // AUTH takes most of the calls' 2 s; then every request is answered in 600 ms, too late
-    // for the first call (sent 500 ms before its deadline), in time for the later ones.
-    // Each side of that has 500 ms to spare, for a loaded machine.
+    // for the first call (its request leaves 500 ms before its deadline, so a stall of up to
+    // 500 ms still sends it), and 500 ms early for the later ones.
     if (words[0] === 'AUTH') setTimeout(() => connection.send('+OK\r\n'), 1500);
     else setTimeout(() => connection.send(`:${++next}\r\n`), 600);
   });
