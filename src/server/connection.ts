@@ -15,6 +15,7 @@ import type { Socket } from 'node:net';
 import { Decoder, type ProtocolError } from '../protocol/decoder.js';
 import { error } from '../protocol/encoder.js';
 import { readInto } from './socket-reads.js';
+import { destroyAfter } from './linger.js';
 import { execute, newSession, type CommandStats, type Services, type Session } from '../commands/index.js';
 
 export interface ConnectionLimits {
@@ -177,13 +178,8 @@ export class Connection {
   /** Serves nothing more and closes the connection once the replies owed are written. */
   private hangUp(): void {
     this.stopped = true;
-    this.whenIdle(() =>
-      this.socket.end(() => {
-        const timer = setTimeout(() => this.socket.destroy(), HANGUP_LINGER_MS);
-        timer.unref();
-        this.socket.once('close', () => clearTimeout(timer));
-      }),
-    );
+    // The grace period starts once every reply is out, so none is cut off by it.
+    this.whenIdle(() => this.socket.end(() => destroyAfter(this.socket, HANGUP_LINGER_MS)));
   }
 
   /** Every reply so far has left the queue (it may still sit in `out`). */

@@ -6,6 +6,7 @@ import net, { type Socket } from 'node:net';
 import tls from 'node:tls';
 import { once } from 'node:events';
 import { Connection, type ConnectionEvents, type ConnectionLimits } from './connection.js';
+import { destroyAfter } from './linger.js';
 import { CommandStats, type Services } from '../commands/index.js';
 import { error } from '../protocol/encoder.js';
 import { SERVER_FULL } from '../protocol/server-full.js';
@@ -140,11 +141,8 @@ export class SequencerServer {
       // reset by traffic, so a slow sender cannot keep a refused socket.
       socket.resume();
       socket.end(TOO_MANY);
-      const timer = setTimeout(() => socket.destroy(), REFUSED_LINGER_MS);
-      socket.once('close', () => {
-        clearTimeout(timer);
-        this.refusing--;
-      });
+      destroyAfter(socket, REFUSED_LINGER_MS);
+      socket.once('close', () => this.refusing--);
       return;
     }
     this.counters.accepted++;
