@@ -37,10 +37,8 @@ export interface NodeView {
   ready(): boolean;
   /** False while the store is failing; true when there is no store to fail. */
   persistenceUp(): boolean;
-  /** Whether this member leads its group; absent outside group mode, where the gauge is not exported. */
-  leader?(): boolean;
-  /** The group this member belongs to (its --etcd-prefix), the leader gauge's label. */
-  group?: string;
+  /** Group mode only (absent otherwise, and so is the leader gauge): the group's --etcd-prefix, and whether this member leads it. */
+  group?: { readonly prefix: string; leading(): boolean };
 }
 
 export interface MetricsOptions {
@@ -117,12 +115,11 @@ export class Metrics {
 
     scraped(Gauge, registers, 'dolmeangi_ready', '1 when this node can hand out numbers now (as /readyz), else 0.', [], (g) => g.set(view.ready() ? 1 : 0));
     scraped(Gauge, registers, 'dolmeangi_persistence_up', '0 while writes to storage fail, else 1 (also 1 in memory mode, where nothing is written).', [], (g) => g.set(view.persistenceUp() ? 1 : 0));
-    const leader = view.leader?.bind(view);
-    if (leader !== undefined) {
+    const group = view.group;
+    if (group !== undefined) {
       // Labelled with the group, so that a rule can sum by it: several groups may share one scrape job.
-      const group = view.group ?? '';
       scraped(Gauge, registers, 'dolmeangi_leader', '1 while this member leads its group (the --etcd-prefix), else 0 (group mode only).', ['group'], (g) =>
-        g.set({ group }, leader() ? 1 : 0),
+        g.set({ group: group.prefix }, group.leading() ? 1 : 0),
       );
     }
     scraped(Gauge, registers, 'dolmeangi_build_info', 'Always 1; the labels say which release runs in which mode.', ['version', 'mode'], (g) => {

@@ -82,7 +82,7 @@ export async function startServer(config: Config, opts: StartOptions = {}): Prom
           connections: () => ({ open: server!.connectionCount, ...server!.counters }),
           ready: () => readiness().ready,
           persistenceUp: () => backend.persistenceFailure() === null,
-          ...(config.etcd.length > 0 ? { leader: () => backend.role() === 'leader', group: config.etcdPrefix } : {}),
+          ...(config.etcd.length > 0 ? { group: { prefix: config.etcdPrefix, leading: () => backend.role() === 'leader' } } : {}),
         });
   const authFailures = repeatReporter(log, 'AUTH with a wrong password', metrics === null ? undefined : () => metrics.authFailed());
   const acceptErrors = repeatReporter(log, 'failed to accept a client connection (it was dropped; others are served)');

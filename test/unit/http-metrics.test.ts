@@ -83,7 +83,7 @@ test('events: persist durations in seconds, failures, AUTH failures, chunk durat
 test('the leader gauge exists only in group mode', async () => {
   assert.equal(parseMetrics(await new Metrics(view([])).render()).has('dolmeangi_leader'), false);
   let leading = false;
-  const metrics = new Metrics(view([], { mode: () => 'group', leader: () => leading, group: '/dolmeangi/orders/' }));
+  const metrics = new Metrics(view([], { mode: () => 'group', group: { prefix: '/dolmeangi/orders/', leading: () => leading } }));
   assert.equal(parseMetrics(await metrics.render()).get('dolmeangi_leader{group="/dolmeangi/orders/"}'), 0);
   leading = true;
   const m = parseMetrics(await metrics.render());
