@@ -2,7 +2,6 @@ import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { readFileSync } from 'node:fs';
 import { appendFile, mkdir, mkdtemp, readdir, readFile, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
 import { constants, hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -584,11 +583,7 @@ test('a lock whose holder was killed but not yet reaped (a zombie) is taken over
   const [line] = (await once(parent.stdout, 'data')) as [Buffer];
   const pid = Number(line.toString().trim());
   process.kill(pid, 'SIGKILL');
-  const state = () => {
-    const text = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return text.charAt(text.lastIndexOf(')') + 2);
-  };
-  await waitFor(() => state() === 'Z', `pid ${pid} to become a zombie`);
+  await waitFor(() => isZombie(pid), `pid ${pid} to become a zombie`);
   // What made the lock look held: the zombie still answers signal 0.
   assert.doesNotThrow(() => process.kill(pid, 0));
   await writeFile(paths(dir).lock, lockJson(pid));
