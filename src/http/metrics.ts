@@ -21,6 +21,7 @@ import { COMMAND_LABELS, type CommandStats } from '../commands/index.js';
 import type { SequenceSnapshot } from '../core/sequencer.js';
 import { END } from '../core/limits.js';
 import { CountedHistogram } from './counted-histogram.js';
+import { MAX_OPS_CONNECTIONS, MAX_OPS_CONNECTIONS_PER_PEER } from './server.js';
 
 export const LABELLED_SEQUENCES = 100;
 export const OTHER_SEQUENCES = '(other)';
@@ -69,6 +70,7 @@ export class Metrics {
   private readonly persistDuration: Histogram;
   private readonly persistFailures: Counter;
   private readonly authFailures: Counter;
+  private readonly opsRefusals: Counter;
   private readonly chunkDuration: CountedHistogram;
 
   constructor(
@@ -142,6 +144,11 @@ export class Metrics {
       help: 'AUTH attempts with a wrong password.',
       registers,
     });
+    this.opsRefusals = new Counter({
+      name: 'dolmeangi_ops_connections_refused_total',
+      help: `Connections to this operations port closed unanswered: ${MAX_OPS_CONNECTIONS_PER_PEER} from their address, or ${MAX_OPS_CONNECTIONS} in all, were open.`,
+      registers,
+    });
     // Observed once per socket read, so once per request at -P 1: the cheap kind.
     this.chunkDuration = new CountedHistogram(
       'dolmeangi_request_chunk_duration_seconds',
@@ -173,6 +180,10 @@ export class Metrics {
 
   readonly authFailed = (): void => {
     this.authFailures.inc();
+  };
+
+  readonly opsRefused = (): void => {
+    this.opsRefusals.inc();
   };
 
   readonly chunkHandled = (ms: number): void => {

@@ -14,6 +14,8 @@ export interface OpsServerOptions {
   port: number;
   metrics: Pick<Metrics, 'render' | 'contentType'>;
   readiness(): Readiness;
+  /** Called for each connection closed unanswered because of the limits below. */
+  refused?: () => void;
 }
 
 export interface OpsServer {
@@ -51,12 +53,14 @@ export async function startOpsServer(opts: OpsServerOptions): Promise<OpsServer>
     (req, res) => handle(req, res, opts, render),
   );
   server.maxConnections = MAX_OPS_CONNECTIONS;
+  server.on('drop', () => opts.refused?.());
   const perPeer = new Map<string, number>();
   server.on('connection', (socket) => {
     const peer = socket.remoteAddress ?? '';
     const n = (perPeer.get(peer) ?? 0) + 1;
     if (n > MAX_OPS_CONNECTIONS_PER_PEER) {
       socket.destroy();
+      opts.refused?.();
       return;
     }
     perPeer.set(peer, n);

@@ -146,6 +146,7 @@ export async function startServer(config: Config, opts: StartOptions = {}): Prom
         port: config.metricsPort,
         metrics,
         readiness,
+        refused: metrics.opsRefused,
       });
     }
   } catch (err) {

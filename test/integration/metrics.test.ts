@@ -94,6 +94,7 @@ test('counters are exact after a known workload; a batch of 100 counts 100', asy
     'dolmeangi_output_limit_disconnects_total': 0,
     'dolmeangi_persist_failures_total': 0,
     'dolmeangi_auth_failures_total': 0,
+    'dolmeangi_ops_connections_refused_total': 0,
     'dolmeangi_ready': 1,
     'dolmeangi_persistence_up': 1,
     'dolmeangi_max_connections': 1000,

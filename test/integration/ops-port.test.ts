@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import http from 'node:http';
 import net from 'node:net';
 import { once } from 'node:events';
-import { MAX_OPS_CONNECTIONS_PER_PEER, startOpsServer } from '../../src/http/server.js';
+import { MAX_OPS_CONNECTIONS, MAX_OPS_CONNECTIONS_PER_PEER, startOpsServer } from '../../src/http/server.js';
 import { waitFor } from '../helpers/wait.js';
 
 function get(port: number, path: string): Promise<{ status: number; body: string }> {
@@ -37,9 +37,23 @@ function heldMetrics() {
 }
 
 async function start(t: import('node:test').TestContext, metrics = heldMetrics()) {
-  const ops = await startOpsServer({ host: '127.0.0.1', port: 0, metrics, readiness: () => ({ ready: true, reason: 'serving' }) });
+  const counts = { refused: 0 };
+  const ops = await startOpsServer({
+    host: '127.0.0.1',
+    port: 0,
+    metrics,
+    readiness: () => ({ ready: true, reason: 'serving' }),
+    refused: () => counts.refused++,
+  });
   t.after(() => ops.close());
-  return { ops, metrics };
+  return { ops, metrics, counts };
+}
+
+function connectIdle(port: number, localAddress: string): Promise<net.Socket> {
+  const s = net.connect({ host: '127.0.0.1', port, localAddress });
+  s.on('error', () => {});
+  s.resume(); // so that the server's FIN is seen
+  return once(s, 'connect').then(() => s);
 }
 
 test('scrapes that arrive while one is rendered share its text: one render for a burst', async (t) => {
@@ -64,19 +78,14 @@ test('scrapes that arrive while one is rendered share its text: one render for a
 });
 
 test(`one peer holds at most ${MAX_OPS_CONNECTIONS_PER_PEER} connections, others still get in; one that never sends its headers is closed within seconds`, async (t) => {
-  const { ops } = await start(t);
+  const { ops, counts } = await start(t);
   const idle: net.Socket[] = [];
   t.after(() => idle.forEach((s) => s.destroy()));
-  for (let i = 0; i < MAX_OPS_CONNECTIONS_PER_PEER + 10; i++) {
-    const s = net.connect({ host: '127.0.0.1', port: ops.port, localAddress: '127.0.0.1' });
-    s.on('error', () => {});
-    s.resume(); // so that the server's FIN is seen
-    idle.push(s);
-    await once(s, 'connect');
-  }
+  for (let i = 0; i < MAX_OPS_CONNECTIONS_PER_PEER + 10; i++) idle.push(await connectIdle(ops.port, '127.0.0.1'));
   const closed = () => idle.filter((s) => s.destroyed || s.readableEnded).length;
-  // The ones past the cap are closed at once.
+  // The ones past the cap are closed at once, and counted.
   await waitFor(() => closed() >= 10, 'the connections past the cap to be closed', 5000);
+  assert.equal(counts.refused, 10);
   // Meanwhile a probe from another address (as a kubelet's would be) is answered.
   const probe = await new Promise<number>((resolve, reject) => {
     http
@@ -93,6 +102,25 @@ test(`one peer holds at most ${MAX_OPS_CONNECTIONS_PER_PEER} connections, others
   await waitFor(() => closed() === idle.length, 'the idle connections to be closed', 10_000);
   assert.ok(performance.now() - started < 8000, 'not left to Node\'s 30 s check');
   assert.equal((await get(ops.port, '/healthz')).status, 200, 'the port serves again');
+});
+
+test(`past ${MAX_OPS_CONNECTIONS} connections in all, the next is closed and counted`, async (t) => {
+  const { ops, counts } = await start(t);
+  const held: net.Socket[] = [];
+  t.after(() => held.forEach((s) => s.destroy()));
+  // From as many loopback addresses as it takes, each within the limit per peer; all at
+  // once, well inside the 5 s the port gives a connection to send its headers.
+  const connects: Promise<net.Socket>[] = [];
+  for (let i = 0; i < MAX_OPS_CONNECTIONS; i++) {
+    connects.push(connectIdle(ops.port, `127.0.1.${1 + Math.floor(i / MAX_OPS_CONNECTIONS_PER_PEER)}`));
+  }
+  held.push(...(await Promise.all(connects)));
+  assert.equal(counts.refused, 0);
+  const extra = await connectIdle(ops.port, '127.0.2.1');
+  held.push(extra);
+  await waitFor(() => extra.destroyed || extra.readableEnded, 'the connection past the cap to be closed', 5000);
+  assert.equal(counts.refused, 1);
+  assert.ok(held.slice(0, MAX_OPS_CONNECTIONS).every((s) => !s.destroyed && !s.readableEnded), 'the others are still held');
 });
 
 test('a render that never ends fails its scrape after 10 s, and the next scrape renders afresh', async (t) => {

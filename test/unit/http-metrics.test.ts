@@ -63,13 +63,14 @@ test('values are read at each scrape; an exhausted sequence has nothing left', a
   assert.equal(m.get('dolmeangi_sequence_used_ratio{sequence="x"}'), 1);
 });
 
-test('events: persist durations in seconds, failures, AUTH failures, chunk durations', async () => {
+test('events: persist durations in seconds, failures, AUTH failures, refused ops connections, chunk durations', async () => {
   const metrics = new Metrics(view([]));
   metrics.persisted(2);
   metrics.persisted(2000);
   metrics.persistFailed();
   metrics.authFailed();
   metrics.authFailed();
+  metrics.opsRefused();
   metrics.chunkHandled(0.02);
   const m = parseMetrics(await metrics.render());
   assert.equal(m.get('dolmeangi_persist_duration_seconds_count'), 2);
@@ -77,6 +78,7 @@ test('events: persist durations in seconds, failures, AUTH failures, chunk durat
   assert.equal(m.get('dolmeangi_persist_duration_seconds_bucket{le="0.0025"}'), 1);
   assert.equal(m.get('dolmeangi_persist_failures_total'), 1);
   assert.equal(m.get('dolmeangi_auth_failures_total'), 2);
+  assert.equal(m.get('dolmeangi_ops_connections_refused_total'), 1);
   assert.equal(m.get('dolmeangi_request_chunk_duration_seconds_bucket{le="0.000025"}'), 1);
 });
 
