@@ -75,7 +75,7 @@ export const OPTIONS: readonly OptionSpec[] = [
   { name: 'tls-key', key: 'tlsKey', kind: 'string', def: null, arg: '<path>', help: 'PEM private key for TLS' },
   { name: 'tls-ca', key: 'tlsCa', kind: 'string', def: null, arg: '<path>', help: 'PEM CA bundle: TLS clients must present a certificate it signed' },
   { name: 'timeout', key: 'timeout', kind: 'int', def: '300', min: 0n, max: BigInt(Math.floor(MAX_TIMER_MS / 1000)), arg: '<seconds>', help: 'close connections idle this long; 0 = never' },
-  { name: 'client-output-limit', key: 'clientOutputLimit', kind: 'int', def: '8388608', min: 65536n, max: 1n << 32n, arg: '<bytes>', help: 'disconnect a client that leaves this many reply bytes unread' },
+  { name: 'client-output-limit', key: 'clientOutputLimit', kind: 'int', def: '8388608', min: 65536n, max: 1n << 32n, arg: '<bytes>', help: 'serve a client nothing more while this many reply bytes are owed to it, until it reads them' },
   { name: 'log-level', key: 'logLevel', kind: 'level', def: 'info', arg: '<level>', help: `log level: ${LEVELS.join(', ')}` },
   { name: 'etcd', key: 'etcd', kind: 'list', def: null, arg: '<url,...>', help: 'run as a member of a group on these etcd endpoints' },
   { name: 'node-id', key: 'nodeId', kind: 'string', def: null, arg: '<id>', help: 'this member\'s name in the group (default: advertise address)' },

@@ -113,7 +113,7 @@ export class Metrics {
     scraped(Counter, registers, 'dolmeangi_connections_accepted_total', 'Client connections accepted.', [], (c) => c.inc(view.connections().accepted));
     scraped(Counter, registers, 'dolmeangi_connections_rejected_total', 'Client connections refused because --max-connections were open.', [], (c) => c.inc(view.connections().rejected));
     scraped(Counter, registers, 'dolmeangi_accept_errors_total', 'Client connections the server failed to accept (ENOMEM, ENOBUFS and the like; not EMFILE or ENFILE, which libuv handles unreported); the server serves on.', [], (c) => c.inc(view.connections().acceptErrors));
-    scraped(Counter, registers, 'dolmeangi_output_limit_disconnects_total', 'Clients disconnected for leaving more than --client-output-limit reply bytes unread.', [], (c) => c.inc(view.connections().outputLimitDisconnects));
+    scraped(Counter, registers, 'dolmeangi_output_limit_disconnects_total', 'Clients disconnected for leaving --client-output-limit reply bytes unread while replies released by storage kept coming (otherwise such a client is only paused).', [], (c) => c.inc(view.connections().outputLimitDisconnects));
 
     scraped(Gauge, registers, 'dolmeangi_ready', '1 when this node can hand out numbers now (as /readyz), else 0.', [], (g) => g.set(view.ready() ? 1 : 0));
     scraped(Gauge, registers, 'dolmeangi_persistence_up', '0 while writes to storage fail, else 1 (also 1 in memory mode, where nothing is written).', [], (g) => g.set(view.persistenceUp() ? 1 : 0));

@@ -75,6 +75,8 @@ export class Decoder {
   private readonly recent: string[] = [];
   /** The command name of the last frame (it may be any word, when it was unknown). */
   private lastName = '';
+  /** hold() was called: frames wait in the carried bytes until release(). */
+  private held = false;
 
   /**
    * Feeds one chunk. Every complete frame goes to `sink` in order. Returns a
@@ -86,7 +88,7 @@ export class Decoder {
     const { buf, end } = this.carry.take(chunk);
     let pos = 0;
     let err: ProtocolError | null = null;
-    for (;;) {
+    while (!this.held) {
       const r = this.step(buf, pos, end, sink);
       if (r === -1) break;
       if (r === -2) {
@@ -244,7 +246,22 @@ export class Decoder {
     return text;
   }
 
-  /** Bytes held for an incomplete frame; bounded by the protocol limits. */
+  /**
+   * Delivers no more frames, from the chunk being fed (after the frame the sink
+   * is handling) or from later ones, until release(): the bytes wait, carried.
+   * How a reader stops taking requests from a client that has not read its
+   * replies, without dropping what it already read.
+   */
+  hold(): void {
+    this.held = true;
+  }
+
+  /** Ends hold(); frames carried meanwhile come out at the next feed (an empty chunk will do). */
+  release(): void {
+    this.held = false;
+  }
+
+  /** Bytes carried: an incomplete frame (bounded by the protocol limits), or all that came during hold(). */
   get buffered(): number {
     return this.carry.length;
   }

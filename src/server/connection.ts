@@ -5,11 +5,12 @@
  *
  * What one client may cost is bounded: input by the decoder's limits and by
  * pausing reads while the client leaves replies unread; output by
- * --client-output-limit, checked before each request acts (one small request can
- * ask for a large reply, so checking once per chunk is not enough; a client holds
- * at most the limit plus one reply); time by an
- * idle timeout that counts requests and replies taken, not bytes, so a client
- * dribbling a frame that never ends is as idle as a silent one.
+ * --client-output-limit, checked after each request acts (one small request can
+ * ask for a large reply, so checking once per chunk is not enough): at the limit
+ * the connection takes no more requests, not even those already read, until the
+ * client has read what it is owed, so it holds at most the limit plus one reply;
+ * time by an idle timeout that counts requests and replies taken, not bytes, so a
+ * client dribbling a frame that never ends is as idle as a silent one.
  */
 import type { Socket } from 'node:net';
 import { Decoder, type ProtocolError } from '../protocol/decoder.js';
@@ -21,7 +22,10 @@ import { execute, newSession, type CommandStats, type Services, type Session } f
 export interface ConnectionLimits {
   /** Milliseconds without progress before the connection is closed; 0 = never. */
   readonly idleTimeoutMs: number;
-  /** Unsent reply bytes a client may leave unread before it is cut off. */
+  /**
+   * Reply bytes owed to a client (unsent, or still waiting for storage) at which
+   * it is served nothing more until it has read them.
+   */
   readonly outputLimit: number;
 }
 
@@ -57,6 +61,8 @@ const PENDING_COST = 256;
  */
 const HANGUP_LINGER_MS = 1000;
 
+const EMPTY = Buffer.alloc(0);
+
 export class Connection {
   private readonly decoder = new Decoder();
   private readonly session: Session = newSession(() => this.socket.destroyed);
@@ -71,6 +77,13 @@ export class Connection {
   private owed = 0;
   /** How many more reply bytes fit under the output limit; set per chunk. */
   private room = 0;
+  /**
+   * At the output limit: requests already read wait in the decoder, and no more are
+   * read, until the client has taken enough of its replies (see resumeIfRoom).
+   */
+  private held = false;
+  /** The client's FIN came while requests it sent before were held. */
+  private endWhileHeld = false;
   /**
    * No more requests are served: QUIT, a protocol error, the client's FIN, or
    * shutdown. Input is still read, and dropped: a paused socket would not see the
@@ -105,15 +118,16 @@ export class Connection {
     this.leanReads = readInto(socket, (chunk) => this.onData(chunk));
     socket.on('drain', () => {
       this.progress++;
-      socket.resume();
+      if (this.held) this.resumeIfRoom();
+      else socket.resume();
     });
     socket.on('error', () => {
       // Resets and the like: 'close' follows and does the cleanup.
     });
     socket.on('end', () => {
       // The client finished sending; answer what it sent, then close our side.
-      this.stopped = true;
-      this.whenIdle(() => socket.end());
+      if (this.held) this.endWhileHeld = true;
+      else this.endOfInput();
     });
     socket.on('close', () => {
       this.closed = true;
@@ -140,30 +154,67 @@ export class Connection {
     if (this.stopped) return;
     const observe = this.events.chunkHandled;
     const started = observe === undefined ? 0 : performance.now();
+    this.serve(chunk);
+    // The socket may have taken the replies at once: then there is room already.
+    if (this.held) this.resumeIfRoom();
+    if (observe !== undefined) observe(performance.now() - started);
+  }
+
+  /** Decodes and executes what `chunk` (with what the decoder carries) holds, then writes the replies. */
+  private serve(chunk: Buffer): void {
     this.room = this.limits.outputLimit - this.socket.writableLength;
+    // Owed may have grown since the last chunk (a waiting reply larger than counted).
+    if (this.owed >= this.room && !this.held) this.hold();
     const err = this.decoder.feed(chunk, this.onFrame);
     if (err !== null) this.protocolError(err);
     this.flush();
-    if (observe !== undefined) observe(performance.now() - started);
   }
 
   private handle(words: string[]): void {
     if (this.stopped) return;
     this.progress++;
-    // Cut off once what is owed already reaches the limit, before the request acts
-    // (its reply would be dropped, and a number it took skipped). Not when a reply
-    // would pass the limit: one may be larger than it (PING echoes up to 64 KiB,
-    // INFO can reach a megabyte), so a client holds at most the limit plus one reply.
-    if (this.owed >= this.room) {
-      this.cutOff();
-      return;
-    }
     const reply = execute(words, this.session, this.services, this.stats);
     // A waiting reply holds memory here and in the core before it has a byte to
     // show: it counts against the output limit too, or a client could pipeline
     // without bound while storage is slow.
     this.append(typeof reply === 'string' ? reply : this.slotFor(reply));
     if (this.session.quit) this.hangUp();
+    // Checked after the request acts, so one reply may pass the limit on its own
+    // (PING echoes up to 64 KiB, INFO can reach a megabyte): a client is owed at
+    // most the limit plus one reply, and one that reads is never dropped.
+    else if (this.owed >= this.room) this.hold();
+  }
+
+  /** At the output limit: take no more requests from this client until it reads. */
+  private hold(): void {
+    this.held = true;
+    this.decoder.hold();
+    this.socket.pause();
+  }
+
+  /**
+   * Serves the held requests once the client has read enough: what it is owed is
+   * down to half the limit, so that a client reading steadily is not stopped and
+   * started again at every reply.
+   */
+  private resumeIfRoom(): void {
+    // A loop, not recursion: each pass serves held requests up to the limit again,
+    // and the socket may take their replies at once.
+    let released = false;
+    while (this.held && !this.stopped && this.owed + this.socket.writableLength <= this.limits.outputLimit / 2) {
+      this.held = false;
+      released = true;
+      this.decoder.release();
+      this.serve(EMPTY);
+    }
+    if (!released || this.held || this.stopped) return;
+    if (this.endWhileHeld) this.endOfInput();
+    else this.socket.resume();
+  }
+
+  private endOfInput(): void {
+    this.stopped = true;
+    this.whenIdle(() => this.socket.end());
   }
 
   private protocolError(err: ProtocolError): void {
@@ -218,7 +269,7 @@ export class Connection {
     return slot;
   }
 
-  /** The client asked for more than it may leave unread: drop it and everything owed to it. */
+  /** The client leaves more than the limit unread: drop it and everything owed to it. */
   private cutOff(): void {
     this.stopped = true;
     this.out = '';
@@ -262,6 +313,7 @@ export class Connection {
       this.queueHead = i;
     }
     this.flush();
+    this.resumeIfRoom();
   }
 
   private flush(): void {
@@ -271,8 +323,11 @@ export class Connection {
       this.owed -= this.out.length;
       this.out = '';
       if (!ok) {
-        // Replies that waited for storage are not counted against `room` as they are made.
-        // As in handle(): what was unsent before this write must reach the limit.
+        // The one way past the limit: replies released by storage, each counted at
+        // PENDING_COST while it waited, may be longer (an error naming a path), and
+        // the client was no longer read from, so only it can stop them by reading.
+        // One that still has the limit unread when more arrive is dropped, rather
+        // than let them pile up.
         if (unsentBefore >= this.limits.outputLimit) {
           this.cutOff();
           return;

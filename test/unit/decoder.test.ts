@@ -270,3 +270,63 @@ test('an argument repeated from the frame before is reused only when every byte 
   d.feed(bytes.subarray(bytes.length - 3), (w) => frames.push(w));
   assert.deepEqual(frames, [['GETSEQ', 'orders'], ['GETSEQ', 'ordert']]);
 });
+
+test('hold() stops delivery after the current frame; what was read waits, carried, until release()', () => {
+  const d = new Decoder();
+  const frames: string[][] = [];
+  const sink = (w: string[]) => {
+    frames.push(w);
+    if (frames.length === 1) d.hold();
+  };
+  const first = 'PING\r\n' + resp('GETSEQ', 'a') + 'CURRENT a\r\n';
+  assert.equal(d.feed(Buffer.from(first, 'latin1'), sink), null);
+  assert.deepEqual(frames, [['PING']]);
+  assert.equal(d.buffered, first.length - 'PING\r\n'.length);
+  // Bytes that come while held are carried too, frames and errors alike.
+  assert.equal(d.feed(Buffer.from('GETSEQ\r\n*x\r\n', 'latin1'), sink), null);
+  assert.deepEqual(frames, [['PING']]);
+  d.release();
+  const err = d.feed(Buffer.alloc(0), sink);
+  assert.deepEqual(frames, [['PING'], ['GETSEQ', 'a'], ['CURRENT', 'a'], ['GETSEQ']]);
+  assert.equal(err?.message, 'Protocol error: invalid multibulk length');
+});
+
+test('property: holding after any frames and releasing later gives the same frames and error as not holding', () => {
+  const frame = fc.oneof(
+    fc.constantFrom('GETSEQ\r\n', 'PING\n', '\r\n', 'GETSEQ_BATCH 5 x\r\n', '*0\r\n', '*1\r\n$-1\r\n'),
+    fc.array(fc.constantFrom('GETSEQ', 'a', 'bb', '10', ''), { minLength: 1, maxLength: 4 }).map((w) => resp(...w)),
+  );
+  const input = fc.tuple(fc.array(frame, { maxLength: 10 }), fc.constantFrom('', '*x\r\n', 'GETSEQ'));
+  fc.assert(
+    fc.property(input, fc.array(fc.nat(), { maxLength: 6 }), fc.array(fc.nat({ max: 12 }), { maxLength: 4 }), ([parts, tail], cuts, holdAt) => {
+      const bytes = Buffer.from(parts.join('') + tail, 'latin1');
+      const expected = decode([bytes]);
+      const d = new Decoder();
+      const frames: string[][] = [];
+      let error: string | null = null;
+      const sink = (w: string[]) => {
+        frames.push(w);
+        if (holdAt.includes(frames.length)) d.hold();
+      };
+      const feed = (c: Buffer) => {
+        const err = d.feed(c, sink);
+        if (err && error === null) error = err.message;
+      };
+      // Chunks arrive whether or not the decoder holds; it is released between them, as a
+      // reader resumes once its client has read its replies, and at the end.
+      cut(bytes, cuts).forEach((c, i) => {
+        feed(c);
+        if (i % 2 === 1) {
+          d.release();
+          feed(Buffer.alloc(0));
+        }
+      });
+      for (let i = 0; i < 12; i++) {
+        d.release();
+        feed(Buffer.alloc(0));
+      }
+      assert.deepEqual({ frames, error }, expected);
+    }),
+    { numRuns: 2000 },
+  );
+});
