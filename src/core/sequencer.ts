@@ -235,8 +235,10 @@ export class Sequencer implements SequenceSource {
   current(name: string): bigint | SequenceError {
     const refusal = this.gate();
     if (refusal) return refusal;
-    const s = this.find(name);
-    if (s === undefined) return this.tooMany;
+    const s = this.last?.name === name ? this.last : this.seqs.get(name);
+    // A name not used yet is not created by a look at it: a typo or a probe would
+    // otherwise take one of --max-sequences for good (and be written on stop).
+    if (s === undefined) return this.seqs.size >= this.maxSequences ? this.tooMany : this.initial;
     // Requests still waiting for storage take their numbers first.
     const next = s.next + s.waitingCount;
     if (next > MAX_VALUE) return EXHAUSTED;

@@ -63,15 +63,23 @@ test('exhaustion at 2^63-1 issues nothing and leaves other sequences alone', asy
   assert.equal(seq.allocate('b', 1n), MAX_VALUE - 2n);
 });
 
-test('--max-sequences refuses new names only', async () => {
-  const seq = new Sequencer({ store: null, initial: 1n, reserve: 0n, maxSequences: 2 });
+test('--max-sequences refuses new names only; CURRENT of a name not used yet takes no place', async () => {
+  const seq = new Sequencer({ store: null, initial: 5n, reserve: 0n, maxSequences: 2 });
   await seq.open();
   seq.allocate('a', 1n);
-  seq.current('b');
-  const r = seq.allocate('c', 1n);
+  // What GETSEQ b would return, without making b.
+  assert.equal(seq.current('b'), 5n);
+  assert.equal(seq.allocate('c', 1n), 5n);
+  assert.deepEqual(seq.snapshot().map((x) => x.name), ['a', 'c']);
+  const r = seq.allocate('d', 1n);
   assert.ok(r instanceof SequenceError);
   assert.match(r.message, /too many sequences: at most 2/);
-  assert.equal(seq.allocate('a', 1n), 2n);
+  // Now GETSEQ b would be refused: so is CURRENT b.
+  const c = seq.current('b');
+  assert.ok(c instanceof SequenceError);
+  assert.match(c.message, /too many sequences: at most 2/);
+  assert.equal(seq.allocate('a', 1n), 6n);
+  assert.equal(seq.current('a'), 7n);
 });
 
 test('durable: the first number waits for its reservation, later ones come from memory', async () => {
