@@ -140,6 +140,10 @@ function convert(o: OptionSpec, source: string, raw: string | boolean): unknown 
       const items = text.split(',').map((s) => s.trim()).filter((s) => s !== '');
       if (items.length === 0) throw new ConfigError(source, 'expected a comma-separated list of URLs');
       for (const item of items) {
+        // Not echoed: the part before '@' may be a password, and this message is printed.
+        if (/^https?:\/\/[^/]*@/.test(item)) {
+          throw new ConfigError(source, 'credentials do not go in the URL: give them with --etcd-username and --etcd-password (or SEQUENCER_ETCD_PASSWORD)');
+        }
         if (!/^https?:\/\/[^\s/]+(:\d+)?\/?$/.test(item)) {
           throw new ConfigError(source, `expected URLs like http://127.0.0.1:2379, got '${item}'`);
         }

@@ -31,6 +31,7 @@ const bad: Array<[string[], RegExp]> = [
   [['--host=bad host'], /^dolmeangi: --host: expected an IP address or a host name/],
   [['--tls-port=0', '--tls-cert=/nonexistent/c.pem', '--tls-key=/nonexistent/k.pem'], /^dolmeangi: --tls-cert: cannot read \/nonexistent\/c.pem/],
   [['--etcd=localhost'], /^dolmeangi: --etcd: expected URLs like/],
+  [['--etcd=http://127.0.0.1:2379,http://root:s3cret@127.0.0.1:2380'], /^dolmeangi: --etcd: credentials do not go in the URL: give them with --etcd-username and --etcd-password \(or SEQUENCER_ETCD_PASSWORD\)\n$/],
   [['--tls-port=6380'], /^dolmeangi: --tls-port: needs --tls-cert and --tls-key/],
 ];
 
