@@ -123,6 +123,8 @@ export class EtcdStore implements Store {
     for (let attempt = 0; attempt < 2; attempt++) {
       const compare: ICompare[] = [
         { key: this.leaderKey, target: CompareTarget.Create, result: CompareResult.Equal, create_revision: this.term.revision },
+        // Revisions start over when etcd is restored from a backup: the lease tells terms apart then too.
+        { key: this.leaderKey, target: CompareTarget.Lease, result: CompareResult.Equal, lease: this.term.leaseId },
         { key: this.writerKey, target: CompareTarget.Mod, result: CompareResult.Equal, mod_revision: this.writerRevision! },
       ];
       const res = await this.txn('writing marks', {
@@ -135,7 +137,7 @@ export class EtcdStore implements Store {
         return;
       }
       const leader = res.responses[0]?.response_range?.kvs[0];
-      if (leader === undefined || leader.create_revision !== this.term.revision) {
+      if (leader === undefined || leader.create_revision !== this.term.revision || leader.lease !== this.term.leaseId) {
         throw new FencedError(
           `${this.term.key} no longer belongs to term ${this.term.revision} (${leader === undefined ? 'no leader' : 'another node leads'})`,
         );

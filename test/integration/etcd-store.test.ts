@@ -6,7 +6,7 @@
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { AlarmAction, AlarmType, type Etcd3 } from 'etcd3';
+import { AlarmAction, AlarmType, type Etcd3, type ITxnResponse } from 'etcd3';
 import { parseConfig } from '../../src/config.js';
 import { END } from '../../src/core/limits.js';
 import { SequenceError, type SequenceSource } from '../../src/core/sequencer.js';
@@ -174,6 +174,57 @@ describe('etcd store', () => {
     await direct.put(`${prefix}writer`).value(term.revision);
     await store.persist(new Map([['s', 200n]]));
     assert.equal(await direct.get(`${prefix}marks/s`).string(), '200');
+  });
+
+  test('a lower write of ours that reaches etcd after a higher one is refused there: the higher mark stays', async () => {
+    // The core does write lower marks after higher ones: the exact marks at a clean
+    // stop, and a retry once the requests that wanted more are gone. Only the writer
+    // key keeps such a write, given up on and landing late, from lowering the mark.
+    const prefix = freshPrefix();
+    const term = await lead(prefix);
+    let holdNext = false;
+    let release: () => void = () => {};
+    let landed: Promise<ITxnResponse> | null = null;
+    const kv = new Proxy(direct.kv, {
+      get(target, prop) {
+        const value = Reflect.get(target, prop) as unknown;
+        if (prop !== 'txn') return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
+        return (req: Parameters<typeof target.txn>[0]) => {
+          if (!holdNext) return target.txn(req);
+          // Held on its way, as a slow etcd member would forward it.
+          holdNext = false;
+          landed = new Promise<void>((resolve) => (release = resolve)).then(() => target.txn(req));
+          return landed;
+        };
+      },
+    });
+    const client = new Proxy(direct, { get: (target, prop) => (prop === 'kv' ? kv : Reflect.get(target, prop)) });
+    const store = new EtcdStore(client, prefix, term, 300);
+    await store.load();
+    await store.persist(new Map([['s', 1000n]]));
+    holdNext = true;
+    await assert.rejects(store.persist(new Map([['s', 900n]])), PersistenceError);
+    // Confirmed: numbers up to 2999 may now be handed out.
+    await store.persist(new Map([['s', 3000n]]));
+    release();
+    const late = await landed!;
+    assert.equal(late.succeeded, false, 'etcd refused the late write');
+    assert.equal(await direct.get(`${prefix}marks/s`).string(), '3000');
+  });
+
+  test('the fence checks the key\'s lease as well as its revision: a term with the right revision and another lease cannot write', async () => {
+    // As after etcd is restored from a backup, when revisions start over and an old
+    // term's revision may come again with a new key.
+    const prefix = freshPrefix();
+    const term = await lead(prefix);
+    const other: LeadershipTerm = { ...term, leaseId: String(BigInt(term.leaseId) + 1n) };
+    const store = new EtcdStore(direct, prefix, other);
+    await store.load();
+    await assert.rejects(store.persist(new Map([['s', 5n]])), { name: 'FencedError' });
+    assert.equal(await direct.get(`${prefix}marks/s`).string(), null);
+    // The true term writes.
+    await new EtcdStore(direct, prefix, term).persist(new Map([['s', 5n]]));
+    assert.equal(await direct.get(`${prefix}marks/s`).string(), '5');
   });
 
   test('with etcd unreachable, persist fails within its deadline with PersistenceError, and works again after', async () => {
