@@ -50,10 +50,18 @@ describe('etcd leadership', () => {
   async function startNode(
     prefix: string,
     id: string,
-    opts: { endpoints?: readonly string[]; ttl?: number; wallClock?: () => number; log?: Logger; beforeStart?: (client: Etcd3) => void } = {},
+    opts: {
+      endpoints?: readonly string[];
+      /** Where the shared client (campaigns, watch, polls, writes) connects, if not `endpoints`; renewals keep to `endpoints`. */
+      clientEndpoints?: readonly string[];
+      ttl?: number;
+      wallClock?: () => number;
+      log?: Logger;
+      beforeStart?: (client: Etcd3) => void;
+    } = {},
   ): Promise<Node> {
     const connection = conn(opts.endpoints ?? cluster.endpoints);
-    const client = createEtcdClient(connection);
+    const client = createEtcdClient(opts.clientEndpoints ? conn(opts.clientEndpoints) : connection);
     opts.beforeStart?.(client);
     const leadership = new EtcdLeadership({
       client,
@@ -292,6 +300,23 @@ describe('etcd leadership', () => {
     await waitFor(() => a.lost.length === 1, 'a to notice its key is gone');
     assert.equal(a.lost[0], 'the leader key was deleted in etcd');
     await waitFor(() => a.leadership.canServe() !== b.leadership.canServe(), 'a new leader', 5000);
+  });
+
+  test('a renewal that finds the lease gone stops the leader at once, though its watch and polls cannot reach etcd', async () => {
+    const prefix = freshPrefix();
+    const proxy = await proxiedEtcd();
+    // TTL 6: renewals every 1.5 s, and a serving window of 4.5 s that the test outwaits.
+    const a = await startNode(prefix, 'a', { clientEndpoints: [proxy.url], ttl: 6 });
+    await waitFor(() => a.leadership.canServe(), 'a to lead');
+    proxy.blackhole(true);
+    // The key goes with the lease, but a cannot see that; its renewals still reach etcd.
+    await direct.leaseClient.leaseRevoke({ ID: a.leadership.term!.leaseId });
+    const t0 = performance.now();
+    await waitFor(() => a.lost.length === 1, 'a renewal to report the lease gone', 4000);
+    assert.equal(a.lost[0], 'etcd reports that our lease has expired');
+    assert.equal(a.leadership.canServe(), false);
+    assert.ok(performance.now() - t0 < 3000, 'within a renewal interval or two, not at the serving deadline');
+    proxy.blackhole(false);
   });
 
   test('close resigns: the key is gone and the lease revoked', async () => {
