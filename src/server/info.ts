@@ -20,7 +20,8 @@ export interface InfoFacts {
   commitThread: 'main' | 'workers' | null;
   persistence: 'ok' | 'failing' | 'none';
   persistenceError: string | null;
-  reserve: bigint;
+  /** null in memory mode, where nothing is reserved (--reserve is ignored there). */
+  reserve: bigint | null;
   extra: Array<[string, string]>;
   /** Calls by command name (lower case, `unknown` for the rest), and error replies by code. */
   commandCalls: Array<[string, number]>;
@@ -53,7 +54,7 @@ export function renderInfo(f: InfoFacts): string {
   if (f.commitThread !== null) lines.push(`commit_thread:${f.commitThread}`);
   lines.push(`persistence:${f.persistence}`);
   if (f.persistenceError !== null) lines.push(`persistence_error:${f.persistenceError}`);
-  lines.push(`reserve:${f.reserve}`, '', '# Stats');
+  lines.push(`reserve:${f.reserve ?? 'none'}`, '', '# Stats');
   let calls = 0;
   for (const [, n] of f.commandCalls) calls += n;
   let issued = 0n;

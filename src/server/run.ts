@@ -116,7 +116,7 @@ export async function startServer(config: Config, opts: StartOptions = {}): Prom
         commitThread: backend.commitThread,
         persistence: p.state,
         persistenceError: p.error,
-        reserve: config.reserve,
+        reserve: config.inMemory ? null : config.reserve,
         extra: backend.extraInfo(),
         commandCalls: COMMAND_LABELS.map((label, i): [string, number] => [label, server!.stats.calls[i]!]),
         errorReplies: [...server!.stats.errors],

@@ -92,6 +92,7 @@ test('INFO is a bulk string of key:value lines', async () => {
     assert.match(body, new RegExp(`\\r\\n${key}:`), key);
   }
   assert.match(body, /mode:in-memory/);
+  assert.match(body, /\r\nreserve:none\r\n/, 'nothing is reserved in memory');
   assert.match(body, /\r\ncmdstat_getseq:calls=\d+\r\n/);
   assert.match(body, /\r\ntotal_commands_processed:\d+\r\n/);
   assert.match(body, /sequence:name=infoseq,current=2,durable_mark=none,issued=1/);
