@@ -82,7 +82,7 @@ export class Connection {
    * read, until the client has taken enough of its replies (see resumeIfRoom).
    */
   private held = false;
-  /** The client's FIN came while requests it sent before were held. */
+  /** The client's FIN, or shutdown, came while requests read before were held. */
   private endWhileHeld = false;
   /**
    * No more requests are served: QUIT, a protocol error, the client's FIN, or
@@ -140,13 +140,16 @@ export class Connection {
     });
   }
 
-  /** Stops serving and closes the socket once every reply already owed is written. */
+  /**
+   * Reads nothing more, answers what was read (requests held at the output limit
+   * too, as the client reads), and closes the socket once every reply is written.
+   */
   shutdown(): Promise<void> {
-    this.stopped = true;
     return new Promise((resolve) => {
       if (this.closed) return resolve();
       this.socket.once('close', () => resolve());
-      this.whenIdle(() => this.socket.end());
+      if (this.held) this.endWhileHeld = true;
+      else this.endOfInput();
     });
   }
 

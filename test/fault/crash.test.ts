@@ -313,6 +313,47 @@ test('SIGTERM answers the requests already read, even those waiting for fsync, t
   }
 });
 
+test('after SIGTERM, requests read but held at --client-output-limit are answered too, as the client reads', async () => {
+  // 2,000 sequences make each INFO reply about 120 KB: 300 of them (36 MB) pass the
+  // default 8 MiB limit plus what the kernel's socket buffers hold, so the server
+  // stops partway and holds the rest of what it read, the GETSEQs at the end included.
+  const s = await start(['--in-memory']);
+  const setup = await WireClient.connect(s.port);
+  setup.send(Array.from({ length: 2000 }, (_, i) => `GETSEQ s${i}\r\n`).join(''));
+  await setup.until((t) => t.split('\r\n').length > 2000);
+  setup.close();
+  const held = await WireClient.connect(s.port);
+  held.socket.pause();
+  // A few KB: one read.
+  held.send('INFO\r\n'.repeat(300) + 'GETSEQ held\r\n'.repeat(100));
+  // INFOs answered so far, less the probes' own.
+  let probes = 0;
+  const answered = async () => Number(/\r\ncmdstat_info:calls=(\d+)\r\n/.exec(await ask(s.port, 'INFO\r\n'))?.[1]) - ++probes;
+  let last = -1;
+  await waitFor(async () => {
+    const now = await answered();
+    const still = now === last && now > 0;
+    last = now;
+    return still;
+  }, 'the server to stop serving the client at its output limit');
+  assert.ok(last < 300, `held partway: ${last} of 300 INFO requests answered`);
+  s.child.kill('SIGTERM');
+  await waitFor(() => s.logs.some((l) => l.msg === 'shutting down: no new connections, answering requests already read'), 'the shutdown to begin');
+  held.socket.resume();
+  await held.waitClosed(10_000);
+  const text = held.text;
+  let at = 0;
+  let infos = 0;
+  while (text[at] === '$') {
+    const eol = text.indexOf('\r\n', at);
+    at = eol + 2 + Number(text.slice(at + 1, eol)) + 2;
+    infos++;
+  }
+  assert.equal(infos, 300);
+  assert.equal(text.slice(at), Array.from({ length: 100 }, (_, i) => `:${i + 1}\r\n`).join(''));
+  assert.equal(await s.exited, 0);
+});
+
 test('after SIGTERM new connections are refused, while an open one still gets every reply owed', async () => {
   // 1,000 sequences make each INFO reply about 60 KB, so 300 of them (18 MB) cannot all fit in the
   // kernel's socket buffers: most of what is owed is still in the server when the signal comes.
