@@ -5,7 +5,7 @@
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import type { Etcd3 } from 'etcd3';
+import { CompareTarget, type Etcd3 } from 'etcd3';
 import { createEtcdClient, EtcdLeadership } from '../../src/election/etcd.js';
 import { EtcdStore } from '../../src/store/etcd.js';
 import { parseConfig, type Config } from '../../src/config.js';
@@ -300,6 +300,36 @@ describe('etcd leadership', () => {
     await waitFor(() => a.lost.length === 1, 'a to notice its key is gone');
     assert.equal(a.lost[0], 'the leader key was deleted in etcd');
     await waitFor(() => a.leadership.canServe() !== b.leadership.canServe(), 'a new leader', 5000);
+  });
+
+  test('a term counts from when the campaign was sent: an answer that takes 400 ms leaves 400 ms less to serve', async () => {
+    const prefix = freshPrefix();
+    // Renewals cannot get through, so the campaign alone proves the lease.
+    const cut = await proxiedEtcd();
+    cut.blackhole(true);
+    const DELAY_MS = 400;
+    const node = await startNode(prefix, 'slow-campaign', {
+      endpoints: [cut.url],
+      clientEndpoints: cluster.endpoints,
+      ttl: 2,
+      beforeStart: (client) => {
+        const kv = client.kv;
+        const txn = kv.txn.bind(kv);
+        // The campaign (create the key if absent) answers late, as over a slow link.
+        kv.txn = (req, ...rest) => {
+          const campaign = req.compare?.some((c) => c.target === CompareTarget.Create && String(c.create_revision) === '0');
+          return campaign ? new Promise((r) => setTimeout(r, DELAY_MS)).then(() => txn(req, ...rest)) : txn(req, ...rest);
+        };
+      },
+    });
+    let left = 0;
+    await waitFor(() => {
+      left = node.leadership.leaseRemainingMs();
+      return left > 0;
+    }, 'it to lead', 5000);
+    // The serving window at TTL 2 is 1500 ms from the campaign's send time.
+    assert.ok(left <= 1500 - DELAY_MS + 50, `${left} ms to serve right after a campaign answered ${DELAY_MS} ms late`);
+    cut.blackhole(false);
   });
 
   test('a renewal that finds the lease gone stops the leader at once, though its watch and polls cannot reach etcd', async () => {
