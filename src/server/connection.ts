@@ -63,6 +63,13 @@ const HANGUP_LINGER_MS = 1000;
 
 const EMPTY = Buffer.alloc(0);
 
+/**
+ * A reply this long (INFO with hundreds of sequences, a 64 KiB PING) took real work
+ * to make: the requests behind it wait for the next turn of the event loop, so that
+ * a pipeline of them cannot keep other clients waiting for the whole of it.
+ */
+const BIG_REPLY = 64 * 1024;
+
 export class Connection {
   private readonly decoder = new Decoder();
   private readonly session: Session = newSession(() => this.socket.destroyed);
@@ -84,6 +91,8 @@ export class Connection {
   private held = false;
   /** The client's FIN, or shutdown, came while requests read before were held. */
   private endWhileHeld = false;
+  /** Held after a big reply until the next turn of the event loop, whatever the room. */
+  private yielding = false;
   /**
    * No more requests are served: QUIT, a protocol error, the client's FIN, or
    * shutdown. Input is still read, and dropped: a paused socket would not see the
@@ -159,7 +168,7 @@ export class Connection {
     const started = observe === undefined ? 0 : performance.now();
     this.serve(chunk);
     // The socket may have taken the replies at once: then there is room already.
-    if (this.held) this.resumeIfRoom();
+    if (this.held && !this.yielding) this.resumeIfRoom();
     if (observe !== undefined) observe(performance.now() - started);
   }
 
@@ -186,6 +195,17 @@ export class Connection {
     // (PING echoes up to 64 KiB, INFO can reach a megabyte): a client is owed at
     // most the limit plus one reply, and one that reads is never dropped.
     else if (this.owed >= this.room) this.hold();
+    else if (typeof reply === 'string' && reply.length >= BIG_REPLY) this.yieldTurn();
+  }
+
+  /** Serves the rest of what was read on the next turn of the event loop, after other clients. */
+  private yieldTurn(): void {
+    this.hold();
+    this.yielding = true;
+    setImmediate(() => {
+      this.yielding = false;
+      this.resumeIfRoom();
+    });
   }
 
   /** At the output limit: take no more requests from this client until it reads. */
@@ -204,7 +224,7 @@ export class Connection {
     // A loop, not recursion: each pass serves held requests up to the limit again,
     // and the socket may take their replies at once.
     let released = false;
-    while (this.held && !this.stopped && this.owed + this.socket.writableLength <= this.limits.outputLimit / 2) {
+    while (this.held && !this.yielding && !this.stopped && this.owed + this.socket.writableLength <= this.limits.outputLimit / 2) {
       this.held = false;
       released = true;
       this.decoder.release();

@@ -421,6 +421,34 @@ test('a client that asks for more than --client-output-limit without reading is 
   }
 });
 
+test('a pipeline of large replies (INFO) is served one reply per turn of the event loop: another client is answered in between', async (t) => {
+  const s = await start([]);
+  try {
+    // 1,000 named sequences make each INFO about 100 KB to build and send.
+    let names = '';
+    for (let i = 0; i < 1000; i++) names += `GETSEQ fair_${i}_${'n'.repeat(40)}\r\n`;
+    await ask(s.port, names, (x) => x.split('\r\n').length > 1000);
+    // 40 rounds, about 4 MB: under the output limit, so only the turn-taking can let the other in.
+    const ROUNDS = 40;
+    const hog = await WireClient.connect(s.port);
+    sockets.add(hog.socket);
+    const other = await WireClient.connect(s.port);
+    sockets.add(other.socket);
+    // Each INFO is followed by a GETSEQ on a sequence the other client uses too: the
+    // number it gets says how much of the pipeline was served before it.
+    hog.send('INFO\r\nGETSEQ shared\r\n'.repeat(ROUNDS));
+    // Sent once the server is busy with the pipeline (its first reply is out).
+    await hog.until((x) => x.length > 0);
+    other.send('GETSEQ shared\r\n');
+    const got = Number((await other.until((x) => x.endsWith('\r\n'))).slice(1, -2));
+    t.diagnostic(`the other client got ${got}: served after ${got - 1} of the ${ROUNDS} rounds`);
+    assert.ok(got <= ROUNDS, 'answered while the pipeline was still being served, not after all of it');
+    await hog.until((x) => x.split('# Server\r\n').length - 1 === ROUNDS && /:\d+\r\n$/.test(x), 10_000, 'the whole pipeline');
+  } finally {
+    await stop(s);
+  }
+});
+
 test('one reply larger than --client-output-limit still goes to a client that reads, and so do the requests sent behind it', async () => {
   // The smallest limit allowed, and the largest legal reply (PING echoes a 64 KiB argument).
   const s = await start(['--client-output-limit=65536']);
