@@ -208,6 +208,10 @@ export class Connection {
     });
   }
 
+  private readonly wake = (): void => {
+    if (this.held) this.resumeIfRoom();
+  };
+
   /** At the output limit: take no more requests from this client until it reads. */
   private hold(): void {
     this.held = true;
@@ -342,7 +346,10 @@ export class Connection {
   private flush(): void {
     if (this.out.length > 0 && !this.socket.destroyed) {
       const unsentBefore = this.socket.writableLength;
-      const ok = this.socket.write(this.out, 'latin1');
+      // While held, each write says when it is done: 'drain' alone may never come,
+      // as a write under the socket's high-water mark (64 KiB from Node.js 22 on)
+      // does not ask for it, however long the bytes wait for the client.
+      const ok = this.held ? this.socket.write(this.out, 'latin1', this.wake) : this.socket.write(this.out, 'latin1');
       this.owed -= this.out.length;
       this.out = '';
       if (!ok) {

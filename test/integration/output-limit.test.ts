@@ -7,6 +7,7 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
+import { getDefaultHighWaterMark, setDefaultHighWaterMark } from 'node:stream';
 import { SequencerServer } from '../../src/server/server.js';
 import { SequenceError, type Caller, type SequenceSource } from '../../src/core/sequencer.js';
 import { waitFor } from '../helpers/wait.js';
@@ -60,4 +61,67 @@ test('replies released by storage, larger than counted while they waited, cut of
   assert.ok(callers.length === REQUESTS && callers.every((c) => c?.gone === true), 'every caller marked gone at the cut-off');
   client.resume(); // what was sent before the cut-off, then the end
   await waitFor(() => closed, 'the client to see its connection closed');
+});
+
+test('held at the limit with a 64 KiB socket high-water mark (Node.js 22 on): every reply comes once the client reads', async () => {
+  // From Node.js 22 on, a socket asks for 'drain' only past 64 KiB of unsent bytes,
+  // so a held connection whose last write stayed under it must wake on the write's
+  // completion instead. The same default is set here, for the server's sockets only.
+  const LIMIT = 65_536;
+  const ROUNDS = 200;
+  const GETS = 100;
+  const before = getDefaultHighWaterMark(false);
+  setDefaultHighWaterMark(false, 65_536);
+  cleanup.push(() => setDefaultHighWaterMark(false, before));
+  // Numbers come from a store that commits on the next turn, as the gapless mode does.
+  let next = 0n;
+  let allocated = 0;
+  const source: SequenceSource = {
+    allocate: () => {
+      allocated++;
+      const n = ++next;
+      return new Promise<bigint>((resolve) => setImmediate(() => resolve(n)));
+    },
+    current: () => next,
+    snapshot: () => [],
+  };
+  const server = new SequencerServer(
+    { source, maxBatch: 1000n, passwordDigest: null, info: () => '', authFailed: () => {} },
+    { maxConnections: 10, idleTimeoutMs: 0, outputLimit: LIMIT },
+  );
+  const port = await server.listen('127.0.0.1', 0);
+  cleanup.push(() => server.close());
+
+  const client = net.connect(port, '127.0.0.1');
+  cleanup.push(() => client.destroy());
+  await new Promise((r) => client.once('connect', r));
+  setDefaultHighWaterMark(false, before); // the server's socket has its own by now
+  client.pause();
+  const arg = 'p'.repeat(45_000);
+  const ping = `*2\r\n$4\r\nPING\r\n$${arg.length}\r\n${arg}\r\n`;
+  client.write((ping + 'GETSEQ\r\n'.repeat(GETS)).repeat(ROUNDS));
+  // The client reads only once the server, its replies unread, has stopped taking requests.
+  let last = -1;
+  await waitFor(async () => {
+    const seen = allocated;
+    await new Promise((r) => setTimeout(r, 50));
+    const still = allocated === seen && seen > 0 && seen === last;
+    last = seen;
+    return still;
+  }, 'the server to hold the connection', 10_000);
+  assert.ok(allocated < ROUNDS * GETS, `held before serving everything (${allocated} numbers)`);
+
+  let text = '';
+  client.setEncoding('latin1');
+  client.on('data', (d: string) => (text += d));
+  client.resume();
+  let expected = '';
+  for (let r = 0, n = 0; r < ROUNDS; r++) {
+    expected += `$${arg.length}\r\n${arg}\r\n`;
+    for (let i = 0; i < GETS; i++) expected += `:${++n}\r\n`;
+  }
+  await waitFor(() => text.length >= expected.length, 'every reply', 15_000).catch((err: Error) => {
+    throw new Error(`${err.message}: ${allocated} of ${ROUNDS * GETS} numbers taken, ${text.length} of ${expected.length} bytes read`);
+  });
+  assert.equal(text, expected);
 });
