@@ -240,8 +240,18 @@ export class Connection {
   }
 
   private endOfInput(): void {
-    this.stopped = true;
+    this.stop();
     this.whenIdle(() => this.socket.end());
+  }
+
+  /**
+   * Serves no more requests. What the client still sends is read and dropped: left
+   * unread (a held or paused socket), it would turn our close into a reset, and
+   * the kernel would throw away replies already written but not yet delivered.
+   */
+  private stop(): void {
+    this.stopped = true;
+    this.socket.resume();
   }
 
   private protocolError(err: ProtocolError): void {
@@ -255,7 +265,7 @@ export class Connection {
 
   /** Serves nothing more and closes the connection once the replies owed are written. */
   private hangUp(): void {
-    this.stopped = true;
+    this.stop();
     // The grace period starts once every reply is out, so none is cut off by it.
     this.whenIdle(() => this.socket.end(() => destroyAfter(this.socket, HANGUP_LINGER_MS)));
   }
@@ -362,8 +372,9 @@ export class Connection {
           this.cutOff();
           return;
         }
-        // Stop reading from a client that is not reading its replies.
-        this.socket.pause();
+        // Stop reading from a client that is not reading its replies (but one that
+        // is served no more: its input is dropped, see stop()).
+        if (!this.stopped) this.socket.pause();
       }
     }
     if (this.drained) this.notifyIdle();

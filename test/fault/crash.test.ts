@@ -10,7 +10,7 @@ import path from 'node:path';
 import { startServerProcess, runCli, type ServerProcess } from '../helpers/server-process.js';
 import { History, assertHistory } from '../helpers/history.js';
 import { runLoad } from '../helpers/load.js';
-import { WireClient, ask } from '../helpers/wire.js';
+import { WireClient, ask, resp } from '../helpers/wire.js';
 import { waitFor } from '../helpers/wait.js';
 
 /** Servers of the running test: killed after it, so a failed assertion cannot leave one behind. */
@@ -352,6 +352,31 @@ test('after SIGTERM, requests read but held at --client-output-limit are answere
   assert.equal(infos, 300);
   assert.equal(text.slice(at), Array.from({ length: 100 }, (_, i) => `:${i + 1}\r\n`).join(''));
   assert.equal(await s.exited, 0);
+});
+
+test('QUIT among requests held at --client-output-limit: every reply before it, +OK, then a clean close though the client sent more', async () => {
+  // Gapless: each GETSEQ waits for a commit, counted 256 bytes meanwhile, so 300 of
+  // them pass the smallest limit and the connection is held; commits release it.
+  const dir = await tempDir();
+  try {
+    const s = await start([`--data-dir=${dir}`, '--reserve=0', '--client-output-limit=65536']);
+    const c = await WireClient.connect(s.port);
+    c.socket.pause();
+    // 1.8 MB of PING replies first, which the kernel takes in but the client does not read
+    // yet. What follows QUIT is never served: left unread in the kernel, it would turn the
+    // server's close into a reset, which throws away the replies not yet read.
+    const arg = 'p'.repeat(60_000);
+    c.send(resp('PING', arg).repeat(30) + 'GETSEQ\r\n'.repeat(300) + 'QUIT\r\n' + 'PING\r\n'.repeat(20_000));
+    // The server answers, says +OK, and closes its side, all before the client reads a byte.
+    await waitFor(async () => /\r\nconnected_clients:1\r\n/.test(await ask(s.port, 'INFO\r\n')), 'the server to close the connection after QUIT', 10_000);
+    c.socket.resume();
+    await c.waitClosed(10_000);
+    assert.equal(c.error, null, `closed cleanly, not with ${c.error?.message}`);
+    assert.equal(c.text, `$60000\r\n${arg}\r\n`.repeat(30) + Array.from({ length: 300 }, (_, i) => `:${i + 1}\r\n`).join('') + '+OK\r\n');
+    assert.equal(await s.stop(), 0);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
 });
 
 test('after SIGTERM new connections are refused, while an open one still gets every reply owed', async () => {
