@@ -31,6 +31,7 @@ import { circuitBreaker, ConsecutiveBreaker, handleWhen } from 'cockatiel';
 import {
   Etcd3,
   EtcdAuthenticationFailedError,
+  EtcdLeaseInvalidError,
   EtcdPermissionDeniedError,
   isRecoverableError,
   type IKeyValue,
@@ -226,6 +227,11 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
   private ttlMs: number;
   /** Until when the lease is surely alive in etcd, on both clocks (see the file's comment). */
   private serveUntil: Instant = NEVER;
+  /** A new leader serves from here on (monotonic ms): see fenceOut. */
+  private serveFrom = 0;
+  private fenceTimer: NodeJS.Timeout | null = null;
+  /** The lease of the last leader key seen that was another member's (see fenceOut). */
+  private predecessorLease: string | null = null;
   private readonly wallClock: () => number;
   private known: KnownLeader | null = null;
   /** The leader key (by create revision) last reported as another member's with our node id. */
@@ -286,7 +292,8 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
   canServe(): boolean {
     if (this.state !== 'leader') return false;
     if (this.verdict === null) {
-      this.verdict = performance.now() < this.serveUntil.mono && this.wallClock() < this.serveUntil.wall;
+      const mono = performance.now();
+      this.verdict = mono >= this.serveFrom && mono < this.serveUntil.mono && this.wallClock() < this.serveUntil.wall;
       queueMicrotask(this.forgetVerdict);
     }
     return this.verdict;
@@ -303,6 +310,12 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
   leaderNodeId(): string | null {
     if (this.state === 'leader') return this.nodeId;
     return this.known?.nodeId ?? null;
+  }
+
+  /** How long a new leader still waits for its predecessor's lease to run out before serving (see fenceOut). */
+  fenceRemainingMs(): number {
+    if (this.state !== 'leader') return 0;
+    return Math.max(0, Math.ceil(this.serveFrom - performance.now()));
   }
 
   /** How long this node may still serve without another keepalive (0 unless leading). */
@@ -467,6 +480,7 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
       );
     }
     this.known = ours ? null : leader;
+    if (kv !== null && !ours && kv.lease !== '0') this.predecessorLease = kv.lease;
     this.announce();
     if (kv === null) void this.campaign();
     // Someone leads: campaigning is over, and so is whatever failed it.
@@ -516,6 +530,8 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
       const kv = res.responses[res.succeeded ? 1 : 0]?.response_range?.kvs[0] ?? null;
       // The key may carry our lease although the txn "failed": a retried attempt found what the first one created.
       if (kv !== null && kv.lease === grant.ID) {
+        // On failure the campaign fails, and the finally below gives the key up again.
+        const fenceMs = await this.fenceOut(grant.ID);
         unusedLease = null;
         const term: LeadershipTerm = { key: this.key, revision: kv.create_revision, leaseId: grant.ID };
         let provenAt = sentAt;
@@ -528,7 +544,7 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
           await this.release(term);
           return;
         }
-        this.becomeLeader(term, provenAt);
+        this.becomeLeader(term, provenAt, fenceMs);
         return;
       }
       this.state = 'follower';
@@ -541,7 +557,45 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
     }
   }
 
-  private becomeLeader(term: LeadershipTerm, provenAt: Instant): void {
+  /**
+   * Makes sure the leader before us has stopped serving. Its key is gone, but its
+   * lease need not be: an operator may have deleted the key by hand while that
+   * leader's renewals still get through and its watch lags, and it would serve
+   * on beside us until it noticed. Then its lease is revoked, which its next
+   * renewal reports and which stops it, and we wait one full TTL of that lease
+   * before serving: any deadline it proved came from a renewal sent before the
+   * revoke, so it has run out by then. Returns that wait in ms; 0 when the lease
+   * has expired or was revoked, as after a crash or a clean stop.
+   */
+  private async fenceOut(ourLease: string): Promise<number> {
+    const previous = this.predecessorLease;
+    if (previous === null || previous === ourLease) return 0;
+    const lease = await withTimeout(
+      this.client.leaseClient.leaseTimeToLive({ ID: previous }),
+      ETCD_CALL_TIMEOUT_MS,
+      "reading the previous leader's lease",
+    );
+    let alive = Number(lease.TTL) > 0;
+    if (alive) {
+      try {
+        await withTimeout(this.client.leaseClient.leaseRevoke({ ID: previous }), ETCD_CALL_TIMEOUT_MS, "revoking the previous leader's lease");
+      } catch (err) {
+        // Expired between the two calls: nothing to wait for.
+        if (!(err instanceof EtcdLeaseInvalidError)) throw err;
+        alive = false;
+      }
+    }
+    this.predecessorLease = null;
+    if (!alive) return 0;
+    const waitMs = Number(lease.grantedTTL) * 1000;
+    this.log.warn(
+      { waitMs },
+      "the previous leader's key was gone but its lease alive (was the key deleted by hand?): revoked the lease; serving once it has surely stopped",
+    );
+    return waitMs;
+  }
+
+  private becomeLeader(term: LeadershipTerm, provenAt: Instant, fenceMs: number): void {
     this.state = 'leader';
     this.current = term;
     this.known = { nodeId: this.nodeId, advertise: this.advertise };
@@ -549,6 +603,15 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
     if (created > this.seenRevision) this.seenRevision = created;
     // A deadline left from an earlier term must not outlast this term's proof.
     this.serveUntil = NEVER;
+    this.serveFrom = performance.now() + fenceMs;
+    if (fenceMs > 0) {
+      this.fenceTimer = setTimeout(() => {
+        this.fenceTimer = null;
+        this.verdict = null;
+        this.announce();
+      }, fenceMs + 1);
+      this.fenceTimer.unref();
+    }
     this.extend(term, provenAt);
     this.scheduleKeepalive(term, provenAt.mono + this.keepaliveInterval() - performance.now());
     this.announce();
@@ -676,8 +739,13 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
     });
   }
 
-  /** Best effort: delete our key if it is still ours, and revoke the lease. */
+  /**
+   * Best effort: revoke the lease, which deletes our key with it; failing that,
+   * delete the key if it is still ours. Revoking first means a successor never
+   * finds our key gone and our lease alive, which would make it wait (fenceOut).
+   */
   private async release(term: LeadershipTerm): Promise<void> {
+    if (await this.revoke(term.leaseId)) return;
     try {
       await withTimeout(
         this.client.if(this.key, 'Create', '==', term.revision).then(this.client.delete().key(this.key)).commit(),
@@ -687,21 +755,24 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
     } catch (err) {
       this.log.debug({ err: etcdErrorReason(err) }, 'could not delete the leader key; it expires with the lease');
     }
-    await this.revoke(term.leaseId);
   }
 
-  private async revoke(leaseId: string): Promise<void> {
+  private async revoke(leaseId: string): Promise<boolean> {
     try {
       await withTimeout(this.client.leaseClient.leaseRevoke({ ID: leaseId }), ETCD_CALL_TIMEOUT_MS, 'revoking a lease');
+      return true;
     } catch (err) {
       this.log.debug({ err: etcdErrorReason(err) }, 'could not revoke a lease; it expires by itself');
+      return false;
     }
   }
 
   private clearLeaderTimers(): void {
     if (this.keepaliveTimer) clearTimeout(this.keepaliveTimer);
     if (this.deadlineTimer) clearTimeout(this.deadlineTimer);
+    if (this.fenceTimer) clearTimeout(this.fenceTimer);
     this.keepaliveTimer = null;
+    this.fenceTimer = null;
     this.deadlineTimer = null;
   }
 

@@ -55,6 +55,8 @@ export interface GroupElection extends Leadership, Pick<EventEmitter<LeadershipE
   readonly etcdProblem: string | null;
   leaderNodeId(): string | null;
   leaseRemainingMs(): number;
+  /** How long a new leader still waits out its predecessor's lease before serving. */
+  fenceRemainingMs?(): number;
   start(): Promise<void>;
   stepDown(reason: string, opts?: { term?: LeadershipTerm; holdOffMs?: number }): Promise<void>;
   close(): Promise<void>;
@@ -189,6 +191,9 @@ class GroupNode implements GroupHandle {
     }
     if (this.sequencer === null) {
       return { ready: false, reason: this.loadError ? `leader, cannot load marks: ${this.loadError}` : 'leader, loading marks from etcd' };
+    }
+    if ((l.fenceRemainingMs?.() ?? 0) > 0) {
+      return { ready: false, reason: "leader, waiting for the previous leader's lease to run out (its key was deleted while it lived)" };
     }
     if (!l.canServe()) return { ready: false, reason: 'leader, but the lease is not confirmed by etcd' };
     // As a single node with failing storage: numbers beyond the mark are refused until etcd takes writes.

@@ -218,6 +218,28 @@ describe('etcd leadership', () => {
     assert.equal(a.leadership.role, 'follower');
   });
 
+  test('resign revokes the lease before anything else, so the successor does not find the old lease alive and wait it out', async () => {
+    const prefix = freshPrefix();
+    const REVOKE_DELAY_MS = 300;
+    const a = await startNode(prefix, 'a', {
+      beforeStart: (client) => {
+        // A revoke that takes a while, as over a slow link: were the key deleted first,
+        // the successor would find it gone and the lease alive, and wait a whole TTL.
+        const leases = client.leaseClient;
+        const revoke = leases.leaseRevoke.bind(leases);
+        leases.leaseRevoke = (...args) => new Promise((r) => setTimeout(r, REVOKE_DELAY_MS)).then(() => revoke(...args));
+      },
+    });
+    await waitFor(() => a.leadership.canServe(), 'a to lead');
+    const b = await startNode(prefix, 'b');
+    await waitFor(() => b.leadership.leaderNodeId() === 'a', 'b to know a leads');
+    const t0 = performance.now();
+    await a.leadership.resign();
+    await waitFor(() => b.leadership.canServe(), 'b to take over', 5000);
+    const handoverMs = performance.now() - t0;
+    assert.ok(handoverMs < 1000, `handover took ${handoverMs.toFixed(0)} ms, not a revoke's ${REVOKE_DELAY_MS} ms and a campaign`);
+  });
+
   test('a deposed leader cannot write: its store rejects with FencedError once another node leads', async () => {
     const prefix = freshPrefix();
     const { oldStore, newStore } = await handOver(prefix);
@@ -300,6 +322,32 @@ describe('etcd leadership', () => {
     await waitFor(() => a.lost.length === 1, 'a to notice its key is gone');
     assert.equal(a.lost[0], 'the leader key was deleted in etcd');
     await waitFor(() => a.leadership.canServe() !== b.leadership.canServe(), 'a new leader', 5000);
+  });
+
+  test('a key deleted by hand while its leader cannot see that: the successor revokes its lease and never serves beside it', async () => {
+    const prefix = freshPrefix();
+    // a's watch and polls go through a proxy the test cuts; its renewals go straight to etcd.
+    const proxy = await proxiedEtcd();
+    const a = await startNode(prefix, 'a', { clientEndpoints: [proxy.url], ttl: 2 });
+    await waitFor(() => a.leadership.canServe(), 'a to lead');
+    const b = await startNode(prefix, 'b', { ttl: 2 });
+    await waitFor(() => b.leadership.leaderNodeId() === 'a', 'b to know a leads');
+    proxy.blackhole(true);
+    await direct.delete().key(`${prefix}leader`);
+    // Both are asked at every turn of the event loop, until b has served for half a second.
+    const deadline = performance.now() + 8000;
+    let overlaps = 0;
+    let bServedAt = 0;
+    while (bServedAt === 0 || performance.now() - bServedAt < 500) {
+      assert.ok(performance.now() < deadline, `b to serve (b is ${b.leadership.role})`);
+      const [aServes, bServes] = [a.leadership.canServe(), b.leadership.canServe()];
+      if (aServes && bServes) overlaps++;
+      if (bServes && bServedAt === 0) bServedAt = performance.now();
+      await new Promise((r) => setImmediate(r));
+    }
+    assert.equal(overlaps, 0, 'a and b never served at the same moment');
+    assert.deepEqual(a.lost, ['etcd reports that our lease has expired']);
+    proxy.blackhole(false);
   });
 
   test('a term counts from when the campaign was sent: an answer that takes 400 ms leaves 400 ms less to serve', async () => {
