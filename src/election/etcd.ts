@@ -183,6 +183,8 @@ export interface EtcdLeadershipOptions {
   readonly log: Logger;
   /** Wall-clock milliseconds; Date.now unless a test moves it alone. */
   readonly wallClock?: () => number;
+  /** Makes the keepalive client of one endpoint; a test can wrap it to fake what a member answers. */
+  readonly keepaliveClient?: (connection: EtcdConnection, endpoint: string) => Etcd3;
 }
 
 /** One moment on both clocks the serving deadline is kept on. */
@@ -261,7 +263,8 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
   constructor(opts: EtcdLeadershipOptions) {
     super();
     this.client = opts.client;
-    this.keepaliveClients = opts.connection.endpoints.map((e) => createEtcdClient(opts.connection, [e]));
+    const keepaliveClient = opts.keepaliveClient ?? ((c: EtcdConnection, e: string) => createEtcdClient(c, [e]));
+    this.keepaliveClients = opts.connection.endpoints.map((e) => keepaliveClient(opts.connection, e));
     this.key = `${opts.prefix}leader`;
     this.nodeId = opts.nodeId;
     this.advertise = opts.advertise;

@@ -6,7 +6,7 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { CompareTarget, type Etcd3 } from 'etcd3';
-import { createEtcdClient, EtcdLeadership } from '../../src/election/etcd.js';
+import { createEtcdClient, EtcdLeadership, type EtcdLeadershipOptions } from '../../src/election/etcd.js';
 import { EtcdStore } from '../../src/store/etcd.js';
 import { parseConfig, type Config } from '../../src/config.js';
 import { startGroup, type GroupHandle } from '../../src/group/node.js';
@@ -58,6 +58,7 @@ describe('etcd leadership', () => {
       wallClock?: () => number;
       log?: Logger;
       beforeStart?: (client: Etcd3) => void;
+      keepaliveClient?: EtcdLeadershipOptions['keepaliveClient'];
     } = {},
   ): Promise<Node> {
     const connection = conn(opts.endpoints ?? cluster.endpoints);
@@ -72,6 +73,7 @@ describe('etcd leadership', () => {
       leaseTtl: opts.ttl ?? 2,
       log: opts.log ?? silentLogger(),
       ...(opts.wallClock ? { wallClock: opts.wallClock } : {}),
+      ...(opts.keepaliveClient ? { keepaliveClient: opts.keepaliveClient } : {}),
     });
     const node: Node = { leadership, client, lost: [] };
     leadership.on('lost', (reason) => node.lost.push(reason));
@@ -395,6 +397,41 @@ describe('etcd leadership', () => {
     assert.equal(a.leadership.canServe(), false);
     assert.ok(performance.now() - t0 < 3000, 'within a renewal interval or two, not at the serving deadline');
     proxy.blackhole(false);
+  });
+
+  test('a renewal answered from a raft term older than one already seen proves nothing: the leader stops at its deadline', async () => {
+    const prefix = freshPrefix();
+    let renewals = 0;
+    let behind = false;
+    const a = await startNode(prefix, 'a', {
+      ttl: 2,
+      keepaliveClient: (connection, endpoint) => {
+        const client = createEtcdClient(connection, [endpoint]);
+        const leases = client.leaseClient;
+        const keepAlive = leases.leaseKeepAlive.bind(leases);
+        // Once `behind`, the member answers as a deposed etcd leader that still renews
+        // in its own lessor would (etcd-io/etcd#15247): from the term before.
+        leases.leaseKeepAlive = async (...args) => {
+          const stream = await keepAlive(...args);
+          const events = stream as unknown as { emit: (event: string | symbol, ...rest: unknown[]) => boolean };
+          const emit = events.emit.bind(stream);
+          events.emit = (event, ...rest) => {
+            if (event === 'data') {
+              const res = rest[0] as { header: { raft_term: string } };
+              if (behind) rest[0] = { ...res, header: { ...res.header, raft_term: String(BigInt(res.header.raft_term) - 1n) } };
+              else renewals++;
+            }
+            return emit(event, ...rest);
+          };
+          return stream;
+        };
+        return client;
+      },
+    });
+    await waitFor(() => a.leadership.canServe() && renewals > 0, 'a to lead and renew once from the current term');
+    behind = true;
+    await waitFor(() => a.lost.length === 1, 'a to stop serving', 4000);
+    assert.match(a.lost[0]!, /^the lease was not renewed in time/);
   });
 
   test('close resigns: the key is gone and the lease revoked', async () => {
