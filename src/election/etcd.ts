@@ -357,8 +357,8 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
   }
 
   /**
-   * Gives up leadership at once: stops serving, deletes the key if it is still
-   * ours and revokes the lease, so a follower can take over within moments.
+   * Gives up leadership at once: stops serving and revokes the lease, which
+   * deletes the key with it, so a follower can take over within moments.
    * This node does not campaign again for one TTL, to let another node win.
    */
   resign(): Promise<void> {
