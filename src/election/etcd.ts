@@ -381,7 +381,8 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
     if (opts.holdOffMs !== undefined) this.holdOffUntil = performance.now() + opts.holdOffMs;
     this.emit('lost', reason);
     this.announce();
-    await this.release(term);
+    // Still waiting out a predecessor: our lease must outlive it (see fenceOut).
+    await this.release(term, { revoke: performance.now() >= this.serveFrom });
     if (!this.closed) void this.refresh();
   }
 
@@ -533,18 +534,22 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
       const kv = res.responses[res.succeeded ? 1 : 0]?.response_range?.kvs[0] ?? null;
       // The key may carry our lease although the txn "failed": a retried attempt found what the first one created.
       if (kv !== null && kv.lease === grant.ID) {
-        // On failure the campaign fails, and the finally below gives the key up again.
-        const fenceMs = await this.fenceOut(grant.ID);
-        unusedLease = null;
         const term: LeadershipTerm = { key: this.key, revision: kv.create_revision, leaseId: grant.ID };
         let provenAt = sentAt;
-        if (!this.closed && performance.now() - sentAt.mono > this.keepaliveInterval()) {
-          // A slow campaign would start the term with its lease nearly spent: prove it afresh first.
+        const prove = async (): Promise<void> => {
           provenAt = this.now();
           if ((await this.renew(grant.ID)) <= 0) throw new Error('the new lease expired during the campaign');
-        }
+        };
+        const fenceMs = await this.fenceOut(grant.ID, {
+          keepKey: () => (unusedLease = null),
+          provenFor: () => performance.now() - provenAt.mono,
+          prove,
+        });
+        unusedLease = null;
+        // A slow campaign would start the term with its lease nearly spent: prove it afresh first.
+        if (!this.closed && performance.now() - provenAt.mono > this.keepaliveInterval()) await prove();
         if (this.closed) {
-          await this.release(term);
+          await this.release(term, { revoke: fenceMs === 0 });
           return;
         }
         this.becomeLeader(term, provenAt, fenceMs);
@@ -569,8 +574,20 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
    * before serving: any deadline it proved came from a renewal sent before the
    * revoke, so it has run out by then. Returns that wait in ms; 0 when the lease
    * has expired or was revoked, as after a crash or a clean stop.
+   *
+   * Once the revoke may have gone out, nobody must find the old lease gone and
+   * serve at once, whatever happens to us: so our own key must outlive the old
+   * leader's deadline. Our lease is proven within half the margin before the
+   * revoke (a lease outlives its last renewal by the TTL, the old leader's deadline
+   * its last renewal by the TTL minus the margin), and from then until we serve it
+   * is never revoked, only left to expire (see `keepKey` and release). A member
+   * that finds our key deleted meanwhile finds our lease alive, and waits in turn;
+   * one that finds it expired comes after the old leader's deadline.
    */
-  private async fenceOut(ourLease: string): Promise<number> {
+  private async fenceOut(
+    ourLease: string,
+    ours: { keepKey: () => void; provenFor: () => number; prove: () => Promise<void> },
+  ): Promise<number> {
     const previous = this.predecessorLease;
     if (previous === null || previous === ourLease) return 0;
     const lease = await withTimeout(
@@ -578,19 +595,17 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
       ETCD_CALL_TIMEOUT_MS,
       "reading the previous leader's lease",
     );
-    let alive = Number(lease.TTL) > 0;
-    if (alive) {
-      try {
-        await withTimeout(this.client.leaseClient.leaseRevoke({ ID: previous }), ETCD_CALL_TIMEOUT_MS, "revoking the previous leader's lease");
-      } catch (err) {
-        // Expired between the two calls: nothing to wait for.
-        if (!(err instanceof EtcdLeaseInvalidError)) throw err;
-        alive = false;
-      }
+    // -1: no such lease. 0 is a live lease in its last second (etcd rounds down).
+    if (Number(lease.TTL) < 0) return 0;
+    ours.keepKey();
+    if (ours.provenFor() > this.margin() / 2) await ours.prove();
+    const waitMs = Math.max(Number(lease.grantedTTL) * 1000, this.ttlMs);
+    try {
+      await withTimeout(this.client.leaseClient.leaseRevoke({ ID: previous }), ETCD_CALL_TIMEOUT_MS, "revoking the previous leader's lease");
+    } catch (err) {
+      // Gone already: expired, or revoked by another member, whose wait we cannot see. Wait all the same.
+      if (!(err instanceof EtcdLeaseInvalidError)) throw err;
     }
-    this.predecessorLease = null;
-    if (!alive) return 0;
-    const waitMs = Number(lease.grantedTTL) * 1000;
     this.log.warn(
       { waitMs },
       "the previous leader's key was gone but its lease alive (was the key deleted by hand?): revoked the lease; serving once it has surely stopped",
@@ -607,6 +622,7 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
     // A deadline left from an earlier term must not outlast this term's proof.
     this.serveUntil = NEVER;
     this.serveFrom = performance.now() + fenceMs;
+    this.predecessorLease = null;
     if (fenceMs > 0) {
       this.fenceTimer = setTimeout(() => {
         this.fenceTimer = null;
@@ -743,12 +759,14 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
   }
 
   /**
-   * Best effort: revoke the lease, which deletes our key with it; failing that,
-   * delete the key if it is still ours. Revoking first means a successor never
-   * finds our key gone and our lease alive, which would make it wait (fenceOut).
+   * Best effort: revoke the lease, which deletes our key with it; failing that
+   * (or with `revoke` false), delete the key if it is still ours. Revoking first
+   * means a successor never finds our key gone and our lease alive, which would
+   * make it wait (fenceOut); that is what it must do when we were still waiting
+   * out a predecessor ourselves, so then the lease is left to expire.
    */
-  private async release(term: LeadershipTerm): Promise<void> {
-    if (await this.revoke(term.leaseId)) return;
+  private async release(term: LeadershipTerm, opts: { revoke: boolean }): Promise<void> {
+    if (opts.revoke && (await this.revoke(term.leaseId))) return;
     try {
       await withTimeout(
         this.client.if(this.key, 'Create', '==', term.revision).then(this.client.delete().key(this.key)).commit(),

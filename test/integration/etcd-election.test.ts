@@ -84,6 +84,24 @@ describe('etcd leadership', () => {
 
   const freshPrefix = (): string => `/election-test-${++prefixes}/`;
 
+  /**
+   * Asks both at every turn of the event loop until `b` has served for half a second;
+   * returns how many turns found both serving.
+   */
+  async function overlapsUntilServing(a: Node, b: Node, limitMs = 8000): Promise<number> {
+    const deadline = performance.now() + limitMs;
+    let overlaps = 0;
+    let bServedAt = 0;
+    while (bServedAt === 0 || performance.now() - bServedAt < 500) {
+      assert.ok(performance.now() < deadline, `${b.leadership.nodeId} to serve (it is ${b.leadership.role})`);
+      const [aServes, bServes] = [a.leadership.canServe(), b.leadership.canServe()];
+      if (aServes && bServes) overlaps++;
+      if (bServes && bServedAt === 0) bServedAt = performance.now();
+      await new Promise((r) => setImmediate(r));
+    }
+    return overlaps;
+  }
+
   /** A TCP proxy in front of the cluster's etcd, closed with the others at the end. */
   async function proxiedEtcd(): Promise<TcpProxy> {
     const proxy = await startTcpProxy({ host: '127.0.0.1', port: Number(new URL(cluster.endpoints[0]!).port) });
@@ -336,19 +354,77 @@ describe('etcd leadership', () => {
     await waitFor(() => b.leadership.leaderNodeId() === 'a', 'b to know a leads');
     proxy.blackhole(true);
     await direct.delete().key(`${prefix}leader`);
-    // Both are asked at every turn of the event loop, until b has served for half a second.
-    const deadline = performance.now() + 8000;
-    let overlaps = 0;
-    let bServedAt = 0;
-    while (bServedAt === 0 || performance.now() - bServedAt < 500) {
-      assert.ok(performance.now() < deadline, `b to serve (b is ${b.leadership.role})`);
-      const [aServes, bServes] = [a.leadership.canServe(), b.leadership.canServe()];
-      if (aServes && bServes) overlaps++;
-      if (bServes && bServedAt === 0) bServedAt = performance.now();
-      await new Promise((r) => setImmediate(r));
-    }
-    assert.equal(overlaps, 0, 'a and b never served at the same moment');
+    assert.equal(await overlapsUntilServing(a, b), 0, 'a and b never served at the same moment');
     assert.deepEqual(a.lost, ['etcd reports that our lease has expired']);
+    proxy.blackhole(false);
+  });
+
+  test('a key deleted by hand while its cut-off leader still serves on a lease etcd shows at 0 s left: the successor still waits', async () => {
+    const prefix = freshPrefix();
+    // a is wholly behind the proxy: the cut stops its renewals, watch and polls alike.
+    const proxy = await proxiedEtcd();
+    const a = await startNode(prefix, 'a', { endpoints: [proxy.url], ttl: 2 });
+    await waitFor(() => a.leadership.canServe(), 'a to lead');
+    const b = await startNode(prefix, 'b', { ttl: 2 });
+    await waitFor(() => b.leadership.leaderNodeId() === 'a', 'b to know a leads');
+    const lease = a.leadership.term!.leaseId;
+    proxy.blackhole(true);
+    // etcd rounds the time left down: its last second reads 0, while a may serve for half of it.
+    await waitFor(async () => Number((await direct.leaseClient.leaseTimeToLive({ ID: lease })).TTL) === 0, 'etcd to show 0 s left', 4000);
+    await direct.delete().key(`${prefix}leader`);
+    assert.equal(await overlapsUntilServing(a, b), 0, 'a and b never served at the same moment');
+    proxy.blackhole(false);
+  });
+
+  test('a successor stopped while it waits out a cut-off leader leaves its lease to expire, so the next one waits too', async () => {
+    const prefix = freshPrefix();
+    const proxy = await proxiedEtcd();
+    const a = await startNode(prefix, 'a', { endpoints: [proxy.url], ttl: 2 });
+    await waitFor(() => a.leadership.canServe(), 'a to lead');
+    const b = await startNode(prefix, 'b', { ttl: 2 });
+    const c = await startNode(prefix, 'c', { ttl: 2 });
+    await waitFor(() => b.leadership.leaderNodeId() === 'a' && c.leadership.leaderNodeId() === 'a', 'b and c to know a leads');
+    let resigned: Node | null = null;
+    for (const n of [b, c]) {
+      n.leadership.once('elected', () => {
+        if (resigned !== null) return;
+        resigned = n;
+        // Stopped cleanly (an upgrade, say) while it waits.
+        void n.leadership.resign();
+      });
+    }
+    proxy.blackhole(true);
+    await direct.delete().key(`${prefix}leader`);
+    await waitFor(() => resigned !== null && resigned.lost.length > 0, 'the first successor to resign');
+    const next = resigned === b ? c : b;
+    assert.equal(await overlapsUntilServing(a, next), 0, 'a and the next leader never served at the same moment');
+    proxy.blackhole(false);
+  });
+
+  test('a successor whose revoke of the old lease lands but never answers leaves its own key to expire: nobody serves beside the old leader', async () => {
+    const prefix = freshPrefix();
+    // TTL 5: the old leader's serving window, 3.75 s, outlasts the 2 s an etcd call may take.
+    const TTL = 5;
+    const proxy = await proxiedEtcd();
+    const a = await startNode(prefix, 'a', { endpoints: [proxy.url], ttl: TTL });
+    await waitFor(() => a.leadership.canServe(), 'a to lead');
+    const aLease = a.leadership.term!.leaseId;
+    let revokes = 0;
+    const b = await startNode(prefix, 'b', {
+      ttl: TTL,
+      beforeStart: (client) => {
+        const leases = client.leaseClient;
+        const revoke = leases.leaseRevoke.bind(leases);
+        // etcd applies the first revoke of a's lease, but its answer never comes.
+        leases.leaseRevoke = (req, ...rest) =>
+          req.ID === aLease && revokes++ === 0 ? revoke(req, ...rest).then(() => new Promise<never>(() => {})) : revoke(req, ...rest);
+      },
+    });
+    await waitFor(() => b.leadership.leaderNodeId() === 'a', 'b to know a leads');
+    proxy.blackhole(true);
+    await direct.delete().key(`${prefix}leader`);
+    assert.equal(await overlapsUntilServing(a, b, 25_000), 0, 'a and b never served at the same moment');
+    assert.equal(revokes, 1, 'the revoke was sent once');
     proxy.blackhole(false);
   });
 
