@@ -73,6 +73,17 @@ async function runSequencer(argv: string[]): Promise<number> {
       }
       stopping = true;
       log.info({ signal }, 'signal received');
+      // A write hung on a failing disk (or a hard NFS mount) must not keep the
+      // process from stopping: the marks on disk are only ever above what was
+      // handed out, so leaving without the exact ones costs a gap, never a repeat.
+      const limit = setTimeout(() => {
+        log.error(
+          { afterMs: SHUTDOWN_LIMIT_MS },
+          'shutdown did not finish (a storage write hangs?): exiting without storing the exact marks; the next start skips the rest of the reserved windows',
+        );
+        resolve(1);
+      }, SHUTDOWN_LIMIT_MS);
+      limit.unref();
       running.close().then(
         // Not stored exactly: the next start skips numbers. Say so to whoever watches the exit status.
         (exact) => resolve(exact ? 0 : 1),
@@ -85,6 +96,9 @@ async function runSequencer(argv: string[]): Promise<number> {
     if (signalled !== null) onSignal(signalled);
   });
 }
+
+/** Client connections get 5 s to take their replies; the exact marks get the rest. */
+const SHUTDOWN_LIMIT_MS = 15_000;
 
 async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;

@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import { mkdtemp, rm, writeFile, readFile, rename, mkdir, readdir } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { startServerProcess, runCli, type ServerProcess } from '../helpers/server-process.js';
 import { History, assertHistory } from '../helpers/history.js';
 import { runLoad } from '../helpers/load.js';
@@ -376,6 +377,41 @@ test('QUIT among requests held at --client-output-limit: every reply before it, 
     assert.equal(await s.stop(), 0);
   } finally {
     await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('SIGTERM while a storage write hangs: the server still exits, with status 1, and the next start repeats no number', async () => {
+  const dir = await tempDir();
+  const elsewhere = await tempDir();
+  const hang = path.join(elsewhere, 'hang');
+  const preload = fileURLToPath(new URL('../helpers/hang-sync.mjs', import.meta.url));
+  try {
+    const s = await startServerProcess([`--data-dir=${dir}`, '--reserve=10'], {
+      env: { NODE_OPTIONS: `${process.env.NODE_OPTIONS ?? ''} --import ${preload}`, DOLMEANGI_TEST_HANG_FILE: hang },
+    });
+    running.push(s);
+    assert.equal(await ask(s.port, 'GETSEQ\r\n'.repeat(5)), ':1\r\n:2\r\n:3\r\n:4\r\n:5\r\n');
+    // From here on the disk takes writes but never finishes a sync: the next
+    // reservation hangs, and the requests beyond the window wait for it.
+    await writeFile(hang, '');
+    const c = await WireClient.connect(s.port);
+    c.send('GETSEQ\r\n'.repeat(20));
+    await c.until((t) => t.split('\r\n').length > 5, 5000, 'the numbers left in the window');
+    s.child.kill('SIGTERM');
+    const exited = await Promise.race([s.exited, new Promise<'hung'>((r) => setTimeout(r, 30_000, 'hung').unref())]);
+    assert.equal(exited, 1, 'exited with 1 rather than hanging on the write');
+    assert.ok(s.logs.some((l) => String(l.msg).startsWith('shutdown did not finish')), 'logged why');
+    const handedOut = [...c.text.matchAll(/^:(\d+)\r$/gm)].map((m) => Number(m[1]));
+    const highest = Math.max(5, ...handedOut);
+
+    await rm(hang);
+    const again = await start([`--data-dir=${dir}`, '--reserve=10']);
+    const next = Number(/^:(\d+)/.exec(await ask(again.port, 'GETSEQ\r\n'))?.[1]);
+    assert.ok(next > highest, `after the forced exit the next number (${next}) is above every one handed out (${highest})`);
+    assert.equal(await again.stop(), 0);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+    await rm(elsewhere, { recursive: true, force: true });
   }
 });
 
