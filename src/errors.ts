@@ -29,7 +29,8 @@ export class StateCorruptError extends DolmeangiError {
     super(
       'STATE_CORRUPT',
       `state file ${file} is unreadable (${detail}); refusing to start rather than reset numbers. ` +
-        'Restore it from a backup, or move it away only if you are sure no number from it was ever used.',
+        'Restore it from a backup and start with --initial above the highest number handed out since, ' +
+        'or move it away only if you are sure no number from it was ever used.',
     );
     this.file = file;
   }

@@ -731,10 +731,31 @@ function unframe(buf: Buffer, offset: number, file: string): Unframed {
   if (end > buf.length) return { torn: `a record of ${length} bytes with only ${rest - HEADER_LENGTH} present` };
   const payload = checkedPayload(buf, offset, length);
   if (payload === null) {
-    if (end === buf.length) return { torn: 'a checksum mismatch in the last record' };
+    if (end === buf.length) {
+      // A write cut short leaves zeros or stale blocks where the rest of the record
+      // should be, never a whole record of the right shape: that was written in
+      // full, and acknowledged numbers may stand on it, so it is damage, not a tear.
+      if (wellFormed(buf.subarray(offset + HEADER_LENGTH, end))) {
+        throw new StateCorruptError(
+          file,
+          `the last record, at byte ${offset}, is complete and well-formed but fails its checksum: damaged after it was written, not a write cut short by a crash`,
+        );
+      }
+      return { torn: 'a checksum mismatch in the last record' };
+    }
     throw new StateCorruptError(file, `checksum mismatch in the record at byte ${offset}`);
   }
   return { payload, next: end };
+}
+
+/** Whether a payload reads as a record of marks or a header, checksum aside. */
+function wellFormed(payload: Buffer): boolean {
+  try {
+    const doc: unknown = JSON.parse(payload.toString('utf8'));
+    return typeof doc === 'object' && doc !== null && !Array.isArray(doc) && ('m' in doc || 'g' in doc);
+  } catch {
+    return false;
+  }
 }
 
 /** A file's identity: what a path names may change, this does not. */

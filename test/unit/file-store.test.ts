@@ -178,9 +178,9 @@ test('a torn log tail is cut off with a warning and the good records kept', asyn
       r.fill(0, 0, 12);
       return r;
     })()],
-    ['a last record with a bad checksum', (() => {
+    ['a last record whose end never reached the disk (a bad checksum)', (() => {
       const r = record('{"v":1,"m":{"a":"999"}}');
-      flip(r, r.length - 3, 0xff);
+      r.fill(0, r.length - 6);
       return r;
     })()],
   ];
@@ -233,6 +233,18 @@ async function assertCorrupt(dir: string, file: string, detail: RegExp): Promise
     await store.close();
   }
 }
+
+test('a complete, well-formed last record with a bad checksum is damage, not a tear: start-up refuses', async (t) => {
+  const { dir, p } = await populated(t);
+  const buf = await readFile(p.log);
+  // The last record holds {"b":"3"}: one digit changed, as by a bad sector or a stray write.
+  const at = buf.lastIndexOf('"3"');
+  assert.ok(at > 0);
+  buf[at + 1] = '7'.charCodeAt(0);
+  await writeFile(p.log, buf);
+  await assertCorrupt(dir, p.log, /the last record, at byte \d+, is complete and well-formed but fails its checksum/);
+  assert.deepEqual(await readFile(p.log), buf, 'nothing truncated');
+});
 
 test('a bad checksum in the middle of the log is corruption, not a torn tail', async (t) => {
   const { dir, p, headerEnd } = await populated(t);
