@@ -13,7 +13,7 @@ import { parseArgs } from 'node:util';
 import { DEFAULT_PORT, parseAddress } from '../protocol/address.js';
 import { SequencerClient, type SequencerClientOptions } from '../client/client.js';
 import { ConnectionClosedError, NoServerAvailableError, NotLeaderError, TimeoutError } from '../client/errors.js';
-import { MAX_VALUE, parseUnsigned } from '../core/limits.js';
+import { MAX_VALUE, invalidNameMessage, isValidName, parseUnsigned } from '../core/limits.js';
 
 export type ClientCommand = 'getseq' | 'current' | 'info' | 'ping';
 
@@ -148,6 +148,8 @@ function parseCommandLine(command: ClientCommand, argv: string[], env: NodeJS.Pr
     throw new UsageError(`unexpected argument '${positionals[takesName ? 1 : 0]}'`);
   }
   if (values.count !== undefined && command !== 'getseq') throw new UsageError('--count applies to getseq only');
+  const name = positionals[0];
+  if (name !== undefined && !isValidName(name)) throw new UsageError(invalidNameMessage(name));
 
   const serverList = values.server ?? (env.SEQUENCER_SERVER || DEFAULT_SERVER);
   const servers = serverList.split(',').map((s) => s.trim());
@@ -182,7 +184,7 @@ function parseCommandLine(command: ClientCommand, argv: string[], env: NodeJS.Pr
     // A command-line user wants to hear at once that nothing answers.
     reconnect: false,
   };
-  return { options, name: positionals[0], count, help: values.help === true };
+  return { options, name, count, help: values.help === true };
 }
 
 function readOption(option: string, path: string | undefined): string | undefined {

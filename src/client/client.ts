@@ -18,12 +18,12 @@ import { setMaxListeners } from 'node:events';
 import { setTimeout as delay } from 'node:timers/promises';
 import type tls from 'node:tls';
 import { ConfigError } from '../errors.js';
-import { MAX_TIMER_MS } from '../core/limits.js';
+import { MAX_TIMER_MS, MAX_WORD_BYTES, invalidNameMessage, isValidName } from '../core/limits.js';
 import { bytesAsUtf8, type Reply } from '../protocol/reply-decoder.js';
 import { type Address, DEFAULT_PORT, formatAddress, parseAddress } from '../protocol/address.js';
 import { SequenceAllocator, type AllocatorOptions } from './allocator.js';
 import { type BackoffOptions, DEFAULT_BACKOFF, backoffDelay } from './backoff.js';
-import { Connection } from './connection.js';
+import { Connection, describeReply } from './connection.js';
 import {
   ConnectionClosedError,
   NoServerAvailableError,
@@ -40,8 +40,8 @@ export interface SequencerClientOptions {
   readonly servers?: readonly string[];
   /** Sent with AUTH first on every new connection. */
   readonly password?: string;
-  /** Connect with TLS; `true` for the system's CAs and default checks. */
-  readonly tls?: tls.ConnectionOptions | true;
+  /** Connect with TLS; `true` for the system's CAs and default checks; `false` or absent for plain TCP. */
+  readonly tls?: tls.ConnectionOptions | boolean;
   /** Per connection attempt, TLS handshake and AUTH included. Default 3000. */
   readonly connectTimeoutMs?: number;
   /**
@@ -142,8 +142,11 @@ export class SequencerClient {
       if (address === null) throw new ConfigError('servers', `'${text}' is not host:port (port 1-65535)`);
       return address;
     });
+    if (options.password !== undefined && Buffer.byteLength(options.password) > MAX_WORD_BYTES) {
+      throw new ConfigError('password', `is longer than a server reads in one word (${MAX_WORD_BYTES} bytes)`);
+    }
     this.password = options.password;
-    this.tls = options.tls === undefined ? null : options.tls === true ? {} : options.tls;
+    this.tls = options.tls === undefined || options.tls === false ? null : options.tls === true ? {} : options.tls;
     this.connectTimeoutMs = positive('connectTimeoutMs', options.connectTimeoutMs ?? 3000);
     this.requestTimeoutMs = positive('requestTimeoutMs', options.requestTimeoutMs ?? 5000);
     this.maxRedirects = options.maxRedirects ?? 5;
@@ -155,14 +158,17 @@ export class SequencerClient {
     setMaxListeners(0, this.closing.signal);
   }
 
-  /** The next number of sequence `name` (default `default`). */
-  getNextSequence(name?: string): Promise<bigint> {
-    return this.execute(withName(['GETSEQ'], name), Resend.Never, integerOf);
+  /**
+   * The next number of sequence `name` (default `default`). A name the server
+   * would refuse rejects with RangeError, and nothing is sent.
+   */
+  async getNextSequence(name?: string): Promise<bigint> {
+    return this.execute(withName(['GETSEQ'], name), Resend.Never, 'integer', integerOf);
   }
 
   /** The number the next GETSEQ will return; nothing changes. */
-  current(name?: string): Promise<bigint> {
-    return this.execute(withName(['CURRENT'], name), Resend.Safe, integerOf);
+  async current(name?: string): Promise<bigint> {
+    return this.execute(withName(['CURRENT'], name), Resend.Safe, 'integer', integerOf);
   }
 
   /** Takes `count` numbers at once: the caller owns `first .. first+count-1`. */
@@ -172,17 +178,17 @@ export class SequencerClient {
     }
     const n = BigInt(count);
     if (n < 1n) throw new RangeError(`getBatch count must be at least 1, got ${n}`);
-    const first = await this.execute(withName(['GETSEQ_BATCH', String(n)], name), Resend.Never, integerOf);
+    const first = await this.execute(withName(['GETSEQ_BATCH', String(n)], name), Resend.Never, 'integer', integerOf);
     return { first, count: n };
   }
 
   async ping(): Promise<void> {
-    await this.execute(['PING'], Resend.Safe, (r) => (r.type === 'simple' && r.value === 'PONG' ? true : undefined));
+    await this.execute(['PING'], Resend.Safe, 'simple', (r) => (r.type === 'simple' && r.value === 'PONG' ? true : undefined));
   }
 
   /** The server's INFO, parsed; `raw` keeps the text as sent. */
   info(): Promise<ServerInfo> {
-    return this.execute(['INFO'], Resend.Safe, (r) => (r.type === 'bulk' && r.value !== null ? parseInfo(bytesAsUtf8(r.value)) : undefined));
+    return this.execute(['INFO'], Resend.Safe, 'bulk', (r) => (r.type === 'bulk' && r.value !== null ? parseInfo(bytesAsUtf8(r.value)) : undefined));
   }
 
   /** A local range cache over this client; see SequenceAllocator for what it trades away. */
@@ -211,7 +217,12 @@ export class SequencerClient {
    * Sends one command until it gets a reply `parse` accepts, following
    * NOTLEADER and resending where that is safe, all within requestTimeoutMs.
    */
-  private async execute<T>(words: string[], resend: Resend, parse: (reply: Reply) => T | undefined): Promise<T> {
+  private async execute<T>(
+    words: string[],
+    resend: Resend,
+    expected: Reply['type'],
+    parse: (reply: Reply) => T | undefined,
+  ): Promise<T> {
     const deadline = performance.now() + this.requestTimeoutMs;
     const route: Route = { hops: [], named: new Set(), following: null };
     // Without reconnecting, a call still retries once per server (a full one, or one that drops the connection, is left for the next).
@@ -224,7 +235,7 @@ export class SequencerClient {
         // that spent most of its time waiting for the connection fails alone, and the calls
         // behind it keep their chance.
         const left = deadline - performance.now();
-        reply = await connection.send(words, Math.max(1, left), left * 2 >= this.requestTimeoutMs);
+        reply = await connection.send(words, Math.max(1, left), left * 2 >= this.requestTimeoutMs, expected);
       } catch (err) {
         this.avoid(connection);
         const retry = err instanceof ConnectionClosedError && (!err.requestSent || resend === Resend.Safe);
@@ -240,10 +251,13 @@ export class SequencerClient {
       }
       const result = parse(reply);
       if (result === undefined) {
-        // Well framed but of the wrong kind: whatever answers there is not a server to keep using.
+        // Of the right kind but not a value this command answers (a PING answered +OK): as for
+        // the wrong kind (see Connection.send), the server is not one to keep using.
+        const problem = `unexpected ${describeReply(reply)} in reply to ${words[0]}`;
         this.avoid(connection);
-        this.leave(connection);
-        throw new ReplyProtocolError(connection.address, `unexpected ${describe(reply)} in reply to ${words[0]}`);
+        if (this.connection === connection) this.connection = null;
+        connection.abandon(`${connection.address} sent an ${problem}`);
+        throw new ReplyProtocolError(connection.address, problem);
       }
       return result;
     }
@@ -473,17 +487,17 @@ export class SequencerClient {
   }
 }
 
+/** Refused here, not by the server: a name over its word limit would cost the connection and every call on it. */
 function withName(words: string[], name: string | undefined): string[] {
-  if (name !== undefined) words.push(name);
+  if (name !== undefined) {
+    if (!isValidName(name)) throw new RangeError(invalidNameMessage(name));
+    words.push(name);
+  }
   return words;
 }
 
 function integerOf(reply: Reply): bigint | undefined {
   return reply.type === 'integer' ? reply.value : undefined;
-}
-
-function describe(reply: Reply): string {
-  return reply.type === 'simple' ? `simple string '${reply.value}'` : `${reply.type} reply`;
 }
 
 function positive(option: string, value: number): number {

@@ -33,6 +33,8 @@ class PendingRequest {
     readonly command: string,
     /** Whether its timing out shows the server stalls, so the connection is dropped. */
     readonly dropOnTimeout: boolean,
+    /** The kind of reply it takes besides an error; undefined takes any. */
+    readonly expected: Reply['type'] | undefined,
     private readonly resolve: (reply: Reply) => void,
     private readonly reject: (err: Error) => void,
   ) {}
@@ -149,10 +151,13 @@ export class Connection {
    * drops the connection: a server that stalls on one request stalls on all that
    * follow), ConnectionClosedError, or ReplyProtocolError. Without it, a request
    * that timed out fails alone and keeps its place: its late reply is read and dropped.
+   * A reply neither an error nor of the `expected` kind rejects with
+   * ReplyProtocolError and drops the connection, failing the requests behind it:
+   * their replies may not be the answers they seem to be.
    */
-  send(words: readonly string[], timeoutMs: number, dropOnTimeout = true): Promise<Reply> {
+  send(words: readonly string[], timeoutMs: number, dropOnTimeout = true, expected?: Reply['type']): Promise<Reply> {
     return new Promise((resolve, reject) => {
-      const request = new PendingRequest(words[0] ?? '', dropOnTimeout, resolve, reject);
+      const request = new PendingRequest(words[0] ?? '', dropOnTimeout, expected, resolve, reject);
       if (!this.usable) {
         request.fail(this.closedError(false));
         return;
@@ -184,6 +189,16 @@ export class Connection {
     this.socket.destroy();
   }
 
+  /**
+   * Closes at once because the server cannot be trusted (it answered with the
+   * wrong kind of reply): the replies still due on it could belong to other
+   * requests than they seem to. Pending requests fail with ConnectionClosedError
+   * giving `reason`; those already sent may have issued numbers.
+   */
+  abandon(reason: string): void {
+    if (this.fatal === null && !this.isClosed) this.tearDown(new Error(reason));
+  }
+
   private readonly flush = (): void => {
     this.flushScheduled = false;
     if (this.out === '' || this.isClosed) return;
@@ -211,6 +226,14 @@ export class Connection {
     const request = this.pending.shift();
     if (request === undefined) {
       if (this.fatal === null) this.tearDown(new ReplyProtocolError(this.address, 'a reply arrived that no request was waiting for'));
+      return;
+    }
+    if (request.expected !== undefined && reply.type !== 'error' && reply.type !== request.expected) {
+      // Checked here, not by the caller: the replies behind it in the same read would be taken first.
+      const problem = `unexpected ${describeReply(reply)} in reply to ${request.command}`;
+      request.fail(new ReplyProtocolError(this.address, problem));
+      this.awaited--;
+      this.abandon(`${this.address} sent an ${problem}`);
       return;
     }
     if (request.succeed(reply)) this.awaited--;
@@ -281,4 +304,9 @@ export class Connection {
 function tlsHandshakeRefusal(err: Error | null): boolean {
   const code = (err as NodeJS.ErrnoException | null)?.code ?? '';
   return code.startsWith('ERR_SSL_') && /ALERT_(CERTIFICATE|HANDSHAKE|UNKNOWN_CA|BAD_CERTIFICATE)/.test(code);
+}
+
+/** A reply's kind, for messages. */
+export function describeReply(reply: Reply): string {
+  return reply.type === 'simple' ? `simple string '${reply.value}'` : `${reply.type} reply`;
 }

@@ -9,11 +9,18 @@ export const MAX_VALUE = (1n << 63n) - 1n;
 export const END = 1n << 63n;
 
 export const DEFAULT_SEQUENCE = 'default';
+/** The longest word of a request, in bytes: a password longer than this cannot be sent. */
+export const MAX_WORD_BYTES = 64 * 1024;
 export const NAME_MAX_LENGTH = 64;
 export const NAME_RULE = '1-64 characters of A-Z a-z 0-9 _ . : -';
 
 const NAME_CHAR = new Uint8Array(128);
 for (const c of 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:-') NAME_CHAR[c.charCodeAt(0)] = 1;
+
+/** Why `name` is refused, in the words the server uses; for clients that check before sending. */
+export function invalidNameMessage(name: string): string {
+  return `invalid sequence name '${name.length > NAME_MAX_LENGTH ? `${name.slice(0, NAME_MAX_LENGTH)}...` : name}': use ${NAME_RULE}`;
+}
 
 export function isValidName(name: string): boolean {
   const n = name.length;

@@ -5,10 +5,11 @@
  * anywhere, and each byte is examined a bounded number of times, so a slow or
  * hostile sender costs linear work and bounded memory.
  */
+import { MAX_WORD_BYTES } from '../core/limits.js';
 import { CarryBuffer } from './carry-buffer.js';
 
 export const MAX_LINE = 64 * 1024;
-export const MAX_BULK = 64 * 1024;
+export const MAX_BULK = MAX_WORD_BYTES;
 export const MAX_ARRAY = 1024;
 /**
  * Words a frame keeps: the command name and two arguments, as many as any

@@ -128,6 +128,8 @@ test('bad usage: exit 2 with a message, nothing sent', async () => {
     ['ping', ['--tls-ca', '/nonexistent/ca.pem'], /--tls-ca/],
     ['ping', ['--tls-cert', '/nonexistent/c.pem'], /--tls-cert/],
     ['getseq', ['--count', '9223372036854775808'], /--count takes a whole number from 1 to 9223372036854775807/],
+    ['getseq', ['orders/eu'], /invalid sequence name 'orders\/eu': use 1-64 characters/],
+    ['current', ['x'.repeat(65)], /invalid sequence name 'x{64}\.\.\.'/],
   ];
   for (const [command, argv, message] of cases) {
     const result = await run(command, argv);

@@ -122,6 +122,39 @@ test('a well-framed reply of the wrong kind: ReplyProtocolError, and the connect
   assert.equal(server.connections.length, 2, 'the next call came on a new connection');
 });
 
+test('a reply of the wrong kind fails the calls pipelined behind it too: their replies cannot be trusted', async () => {
+  // All three replies arrive in one read, so the calls behind would be answered before the first caller's code runs.
+  const server = await mock((_words, connection) => {
+    if (connection.requests.length === 3) connection.send('+OK\r\n:3\r\n:4\r\n');
+  });
+  const c = client({ servers: [server.address] });
+  const results = await Promise.allSettled([c.getNextSequence(), c.getNextSequence(), c.getNextSequence()]);
+  assert.equal(server.connections[0]!.requests.length, 3, 'the three calls were pipelined on one connection');
+  const [first, ...behind] = results;
+  assert.ok(first.status === 'rejected' && first.reason instanceof ReplyProtocolError, String(first.status === 'rejected' ? first.reason : first.value));
+  for (const result of behind) {
+    assert.equal(result.status, 'rejected', 'a number read after the wrong reply is not handed to the caller');
+    const err: unknown = result.status === 'rejected' ? result.reason : null;
+    assert.ok(err instanceof ConnectionClosedError, String(err));
+    assert.equal(err.requestSent, true, 'sent, so numbers may have been issued');
+    assert.match(err.message, /simple string 'OK' in reply to GETSEQ/);
+  }
+  await waitFor(() => server.connections[0]!.socket.destroyed || server.connections[0]!.socket.readableEnded, 'the connection to close');
+});
+
+test('an INFO reply of the wrong kind fails the INFO, and CURRENT pipelined behind it is resent on a new connection', async () => {
+  const count = counterScript(9n);
+  const server = await mock((words, connection) => {
+    if (server.connections.length > 1) count(words, connection);
+    else if (connection.requests.length === 2) connection.send(':1\r\n:2\r\n');
+  });
+  const c = client({ servers: [server.address] });
+  const [info, current] = await Promise.allSettled([c.info(), c.current()]);
+  assert.ok(info.status === 'rejected' && info.reason instanceof ReplyProtocolError && /integer reply in reply to INFO/.test(info.reason.message));
+  assert.deepEqual(current, { status: 'fulfilled', value: 9n });
+  assert.equal(server.connections.length, 2);
+});
+
 test('a reply nobody asked for is a protocol error that drops the connection', async () => {
   const server = await mock((_words, connection) => connection.send('+PONG\r\n+PONG\r\n'));
   const c = client({ servers: [server.address] });
@@ -515,6 +548,27 @@ test('close(): later calls fail with ConnectionClosedError and the socket is clo
   assert.equal(error.requestSent, false);
 });
 
+test('a sequence name the server would refuse is refused here, and nothing is sent', async () => {
+  const server = await mock(counterScript());
+  const c = client({ servers: [server.address] });
+  // Over the server's word limit such a name would be a protocol error that closes the connection under every call on it.
+  const huge = 'n'.repeat(70_000);
+  await assert.rejects(c.getNextSequence('a b'), (err: unknown) => err instanceof RangeError && /invalid sequence name 'a b': use 1-64 characters/.test(err.message));
+  await assert.rejects(c.current(huge), (err: unknown) => err instanceof RangeError && err.message.length < 200);
+  await assert.rejects(c.getBatch(5, ''), RangeError);
+  assert.throws(() => c.allocator({ name: 'x/y' }), RangeError);
+  assert.equal(server.requests.length, 0);
+  assert.equal(await c.getNextSequence('orders:eu-1.v2_x'), 1n);
+  assert.deepEqual(server.requests, [['GETSEQ', 'orders:eu-1.v2_x']]);
+});
+
+test('tls: false is plain TCP', async () => {
+  const server = await mock(counterScript(5n));
+  // From JavaScript without types, false must not be taken as TLS options.
+  const c = client({ servers: [server.address], tls: false });
+  assert.equal(await c.getNextSequence(), 5n);
+});
+
 test('bad options are refused up front', () => {
   assert.throws(() => new SequencerClient({ servers: ['no port:x'] }), /servers/);
   assert.throws(() => new SequencerClient({ servers: [] }), /servers/);
@@ -527,6 +581,10 @@ test('bad options are refused up front', () => {
   assert.throws(() => new SequencerClient({ reconnect: { minDelayMs: 500, maxDelayMs: 100 } }), /reconnect/);
   assert.throws(() => new SequencerClient({ reconnect: { maxDelayMs: Number.NaN } }), /reconnect/);
   assert.doesNotThrow(() => new SequencerClient({ reconnect: { minDelayMs: 1, maxDelayMs: 1 } }));
+  // No server reads a longer word; the connection would be dropped at every attempt.
+  assert.throws(() => new SequencerClient({ password: 'p'.repeat(65_537) }), /password.*65536 bytes/);
+  assert.throws(() => new SequencerClient({ password: 'é'.repeat(32_769) }), /password/);
+  assert.doesNotThrow(() => new SequencerClient({ password: 'p'.repeat(65_536) }));
 });
 
 test('an allocator over a client: many numbers, few round trips', async () => {

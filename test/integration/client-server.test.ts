@@ -139,9 +139,13 @@ test('CLI: getseq, getseq --count, current, info, ping', async () => {
 
 test('CLI exit codes: 1 for a server error or no server, 2 for bad usage', async () => {
   const s = await server();
-  const bad = await runCli(['getseq', 'no spaces allowed!', '--server', s.address]);
+  // Above the server's --max-batch (1,000,000 by default): the CLI cannot know it, the server refuses it.
+  const bad = await runCli(['getseq', '--count', '2000000', '--server', s.address]);
   assert.equal(bad.code, 1);
   assert.match(bad.stderr, /^dolmeangi: server replied: ERR /);
+  const badName = await runCli(['getseq', 'no spaces allowed!', '--server', s.address]);
+  assert.equal(badName.code, 2, 'a name the server would refuse is bad usage, and nothing is sent');
+  assert.match(badName.stderr, /^dolmeangi: invalid sequence name/);
   await s.kill();
   const gone = await runCli(['getseq', '--server', s.address]);
   assert.equal(gone.code, 1);
