@@ -9,6 +9,7 @@ import tls from 'node:tls';
 import type { Config } from '../config.js';
 import { ConfigError } from '../errors.js';
 import { formatAddress } from '../protocol/address.js';
+import { MAX_WORD_BYTES } from '../core/limits.js';
 import { Sequencer, type SequenceSource, type SequencerEvents } from '../core/sequencer.js';
 import type { Readiness } from '../core/ports.js';
 import { FileStore } from '../store/file.js';
@@ -240,6 +241,16 @@ async function readTlsFiles(config: Config): Promise<tls.TlsOptions> {
 }
 
 async function readPassword(config: Config): Promise<string | null> {
+  const pw = await passwordText(config);
+  // No client could send a longer one: the server reads at most this much of one word.
+  if (pw !== null && Buffer.byteLength(pw) > MAX_WORD_BYTES) {
+    const option = config.requirepass !== null ? '--requirepass' : '--requirepass-file';
+    throw new ConfigError(option, `the password is ${Buffer.byteLength(pw)} bytes; clients can send at most ${MAX_WORD_BYTES} in AUTH`);
+  }
+  return pw;
+}
+
+async function passwordText(config: Config): Promise<string | null> {
   if (config.requirepass !== null) return config.requirepass;
   if (config.requirepassFile === null) return null;
   let text: string;

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { startServerProcess, type ServerProcess } from '../helpers/server-process.js';
+import { runCli, startServerProcess, type ServerProcess } from '../helpers/server-process.js';
 import { WireClient, resp } from '../helpers/wire.js';
 
 const NOAUTH = '-NOAUTH Authentication required.\r\n';
@@ -120,6 +120,19 @@ test('--requirepass-file: the trailing newline is stripped and the password stay
   assert.ok(cmdline.includes('--requirepass-file='), `the listing is the server's: ${cmdline}`);
   assert.ok(!cmdline.includes(FILE_PASSWORD), 'the password is not in /proc/<pid>/cmdline');
   assert.ok(!cmdline.includes('from a file'), 'no piece of it either');
+});
+
+test('a password no client could send (over 65,536 bytes) stops start-up; one of 65,536 bytes works', async () => {
+  const long = path.join(dir, 'long');
+  await writeFile(long, `${'p'.repeat(65_537)}\n`);
+  const r = await runCli(['sequencer', '--in-memory', '--port=0', `--requirepass-file=${long}`]);
+  assert.equal(r.code, 2);
+  assert.match(r.stderr, /^dolmeangi: --requirepass-file: the password is 65537 bytes; clients can send at most 65536 in AUTH\n$/);
+  const longest = path.join(dir, 'longest');
+  await writeFile(longest, 'p'.repeat(65_536));
+  const s = await start([`--requirepass-file=${longest}`]);
+  const c = await connect(s);
+  await c.exchange(`${resp('AUTH', 'p'.repeat(65_536))}GETSEQ\r\n`, '+OK\r\n:1\r\n');
 });
 
 test('a file with CRLF, and a password with no newline at all', async () => {
