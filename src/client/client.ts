@@ -447,11 +447,18 @@ export class SequencerClient {
     if (index !== -1 && this.preferred === index) this.preferred = (index + 1) % this.servers.length;
   }
 
+  /**
+   * One round's addresses: the redirect target, then the servers from the
+   * preferred one on, each once. A leader that just timed out goes last: the
+   * members listed beside it may name its successor.
+   */
   private candidates(): Address[] {
     const ordered = [...this.servers.slice(this.preferred), ...this.servers.slice(0, this.preferred)];
     const target = this.redirectTarget;
     this.redirectTarget = null;
-    return target === null ? ordered : [target, ...ordered];
+    const round = target === null ? ordered : [target, ...ordered.filter((a) => formatAddress(a) !== formatAddress(target))];
+    const late = round.filter((a) => this.recentlyUnreachable(a));
+    return late.length === 0 ? round : [...round.filter((a) => !this.recentlyUnreachable(a)), ...late];
   }
 
   /**

@@ -263,6 +263,27 @@ test('a named leader whose connection attempts time out is not dialled again on 
   assert.ok(dead.accepted <= 2, `the dead leader was dialled ${dead.accepted} times for 6 redirects`);
 });
 
+test('a named leader that timed out is tried last in the rounds that follow, also when it is listed among the servers', async () => {
+  const { key, cert, ca } = await tlsFiles();
+  const dead = await mock(() => {}, { tls: { key, cert }, handshakeDelayMs: 60_000 });
+  const successor = await mock(counterScript(70n), { tls: { key, cert } });
+  let asked = 0;
+  const follower = await mock(
+    (_words, connection) => connection.send(`-NOTLEADER ${++asked <= 4 ? dead.address : successor.address}\r\n`),
+    { tls: { key, cert } },
+  );
+  // Every member listed, the dead one right after the follower that keeps naming it.
+  const c = client({
+    servers: [follower.address, dead.address, successor.address],
+    tls: { ca },
+    connectTimeoutMs: 300,
+    requestTimeoutMs: 5000,
+    reconnect: { minDelayMs: 10, maxDelayMs: 40 },
+  });
+  assert.equal(await c.getNextSequence(), 70n);
+  assert.equal(dead.accepted, 1, `the dead leader was dialled ${dead.accepted} times`);
+});
+
 test('a server that never answers costs one call its timeout; the next call goes to the next server listed', async () => {
   const hung = await mock(() => {});
   const good = await mock(counterScript(5n));
