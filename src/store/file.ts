@@ -10,7 +10,8 @@
  *   the snapshot of the same generation gives the current state.
  * - `LOCK`: the pid and host of the server that owns the directory. On Linux
  *   the owner also holds an abstract Unix socket named after the directory
- *   (holdMachineMutex), which the kernel releases when the process dies.
+ *   (holdMachineMutex), which the kernel releases when the process dies, and a
+ *   flock on the directory itself (kernel-lock.ts), which containers sharing it see.
  *
  * A record is a 4-byte big-endian payload length, the CRC32 of the payload, then
  * the payload (UTF-8 JSON). Marks are decimal strings: they reach 2^63 and must
@@ -33,6 +34,7 @@ import { crc32 } from 'node:zlib';
 import type { Marks, Store } from '../core/ports.js';
 import { END, parseUnsigned } from '../core/limits.js';
 import { DataDirLockedError, PersistenceError, StateCorruptError } from '../errors.js';
+import { type KernelLock, holdKernelLock } from './kernel-lock.js';
 
 export interface FileStoreOptions {
   log?: (msg: string, fields?: object) => void;
@@ -119,6 +121,8 @@ export class FileStore implements Store {
   private dirId: FileId | null = null;
   /** Held while the directory is ours (Linux): see holdMachineMutex. */
   private mutex: net.Server | null = null;
+  /** Held while the directory is ours, where flock works: see holdDirFlock. */
+  private flock: Extract<KernelLock, { state: 'held' }> | null = null;
   private closing: Promise<void> | null = null;
 
   private constructor(
@@ -432,16 +436,20 @@ export class FileStore implements Store {
   }
 
   /**
-   * Two locks. On Linux, first a machine-wide mutex that the kernel drops when
+   * Three locks. On Linux, first a machine-wide mutex that the kernel drops when
    * the process dies (holdMachineMutex): between servers in one network namespace
-   * it decides, so two of them taking over the same stale LOCK at the same instant
-   * cannot both win. Then the LOCK file, for people and for other machines (a
-   * directory on shared storage), judged by pid and host. Caveats: where the mutex
-   * does not reach (not Linux, or servers in different network namespaces sharing
-   * a volume), two servers taking over one stale LOCK in the same instant can both
-   * succeed. After a crash the pid may belong to an unrelated process by the time
-   * we start (likely after a reboot); we then refuse although the directory is
-   * free, and the message says to delete LOCK.
+   * it decides at once, so two of them taking over the same stale LOCK at the same
+   * instant cannot both win. Then a flock on the directory (holdDirFlock), which
+   * the kernel also drops with its holder and which reaches servers in other
+   * namespaces (containers sharing a volume). Then the LOCK file, for people and
+   * for other machines (a directory on shared storage), judged by pid and host.
+   * Caveats: where neither kernel lock works (no `flock` command, a file system
+   * without flock), two servers in different network namespaces taking over one
+   * stale LOCK in the same instant can both succeed, and so can two containers
+   * with one host name (the pid is checked in the wrong PID namespace). After a
+   * crash the pid may belong to an unrelated process by the time we start (likely
+   * after a reboot); we then refuse although the directory is free, and the
+   * message says to delete LOCK.
    */
   private async lock(): Promise<void> {
     // Claimed before the first await, so two opens in this process cannot both pass.
@@ -450,9 +458,11 @@ export class FileStore implements Store {
     try {
       this.dirId = await this.statDir();
       await this.holdMachineMutex(this.dirId);
+      await this.holdDirFlock();
       await this.lockFile();
     } catch (err) {
-      // Either may be held, or neither; releasing what is not held does nothing.
+      // Any may be held, or none; releasing what is not held does nothing.
+      await this.releaseDirFlock();
       this.releaseMachineMutex();
       lockedHere.delete(this.dir);
       throw err;
@@ -490,6 +500,41 @@ export class FileStore implements Store {
     // Its LOCK may not be written yet, or be unreadable: then say how to find it.
     if (holder !== null && isAlive(holder.pid)) return `pid ${holder.pid}, on this machine`;
     return 'a process on this machine; find it with: ss -xlp | grep dolmeangi-data-dir';
+  }
+
+  /**
+   * A flock on the directory, for rivals the mutex cannot see (other network
+   * namespaces). Where flock cannot be had, the other locks still apply, and the
+   * log says what is not covered.
+   */
+  private async holdDirFlock(): Promise<void> {
+    if (process.platform === 'win32') return;
+    const lock = await holdKernelLock(this.dir, (why) =>
+      this.say('lost the flock on the data directory: a server in another container could now take it; restart this one to take it back', {
+        file: this.dir,
+        reason: why,
+      }),
+    );
+    if (lock.state === 'held') {
+      this.flock = lock;
+      return;
+    }
+    if (lock.state === 'busy') {
+      throw new DataDirLockedError(
+        this.dir,
+        `a process holds a flock on it, perhaps a server in another container sharing the volume; \`lslocks | grep ${this.dir}\` shows the flock process, whose parent is that server`,
+      );
+    }
+    this.say('no flock on the data directory; servers in other containers sharing it are kept out only by LOCK', {
+      file: this.dir,
+      reason: lock.reason,
+    });
+  }
+
+  private async releaseDirFlock(): Promise<void> {
+    const lock = this.flock;
+    this.flock = null;
+    await lock?.release();
   }
 
   private releaseMachineMutex(): void {
@@ -567,6 +612,7 @@ export class FileStore implements Store {
       await this.unlockFile(this.lockText);
     } finally {
       // After the file: until then, a server starting now would find LOCK naming a live pid.
+      await this.releaseDirFlock();
       this.releaseMachineMutex();
     }
   }

@@ -8,7 +8,7 @@ import { mkdtemp, rm, writeFile, readFile, rename, mkdir, readdir } from 'node:f
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { startServerProcess, runCli, type ServerProcess } from '../helpers/server-process.js';
+import { CLI, startServerProcess, runCli, runProgram, type ServerProcess } from '../helpers/server-process.js';
 import { History, assertHistory } from '../helpers/history.js';
 import { runLoad } from '../helpers/load.js';
 import { WireClient, ask, resp } from '../helpers/wire.js';
@@ -180,6 +180,28 @@ test('a second server on the same data directory refuses to start', async () => 
     const r = await runCli(['sequencer', '--host=127.0.0.1', '--port=0', '--metrics-port=0', `--data-dir=${dir}`]);
     assert.equal(r.code, 1);
     assert.match(r.stderr, new RegExp(`data directory ${dir} is in use by another server`));
+    assert.equal(await a.stop(), 0);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('a second server in its own network and PID namespaces (a container sharing the volume and the host name) refuses to start too', async () => {
+  const dir = await tempDir();
+  try {
+    const a = await start([`--data-dir=${dir}`]);
+    // There, the first server's abstract-socket mutex is out of sight, and its pid in LOCK names no process:
+    // only the flock on the directory keeps the second out. Were it let in, it would serve (lo is up) until the deadline.
+    const r = await runProgram('unshare', [
+      '--user', '--map-root-user', '--net', '--pid', '--fork', '--kill-child',
+      'sh', '-c', 'ip link set lo up || exit 97; exec "$0" "$@"',
+      process.execPath, CLI, 'sequencer', '--host=127.0.0.1', '--port=0', '--metrics-port=0', `--data-dir=${dir}`,
+    ], { timeoutMs: 15_000 });
+    if (/^unshare: /m.test(r.stderr) || r.code === 97) {
+      assert.fail(`this test needs unshare (util-linux) with user namespaces, and ip (iproute2): ${r.stderr.trim()}`);
+    }
+    assert.equal(r.code, 1, r.stderr);
+    assert.match(r.stderr, new RegExp(`data directory ${dir} is in use by another server \\(a process holds a flock on it`));
     assert.equal(await a.stop(), 0);
   } finally {
     await rm(dir, { recursive: true, force: true });

@@ -683,6 +683,79 @@ test('a LOCK that names a dead pid does not let a second server in while the fir
   assert.deepEqual(marks, new Map());
 });
 
+/** Holds an exclusive flock on `dir` from another process, as a server's lock helper does, until the returned function ends it. */
+async function holdFlock(t: TestContext, dir: string): Promise<() => Promise<void>> {
+  const holder = spawn('flock', ['--exclusive', '--close', dir, 'sh', '-c', 'echo held && exec cat >/dev/null'], { stdio: ['pipe', 'pipe', 'inherit'] });
+  const exited = once(holder, 'exit');
+  const end = async (): Promise<void> => {
+    holder.stdin.end();
+    await exited;
+  };
+  t.after(end);
+  await once(holder.stdout, 'data');
+  return end;
+}
+
+/** The pids of this process's children running `command`. */
+async function childrenRunning(command: string): Promise<number[]> {
+  const children = (await readFile(`/proc/${process.pid}/task/${process.pid}/children`, 'utf8')).trim().split(/\s+/).filter(Boolean).map(Number);
+  const names = await Promise.all(children.map((pid) => readFile(`/proc/${pid}/comm`, 'utf8').catch(() => '')));
+  return children.filter((_, i) => names[i]!.trim() === command);
+}
+
+test('a flock on the directory keeps a second server out though LOCK names a dead pid and the mutex is free (a server in another container)', { skip: process.platform !== 'linux' && 'Linux only' }, async (t) => {
+  const dir = await tempDir(t);
+  // What a server in another container leaves visible here: its flock, and a LOCK whose pid means nothing in this PID namespace.
+  const end = await holdFlock(t, dir);
+  await writeFile(paths(dir).lock, lockJson(await deadPid()));
+  await assert.rejects(FileStore.open(dir), (err: unknown) => {
+    assert.ok(err instanceof DataDirLockedError, String(err));
+    assert.match(err.message, /a process holds a flock on it, perhaps a server in another container sharing the volume; `lslocks \| grep .*` shows/);
+    return true;
+  });
+  assert.equal(JSON.parse(await readFile(paths(dir).lock, 'utf8')).host, hostname(), 'LOCK left as it was');
+  // That server gone (killed: its lock helper's pipe closes), the directory is free.
+  await end();
+  const said: string[] = [];
+  const { marks } = await openLoaded(t, dir, { log: (msg) => said.push(msg) });
+  assert.deepEqual(marks, new Map());
+  assert.ok(said.some((msg) => /took over a stale lock/.test(msg)), said.join('\n'));
+});
+
+test('the flock is held while the store is open, released at close, and its loss is logged', { skip: process.platform !== 'linux' && 'Linux only' }, async (t) => {
+  const dir = await tempDir(t);
+  const said: string[] = [];
+  const store = await FileStore.open(dir, { log: (msg) => said.push(msg) });
+  const probe = () => new Promise<number | null>((resolve) => spawn('flock', ['--nonblock', '--conflict-exit-code', '75', dir, 'true']).once('exit', resolve));
+  assert.equal(await probe(), 75, 'held while open');
+  await store.close();
+  assert.equal(await probe(), 0, 'released by close, before it resolves');
+
+  const again = await FileStore.open(dir, { log: (msg) => said.push(msg) });
+  t.after(() => again.close());
+  const [helper] = await childrenRunning('flock');
+  assert.ok(helper !== undefined, 'a flock process holds it');
+  process.kill(helper, 'SIGKILL');
+  await waitFor(() => said.some((msg) => /lost the flock on the data directory/.test(msg)), 'the loss to be logged');
+  assert.equal(await probe(), 0);
+});
+
+test('without a flock command the store still opens, and says what is not covered', async (t) => {
+  const dir = await tempDir(t);
+  const said: string[] = [];
+  const path = process.env.PATH;
+  process.env.PATH = dir;
+  let store: FileStore;
+  try {
+    store = await FileStore.open(dir, { log: (msg, fields) => said.push(`${msg} ${JSON.stringify(fields)}`) });
+  } finally {
+    process.env.PATH = path;
+  }
+  t.after(() => store.close());
+  assert.ok(said.some((msg) => /no flock on the data directory.*no flock command/.test(msg)), said.join('\n'));
+  await store.load();
+});
+
 test('a lock naming this pid that this process does not hold is stale (a restarted container)', async (t) => {
   const dir = await tempDir(t);
   await writeFile(paths(dir).lock, lockJson(process.pid));

@@ -1,0 +1,81 @@
+/**
+ * An exclusive flock(2) on the data directory, held by a `flock` process
+ * (util-linux) for as long as this server runs. Node.js has no flock of its own.
+ *
+ * Why: the other locks of a data directory cannot see every rival. The abstract
+ * socket mutex is shared only within one network namespace, and a LOCK file's pid
+ * means nothing in another PID namespace, so two containers given one volume and
+ * one host name could both take the directory. A flock lives on the directory's
+ * inode in the kernel: every process on this kernel sees it, whatever namespaces
+ * it runs in.
+ *
+ * The lock dies with us: `flock` holds it while its command, `cat`, reads our end
+ * of a pipe. When this process exits, even by kill -9, the kernel closes the pipe,
+ * `cat` reads end of file, and `flock` exits, releasing the lock (`--close` keeps
+ * it out of `cat`'s hands, so only `flock` ever holds it).
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+
+export type KernelLock =
+  /** Ours until `release()`; `onLost` is called if the holding process dies before that. */
+  | { readonly state: 'held'; release(): Promise<void> }
+  /** Another process holds it, and kept it for the whole wait. */
+  | { readonly state: 'busy' }
+  /** No such lock here (no `flock` command, a file system without flock); `reason` says why. */
+  | { readonly state: 'unavailable'; readonly reason: string };
+
+/** Tells a lock held elsewhere from flock's own failures (which exit 1). */
+const CONFLICT_EXIT = 75;
+/** How long a killed holder gets to let go: its `cat` must be scheduled to see the pipe close. */
+export const DEFAULT_WAIT_SECONDS = 2;
+
+export function holdKernelLock(dir: string, onLost: (why: string) => void, waitSeconds = DEFAULT_WAIT_SECONDS): Promise<KernelLock> {
+  return new Promise((resolve) => {
+    let settled = false;
+    let held = false;
+    let stderr = '';
+    const args = ['--exclusive', '--close', '--wait', String(waitSeconds), '--conflict-exit-code', String(CONFLICT_EXIT), dir];
+    const child: ChildProcess = spawn('flock', [...args, 'sh', '-c', 'echo held && exec cat >/dev/null'], {
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
+    const settle = (lock: KernelLock): void => {
+      if (settled) return;
+      settled = true;
+      resolve(lock);
+    };
+    child.stderr!.setEncoding('utf8').on('data', (text: string) => {
+      if (stderr.length < 1000) stderr += text;
+    });
+    child.stdout!.once('data', () => {
+      held = true;
+      // Held for the process's lifetime, but it must not keep the process alive.
+      child.unref();
+      for (const stream of [child.stdin, child.stdout, child.stderr]) (stream as unknown as { unref?: () => void }).unref?.();
+      const exited = new Promise<void>((done) => child.once('exit', () => done()));
+      settle({
+        state: 'held',
+        release: async () => {
+          held = false;
+          // Waited for: a successor started right after us should find it free.
+          child.ref();
+          // The lock goes with flock itself; closing the pipe ends its cat.
+          child.stdin!.destroy();
+          child.kill('SIGKILL');
+          await exited;
+        },
+      });
+    });
+    child.once('error', (err: NodeJS.ErrnoException) => {
+      settle({ state: 'unavailable', reason: err.code === 'ENOENT' ? 'no flock command (util-linux) on PATH' : `flock: ${err.message}` });
+    });
+    child.once('exit', (code, signal) => {
+      if (held) {
+        held = false;
+        onLost(`its flock process (pid ${child.pid}) exited (${signal ?? `status ${code}`})`);
+        return;
+      }
+      if (code === CONFLICT_EXIT) settle({ state: 'busy' });
+      else settle({ state: 'unavailable', reason: stderr.trim().split('\n')[0] || `flock exited (${signal ?? `status ${code}`})` });
+    });
+  });
+}
