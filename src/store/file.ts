@@ -123,6 +123,8 @@ export class FileStore implements Store {
   private mutex: net.Server | null = null;
   /** Held while the directory is ours, where flock works: see holdDirFlock. */
   private flock: Extract<KernelLock, { state: 'held' }> | null = null;
+  /** The flock was held and its process died: no write until it is taken back (see persist). */
+  private flockLost = false;
   private closing: Promise<void> | null = null;
 
   private constructor(
@@ -205,6 +207,7 @@ export class FileStore implements Store {
       if (mark < 0n || mark > END) throw new RangeError(`mark ${mark} of ${name} is outside 0..2^63`);
     }
     if (marks.size === 0) return;
+    if (this.flockLost) await this.retakeDirFlock();
     const write = this.write(marks);
     this.inflight = write;
     try {
@@ -509,16 +512,8 @@ export class FileStore implements Store {
    */
   private async holdDirFlock(): Promise<void> {
     if (process.platform === 'win32') return;
-    const lock = await holdKernelLock(this.dir, (why) =>
-      this.say('lost the flock on the data directory: a server in another container could now take it; restart this one to take it back', {
-        file: this.dir,
-        reason: why,
-      }),
-    );
-    if (lock.state === 'held') {
-      this.flock = lock;
-      return;
-    }
+    const lock = await this.takeDirFlock();
+    if (lock.state === 'held') return;
     if (lock.state === 'busy') {
       throw new DataDirLockedError(
         this.dir,
@@ -529,6 +524,39 @@ export class FileStore implements Store {
       file: this.dir,
       reason: lock.reason,
     });
+  }
+
+  private async takeDirFlock(waitSeconds?: number): Promise<KernelLock> {
+    const lock = await holdKernelLock(
+      this.dir,
+      (why) => {
+        this.flock = null;
+        this.flockLost = true;
+        this.say('lost the flock on the data directory: no reservation is written until it is taken back', { file: this.dir, reason: why });
+      },
+      waitSeconds,
+    );
+    if (lock.state === 'held') this.flock = lock;
+    return lock;
+  }
+
+  /**
+   * Numbers below the durable mark may still be served: a server that took the
+   * directory meanwhile starts at that mark. Writing past it is what could repeat
+   * that server's numbers, so it waits until the lock is ours again.
+   */
+  private async retakeDirFlock(): Promise<void> {
+    const lock = await this.takeDirFlock(0);
+    if (lock.state === 'held') {
+      this.flockLost = false;
+      this.say('took the flock on the data directory back', { file: this.dir });
+      return;
+    }
+    throw new PersistenceError(
+      lock.state === 'busy'
+        ? `the flock on ${this.dir} was lost and another process holds it now: another server may be using this data directory; stop one of them`
+        : `the flock on ${this.dir} was lost and cannot be taken back: ${lock.reason}`,
+    );
   }
 
   private async releaseDirFlock(): Promise<void> {

@@ -722,7 +722,7 @@ test('a flock on the directory keeps a second server out though LOCK names a dea
   assert.ok(said.some((msg) => /took over a stale lock/.test(msg)), said.join('\n'));
 });
 
-test('the flock is held while the store is open, released at close, and its loss is logged', { skip: process.platform !== 'linux' && 'Linux only' }, async (t) => {
+test('the flock is held while the store is open and released at close; lost, no write is made until it is taken back', { skip: process.platform !== 'linux' && 'Linux only' }, async (t) => {
   const dir = await tempDir(t);
   const said: string[] = [];
   const store = await FileStore.open(dir, { log: (msg) => said.push(msg) });
@@ -733,11 +733,26 @@ test('the flock is held while the store is open, released at close, and its loss
 
   const again = await FileStore.open(dir, { log: (msg) => said.push(msg) });
   t.after(() => again.close());
+  assert.deepEqual(await again.load(), new Map());
+  await again.persist(m({ a: 10n }));
   const [helper] = await childrenRunning('flock');
   assert.ok(helper !== undefined, 'a flock process holds it');
   process.kill(helper, 'SIGKILL');
   await waitFor(() => said.some((msg) => /lost the flock on the data directory/.test(msg)), 'the loss to be logged');
   assert.equal(await probe(), 0);
+  // Another process takes it meanwhile, as a server in another container could: no reservation is written.
+  const end = await holdFlock(t, dir);
+  await assert.rejects(again.persist(m({ a: 20n })), (err: unknown) => {
+    assert.ok(err instanceof PersistenceError, String(err));
+    assert.match(err.message, /the flock on .* was lost and another process holds it now/);
+    return true;
+  });
+  await end();
+  await again.persist(m({ a: 30n }));
+  assert.ok(said.includes('took the flock on the data directory back'), said.join('\n'));
+  assert.equal(await probe(), 75, 'held again');
+  await again.close();
+  assert.deepEqual(await reload(dir), m({ a: 30n }));
 });
 
 test('without a flock command the store still opens, and says what is not covered', async (t) => {
