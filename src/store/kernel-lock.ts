@@ -37,6 +37,9 @@ export function holdKernelLock(dir: string, onLost: (why: string) => void, waitS
     const args = ['--exclusive', '--close', '--wait', String(waitSeconds), '--conflict-exit-code', String(CONFLICT_EXIT), dir];
     const child: ChildProcess = spawn('flock', [...args, 'sh', '-c', 'echo held && exec cat >/dev/null'], {
       stdio: ['pipe', 'pipe', 'pipe'],
+      // Its own process group: a Ctrl-C at the terminal signals the whole foreground group,
+      // and the lock must last through the server's graceful stop that follows.
+      detached: true,
     });
     const settle = (lock: KernelLock): void => {
       if (settled) return;

@@ -737,6 +737,9 @@ test('the flock is held while the store is open and released at close; lost, no 
   await again.persist(m({ a: 10n }));
   const [helper] = await childrenRunning('flock');
   assert.ok(helper !== undefined, 'a flock process holds it');
+  // Ctrl-C at a terminal signals the foreground process group: the lock must outlive it, through the graceful stop.
+  const group = async (pid: number | 'self') => (await readFile(`/proc/${pid}/stat`, 'utf8')).split(') ')[1]!.split(' ')[2];
+  assert.notEqual(await group(helper), await group('self'), 'the flock process is in a process group of its own');
   process.kill(helper, 'SIGKILL');
   await waitFor(() => said.some((msg) => /lost the flock on the data directory/.test(msg)), 'the loss to be logged');
   assert.equal(await probe(), 0);
