@@ -123,8 +123,8 @@ export class FileStore implements Store {
   private mutex: net.Server | null = null;
   /** Held while the directory is ours, where flock works: see holdDirFlock. */
   private flock: Extract<KernelLock, { state: 'held' }> | null = null;
-  /** The flock was held and its process died: no write until it is taken back (see persist). */
-  private flockLost = false;
+  /** Why the flock was lost, once its process died: from then on no write is made (see persist). */
+  private flockLost: string | null = null;
   private closing: Promise<void> | null = null;
 
   private constructor(
@@ -207,7 +207,10 @@ export class FileStore implements Store {
       if (mark < 0n || mark > END) throw new RangeError(`mark ${mark} of ${name} is outside 0..2^63`);
     }
     if (marks.size === 0) return;
-    if (this.flockLost) await this.retakeDirFlock();
+    // For good: while the lock was lost a rival may have started at our durable mark and served
+    // past it. Taking the lock back and writing would lower that mark under its numbers, and a
+    // graceful stop's exact marks would too, so only a restart, which reads the directory afresh, writes again.
+    if (this.flockLost !== null) throw this.flockLostError();
     const write = this.write(marks);
     this.inflight = write;
     try {
@@ -215,6 +218,16 @@ export class FileStore implements Store {
     } finally {
       this.inflight = null;
     }
+    // Lost while writing: a rival may have read the directory before the write landed, so its
+    // numbers must not be served. Seen only once the exit is processed; see docs/operations.md.
+    if (this.flockLost !== null) throw this.flockLostError();
+  }
+
+  private flockLostError(): PersistenceError {
+    return new PersistenceError(
+      `the flock on ${this.dir} was lost (${this.flockLost}), and another server may have taken the directory since; ` +
+        'this server writes nothing more to it: restart it (it refuses to start while another server holds the directory)',
+    );
   }
 
   async close(): Promise<void> {
@@ -526,37 +539,14 @@ export class FileStore implements Store {
     });
   }
 
-  private async takeDirFlock(waitSeconds?: number): Promise<KernelLock> {
-    const lock = await holdKernelLock(
-      this.dir,
-      (why) => {
-        this.flock = null;
-        this.flockLost = true;
-        this.say('lost the flock on the data directory: no reservation is written until it is taken back', { file: this.dir, reason: why });
-      },
-      waitSeconds,
-    );
+  private async takeDirFlock(): Promise<KernelLock> {
+    const lock = await holdKernelLock(this.dir, (why) => {
+      this.flock = null;
+      this.flockLost = why;
+      this.say('lost the flock on the data directory: no reservation is written until the server is restarted', { file: this.dir, reason: why });
+    });
     if (lock.state === 'held') this.flock = lock;
     return lock;
-  }
-
-  /**
-   * Numbers below the durable mark may still be served: a server that took the
-   * directory meanwhile starts at that mark. Writing past it is what could repeat
-   * that server's numbers, so it waits until the lock is ours again.
-   */
-  private async retakeDirFlock(): Promise<void> {
-    const lock = await this.takeDirFlock(0);
-    if (lock.state === 'held') {
-      this.flockLost = false;
-      this.say('took the flock on the data directory back', { file: this.dir });
-      return;
-    }
-    throw new PersistenceError(
-      lock.state === 'busy'
-        ? `the flock on ${this.dir} was lost and another process holds it now: another server may be using this data directory; stop one of them`
-        : `the flock on ${this.dir} was lost and cannot be taken back: ${lock.reason}`,
-    );
   }
 
   private async releaseDirFlock(): Promise<void> {

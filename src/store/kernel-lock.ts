@@ -26,21 +26,27 @@ export type KernelLock =
 
 /** Tells a lock held elsewhere from flock's own failures (which exit 1). */
 const CONFLICT_EXIT = 75;
+/** The shell's status for a command it cannot find: flock is started through sh. */
+const NOT_FOUND_EXIT = 127;
 /** How long a killed holder gets to let go: its `cat` must be scheduled to see the pipe close. */
-export const DEFAULT_WAIT_SECONDS = 2;
+const WAIT_SECONDS = 2;
 
-export function holdKernelLock(dir: string, onLost: (why: string) => void, waitSeconds = DEFAULT_WAIT_SECONDS): Promise<KernelLock> {
+export function holdKernelLock(dir: string, onLost: (why: string) => void): Promise<KernelLock> {
   return new Promise((resolve) => {
     let settled = false;
     let held = false;
     let stderr = '';
-    const args = ['--exclusive', '--close', '--wait', String(waitSeconds), '--conflict-exit-code', String(CONFLICT_EXIT), dir];
-    const child: ChildProcess = spawn('flock', [...args, 'sh', '-c', 'echo held && exec cat >/dev/null'], {
-      stdio: ['pipe', 'pipe', 'pipe'],
-      // Its own process group: a Ctrl-C at the terminal signals the whole foreground group,
-      // and the lock must last through the server's graceful stop that follows.
-      detached: true,
-    });
+    const args = ['--exclusive', '--close', '--wait', String(WAIT_SECONDS), '--conflict-exit-code', String(CONFLICT_EXIT), dir];
+    // The lock must last through the server's graceful stop, so what stops the server must not
+    // stop its holder: a Ctrl-C at the terminal signals the whole foreground process group (hence
+    // a group of its own), and systemd's default KillMode=control-group sends SIGTERM to every
+    // process of the unit (hence the signals ignored, which flock and cat inherit across exec).
+    // Only release(), or the end of the pipe, ends it.
+    const child: ChildProcess = spawn(
+      '/bin/sh',
+      ['-c', 'trap "" INT TERM HUP && exec "$@"', 'sh', 'flock', ...args, 'sh', '-c', 'echo held && exec cat >/dev/null'],
+      { stdio: ['pipe', 'pipe', 'pipe'], detached: true },
+    );
     const settle = (lock: KernelLock): void => {
       if (settled) return;
       settled = true;
@@ -68,16 +74,20 @@ export function holdKernelLock(dir: string, onLost: (why: string) => void, waitS
         },
       });
     });
-    child.once('error', (err: NodeJS.ErrnoException) => {
-      settle({ state: 'unavailable', reason: err.code === 'ENOENT' ? 'no flock command (util-linux) on PATH' : `flock: ${err.message}` });
+    // Not once: a second error (a failed kill, a write to the closed pipe) must not go unhandled.
+    child.on('error', (err: NodeJS.ErrnoException) => {
+      settle({ state: 'unavailable', reason: `flock: ${err.message}` });
     });
     child.once('exit', (code, signal) => {
       if (held) {
         held = false;
+        // Its cat may live on, holding our pipe's other end.
+        for (const stream of [child.stdin, child.stdout, child.stderr]) stream?.destroy();
         onLost(`its flock process (pid ${child.pid}) exited (${signal ?? `status ${code}`})`);
         return;
       }
       if (code === CONFLICT_EXIT) settle({ state: 'busy' });
+      else if (code === NOT_FOUND_EXIT) settle({ state: 'unavailable', reason: 'no flock command (util-linux) on PATH' });
       else settle({ state: 'unavailable', reason: stderr.trim().split('\n')[0] || `flock exited (${signal ?? `status ${code}`})` });
     });
   });
