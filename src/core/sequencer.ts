@@ -386,6 +386,17 @@ export class Sequencer implements SequenceSource {
     this.scheduleFlush();
   }
 
+  /**
+   * What a write must store for `s` now, or null for no write: a mark covering the
+   * waiters and the next window, never below `mark` (numbers below it may already
+   * be handed out), or `mark` itself when the store may hold something else.
+   */
+  private neededTarget(s: Seq): bigint | null {
+    const window = this.windowTarget(s);
+    if (window > s.mark && (s.waiters.length > 0 || s.next > s.mark - this.lowWater)) return window;
+    return s.stored === s.mark ? null : s.mark;
+  }
+
   /** A mark covering every waiter and at least a window past `next`, at most END. */
   private windowTarget(s: Seq): bigint {
     const target = s.next + (s.waitingCount > this.reserve ? s.waitingCount : this.reserve);
@@ -407,8 +418,15 @@ export class Sequencer implements SequenceSource {
     if (this.writing !== null || this.dirty.size === 0 || this.store === null) return;
     if (this.state !== 'serving' && this.state !== 'closing') return;
     const batch = new Map<string, bigint>();
-    for (const s of this.dirty) batch.set(s.name, s.target);
+    for (const s of this.dirty) {
+      // Asked for when it was marked dirty; requests that have left since (their
+      // connections closed) need nothing, and a mark written for them would be skipped by a crash.
+      const target = this.neededTarget(s);
+      this.setTarget(s, target ?? s.mark);
+      if (target !== null) batch.set(s.name, target);
+    }
     this.dirty.clear();
+    if (batch.size === 0) return;
     const started = this.now();
     const write = this.store.persist(batch as Marks).then(
       () => this.persisted(batch, started),
@@ -436,6 +454,7 @@ export class Sequencer implements SequenceSource {
       if (s === undefined) continue;
       if (mark > s.mark) s.mark = mark;
       this.release(s);
+      this.giveBack(s);
     }
     this.events.persisted?.(ms, batch.size);
     if (this.dirty.size > 0) this.flush();
@@ -509,6 +528,20 @@ export class Sequencer implements SequenceSource {
     }
     if (i > 0) ws.splice(0, i);
     if (ws.length > 0 || (this.reserve > 0n && s.next > s.refillAt)) this.want(s);
+  }
+
+  /**
+   * A write that covered requests which left while it was in flight stores more
+   * than a window past `next`: until a lower mark is written, a crash would skip
+   * their numbers. Lowered here, below nothing handed out, and written with the next flush.
+   */
+  private giveBack(s: Seq): void {
+    if (s.waiters.length > 0 || this.state !== 'serving') return;
+    const window = this.windowTarget(s);
+    if (s.mark <= window) return;
+    s.mark = window;
+    this.setTarget(s, window);
+    this.dirty.add(s);
   }
 
   forget(caller: Caller): void {
