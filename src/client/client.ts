@@ -457,8 +457,11 @@ export class SequencerClient {
     const target = this.redirectTarget;
     this.redirectTarget = null;
     const round = target === null ? ordered : [target, ...ordered.filter((a) => formatAddress(a) !== formatAddress(target))];
-    const late = round.filter((a) => this.recentlyUnreachable(a));
-    return late.length === 0 ? round : [...round.filter((a) => !this.recentlyUnreachable(a)), ...late];
+    // One look per address: two looks on a moving clock could list it twice, or not at all.
+    const early: Address[] = [];
+    const late: Address[] = [];
+    for (const a of round) (this.recentlyUnreachable(a) ? late : early).push(a);
+    return late.length === 0 ? round : [...early, ...late];
   }
 
   /**
