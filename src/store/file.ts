@@ -505,6 +505,10 @@ export class FileStore implements Store {
       }
       throw new DataDirLockedError(this.dir, await this.describeMutexHolder());
     }
+    // Anyone on the machine may connect to the name; a failed accept (EMFILE) is reported
+    // as an error on the server, which must not go unhandled and stop the process.
+    server.removeAllListeners('error');
+    server.on('error', (err) => this.say('the data directory mutex could not accept a connection', { file: this.dir, error: err.message }));
     // Only a name: it must not keep the process alive.
     server.unref();
     this.mutex = server;

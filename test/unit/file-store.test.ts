@@ -683,6 +683,19 @@ test('a LOCK that names a dead pid does not let a second server in while the fir
   assert.deepEqual(marks, new Map());
 });
 
+test('a failed accept on the machine mutex is logged, not thrown', { skip: process.platform !== 'linux' && 'the machine-wide mutex is Linux only' }, async (t) => {
+  const dir = await tempDir(t);
+  const said: string[] = [];
+  const store = await FileStore.open(dir, { log: (msg, fields) => said.push(`${msg} ${JSON.stringify(fields)}`) });
+  t.after(() => store.close());
+  // Any process on the machine may connect to the mutex's name; out of descriptors, each accept fails like this.
+  const { mutex } = store as unknown as { mutex: import('node:net').Server };
+  for (let i = 0; i < 2; i++) mutex.emit('error', Object.assign(new Error('accept EMFILE'), { code: 'EMFILE' }));
+  assert.equal(said.filter((msg) => /mutex could not accept a connection.*accept EMFILE/.test(msg)).length, 2, said.join('\n'));
+  await store.load();
+  await store.persist(m({ a: 1n }));
+});
+
 /** Holds an exclusive flock on `dir` from another process, as a server's lock helper does, until the returned function ends it. */
 async function holdFlock(t: TestContext, dir: string): Promise<() => Promise<void>> {
   const holder = spawn('flock', ['--exclusive', '--close', dir, 'sh', '-c', 'echo held && exec cat >/dev/null'], { stdio: ['pipe', 'pipe', 'inherit'] });
