@@ -48,10 +48,15 @@ export class DataDirLockedError extends DolmeangiError {
   }
 }
 
-/** The store could not make a reservation durable; the server retries by itself. */
+/**
+ * The store could not make a reservation durable; the server retries by itself.
+ * `permanent`: retrying cannot help (the store gave the data directory up); only a restart can.
+ */
 export class PersistenceError extends DolmeangiError {
-  constructor(reason: string, options?: { cause?: unknown }) {
+  readonly permanent: boolean;
+  constructor(reason: string, options?: { cause?: unknown; permanent?: boolean }) {
     super('PERSISTENCE', reason, options);
+    this.permanent = options?.permanent ?? false;
   }
 }
 

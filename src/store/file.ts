@@ -24,7 +24,8 @@
  * a snapshot past generation 1 (compaction makes sure one exists before it writes
  * a snapshot) means a file was lost or restored from elsewhere, and loading refuses.
  */
-import { type FileHandle, mkdir, open, readFile, rename, stat, unlink } from 'node:fs/promises';
+import { type FileHandle, mkdir, open, readFile, readdir, rename, stat, unlink } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
 import { hostname } from 'node:os';
@@ -65,6 +66,10 @@ export interface FileStoreOptions {
 const SNAPSHOT = 'marks.snapshot';
 const LOG = 'marks.log';
 const LOCK = 'LOCK';
+/** `marks.snapshot.tmp-<random>`: a file being written, to be renamed over its namesake. */
+const TEMP_INFIX = '.tmp-';
+/** The calls that change what is on disk, each made only while the flock is surely held. */
+const CHANGES_FILES = new Set(['write', 'rename', 'ftruncate']);
 const SNAPSHOT_MAGIC = 'DOLSEQ01';
 const LOG_MAGIC = 'DOLLOG01';
 const MAGIC_LENGTH = 8;
@@ -152,6 +157,7 @@ export class FileStore implements Store {
   async load(): Promise<Map<string, bigint>> {
     if (this.closing) throw new Error(`${this.description} is closed`);
     await this.dropLog();
+    await this.removeTempFiles();
     const snapshot = await this.readIfExists(this.snapshotPath);
     const { marks, gen } =
       snapshot === null ? { marks: new Map<string, bigint>(), gen: 0 } : parseSnapshot(snapshot, this.snapshotPath);
@@ -219,7 +225,19 @@ export class FileStore implements Store {
       this.inflight = null;
     }
     // Lost while writing: a rival may have read the directory before the write landed, so its
-    // numbers must not be served. Seen only once the exit is processed; see docs/operations.md.
+    // numbers must not be served. See docs/operations.md.
+    this.checkFlock();
+  }
+
+  /**
+   * Throws once the flock is gone. Its exit event alone comes too late for writes that follow
+   * one another without an event-loop turn (a compaction's steps, blocking commits, a write
+   * chained onto the last), so the lock process itself is looked at too: dead, it holds nothing.
+   */
+  private checkFlock(): void {
+    if (this.flockLost === null && this.flock !== null && isZombie(this.flock.pid)) {
+      this.flockLost = `its flock process (pid ${this.flock.pid}) has exited`;
+    }
     if (this.flockLost !== null) throw this.flockLostError();
   }
 
@@ -227,6 +245,7 @@ export class FileStore implements Store {
     return new PersistenceError(
       `the flock on ${this.dir} was lost (${this.flockLost}), and another server may have taken the directory since; ` +
         'this server writes nothing more to it: restart it (it refuses to start while another server holds the directory)',
+      { permanent: true },
     );
   }
 
@@ -334,7 +353,9 @@ export class FileStore implements Store {
    * new one, and returns the new file still open (writable).
    */
   private async install(path: string, data: Buffer): Promise<FileHandle> {
-    const temp = `${path}.tmp`;
+    // Named for this write alone: a server that lost the directory to another must not be able to
+    // write into, or rename away, the other's temp file.
+    const temp = `${path}${TEMP_INFIX}${randomBytes(6).toString('hex')}`;
     const handle = await this.writeSynced(temp, data);
     try {
       await this.io('rename', path, () => rename(temp, path));
@@ -394,6 +415,18 @@ export class FileStore implements Store {
         file: this.logPath,
         error: (err as Error).message,
       });
+    }
+  }
+
+  /** Temp files of compactions cut short by a crash: unused, and named so that none is ever reused. */
+  private async removeTempFiles(): Promise<void> {
+    const names = await readdir(this.dir).catch(() => [] as string[]);
+    for (const name of names) {
+      if (!isTempName(name)) continue;
+      await unlink(join(this.dir, name)).then(
+        () => this.say('removed the temp file of an interrupted compaction', { file: join(this.dir, name) }),
+        () => {},
+      );
     }
   }
 
@@ -657,6 +690,7 @@ export class FileStore implements Store {
   /** Runs one file-system call, turning its failure into a PersistenceError naming the call and the file. */
   private async io<T>(op: string, path: string, call: () => Promise<T>): Promise<T> {
     try {
+      if (CHANGES_FILES.has(op)) this.checkFlock();
       this.beforeIo?.(op, path);
       return await call();
     } catch (err) {
@@ -666,6 +700,7 @@ export class FileStore implements Store {
 
   private ioBlocking<T>(op: string, path: string, call: () => T): T {
     try {
+      if (CHANGES_FILES.has(op)) this.checkFlock();
       this.beforeIo?.(op, path);
       return call();
     } catch (err) {
@@ -713,6 +748,13 @@ function isAlive(pid: number): boolean {
   // A killed server stays a zombie until its parent collects it (a shell or a supervisor
   // that reaps late): it has exited and closed its files, so its lock is stale.
   return !isZombie(pid);
+}
+
+function isTempName(name: string): boolean {
+  return [SNAPSHOT, LOG].some(
+    // Bare `.tmp`: the single temp name of earlier builds, which each compaction overwrote.
+    (file) => name.startsWith(file + TEMP_INFIX) || name === `${file}.tmp`,
+  );
 }
 
 /** Linux only (elsewhere false): whether `pid` has exited and waits to be reaped. Exported for tests. */

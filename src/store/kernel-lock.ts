@@ -17,8 +17,11 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 
 export type KernelLock =
-  /** Ours until `release()`; `onLost` is called if the holding process dies before that. */
-  | { readonly state: 'held'; release(): Promise<void> }
+  /**
+   * Ours until `release()`; `onLost` is called if the holding process (`pid`) dies before that.
+   * That call waits for an event-loop turn, so writers that cannot wait check `pid` themselves.
+   */
+  | { readonly state: 'held'; readonly pid: number; release(): Promise<void> }
   /** Another process holds it, and kept it for the whole wait. */
   | { readonly state: 'busy' }
   /** No such lock here (no `flock` command, a file system without flock); `reason` says why. */
@@ -63,6 +66,8 @@ export function holdKernelLock(dir: string, onLost: (why: string) => void): Prom
       const exited = new Promise<void>((done) => child.once('exit', () => done()));
       settle({
         state: 'held',
+        // sh execs flock, so this is flock's pid.
+        pid: child.pid!,
         release: async () => {
           held = false;
           // Waited for: a successor started right after us should find it free.

@@ -309,6 +309,39 @@ test('storage failure: numbers below the durable mark still served, then -ERR pe
   }
 });
 
+test('a server whose flock process is killed serves its durable window, then refuses for good, and a restart goes on past it', async () => {
+  const dir = await tempDir();
+  try {
+    const server = await start([`--data-dir=${dir}`, '--reserve=10']);
+    const c = await WireClient.connect(server.port);
+    c.send('GETSEQ\r\n');
+    await c.expect(':1\r\n');
+    const children = (await readFile(`/proc/${server.pid}/task/${server.pid}/children`, 'utf8')).trim().split(/\s+/).map(Number);
+    const names = await Promise.all(children.map((pid) => readFile(`/proc/${pid}/comm`, 'utf8').catch(() => '')));
+    const helper = children.find((_, i) => names[i]!.trim() === 'flock');
+    assert.ok(helper !== undefined, `the server runs a flock process (children: ${children.join(' ')})`);
+    process.kill(helper, 'SIGKILL');
+    await server.waitForLog((l) => /lost the flock on the data directory/.test(String(l.msg)));
+    c.reset();
+    c.send('GETSEQ\r\n'.repeat(20));
+    const lines = (await c.until((t) => t.split('\r\n').length > 20, 10_000, '20 replies')).split('\r\n').slice(0, 20);
+    // The first GETSEQ made 2..10 durable: those are still ours, and nothing past them.
+    assert.deepEqual(lines.slice(0, 9), ['2', '3', '4', '5', '6', '7', '8', '9', '10'].map((n) => `:${n}`));
+    for (const line of lines.slice(9)) assert.match(line, /^-ERR persistence unavailable: the flock on .* was lost .*restart it/);
+    const stopped = await server.waitForLog((l) => /^persistence stopped/.test(String(l.msg)));
+    assert.equal(stopped.msg, 'persistence stopped: numbers beyond the durable mark are refused until the server is restarted');
+    c.close();
+    // Its graceful stop cannot write the exact next number either: the restart starts at the durable mark.
+    assert.equal(await server.stop(), 1, 'a stop that could not save its exact marks says so in its status');
+    assert.ok(server.logs.some((l) => /^could not persist exact next numbers/.test(String(l.msg))));
+    const again = await start([`--data-dir=${dir}`, '--reserve=10']);
+    assert.equal(await ask(again.port, 'GETSEQ\r\n'), ':11\r\n');
+    assert.equal(await again.stop(), 0);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
 test('SIGTERM answers the requests already read, even those waiting for fsync, then restarts with no gap', async () => {
   const dir = await tempDir();
   try {

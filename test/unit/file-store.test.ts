@@ -288,7 +288,7 @@ test('two compactions in a row that each stop between the snapshot and the log s
       compactAfterBytes: 0,
       beforeIo: (op, path) => {
         if (op === 'rename' && path === p.snapshot) snapshotInstalled = true;
-        if (snapshotInstalled && op === 'open' && path === `${p.log}.tmp`) throw errno('EIO', op);
+        if (snapshotInstalled && op === 'open' && path.startsWith(`${p.log}.tmp-`)) throw errno('EIO', op);
       },
     };
   };
@@ -408,16 +408,24 @@ test('a compaction replaces each file whole: write and fsync a temp file, rename
   probe.arm();
   await store.persist(m({ a: 2n }));
   const replace = (file: string) => [
-    `open ${join(dir, file)}.tmp`,
-    `write ${join(dir, file)}.tmp`,
-    `fsync ${join(dir, file)}.tmp`,
+    `open ${join(dir, file)}.tmp-*`,
+    `write ${join(dir, file)}.tmp-*`,
+    `fsync ${join(dir, file)}.tmp-*`,
     `rename ${join(dir, file)}`,
     `open ${dir}`,
     `fsync ${dir}`,
   ];
   // The directory is checked to be the one locked; then the snapshot first:
   // until the new log is in place, the old one is ignored as stale.
-  assert.deepEqual(probe.ops, [`stat ${dir}`, ...replace('marks.snapshot'), ...replace('marks.log'), `stat ${join(dir, 'marks.log')}`]);
+  const ops = probe.ops.map((op) => op.replace(/\.tmp-[0-9a-f]{12}$/, '.tmp-*'));
+  assert.deepEqual(ops, [`stat ${dir}`, ...replace('marks.snapshot'), ...replace('marks.log'), `stat ${join(dir, 'marks.log')}`]);
+  // Each temp file is named for its write alone, so two servers on one directory never share one.
+  const temps = probe.ops.filter((op) => op.startsWith('open ') && op.includes('.tmp-'));
+  assert.equal(new Set(temps).size, 2, temps.join('\n'));
+  probe.arm();
+  await store.persist(m({ a: 3n }));
+  const again = probe.ops.filter((op) => op.startsWith('open ') && op.includes('.tmp-'));
+  assert.ok(again.every((op) => !temps.includes(op)), 'a new name for every compaction');
 });
 
 for (const commits of COMMIT_MODES) {
@@ -754,6 +762,12 @@ test('the flock is held while the store is open and released at close; lost, no 
   // signals every process of the unit: the lock must outlive both, through the graceful stop.
   const group = async (pid: number | 'self') => (await readFile(`/proc/${pid}/stat`, 'utf8')).split(') ')[1]!.split(' ')[2];
   assert.notEqual(await group(helper), await group('self'), 'the flock process is in a process group of its own');
+  // Ignored, not merely slow to act on: flock and the cat it runs both carry the mask.
+  const ignored = async (pid: number) => BigInt(`0x${/^SigIgn:\s*([0-9a-f]+)$/m.exec(await readFile(`/proc/${pid}/status`, 'utf8'))![1]}`);
+  const hupIntTerm = (1n << 0n) | (1n << 1n) | (1n << 14n);
+  const cat = (await readFile(`/proc/${helper}/task/${helper}/children`, 'utf8')).trim().split(/\s+/).map(Number);
+  assert.equal(cat.length, 1, 'flock runs one command');
+  for (const pid of [helper, cat[0]!]) assert.equal((await ignored(pid)) & hupIntTerm, hupIntTerm, `pid ${pid} ignores SIGHUP, SIGINT and SIGTERM`);
   for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.kill(helper, signal);
   assert.equal(await probe(), 75, 'still held after SIGINT, SIGTERM and SIGHUP');
   await again.persist(m({ a: 15n }));
@@ -775,17 +789,63 @@ test('the flock is held while the store is open and released at close; lost, no 
   assert.deepEqual(await reload(dir), m({ a: 15n }));
 });
 
-test('a flock lost while a reservation is being written fails that write, though it landed', { skip: process.platform !== 'linux' && 'Linux only' }, async (t) => {
+for (const commits of COMMIT_MODES) {
+  test(`a flock lost while a reservation is being written fails that write, though it landed, and the next one at once (${commits.name})`, { skip: process.platform !== 'linux' && 'Linux only' }, async (t) => {
+    const dir = await tempDir(t);
+    let killAtWrite: number | null = null;
+    const writes: string[] = [];
+    const store = await FileStore.open(dir, {
+      ...commits.opts,
+      beforeIo: (op, path) => {
+        if (op === 'write' || op === 'rename') writes.push(`${op} ${path}`);
+        if (killAtWrite === null || op !== 'write' || path !== paths(dir).log) return;
+        process.kill(killAtWrite, 'SIGKILL');
+        // Dead before the write goes on, and no event-loop turn (a blocking commit has none) to hear of it.
+        const deadline = Date.now() + 5000;
+        while (!isZombie(killAtWrite) && Date.now() < deadline);
+        killAtWrite = null;
+      },
+    });
+    t.after(() => store.close());
+    await store.load();
+    await store.persist(m({ a: 10n }));
+    const [helper] = await childrenRunning('flock');
+    assert.ok(helper !== undefined, 'a flock process holds it');
+    killAtWrite = helper;
+    writes.length = 0;
+    // A server that started while this write was under way may have read 10: 20's numbers are not ours to serve.
+    const lost = (err: unknown) => {
+      assert.ok(err instanceof PersistenceError, String(err));
+      assert.match(err.message, /the flock on .* was lost .*this server writes nothing more to it/);
+      return true;
+    };
+    // Chained with no turn of the event loop between them, as the sequencer's next flush can be.
+    const first = store.persist(m({ a: 20n }));
+    const second = first.catch(() => store.persist(m({ a: 12n })));
+    await assert.rejects(first, lost);
+    await assert.rejects(second, lost);
+    assert.equal(killAtWrite, null, 'the lock process was killed during the write');
+    assert.deepEqual(writes, [`write ${paths(dir).log}`], 'the write under way when the lock died, and none after it');
+  });
+}
+
+test('a compaction stops at its next step once the flock is lost, leaving the old state and no temp file', { skip: process.platform !== 'linux' && 'Linux only' }, async (t) => {
   const dir = await tempDir(t);
-  let killAtWrite: number | null = null;
+  let killAt: number | null = null;
+  const after: string[] = [];
   const store = await FileStore.open(dir, {
+    compactAfterBytes: 0,
     beforeIo: (op, path) => {
-      if (killAtWrite === null || op !== 'write' || path !== paths(dir).log) return;
-      process.kill(killAtWrite, 'SIGKILL');
-      // Dead before the write goes on: its exit is then seen before the write's sync returns.
+      if (killAt === null) {
+        after.push(`${op} ${path}`);
+        return;
+      }
+      if (op !== 'fsync' || !path.startsWith(`${paths(dir).snapshot}.tmp-`)) return;
+      // The snapshot's temp file is written; a rival may take the directory from here on.
+      process.kill(killAt, 'SIGKILL');
       const deadline = Date.now() + 5000;
-      while (!isZombie(killAtWrite) && Date.now() < deadline);
-      killAtWrite = null;
+      while (!isZombie(killAt) && Date.now() < deadline);
+      killAt = null;
     },
   });
   t.after(() => store.close());
@@ -793,14 +853,32 @@ test('a flock lost while a reservation is being written fails that write, though
   await store.persist(m({ a: 10n }));
   const [helper] = await childrenRunning('flock');
   assert.ok(helper !== undefined, 'a flock process holds it');
-  killAtWrite = helper;
-  // A server that started while this write was under way may have read 10: 20's numbers are not ours to serve.
-  await assert.rejects(store.persist(m({ a: 20n })), (err: unknown) => {
-    assert.ok(err instanceof PersistenceError, String(err));
-    assert.match(err.message, /the flock on .* was lost .*this server writes nothing more to it/);
-    return true;
-  });
-  assert.equal(killAtWrite, null, 'the lock process was killed during the write');
+  killAt = helper;
+  after.length = 0;
+  await assert.rejects(store.persist(m({ a: 20n })), /the flock on .* was lost/);
+  assert.equal(killAt, null, 'the lock process was killed during the compaction');
+  // Renamed over the files, the temp snapshot would replace whatever a rival has written since.
+  assert.deepEqual(after.filter((op) => /^(write|rename|ftruncate) /.test(op)), []);
+  assert.deepEqual((await readdir(dir)).filter((name) => name.includes('.tmp')), []);
+  await store.close();
+  assert.deepEqual(await reload(dir), m({ a: 10n }));
+});
+
+test('temp files left by a compaction cut short are removed at start, and nothing else', async (t) => {
+  const dir = await tempDir(t);
+  {
+    const { store } = await openLoaded(t, dir, { compactAfterBytes: 0 });
+    await store.persist(m({ a: 7n }));
+    await store.close();
+  }
+  const left = ['marks.snapshot.tmp-0123456789ab', 'marks.log.tmp-ba9876543210', 'marks.snapshot.tmp', 'marks.log.tmp'];
+  const kept = ['marks.snapshot.bak', 'notes.tmp', 'marks.snapshotXtmp-1'];
+  for (const name of [...left, ...kept]) await writeFile(join(dir, name), 'partial');
+  const said: string[] = [];
+  const { marks } = await openLoaded(t, dir, { log: (msg, fields) => said.push(`${msg} ${JSON.stringify(fields)}`) });
+  assert.deepEqual(marks, m({ a: 7n }));
+  assert.deepEqual((await readdir(dir)).sort(), ['LOCK', 'marks.log', 'marks.snapshot', ...kept].sort());
+  assert.equal(said.filter((msg) => /removed the temp file of an interrupted compaction/.test(msg)).length, left.length, said.join('\n'));
 });
 
 test('without a flock command the store still opens, and says what is not covered', async (t) => {
