@@ -68,6 +68,7 @@ const LOG = 'marks.log';
 const LOCK = 'LOCK';
 /** `marks.snapshot.tmp-<random>`: a file being written, to be renamed over its namesake. */
 const TEMP_INFIX = '.tmp-';
+const MUTEX_LOG_MS = 10_000;
 /** The calls that change what is on disk, each made only while the flock is surely held. */
 const CHANGES_FILES = new Set(['write', 'rename', 'ftruncate']);
 const SNAPSHOT_MAGIC = 'DOLSEQ01';
@@ -541,7 +542,17 @@ export class FileStore implements Store {
     // Anyone on the machine may connect to the name; a failed accept (EMFILE) is reported
     // as an error on the server, which must not go unhandled and stop the process.
     server.removeAllListeners('error');
-    server.on('error', (err) => this.say('the data directory mutex could not accept a connection', { file: this.dir, error: err.message }));
+    // Logged at most once per MUTEX_LOG_MS, with a count: such failures come in floods.
+    let unlogged = 0;
+    let loggedAt = -Infinity;
+    server.on('error', (err) => {
+      unlogged++;
+      const now = performance.now();
+      if (now - loggedAt < MUTEX_LOG_MS) return;
+      loggedAt = now;
+      this.say('the data directory mutex could not accept a connection', { file: this.dir, error: err.message, count: unlogged });
+      unlogged = 0;
+    });
     // Only a name: it must not keep the process alive.
     server.unref();
     this.mutex = server;

@@ -698,8 +698,9 @@ test('a failed accept on the machine mutex is logged, not thrown', { skip: proce
   t.after(() => store.close());
   // Any process on the machine may connect to the mutex's name; out of descriptors, each accept fails like this.
   const { mutex } = store as unknown as { mutex: import('node:net').Server };
-  for (let i = 0; i < 2; i++) mutex.emit('error', Object.assign(new Error('accept EMFILE'), { code: 'EMFILE' }));
-  assert.equal(said.filter((msg) => /mutex could not accept a connection.*accept EMFILE/.test(msg)).length, 2, said.join('\n'));
+  for (let i = 0; i < 50; i++) mutex.emit('error', Object.assign(new Error('accept EMFILE'), { code: 'EMFILE' }));
+  // A flood of them is one line, not fifty.
+  assert.equal(said.filter((msg) => /mutex could not accept a connection.*accept EMFILE/.test(msg)).length, 1, said.join('\n'));
   await store.load();
   await store.persist(m({ a: 1n }));
 });
