@@ -69,7 +69,7 @@ const LOCK = 'LOCK';
 /** `marks.snapshot.tmp-<random>`: a file being written, to be renamed over its namesake. */
 const TEMP_INFIX = '.tmp-';
 const MUTEX_LOG_MS = 10_000;
-/** The calls that change what is on disk, each made only while the flock is surely held. */
+/** The calls that change what is on disk, each made only after a look at the flock's process (checkFlock). */
 const CHANGES_FILES = new Set(['write', 'rename', 'ftruncate']);
 const SNAPSHOT_MAGIC = 'DOLSEQ01';
 const LOG_MAGIC = 'DOLLOG01';
@@ -127,6 +127,8 @@ export class FileStore implements Store {
   private dirId: FileId | null = null;
   /** Held while the directory is ours (Linux): see holdMachineMutex. */
   private mutex: net.Server | null = null;
+  /** Logs the failed accepts on the mutex not yet logged. */
+  private endMutexLog: () => void = () => {};
   /** Held while the directory is ours, where flock works: see holdDirFlock. */
   private flock: Extract<KernelLock, { state: 'held' }> | null = null;
   /** Why the flock was lost, once its process died: from then on no write is made (see persist). */
@@ -157,6 +159,8 @@ export class FileStore implements Store {
 
   async load(): Promise<Map<string, bigint>> {
     if (this.closing) throw new Error(`${this.description} is closed`);
+    // Before anything is removed or cut off below.
+    this.checkFlock();
     await this.dropLog();
     await this.removeTempFiles();
     const snapshot = await this.readIfExists(this.snapshotPath);
@@ -217,7 +221,7 @@ export class FileStore implements Store {
     // For good: while the lock was lost a rival may have started at our durable mark and served
     // past it. Taking the lock back and writing would lower that mark under its numbers, and a
     // graceful stop's exact marks would too, so only a restart, which reads the directory afresh, writes again.
-    if (this.flockLost !== null) throw this.flockLostError();
+    this.checkFlock();
     const write = this.write(marks);
     this.inflight = write;
     try {
@@ -236,10 +240,17 @@ export class FileStore implements Store {
    * chained onto the last), so the lock process itself is looked at too: dead, it holds nothing.
    */
   private checkFlock(): void {
-    if (this.flockLost === null && this.flock !== null && isZombie(this.flock.pid)) {
-      this.flockLost = `its flock process (pid ${this.flock.pid}) has exited`;
-    }
+    const lock = this.flock;
+    if (lock !== null && !lock.stillHeld()) this.flockGone(`its flock process (pid ${lock.pid}) has exited`);
     if (this.flockLost !== null) throw this.flockLostError();
+  }
+
+  /** Seen first by checkFlock() or by the exit event, whichever comes first; the first reason stays. */
+  private flockGone(why: string): void {
+    if (this.flockLost !== null) return;
+    this.flock = null;
+    this.flockLost = why;
+    this.say('lost the flock on the data directory: no reservation is written until the server is restarted', { file: this.dir, reason: why });
   }
 
   private flockLostError(): PersistenceError {
@@ -542,17 +553,30 @@ export class FileStore implements Store {
     // Anyone on the machine may connect to the name; a failed accept (EMFILE) is reported
     // as an error on the server, which must not go unhandled and stop the process.
     server.removeAllListeners('error');
-    // Logged at most once per MUTEX_LOG_MS, with a count: such failures come in floods.
+    // A flood of them is one line per MUTEX_LOG_MS, with a count: the first at once, the rest when the time is up.
     let unlogged = 0;
-    let loggedAt = -Infinity;
+    let lastError = '';
+    let timer: NodeJS.Timeout | null = null;
+    const report = (): void => {
+      if (unlogged === 0) return;
+      this.say('the data directory mutex could not accept a connection', { file: this.dir, error: lastError, count: unlogged });
+      unlogged = 0;
+      timer = setTimeout(() => {
+        timer = null;
+        report();
+      }, MUTEX_LOG_MS).unref();
+    };
     server.on('error', (err) => {
       unlogged++;
-      const now = performance.now();
-      if (now - loggedAt < MUTEX_LOG_MS) return;
-      loggedAt = now;
-      this.say('the data directory mutex could not accept a connection', { file: this.dir, error: err.message, count: unlogged });
-      unlogged = 0;
+      lastError = err.message;
+      if (timer === null) report();
     });
+    this.endMutexLog = () => {
+      if (timer !== null) clearTimeout(timer);
+      timer = null;
+      if (unlogged > 0) this.say('the data directory mutex could not accept a connection', { file: this.dir, error: lastError, count: unlogged });
+      unlogged = 0;
+    };
     // Only a name: it must not keep the process alive.
     server.unref();
     this.mutex = server;
@@ -588,11 +612,7 @@ export class FileStore implements Store {
   }
 
   private async takeDirFlock(): Promise<KernelLock> {
-    const lock = await holdKernelLock(this.dir, (why) => {
-      this.flock = null;
-      this.flockLost = why;
-      this.say('lost the flock on the data directory: no reservation is written until the server is restarted', { file: this.dir, reason: why });
-    });
+    const lock = await holdKernelLock(this.dir, (why) => this.flockGone(why));
     if (lock.state === 'held') this.flock = lock;
     return lock;
   }
@@ -604,6 +624,7 @@ export class FileStore implements Store {
   }
 
   private releaseMachineMutex(): void {
+    this.endMutexLog();
     this.mutex?.close();
     this.mutex = null;
   }
@@ -686,6 +707,9 @@ export class FileStore implements Store {
   private async unlockFile(text: string): Promise<void> {
     this.lockText = null;
     lockedHere.delete(this.dir);
+    // A rival may be replacing LOCK with its own right now, and would lose it to our unlink. Left
+    // behind, ours names a dead pid, which the next start takes over.
+    if (this.flockLost !== null) return;
     try {
       // Only our own: if the directory was replaced, LOCK may now be another server's.
       const seen = await readFile(this.lockPath, 'utf8');

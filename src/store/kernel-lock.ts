@@ -15,13 +15,14 @@
  * it out of `cat`'s hands, so only `flock` ever holds it).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
 
 export type KernelLock =
   /**
    * Ours until `release()`; `onLost` is called if the holding process (`pid`) dies before that.
-   * That call waits for an event-loop turn, so writers that cannot wait check `pid` themselves.
+   * That call waits for an event-loop turn; `stillHeld()` looks at the process at once.
    */
-  | { readonly state: 'held'; readonly pid: number; release(): Promise<void> }
+  | { readonly state: 'held'; readonly pid: number; stillHeld(): boolean; release(): Promise<void> }
   /** Another process holds it, and kept it for the whole wait. */
   | { readonly state: 'busy' }
   /** No such lock here (no `flock` command, a file system without flock); `reason` says why. */
@@ -64,10 +65,14 @@ export function holdKernelLock(dir: string, onLost: (why: string) => void): Prom
       child.unref();
       for (const stream of [child.stdin, child.stdout, child.stderr]) (stream as unknown as { unref?: () => void }).unref?.();
       const exited = new Promise<void>((done) => child.once('exit', () => done()));
+      // sh execs flock, so this is flock's pid.
+      const pid = child.pid!;
+      const watch = ProcessWatch.open(pid);
+      child.once('exit', () => watch?.close());
       settle({
         state: 'held',
-        // sh execs flock, so this is flock's pid.
-        pid: child.pid!,
+        pid,
+        stillHeld: () => held && (watch === null || watch.running()),
         release: async () => {
           held = false;
           // Waited for: a successor started right after us should find it free.
@@ -96,4 +101,59 @@ export function holdKernelLock(dir: string, onLost: (why: string) => void): Prom
       else settle({ state: 'unavailable', reason: stderr.trim().split('\n')[0] || `flock exited (${signal ?? `status ${code}`})` });
     });
   });
+}
+
+/** Linux's PF_EXITING: set as a process starts to exit, before it lets go of its files and locks. */
+const PF_EXITING = 0x4;
+
+/**
+ * Reads a child's `/proc/<pid>/stat` through a descriptor opened while it runs: once the
+ * process is reaped the read fails (ESRCH) rather than reading whatever process gets the pid next.
+ */
+class ProcessWatch {
+  private readonly buf = Buffer.alloc(1024);
+  private constructor(private fd: number | null) {}
+
+  /** Null where this cannot be done (no /proc, or one that shows another PID namespace). */
+  static open(pid: number): ProcessWatch | null {
+    let fd: number;
+    try {
+      fd = fs.openSync(`/proc/${pid}/stat`, 'r');
+    } catch {
+      return null;
+    }
+    const watch = new ProcessWatch(fd);
+    if (watch.fields()?.ppid !== process.pid) {
+      watch.close();
+      return null;
+    }
+    return watch;
+  }
+
+  /** False once the process is exiting, a zombie, or reaped. */
+  running(): boolean {
+    const f = this.fields();
+    if (f === null) return false;
+    return f.state !== 'Z' && f.state !== 'X' && (f.flags & PF_EXITING) === 0;
+  }
+
+  close(): void {
+    if (this.fd === null) return;
+    fs.closeSync(this.fd);
+    this.fd = null;
+  }
+
+  private fields(): { state: string; ppid: number; flags: number } | null {
+    if (this.fd === null) return null;
+    let n: number;
+    try {
+      n = fs.readSync(this.fd, this.buf, 0, this.buf.length, 0);
+    } catch {
+      return null;
+    }
+    const text = this.buf.toString('latin1', 0, n);
+    // "pid (comm) state ppid pgrp session tty_nr tpgid flags ...": comm may hold ') ', so from the last one.
+    const rest = text.slice(text.lastIndexOf(')') + 2).split(' ');
+    return { state: rest[0] ?? '', ppid: Number(rest[1]), flags: Number(rest[6]) };
+  }
 }
