@@ -20,6 +20,9 @@ afterEach(async () => {
   await Promise.all(running.splice(0).map((s) => s.kill()));
 });
 
+/** Takes a data directory over in namespaces of its own; see the file. */
+const TAKE_OVER = fileURLToPath(new URL('../helpers/take-over.mjs', import.meta.url));
+
 async function start(args: string[]): Promise<ServerProcess> {
   const s = await startServerProcess(args);
   running.push(s);
@@ -203,6 +206,83 @@ test('a second server in its own network and PID namespaces (a container sharing
     assert.equal(r.code, 1, r.stderr);
     assert.match(r.stderr, new RegExp(`data directory ${dir} is in use by another server \\(a process holds a flock on it`));
     assert.equal(await a.stop(), 0);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('after its flock is lost, a server hands out nothing that a second server taking the directory (another container) also does', async () => {
+  const dir = await tempDir();
+  const history = new History();
+  try {
+    const a = await start([`--data-dir=${dir}`, '--reserve=100']);
+    const children = (await readFile(`/proc/${a.pid}/task/${a.pid}/children`, 'utf8')).trim().split(/\s+/).map(Number);
+    const names = await Promise.all(children.map((pid) => readFile(`/proc/${pid}/comm`, 'utf8').catch(() => '')));
+    const helper = children.find((_, i) => names[i]!.trim() === 'flock');
+    assert.ok(helper !== undefined, 'the server runs a flock process');
+    // Lost under load: A's window is in use and being renewed.
+    let killed = false;
+    const load = runLoad(history, {
+      port: a.port,
+      connections: 2,
+      depth: 4,
+      maxRequests: 3000,
+      deadline: Date.now() + 10_000,
+      label: 'a',
+      onAck: (acked) => {
+        if (!killed && acked >= 300) {
+          killed = true;
+          process.kill(helper, 'SIGKILL');
+        }
+      },
+    });
+    await load.done;
+    assert.ok(killed, 'the flock process was killed under load');
+    await a.waitForLog((l) => /lost the flock on the data directory/.test(String(l.msg)));
+    // A keeps being asked while B, in network and PID namespaces of its own, takes the directory and serves.
+    let probing = true;
+    const probes = (async () => {
+      for (let i = 0; probing && i < 20_000; i++) {
+        const op = history.begin('a/probe');
+        const reply = await ask(a.port, 'GETSEQ\r\n');
+        if (reply.startsWith(':')) history.ok(op, BigInt(reply.slice(1, -2)));
+        else if (reply.startsWith('-')) history.refused(op, reply);
+        else history.lost(op);
+        await new Promise((r) => setTimeout(r, 2));
+      }
+    })();
+    let b;
+    try {
+      b = await runProgram('unshare', [
+        '--user', '--map-root-user', '--net', '--pid', '--fork', '--kill-child',
+        'sh', '-c', 'ip link set lo up || exit 97; exec "$0" "$@"',
+        process.execPath, TAKE_OVER, CLI, dir, '1000', '--reserve=100',
+      ], { timeoutMs: 30_000 });
+    } finally {
+      probing = false;
+      await probes;
+    }
+    if (/^unshare: /m.test(b.stderr) || b.code === 97) {
+      assert.fail(`this test needs unshare (util-linux) with user namespaces, and ip (iproute2): ${b.stderr.trim()}`);
+    }
+    assert.equal(b.code, 0, b.stderr);
+    const lines = b.stdout.trim().split('\n');
+    assert.equal(lines.at(-1), 'exit 0', 'B stopped cleanly, its exact next number stored');
+    const bNumbers = lines.filter((l) => l.startsWith('number ')).map((l) => BigInt(l.slice(7)));
+    assert.equal(bNumbers.length, 1000, b.stdout);
+    const aNumbers = history.acknowledged.map((o) => o.first!);
+    const probed = history.ops.filter((o) => o.client === 'a/probe');
+    assert.ok(probed.length >= 10, `A was asked ${probed.length} times while B ran`);
+    // B starts at the mark A made durable; A, having lost the lock, serves only below it.
+    const aMax = aNumbers.reduce((x, y) => (x > y ? x : y), 0n);
+    assert.ok(aMax < bNumbers[0]!, `A handed out ${aMax}, B started at ${bNumbers[0]}`);
+    for (const o of probed) if (o.error !== null) assert.match(o.error, /^-ERR persistence unavailable: the flock on .* was lost/);
+    assert.deepEqual(assertHistory(history).duplicates, []);
+    // A's stop must not write its exact next numbers, which lie below B's.
+    assert.equal(await a.stop(), 1);
+    const c = await start([`--data-dir=${dir}`]);
+    assert.equal(await ask(c.port, 'GETSEQ\r\n'), `:${bNumbers.at(-1)! + 1n}\r\n`);
+    assert.equal(await c.stop(), 0);
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
