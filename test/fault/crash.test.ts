@@ -29,6 +29,15 @@ async function start(args: string[]): Promise<ServerProcess> {
   return s;
 }
 
+/** The pid of the `flock` process that holds a server's data directory lock. */
+async function flockProcessOf(server: number): Promise<number> {
+  const children = (await readFile(`/proc/${server}/task/${server}/children`, 'utf8')).trim().split(/\s+/).map(Number);
+  const names = await Promise.all(children.map((pid) => readFile(`/proc/${pid}/comm`, 'utf8').catch(() => '')));
+  const helper = children.find((_, i) => names[i]!.trim() === 'flock');
+  assert.ok(helper !== undefined, `server ${server} runs a flock process (children: ${children.join(' ')})`);
+  return helper;
+}
+
 async function tempDir(): Promise<string> {
   return mkdtemp(path.join(tmpdir(), 'dolmeangi-crash-'));
 }
@@ -216,10 +225,7 @@ test('after its flock is lost, a server hands out nothing that a second server t
   const history = new History();
   try {
     const a = await start([`--data-dir=${dir}`, '--reserve=100']);
-    const children = (await readFile(`/proc/${a.pid}/task/${a.pid}/children`, 'utf8')).trim().split(/\s+/).map(Number);
-    const names = await Promise.all(children.map((pid) => readFile(`/proc/${pid}/comm`, 'utf8').catch(() => '')));
-    const helper = children.find((_, i) => names[i]!.trim() === 'flock');
-    assert.ok(helper !== undefined, 'the server runs a flock process');
+    const helper = await flockProcessOf(a.pid);
     // Lost under load: A's window is in use and being renewed.
     let killed = false;
     const load = runLoad(history, {
@@ -396,10 +402,7 @@ test('a server whose flock process is killed serves its durable window, then ref
     const c = await WireClient.connect(server.port);
     c.send('GETSEQ\r\n');
     await c.expect(':1\r\n');
-    const children = (await readFile(`/proc/${server.pid}/task/${server.pid}/children`, 'utf8')).trim().split(/\s+/).map(Number);
-    const names = await Promise.all(children.map((pid) => readFile(`/proc/${pid}/comm`, 'utf8').catch(() => '')));
-    const helper = children.find((_, i) => names[i]!.trim() === 'flock');
-    assert.ok(helper !== undefined, `the server runs a flock process (children: ${children.join(' ')})`);
+    const helper = await flockProcessOf(server.pid);
     process.kill(helper, 'SIGKILL');
     await server.waitForLog((l) => /lost the flock on the data directory/.test(String(l.msg)));
     c.reset();
