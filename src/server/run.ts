@@ -381,15 +381,20 @@ async function openBackend(config: Config, log: Logger, metrics: Metrics | null)
   if (raised.length > 0) {
     log.warn({ sequences: raised.slice(0, 20), count: raised.length, initial: String(config.initial) }, '--initial is above the persisted mark: starting from --initial');
   }
+  // A store that can never write again fails from that moment, not from the next reservation it is asked for.
+  const failure = (): string | null => {
+    const lost = store.lostReason();
+    return seq.persistenceFailure ?? (lost === null ? null : `persistence unavailable: ${lost}`);
+  };
   return {
     source: seq,
     mode: 'durable',
     store: store.description,
     commitThread: store.blockingCommits ? 'main' : 'workers',
     role: () => 'standalone',
-    persistenceFailure: () => seq.persistenceFailure,
+    persistenceFailure: () => failure(),
     readiness: () => {
-      const e = seq.persistenceFailure;
+      const e = failure();
       return e === null ? { ready: true, reason: 'serving' } : { ready: false, reason: e };
     },
     extraInfo: () => [],

@@ -253,6 +253,16 @@ export class FileStore implements Store {
     this.say('lost the flock on the data directory: no reservation is written until the server is restarted', { file: this.dir, reason: why });
   }
 
+  /**
+   * Why no write can succeed until a restart, or null. Known before any write fails, so
+   * readiness and INFO can say so while numbers below the durable mark are still served.
+   */
+  lostReason(): string | null {
+    const lock = this.flock;
+    if (lock !== null && !lock.stillHeld()) this.flockGone(`its flock process (pid ${lock.pid}) has exited`);
+    return this.flockLost === null ? null : this.flockLostError().message;
+  }
+
   private flockLostError(): PersistenceError {
     return new PersistenceError(
       `the flock on ${this.dir} was lost (${this.flockLost}), and another server may have taken the directory since; ` +

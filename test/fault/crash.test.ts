@@ -405,6 +405,8 @@ test('a server whose flock process is killed serves its durable window, then ref
     const helper = await flockProcessOf(server.pid);
     process.kill(helper, 'SIGKILL');
     await server.waitForLog((l) => /lost the flock on the data directory/.test(String(l.msg)));
+    // Failing from now on, for readiness checks and INFO, though no write has failed yet.
+    assert.match(await ask(server.port, 'INFO\r\n'), /\r\npersistence:failing\r\npersistence_error:persistence unavailable: the flock on [^\r]+ was lost [^\r]+\r\n/);
     c.reset();
     c.send('GETSEQ\r\n'.repeat(20));
     const lines = (await c.until((t) => t.split('\r\n').length > 20, 10_000, '20 replies')).split('\r\n').slice(0, 20);
