@@ -8,6 +8,7 @@ import path from 'node:path';
 import tls from 'node:tls';
 import type { Config } from '../config.js';
 import { ConfigError, PersistenceError } from '../errors.js';
+import { repeatReporter } from '../repeat-reporter.js';
 import { formatAddress } from '../protocol/address.js';
 import { MAX_WORD_BYTES } from '../core/limits.js';
 import { Sequencer, type SequenceSource, type SequencerEvents } from '../core/sequencer.js';
@@ -85,8 +86,8 @@ export async function startServer(config: Config, opts: StartOptions = {}): Prom
           persistenceUp: () => backend.persistenceFailure() === null,
           ...(config.etcd.length > 0 ? { group: { prefix: config.etcdPrefix, leading: () => backend.role() === 'leader' } } : {}),
         });
-  const authFailures = repeatReporter(log, 'AUTH with a wrong password', metrics === null ? undefined : () => metrics.authFailed());
-  const acceptErrors = repeatReporter(log, 'failed to accept a client connection (it was dropped; others are served)');
+  const authFailures = repeatReporter((fields) => log.warn(fields, 'AUTH with a wrong password'), metrics === null ? undefined : () => metrics.authFailed());
+  const acceptErrors = repeatReporter((fields) => log.warn(fields, 'failed to accept a client connection (it was dropped; others are served)'));
   const persistence = (): { state: 'ok' | 'failing' | 'none'; error: string | null } => {
     if (backend.mode === 'in-memory') return { state: 'none', error: null };
     const error = backend.persistenceFailure();
@@ -301,42 +302,6 @@ function sequencerEvents(log: Logger, metrics: Metrics | null): SequencerEvents 
       log.warn({ downForMs: Math.round(downForMs), failures }, 'persistence recovered');
       failures = 0;
       loggedReason = '';
-    },
-  };
-}
-
-const REPEAT_LOG_MS = 10_000;
-
-/**
- * Logs an event that clients can cause at will (a wrong password, a failed
- * accept in a flood) at most once per REPEAT_LOG_MS, with how many there were
- * since the last line and the latest detail: they must not be able to flood the log.
- */
-function repeatReporter(log: Logger, message: string, counted?: () => void): { failed(detail?: string): void; stop(): void } {
-  let unlogged = 0;
-  let lastDetail: string | undefined;
-  let timer: NodeJS.Timeout | null = null;
-  const report = () => {
-    if (unlogged > 0) log.warn({ count: unlogged, ...(lastDetail === undefined ? {} : { error: lastDetail }) }, message);
-    unlogged = 0;
-  };
-  const tick = () => {
-    timer = null;
-    if (unlogged === 0) return;
-    report();
-    timer = setTimeout(tick, REPEAT_LOG_MS).unref();
-  };
-  return {
-    failed(detail) {
-      counted?.();
-      lastDetail = detail;
-      unlogged++;
-      if (timer === null) tick();
-    },
-    stop() {
-      if (timer !== null) clearTimeout(timer);
-      timer = null;
-      report();
     },
   };
 }

@@ -36,6 +36,7 @@ import type { Marks, Store } from '../core/ports.js';
 import { END, parseUnsigned } from '../core/limits.js';
 import { DataDirLockedError, PersistenceError, StateCorruptError } from '../errors.js';
 import { type KernelLock, holdKernelLock } from './kernel-lock.js';
+import { type RepeatReporter, repeatReporter } from '../repeat-reporter.js';
 
 export interface FileStoreOptions {
   log?: (msg: string, fields?: object) => void;
@@ -68,7 +69,6 @@ const LOG = 'marks.log';
 const LOCK = 'LOCK';
 /** `marks.snapshot.tmp-<random>`: a file being written, to be renamed over its namesake. */
 const TEMP_INFIX = '.tmp-';
-const MUTEX_LOG_MS = 10_000;
 /** The calls that change what is on disk, each made only after a look at the flock's process (checkFlock). */
 const CHANGES_FILES = new Set(['write', 'rename', 'ftruncate']);
 const SNAPSHOT_MAGIC = 'DOLSEQ01';
@@ -127,8 +127,8 @@ export class FileStore implements Store {
   private dirId: FileId | null = null;
   /** Held while the directory is ours (Linux): see holdMachineMutex. */
   private mutex: net.Server | null = null;
-  /** Logs the failed accepts on the mutex not yet logged. */
-  private endMutexLog: () => void = () => {};
+  /** Failed accepts on the mutex, logged a few at a time. */
+  private failedAccepts: RepeatReporter | null = null;
   /** Held while the directory is ours, where flock works: see holdDirFlock. */
   private flock: Extract<KernelLock, { state: 'held' }> | null = null;
   /** Why the flock was lost, once its process died: from then on no write is made (see persist). */
@@ -563,30 +563,9 @@ export class FileStore implements Store {
     // Anyone on the machine may connect to the name; a failed accept (EMFILE) is reported
     // as an error on the server, which must not go unhandled and stop the process.
     server.removeAllListeners('error');
-    // A flood of them is one line per MUTEX_LOG_MS, with a count: the first at once, the rest when the time is up.
-    let unlogged = 0;
-    let lastError = '';
-    let timer: NodeJS.Timeout | null = null;
-    const report = (): void => {
-      if (unlogged === 0) return;
-      this.say('the data directory mutex could not accept a connection', { file: this.dir, error: lastError, count: unlogged });
-      unlogged = 0;
-      timer = setTimeout(() => {
-        timer = null;
-        report();
-      }, MUTEX_LOG_MS).unref();
-    };
-    server.on('error', (err) => {
-      unlogged++;
-      lastError = err.message;
-      if (timer === null) report();
-    });
-    this.endMutexLog = () => {
-      if (timer !== null) clearTimeout(timer);
-      timer = null;
-      if (unlogged > 0) this.say('the data directory mutex could not accept a connection', { file: this.dir, error: lastError, count: unlogged });
-      unlogged = 0;
-    };
+    const failedAccepts = repeatReporter((fields) => this.say('the data directory mutex could not accept a connection', { file: this.dir, ...fields }));
+    server.on('error', (err) => failedAccepts.failed(err.message));
+    this.failedAccepts = failedAccepts;
     // Only a name: it must not keep the process alive.
     server.unref();
     this.mutex = server;
@@ -634,7 +613,8 @@ export class FileStore implements Store {
   }
 
   private releaseMachineMutex(): void {
-    this.endMutexLog();
+    this.failedAccepts?.stop();
+    this.failedAccepts = null;
     this.mutex?.close();
     this.mutex = null;
   }
