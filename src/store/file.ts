@@ -36,6 +36,7 @@ import type { Marks, Store } from '../core/ports.js';
 import { END, parseUnsigned } from '../core/limits.js';
 import { DataDirLockedError, PersistenceError, StateCorruptError } from '../errors.js';
 import { type KernelLock, holdKernelLock } from './kernel-lock.js';
+import { parseProcStat } from './proc-stat.js';
 import { type RepeatReporter, repeatReporter } from '../repeat-reporter.js';
 
 export interface FileStoreOptions {
@@ -221,7 +222,8 @@ export class FileStore implements Store {
     // For good: while the lock was lost a rival may have started at our durable mark and served
     // past it. Taking the lock back and writing would lower that mark under its numbers, and a
     // graceful stop's exact marks would too, so only a restart, which reads the directory afresh, writes again.
-    this.checkFlock();
+    // A loss not heard of yet is caught by the write's own calls (io), which look at the lock process.
+    if (this.flockLost !== null) throw this.flockLostError();
     const write = this.write(marks);
     this.inflight = write;
     try {
@@ -240,9 +242,7 @@ export class FileStore implements Store {
    * chained onto the last), so the lock process itself is looked at too: dead, it holds nothing.
    */
   private checkFlock(): void {
-    const lock = this.flock;
-    if (lock !== null && !lock.stillHeld()) this.flockGone(`its flock process (pid ${lock.pid}) has exited`);
-    if (this.flockLost !== null) throw this.flockLostError();
+    if (this.lostReason() !== null) throw this.flockLostError();
   }
 
   /** Seen first by checkFlock() or by the exit event, whichever comes first; the first reason stays. */
@@ -785,9 +785,7 @@ function isTempName(name: string): boolean {
 /** Linux only (elsewhere false): whether `pid` has exited and waits to be reaped. Exported for tests. */
 export function isZombie(pid: number, procRoot = '/proc'): boolean {
   try {
-    const stat = fs.readFileSync(`${procRoot}/${pid}/stat`, 'utf8');
-    // "pid (comm) S ...": the name may hold spaces and parentheses, the state follows the last ')'.
-    const state = stat.charAt(stat.lastIndexOf(')') + 2);
+    const { state } = parseProcStat(fs.readFileSync(`${procRoot}/${pid}/stat`, 'utf8'));
     if (state !== 'Z' && state !== 'X') return false;
     // The main thread shows Z once it alone has exited, while other threads (one stuck
     // in a write, say) still run: only a process down to that one thread is gone.

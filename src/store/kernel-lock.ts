@@ -16,6 +16,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
+import { type ProcStat, parseProcStat } from './proc-stat.js';
 
 export type KernelLock =
   /**
@@ -143,7 +144,7 @@ class ProcessWatch {
     this.fd = null;
   }
 
-  private fields(): { state: string; ppid: number; flags: number } | null {
+  private fields(): ProcStat | null {
     if (this.fd === null) return null;
     let n: number;
     try {
@@ -151,9 +152,6 @@ class ProcessWatch {
     } catch {
       return null;
     }
-    const text = this.buf.toString('latin1', 0, n);
-    // "pid (comm) state ppid pgrp session tty_nr tpgid flags ...": comm may hold ') ', so from the last one.
-    const rest = text.slice(text.lastIndexOf(')') + 2).split(' ');
-    return { state: rest[0] ?? '', ppid: Number(rest[1]), flags: Number(rest[6]) };
+    return parseProcStat(this.buf.toString('latin1', 0, n));
   }
 }
