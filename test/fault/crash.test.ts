@@ -13,6 +13,7 @@ import { History, assertHistory } from '../helpers/history.js';
 import { runLoad } from '../helpers/load.js';
 import { WireClient, ask, resp } from '../helpers/wire.js';
 import { waitFor } from '../helpers/wait.js';
+import { flockProcessOf } from '../helpers/children.js';
 
 /** Servers of the running test: killed after it, so a failed assertion cannot leave one behind. */
 const running: ServerProcess[] = [];
@@ -21,21 +22,12 @@ afterEach(async () => {
 });
 
 /** Takes a data directory over in namespaces of its own; see the file. */
-const TAKE_OVER = fileURLToPath(new URL('../helpers/take-over.mjs', import.meta.url));
+const TAKE_OVER = fileURLToPath(new URL('../helpers/take-over.ts', import.meta.url));
 
 async function start(args: string[]): Promise<ServerProcess> {
   const s = await startServerProcess(args);
   running.push(s);
   return s;
-}
-
-/** The pid of the `flock` process that holds a server's data directory lock. */
-async function flockProcessOf(server: number): Promise<number> {
-  const children = (await readFile(`/proc/${server}/task/${server}/children`, 'utf8')).trim().split(/\s+/).map(Number);
-  const names = await Promise.all(children.map((pid) => readFile(`/proc/${pid}/comm`, 'utf8').catch(() => '')));
-  const helper = children.find((_, i) => names[i]!.trim() === 'flock');
-  assert.ok(helper !== undefined, `server ${server} runs a flock process (children: ${children.join(' ')})`);
-  return helper;
 }
 
 async function tempDir(): Promise<string> {
@@ -262,7 +254,7 @@ test('after its flock is lost, a server hands out nothing that a second server t
       b = await runProgram('unshare', [
         '--user', '--map-root-user', '--net', '--pid', '--fork', '--kill-child',
         'sh', '-c', 'ip link set lo up || exit 97; exec "$0" "$@"',
-        process.execPath, TAKE_OVER, CLI, dir, '1000', '--reserve=100',
+        process.execPath, '--import', 'tsx', TAKE_OVER, dir, '1000', '--reserve=100',
       ], { timeoutMs: 30_000 });
     } finally {
       probing = false;

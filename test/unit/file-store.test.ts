@@ -11,6 +11,7 @@ import { FileStore, isZombie, type FileStoreOptions } from '../../src/store/file
 import { END, MAX_VALUE } from '../../src/core/limits.js';
 import { DataDirLockedError, PersistenceError, StateCorruptError } from '../../src/errors.js';
 import { waitFor } from '../helpers/wait.js';
+import { childrenRunning, flockProcessOf } from '../helpers/children.js';
 
 async function tempDir(t: TestContext): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), 'dolmeangi-file-store-'));
@@ -726,13 +727,6 @@ async function holdFlock(t: TestContext, dir: string): Promise<() => Promise<voi
   return end;
 }
 
-/** The pids of this process's children running `command`. */
-async function childrenRunning(command: string): Promise<number[]> {
-  const children = (await readFile(`/proc/${process.pid}/task/${process.pid}/children`, 'utf8')).trim().split(/\s+/).filter(Boolean).map(Number);
-  const names = await Promise.all(children.map((pid) => readFile(`/proc/${pid}/comm`, 'utf8').catch(() => '')));
-  return children.filter((_, i) => names[i]!.trim() === command);
-}
-
 /** SIGKILLs `pid` and waits, without a turn of the event loop, until it is dead: its exit is not heard yet. */
 function killUnheard(pid: number): void {
   process.kill(pid, 'SIGKILL');
@@ -773,8 +767,7 @@ test('the flock is held while the store is open and released at close; lost, no 
   t.after(() => again.close());
   assert.deepEqual(await again.load(), new Map());
   await again.persist(m({ a: 10n }));
-  const [helper] = await childrenRunning('flock');
-  assert.ok(helper !== undefined, 'a flock process holds it');
+  const helper = await flockProcessOf();
   // Ctrl-C at a terminal signals the foreground process group, and systemd (KillMode=control-group)
   // signals every process of the unit: the lock must outlive both, through the graceful stop.
   const group = async (pid: number | 'self') => (await readFile(`/proc/${pid}/stat`, 'utf8')).split(') ')[1]!.split(' ')[2];
@@ -826,8 +819,7 @@ for (const commits of COMMIT_MODES) {
     t.after(() => store.close());
     await store.load();
     await store.persist(m({ a: 10n }));
-    const [helper] = await childrenRunning('flock');
-    assert.ok(helper !== undefined, 'a flock process holds it');
+    const helper = await flockProcessOf();
     killAtWrite = helper;
     writes.length = 0;
     // A server that started while this write was under way may have read 10: 20's numbers are not ours to serve.
@@ -860,8 +852,7 @@ test('a dead lock process stops the next write before its exit is heard, and the
   t.after(() => store.close());
   await store.load();
   await store.persist(m({ a: 10n }));
-  const [helper] = await childrenRunning('flock');
-  assert.ok(helper !== undefined, 'a flock process holds it');
+  const helper = await flockProcessOf();
   writes.length = 0;
   killUnheard(helper);
   const reason = /was lost \(its flock process \(pid \d+\) has exited\)/;
@@ -885,8 +876,7 @@ test('a store whose lock process died before load() removes and cuts off nothing
   await appendFile(paths(dir).log, 'torn');
   const store = await FileStore.open(dir);
   t.after(() => store.close());
-  const [helper] = await childrenRunning('flock');
-  assert.ok(helper !== undefined, 'a flock process holds it');
+  const helper = await flockProcessOf();
   killUnheard(helper);
   await assert.rejects(store.load(), /the flock on .* was lost/);
   assert.equal(await readFile(temp, 'utf8'), 'a rival may be writing this');
@@ -913,8 +903,7 @@ test('a compaction stops at its next step once the flock is lost, leaving the ol
   t.after(() => store.close());
   await store.load();
   await store.persist(m({ a: 10n }));
-  const [helper] = await childrenRunning('flock');
-  assert.ok(helper !== undefined, 'a flock process holds it');
+  const helper = await flockProcessOf();
   killAt = helper;
   after.length = 0;
   await assert.rejects(store.persist(m({ a: 20n })), /the flock on .* was lost/);
