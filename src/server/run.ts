@@ -7,7 +7,7 @@ import os from 'node:os';
 import path from 'node:path';
 import tls from 'node:tls';
 import type { Config } from '../config.js';
-import { ConfigError, PersistenceError } from '../errors.js';
+import { ConfigError } from '../errors.js';
 import { repeatReporter } from '../repeat-reporter.js';
 import { formatAddress } from '../protocol/address.js';
 import { MAX_WORD_BYTES } from '../core/limits.js';
@@ -288,10 +288,9 @@ function sequencerEvents(log: Logger, metrics: Metrics | null): SequencerEvents 
       if (failures > 1 && err.message === loggedReason && now - loggedAt < STILL_FAILING_LOG_MS) return;
       loggedReason = err.message;
       loggedAt = now;
-      const permanent = err instanceof PersistenceError && err.permanent;
       log.error(
         { err: err.message, retryInMs, failures },
-        permanent
+        retryInMs === null
           ? 'persistence stopped: numbers beyond the durable mark are refused until the server is restarted'
           : failures === 1
             ? 'persistence failing: numbers beyond the durable mark are refused until storage recovers'
