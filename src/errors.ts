@@ -48,15 +48,10 @@ export class DataDirLockedError extends DolmeangiError {
   }
 }
 
-/**
- * The store could not make a reservation durable; the server retries by itself.
- * `permanent`: retrying cannot help (the store gave the data directory up); only a restart can.
- */
+/** The store could not make a reservation durable; the server retries by itself. */
 export class PersistenceError extends DolmeangiError {
-  readonly permanent: boolean;
-  constructor(reason: string, options?: { cause?: unknown; permanent?: boolean }) {
+  constructor(reason: string, options?: { cause?: unknown }) {
     super('PERSISTENCE', reason, options);
-    this.permanent = options?.permanent ?? false;
   }
 }
 

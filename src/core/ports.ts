@@ -21,8 +21,8 @@ export interface Store {
   /**
    * Makes these marks durable (the other sequences keep their stored marks).
    * Resolves only once they survive a crash of this process and of the machine.
-   * Rejects with PersistenceError when storage fails (the caller retries, unless the
-   * error is `permanent`) or FencedError when this node may no longer write (group mode).
+   * Rejects with PersistenceError when storage fails (the caller retries) or
+   * FencedError when this node may no longer write (group mode).
    * The caller never has two persist calls in flight at once.
    */
   persist(marks: Marks): Promise<void>;

@@ -81,11 +81,8 @@ export interface SequenceSource {
 export interface SequencerEvents {
   /** A persist finished; `ms` is how long the store took. */
   persisted?(ms: number, sequences: number): void;
-  /**
-   * A persist failed; the core retries after `retryInMs`, or, when it is null, not at all: the
-   * store said no write can succeed again (`permanent`), and only a restart helps.
-   */
-  persistFailed?(err: Error, retryInMs: number | null): void;
+  /** A persist failed; the core retries after `retryInMs`. */
+  persistFailed?(err: Error, retryInMs: number): void;
   /** The first successful persist after a failure. */
   persistRecovered?(downForMs: number): void;
   /** A store write was fenced: this node lost leadership. */
@@ -143,8 +140,6 @@ interface Seq {
 type State = 'new' | 'serving' | 'closing' | 'closed' | 'aborted';
 
 const isFenced = (err: unknown): boolean => (err as { code?: string })?.code === 'FENCED';
-/** A store error that no retry can mend (PersistenceError's `permanent`). */
-const isPermanent = (err: unknown): boolean => (err as { permanent?: unknown })?.permanent === true;
 
 export class Sequencer implements SequenceSource {
   private readonly seqs = new Map<string, Seq>();
@@ -499,11 +494,6 @@ export class Sequencer implements SequenceSource {
     for (const s of this.dirty) {
       const target = this.windowTarget(s);
       this.setTarget(s, target > s.mark ? target : s.mark);
-    }
-    if (isPermanent(error)) {
-      // Writes are still tried when a request needs one, and fail at once, but not on a timer.
-      this.events.persistFailed?.(error, null);
-      return;
     }
     this.retryDelay = Math.min(this.retryMaxMs, this.retryDelay === 0 ? this.retryMinMs : this.retryDelay * 2);
     const jittered = Math.round(this.retryDelay * (0.5 + Math.random() / 2));

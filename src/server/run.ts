@@ -290,11 +290,7 @@ function sequencerEvents(log: Logger, metrics: Metrics | null): SequencerEvents 
       loggedAt = now;
       log.error(
         { err: err.message, retryInMs, failures },
-        retryInMs === null
-          ? 'persistence stopped: numbers beyond the durable mark are refused until the server is restarted'
-          : failures === 1
-            ? 'persistence failing: numbers beyond the durable mark are refused until storage recovers'
-            : 'persistence still failing',
+        failures === 1 ? 'persistence failing: numbers beyond the durable mark are refused until storage recovers' : 'persistence still failing',
       );
     },
     persistRecovered: (downForMs) => {
@@ -345,20 +341,15 @@ async function openBackend(config: Config, log: Logger, metrics: Metrics | null)
   if (raised.length > 0) {
     log.warn({ sequences: raised.slice(0, 20), count: raised.length, initial: String(config.initial) }, '--initial is above the persisted mark: starting from --initial');
   }
-  // A store that can never write again fails from that moment, not from the next reservation it is asked for.
-  const failure = (): string | null => {
-    const lost = store.lostReason();
-    return seq.persistenceFailure ?? (lost === null ? null : `persistence unavailable: ${lost}`);
-  };
   return {
     source: seq,
     mode: 'durable',
     store: store.description,
     commitThread: store.blockingCommits ? 'main' : 'workers',
     role: () => 'standalone',
-    persistenceFailure: () => failure(),
+    persistenceFailure: () => seq.persistenceFailure,
     readiness: () => {
-      const e = failure();
+      const e = seq.persistenceFailure;
       return e === null ? { ready: true, reason: 'serving' } : { ready: false, reason: e };
     },
     extraInfo: () => [],

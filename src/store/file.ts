@@ -36,7 +36,6 @@ import type { Marks, Store } from '../core/ports.js';
 import { END, parseUnsigned } from '../core/limits.js';
 import { DataDirLockedError, PersistenceError, StateCorruptError } from '../errors.js';
 import { type KernelLock, holdKernelLock } from './kernel-lock.js';
-import { parseProcStat } from './proc-stat.js';
 import { type RepeatReporter, repeatReporter } from '../repeat-reporter.js';
 
 export interface FileStoreOptions {
@@ -70,8 +69,6 @@ const LOG = 'marks.log';
 const LOCK = 'LOCK';
 /** `marks.snapshot.tmp-<random>`: a file being written, to be renamed over its namesake. */
 const TEMP_INFIX = '.tmp-';
-/** The calls that change what is on disk, each made only after a look at the flock's process (checkFlock). */
-const CHANGES_FILES = new Set(['write', 'rename', 'ftruncate']);
 const SNAPSHOT_MAGIC = 'DOLSEQ01';
 const LOG_MAGIC = 'DOLLOG01';
 const MAGIC_LENGTH = 8;
@@ -132,8 +129,6 @@ export class FileStore implements Store {
   private failedAccepts: RepeatReporter | null = null;
   /** Held while the directory is ours, where flock works: see holdDirFlock. */
   private flock: Extract<KernelLock, { state: 'held' }> | null = null;
-  /** Why the flock was lost, once its process died: from then on no write is made (see persist). */
-  private flockLost: string | null = null;
   private closing: Promise<void> | null = null;
 
   private constructor(
@@ -160,8 +155,6 @@ export class FileStore implements Store {
 
   async load(): Promise<Map<string, bigint>> {
     if (this.closing) throw new Error(`${this.description} is closed`);
-    // Before anything is removed or cut off below.
-    this.checkFlock();
     await this.dropLog();
     await this.removeTempFiles();
     const snapshot = await this.readIfExists(this.snapshotPath);
@@ -219,11 +212,6 @@ export class FileStore implements Store {
       if (mark < 0n || mark > END) throw new RangeError(`mark ${mark} of ${name} is outside 0..2^63`);
     }
     if (marks.size === 0) return;
-    // For good: while the lock was lost a rival may have started at our durable mark and served
-    // past it. Taking the lock back and writing would lower that mark under its numbers, and a
-    // graceful stop's exact marks would too, so only a restart, which reads the directory afresh, writes again.
-    // A loss not heard of yet is caught by the write's own calls (io), which look at the lock process.
-    if (this.flockLost !== null) throw this.flockLostError();
     const write = this.write(marks);
     this.inflight = write;
     try {
@@ -231,44 +219,6 @@ export class FileStore implements Store {
     } finally {
       this.inflight = null;
     }
-    // Lost while writing: a rival may have read the directory before the write landed, so its
-    // numbers must not be served. See docs/operations.md.
-    this.checkFlock();
-  }
-
-  /**
-   * Throws once the flock is gone. Its exit event alone comes too late for writes that follow
-   * one another without an event-loop turn (a compaction's steps, blocking commits, a write
-   * chained onto the last), so the lock process itself is looked at too: dead, it holds nothing.
-   */
-  private checkFlock(): void {
-    if (this.lostReason() !== null) throw this.flockLostError();
-  }
-
-  /** Seen first by checkFlock() or by the exit event, whichever comes first; the first reason stays. */
-  private flockGone(why: string): void {
-    if (this.flockLost !== null) return;
-    this.flock = null;
-    this.flockLost = why;
-    this.say('lost the flock on the data directory: no reservation is written until the server is restarted', { file: this.dir, reason: why });
-  }
-
-  /**
-   * Why no write can succeed until a restart, or null. Known before any write fails, so
-   * readiness and INFO can say so while numbers below the durable mark are still served.
-   */
-  lostReason(): string | null {
-    const lock = this.flock;
-    if (lock !== null && !lock.stillHeld()) this.flockGone(`its flock process (pid ${lock.pid}) has exited`);
-    return this.flockLost === null ? null : this.flockLostError().message;
-  }
-
-  private flockLostError(): PersistenceError {
-    return new PersistenceError(
-      `the flock on ${this.dir} was lost (${this.flockLost}), and another server may have taken the directory since; ` +
-        'this server writes nothing more to it: restart it (it refuses to start while another server holds the directory)',
-      { permanent: true },
-    );
   }
 
   async close(): Promise<void> {
@@ -533,7 +483,7 @@ export class FileStore implements Store {
       await this.lockFile();
     } catch (err) {
       // Any may be held, or none; releasing what is not held does nothing.
-      await this.releaseDirFlock();
+      this.releaseDirFlock();
       this.releaseMachineMutex();
       lockedHere.delete(this.dir);
       throw err;
@@ -591,7 +541,7 @@ export class FileStore implements Store {
     if (lock.state === 'busy') {
       throw new DataDirLockedError(
         this.dir,
-        `a process holds a flock on it, perhaps a server in another container sharing the volume; \`lslocks | grep ${this.dir}\` shows the flock process, whose parent is that server`,
+        `a process holds a flock on it, perhaps a server in another container sharing the volume; \`lsof ${this.dir}\` run where that server runs lists the processes that have the directory open, the server among them`,
       );
     }
     this.say('no flock on the data directory; servers in other containers sharing it are kept out only by LOCK', {
@@ -601,15 +551,15 @@ export class FileStore implements Store {
   }
 
   private async takeDirFlock(): Promise<KernelLock> {
-    const lock = await holdKernelLock(this.dir, (why) => this.flockGone(why));
+    const lock = await holdKernelLock(this.dir);
     if (lock.state === 'held') this.flock = lock;
     return lock;
   }
 
-  private async releaseDirFlock(): Promise<void> {
+  private releaseDirFlock(): void {
     const lock = this.flock;
     this.flock = null;
-    await lock?.release();
+    lock?.release();
   }
 
   private releaseMachineMutex(): void {
@@ -689,7 +639,7 @@ export class FileStore implements Store {
       await this.unlockFile(this.lockText);
     } finally {
       // After the file: until then, a server starting now would find LOCK naming a live pid.
-      await this.releaseDirFlock();
+      this.releaseDirFlock();
       this.releaseMachineMutex();
     }
   }
@@ -697,9 +647,6 @@ export class FileStore implements Store {
   private async unlockFile(text: string): Promise<void> {
     this.lockText = null;
     lockedHere.delete(this.dir);
-    // A rival may be replacing LOCK with its own right now, and would lose it to our unlink. Left
-    // behind, ours names a dead pid, which the next start takes over.
-    if (this.flockLost !== null) return;
     try {
       // Only our own: if the directory was replaced, LOCK may now be another server's.
       const seen = await readFile(this.lockPath, 'utf8');
@@ -715,7 +662,6 @@ export class FileStore implements Store {
   /** Runs one file-system call, turning its failure into a PersistenceError naming the call and the file. */
   private async io<T>(op: string, path: string, call: () => Promise<T>): Promise<T> {
     try {
-      if (CHANGES_FILES.has(op)) this.checkFlock();
       this.beforeIo?.(op, path);
       return await call();
     } catch (err) {
@@ -725,7 +671,6 @@ export class FileStore implements Store {
 
   private ioBlocking<T>(op: string, path: string, call: () => T): T {
     try {
-      if (CHANGES_FILES.has(op)) this.checkFlock();
       this.beforeIo?.(op, path);
       return call();
     } catch (err) {
@@ -785,7 +730,9 @@ function isTempName(name: string): boolean {
 /** Linux only (elsewhere false): whether `pid` has exited and waits to be reaped. Exported for tests. */
 export function isZombie(pid: number, procRoot = '/proc'): boolean {
   try {
-    const { state } = parseProcStat(fs.readFileSync(`${procRoot}/${pid}/stat`, 'utf8'));
+    // "pid (comm) state ...": the name may hold spaces and parentheses, so the state follows the last ')'.
+    const stat = fs.readFileSync(`${procRoot}/${pid}/stat`, 'utf8');
+    const state = stat.charAt(stat.lastIndexOf(')') + 2);
     if (state !== 'Z' && state !== 'X') return false;
     // The main thread shows Z once it alone has exited, while other threads (one stuck
     // in a write, say) still run: only a process down to that one thread is gone.

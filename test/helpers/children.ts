@@ -1,6 +1,5 @@
 /** Child processes seen through /proc (Linux). */
 import { readFile } from 'node:fs/promises';
-import assert from 'node:assert/strict';
 
 /** The pids of `parent`'s children running `command` (their comm). */
 export async function childrenRunning(command: string, parent = process.pid): Promise<number[]> {
@@ -9,9 +8,3 @@ export async function childrenRunning(command: string, parent = process.pid): Pr
   return children.filter((_, i) => names[i]!.trim() === command);
 }
 
-/** The pid of the `flock` process holding the data directory lock of `server` (this process by default). */
-export async function flockProcessOf(server = process.pid): Promise<number> {
-  const [helper] = await childrenRunning('flock', server);
-  assert.ok(helper !== undefined, `process ${server} runs a flock process`);
-  return helper;
-}

@@ -7,7 +7,7 @@ import fc from 'fast-check';
 import { Sequencer, SequenceError, EXHAUSTED } from '../../src/core/sequencer.js';
 import { MemoryStore } from '../../src/store/memory.js';
 import { END, MAX_VALUE } from '../../src/core/limits.js';
-import { FencedError, PersistenceError } from '../../src/errors.js';
+import { FencedError } from '../../src/errors.js';
 import type { Leadership } from '../../src/core/ports.js';
 
 /** Lets scheduled flushes (setImmediate) and promise callbacks run. */
@@ -168,36 +168,6 @@ test('gapless (--reserve=0): every reply waits, and concurrent requests share on
   assert.deepEqual(await Promise.all(more.map(take)), Array.from({ length: 10 }, (_, i) => BigInt(52 + i)));
   assert.equal(store.calls.persist, 3);
   assert.equal(seq.snapshot()[0]!.issued, 61n, 'numbers released to waiters count as issued');
-});
-
-test('a permanent storage failure is not retried on a timer: below the mark still served, beyond it refused at once', async (t) => {
-  t.mock.timers.enable({ apis: ['setTimeout'] });
-  const store = new MemoryStore();
-  const retries: Array<number | null> = [];
-  const seq = await open(store, 10n, { events: { persistFailed: (_err, retryInMs) => retries.push(retryInMs) } });
-  assert.equal(await take(seq.allocate('default', 1n)), 1n); // mark 11
-  store.failNext(100, { error: () => new PersistenceError('the flock was lost', { permanent: true }) });
-  for (let i = 2n; i <= 10n; i++) assert.equal(await take(seq.allocate('default', 1n)), i);
-  await settle();
-  assert.deepEqual(retries, [null], 'one failed write, and no retry planned');
-  const writes = store.calls.persist;
-  t.mock.timers.tick(60_000);
-  await settle();
-  assert.equal(store.calls.persist, writes, 'no write on a timer');
-  const refused = seq.allocate('default', 1n);
-  assert.ok(refused instanceof SequenceError, `got ${String(refused)}`);
-  assert.match(refused.message, /^persistence unavailable: the flock was lost/);
-  // A transient failure, by contrast, is retried by the timer.
-  const other = new MemoryStore();
-  const transient = await open(other, 10n);
-  assert.equal(await take(transient.allocate('default', 1n)), 1n);
-  other.failNext(1);
-  for (let i = 2n; i <= 10n; i++) await take(transient.allocate('default', 1n));
-  await settle();
-  const before = other.calls.persist;
-  t.mock.timers.tick(60_000);
-  await settle();
-  assert.ok(other.calls.persist > before, 'retried');
 });
 
 test('storage failure: below the mark still served, beyond it refused, no number skipped, recovery by itself', async () => {
