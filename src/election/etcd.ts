@@ -598,7 +598,13 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
     // -1: no such lease. 0 is a live lease in its last second (etcd rounds down).
     if (Number(lease.TTL) < 0) return 0;
     ours.keepKey();
-    if (ours.provenFor() > this.margin() / 2) await ours.prove();
+    if (ours.provenFor() > this.margin() / 2) {
+      await ours.prove();
+      // A proof counts from when it was sent: an answer slower than half the margin proves too little.
+      if (ours.provenFor() > this.margin() / 2) {
+        throw new Error("etcd answered a lease renewal too slowly to revoke the previous leader's lease safely; campaigning again later");
+      }
+    }
     const waitMs = Math.max(Number(lease.grantedTTL) * 1000, this.ttlMs);
     try {
       await withTimeout(this.client.leaseClient.leaseRevoke({ ID: previous }), ETCD_CALL_TIMEOUT_MS, "revoking the previous leader's lease");
@@ -621,14 +627,18 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
     if (created > this.seenRevision) this.seenRevision = created;
     // A deadline left from an earlier term must not outlast this term's proof.
     this.serveUntil = NEVER;
-    this.serveFrom = performance.now() + fenceMs;
+    // A wait begun in an earlier term of ours still stands: that term may have stepped down before
+    // it ended (its key deleted again), and the predecessor it waited out may still be serving.
+    // Its key is no longer the last one seen, so fenceOut alone would not make this term wait.
+    this.serveFrom = Math.max(this.serveFrom, performance.now() + fenceMs);
     this.predecessorLease = null;
-    if (fenceMs > 0) {
+    const waitMs = this.serveFrom - performance.now();
+    if (waitMs > 0) {
       this.fenceTimer = setTimeout(() => {
         this.fenceTimer = null;
         this.verdict = null;
         this.announce();
-      }, fenceMs + 1);
+      }, Math.ceil(waitMs) + 1);
       this.fenceTimer.unref();
     }
     this.extend(term, provenAt);
@@ -769,7 +779,12 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
     if (opts.revoke && (await this.revoke(term.leaseId))) return;
     try {
       await withTimeout(
-        this.client.if(this.key, 'Create', '==', term.revision).then(this.client.delete().key(this.key)).commit(),
+        this.client
+          .if(this.key, 'Create', '==', term.revision)
+          // Revisions start over when etcd is restored from a backup: the lease tells terms apart then too.
+          .and(this.key, 'Lease', '==', term.leaseId)
+          .then(this.client.delete().key(this.key))
+          .commit(),
         ETCD_CALL_TIMEOUT_MS,
         'deleting the leader key',
       );

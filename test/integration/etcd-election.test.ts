@@ -401,6 +401,27 @@ describe('etcd leadership', () => {
     proxy.blackhole(false);
   });
 
+  test('a successor whose own key is deleted while it waits out a cut-off leader, and that wins again, waits out the rest', async () => {
+    const prefix = freshPrefix();
+    const proxy = await proxiedEtcd();
+    const a = await startNode(prefix, 'a', { endpoints: [proxy.url], ttl: 2 });
+    await waitFor(() => a.leadership.canServe(), 'a to lead');
+    const b = await startNode(prefix, 'b', { ttl: 2 });
+    await waitFor(() => b.leadership.leaderNodeId() === 'a', 'b to know a leads');
+    let elected = 0;
+    b.leadership.on('elected', () => elected++);
+    proxy.blackhole(true);
+    await direct.delete().key(`${prefix}leader`);
+    await waitFor(() => elected === 1, 'b to win, and wait out a');
+    assert.ok(b.leadership.fenceRemainingMs() > 0, 'b waits');
+    // Deleted again before the wait is over: b steps down, and is the only one left to campaign.
+    await direct.delete().key(`${prefix}leader`);
+    await waitFor(() => elected === 2, 'b to win again');
+    assert.deepEqual(b.lost, ['the leader key was deleted in etcd']);
+    assert.equal(await overlapsUntilServing(a, b), 0, 'a and b never served at the same moment');
+    proxy.blackhole(false);
+  });
+
   test('a successor whose revoke of the old lease lands but never answers leaves its own key to expire: nobody serves beside the old leader', async () => {
     const prefix = freshPrefix();
     // TTL 5: the old leader's serving window, 3.75 s, outlasts the 2 s an etcd call may take.
