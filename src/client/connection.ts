@@ -278,7 +278,9 @@ export class Connection {
     this.awaited = 0;
     requests.forEach((request, i) => {
       const sent = !this.refused && i < requests.length - unsent;
-      request.fail(this.fatal instanceof ReplyProtocolError ? this.fatal : this.closedError(sent));
+      // Garbage is the first request's reply gone wrong; those behind it only lose their connection
+      // (and CURRENT, PING and INFO are then resent, as after any drop).
+      request.fail(i === 0 && this.fatal instanceof ReplyProtocolError ? this.fatal : this.closedError(sent));
     });
   }
 

@@ -142,6 +142,24 @@ test('a reply of the wrong kind fails the calls pipelined behind it too: their r
   await waitFor(() => server.connections[0]!.socket.destroyed || server.connections[0]!.socket.readableEnded, 'the connection to close');
 });
 
+test('garbage fails the call it answers; the calls pipelined behind it fail as a dropped connection, and CURRENT is resent', async () => {
+  const count = counterScript(100n);
+  const server = await mock((words, connection) => {
+    if (server.connections.length > 1) count(words, connection);
+    else if (connection.requests.length === 3) connection.send('!garbage\r\n');
+  });
+  const c = client({ servers: [server.address] });
+  const [first, current, last] = await Promise.allSettled([c.getNextSequence(), c.current(), c.getNextSequence()]);
+  assert.equal(server.connections[0]!.requests.length, 3, 'the three calls were pipelined on one connection');
+  assert.ok(first.status === 'rejected' && first.reason instanceof ReplyProtocolError, String(first.status === 'rejected' ? first.reason : first.value));
+  assert.deepEqual(current, { status: 'fulfilled', value: 100n }, 'CURRENT is safe to send again');
+  const err: unknown = last.status === 'rejected' ? last.reason : null;
+  assert.ok(err instanceof ConnectionClosedError, String(err));
+  assert.equal(err.requestSent, true, 'sent, so numbers may have been issued');
+  assert.match(err.message, /unexpected reply type byte '!'/);
+  assert.equal(server.connections.length, 2);
+});
+
 test('an INFO reply of the wrong kind fails the INFO, and CURRENT pipelined behind it is resent on a new connection', async () => {
   const count = counterScript(9n);
   const server = await mock((words, connection) => {
