@@ -90,6 +90,9 @@ const enum Resend {
   Safe,
 }
 
+/** The least time worth one more try after a backoff pause: a round trip to a member, with room to spare. */
+const LAST_TRY_MS = 50;
+
 export class SequencerClient {
   private readonly servers: readonly Address[];
   private readonly password: string | undefined;
@@ -228,7 +231,18 @@ export class SequencerClient {
     // Without reconnecting, a call still retries once per server (a full one, or one that drops the connection, is left for the next).
     let attemptsLeft = this.backoff === null ? this.servers.length : Infinity;
     for (let attempt = 0; ; attempt++) {
-      const connection = this.connection?.usable ? this.connection : await this.connect(deadline);
+      const connection = this.connection?.usable ? this.connection : await this.connect(deadline).catch((err: unknown) => {
+        // Out of time dialling a leader another member named: not that no server could be reached.
+        if (err instanceof NoServerAvailableError && route.following !== null) {
+          throw new NotLeaderError(
+            route.following,
+            `${route.following}, named as the leader, could not be reached before the request timeout: ` +
+              'a leader that just failed is named until its lease runs out, so a new one is probably being elected; ' +
+              `retry shortly, or check that ${route.following} is the address that member advertises (--advertise)`,
+          );
+        }
+        throw err;
+      });
       let reply: Reply;
       try {
         // Only a call that gave the server at least half a timeout shows that it stalls; one
@@ -316,13 +330,16 @@ export class SequencerClient {
   }
 
   /**
-   * Sleeps a backoff step (cut short by close()), or throws `orElse` when
-   * the deadline would pass first.
+   * Sleeps a backoff step (cut short by close()), or throws `orElse` when too
+   * little time is left for another try. A step that would pass the deadline is
+   * cut short instead, so that an election ending in the call's last second
+   * still serves it.
    */
   private async pause(attempt: number, deadline: number, orElse: Error): Promise<void> {
     const delay = backoffDelay(attempt, this.backoff ?? DEFAULT_BACKOFF);
-    if (performance.now() + delay >= deadline) throw orElse;
-    await sleep(delay, this.closing.signal);
+    const room = deadline - performance.now() - LAST_TRY_MS;
+    if (room <= 0) throw orElse;
+    await sleep(Math.min(delay, room), this.closing.signal);
   }
 
   /** Waits for the shared connection attempt, at most until `deadline`. */

@@ -331,7 +331,7 @@ test('a dead leader named until the deadline: NotLeaderError naming it, not befo
   const started = performance.now();
   const error = await c.getNextSequence().then(() => null, (e: unknown) => e);
   const elapsed = performance.now() - started;
-  // A pause gives up only when the deadline falls within it (at most 40 ms); a
+  // A pause gives up only when less than 50 ms are left for another try; a
   // last request already sent when the deadline passes times out instead.
   if (error instanceof NotLeaderError) {
     assert.equal(error.leader, dead);
@@ -339,10 +339,35 @@ test('a dead leader named until the deadline: NotLeaderError naming it, not befo
   } else {
     assert.ok(error instanceof TimeoutError, String(error));
   }
-  assert.ok(elapsed >= 400 - 40 - 5, `gave up after ${Math.round(elapsed)} ms of 400`);
+  assert.ok(elapsed >= 400 - 50 - 5, `gave up after ${Math.round(elapsed)} ms of 400`);
   assert.ok(follower.requests.length > 2);
   // Paced by the backoff (at least 10 ms a round), not a tight loop.
   assert.ok(follower.requests.length <= elapsed / 10 + 3, `${follower.requests.length} requests in ${Math.round(elapsed)} ms`);
+});
+
+test('a dead leader still being dialled at the deadline: NotLeaderError naming it, not that no server could be reached', async () => {
+  const { key, cert, ca } = await tlsFiles();
+  // A host that drops packets: the handshake never completes, and connectTimeoutMs is longer than the call.
+  const dead = await mock(() => {}, { tls: { key, cert }, handshakeDelayMs: 60_000 });
+  const follower = await mock((_words, connection) => connection.send(`-NOTLEADER ${dead.address}\r\n`), { tls: { key, cert } });
+  const c = client({ servers: [follower.address], tls: { ca }, connectTimeoutMs: 3000, requestTimeoutMs: 500 });
+  const error = await c.getNextSequence().then(() => null, (e: unknown) => e);
+  assert.ok(error instanceof NotLeaderError, String(error));
+  assert.equal(error.leader, dead.address);
+  assert.match(error.message, /named as the leader, could not be reached before the request timeout/);
+  assert.ok(dead.accepted >= 1, 'the named leader was dialled');
+});
+
+test('a call waiting out an election tries until just before its timeout, not a backoff step early', async () => {
+  const server = await mock((_words, connection) => connection.send('-NOTLEADER\r\n'));
+  // A first step of 2 to 4 s, longer than the whole call: the pause is cut short for one last try.
+  const c = client({ servers: [server.address], requestTimeoutMs: 1500, reconnect: { minDelayMs: 4000, maxDelayMs: 4000 } });
+  const started = performance.now();
+  const error = await c.getNextSequence().then(() => null, (e: unknown) => e);
+  const elapsed = performance.now() - started;
+  assert.ok(error instanceof NotLeaderError, String(error));
+  assert.ok(elapsed >= 1500 - 60, `gave up after ${Math.round(elapsed)} ms of 1500`);
+  assert.equal(server.requests.length, 2, 'the first try, and one just before the timeout');
 });
 
 test('a new leader still loading its marks: the call goes back to it until it serves', async () => {
