@@ -345,8 +345,8 @@ test('SIGTERM answers the requests already read, even those waiting for fsync, t
     // The 500 requests left in one write, so the server had read them all before the signal.
     assert.equal(lines.length, 500, 'every request read before the signal is answered');
     const numbers = lines.filter((l) => l.startsWith(':')).map((l) => BigInt(l.slice(1)));
-    assert.deepEqual(numbers, numbers.map((_, i) => BigInt(i + 1)), 'numbers in order, none skipped');
-    for (const l of lines.slice(numbers.length)) assert.match(l, /^-ERR server is shutting down/);
+    // Storage is healthy: a request read before the signal is owed a number, not a refusal.
+    assert.deepEqual(numbers, Array.from({ length: 500 }, (_, i) => BigInt(i + 1)), 'a number for each, in order, none skipped');
     assert.equal(await a.exited, 0);
     const b = await start([`--data-dir=${dir}`]);
     const d = await WireClient.connect(b.port);
