@@ -6,35 +6,50 @@ import { mkdtemp, open, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { FileStore } from '../../src/store/file.js';
+import { waitFor } from '../helpers/wait.js';
 
-test('every persist reaches a real fdatasync/fsync of the file it wrote before it resolves', async (t) => {
+test('every persist waits for a real fdatasync of the log it appended to before it resolves', async (t) => {
   const dir = await mkdtemp(join(tmpdir(), 'dolmeangi-sync-'));
   t.after(() => rm(dir, { recursive: true, force: true }));
   const probe = await open(join(dir, 'probe'), 'w');
   const proto = Object.getPrototypeOf(probe);
   await probe.close();
-  let syncs = 0;
+  const synced: string[] = [];
+  /** While set, each datasync is held back, done but not reported, until the test lets it go. */
+  let holding = false;
+  let release: (() => void) | null = null;
   const origD = proto.datasync;
-  const origS = proto.sync;
-  proto.datasync = function (this: unknown) {
-    syncs++;
-    return origD.call(this);
-  };
-  proto.sync = function (this: unknown) {
-    syncs++;
-    return origS.call(this);
+  proto.datasync = function (this: { fd: number }) {
+    synced.push(fs.readlinkSync(`/proc/self/fd/${this.fd}`));
+    const done: Promise<void> = origD.call(this);
+    if (!holding) return done;
+    return new Promise<void>((resolve, reject) => {
+      release = () => void done.then(resolve, reject);
+    });
   };
   t.after(() => {
     proto.datasync = origD;
-    proto.sync = origS;
   });
   const store = await FileStore.open(dir, { compactAfterBytes: 1 << 20 });
   await store.load();
   await store.persist(new Map([['a', 1n]]));
   for (let i = 2n; i < 6n; i++) {
-    const before = syncs;
-    await store.persist(new Map([['a', i]]));
-    assert.ok(syncs > before, `persist ${i} resolved with no sync`);
+    holding = true;
+    const before = synced.length;
+    let resolved = false;
+    const persisted = store.persist(new Map([['a', i]])).then(() => {
+      resolved = true;
+    });
+    await waitFor(() => release !== null, `persist ${i} to sync`);
+    assert.deepEqual(synced.slice(before), [join(dir, 'marks.log')], `persist ${i} syncs the log`);
+    // Give it every chance to resolve early: a few turns of the event loop.
+    for (let turn = 0; turn < 5; turn++) await new Promise((r) => setImmediate(r));
+    assert.equal(resolved, false, `persist ${i} resolved before its sync completed`);
+    holding = false;
+    const go = release as (() => void) | null;
+    release = null;
+    go!();
+    await persisted;
   }
   await store.close();
 });
