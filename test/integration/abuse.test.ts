@@ -118,10 +118,14 @@ class Probe {
     }
   }
 
-  /** Waits (within a deadline) until the client has had `n` answers in all. */
+  /** Waits until the client has had `n` answers in all; fails at the deadline, or when the client failed. */
   async waitFor(n: number, timeoutMs = 5000): Promise<void> {
     const deadline = Date.now() + timeoutMs;
-    while (this.count < n && this.failure === null && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    while (this.count < n && this.failure === null) {
+      assert.ok(Date.now() < deadline, `the well-behaved client had ${this.count} answers of ${n} within ${timeoutMs} ms`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    if (this.failure !== null) throw new Error(`the well-behaved client failed: ${this.failure.message}`);
   }
 
   /** Ends the loop; throws what went wrong, if anything. */
