@@ -8,7 +8,7 @@ import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { startEtcdCluster, type EtcdCluster } from '../helpers/etcd-cluster.js';
 import { startGroup, type SequencerGroup } from '../helpers/group.js';
-import { History, assertHistory } from '../helpers/history.js';
+import { History, assertHistory, checkFailover, type Failover } from '../helpers/history.js';
 import { recordFailure, startClientLoad } from '../helpers/client-load.js';
 import { SequencerClient } from '../../src/index.js';
 import { WireClient, ask } from '../helpers/wire.js';
@@ -16,6 +16,8 @@ import { waitFor } from '../helpers/wait.js';
 
 const LEASE_TTL_S = 2;
 const RESERVE = 1000n;
+/** The load's request timeout: a request lost at a failover was sent at most about this long before it. */
+const LOAD_TIMEOUT_MS = 1500;
 
 let etcd: EtcdCluster;
 let group: SequencerGroup;
@@ -70,10 +72,25 @@ function load(label: string, seconds: number) {
     maxCalls: 2_000_000,
     deadline: Date.now() + seconds * 1000,
     label,
-    requestTimeoutMs: 1500,
+    requestTimeoutMs: LOAD_TIMEOUT_MS,
     connectTimeoutMs: 500,
     reconnect: { minDelayMs: 10, maxDelayMs: 100 },
   });
+}
+
+const now = (): bigint => process.hrtime.bigint();
+
+/**
+ * Waits for the load to get numbers from the new leader, then bounds what this one
+ * failover skipped: one window and the requests lost around it. assertHistory
+ * bounds only the total over every fault, where one failover skipping three
+ * windows could hide behind others that skipped none.
+ */
+async function assertFailover(l: ReturnType<typeof load>, f: Failover): Promise<void> {
+  const acked = l.acked();
+  await waitFor(() => l.acked() >= acked + 20, 'the load to get numbers from the new leader', 15_000);
+  const lostSince = f.faultAt - 2n * BigInt(LOAD_TIMEOUT_MS) * 1_000_000n;
+  assert.equal(checkFailover(history, f, { reserve: RESERVE, lostSince }), null);
 }
 
 describe('group mode on etcd', () => {
@@ -113,10 +130,12 @@ describe('group mode on etcd', () => {
         const before = l.acked();
         await waitFor(() => l.acked() >= before + 50, `the load to get numbers before kill ${trial + 1}`, 15_000);
         const killedAt = Date.now();
+        const faultAt = now();
         await group.nodes[leader]!.proc!.kill();
         crashes++;
         await firstSuccess(probe, 'kill-probe', 15_000);
         times.push(Date.now() - killedAt);
+        await assertFailover(l, { faultAt, servingAt: now() });
         await group.start(leader);
       }
     } finally {
@@ -134,6 +153,7 @@ describe('group mode on etcd', () => {
       const leader = await group.waitForLeader();
       const node = group.nodes[leader]!;
       const zombie = await WireClient.connect(node.port);
+      const faultAt = now();
       node.proc!.child.kill('SIGSTOP');
       // A leader change without a clean stop: the rest of its window may be skipped.
       crashes++;
@@ -143,6 +163,7 @@ describe('group mode on etcd', () => {
       const probe = probeClient();
       await firstSuccess(probe, 'pause-probe', 10_000);
       await probe.close();
+      await assertFailover(l, { faultAt, servingAt: now() });
       node.proc!.child.kill('SIGCONT');
       const replies = await zombie.until((t) => t.split('\r\n').length > 3, 10_000, 'three replies from the resumed node');
       for (const line of replies.split('\r\n').slice(0, 3)) {
@@ -163,11 +184,16 @@ describe('group mode on etcd', () => {
       assert.notEqual(m, null);
       const termBefore = await leaderTerm();
       const killedAt = Date.now();
+      const faultAt = now();
       await etcd.kill(m!);
       const probe = probeClient();
       await firstSuccess(probe, 'etcd-kill-probe', 15_000);
+      const servingAt = now();
       // The group leader may have lost its lease while etcd elected: only a new term may skip numbers.
-      if ((await leaderTerm()) !== termBefore) crashes++;
+      if ((await leaderTerm()) !== termBefore) {
+        crashes++;
+        await assertFailover(l, { faultAt, servingAt });
+      }
       const pause = Date.now() - killedAt;
       t.diagnostic(`first number ${pause} ms after the etcd leader was killed`);
       // etcd re-elects within about a second here; at worst the group leader's lease
@@ -190,20 +216,26 @@ describe('group mode on etcd', () => {
       await firstSuccess(probe, 'quorum-probe', 10_000);
       const m = (await etcd.leaderIndex()) ?? 0;
       const others = [0, 1, 2].filter((i) => i !== m);
+      const faultAt = now();
       await Promise.all(others.map((i) => etcd.stop(i)));
       crashes++; // the lease runs out: the next term starts above the old window
-      downAt = process.hrtime.bigint();
-      // Past the lease, nobody can hand out numbers; every call must fail.
-      await new Promise((r) => setTimeout(r, (LEASE_TTL_S + 1) * 1000));
+      downAt = now();
+      // Once the lease has run out, nobody may hand out numbers (CURRENT asks without taking one).
+      await waitFor(
+        async () => (await Promise.all(group.nodes.map((n) => ask(n.port, 'CURRENT\r\n')))).every((r) => /^-(NOTLEADER|ERR)/.test(r)),
+        'every member to stop serving',
+        (LEASE_TTL_S + 5) * 1000,
+      );
       const op = history.begin('quorum-probe');
       await assert.rejects(probe.getNextSequence(), (err: Error) => {
         recordFailure(history, op, err);
         return true;
       });
       for (const n of group.nodes) assert.match(await ask(n.port, 'GETSEQ\r\n'), /^-(NOTLEADER|ERR)/);
-      upAt = process.hrtime.bigint();
+      upAt = now();
       await Promise.all(others.map((i) => etcd.start(i)));
       await firstSuccess(probe, 'quorum-probe', 20_000);
+      await assertFailover(l, { faultAt, servingAt: now() });
     } finally {
       await probe.close();
       await l.stop();
@@ -224,18 +256,24 @@ describe('group mode on etcd', () => {
     try {
       const leader = await group.waitForLeader();
       const node = group.nodes[leader]!;
+      const faultAt = now();
       group.cutOff(leader, true);
       crashes++;
       const cutAt = Date.now();
       await group.waitForLeader(15_000, leader);
-      // Past its lease the cut-off node must refuse, even for numbers it still holds in memory.
-      const wait = cutAt + LEASE_TTL_S * 1000 - Date.now();
-      if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+      // Within its lease the cut-off node must stop by itself, even for numbers it still holds in memory
+      // (CURRENT asks without taking one; a little slack for the asking).
+      await waitFor(
+        async () => /^-(NOTLEADER|ERR)/.test(await ask(node.port, 'CURRENT\r\n')),
+        'the cut-off node to stop serving within its lease',
+        Math.max(1, cutAt + LEASE_TTL_S * 1000 + 300 - Date.now()),
+      );
       assert.match(await ask(node.port, 'GETSEQ\r\n'), /^-(NOTLEADER|ERR)/);
       group.cutOff(leader, false);
       const probe = probeClient();
       await firstSuccess(probe, 'partition-probe', 10_000);
       await probe.close();
+      await assertFailover(l, { faultAt, servingAt: now() });
       // Healed, the former leader rejoins as a follower that names the new leader. CURRENT, not
       // GETSEQ: should it lead again, the probe must not take numbers the history never sees.
       const current = group.nodes[await group.waitForLeader()]!;

@@ -246,6 +246,60 @@ function checkRunGaps(ops: Op[], byFirst: Op[], runOf: (op: Op) => number, opts:
 }
 
 /** Throws with every violation listed; for use in tests. */
+/** One change of leader under a fault, as the test saw it (monotonic ns). */
+export interface Failover {
+  /** When the fault was injected (kill, pause, cut). */
+  readonly faultAt: bigint;
+  /** When a request to the new leader had been answered. */
+  readonly servingAt: bigint;
+}
+
+/**
+ * Bounds what one failover skipped, where the history cannot tell which server
+ * answered a request (group mode), so runOf cannot be given. The numbers skipped
+ * are those between the highest acknowledged before the fault and the lowest
+ * acknowledged to a request sent after the new leader served, that no request
+ * acknowledged. One window explains them, and so do requests with unknown
+ * outcome sent from `lostSince` until that request was sent. Returns the
+ * violation, or null.
+ */
+export function checkFailover(history: History | Op[], f: Failover, opts: { reserve: bigint; lostSince: bigint }): string | null {
+  const ops = Array.isArray(history) ? history : history.ops;
+  let below: bigint | null = null;
+  let after: Op | null = null;
+  for (const o of ops) {
+    if (o.first === null) continue;
+    const end = o.first + o.count;
+    if (o.receivedAt! < f.faultAt && (below === null || end > below)) below = end;
+    if (o.sentAt > f.servingAt && (after === null || o.first < after.first!)) after = o;
+  }
+  if (below === null || after === null) return 'no number was acknowledged before the fault, or none to a request sent after the new leader served';
+  const above = after.first!;
+  // Below instead: a real-time order violation, which checkHistory reports.
+  if (above <= below) return null;
+  let covered = 0n;
+  for (const o of ops) {
+    if (o.first === null) continue;
+    const lo = o.first > below ? o.first : below;
+    const end = o.first + o.count;
+    const hi = end < above ? end : above;
+    if (hi > lo) covered += hi - lo;
+  }
+  const skipped = above - below - covered;
+  let lost = 0n;
+  let lostCount = 0;
+  for (const o of ops) {
+    if (o.first !== null || !o.maybe || o.sentAt < opts.lostSince || o.sentAt >= after.sentAt) continue;
+    lost += o.count;
+    lostCount++;
+  }
+  if (skipped <= opts.reserve + lost) return null;
+  return (
+    `a failover skipped ${skipped} numbers between ${below - 1n} and ${above}, but one window of ${opts.reserve} ` +
+    `and ${lostCount} lost requests explain at most ${opts.reserve + lost}`
+  );
+}
+
 export function assertHistory(history: History | Op[], opts: CheckOptions = {}): CheckResult {
   const r = checkHistory(history, opts);
   const problems = [

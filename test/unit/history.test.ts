@@ -1,7 +1,7 @@
 /** The checker must catch every kind of violation it claims to; otherwise the fault tests prove nothing. */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { History, checkHistory } from '../helpers/history.js';
+import { History, checkFailover, checkHistory } from '../helpers/history.js';
 
 /** Builds an op with explicit times (ns), bypassing the clock. */
 function op(h: History, client: string, sentAt: number, receivedAt: number | null, first: number | null, count = 1, maybe = false) {
@@ -170,4 +170,37 @@ test('runs that acknowledged nothing lend their window to the gap that spans the
   inRun(first, 1, 10, 11, 102); // run 0 acknowledged nothing; its lost request and window cover 1..101
   assert.deepEqual(checkHistory(first, { crashes: 1, reserve: 100n, start: 1n, runOf }).runGapViolations, []);
   assert.equal(checkHistory(first, { crashes: 1, reserve: 10n, start: 1n, runOf }).runGapViolations.length, 1);
+});
+
+test('a failover is bounded by one window and the requests lost around it, not by a total over many', () => {
+  const h = new History();
+  op(h, 'a', 0, 10, 1, 5); // 1..5 before the fault at 20
+  op(h, 'a', 11, 25, 6); // answered by the old leader after the fault: covered
+  op(h, 'b', 15, null, null, 1, true); // lost around the fault
+  op(h, 'a', 50, 60, 208); // the new leader serves from 208; the probe saw it at 60
+  op(h, 'a', 70, 80, 209); // sent after it served
+  const f = { faultAt: 20n, servingAt: 60n };
+  // 7..207 skipped: 201 numbers, one window of 200 and one lost request.
+  assert.equal(checkFailover(h, f, { reserve: 200n, lostSince: 0n }), null);
+  assert.equal(
+    checkFailover(h, f, { reserve: 199n, lostSince: 0n }),
+    'a failover skipped 201 numbers between 5 and 209, but one window of 199 and 1 lost requests explain at most 200',
+  );
+  // A request lost before lostSince, or sent after the new leader served, explains nothing here.
+  assert.notEqual(checkFailover(h, f, { reserve: 199n, lostSince: 16n }), null);
+  const late = new History();
+  op(late, 'a', 0, 10, 1, 5);
+  op(late, 'a', 50, 60, 208);
+  op(late, 'a', 70, 80, 209);
+  op(late, 'b', 75, null, null, 1, true);
+  assert.notEqual(checkFailover(late, f, { reserve: 201n, lostSince: 0n }), null);
+  // Three windows skipped at one failover fail, however few the others skipped.
+  const three = new History();
+  op(three, 'a', 0, 10, 1);
+  op(three, 'a', 70, 80, 602);
+  assert.match(checkFailover(three, f, { reserve: 200n, lostSince: 0n })!, /skipped 600 numbers/);
+  // With nothing acknowledged on one side, the failover cannot be judged, and says so.
+  const none = new History();
+  op(none, 'a', 70, 80, 602);
+  assert.match(checkFailover(none, f, { reserve: 200n, lostSince: 0n })!, /no number was acknowledged before the fault/);
 });
