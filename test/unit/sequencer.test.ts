@@ -542,12 +542,14 @@ test('--initial against a stored mark at the edges: one above wins, equal is not
 /**
  * Random interleavings of requests, slow and failing writes, clean stops and
  * crashes (with the write in flight landing or not). Across every restart: no
- * number twice, a restart never resumes below a number handed out, and the
- * numbers skipped are bounded: per crash (or failed clean stop) one window plus
- * what the requests refused or lost since the last start had asked for (their
- * marks may have reached storage although the store reported failure).
+ * number twice, a restart never resumes below a number handed out, requests
+ * get numbers in the order they were made, no gap while a process runs, and at
+ * each restart the numbers skipped are bounded: per crash (or failed clean stop)
+ * one window plus what the requests refused or lost since the last start had
+ * asked for (their marks may have reached storage although the store reported
+ * failure); none at a clean stop that stored its exact numbers.
  */
-test('property: never a number twice, never below the durable mark after a restart, gaps bounded', async () => {
+test('property: never a number twice, never below the durable mark after a restart, in order, gaps bounded per restart', async () => {
   // Weighted so that a request, a write started under it, and its connection closing before the write lands come together often.
   const action = fc.oneof(
     { weight: 4, arbitrary: fc.record({ kind: fc.constant('get' as const), count: fc.integer({ min: 1, max: 30 }), name: fc.constantFrom('a', 'b'), conn: fc.integer({ min: 0, max: 1 }) }) },
@@ -563,14 +565,17 @@ test('property: never a number twice, never below the durable mark after a resta
     fc.asyncProperty(fc.array(action, { minLength: 1, maxLength: 60 }), fc.constantFrom(0n, 1n, 7n, 50n), async (actions, reserve) => {
       let store = new MemoryStore();
       let seq = await open(store, reserve);
+      /** Every request, in the order made; `first` once it got numbers. */
+      const requests: Array<{ name: string; count: bigint; run: number; first: bigint | null }> = [];
       const issued = new Map<string, Array<[bigint, bigint]>>([['a', []], ['b', []]]);
       const pending: Promise<unknown>[] = [];
       const conns = [{ gone: false }, { gone: false }];
-      let allowance = 0n;
+      /** What may be skipped at the restart that ended each run. */
+      const allowance: bigint[] = [];
       let unissued = 0n;
       const restart = async (state: Map<string, bigint>, skipped: boolean) => {
         await Promise.allSettled(pending.splice(0));
-        if (skipped) allowance += reserve + unissued;
+        allowance.push(skipped ? reserve + unissued : 0n);
         unissued = 0n;
         store = new MemoryStore({ initial: state });
         seq = await open(store, reserve);
@@ -584,7 +589,12 @@ test('property: never a number twice, never below the durable mark after a resta
         switch (a.kind) {
           case 'get': {
             const count = BigInt(a.count);
-            const got = (first: bigint) => issued.get(a.name)!.push([first, first + count]);
+            const request = { name: a.name, count, run: allowance.length, first: null as bigint | null };
+            requests.push(request);
+            const got = (first: bigint) => {
+              request.first = first;
+              issued.get(a.name)!.push([first, first + count]);
+            };
             const r = seq.allocate(a.name, count, conns[a.conn]);
             if (typeof r === 'bigint') got(r);
             else if (r instanceof Promise) pending.push(r.then(got, () => (unissued += count)));
@@ -628,18 +638,30 @@ test('property: never a number twice, never below the durable mark after a resta
       await Promise.allSettled(pending);
       for (const [name, ranges] of issued) {
         ranges.sort((x, y) => (x[0] < y[0] ? -1 : 1));
-        let gaps = ranges.length > 0 ? ranges[0]![0] - 1n : 0n;
         for (let i = 1; i < ranges.length; i++) {
           assert.ok(ranges[i]![0] >= ranges[i - 1]![1], `${name}: overlap ${ranges[i - 1]} / ${ranges[i]}`);
-          gaps += ranges[i]![0] - ranges[i - 1]![1];
         }
-        assert.ok(gaps <= allowance, `${name}: ${gaps} skipped, at most ${allowance} allowed`);
+        const got = requests.filter((r) => r.name === name && r.first !== null);
+        for (let i = 1; i < got.length; i++) {
+          assert.ok(got[i]!.first! > got[i - 1]!.first!, `${name}: a later request got ${got[i]!.first}, an earlier one ${got[i - 1]!.first}`);
+        }
+        // In request order, each request starts where the one before it ended, but at a restart,
+        // which may skip what that restart (and any since the last request that got numbers) allows.
+        let end = 1n;
+        let run = 0;
+        for (const r of got) {
+          let allowed = 0n;
+          for (; run < r.run; run++) allowed += allowance[run]!;
+          const skipped = r.first! - end;
+          assert.ok(skipped <= allowed, `${name}: ${skipped} skipped before ${r.first} (run ${r.run}), at most ${allowed} allowed`);
+          end = r.first! + r.count;
+        }
       }
     }),
     { numRuns: 1000 },
   );
 });
 
-test('FencedError is what the stores throw for lost leadership', () => {
+test('FencedError carries the code by which the core tells a lost leadership from a storage failure', () => {
   assert.equal(new FencedError('x').code, 'FENCED');
 });
