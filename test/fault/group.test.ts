@@ -13,6 +13,7 @@ import { recordFailure, startClientLoad } from '../helpers/client-load.js';
 import { SequencerClient } from '../../src/index.js';
 import { WireClient, ask } from '../helpers/wire.js';
 import { waitFor } from '../helpers/wait.js';
+import { request } from '../helpers/http.js';
 
 const LEASE_TTL_S = 2;
 const RESERVE = 1000n;
@@ -105,13 +106,19 @@ describe('group mode on etcd', () => {
     await etcd?.close();
   });
 
-  test('exactly one leader; followers answer NOTLEADER with its address; PING and INFO work everywhere', async () => {
+  test('exactly one leader; followers answer NOTLEADER with its address; PING and INFO work everywhere; /readyz is 200 on the leader alone', async () => {
     const leader = await group.waitForLeader();
     for (let i = 0; i < group.nodes.length; i++) {
       const n = group.nodes[i]!;
       assert.equal(await ask(n.port, 'PING\r\n'), '+PONG\r\n');
       assert.match(await ask(n.port, 'INFO\r\n'), /mode:group/);
-      if (i === leader) continue;
+      const ready = await request(`http://127.0.0.1:${n.metricsPort}/readyz`);
+      if (i === leader) {
+        assert.equal(ready.status, 200, ready.body);
+        continue;
+      }
+      assert.equal(ready.status, 503, ready.body);
+      assert.match(ready.body, new RegExp(`follower; the leader is ${group.nodes[leader]!.address.replace(/\./g, '\\.')}`));
       for (const cmd of ['GETSEQ', 'CURRENT', 'GETSEQ_BATCH 10']) {
         assert.equal(await ask(n.port, `${cmd}\r\n`), `-NOTLEADER ${group.nodes[leader]!.address}\r\n`, `${cmd} on a follower`);
       }

@@ -12,6 +12,8 @@ export interface GroupNodeProcess {
   readonly id: string;
   readonly port: number;
   readonly address: string;
+  /** Where its /metrics, /healthz and /readyz answer. */
+  readonly metricsPort: number;
   readonly proxies: TcpProxy[];
   proc: ServerProcess | null;
 }
@@ -46,12 +48,13 @@ export async function startGroup(etcd: EtcdCluster, opts: GroupOptions): Promise
       const u = new URL(url);
       proxies.push(await startTcpProxy({ host: u.hostname, port: Number(u.port) }));
     }
-    nodes.push({ id: `n${i}`, port, address: `127.0.0.1:${port}`, proxies, proc: null });
+    nodes.push({ id: `n${i}`, port, address: `127.0.0.1:${port}`, metricsPort: await freePort(), proxies, proc: null });
   }
   const start = async (i: number) => {
     const n = nodes[i]!;
     n.proc = await startServerProcess([
       `--port=${n.port}`,
+      `--metrics-port=${n.metricsPort}`,
       `--advertise=${n.address}`,
       `--node-id=${n.id}`,
       `--etcd=${n.proxies.map((p) => p.url).join(',')}`,
