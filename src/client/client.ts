@@ -80,6 +80,8 @@ interface Route {
   readonly named: Set<string>;
   /** The leader the call was last sent to. */
   following: string | null;
+  /** The longest one attempt took (connecting and the reply): what a last try before the deadline needs. */
+  slowestMs: number;
 }
 
 /** May the command be sent again after its reply was lost? */
@@ -90,8 +92,16 @@ const enum Resend {
   Safe,
 }
 
-/** The least time worth one more try after a backoff pause: a round trip to a member, with room to spare. */
+/**
+ * The least time worth one more try after a backoff pause, and at least twice the
+ * call's slowest attempt: a try cut off by the deadline would fail as a timeout,
+ * which says less than the NOTLEADER it would have got.
+ */
 const LAST_TRY_MS = 50;
+
+/** Why a named leader that does not answer is no reason to give up at once. */
+const NAMED_BUT_SILENT =
+  'a leader that just failed is named until its lease runs out, so a new one is probably being elected; retry shortly';
 
 export class SequencerClient {
   private readonly servers: readonly Address[];
@@ -227,18 +237,19 @@ export class SequencerClient {
     parse: (reply: Reply) => T | undefined,
   ): Promise<T> {
     const deadline = performance.now() + this.requestTimeoutMs;
-    const route: Route = { hops: [], named: new Set(), following: null };
+    const route: Route = { hops: [], named: new Set(), following: null, slowestMs: 0 };
     // Without reconnecting, a call still retries once per server (a full one, or one that drops the connection, is left for the next).
     let attemptsLeft = this.backoff === null ? this.servers.length : Infinity;
     for (let attempt = 0; ; attempt++) {
+      const started = performance.now();
       const connection = this.connection?.usable ? this.connection : await this.connect(deadline).catch((err: unknown) => {
-        // Out of time dialling a leader another member named: not that no server could be reached.
-        if (err instanceof NoServerAvailableError && route.following !== null) {
+        // Out of time after a member named a leader: a member did answer, so "no server could be
+        // reached" would mislead; the leader named last is the one to look at.
+        if (err instanceof NoServerAvailableError && route.following !== null && deadline - performance.now() <= 1) {
           throw new NotLeaderError(
             route.following,
-            `${route.following}, named as the leader, could not be reached before the request timeout: ` +
-              'a leader that just failed is named until its lease runs out, so a new one is probably being elected; ' +
-              `retry shortly, or check that ${route.following} is the address that member advertises (--advertise)`,
+            `no leader answered before the request timeout; the last one named was ${route.following}: ${NAMED_BUT_SILENT}, ` +
+              `or check that ${route.following} is the address that member advertises (--advertise)`,
           );
         }
         throw err;
@@ -250,12 +261,13 @@ export class SequencerClient {
         // behind it keep their chance.
         const left = deadline - performance.now();
         reply = await connection.send(words, Math.max(1, left), left * 2 >= this.requestTimeoutMs, expected);
+        route.slowestMs = Math.max(route.slowestMs, performance.now() - started);
       } catch (err) {
         this.avoid(connection);
         const retry = err instanceof ConnectionClosedError && (!err.requestSent || resend === Resend.Safe);
         if (!retry || this.closed || --attemptsLeft <= 0) throw err;
         // A server that accepts and then drops every connection must not be hammered.
-        if (this.backoff !== null) await this.pause(attempt, deadline, err);
+        if (this.backoff !== null) await this.pause(attempt, deadline, route, err);
         continue;
       }
       if (reply.type === 'error') {
@@ -293,7 +305,7 @@ export class SequencerClient {
       else this.preferred = (this.indexOf(from.address) + 1) % this.servers.length;
     }
     if (leader === null) {
-      await this.pause(attempt, deadline, new NotLeaderError(null));
+      await this.pause(attempt, deadline, route, new NotLeaderError(null));
       return;
     }
     const name = formatAddress(leader);
@@ -308,11 +320,11 @@ export class SequencerClient {
         await this.pause(
           attempt,
           deadline,
+          route,
           new NotLeaderError(
             name,
-            `${from.address} names ${name} as the leader, but ${name} did not answer in time: ` +
-              'a leader that just failed is named until its lease runs out, so a new one is probably being elected; ' +
-              `retry shortly, or check that ${name} is the address that member advertises (--advertise)`,
+            `${from.address} names ${name} as the leader, but ${name} did not answer in time: ${NAMED_BUT_SILENT}, ` +
+              `or check that ${name} is the address that member advertises (--advertise)`,
           ),
         );
       }
@@ -335,9 +347,9 @@ export class SequencerClient {
    * cut short instead, so that an election ending in the call's last second
    * still serves it.
    */
-  private async pause(attempt: number, deadline: number, orElse: Error): Promise<void> {
+  private async pause(attempt: number, deadline: number, route: Route, orElse: Error): Promise<void> {
     const delay = backoffDelay(attempt, this.backoff ?? DEFAULT_BACKOFF);
-    const room = deadline - performance.now() - LAST_TRY_MS;
+    const room = deadline - performance.now() - Math.max(LAST_TRY_MS, 2 * route.slowestMs);
     if (room <= 0) throw orElse;
     await sleep(Math.min(delay, room), this.closing.signal);
   }

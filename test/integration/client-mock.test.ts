@@ -354,7 +354,7 @@ test('a dead leader still being dialled at the deadline: NotLeaderError naming i
   const error = await c.getNextSequence().then(() => null, (e: unknown) => e);
   assert.ok(error instanceof NotLeaderError, String(error));
   assert.equal(error.leader, dead.address);
-  assert.match(error.message, /named as the leader, could not be reached before the request timeout/);
+  assert.match(error.message, new RegExp(`no leader answered before the request timeout; the last one named was ${dead.address}`));
   assert.ok(dead.accepted >= 1, 'the named leader was dialled');
 });
 
@@ -368,6 +368,15 @@ test('a call waiting out an election tries until just before its timeout, not a 
   assert.ok(error instanceof NotLeaderError, String(error));
   assert.ok(elapsed >= 1500 - 60, `gave up after ${Math.round(elapsed)} ms of 1500`);
   assert.equal(server.requests.length, 2, 'the first try, and one just before the timeout');
+});
+
+test('on a slow link the last try before the deadline leaves time for its answer: NotLeaderError, not a timeout', async () => {
+  // Every NOTLEADER takes 100 ms: a last try 50 ms before the deadline could not be answered in time.
+  const server = await mock((_words, connection) => setTimeout(() => connection.send('-NOTLEADER\r\n'), 100));
+  const c = client({ servers: [server.address], requestTimeoutMs: 1500, reconnect: { minDelayMs: 4000, maxDelayMs: 4000 } });
+  const error = await c.getNextSequence().then(() => null, (e: unknown) => e);
+  assert.ok(error instanceof NotLeaderError, String(error));
+  assert.equal(server.requests.length, 2, 'the first try, and one last try early enough to be answered');
 });
 
 test('a new leader still loading its marks: the call goes back to it until it serves', async () => {
