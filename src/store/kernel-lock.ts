@@ -18,7 +18,7 @@
  * directory's inode in the kernel: every process on this kernel sees it, whatever
  * namespaces it runs in.
  */
-import { spawn } from 'node:child_process';
+import { type ChildProcess, spawn } from 'node:child_process';
 import fs from 'node:fs';
 
 export type KernelLock =
@@ -32,58 +32,80 @@ export type KernelLock =
 /** Tells a lock held elsewhere from flock's own failures (which exit 1). */
 const CONFLICT_EXIT = 75;
 /**
- * How long to wait for a holder to let go: a server that was just stopped may still be
- * closing its files when its successor starts.
+ * How long to wait for a holder to let go: a server in another container may still be
+ * finishing its graceful stop when its replacement starts. (One on this machine and in
+ * this network namespace is refused at once by the data directory's mutex, before this.)
  */
 const WAIT_SECONDS = 2;
 /** Where the descriptor lands in the `flock` process. */
 const CHILD_FD = 3;
 
-export function holdKernelLock(dir: string): Promise<KernelLock> {
+export async function holdKernelLock(dir: string): Promise<KernelLock> {
   let fd: number;
   try {
     // Opened with O_CLOEXEC (as Node.js opens every file): no other child of ours inherits the lock.
     fd = fs.openSync(dir, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
   } catch (err) {
-    return Promise.resolve({ state: 'unavailable', reason: `open ${dir}: ${(err as Error).message}` });
+    return { state: 'unavailable', reason: `open ${dir}: ${(err as Error).message}` };
   }
+  const took = await runFlock(['--exclusive', '--wait', String(WAIT_SECONDS), '--conflict-exit-code', String(CONFLICT_EXIT), String(CHILD_FD)], fd);
+  // A flock that exits 0 without locking the descriptor it was given (another implementation, a
+  // wrapper) would leave the directory open to a second server with nothing said: a look from
+  // outside, through the directory's path, must find it taken.
+  const verified = took === 'ok' ? await runFlock(['--nonblock', '--conflict-exit-code', String(CONFLICT_EXIT), dir, 'true'], null) : took;
+  if (took === 'ok' && verified === 'busy') {
+    let open = true;
+    return {
+      state: 'held',
+      release: () => {
+        if (!open) return;
+        open = false;
+        fs.closeSync(fd);
+      },
+    };
+  }
+  fs.closeSync(fd);
+  if (took === 'busy') return { state: 'busy' };
+  if (took !== 'ok') return took;
+  return {
+    state: 'unavailable',
+    reason: verified === 'ok' ? '`flock` reported the lock taken, but the directory was not locked' : `checking the lock: ${(verified as { reason: string }).reason}`,
+  };
+}
+
+type Outcome = 'ok' | 'busy' | Extract<KernelLock, { state: 'unavailable' }>;
+
+/** Runs `flock` with `fd` (if any) as its descriptor CHILD_FD, and tells how it ended. */
+function runFlock(args: string[], fd: number | null): Promise<Outcome> {
   return new Promise((resolve) => {
     let settled = false;
     let stderr = '';
-    const settle = (lock: KernelLock): void => {
+    const settle = (outcome: Outcome): void => {
       if (settled) return;
       settled = true;
-      if (lock.state !== 'held') fs.closeSync(fd);
-      resolve(lock);
+      resolve(outcome);
     };
-    const args = ['--exclusive', '--wait', String(WAIT_SECONDS), '--conflict-exit-code', String(CONFLICT_EXIT), String(CHILD_FD)];
-    const child = spawn('flock', args, { stdio: ['ignore', 'ignore', 'pipe', fd] });
+    const unavailable = (err: NodeJS.ErrnoException): Outcome => ({
+      state: 'unavailable',
+      reason: err.code === 'ENOENT' ? 'no flock command (util-linux) on PATH' : `flock: ${err.message}`,
+    });
+    let child: ChildProcess;
+    try {
+      child = spawn('flock', args, { stdio: ['ignore', 'ignore', 'pipe', ...(fd === null ? [] : [fd])] });
+    } catch (err) {
+      // Some spawn failures are thrown rather than reported as 'error'.
+      settle(unavailable(err as NodeJS.ErrnoException));
+      return;
+    }
     child.stderr!.setEncoding('utf8').on('data', (text: string) => {
       if (stderr.length < 1000) stderr += text;
     });
-    // A spawn that failed (no flock on PATH) emits 'error' and may emit 'exit' as well: the first settles.
-    child.on('error', (err: NodeJS.ErrnoException) => {
-      settle({
-        state: 'unavailable',
-        reason: err.code === 'ENOENT' ? 'no flock command (util-linux) on PATH' : `flock: ${err.message}`,
-      });
-    });
+    // A spawn that failed (no flock on PATH) emits 'error', then 'close': the first settles.
+    child.on('error', (err: NodeJS.ErrnoException) => settle(unavailable(err)));
     child.once('close', (code, signal) => {
-      if (code === 0) {
-        let open = true;
-        settle({
-          state: 'held',
-          release: () => {
-            if (!open) return;
-            open = false;
-            fs.closeSync(fd);
-          },
-        });
-      } else if (code === CONFLICT_EXIT) {
-        settle({ state: 'busy' });
-      } else {
-        settle({ state: 'unavailable', reason: stderr.trim().split('\n')[0] || `flock exited (${signal ?? `status ${code}`})` });
-      }
+      if (code === 0) settle('ok');
+      else if (code === CONFLICT_EXIT) settle('busy');
+      else settle({ state: 'unavailable', reason: stderr.trim().split('\n')[0] || `flock exited (${signal ?? `status ${code}`})` });
     });
   });
 }

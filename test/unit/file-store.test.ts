@@ -12,6 +12,7 @@ import { END, MAX_VALUE } from '../../src/core/limits.js';
 import { DataDirLockedError, PersistenceError, StateCorruptError } from '../../src/errors.js';
 import { waitFor } from '../helpers/wait.js';
 import { childrenRunning } from '../helpers/children.js';
+import { flockHeld } from '../helpers/flock.js';
 
 async function tempDir(t: TestContext): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), 'dolmeangi-file-store-'));
@@ -748,10 +749,9 @@ test('a flock on the directory keeps a second server out though LOCK names a dea
 
 test('the flock is the store\'s own descriptor: held while open with no process of its own, not passed to children, released at close', { skip: process.platform !== 'linux' && 'Linux only' }, async (t) => {
   const dir = await tempDir(t);
-  const probe = () => new Promise<number | null>((resolve) => spawn('flock', ['--nonblock', '--conflict-exit-code', '75', dir, 'true']).once('exit', resolve));
   const flocksBefore = await childrenRunning('flock');
   const store = await FileStore.open(dir);
-  assert.equal(await probe(), 75, 'held while open');
+  assert.equal(await flockHeld(dir), true, 'held while open');
   // Nothing that could die, or be signalled by a Ctrl-C or a service manager, while the store still writes.
   assert.deepEqual(await childrenRunning('flock'), flocksBefore, 'no flock process left running');
   await store.load();
@@ -761,12 +761,12 @@ test('the flock is the store\'s own descriptor: held while open with no process 
   t.after(() => child.kill('SIGKILL'));
   await once(child, 'spawn');
   await store.close();
-  assert.equal(await probe(), 0, 'released by close, before it resolves, though a child started while it was held still runs');
+  assert.equal(await flockHeld(dir), false, 'released by close, before it resolves, though a child started while it was held still runs');
   assert.equal(child.exitCode, null, 'the child still runs');
 
   const again = await FileStore.open(dir);
   t.after(() => again.close());
-  assert.equal(await probe(), 75, 'taken again');
+  assert.equal(await flockHeld(dir), true, 'taken again');
   assert.deepEqual(await again.load(), m({ a: 10n }));
   await again.persist(m({ a: 15n }));
   await again.close();
@@ -804,6 +804,24 @@ test('without a flock command the store still opens, and says what is not covere
   t.after(() => store.close());
   assert.ok(said.some((msg) => /no flock on the data directory.*no flock command/.test(msg)), said.join('\n'));
   await store.load();
+});
+
+test('a flock command that exits 0 without locking is caught, and the store says the flock is missing', async (t) => {
+  const dir = await tempDir(t);
+  const bin = await tempDir(t);
+  // Another implementation, or a wrapper, that ignores the descriptor it is given.
+  await writeFile(join(bin, 'flock'), '#!/bin/sh\nexit 0\n', { mode: 0o755 });
+  const said: string[] = [];
+  const path = process.env.PATH;
+  process.env.PATH = bin;
+  let store: FileStore;
+  try {
+    store = await FileStore.open(dir, { log: (msg, fields) => said.push(`${msg} ${JSON.stringify(fields)}`) });
+  } finally {
+    process.env.PATH = path;
+  }
+  t.after(() => store.close());
+  assert.ok(said.some((msg) => /no flock on the data directory.*reported the lock taken, but the directory was not locked/.test(msg)), said.join('\n'));
 });
 
 test('a lock naming this pid that this process does not hold is stale (a restarted container)', async (t) => {
