@@ -14,6 +14,7 @@ import { runLoad } from '../helpers/load.js';
 import { WireClient, ask, resp } from '../helpers/wire.js';
 import { waitFor } from '../helpers/wait.js';
 import { childrenRunning } from '../helpers/children.js';
+import { flockHeld } from '../helpers/flock.js';
 
 /** Servers of the running test: killed after it, so a failed assertion cannot leave one behind. */
 const running: ServerProcess[] = [];
@@ -211,21 +212,20 @@ test('a second server in its own network and PID namespaces (a container sharing
 
 test('the flock on the data directory is the server\'s own: no process of its own holds it, and it ends with the server, even at kill -9', async () => {
   const dir = await tempDir();
-  const probe = async () => (await runProgram('flock', ['--nonblock', '--conflict-exit-code', '75', dir, 'true'])).code;
   try {
     const a = await start([`--data-dir=${dir}`, '--reserve=10']);
     assert.equal(await ask(a.port, 'GETSEQ\r\n'), ':1\r\n');
     // A process holding it for the server could die, or be stopped by a Ctrl-C or a service
     // manager, while the server still writes; then a server in another container could take the directory.
     assert.deepEqual(await childrenRunning('flock', a.pid), [], 'no flock process runs for the server');
-    assert.equal(await probe(), 75, 'held while the server runs');
+    assert.equal(await flockHeld(dir), true, 'held while the server runs');
     a.child.kill('SIGKILL');
     await a.exited;
-    assert.equal(await probe(), 0, 'released with the server, as soon as it is gone');
+    assert.equal(await flockHeld(dir), false, 'released with the server, as soon as it is gone');
     const b = await start([`--data-dir=${dir}`, '--reserve=10']);
     assert.equal(await ask(b.port, 'GETSEQ\r\n'), ':11\r\n', 'the next start goes on past the durable window');
     assert.equal(await b.stop(), 0);
-    assert.equal(await probe(), 0, 'released by a clean stop');
+    assert.equal(await flockHeld(dir), false, 'released by a clean stop');
   } finally {
     await rm(dir, { recursive: true, force: true });
   }

@@ -227,11 +227,12 @@ describe('group mode on etcd', () => {
       await Promise.all(others.map((i) => etcd.stop(i)));
       crashes++; // the lease runs out: the next term starts above the old window
       downAt = now();
-      // Once the lease has run out, nobody may hand out numbers (CURRENT asks without taking one).
+      // Once the lease has run out, nobody may hand out numbers (CURRENT asks without taking one): by a
+      // lease after etcd notices the lost quorum (two election timeouts of 500 ms), with some slack for asking.
       await waitFor(
         async () => (await Promise.all(group.nodes.map((n) => ask(n.port, 'CURRENT\r\n')))).every((r) => /^-(NOTLEADER|ERR)/.test(r)),
-        'every member to stop serving',
-        (LEASE_TTL_S + 5) * 1000,
+        'every member to stop serving within the lease',
+        Math.max(1, Number(downAt / 1_000_000n) + (LEASE_TTL_S + 1) * 1000 + 500 - Number(now() / 1_000_000n)),
       );
       const op = history.begin('quorum-probe');
       await assert.rejects(probe.getNextSequence(), (err: Error) => {

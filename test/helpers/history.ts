@@ -245,7 +245,6 @@ function checkRunGaps(ops: Op[], byFirst: Op[], runOf: (op: Op) => number, opts:
   return violations;
 }
 
-/** Throws with every violation listed; for use in tests. */
 /** One change of leader under a fault, as the test saw it (monotonic ns). */
 export interface Failover {
   /** When the fault was injected (kill, pause, cut). */
@@ -300,6 +299,7 @@ export function checkFailover(history: History | Op[], f: Failover, opts: { rese
   );
 }
 
+/** Throws with every violation listed; for use in tests. */
 export function assertHistory(history: History | Op[], opts: CheckOptions = {}): CheckResult {
   const r = checkHistory(history, opts);
   const problems = [
