@@ -77,9 +77,14 @@ export async function runClientCommand(command: ClientCommand, argv: string[], i
     io.out(await eachServer(request.options, command, (client) => perform(client, command, request.name, request.count)));
     return 0;
   } catch (err) {
-    io.err(`dolmeangi: ${oneLine(err instanceof Error ? err.message : String(err))}\n`);
+    io.err(`dolmeangi: ${forCommandLine(oneLine(err instanceof Error ? err.message : String(err)))}\n`);
     return 1;
   }
+}
+
+/** The library's advice names its own option for more time; here that is --timeout. */
+function forCommandLine(message: string): string {
+  return message.replace(/\(requestTimeoutMs\)/g, '(--timeout)').replace(/raise requestTimeoutMs/g, 'raise --timeout');
 }
 
 /**

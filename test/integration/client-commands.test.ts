@@ -73,7 +73,11 @@ test('a listed server that accepts and never answers leaves time for the next on
   }
   // With a password nothing is sent before AUTH, so a getseq moves on too; without one it may have taken a number.
   assert.equal((await run('getseq', ['--server', `${hung.address},${good.address}`, '--timeout', '2000', '--password', 'pw'])).code, 0);
-  assert.equal((await run('getseq', ['--server', `${hung.address},${good.address}`, '--timeout', '1000'])).code, 1);
+  const timedOut = await run('getseq', ['--server', `${hung.address},${good.address}`, '--timeout', '1000']);
+  assert.equal(timedOut.code, 1);
+  // Advice in the command line's terms, not the library's option.
+  assert.match(timedOut.stderr, /raise --timeout/);
+  assert.doesNotMatch(timedOut.stderr, /requestTimeoutMs/);
 });
 
 test('a server answering NOTLEADER (no leader known, or a dead one named) leaves the next one listed its turn', async () => {
