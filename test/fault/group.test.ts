@@ -73,6 +73,9 @@ function load(label: string, seconds: number) {
     maxCalls: 2_000_000,
     deadline: Date.now() + seconds * 1000,
     label,
+    // Batches too: a batch's whole range must lie below every number handed out after it, across failovers.
+    batchEvery: 7,
+    batchSize: 10n,
     requestTimeoutMs: LOAD_TIMEOUT_MS,
     connectTimeoutMs: 500,
     reconnect: { minDelayMs: 10, maxDelayMs: 100 },
@@ -151,6 +154,7 @@ describe('group mode on etcd', () => {
     }
     t.diagnostic(`failover after SIGKILL (ms): median ${median(times)}, max ${Math.max(...times)}, all ${times.join(' ')}`);
     assert.ok(l.acked() > 100, `only ${l.acked()} numbers under load`);
+    assert.ok(history.acknowledged.some((o) => o.client.startsWith('kill/') && o.count > 1n), 'batches were served under load');
     assertHistory(history, { crashes, reserve: RESERVE });
   });
 

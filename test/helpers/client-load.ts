@@ -1,6 +1,7 @@
 /**
  * Load through the client library, recorded in a History: several workers,
- * each calling getNextSequence in a loop until stopped or out of budget.
+ * each calling getNextSequence (and, if asked, getBatch now and then) in a loop
+ * until stopped or out of budget.
  * A call that fails without a reply counts as "maybe issued" unless the client
  * says the request never left the process.
  */
@@ -22,6 +23,9 @@ export interface ClientLoadOptions extends SequencerClientOptions {
   deadline: number;
   label: string;
   sequence?: string;
+  /** Every this many calls of a worker, a getBatch of `batchSize` instead (a batch's whole range must stay below what follows it). */
+  batchEvery?: number;
+  batchSize?: bigint;
 }
 
 export interface ClientLoad {
@@ -31,7 +35,7 @@ export interface ClientLoad {
 }
 
 /**
- * Records a failed GETSEQ: refused when the client knows no number was taken (an
+ * Records a failed GETSEQ or GETSEQ_BATCH: refused when the client knows no number was taken (an
  * error reply, NOTLEADER, no server reached, never sent), else "maybe issued".
  */
 export function recordFailure(history: History, op: Op, err: unknown): void {
@@ -51,11 +55,12 @@ export function startClientLoad(history: History, opts: ClientLoadOptions): Clie
   let stopped = false;
   const errors = new Map<string, number>();
   const worker = async (w: number) => {
-    while (!stopped && calls < opts.maxCalls && Date.now() < opts.deadline) {
+    for (let own = 1; !stopped && calls < opts.maxCalls && Date.now() < opts.deadline; own++) {
       calls++;
-      const op = history.begin(`${opts.label}/w${w}`, 1n, opts.sequence ?? 'default');
+      const batch = opts.batchEvery !== undefined && own % opts.batchEvery === 0 ? (opts.batchSize ?? 10n) : null;
+      const op = history.begin(`${opts.label}/w${w}`, batch ?? 1n, opts.sequence ?? 'default');
       try {
-        history.ok(op, await client.getNextSequence(opts.sequence));
+        history.ok(op, batch === null ? await client.getNextSequence(opts.sequence) : (await client.getBatch(batch, opts.sequence)).first);
         acked++;
       } catch (err) {
         const key = (err as Error).constructor.name;
