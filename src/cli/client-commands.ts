@@ -82,9 +82,12 @@ export async function runClientCommand(command: ClientCommand, argv: string[], i
   }
 }
 
-/** The library's advice names its own option for more time; here that is --timeout. */
-function forCommandLine(message: string): string {
-  return message.replace(/\(requestTimeoutMs\)/g, '(--timeout)').replace(/raise requestTimeoutMs/g, 'raise --timeout');
+/** The library's advice names its own options; here the one for more time is --timeout, and there is no other. */
+export function forCommandLine(message: string): string {
+  return message
+    .replace(/\((requestTimeoutMs|connectTimeoutMs)\)/g, '(--timeout)')
+    .replace(/raise (requestTimeoutMs|connectTimeoutMs)/g, 'raise --timeout')
+    .replace(/,? or raise maxRedirects/g, '');
 }
 
 /**

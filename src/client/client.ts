@@ -80,7 +80,7 @@ interface Route {
   readonly named: Set<string>;
   /** The leader the call was last sent to. */
   following: string | null;
-  /** The longest one attempt took (connecting and the reply): what a last try before the deadline needs. */
+  /** The slowest reply the call has had, from sending to the answer: what a last try before the deadline needs. */
   slowestMs: number;
 }
 
@@ -94,8 +94,9 @@ const enum Resend {
 
 /**
  * The least time worth one more try after a backoff pause, and at least twice the
- * call's slowest attempt: a try cut off by the deadline would fail as a timeout,
- * which says less than the NOTLEADER it would have got.
+ * call's slowest reply (the try may need a new connection as well): a try cut off
+ * by the deadline would fail as a timeout, which says less than the NOTLEADER it
+ * would have got.
  */
 const LAST_TRY_MS = 50;
 
@@ -136,6 +137,8 @@ export class SequencerClient {
   private lastConnectError: unknown = null;
   /** Servers the connection attempts under way have tried, for the error that says none answered. */
   private readonly tried = new Set<string>();
+  /** Errors a call got because its deadline passed while it waited for a connection, not because every server failed. */
+  private readonly ranOut = new WeakSet<Error>();
   private readonly closing = new AbortController();
 
   constructor(options?: SequencerClientOptions);
@@ -241,11 +244,10 @@ export class SequencerClient {
     // Without reconnecting, a call still retries once per server (a full one, or one that drops the connection, is left for the next).
     let attemptsLeft = this.backoff === null ? this.servers.length : Infinity;
     for (let attempt = 0; ; attempt++) {
-      const started = performance.now();
       const connection = this.connection?.usable ? this.connection : await this.connect(deadline).catch((err: unknown) => {
         // Out of time after a member named a leader: a member did answer, so "no server could be
         // reached" would mislead; the leader named last is the one to look at.
-        if (err instanceof NoServerAvailableError && route.following !== null && deadline - performance.now() <= 1) {
+        if (err instanceof NoServerAvailableError && route.following !== null && this.ranOut.has(err)) {
           throw new NotLeaderError(
             route.following,
             `no leader answered before the request timeout; the last one named was ${route.following}: ${NAMED_BUT_SILENT}, ` +
@@ -259,9 +261,10 @@ export class SequencerClient {
         // Only a call that gave the server at least half a timeout shows that it stalls; one
         // that spent most of its time waiting for the connection fails alone, and the calls
         // behind it keep their chance.
-        const left = deadline - performance.now();
+        const sentAt = performance.now();
+        const left = deadline - sentAt;
         reply = await connection.send(words, Math.max(1, left), left * 2 >= this.requestTimeoutMs, expected);
-        route.slowestMs = Math.max(route.slowestMs, performance.now() - started);
+        route.slowestMs = Math.max(route.slowestMs, performance.now() - sentAt);
       } catch (err) {
         this.avoid(connection);
         const retry = err instanceof ConnectionClosedError && (!err.requestSent || resend === Resend.Safe);
@@ -369,7 +372,12 @@ export class SequencerClient {
         clearTimeout(timer);
         return true;
       };
-      const timer = setTimeout(() => settle() && reject(this.noServerError()), Math.max(0, deadline - performance.now()));
+      const timer = setTimeout(() => {
+        if (!settle()) return;
+        const err = this.noServerError();
+        this.ranOut.add(err);
+        reject(err);
+      }, Math.max(0, deadline - performance.now()));
       connecting.then(
         (connection) => settle() && resolve(connection),
         (err: unknown) => settle() && reject(err),
@@ -516,7 +524,7 @@ export class SequencerClient {
   private noServerError(): NoServerAvailableError {
     const tried = this.tried.size === 0 ? 'none tried yet' : `tried ${[...this.tried].join(', ')}`;
     const cause = this.lastConnectError;
-    const why = cause instanceof Error ? `: ${cause.message}` : '';
+    const why = cause instanceof Error ? `: ${cause.message.replace(/\.$/, '')}` : '';
     // More time helps only where time ran out, not against a refusal or a bad certificate.
     const advice = cause === null || cause instanceof TimeoutError ? ', or allow more time (requestTimeoutMs)' : '';
     return new NoServerAvailableError(

@@ -601,8 +601,14 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
     // A proof counts from when it was sent, so a slow answer proves too little: try again a few
     // times. Revoke all the same if etcd stays that slow: unrevoked, a leader whose key was deleted
     // but whose renewals still get through would serve on beside whoever comes after us.
-    for (let tries = 0; tries < 3 && ours.provenFor() > this.margin() / 2; tries++) await ours.prove();
-    if (ours.provenFor() > this.margin() / 2) {
+    let proofFailed: unknown = null;
+    try {
+      for (let tries = 0; tries < 3 && ours.provenFor() > this.margin() / 2; tries++) await ours.prove();
+    } catch (err) {
+      // No term for us, but the revoke still goes out first, for the same reason.
+      proofFailed = err;
+    }
+    if (proofFailed === null && ours.provenFor() > this.margin() / 2) {
       this.log.warn(
         { provenForMs: Math.round(ours.provenFor()), marginMs: this.margin() },
         "etcd answers lease renewals slowly: revoking the previous leader's lease with our own lease proven less recently than planned",
@@ -615,6 +621,7 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
       // Gone already: expired, or revoked by another member, whose wait we cannot see. Wait all the same.
       if (!(err instanceof EtcdLeaseInvalidError)) throw err;
     }
+    if (proofFailed !== null) throw proofFailed;
     this.log.warn(
       { waitMs },
       "the previous leader's key was gone but its lease alive (was the key deleted by hand?): revoked the lease; serving once it has surely stopped",

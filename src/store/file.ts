@@ -537,7 +537,12 @@ export class FileStore implements Store {
   private async holdDirFlock(): Promise<void> {
     if (process.platform === 'win32') return;
     const lock = await this.takeDirFlock();
-    if (lock.state === 'held') return;
+    if (lock.state === 'held') {
+      if (lock.unchecked !== undefined) {
+        this.say('took the flock on the data directory, but could not check it from outside', { file: this.dir, reason: lock.unchecked });
+      }
+      return;
+    }
     if (lock.state === 'busy') {
       throw new DataDirLockedError(
         this.dir,

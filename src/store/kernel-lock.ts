@@ -22,8 +22,8 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import fs from 'node:fs';
 
 export type KernelLock =
-  /** Ours until `release()`, or until this process ends. */
-  | { readonly state: 'held'; release(): void }
+  /** Ours until `release()`, or until this process ends. `unchecked`: why the look from outside could not be made. */
+  | { readonly state: 'held'; readonly unchecked?: string; release(): void }
   /** Another process holds it, and kept it for the whole wait. */
   | { readonly state: 'busy' }
   /** No such lock here (no `flock` command, a file system without flock); `reason` says why. */
@@ -52,24 +52,26 @@ export async function holdKernelLock(dir: string): Promise<KernelLock> {
   // A flock that exits 0 without locking the descriptor it was given (another implementation, a
   // wrapper) would leave the directory open to a second server with nothing said: a look from
   // outside, through the directory's path, must find it taken.
-  const verified = took === 'ok' ? await runFlock(['--nonblock', '--conflict-exit-code', String(CONFLICT_EXIT), dir, 'true'], null) : took;
-  if (took === 'ok' && verified === 'busy') {
-    let open = true;
-    return {
-      state: 'held',
-      release: () => {
-        if (!open) return;
-        open = false;
-        fs.closeSync(fd);
-      },
-    };
+  if (took !== 'ok') {
+    fs.closeSync(fd);
+    return took === 'busy' ? { state: 'busy' } : took;
   }
-  fs.closeSync(fd);
-  if (took === 'busy') return { state: 'busy' };
-  if (took !== 'ok') return took;
+  const verified = await runFlock(['--nonblock', '--conflict-exit-code', String(CONFLICT_EXIT), dir, 'true'], null);
+  // Only a look that took the lock itself proves ours is not real. One that failed for its own
+  // reasons proves nothing: the lock `flock` reported is kept.
+  if (verified === 'ok') {
+    fs.closeSync(fd);
+    return { state: 'unavailable', reason: '`flock` reported the lock taken, but the directory was not locked' };
+  }
+  let open = true;
   return {
-    state: 'unavailable',
-    reason: verified === 'ok' ? '`flock` reported the lock taken, but the directory was not locked' : `checking the lock: ${(verified as { reason: string }).reason}`,
+    state: 'held',
+    ...(verified === 'busy' ? {} : { unchecked: verified.reason }),
+    release: () => {
+      if (!open) return;
+      open = false;
+      fs.closeSync(fd);
+    },
   };
 }
 

@@ -379,6 +379,26 @@ test('on a slow link the last try before the deadline leaves time for its answer
   assert.equal(server.requests.length, 2, 'the first try, and one last try early enough to be answered');
 });
 
+test('a slow first connection does not count as a slow reply: the call still waits out the election', async () => {
+  // The first server listed never answers AUTH: the call spends connectTimeoutMs there before it reaches the follower.
+  const hung = await mock(() => {});
+  const started = performance.now();
+  const count = counterScript(40n);
+  const follower = await mock((words, connection) => {
+    if (words[0] === 'AUTH') connection.send('+OK\r\n');
+    else if (performance.now() - started < 1600) connection.send('-NOTLEADER\r\n');
+    else count(words, connection);
+  });
+  const c = client({
+    servers: [hung.address, follower.address],
+    password: 'pw',
+    connectTimeoutMs: 1000,
+    requestTimeoutMs: 3000,
+    reconnect: { minDelayMs: 50, maxDelayMs: 200 },
+  });
+  assert.equal(await c.getNextSequence(), 40n);
+});
+
 test('a new leader still loading its marks: the call goes back to it until it serves', async () => {
   // Elected, it answers a bare NOTLEADER until its marks are loaded; the others already name it.
   let loaded = false;

@@ -7,6 +7,7 @@ import { Fifo } from '../../src/client/fifo.js';
 import { parseInfo } from '../../src/client/info.js';
 import { encodeCommand } from '../../src/protocol/request-encoder.js';
 import { DolmeangiError } from '../../src/errors.js';
+import { forCommandLine } from '../../src/cli/client-commands.js';
 
 test('parseAddress: host:port, [ipv6]:port, a bare host, and what it refuses', () => {
   assert.deepEqual(parseAddress('10.0.0.2:10002'), { host: '10.0.0.2', port: 10002 });
@@ -75,4 +76,16 @@ test('Fifo keeps order across growth and compaction', () => {
   assert.equal(q.length, next - expected);
   assert.deepEqual(q.drain(), Array.from({ length: next - expected }, (_, i) => expected + i));
   assert.equal(q.shift(), undefined);
+});
+
+test('the CLI speaks of --timeout where the library names its own options, and drops advice it has no option for', () => {
+  assert.equal(
+    forCommandLine('no server could be reached in time (tried a:1): could not connect to a:1 within 300 ms: check the address and that the server runs, or raise connectTimeoutMs. Check that a server runs at one of these addresses, or allow more time (requestTimeoutMs).'),
+    'no server could be reached in time (tried a:1): could not connect to a:1 within 300 ms: check the address and that the server runs, or raise --timeout. Check that a server runs at one of these addresses, or allow more time (--timeout).',
+  );
+  assert.equal(forCommandLine('the server is slow, paused or unreachable; check it, or raise requestTimeoutMs.'), 'the server is slow, paused or unreachable; check it, or raise --timeout.');
+  assert.equal(
+    forCommandLine('the members disagree on who leads, or advertise wrong addresses; retry later, check --advertise, or raise maxRedirects'),
+    'the members disagree on who leads, or advertise wrong addresses; retry later, check --advertise',
+  );
 });

@@ -1,6 +1,6 @@
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { appendFile, mkdir, mkdtemp, readdir, readFile, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
 import { constants, hostname, tmpdir } from 'node:os';
@@ -822,6 +822,26 @@ test('a flock command that exits 0 without locking is caught, and the store says
   }
   t.after(() => store.close());
   assert.ok(said.some((msg) => /no flock on the data directory.*reported the lock taken, but the directory was not locked/.test(msg)), said.join('\n'));
+});
+
+test('a lock taken but not checkable from outside is kept, and the store says so', async (t) => {
+  const dir = await tempDir(t);
+  const bin = await tempDir(t);
+  const real = execFileSync('sh', ['-c', 'command -v flock'], { encoding: 'utf8' }).trim();
+  // Locks the descriptor it is given, as flock does, but fails the look through the path.
+  await writeFile(join(bin, 'flock'), `#!/bin/sh\nfor last; do :; done\n[ "$last" = 3 ] && exec ${real} "$@"\necho "cannot look" >&2\nexit 1\n`, { mode: 0o755 });
+  const said: string[] = [];
+  const path = process.env.PATH;
+  process.env.PATH = `${bin}:${path}`;
+  let store: FileStore;
+  try {
+    store = await FileStore.open(dir, { log: (msg, fields) => said.push(`${msg} ${JSON.stringify(fields)}`) });
+  } finally {
+    process.env.PATH = path;
+  }
+  t.after(() => store.close());
+  assert.equal(await flockHeld(dir), true, 'the lock flock took is kept');
+  assert.ok(said.some((msg) => /took the flock on the data directory, but could not check it from outside.*cannot look/.test(msg)), said.join('\n'));
 });
 
 test('a lock naming this pid that this process does not hold is stale (a restarted container)', async (t) => {
