@@ -102,6 +102,19 @@ describe('etcd leadership', () => {
     return overlaps;
   }
 
+  /**
+   * Node a leads with its etcd traffic through a proxy the test can cut (all of it, or
+   * with 'clientEndpoints' only its watch and polls); node b follows and knows a leads.
+   */
+  async function leaderBehindProxy(prefix: string, through: 'endpoints' | 'clientEndpoints'): Promise<{ proxy: TcpProxy; a: Node; b: Node }> {
+    const proxy = await proxiedEtcd();
+    const a = await startNode(prefix, 'a', { [through]: [proxy.url], ttl: 2 });
+    await waitFor(() => a.leadership.canServe(), 'a to lead');
+    const b = await startNode(prefix, 'b', { ttl: 2 });
+    await waitFor(() => b.leadership.leaderNodeId() === 'a', 'b to know a leads');
+    return { proxy, a, b };
+  }
+
   /** A TCP proxy in front of the cluster's etcd, closed with the others at the end. */
   async function proxiedEtcd(): Promise<TcpProxy> {
     const proxy = await startTcpProxy({ host: '127.0.0.1', port: Number(new URL(cluster.endpoints[0]!).port) });
@@ -347,11 +360,7 @@ describe('etcd leadership', () => {
   test('a key deleted by hand while its leader cannot see that: the successor revokes its lease and never serves beside it', async () => {
     const prefix = freshPrefix();
     // a's watch and polls go through a proxy the test cuts; its renewals go straight to etcd.
-    const proxy = await proxiedEtcd();
-    const a = await startNode(prefix, 'a', { clientEndpoints: [proxy.url], ttl: 2 });
-    await waitFor(() => a.leadership.canServe(), 'a to lead');
-    const b = await startNode(prefix, 'b', { ttl: 2 });
-    await waitFor(() => b.leadership.leaderNodeId() === 'a', 'b to know a leads');
+    const { proxy, a, b } = await leaderBehindProxy(prefix, 'clientEndpoints');
     proxy.blackhole(true);
     await direct.delete().key(`${prefix}leader`);
     assert.equal(await overlapsUntilServing(a, b), 0, 'a and b never served at the same moment');
@@ -362,11 +371,7 @@ describe('etcd leadership', () => {
   test('a key deleted by hand while its cut-off leader still serves on a lease etcd shows at 0 s left: the successor still waits', async () => {
     const prefix = freshPrefix();
     // a is wholly behind the proxy: the cut stops its renewals, watch and polls alike.
-    const proxy = await proxiedEtcd();
-    const a = await startNode(prefix, 'a', { endpoints: [proxy.url], ttl: 2 });
-    await waitFor(() => a.leadership.canServe(), 'a to lead');
-    const b = await startNode(prefix, 'b', { ttl: 2 });
-    await waitFor(() => b.leadership.leaderNodeId() === 'a', 'b to know a leads');
+    const { proxy, a, b } = await leaderBehindProxy(prefix, 'endpoints');
     const lease = a.leadership.term!.leaseId;
     proxy.blackhole(true);
     // etcd rounds the time left down: its last second reads 0, while a may serve for half of it.
@@ -403,11 +408,7 @@ describe('etcd leadership', () => {
 
   test('a successor whose own key is deleted while it waits out a cut-off leader, and that wins again, waits out the rest', async () => {
     const prefix = freshPrefix();
-    const proxy = await proxiedEtcd();
-    const a = await startNode(prefix, 'a', { endpoints: [proxy.url], ttl: 2 });
-    await waitFor(() => a.leadership.canServe(), 'a to lead');
-    const b = await startNode(prefix, 'b', { ttl: 2 });
-    await waitFor(() => b.leadership.leaderNodeId() === 'a', 'b to know a leads');
+    const { proxy, a, b } = await leaderBehindProxy(prefix, 'endpoints');
     let elected = 0;
     b.leadership.on('elected', () => elected++);
     proxy.blackhole(true);

@@ -790,18 +790,24 @@ test('temp files left by a compaction cut short are removed at start, and nothin
   assert.equal(said.filter((msg) => /removed the temp file of an interrupted compaction/.test(msg)).length, left.length, said.join('\n'));
 });
 
-test('without a flock command the store still opens, and says what is not covered', async (t) => {
-  const dir = await tempDir(t);
+/** Opens a store with PATH set to `path` while it takes its locks (which commands it finds), and what it logged. */
+async function openWithPath(t: TestContext, dir: string, path: string): Promise<{ store: FileStore; said: string[] }> {
   const said: string[] = [];
-  const path = process.env.PATH;
-  process.env.PATH = dir;
+  const before = process.env.PATH;
+  process.env.PATH = path;
   let store: FileStore;
   try {
     store = await FileStore.open(dir, { log: (msg, fields) => said.push(`${msg} ${JSON.stringify(fields)}`) });
   } finally {
-    process.env.PATH = path;
+    process.env.PATH = before;
   }
   t.after(() => store.close());
+  return { store, said };
+}
+
+test('without a flock command the store still opens, and says what is not covered', async (t) => {
+  const dir = await tempDir(t);
+  const { store, said } = await openWithPath(t, dir, dir);
   assert.ok(said.some((msg) => /no flock on the data directory.*no flock command/.test(msg)), said.join('\n'));
   await store.load();
 });
@@ -811,16 +817,7 @@ test('a flock command that exits 0 without locking is caught, and the store says
   const bin = await tempDir(t);
   // Another implementation, or a wrapper, that ignores the descriptor it is given.
   await writeFile(join(bin, 'flock'), '#!/bin/sh\nexit 0\n', { mode: 0o755 });
-  const said: string[] = [];
-  const path = process.env.PATH;
-  process.env.PATH = bin;
-  let store: FileStore;
-  try {
-    store = await FileStore.open(dir, { log: (msg, fields) => said.push(`${msg} ${JSON.stringify(fields)}`) });
-  } finally {
-    process.env.PATH = path;
-  }
-  t.after(() => store.close());
+  const { said } = await openWithPath(t, dir, bin);
   assert.ok(said.some((msg) => /no flock on the data directory.*reported the lock taken, but the directory was not locked/.test(msg)), said.join('\n'));
 });
 
@@ -830,16 +827,7 @@ test('a lock taken but not checkable from outside is kept, and the store says so
   const real = execFileSync('sh', ['-c', 'command -v flock'], { encoding: 'utf8' }).trim();
   // Locks the descriptor it is given, as flock does, but fails the look through the path.
   await writeFile(join(bin, 'flock'), `#!/bin/sh\nfor last; do :; done\n[ "$last" = 3 ] && exec ${real} "$@"\necho "cannot look" >&2\nexit 1\n`, { mode: 0o755 });
-  const said: string[] = [];
-  const path = process.env.PATH;
-  process.env.PATH = `${bin}:${path}`;
-  let store: FileStore;
-  try {
-    store = await FileStore.open(dir, { log: (msg, fields) => said.push(`${msg} ${JSON.stringify(fields)}`) });
-  } finally {
-    process.env.PATH = path;
-  }
-  t.after(() => store.close());
+  const { said } = await openWithPath(t, dir, `${bin}:${process.env.PATH}`);
   assert.equal(await flockHeld(dir), true, 'the lock flock took is kept');
   assert.ok(said.some((msg) => /took the flock on the data directory, but could not check it from outside.*cannot look/.test(msg)), said.join('\n'));
 });
