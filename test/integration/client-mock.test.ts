@@ -580,6 +580,15 @@ test('TLS: the client verifies the server against the given CA', async () => {
   assert.match(error.message, /certificate/);
 });
 
+test('a server that never answers AUTH: NoServerAvailableError whose message quotes the cause once, without a doubled period', async () => {
+  const server = await mock(() => {});
+  const c = client({ servers: [server.address], password: 'pw', connectTimeoutMs: 300, requestTimeoutMs: 2000, reconnect: false });
+  const error = await c.getNextSequence().then(() => null, (e: unknown) => e);
+  assert.ok(error instanceof NoServerAvailableError, String(error));
+  assert.match(error.message, /no reply to AUTH/);
+  assert.doesNotMatch(error.message, /\.\./);
+});
+
 test('connectTimeoutMs covers the TLS handshake and AUTH together', async () => {
   const { key, cert, ca } = await tlsFiles();
   // Each step alone fits in the 1000 ms; the two together do not.
