@@ -100,9 +100,10 @@ const enum Resend {
  */
 const LAST_TRY_MS = 50;
 
-/** Why a named leader that does not answer is no reason to give up at once. */
-const NAMED_BUT_SILENT =
-  'a leader that just failed is named until its lease runs out, so a new one is probably being elected; retry shortly';
+/** Why a named leader that does not answer is no reason to give up at once, and what else to check. */
+const namedButSilent = (leader: string): string =>
+  'a leader that just failed is named until its lease runs out, so a new one is probably being elected; ' +
+  `retry shortly, or check that ${leader} is the address that member advertises (--advertise)`;
 
 export class SequencerClient {
   private readonly servers: readonly Address[];
@@ -244,18 +245,7 @@ export class SequencerClient {
     // Without reconnecting, a call still retries once per server (a full one, or one that drops the connection, is left for the next).
     let attemptsLeft = this.backoff === null ? this.servers.length : Infinity;
     for (let attempt = 0; ; attempt++) {
-      const connection = this.connection?.usable ? this.connection : await this.connect(deadline).catch((err: unknown) => {
-        // Out of time after a member named a leader: a member did answer, so "no server could be
-        // reached" would mislead; the leader named last is the one to look at.
-        if (err instanceof NoServerAvailableError && route.following !== null && this.ranOut.has(err)) {
-          throw new NotLeaderError(
-            route.following,
-            `no leader answered before the request timeout; the last one named was ${route.following}: ${NAMED_BUT_SILENT}, ` +
-              `or check that ${route.following} is the address that member advertises (--advertise)`,
-          );
-        }
-        throw err;
-      });
+      const connection = this.connection?.usable ? this.connection : await this.connectFor(deadline, route);
       let reply: Reply;
       try {
         // Only a call that gave the server at least half a timeout shows that it stalls; one
@@ -326,8 +316,7 @@ export class SequencerClient {
           route,
           new NotLeaderError(
             name,
-            `${from.address} names ${name} as the leader, but ${name} did not answer in time: ${NAMED_BUT_SILENT}, ` +
-              `or check that ${name} is the address that member advertises (--advertise)`,
+            `${from.address} names ${name} as the leader, but ${name} did not answer in time: ${namedButSilent(name)}`,
           ),
         );
       }
@@ -355,6 +344,23 @@ export class SequencerClient {
     const room = deadline - performance.now() - Math.max(LAST_TRY_MS, 2 * route.slowestMs);
     if (room <= 0) throw orElse;
     await sleep(Math.min(delay, room), this.closing.signal);
+  }
+
+  /**
+   * connect() for one call. Out of time after a member named a leader, the call fails with a
+   * NotLeaderError naming it: a member did answer, so "no server could be reached" would mislead.
+   */
+  private async connectFor(deadline: number, route: Route): Promise<Connection> {
+    try {
+      return await this.connect(deadline);
+    } catch (err) {
+      const leader = route.following;
+      if (!(err instanceof NoServerAvailableError) || leader === null || !this.ranOut.has(err)) throw err;
+      throw new NotLeaderError(
+        leader,
+        `no leader answered before the request timeout; the last one named was ${leader}: ${namedButSilent(leader)}`,
+      );
+    }
   }
 
   /** Waits for the shared connection attempt, at most until `deadline`. */

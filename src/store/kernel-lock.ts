@@ -49,13 +49,13 @@ export async function holdKernelLock(dir: string): Promise<KernelLock> {
     return { state: 'unavailable', reason: `open ${dir}: ${(err as Error).message}` };
   }
   const took = await runFlock(['--exclusive', '--wait', String(WAIT_SECONDS), '--conflict-exit-code', String(CONFLICT_EXIT), String(CHILD_FD)], fd);
-  // A flock that exits 0 without locking the descriptor it was given (another implementation, a
-  // wrapper) would leave the directory open to a second server with nothing said: a look from
-  // outside, through the directory's path, must find it taken.
   if (took !== 'ok') {
     fs.closeSync(fd);
     return took === 'busy' ? { state: 'busy' } : took;
   }
+  // A flock that exits 0 without locking the descriptor it was given (another implementation, a
+  // wrapper) would leave the directory open to a second server with nothing said: a look from
+  // outside, through the directory's path, must find it taken.
   const verified = await runFlock(['--nonblock', '--conflict-exit-code', String(CONFLICT_EXIT), dir, 'true'], null);
   // Only a look that took the lock itself proves ours is not real. One that failed for its own
   // reasons proves nothing: the lock `flock` reported is kept.
