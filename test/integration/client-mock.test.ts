@@ -122,6 +122,14 @@ test('a well-framed reply of the wrong kind: ReplyProtocolError, and the connect
   assert.equal(server.connections.length, 2, 'the next call came on a new connection');
 });
 
+/** A call that failed as on a dropped connection after its request left: numbers may have been issued. */
+function assertDroppedAfterSending(result: PromiseSettledResult<unknown>, why: RegExp): void {
+  const err: unknown = result.status === 'rejected' ? result.reason : null;
+  assert.ok(err instanceof ConnectionClosedError, String(err));
+  assert.equal(err.requestSent, true, 'sent, so numbers may have been issued');
+  assert.match(err.message, why);
+}
+
 test('a reply of the wrong kind fails the calls pipelined behind it too: their replies cannot be trusted', async () => {
   // All three replies arrive in one read, so the calls behind would be answered before the first caller's code runs.
   const server = await mock((_words, connection) => {
@@ -134,10 +142,7 @@ test('a reply of the wrong kind fails the calls pipelined behind it too: their r
   assert.ok(first.status === 'rejected' && first.reason instanceof ReplyProtocolError, String(first.status === 'rejected' ? first.reason : first.value));
   for (const result of behind) {
     assert.equal(result.status, 'rejected', 'a number read after the wrong reply is not handed to the caller');
-    const err: unknown = result.status === 'rejected' ? result.reason : null;
-    assert.ok(err instanceof ConnectionClosedError, String(err));
-    assert.equal(err.requestSent, true, 'sent, so numbers may have been issued');
-    assert.match(err.message, /simple string 'OK' in reply to GETSEQ/);
+    assertDroppedAfterSending(result, /simple string 'OK' in reply to GETSEQ/);
   }
   await waitFor(() => server.connections[0]!.socket.destroyed || server.connections[0]!.socket.readableEnded, 'the connection to close');
 });
@@ -153,10 +158,7 @@ test('garbage fails the call it answers; the calls pipelined behind it fail as a
   assert.equal(server.connections[0]!.requests.length, 3, 'the three calls were pipelined on one connection');
   assert.ok(first.status === 'rejected' && first.reason instanceof ReplyProtocolError, String(first.status === 'rejected' ? first.reason : first.value));
   assert.deepEqual(current, { status: 'fulfilled', value: 100n }, 'CURRENT is safe to send again');
-  const err: unknown = last.status === 'rejected' ? last.reason : null;
-  assert.ok(err instanceof ConnectionClosedError, String(err));
-  assert.equal(err.requestSent, true, 'sent, so numbers may have been issued');
-  assert.match(err.message, /unexpected reply type byte '!'/);
+  assertDroppedAfterSending(last, /unexpected reply type byte '!'/);
   assert.equal(server.connections.length, 2);
 });
 
