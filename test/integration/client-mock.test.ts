@@ -17,7 +17,7 @@ import {
   type SequencerClientOptions,
 } from '../../src/index.js';
 import { makeCerts } from '../helpers/certs.js';
-import { counterScript, startMockServer, type MockOptions, type MockServer, type Script } from '../helpers/mock-server.js';
+import { counterScript, startMockServer, type MockConnection, type MockOptions, type MockServer, type Script } from '../helpers/mock-server.js';
 import { freePort } from '../helpers/ports.js';
 import { waitFor } from '../helpers/wait.js';
 
@@ -122,6 +122,16 @@ test('a well-framed reply of the wrong kind: ReplyProtocolError, and the connect
   assert.equal(server.connections.length, 2, 'the next call came on a new connection');
 });
 
+/** A script whose first connection answers its first `requests` requests with `raw`, all at once; later connections get `then`. */
+function badFirstConnection(requests: number, raw: string, then: Script): Script {
+  let first: MockConnection | null = null;
+  return (words, connection) => {
+    first ??= connection;
+    if (connection !== first) then(words, connection);
+    else if (connection.requests.length === requests) connection.send(raw);
+  };
+}
+
 /** A call that failed as on a dropped connection after its request left: numbers may have been issued. */
 function assertDroppedAfterSending(result: PromiseSettledResult<unknown>, why: RegExp): void {
   const err: unknown = result.status === 'rejected' ? result.reason : null;
@@ -148,11 +158,7 @@ test('a reply of the wrong kind fails the calls pipelined behind it too: their r
 });
 
 test('garbage fails the call it answers; the calls pipelined behind it fail as a dropped connection, and CURRENT is resent', async () => {
-  const count = counterScript(100n);
-  const server = await mock((words, connection) => {
-    if (server.connections.length > 1) count(words, connection);
-    else if (connection.requests.length === 3) connection.send('!garbage\r\n');
-  });
+  const server = await mock(badFirstConnection(3, '!garbage\r\n', counterScript(100n)));
   const c = client({ servers: [server.address] });
   const [first, current, last] = await Promise.allSettled([c.getNextSequence(), c.current(), c.getNextSequence()]);
   assert.equal(server.connections[0]!.requests.length, 3, 'the three calls were pipelined on one connection');
@@ -163,11 +169,7 @@ test('garbage fails the call it answers; the calls pipelined behind it fail as a
 });
 
 test('an INFO reply of the wrong kind fails the INFO, and CURRENT pipelined behind it is resent on a new connection', async () => {
-  const count = counterScript(9n);
-  const server = await mock((words, connection) => {
-    if (server.connections.length > 1) count(words, connection);
-    else if (connection.requests.length === 2) connection.send(':1\r\n:2\r\n');
-  });
+  const server = await mock(badFirstConnection(2, ':1\r\n:2\r\n', counterScript(9n)));
   const c = client({ servers: [server.address] });
   const [info, current] = await Promise.allSettled([c.info(), c.current()]);
   assert.ok(info.status === 'rejected' && info.reason instanceof ReplyProtocolError && /integer reply in reply to INFO/.test(info.reason.message));
