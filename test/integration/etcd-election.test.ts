@@ -450,6 +450,102 @@ describe('etcd leadership', () => {
     proxy.blackhole(false);
   });
 
+  /**
+   * Node b, whose grant of a lease takes GRANT_DELAY_MS (so its lease is proven too
+   * long ago by the time it could revoke, and must be proven afresh), with its etcd
+   * calls wrapped as `wrap` says; `events` records grants, proofs sent and revokes
+   * in the order they happen. Node a leads with its watch and polls cut off, its
+   * renewals going straight to etcd, so a revoke of its lease reaches it.
+   */
+  async function successorOfCutOffLeader(
+    prefix: string,
+    wrap: { renewal: (leaseKeepAlive: () => Promise<unknown>, events: string[]) => Promise<unknown> },
+  ): Promise<{ proxy: TcpProxy; a: Node; b: Node; events: string[]; log: ReturnType<typeof captureLog> }> {
+    const GRANT_DELAY_MS = 300;
+    const proxy = await proxiedEtcd();
+    const a = await startNode(prefix, 'a', { clientEndpoints: [proxy.url], ttl: 2 });
+    await waitFor(() => a.leadership.canServe(), 'a to lead');
+    const aLease = a.leadership.term!.leaseId;
+    const events: string[] = [];
+    const log = captureLog('warn');
+    const b = await startNode(prefix, 'b', {
+      ttl: 2,
+      log: log.log,
+      beforeStart: (client) => {
+        const leases = client.leaseClient;
+        const grant = leases.leaseGrant.bind(leases);
+        const revoke = leases.leaseRevoke.bind(leases);
+        leases.leaseGrant = async (...args) => {
+          events.push('grant');
+          await new Promise((r) => setTimeout(r, GRANT_DELAY_MS));
+          return grant(...args);
+        };
+        leases.leaseRevoke = (req, ...rest) => {
+          events.push(req.ID === aLease ? "revoke a's lease" : 'revoke another lease');
+          return revoke(req, ...rest);
+        };
+      },
+      keepaliveClient: (connection, endpoint) => {
+        const client = createEtcdClient(connection, [endpoint]);
+        const leases = client.leaseClient;
+        const keepAlive = leases.leaseKeepAlive.bind(leases);
+        // A renewal goes to every member at once: one event per renewal, from the first member's client.
+        const recorded = endpoint === cluster.endpoints[0] ? events : [];
+        leases.leaseKeepAlive = ((...args: Parameters<typeof keepAlive>) => wrap.renewal(() => keepAlive(...args), recorded)) as typeof leases.leaseKeepAlive;
+        return client;
+      },
+    });
+    await waitFor(() => b.leadership.leaderNodeId() === 'a', 'b to know a leads');
+    return { proxy, a, b, events, log };
+  }
+
+  test("a successor whose own lease etcd renews slowly proves it three times, then revokes the old leader's lease all the same, and says so", async () => {
+    const prefix = freshPrefix();
+    // Past half the margin (250 ms at a TTL of 2 s), each proof proves too little.
+    const ANSWER_DELAY_MS = 300;
+    const { proxy, a, b, events, log } = await successorOfCutOffLeader(prefix, {
+      renewal: async (keepAlive, recorded) => {
+        recorded.push('renewal');
+        const stream = (await keepAlive()) as { emit: (event: string | symbol, ...rest: unknown[]) => boolean };
+        const emit = stream.emit.bind(stream);
+        stream.emit = (event, ...rest) => {
+          if (event !== 'data') return emit(event, ...rest);
+          setTimeout(() => emit(event, ...rest), ANSWER_DELAY_MS);
+          return true;
+        };
+        return stream;
+      },
+    });
+    proxy.blackhole(true);
+    await direct.delete().key(`${prefix}leader`);
+    assert.equal(await overlapsUntilServing(a, b), 0, 'a and b never served at the same moment');
+    assert.deepEqual(events.slice(0, 5), ['grant', 'renewal', 'renewal', 'renewal', "revoke a's lease"], 'three proofs, then the revoke');
+    assert.deepEqual(a.lost, ['etcd reports that our lease has expired'], 'the revoke stopped a');
+    assert.equal(log.messages().filter((m) => m.startsWith('etcd answers lease renewals slowly')).length, 1, log.messages().join('\n'));
+    proxy.blackhole(false);
+  });
+
+  test("a successor whose proof of its own lease fails still revokes the old leader's lease first, and leaves its own to expire", async () => {
+    const prefix = freshPrefix();
+    let failing = true;
+    const { proxy, a, b, events } = await successorOfCutOffLeader(prefix, {
+      renewal: async (keepAlive, recorded) => {
+        // The campaign after the failed one proves its lease as usual.
+        if (events.filter((e) => e === 'grant').length > 1) failing = false;
+        if (!failing) return keepAlive();
+        recorded.push('failed proof');
+        throw new Error('injected: the renewal fails');
+      },
+    });
+    proxy.blackhole(true);
+    await direct.delete().key(`${prefix}leader`);
+    assert.equal(await overlapsUntilServing(a, b), 0, 'a and b never served at the same moment');
+    // b's own lease is not revoked after the failed proof: the next campaign comes only once its key expired.
+    assert.deepEqual(events.slice(0, 4), ['grant', 'failed proof', "revoke a's lease", 'grant']);
+    assert.deepEqual(a.lost, ['etcd reports that our lease has expired'], 'the revoke stopped a');
+    proxy.blackhole(false);
+  });
+
   test('a term counts from when the campaign was sent: an answer that takes 400 ms leaves 400 ms less to serve', async () => {
     const prefix = freshPrefix();
     // Renewals cannot get through, so the campaign alone proves the lease.
