@@ -40,6 +40,7 @@ import {
 } from 'etcd3';
 import type { Leadership } from '../core/ports.js';
 import type { Logger } from '../log.js';
+import { writerKey, writerLease } from '../store/etcd-writer.js';
 
 /** The kinds of etcd call whose failures are reported (see etcdFailed). */
 const READING = 'reading the leader key';
@@ -216,6 +217,8 @@ function parseLeader(kv: IKeyValue): KnownLeader {
 export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Leadership {
   /** The election key. */
   readonly key: string;
+  /** The key naming the last term to write marks (store/etcd-writer.ts). */
+  private readonly writerKey: string;
   readonly nodeId: string;
   private readonly client: Etcd3;
   private readonly keepaliveClients: Etcd3[];
@@ -266,6 +269,7 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
     const keepaliveClient = opts.keepaliveClient ?? ((c: EtcdConnection, e: string) => createEtcdClient(c, [e]));
     this.keepaliveClients = opts.connection.endpoints.map((e) => keepaliveClient(opts.connection, e));
     this.key = `${opts.prefix}leader`;
+    this.writerKey = writerKey(opts.prefix);
     this.nodeId = opts.nodeId;
     this.advertise = opts.advertise;
     this.requestedTtlMs = opts.leaseTtl * 1000;
@@ -524,14 +528,16 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
       const res = await withTimeout(
         this.client
           .if(this.key, 'Create', '==', 0)
-          .then(this.client.put(this.key).value(value).lease(grant.ID), this.client.get(this.key))
-          .else(this.client.get(this.key))
+          .then(this.client.put(this.key).value(value).lease(grant.ID), this.client.get(this.key), this.client.get(this.writerKey))
+          .else(this.client.get(this.key), this.client.get(this.writerKey))
           .commit(),
         ETCD_CALL_TIMEOUT_MS,
         'creating the leader key',
       );
       this.etcdAnswered(CAMPAIGNING);
       const kv = res.responses[res.succeeded ? 1 : 0]?.response_range?.kvs[0] ?? null;
+      // Read in the same transaction: the last term to write marks before ours could.
+      const lastWriter = writerLease(res.responses[res.succeeded ? 2 : 1]?.response_range?.kvs[0]?.value);
       // The key may carry our lease although the txn "failed": a retried attempt found what the first one created.
       if (kv !== null && kv.lease === grant.ID) {
         const term: LeadershipTerm = { key: this.key, revision: kv.create_revision, leaseId: grant.ID };
@@ -540,7 +546,7 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
           provenAt = this.now();
           if ((await this.renew(grant.ID)) <= 0) throw new Error('the new lease expired during the campaign');
         };
-        const fenceMs = await this.fenceOut(grant.ID, {
+        const fenceMs = await this.fenceOut(grant.ID, [this.predecessorLease, lastWriter], {
           keepKey: () => (unusedLease = null),
           provenFor: () => performance.now() - provenAt.mono,
           prove,
@@ -575,6 +581,12 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
    * revoke, so it has run out by then. Returns that wait in ms; 0 when the lease
    * has expired or was revoked, as after a crash or a clean stop.
    *
+   * Which leases: that of the last leader key we saw, and that of the last term
+   * to write marks (etcd-writer.ts), read in the campaign's own transaction. The
+   * second covers a member that never saw the deleted key (it started after the
+   * deletion, or its watch and polls missed it): only a leader that has written
+   * can have handed out numbers.
+   *
    * Once the revoke may have gone out, nobody must find the old lease gone and
    * serve at once, whatever happens to us: so our own key must outlive the old
    * leader's deadline. Our lease is proven within half the margin before the
@@ -586,17 +598,18 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
    */
   private async fenceOut(
     ourLease: string,
+    candidates: ReadonlyArray<string | null>,
     ours: { keepKey: () => void; provenFor: () => number; prove: () => Promise<void> },
   ): Promise<number> {
-    const previous = this.predecessorLease;
-    if (previous === null || previous === ourLease) return 0;
-    const lease = await withTimeout(
-      this.client.leaseClient.leaseTimeToLive({ ID: previous }),
-      ETCD_CALL_TIMEOUT_MS,
-      "reading the previous leader's lease",
+    const previous = [...new Set(candidates)].filter((l): l is string => l !== null && l !== ourLease && l !== '0');
+    const leases = await Promise.all(
+      previous.map((ID) =>
+        withTimeout(this.client.leaseClient.leaseTimeToLive({ ID }), ETCD_CALL_TIMEOUT_MS, "reading the previous leader's lease"),
+      ),
     );
     // -1: no such lease. 0 is a live lease in its last second (etcd rounds down).
-    if (Number(lease.TTL) < 0) return 0;
+    const alive = previous.map((ID, i) => ({ ID, lease: leases[i]! })).filter(({ lease }) => Number(lease.TTL) >= 0);
+    if (alive.length === 0) return 0;
     ours.keepKey();
     // A proof counts from when it was sent, so a slow answer proves too little: try again a few
     // times. Revoke all the same if etcd stays that slow: unrevoked, a leader whose key was deleted
@@ -614,12 +627,13 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
         "etcd answers lease renewals slowly: revoking the previous leader's lease with our own lease proven less recently than planned",
       );
     }
-    const waitMs = Math.max(Number(lease.grantedTTL) * 1000, this.ttlMs);
-    try {
-      await withTimeout(this.client.leaseClient.leaseRevoke({ ID: previous }), ETCD_CALL_TIMEOUT_MS, "revoking the previous leader's lease");
-    } catch (err) {
+    const waitMs = Math.max(this.ttlMs, ...alive.map(({ lease }) => Number(lease.grantedTTL) * 1000));
+    const revokes = await Promise.allSettled(
+      alive.map(({ ID }) => withTimeout(this.client.leaseClient.leaseRevoke({ ID }), ETCD_CALL_TIMEOUT_MS, "revoking the previous leader's lease")),
+    );
+    for (const r of revokes) {
       // Gone already: expired, or revoked by another member, whose wait we cannot see. Wait all the same.
-      if (!(err instanceof EtcdLeaseInvalidError)) throw err;
+      if (r.status === 'rejected' && !(r.reason instanceof EtcdLeaseInvalidError)) throw r.reason;
     }
     if (proofFailed !== null) throw proofFailed;
     this.log.warn(

@@ -381,6 +381,25 @@ describe('etcd leadership', () => {
     proxy.blackhole(false);
   });
 
+  test("a member that never saw the deleted key finds the last writer's lease alive, revokes it and waits", async () => {
+    const prefix = freshPrefix();
+    // a's watch and polls go through a proxy the test cuts; its renewals go straight to etcd.
+    const proxy = await proxiedEtcd();
+    const a = await startNode(prefix, 'a', { clientEndpoints: [proxy.url], ttl: 2 });
+    await waitFor(() => a.leadership.canServe(), 'a to lead');
+    // A leader writes marks before it hands out a number.
+    const store = new EtcdStore(a.client, prefix, a.leadership.term!);
+    await store.load();
+    await store.persist(new Map([['s', 100n]]));
+    proxy.blackhole(true);
+    await direct.delete().key(`${prefix}leader`);
+    // b starts after the deletion: no leader key to learn a's lease from.
+    const b = await startNode(prefix, 'b', { ttl: 2 });
+    assert.equal(await overlapsUntilServing(a, b), 0, 'a and b never served at the same moment');
+    assert.deepEqual(a.lost, ['etcd reports that our lease has expired'], "b's revoke stopped a");
+    proxy.blackhole(false);
+  });
+
   test('a successor stopped while it waits out a cut-off leader leaves its lease to expire, so the next one waits too', async () => {
     const prefix = freshPrefix();
     const proxy = await proxiedEtcd();
