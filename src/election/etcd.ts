@@ -40,7 +40,7 @@ import {
 } from 'etcd3';
 import type { Leadership } from '../core/ports.js';
 import type { Logger } from '../log.js';
-import { writerKey, writerLease } from '../store/etcd-writer.js';
+import { leaseOfTerm, termKey, termsPrefix, termValue } from './fence-keys.js';
 
 /** The kinds of etcd call whose failures are reported (see etcdFailed). */
 const READING = 'reading the leader key';
@@ -217,8 +217,9 @@ function parseLeader(kv: IKeyValue): KnownLeader {
 export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Leadership {
   /** The election key. */
   readonly key: string;
-  /** The key naming the last term to write marks (store/etcd-writer.ts). */
-  private readonly writerKey: string;
+  private readonly prefix: string;
+  /** Where each winner records its lease (fence-keys.ts). */
+  private readonly termsPrefix: string;
   readonly nodeId: string;
   private readonly client: Etcd3;
   private readonly keepaliveClients: Etcd3[];
@@ -269,7 +270,8 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
     const keepaliveClient = opts.keepaliveClient ?? ((c: EtcdConnection, e: string) => createEtcdClient(c, [e]));
     this.keepaliveClients = opts.connection.endpoints.map((e) => keepaliveClient(opts.connection, e));
     this.key = `${opts.prefix}leader`;
-    this.writerKey = writerKey(opts.prefix);
+    this.prefix = opts.prefix;
+    this.termsPrefix = termsPrefix(opts.prefix);
     this.nodeId = opts.nodeId;
     this.advertise = opts.advertise;
     this.requestedTtlMs = opts.leaseTtl * 1000;
@@ -528,16 +530,22 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
       const res = await withTimeout(
         this.client
           .if(this.key, 'Create', '==', 0)
-          .then(this.client.put(this.key).value(value).lease(grant.ID), this.client.get(this.key), this.client.get(this.writerKey))
-          .else(this.client.get(this.key), this.client.get(this.writerKey))
+          .then(
+            this.client.put(this.key).value(value).lease(grant.ID),
+            this.client.put(termKey(this.prefix, grant.ID)).value(termValue(this.nodeId, grant.ID)),
+            this.client.get(this.key),
+            this.client.getAll().prefix(this.termsPrefix),
+          )
+          .else(this.client.get(this.key), this.client.getAll().prefix(this.termsPrefix))
           .commit(),
         ETCD_CALL_TIMEOUT_MS,
         'creating the leader key',
       );
       this.etcdAnswered(CAMPAIGNING);
-      const kv = res.responses[res.succeeded ? 1 : 0]?.response_range?.kvs[0] ?? null;
-      // Read in the same transaction: the last term to write marks before ours could.
-      const lastWriter = writerLease(res.responses[res.succeeded ? 2 : 1]?.response_range?.kvs[0]?.value);
+      const [keyAt, termsAt] = res.succeeded ? [2, 3] : [0, 1];
+      const kv = res.responses[keyAt]?.response_range?.kvs[0] ?? null;
+      // Every earlier winner not yet known to be gone: whom to fence out besides the last key seen.
+      const earlier = (res.responses[termsAt]?.response_range?.kvs ?? []).map((t) => leaseOfTerm(t.key));
       // The key may carry our lease although the txn "failed": a retried attempt found what the first one created.
       if (kv !== null && kv.lease === grant.ID) {
         const term: LeadershipTerm = { key: this.key, revision: kv.create_revision, leaseId: grant.ID };
@@ -546,7 +554,7 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
           provenAt = this.now();
           if ((await this.renew(grant.ID)) <= 0) throw new Error('the new lease expired during the campaign');
         };
-        const fenceMs = await this.fenceOut(grant.ID, [this.predecessorLease, lastWriter], {
+        const fenceMs = await this.fenceOut(grant.ID, [this.predecessorLease, ...earlier], {
           keepKey: () => (unusedLease = null),
           provenFor: () => performance.now() - provenAt.mono,
           prove,
@@ -567,7 +575,11 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
       this.state = 'follower';
       this.etcdFailed(CAMPAIGNING, err instanceof AggregateError ? err.errors[0] : err);
     } finally {
-      if (unusedLease !== null) void this.revoke(unusedLease);
+      // Nobody was revoked on the strength of this lease (keepKey): its record can go with it.
+      if (unusedLease !== null) {
+        const lease = unusedLease;
+        void this.revoke(lease).then((revoked) => revoked && this.forgetTerms([lease]));
+      }
     }
   }
 
@@ -581,11 +593,11 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
    * revoke, so it has run out by then. Returns that wait in ms; 0 when the lease
    * has expired or was revoked, as after a crash or a clean stop.
    *
-   * Which leases: that of the last leader key we saw, and that of the last term
-   * to write marks (etcd-writer.ts), read in the campaign's own transaction. The
-   * second covers a member that never saw the deleted key (it started after the
-   * deletion, or its watch and polls missed it): only a leader that has written
-   * can have handed out numbers.
+   * Which leases: that of the last leader key we saw, and those of every earlier
+   * winner still on record (fence-keys.ts), read in the campaign's own
+   * transaction. The record covers a member that never saw the deleted key (it
+   * started after the deletion, or its watch and polls missed it). The leases
+   * found gone, and those revoked here, leave the record afterwards.
    *
    * Once the revoke may have gone out, nobody must find the old lease gone and
    * serve at once, whatever happens to us: so our own key must outlive the old
@@ -609,7 +621,10 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
     );
     // -1: no such lease. 0 is a live lease in its last second (etcd rounds down).
     const alive = previous.map((ID, i) => ({ ID, lease: leases[i]! })).filter(({ lease }) => Number(lease.TTL) >= 0);
-    if (alive.length === 0) return 0;
+    if (alive.length === 0) {
+      this.forgetTerms(previous);
+      return 0;
+    }
     ours.keepKey();
     // A proof counts from when it was sent, so a slow answer proves too little: try again a few
     // times. Revoke all the same if etcd stays that slow: unrevoked, a leader whose key was deleted
@@ -635,6 +650,8 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
       // Gone already: expired, or revoked by another member, whose wait we cannot see. Wait all the same.
       if (r.status === 'rejected' && !(r.reason instanceof EtcdLeaseInvalidError)) throw r.reason;
     }
+    // All gone now; our own lease, kept and on record, stands for them until they have surely stopped.
+    this.forgetTerms(previous);
     if (proofFailed !== null) throw proofFailed;
     this.log.warn(
       { waitMs },
@@ -800,7 +817,11 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
    * out a predecessor ourselves, so then the lease is left to expire.
    */
   private async release(term: LeadershipTerm, opts: { revoke: boolean }): Promise<void> {
-    if (opts.revoke && (await this.revoke(term.leaseId))) return;
+    if (opts.revoke && (await this.revoke(term.leaseId))) {
+      // Not waiting out anyone: nobody needs this lease on record any more.
+      this.forgetTerms([term.leaseId]);
+      return;
+    }
     try {
       await withTimeout(
         this.client
@@ -815,6 +836,21 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
     } catch (err) {
       this.log.debug({ err: etcdErrorReason(err) }, 'could not delete the leader key; it expires with the lease');
     }
+  }
+
+  /**
+   * Best effort: removes the record of winners whose leases are gone (fence-keys.ts).
+   * Only for leases that cannot stand for a leader still serving: found gone or
+   * revoked by a winner that keeps its own lease on record while it waits them out.
+   * What stays (etcd unreachable, say) is checked and removed by the next winner.
+   */
+  private forgetTerms(leases: readonly string[]): void {
+    if (leases.length === 0) return;
+    // etcd takes at most 128 operations per transaction; the rest wait for the next winner.
+    const success = leases.slice(0, 100).map((lease) => ({ request_delete_range: { key: Buffer.from(termKey(this.prefix, lease)) } }));
+    withTimeout(this.client.kv.txn({ compare: [], success, failure: [] }), ETCD_CALL_TIMEOUT_MS, 'forgetting old terms').catch(
+      (err: unknown) => this.log.debug({ err: etcdErrorReason(err) }, 'could not remove old terms from the record; the next leader will'),
+    );
   }
 
   private async revoke(leaseId: string): Promise<boolean> {

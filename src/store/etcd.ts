@@ -6,8 +6,8 @@
  * with two guards:
  * - the term: `<prefix>leader` still has this term's create revision. A
  *   deposed leader can never write, however late its request arrives.
- * - our own last write: `<prefix>writer` (etcd-writer.ts) still has the mod
- *   revision our last confirmed write gave it. A write we gave up on (timeout) may still be
+ * - our own last write: `<prefix>writer` still has the mod revision our last
+ *   confirmed write gave it. A write we gave up on (timeout) may still be
  *   applied later, e.g. when a paused etcd member forwards it on waking; the
  *   guard makes sure it can never land after a newer write and take a mark
  *   back down below numbers already handed out.
@@ -17,7 +17,6 @@ import { END, isValidName, NAME_RULE, parseUnsigned } from '../core/limits.js';
 import type { Marks, Store } from '../core/ports.js';
 import { ETCD_CALL_TIMEOUT_MS, etcdErrorReason, withTimeout, type LeadershipTerm } from '../election/etcd.js';
 import { FencedError, PersistenceError, StateCorruptError } from '../errors.js';
-import { writerKey, writerValue } from './etcd-writer.js';
 
 /** etcd refuses transactions of more than 128 operations (--max-txn-ops); one is the writer key. */
 const MARKS_PER_TXN = 127;
@@ -58,7 +57,7 @@ export class EtcdStore implements Store {
   ) {
     this.marksPrefix = `${prefix}marks/`;
     this.leaderKey = Buffer.from(term.key);
-    this.writerKey = Buffer.from(writerKey(prefix));
+    this.writerKey = Buffer.from(`${prefix}writer`);
     this.description = `etcd:${this.marksPrefix} (term ${term.revision})`;
   }
 
@@ -119,7 +118,7 @@ export class EtcdStore implements Store {
     const puts: IRequestOp[] = chunk.map(([name, mark]) => ({
       request_put: { key: Buffer.from(this.marksPrefix + name), value: Buffer.from(mark.toString()) },
     }));
-    puts.push({ request_put: { key: this.writerKey, value: Buffer.from(writerValue(this.term)) } });
+    puts.push({ request_put: { key: this.writerKey, value: Buffer.from(this.term.revision) } });
     // A second compare failure on the writer key would mean two late writes of ours landed back to back.
     for (let attempt = 0; attempt < 2; attempt++) {
       const compare: ICompare[] = [

@@ -7,6 +7,7 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { CompareTarget, type Etcd3 } from 'etcd3';
 import { createEtcdClient, EtcdLeadership, type EtcdLeadershipOptions } from '../../src/election/etcd.js';
+import { termsPrefix } from '../../src/election/fence-keys.js';
 import { EtcdStore } from '../../src/store/etcd.js';
 import { parseConfig, type Config } from '../../src/config.js';
 import { startGroup, type GroupHandle } from '../../src/group/node.js';
@@ -381,23 +382,139 @@ describe('etcd leadership', () => {
     proxy.blackhole(false);
   });
 
-  test("a member that never saw the deleted key finds the last writer's lease alive, revokes it and waits", async () => {
+  /** The leases the record of winners holds now (fence-keys.ts). */
+  async function onRecord(prefix: string): Promise<string[]> {
+    return Object.keys(await direct.getAll().prefix(termsPrefix(prefix)).strings()).map((k) => k.slice(termsPrefix(prefix).length)).sort();
+  }
+
+  /**
+   * Node a leads, wholly behind a proxy (once cut, nothing tells it that its lease was
+   * revoked); b wins when a's key is deleted, revokes a's lease, and is stopped cleanly
+   * while it waits: its key goes, its lease stays. Nobody else saw either key.
+   */
+  async function successorStoppedWhileWaiting(prefix: string, ttl: number): Promise<{ proxy: TcpProxy; a: Node }> {
+    const proxy = await proxiedEtcd();
+    const a = await startNode(prefix, 'a', { endpoints: [proxy.url], ttl });
+    await waitFor(() => a.leadership.canServe(), 'a to lead');
+    const b = await startNode(prefix, 'b', { ttl });
+    await waitFor(() => b.leadership.leaderNodeId() === 'a', 'b to know a leads');
+    b.leadership.once('elected', () => void b.leadership.resign());
+    proxy.blackhole(true);
+    await direct.delete().key(`${prefix}leader`);
+    await waitFor(() => b.lost.length > 0, 'b to win and resign');
+    assert.equal(a.leadership.canServe(), true, 'a still serves on its last renewal');
+    return { proxy, a };
+  }
+
+  test("a member that never saw the deleted key finds the old leader's lease on record, revokes it and waits", async () => {
     const prefix = freshPrefix();
     // a's watch and polls go through a proxy the test cuts; its renewals go straight to etcd.
     const proxy = await proxiedEtcd();
     const a = await startNode(prefix, 'a', { clientEndpoints: [proxy.url], ttl: 2 });
     await waitFor(() => a.leadership.canServe(), 'a to lead');
-    // A leader writes marks before it hands out a number.
-    const store = new EtcdStore(a.client, prefix, a.leadership.term!);
-    await store.load();
-    await store.persist(new Map([['s', 100n]]));
+    assert.deepEqual(await onRecord(prefix), [a.leadership.term!.leaseId]);
     proxy.blackhole(true);
     await direct.delete().key(`${prefix}leader`);
     // b starts after the deletion: no leader key to learn a's lease from.
     const b = await startNode(prefix, 'b', { ttl: 2 });
     assert.equal(await overlapsUntilServing(a, b), 0, 'a and b never served at the same moment');
     assert.deepEqual(a.lost, ['etcd reports that our lease has expired'], "b's revoke stopped a");
+    await waitFor(async () => (await onRecord(prefix)).join() === b.leadership.term!.leaseId, 'a to leave the record once revoked');
     proxy.blackhole(false);
+  });
+
+  test('a member that never saw the key of a successor stopped while it waited out a cut-off leader still waits', async () => {
+    const prefix = freshPrefix();
+    const { proxy, a } = await successorStoppedWhileWaiting(prefix, 2);
+    // d starts after both keys went: a's lease is revoked; only b's, kept, stands for a.
+    const d = await startNode(prefix, 'd', { ttl: 2 });
+    assert.equal(await overlapsUntilServing(a, d), 0, 'a and d never served at the same moment');
+    proxy.blackhole(false);
+  });
+
+  test('a campaign that won and then failed does not hide a successor that was waiting: the next campaign still waits', async () => {
+    const prefix = freshPrefix();
+    // TTL 5: a serves for 3.75 s after its last renewal, long enough for d's failed campaign and the next.
+    const { proxy, a } = await successorStoppedWhileWaiting(prefix, 5);
+    let checks = 0;
+    const d = await startNode(prefix, 'd', {
+      ttl: 5,
+      beforeStart: (client) => {
+        const leases = client.leaseClient;
+        const timeToLive = leases.leaseTimeToLive.bind(leases);
+        // d's first campaign wins, then fails reading a lease's time to live, and revokes its own lease.
+        leases.leaseTimeToLive = (...args) => (checks++ === 0 ? Promise.reject(new Error('injected: the check fails')) : timeToLive(...args));
+      },
+    });
+    assert.equal(await overlapsUntilServing(a, d, 20_000), 0, 'a and d never served at the same moment');
+    assert.ok(checks > 1, 'd campaigned again');
+    proxy.blackhole(false);
+  });
+
+  test('a campaign transaction that is applied twice (a retry after a lost answer) still finds a successor that was waiting', async () => {
+    const prefix = freshPrefix();
+    const { proxy, a } = await successorStoppedWhileWaiting(prefix, 5);
+    let txns = 0;
+    const d = await startNode(prefix, 'd', {
+      ttl: 5,
+      beforeStart: (client) => {
+        const kv = client.kv as unknown as { txn: (...args: unknown[]) => Promise<unknown> };
+        const txn = kv.txn.bind(kv);
+        // What a retry does when the first attempt's answer is lost: the second finds the key taken, by d.
+        kv.txn = async (...args) => {
+          if (txns++ === 0) await txn(...args);
+          return txn(...args);
+        };
+      },
+    });
+    assert.equal(await overlapsUntilServing(a, d, 20_000), 0, 'a and d never served at the same moment');
+    proxy.blackhole(false);
+  });
+
+  test('a member that never saw the deleted key, after a winner whose campaign failed, still finds the old leader on record', async () => {
+    const prefix = freshPrefix();
+    const proxy = await proxiedEtcd();
+    const a = await startNode(prefix, 'a', { endpoints: [proxy.url], ttl: 2 });
+    await waitFor(() => a.leadership.canServe(), 'a to lead');
+    const aLease = a.leadership.term!.leaseId;
+    let grants = 0;
+    let ownRevoked = false;
+    const b = await startNode(prefix, 'b', {
+      ttl: 2,
+      beforeStart: (client) => {
+        const leases = client.leaseClient;
+        const grant = leases.leaseGrant.bind(leases);
+        const revoke = leases.leaseRevoke.bind(leases);
+        // b wins once, and its campaign fails before it could check a's lease; it never campaigns again.
+        leases.leaseGrant = (...args) => (grants++ === 0 ? grant(...args) : new Promise<never>(() => {}));
+        leases.leaseTimeToLive = () => Promise.reject(new Error("injected: reading a lease's time to live fails"));
+        leases.leaseRevoke = (req, ...rest) =>
+          revoke(req, ...rest).finally(() => {
+            if (req.ID !== aLease) ownRevoked = true;
+          });
+      },
+    });
+    await waitFor(() => b.leadership.leaderNodeId() === 'a', 'b to know a leads');
+    proxy.blackhole(true);
+    await direct.delete().key(`${prefix}leader`);
+    await waitFor(() => ownRevoked, 'b to fail its campaign and revoke its own lease');
+    // b revoked nobody on the strength of its lease: its record goes with it, and a's stays.
+    await waitFor(async () => (await onRecord(prefix)).join() === aLease, 'b to leave the record');
+    assert.equal(a.leadership.canServe(), true, 'a still serves on its last renewal');
+    const d = await startNode(prefix, 'd', { ttl: 2 });
+    assert.equal(await overlapsUntilServing(a, d), 0, 'a and d never served at the same moment');
+    proxy.blackhole(false);
+  });
+
+  test('the record of winners keeps only who may still matter: after a clean handover, the new leader alone', async () => {
+    const prefix = freshPrefix();
+    const a = await startNode(prefix, 'a');
+    await waitFor(() => a.leadership.canServe(), 'a to lead');
+    const b = await startNode(prefix, 'b');
+    await waitFor(() => b.leadership.leaderNodeId() === 'a', 'b to know a leads');
+    await a.leadership.resign();
+    await waitFor(() => b.leadership.canServe(), 'b to lead');
+    await waitFor(async () => (await onRecord(prefix)).join() === b.leadership.term!.leaseId, 'only b on record');
   });
 
   test('a successor stopped while it waits out a cut-off leader leaves its lease to expire, so the next one waits too', async () => {

@@ -15,7 +15,6 @@ import { PersistenceError, StateCorruptError } from '../../src/errors.js';
 import { startGroup, type GroupElection, type GroupHandle } from '../../src/group/node.js';
 import { silentLogger } from '../../src/log.js';
 import { EtcdStore } from '../../src/store/etcd.js';
-import { writerValue } from '../../src/store/etcd-writer.js';
 import { etcdConnection as conn, startEtcdCluster, type EtcdCluster } from '../helpers/etcd-cluster.js';
 import { waitFor } from '../helpers/wait.js';
 import { startTcpProxy, type TcpProxy } from '../helpers/tcp-proxy.js';
@@ -172,18 +171,9 @@ describe('etcd store', () => {
     await store.persist(new Map([['s', 100n]]));
     // What a timed-out write of this leader does when etcd applies it after all.
     await direct.put(`${prefix}marks/s`).value('150');
-    await direct.put(`${prefix}writer`).value(writerValue(term));
+    await direct.put(`${prefix}writer`).value(term.revision);
     await store.persist(new Map([['s', 200n]]));
     assert.equal(await direct.get(`${prefix}marks/s`).string(), '200');
-  });
-
-  test("every write names its term and the term's lease in the writer key, for a successor that never saw the leader key", async () => {
-    const prefix = freshPrefix();
-    const term = await lead(prefix);
-    const store = new EtcdStore(direct, prefix, term);
-    await store.load();
-    await store.persist(new Map([['s', 100n]]));
-    assert.deepEqual(JSON.parse((await direct.get(`${prefix}writer`).string())!), { term: term.revision, lease: term.leaseId });
   });
 
   test('a lower write of ours that reaches etcd after a higher one is refused there: the higher mark stays', async () => {
