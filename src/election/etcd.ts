@@ -112,6 +112,31 @@ export class EtcdTimeoutError extends Error {
   }
 }
 
+/** Record entries a campaign checks at once (see fenceOut). */
+const CHECKS_IN_FLIGHT = 32;
+/** A record of winners this long is worth a warning: every campaign checks each entry. */
+const LARGE_RECORD = 100;
+
+/** Maps with at most `limit` calls in flight; rejects with the first failure and starts no more. */
+async function mapLimited<T, R>(items: readonly T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
+  const out = new Array<R>(items.length);
+  let next = 0;
+  let failed = false;
+  const worker = async (): Promise<void> => {
+    while (!failed && next < items.length) {
+      const i = next++;
+      try {
+        out[i] = await fn(items[i]!);
+      } catch (err) {
+        failed = true;
+        throw err;
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  return out;
+}
+
 /**
  * Settles with `p`, or rejects with EtcdTimeoutError after `ms` on the
  * monotonic clock; gRPC deadlines follow the wall clock, which may jump.
@@ -510,6 +535,8 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
     // Raft terms compare only within one etcd cluster; a restored cluster starts over.
     this.raftTerm = 0n;
     let unusedLease: string | null = null;
+    /** Whether our campaign won, and so wrote our lease into the record of winners. */
+    let recorded = false;
     try {
       const sentAt = this.now();
       const grant = await withTimeout(
@@ -548,6 +575,7 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
       const earlier = (res.responses[termsAt]?.response_range?.kvs ?? []).map((t) => leaseOfTerm(t.key));
       // The key may carry our lease although the txn "failed": a retried attempt found what the first one created.
       if (kv !== null && kv.lease === grant.ID) {
+        recorded = true;
         const term: LeadershipTerm = { key: this.key, revision: kv.create_revision, leaseId: grant.ID };
         let provenAt = sentAt;
         const prove = async (): Promise<void> => {
@@ -559,9 +587,10 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
           provenFor: () => performance.now() - provenAt.mono,
           prove,
         });
-        unusedLease = null;
         // A slow campaign would start the term with its lease nearly spent: prove it afresh first.
+        // Should that fail, a lease that revoked nobody (not kept) is revoked: no TTL without a leader.
         if (!this.closed && performance.now() - provenAt.mono > this.keepaliveInterval()) await prove();
+        unusedLease = null;
         if (this.closed) {
           await this.release(term, { revoke: fenceMs === 0 });
           return;
@@ -578,7 +607,8 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
       // Nobody was revoked on the strength of this lease (keepKey): its record can go with it.
       if (unusedLease !== null) {
         const lease = unusedLease;
-        void this.revoke(lease).then((revoked) => revoked && this.forgetTerms([lease]));
+        const forget = recorded;
+        void this.revoke(lease).then((revoked) => revoked && forget && this.forgetTerms([lease]));
       }
     }
   }
@@ -614,10 +644,15 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
     ours: { keepKey: () => void; provenFor: () => number; prove: () => Promise<void> },
   ): Promise<number> {
     const previous = [...new Set(candidates)].filter((l): l is string => l !== null && l !== ourLease && l !== '0');
-    const leases = await Promise.all(
-      previous.map((ID) =>
-        withTimeout(this.client.leaseClient.leaseTimeToLive({ ID }), ETCD_CALL_TIMEOUT_MS, "reading the previous leader's lease"),
-      ),
+    if (previous.length > LARGE_RECORD) {
+      this.log.warn(
+        { leases: previous.length },
+        'the record of winners in etcd is large (campaigns that won and then failed): each is checked before serving; it shrinks as they are found gone',
+      );
+    }
+    // A few at a time: thousands of calls at once would time out in the client, and fail every campaign.
+    const leases = await mapLimited(previous, CHECKS_IN_FLIGHT, (ID) =>
+      withTimeout(this.client.leaseClient.leaseTimeToLive({ ID }), ETCD_CALL_TIMEOUT_MS, "reading the previous leader's lease"),
     );
     // -1: no such lease. 0 is a live lease in its last second (etcd rounds down).
     const alive = previous.map((ID, i) => ({ ID, lease: leases[i]! })).filter(({ lease }) => Number(lease.TTL) >= 0);
@@ -845,12 +880,13 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
    * What stays (etcd unreachable, say) is checked and removed by the next winner.
    */
   private forgetTerms(leases: readonly string[]): void {
-    if (leases.length === 0) return;
-    // etcd takes at most 128 operations per transaction; the rest wait for the next winner.
-    const success = leases.slice(0, 100).map((lease) => ({ request_delete_range: { key: Buffer.from(termKey(this.prefix, lease)) } }));
-    withTimeout(this.client.kv.txn({ compare: [], success, failure: [] }), ETCD_CALL_TIMEOUT_MS, 'forgetting old terms').catch(
-      (err: unknown) => this.log.debug({ err: etcdErrorReason(err) }, 'could not remove old terms from the record; the next leader will'),
-    );
+    void (async () => {
+      // etcd takes at most 128 operations per transaction.
+      for (let i = 0; i < leases.length; i += 100) {
+        const success = leases.slice(i, i + 100).map((lease) => ({ request_delete_range: { key: Buffer.from(termKey(this.prefix, lease)) } }));
+        await withTimeout(this.client.kv.txn({ compare: [], success, failure: [] }), ETCD_CALL_TIMEOUT_MS, 'forgetting old terms');
+      }
+    })().catch((err: unknown) => this.log.debug({ err: etcdErrorReason(err) }, 'could not remove old terms from the record; the next leader will'));
   }
 
   private async revoke(leaseId: string): Promise<boolean> {

@@ -506,15 +506,78 @@ describe('etcd leadership', () => {
     proxy.blackhole(false);
   });
 
-  test('the record of winners keeps only who may still matter: after a clean handover, the new leader alone', async () => {
+  test('a leader that resigns leaves the record of winners; one whose lease is gone is removed by the next winner', async () => {
     const prefix = freshPrefix();
     const a = await startNode(prefix, 'a');
     await waitFor(() => a.leadership.canServe(), 'a to lead');
-    const b = await startNode(prefix, 'b');
-    await waitFor(() => b.leadership.leaderNodeId() === 'a', 'b to know a leads');
     await a.leadership.resign();
+    // Nobody else runs: a removed its own entry.
+    await waitFor(async () => (await onRecord(prefix)).length === 0, 'a to leave the record');
+    await a.leadership.close();
+    const b = await startNode(prefix, 'b');
     await waitFor(() => b.leadership.canServe(), 'b to lead');
-    await waitFor(async () => (await onRecord(prefix)).join() === b.leadership.term!.leaseId, 'only b on record');
+    const bLease = b.leadership.term!.leaseId;
+    // Gone without b's help (as after a crash; the revoke takes the key with it): b cannot remove its entry.
+    // Stopped as it notices, b does not campaign again (which would remove it).
+    b.leadership.once('lost', () => void b.leadership.close());
+    await direct.leaseClient.leaseRevoke({ ID: bLease });
+    await waitFor(() => b.lost.length > 0, 'b to notice its lease is gone');
+    assert.deepEqual(await onRecord(prefix), [bLease]);
+    const c = await startNode(prefix, 'c');
+    await waitFor(() => c.leadership.canServe(), 'c to lead');
+    await waitFor(async () => (await onRecord(prefix)).join() === c.leadership.term!.leaseId, 'c to remove b from the record');
+  });
+
+  test('a campaign that revoked nobody and fails its last proof revokes its own lease and leaves the record: no TTL without a leader', async () => {
+    const prefix = freshPrefix();
+    let grants = 0;
+    let failing = true;
+    const revoked: string[] = [];
+    const a = await startNode(prefix, 'a', {
+      ttl: 5,
+      beforeStart: (client) => {
+        const leases = client.leaseClient;
+        const grant = leases.leaseGrant.bind(leases);
+        const revoke = leases.leaseRevoke.bind(leases);
+        // The first campaign is slow enough (past a renewal interval, 1.25 s at a TTL of 5) to prove its lease again.
+        leases.leaseGrant = async (...args) => {
+          if (grants++ === 0) await new Promise((r) => setTimeout(r, 1500));
+          else failing = false;
+          return grant(...args);
+        };
+        leases.leaseRevoke = (req, ...rest) => {
+          revoked.push(String(req.ID));
+          return revoke(req, ...rest);
+        };
+      },
+      keepaliveClient: (connection, endpoint) => {
+        const client = createEtcdClient(connection, [endpoint]);
+        const leases = client.leaseClient;
+        const keepAlive = leases.leaseKeepAlive.bind(leases);
+        leases.leaseKeepAlive = ((...args: Parameters<typeof keepAlive>) =>
+          failing ? Promise.reject(new Error('injected: the renewal fails')) : keepAlive(...args)) as typeof leases.leaseKeepAlive;
+        return client;
+      },
+    });
+    // Well before the first lease (TTL 5) could expire and take the key with it.
+    await waitFor(() => a.leadership.canServe(), 'a to lead', 4000);
+    assert.equal(revoked.length, 1, 'the first lease was revoked');
+    assert.deepEqual(await onRecord(prefix), [a.leadership.term!.leaseId]);
+  });
+
+  test('a record of thousands of winners whose leases are gone is checked a few at a time, and cleared by the next winner', async () => {
+    const prefix = freshPrefix();
+    // Campaigns that won and then failed while etcd flapped, each unable to remove its own entry.
+    const ENTRIES = 3000;
+    for (let i = 0; i < ENTRIES; i += 100) {
+      const puts = Array.from({ length: 100 }, (_, j) => direct.put(`${termsPrefix(prefix)}${1_000_000 + i + j}`).value('{}'));
+      await direct.if(`${prefix}leader`, 'Create', '==', 0).then(...puts).commit();
+    }
+    const log = captureLog('warn');
+    const a = await startNode(prefix, 'a', { log: log.log });
+    await waitFor(() => a.leadership.canServe(), 'a to lead', 20_000);
+    await waitFor(async () => (await onRecord(prefix)).join() === a.leadership.term!.leaseId, 'a to clear the record', 20_000);
+    assert.ok(log.messages().some((m) => m.startsWith('the record of winners in etcd is large')), log.messages().join('\n'));
   });
 
   test('a successor stopped while it waits out a cut-off leader leaves its lease to expire, so the next one waits too', async () => {
