@@ -40,7 +40,7 @@ import {
 } from 'etcd3';
 import type { Leadership } from '../core/ports.js';
 import type { Logger } from '../log.js';
-import { leaseOfTerm, termKey, termsPrefix, termValue } from './fence-keys.js';
+import { leaseOfWinner, winnerKey, winnersPrefix, winnerValue } from './winners.js';
 
 /** The kinds of etcd call whose failures are reported (see etcdFailed). */
 const READING = 'reading the leader key';
@@ -112,24 +112,27 @@ export class EtcdTimeoutError extends Error {
   }
 }
 
-/** Record entries a campaign checks at once (see fenceOut). */
-const CHECKS_IN_FLIGHT = 32;
+/**
+ * Calls about leases of the record of winners a campaign has in flight at once (see
+ * fenceOut): thousands at once time out in the client and would fail every campaign.
+ */
+const LEASE_CALLS_IN_FLIGHT = 32;
 /** A record of winners this long is worth a warning: every campaign checks each entry. */
 const LARGE_RECORD = 100;
+/** Deletes per transaction: etcd takes at most 128 operations in one (--max-txn-ops). */
+const DELETES_PER_TXN = 100;
 
-/** Maps with at most `limit` calls in flight; rejects with the first failure and starts no more. */
-async function mapLimited<T, R>(items: readonly T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
-  const out = new Array<R>(items.length);
+/** Settles `fn` for every item, with at most `limit` calls in flight, in the items' order. */
+async function settleLimited<T, R>(items: readonly T[], limit: number, fn: (item: T) => Promise<R>): Promise<Array<PromiseSettledResult<R>>> {
+  const out = new Array<PromiseSettledResult<R>>(items.length);
   let next = 0;
-  let failed = false;
   const worker = async (): Promise<void> => {
-    while (!failed && next < items.length) {
+    while (next < items.length) {
       const i = next++;
       try {
-        out[i] = await fn(items[i]!);
-      } catch (err) {
-        failed = true;
-        throw err;
+        out[i] = { status: 'fulfilled', value: await fn(items[i]!) };
+      } catch (reason) {
+        out[i] = { status: 'rejected', reason };
       }
     }
   };
@@ -243,8 +246,8 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
   /** The election key. */
   readonly key: string;
   private readonly prefix: string;
-  /** Where each winner records its lease (fence-keys.ts). */
-  private readonly termsPrefix: string;
+  /** Where each winner records its lease (winners.ts). */
+  private readonly winnersPrefix: string;
   readonly nodeId: string;
   private readonly client: Etcd3;
   private readonly keepaliveClients: Etcd3[];
@@ -296,7 +299,7 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
     this.keepaliveClients = opts.connection.endpoints.map((e) => keepaliveClient(opts.connection, e));
     this.key = `${opts.prefix}leader`;
     this.prefix = opts.prefix;
-    this.termsPrefix = termsPrefix(opts.prefix);
+    this.winnersPrefix = winnersPrefix(opts.prefix);
     this.nodeId = opts.nodeId;
     this.advertise = opts.advertise;
     this.requestedTtlMs = opts.leaseTtl * 1000;
@@ -559,20 +562,20 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
           .if(this.key, 'Create', '==', 0)
           .then(
             this.client.put(this.key).value(value).lease(grant.ID),
-            this.client.put(termKey(this.prefix, grant.ID)).value(termValue(this.nodeId, grant.ID)),
+            this.client.put(winnerKey(this.prefix, grant.ID)).value(winnerValue(this.nodeId, grant.ID)),
             this.client.get(this.key),
-            this.client.getAll().prefix(this.termsPrefix),
+            this.client.getAll().prefix(this.winnersPrefix),
           )
-          .else(this.client.get(this.key), this.client.getAll().prefix(this.termsPrefix))
+          .else(this.client.get(this.key), this.client.getAll().prefix(this.winnersPrefix))
           .commit(),
         ETCD_CALL_TIMEOUT_MS,
         'creating the leader key',
       );
       this.etcdAnswered(CAMPAIGNING);
-      const [keyAt, termsAt] = res.succeeded ? [2, 3] : [0, 1];
+      const [keyAt, winnersAt] = res.succeeded ? [2, 3] : [0, 1];
       const kv = res.responses[keyAt]?.response_range?.kvs[0] ?? null;
       // Every earlier winner not yet known to be gone: whom to fence out besides the last key seen.
-      const earlier = (res.responses[termsAt]?.response_range?.kvs ?? []).map((t) => leaseOfTerm(t.key));
+      const earlier = (res.responses[winnersAt]?.response_range?.kvs ?? []).map((w) => leaseOfWinner(this.prefix, w.key));
       // The key may carry our lease although the txn "failed": a retried attempt found what the first one created.
       if (kv !== null && kv.lease === grant.ID) {
         recorded = true;
@@ -588,7 +591,8 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
           prove,
         });
         // A slow campaign would start the term with its lease nearly spent: prove it afresh first.
-        // Should that fail, a lease that revoked nobody (not kept) is revoked: no TTL without a leader.
+        // Should that fail, a lease that revoked nobody (not kept) is revoked with its key: left to
+        // expire, our unrenewed key would keep every member from campaigning for a TTL.
         if (!this.closed && performance.now() - provenAt.mono > this.keepaliveInterval()) await prove();
         unusedLease = null;
         if (this.closed) {
@@ -608,7 +612,9 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
       if (unusedLease !== null) {
         const lease = unusedLease;
         const forget = recorded;
-        void this.revoke(lease).then((revoked) => revoked && forget && this.forgetTerms([lease]));
+        void this.revoke(lease).then(async (revoked) => {
+          if (revoked && forget) await this.forgetWinners([lease]);
+        });
       }
     }
   }
@@ -624,7 +630,7 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
    * has expired or was revoked, as after a crash or a clean stop.
    *
    * Which leases: that of the last leader key we saw, and those of every earlier
-   * winner still on record (fence-keys.ts), read in the campaign's own
+   * winner still on record (winners.ts), read in the campaign's own
    * transaction. The record covers a member that never saw the deleted key (it
    * started after the deletion, or its watch and polls missed it). The leases
    * found gone, and those revoked here, leave the record afterwards.
@@ -650,14 +656,26 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
         'the record of winners in etcd is large (campaigns that won and then failed): each is checked before serving; it shrinks as they are found gone',
       );
     }
-    // A few at a time: thousands of calls at once would time out in the client, and fail every campaign.
-    const leases = await mapLimited(previous, CHECKS_IN_FLIGHT, (ID) =>
+    const checks = await settleLimited(previous, LEASE_CALLS_IN_FLIGHT, (ID) =>
       withTimeout(this.client.leaseClient.leaseTimeToLive({ ID }), ETCD_CALL_TIMEOUT_MS, "reading the previous leader's lease"),
     );
     // -1: no such lease. 0 is a live lease in its last second (etcd rounds down).
-    const alive = previous.map((ID, i) => ({ ID, lease: leases[i]! })).filter(({ lease }) => Number(lease.TTL) >= 0);
+    const gone = previous.filter((_, i) => {
+      const c = checks[i]!;
+      return c.status === 'fulfilled' && Number(c.value.TTL) < 0;
+    });
+    const failed = checks.find((c) => c.status === 'rejected');
+    if (failed !== undefined) {
+      // The record still shrinks by what was found gone, so a large one cannot fail every campaign for good.
+      void this.forgetWinners(gone);
+      throw failed.reason;
+    }
+    const alive = previous.flatMap((ID, i) => {
+      const c = checks[i]!;
+      return c.status === 'fulfilled' && Number(c.value.TTL) >= 0 ? [{ ID, grantedMs: Number(c.value.grantedTTL) * 1000 }] : [];
+    });
     if (alive.length === 0) {
-      this.forgetTerms(previous);
+      void this.forgetWinners(previous);
       return 0;
     }
     ours.keepKey();
@@ -677,19 +695,19 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
         "etcd answers lease renewals slowly: revoking the previous leader's lease with our own lease proven less recently than planned",
       );
     }
-    const waitMs = Math.max(this.ttlMs, ...alive.map(({ lease }) => Number(lease.grantedTTL) * 1000));
-    const revokes = await Promise.allSettled(
-      alive.map(({ ID }) => withTimeout(this.client.leaseClient.leaseRevoke({ ID }), ETCD_CALL_TIMEOUT_MS, "revoking the previous leader's lease")),
+    const waitMs = Math.max(this.ttlMs, ...alive.map(({ grantedMs }) => grantedMs));
+    const revokes = await settleLimited(alive, LEASE_CALLS_IN_FLIGHT, ({ ID }) =>
+      withTimeout(this.client.leaseClient.leaseRevoke({ ID }), ETCD_CALL_TIMEOUT_MS, "revoking the previous leader's lease"),
     );
     for (const r of revokes) {
       // Gone already: expired, or revoked by another member, whose wait we cannot see. Wait all the same.
       if (r.status === 'rejected' && !(r.reason instanceof EtcdLeaseInvalidError)) throw r.reason;
     }
     // All gone now; our own lease, kept and on record, stands for them until they have surely stopped.
-    this.forgetTerms(previous);
+    void this.forgetWinners(previous);
     if (proofFailed !== null) throw proofFailed;
     this.log.warn(
-      { waitMs },
+      { waitMs, leases: alive.map(({ ID }) => ID) },
       "the previous leader's key was gone but its lease alive (was the key deleted by hand?): revoked the lease; serving once it has surely stopped",
     );
     return waitMs;
@@ -705,7 +723,8 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
     this.serveUntil = NEVER;
     // A wait begun in an earlier term of ours still stands: that term may have stepped down before
     // it ended (its key deleted again), and the predecessor it waited out may still be serving.
-    // Its key is no longer the last one seen, so fenceOut alone would not make this term wait.
+    // fenceOut finds our earlier lease on record and waits a full TTL anyway; this keeps the wait
+    // whatever the record holds (a member of an older version, a record removed by hand).
     this.serveFrom = Math.max(this.serveFrom, performance.now() + fenceMs);
     this.predecessorLease = null;
     const waitMs = this.serveFrom - performance.now();
@@ -849,12 +868,13 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
    * (or with `revoke` false), delete the key if it is still ours. Revoking first
    * means a successor never finds our key gone and our lease alive, which would
    * make it wait (fenceOut); that is what it must do when we were still waiting
-   * out a predecessor ourselves, so then the lease is left to expire.
+   * out a predecessor ourselves, so then the lease is left to expire, and stays
+   * in the record of winners. A revoked lease leaves the record.
    */
   private async release(term: LeadershipTerm, opts: { revoke: boolean }): Promise<void> {
     if (opts.revoke && (await this.revoke(term.leaseId))) {
       // Not waiting out anyone: nobody needs this lease on record any more.
-      this.forgetTerms([term.leaseId]);
+      await this.forgetWinners([term.leaseId]);
       return;
     }
     try {
@@ -874,19 +894,21 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
   }
 
   /**
-   * Best effort: removes the record of winners whose leases are gone (fence-keys.ts).
-   * Only for leases that cannot stand for a leader still serving: found gone or
-   * revoked by a winner that keeps its own lease on record while it waits them out.
-   * What stays (etcd unreachable, say) is checked and removed by the next winner.
+   * Best effort, never rejects: removes leases from the record of winners (winners.ts).
+   * Only for leases that cannot stand for a leader still serving (see there). What
+   * stays (etcd unreachable, say) is checked and removed by the next winner.
    */
-  private forgetTerms(leases: readonly string[]): void {
-    void (async () => {
-      // etcd takes at most 128 operations per transaction.
-      for (let i = 0; i < leases.length; i += 100) {
-        const success = leases.slice(i, i + 100).map((lease) => ({ request_delete_range: { key: Buffer.from(termKey(this.prefix, lease)) } }));
-        await withTimeout(this.client.kv.txn({ compare: [], success, failure: [] }), ETCD_CALL_TIMEOUT_MS, 'forgetting old terms');
+  private async forgetWinners(leases: readonly string[]): Promise<void> {
+    try {
+      for (let i = 0; i < leases.length; i += DELETES_PER_TXN) {
+        const success = leases
+          .slice(i, i + DELETES_PER_TXN)
+          .map((lease) => ({ request_delete_range: { key: Buffer.from(winnerKey(this.prefix, lease)) } }));
+        await withTimeout(this.client.kv.txn({ compare: [], success, failure: [] }), ETCD_CALL_TIMEOUT_MS, 'removing leases from the record of winners');
       }
-    })().catch((err: unknown) => this.log.debug({ err: etcdErrorReason(err) }, 'could not remove old terms from the record; the next leader will'));
+    } catch (err) {
+      this.log.debug({ err: etcdErrorReason(err) }, 'could not remove leases from the record of winners; the next leader will');
+    }
   }
 
   private async revoke(leaseId: string): Promise<boolean> {

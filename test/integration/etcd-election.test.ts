@@ -7,7 +7,7 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { CompareTarget, type Etcd3 } from 'etcd3';
 import { createEtcdClient, EtcdLeadership, type EtcdLeadershipOptions } from '../../src/election/etcd.js';
-import { termsPrefix } from '../../src/election/fence-keys.js';
+import { winnersPrefix } from '../../src/election/winners.js';
 import { EtcdStore } from '../../src/store/etcd.js';
 import { parseConfig, type Config } from '../../src/config.js';
 import { startGroup, type GroupHandle } from '../../src/group/node.js';
@@ -382,9 +382,9 @@ describe('etcd leadership', () => {
     proxy.blackhole(false);
   });
 
-  /** The leases the record of winners holds now (fence-keys.ts). */
+  /** The leases the record of winners holds now (winners.ts). */
   async function onRecord(prefix: string): Promise<string[]> {
-    return Object.keys(await direct.getAll().prefix(termsPrefix(prefix)).strings()).map((k) => k.slice(termsPrefix(prefix).length)).sort();
+    return Object.keys(await direct.getAll().prefix(winnersPrefix(prefix)).strings()).map((k) => k.slice(winnersPrefix(prefix).length)).sort();
   }
 
   /**
@@ -419,16 +419,17 @@ describe('etcd leadership', () => {
     const b = await startNode(prefix, 'b', { ttl: 2 });
     assert.equal(await overlapsUntilServing(a, b), 0, 'a and b never served at the same moment');
     assert.deepEqual(a.lost, ['etcd reports that our lease has expired'], "b's revoke stopped a");
-    await waitFor(async () => (await onRecord(prefix)).join() === b.leadership.term!.leaseId, 'a to leave the record once revoked');
+    await waitFor(async () => (await onRecord(prefix)).join() === b.leadership.term!.leaseId, "a's entry to go once revoked");
     proxy.blackhole(false);
   });
 
   test('a member that never saw the key of a successor stopped while it waited out a cut-off leader still waits', async () => {
     const prefix = freshPrefix();
-    const { proxy, a } = await successorStoppedWhileWaiting(prefix, 2);
+    // TTL 5: a serves for 3.75 s after its last renewal, long enough for b's campaign on a loaded machine.
+    const { proxy, a } = await successorStoppedWhileWaiting(prefix, 5);
     // d starts after both keys went: a's lease is revoked; only b's, kept, stands for a.
-    const d = await startNode(prefix, 'd', { ttl: 2 });
-    assert.equal(await overlapsUntilServing(a, d), 0, 'a and d never served at the same moment');
+    const d = await startNode(prefix, 'd', { ttl: 5 });
+    assert.equal(await overlapsUntilServing(a, d, 20_000), 0, 'a and d never served at the same moment');
     proxy.blackhole(false);
   });
 
@@ -468,24 +469,26 @@ describe('etcd leadership', () => {
       },
     });
     assert.equal(await overlapsUntilServing(a, d, 20_000), 0, 'a and d never served at the same moment');
+    assert.ok(txns >= 2, 'the campaign transaction ran twice');
     proxy.blackhole(false);
   });
 
   test('a member that never saw the deleted key, after a winner whose campaign failed, still finds the old leader on record', async () => {
     const prefix = freshPrefix();
     const proxy = await proxiedEtcd();
-    const a = await startNode(prefix, 'a', { endpoints: [proxy.url], ttl: 2 });
+    // TTL 5: a serves for 3.75 s after its last renewal, long enough for b's failed campaign on a loaded machine.
+    const a = await startNode(prefix, 'a', { endpoints: [proxy.url], ttl: 5 });
     await waitFor(() => a.leadership.canServe(), 'a to lead');
     const aLease = a.leadership.term!.leaseId;
     let grants = 0;
     let ownRevoked = false;
     const b = await startNode(prefix, 'b', {
-      ttl: 2,
+      ttl: 5,
       beforeStart: (client) => {
         const leases = client.leaseClient;
         const grant = leases.leaseGrant.bind(leases);
         const revoke = leases.leaseRevoke.bind(leases);
-        // b wins once, and its campaign fails before it could check a's lease; it never campaigns again.
+        // b wins once, and its campaign fails before it could check a's lease; its later campaigns never get a lease.
         leases.leaseGrant = (...args) => (grants++ === 0 ? grant(...args) : new Promise<never>(() => {}));
         leases.leaseTimeToLive = () => Promise.reject(new Error("injected: reading a lease's time to live fails"));
         leases.leaseRevoke = (req, ...rest) =>
@@ -498,21 +501,21 @@ describe('etcd leadership', () => {
     proxy.blackhole(true);
     await direct.delete().key(`${prefix}leader`);
     await waitFor(() => ownRevoked, 'b to fail its campaign and revoke its own lease');
-    // b revoked nobody on the strength of its lease: its record goes with it, and a's stays.
-    await waitFor(async () => (await onRecord(prefix)).join() === aLease, 'b to leave the record');
+    // b revoked nobody on the strength of its lease: its entry goes with it, and a's stays.
+    await waitFor(async () => (await onRecord(prefix)).join() === aLease, 'b to remove its entry from the record');
     assert.equal(a.leadership.canServe(), true, 'a still serves on its last renewal');
-    const d = await startNode(prefix, 'd', { ttl: 2 });
-    assert.equal(await overlapsUntilServing(a, d), 0, 'a and d never served at the same moment');
+    const d = await startNode(prefix, 'd', { ttl: 5 });
+    assert.equal(await overlapsUntilServing(a, d, 20_000), 0, 'a and d never served at the same moment');
     proxy.blackhole(false);
   });
 
-  test('a leader that resigns leaves the record of winners; one whose lease is gone is removed by the next winner', async () => {
+  test('a leader that resigns removes its entry from the record of winners; one whose lease is gone is removed by the next winner', async () => {
     const prefix = freshPrefix();
     const a = await startNode(prefix, 'a');
     await waitFor(() => a.leadership.canServe(), 'a to lead');
     await a.leadership.resign();
     // Nobody else runs: a removed its own entry.
-    await waitFor(async () => (await onRecord(prefix)).length === 0, 'a to leave the record');
+    await waitFor(async () => (await onRecord(prefix)).length === 0, 'a to remove its entry');
     await a.leadership.close();
     const b = await startNode(prefix, 'b');
     await waitFor(() => b.leadership.canServe(), 'b to lead');
@@ -528,7 +531,7 @@ describe('etcd leadership', () => {
     await waitFor(async () => (await onRecord(prefix)).join() === c.leadership.term!.leaseId, 'c to remove b from the record');
   });
 
-  test('a campaign that revoked nobody and fails its last proof revokes its own lease and leaves the record: no TTL without a leader', async () => {
+  test('a campaign that revoked nobody and fails its last proof revokes its own lease, so a campaign can win at once, not a TTL later', async () => {
     const prefix = freshPrefix();
     let grants = 0;
     let failing = true;
@@ -565,13 +568,37 @@ describe('etcd leadership', () => {
     assert.deepEqual(await onRecord(prefix), [a.leadership.term!.leaseId]);
   });
 
+  test('a campaign whose check of one lease fails still removes the leases it found gone from the record', async () => {
+    const prefix = freshPrefix();
+    const POISON = '999999';
+    const dead = Array.from({ length: 50 }, (_, i) => String(1_000_000 + i));
+    for (const lease of [...dead, POISON]) await direct.put(`${winnersPrefix(prefix)}${lease}`).value('{}');
+    let poisoned = true;
+    const a = await startNode(prefix, 'a', {
+      beforeStart: (client) => {
+        const leases = client.leaseClient;
+        const timeToLive = leases.leaseTimeToLive.bind(leases);
+        leases.leaseTimeToLive = (req, ...rest) =>
+          poisoned && req.ID === POISON ? Promise.reject(new Error('injected: this check fails')) : timeToLive(req, ...rest);
+      },
+    });
+    // Every campaign fails on the one lease; what it found gone goes, and so does its own entry.
+    await waitFor(async () => (await onRecord(prefix)).join() === POISON, 'the record to shrink to the lease that cannot be checked');
+    assert.equal(a.leadership.canServe(), false);
+    poisoned = false;
+    await waitFor(() => a.leadership.canServe(), 'a to lead');
+    await waitFor(async () => (await onRecord(prefix)).join() === a.leadership.term!.leaseId, 'a alone on record');
+  });
+
   test('a record of thousands of winners whose leases are gone is checked a few at a time, and cleared by the next winner', async () => {
     const prefix = freshPrefix();
     // Campaigns that won and then failed while etcd flapped, each unable to remove its own entry.
     const ENTRIES = 3000;
     for (let i = 0; i < ENTRIES; i += 100) {
-      const puts = Array.from({ length: 100 }, (_, j) => direct.put(`${termsPrefix(prefix)}${1_000_000 + i + j}`).value('{}'));
-      await direct.if(`${prefix}leader`, 'Create', '==', 0).then(...puts).commit();
+      const success = Array.from({ length: 100 }, (_, j) => ({
+        request_put: { key: Buffer.from(`${winnersPrefix(prefix)}${1_000_000 + i + j}`), value: Buffer.from('{}') },
+      }));
+      await direct.kv.txn({ compare: [], success, failure: [] });
     }
     const log = captureLog('warn');
     const a = await startNode(prefix, 'a', { log: log.log });
