@@ -585,7 +585,7 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
           provenAt = this.now();
           if ((await this.renew(grant.ID)) <= 0) throw new Error('the new lease expired during the campaign');
         };
-        const fenceMs = await this.fenceOut(grant.ID, [this.predecessorLease, ...earlier], {
+        const fenceMs = await this.fenceOut(grant.ID, [this.predecessorLease, ...earlier], BigInt(res.header.raft_term ?? '0'), {
           keepKey: () => (unusedLease = null),
           provenFor: () => performance.now() - provenAt.mono,
           prove,
@@ -647,6 +647,7 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
   private async fenceOut(
     ourLease: string,
     candidates: ReadonlyArray<string | null>,
+    campaignRaftTerm: bigint,
     ours: { keepKey: () => void; provenFor: () => number; prove: () => Promise<void> },
   ): Promise<number> {
     const previous = [...new Set(candidates)].filter((l): l is string => l !== null && l !== ourLease && l !== '0');
@@ -656,9 +657,17 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
         'the record of winners in etcd is large (campaigns that won and then failed): each is checked before serving; it shrinks as they are found gone',
       );
     }
-    const checks = await settleLimited(previous, LEASE_CALLS_IN_FLIGHT, (ID) =>
-      withTimeout(this.client.leaseClient.leaseTimeToLive({ ID }), ETCD_CALL_TIMEOUT_MS, "reading the previous leader's lease"),
-    );
+    const checks = await settleLimited(previous, LEASE_CALLS_IN_FLIGHT, async (ID) => {
+      const res = await withTimeout(this.client.leaseClient.leaseTimeToLive({ ID }), ETCD_CALL_TIMEOUT_MS, "reading the previous leader's lease");
+      // A deposed etcd leader that has not noticed yet answers from its own lessor (etcd-io/etcd#15247),
+      // which need not know a lease granted since, and would call it gone: trust only answers from a
+      // raft term as new as the one our campaign was committed in.
+      const raftTerm = BigInt(res.header?.raft_term ?? '0');
+      if (raftTerm < campaignRaftTerm) {
+        throw new Error(`an etcd member answered a lease check from raft term ${raftTerm}, behind term ${campaignRaftTerm}`);
+      }
+      return res;
+    });
     // -1: no such lease. 0 is a live lease in its last second (etcd rounds down).
     const gone = previous.filter((_, i) => {
       const c = checks[i]!;

@@ -423,6 +423,35 @@ describe('etcd leadership', () => {
     proxy.blackhole(false);
   });
 
+  test('a lease check answered from an older raft term proves nothing: a lease such a member calls gone is checked again', async () => {
+    const prefix = freshPrefix();
+    const proxy = await proxiedEtcd();
+    const a = await startNode(prefix, 'a', { clientEndpoints: [proxy.url], ttl: 2 });
+    await waitFor(() => a.leadership.canServe(), 'a to lead');
+    const aLease = a.leadership.term!.leaseId;
+    let stale = 0;
+    const b = await startNode(prefix, 'b', {
+      ttl: 2,
+      beforeStart: (client) => {
+        const leases = client.leaseClient;
+        const timeToLive = leases.leaseTimeToLive.bind(leases);
+        // The first check of a's lease is answered as a deposed etcd leader would, from the term
+        // before, by a lessor that does not know the lease: gone.
+        leases.leaseTimeToLive = async (req, ...rest) => {
+          const res = await timeToLive(req, ...rest);
+          if (req.ID !== aLease || stale++ > 0) return res;
+          return { ...res, TTL: '-1', grantedTTL: '0', header: { ...res.header, raft_term: String(BigInt(res.header.raft_term) - 1n) } };
+        };
+      },
+    });
+    proxy.blackhole(true);
+    await direct.delete().key(`${prefix}leader`);
+    assert.equal(await overlapsUntilServing(a, b), 0, 'a and b never served at the same moment');
+    assert.ok(stale >= 2, 'the stale answer was given, then a current one');
+    assert.deepEqual(a.lost, ['etcd reports that our lease has expired'], "b's revoke stopped a");
+    proxy.blackhole(false);
+  });
+
   test('a member that never saw the key of a successor stopped while it waited out a cut-off leader still waits', async () => {
     const prefix = freshPrefix();
     // TTL 5: a serves for 3.75 s after its last renewal, long enough for b's campaign on a loaded machine.
