@@ -246,8 +246,6 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
   /** The election key. */
   readonly key: string;
   private readonly prefix: string;
-  /** Where each winner records its lease (winners.ts). */
-  private readonly winnersPrefix: string;
   readonly nodeId: string;
   private readonly client: Etcd3;
   private readonly keepaliveClients: Etcd3[];
@@ -272,7 +270,7 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
   private duplicateSeen: string | null = null;
   /** etcd revision of the newest leader-key state applied; older news is ignored. */
   private seenRevision = 0n;
-  /** The newest etcd raft term seen in a keepalive answer. */
+  /** The newest etcd raft term seen in an answer that proves something (see behindRaftTerm). */
   private raftTerm = 0n;
   private announced: string | null = null;
   private campaigning: Promise<void> | null = null;
@@ -299,7 +297,6 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
     this.keepaliveClients = opts.connection.endpoints.map((e) => keepaliveClient(opts.connection, e));
     this.key = `${opts.prefix}leader`;
     this.prefix = opts.prefix;
-    this.winnersPrefix = winnersPrefix(opts.prefix);
     this.nodeId = opts.nodeId;
     this.advertise = opts.advertise;
     this.requestedTtlMs = opts.leaseTtl * 1000;
@@ -564,9 +561,9 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
             this.client.put(this.key).value(value).lease(grant.ID),
             this.client.put(winnerKey(this.prefix, grant.ID)).value(winnerValue(this.nodeId, grant.ID)),
             this.client.get(this.key),
-            this.client.getAll().prefix(this.winnersPrefix),
+            this.client.getAll().prefix(winnersPrefix(this.prefix)),
           )
-          .else(this.client.get(this.key), this.client.getAll().prefix(this.winnersPrefix))
+          .else(this.client.get(this.key), this.client.getAll().prefix(winnersPrefix(this.prefix)))
           .commit(),
         ETCD_CALL_TIMEOUT_MS,
         'creating the leader key',
@@ -585,7 +582,10 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
           provenAt = this.now();
           if ((await this.renew(grant.ID)) <= 0) throw new Error('the new lease expired during the campaign');
         };
-        const fenceMs = await this.fenceOut(grant.ID, [this.predecessorLease, ...earlier], BigInt(res.header.raft_term ?? '0'), {
+        // Committed by the current etcd leader (and the term was reset above, so this only raises
+        // it): answers about leases from a term before it prove nothing.
+        this.behindRaftTerm(res.header);
+        const fenceMs = await this.fenceOut(grant.ID, [this.predecessorLease, ...earlier], {
           keepKey: () => (unusedLease = null),
           provenFor: () => performance.now() - provenAt.mono,
           prove,
@@ -647,7 +647,6 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
   private async fenceOut(
     ourLease: string,
     candidates: ReadonlyArray<string | null>,
-    campaignRaftTerm: bigint,
     ours: { keepKey: () => void; provenFor: () => number; prove: () => Promise<void> },
   ): Promise<number> {
     const previous = [...new Set(candidates)].filter((l): l is string => l !== null && l !== ourLease && l !== '0');
@@ -659,34 +658,24 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
     }
     const checks = await settleLimited(previous, LEASE_CALLS_IN_FLIGHT, async (ID) => {
       const res = await withTimeout(this.client.leaseClient.leaseTimeToLive({ ID }), ETCD_CALL_TIMEOUT_MS, "reading the previous leader's lease");
-      // A deposed etcd leader that has not noticed yet answers from its own lessor (etcd-io/etcd#15247),
-      // which need not know a lease granted since, and would call it gone: trust only answers from a
-      // raft term as new as the one our campaign was committed in.
-      const raftTerm = BigInt(res.header?.raft_term ?? '0');
-      if (raftTerm < campaignRaftTerm) {
-        throw new Error(`an etcd member answered a lease check from raft term ${raftTerm}, behind term ${campaignRaftTerm}`);
-      }
+      // A deposed etcd leader's lessor need not know a lease granted since, and would call it gone.
+      const behind = this.behindRaftTerm(res.header);
+      if (behind !== null) throw behind;
       return res;
     });
-    // -1: no such lease. 0 is a live lease in its last second (etcd rounds down).
-    const gone = previous.filter((_, i) => {
-      const c = checks[i]!;
-      return c.status === 'fulfilled' && Number(c.value.TTL) < 0;
+    const gone: string[] = [];
+    const alive: Array<{ ID: string; grantedMs: number }> = [];
+    checks.forEach((c, i) => {
+      if (c.status === 'rejected') return;
+      // -1: no such lease. 0 is a live lease in its last second (etcd rounds down).
+      if (Number(c.value.TTL) < 0) gone.push(previous[i]!);
+      else alive.push({ ID: previous[i]!, grantedMs: Number(c.value.grantedTTL) * 1000 });
     });
+    // Even when a check failed, so that a large record cannot fail every campaign for good.
+    void this.forgetWinners(gone);
     const failed = checks.find((c) => c.status === 'rejected');
-    if (failed !== undefined) {
-      // The record still shrinks by what was found gone, so a large one cannot fail every campaign for good.
-      void this.forgetWinners(gone);
-      throw failed.reason;
-    }
-    const alive = previous.flatMap((ID, i) => {
-      const c = checks[i]!;
-      return c.status === 'fulfilled' && Number(c.value.TTL) >= 0 ? [{ ID, grantedMs: Number(c.value.grantedTTL) * 1000 }] : [];
-    });
-    if (alive.length === 0) {
-      void this.forgetWinners(previous);
-      return 0;
-    }
+    if (failed !== undefined) throw failed.reason;
+    if (alive.length === 0) return 0;
     ours.keepKey();
     // A proof counts from when it was sent, so a slow answer proves too little: try again a few
     // times. Revoke all the same if etcd stays that slow: unrevoked, a leader whose key was deleted
@@ -712,8 +701,8 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
       // Gone already: expired, or revoked by another member, whose wait we cannot see. Wait all the same.
       if (r.status === 'rejected' && !(r.reason instanceof EtcdLeaseInvalidError)) throw r.reason;
     }
-    // All gone now; our own lease, kept and on record, stands for them until they have surely stopped.
-    void this.forgetWinners(previous);
+    // Gone now; our own lease, kept and on record, stands for them until they have surely stopped.
+    void this.forgetWinners(alive.map(({ ID }) => ID));
     if (proofFailed !== null) throw proofFailed;
     this.log.warn(
       { waitMs, leases: alive.map(({ ID }) => ID) },
@@ -830,6 +819,19 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
   }
 
   /**
+   * A deposed etcd leader that has not noticed yet still answers from its own lessor
+   * (etcd-io/etcd#15247): it renews leases, and calls gone those granted since. Such
+   * answers prove nothing. Returns the error for an answer from a raft term behind the
+   * newest one seen; otherwise takes its term as the newest and returns null.
+   */
+  private behindRaftTerm(header: { raft_term?: string } | undefined): Error | null {
+    const raftTerm = BigInt(header?.raft_term ?? '0');
+    if (raftTerm < this.raftTerm) return new Error(`an etcd member answered from raft term ${raftTerm}, behind term ${this.raftTerm}`);
+    this.raftTerm = raftTerm;
+    return null;
+  }
+
+  /**
    * Renews through every member at once; resolves with the first TTL reported
    * (0: the lease is gone), so a dead or paused member costs nothing. Rejects
    * with an AggregateError when no member answers in time.
@@ -850,16 +852,9 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
       return new Promise<number>((resolve, reject) => {
         s.on('data', (res) => {
           answered = true;
-          const raftTerm = BigInt(res.header?.raft_term ?? '0');
-          // A deposed etcd leader that has not noticed yet may still renew in its own
-          // lessor (etcd-io/etcd#15247), which proves nothing: trust only members
-          // that are as current as the newest raft term we have seen.
-          if (raftTerm < this.raftTerm) {
-            reject(new Error(`an etcd member answered from raft term ${raftTerm}, behind term ${this.raftTerm}`));
-            return;
-          }
-          this.raftTerm = raftTerm;
-          resolve(Number(res.TTL));
+          const behind = this.behindRaftTerm(res.header);
+          if (behind !== null) reject(behind);
+          else resolve(Number(res.TTL));
         });
         s.on('error', reject);
         s.write({ ID: leaseId });
