@@ -80,7 +80,7 @@ interface Route {
   readonly named: Set<string>;
   /** The leader the call was last sent to. */
   following: string | null;
-  /** The slowest reply the call has had, from sending to the answer: what a last try before the deadline needs. */
+  /** The slowest NOTLEADER the call has had, from sending to the answer: what a last try before the deadline needs. */
   slowestMs: number;
 }
 
@@ -138,8 +138,6 @@ export class SequencerClient {
   private lastConnectError: unknown = null;
   /** Servers the connection attempts under way have tried, for the error that says none answered. */
   private readonly tried = new Set<string>();
-  /** Errors a call got because its deadline passed while it waited for a connection, not because every server failed. */
-  private readonly ranOut = new WeakSet<Error>();
   private readonly closing = new AbortController();
 
   constructor(options?: SequencerClientOptions);
@@ -245,16 +243,15 @@ export class SequencerClient {
     // Without reconnecting, a call still retries once per server (a full one, or one that drops the connection, is left for the next).
     let attemptsLeft = this.backoff === null ? this.servers.length : Infinity;
     for (let attempt = 0; ; attempt++) {
-      const connection = this.connection?.usable ? this.connection : await this.connectFor(deadline, route);
+      const connection = this.connection?.usable ? this.connection : await this.connect(deadline, () => this.ranOutError(route));
       let reply: Reply;
+      const sentAt = performance.now();
       try {
         // Only a call that gave the server at least half a timeout shows that it stalls; one
         // that spent most of its time waiting for the connection fails alone, and the calls
         // behind it keep their chance.
-        const sentAt = performance.now();
         const left = deadline - sentAt;
         reply = await connection.send(words, Math.max(1, left), left * 2 >= this.requestTimeoutMs, expected);
-        route.slowestMs = Math.max(route.slowestMs, performance.now() - sentAt);
       } catch (err) {
         this.avoid(connection);
         const retry = err instanceof ConnectionClosedError && (!err.requestSent || resend === Resend.Safe);
@@ -265,6 +262,8 @@ export class SequencerClient {
       }
       if (reply.type === 'error') {
         if (reply.code !== 'NOTLEADER') throw fromWire(reply.code, reply.message);
+        // Timed only here, off the path of a served call: only a retry needs it (see pause).
+        route.slowestMs = Math.max(route.slowestMs, performance.now() - sentAt);
         await this.redirect(connection, reply.message, route, attempt, deadline);
         continue;
       }
@@ -347,24 +346,18 @@ export class SequencerClient {
   }
 
   /**
-   * connect() for one call. Out of time after a member named a leader, the call fails with a
-   * NotLeaderError naming it: a member did answer, so "no server could be reached" would mislead.
+   * What a call that runs out of time waiting for a connection fails with. After a member
+   * named a leader, a NotLeaderError naming it: a member did answer, so "no server could be
+   * reached" would mislead.
    */
-  private async connectFor(deadline: number, route: Route): Promise<Connection> {
-    try {
-      return await this.connect(deadline);
-    } catch (err) {
-      const leader = route.following;
-      if (!(err instanceof NoServerAvailableError) || leader === null || !this.ranOut.has(err)) throw err;
-      throw new NotLeaderError(
-        leader,
-        `no leader answered before the request timeout; the last one named was ${leader}: ${namedButSilent(leader)}`,
-      );
-    }
+  private ranOutError(route: Route): Error {
+    const leader = route.following;
+    if (leader === null) return this.noServerError();
+    return new NotLeaderError(leader, `no leader answered before the request timeout; the last one named was ${leader}: ${namedButSilent(leader)}`);
   }
 
-  /** Waits for the shared connection attempt, at most until `deadline`. */
-  private connect(deadline: number): Promise<Connection> {
+  /** Waits for the shared connection attempt, at most until `deadline`, then fails with `ranOut()`. */
+  private connect(deadline: number, ranOut: () => Error): Promise<Connection> {
     if (this.closed) return Promise.reject(clientClosed());
     // Counted first: the rounds check for callers before every attempt.
     this.waiting++;
@@ -379,10 +372,7 @@ export class SequencerClient {
         return true;
       };
       const timer = setTimeout(() => {
-        if (!settle()) return;
-        const err = this.noServerError();
-        this.ranOut.add(err);
-        reject(err);
+        if (settle()) reject(ranOut());
       }, Math.max(0, deadline - performance.now()));
       connecting.then(
         (connection) => settle() && resolve(connection),
