@@ -536,8 +536,9 @@ export class FileStore implements Store {
    */
   private async holdDirFlock(): Promise<void> {
     if (process.platform === 'win32') return;
-    const lock = await this.takeDirFlock();
+    const lock = await holdKernelLock(this.dir);
     if (lock.state === 'held') {
+      this.flock = lock;
       if (lock.unchecked !== undefined) {
         this.say('took the flock on the data directory, but could not check it from outside', { file: this.dir, reason: lock.unchecked });
       }
@@ -553,12 +554,6 @@ export class FileStore implements Store {
       file: this.dir,
       reason: lock.reason,
     });
-  }
-
-  private async takeDirFlock(): Promise<KernelLock> {
-    const lock = await holdKernelLock(this.dir);
-    if (lock.state === 'held') this.flock = lock;
-    return lock;
   }
 
   private releaseDirFlock(): void {
