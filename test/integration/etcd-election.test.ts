@@ -103,14 +103,20 @@ describe('etcd leadership', () => {
     return overlaps;
   }
 
+  /** Node a leads with its etcd traffic through a proxy the test can cut (all of it, or with 'clientEndpoints' only its watch and polls). */
+  async function leaderAlone(prefix: string, through: 'endpoints' | 'clientEndpoints', ttl = 2): Promise<{ proxy: TcpProxy; a: Node }> {
+    const proxy = await proxiedEtcd();
+    const a = await startNode(prefix, 'a', { [through]: [proxy.url], ttl });
+    await waitFor(() => a.leadership.canServe(), 'a to lead');
+    return { proxy, a };
+  }
+
   /**
    * Node a leads with its etcd traffic through a proxy the test can cut (all of it, or
    * with 'clientEndpoints' only its watch and polls); node b follows and knows a leads.
    */
   async function leaderBehindProxy(prefix: string, through: 'endpoints' | 'clientEndpoints', ttl = 2): Promise<{ proxy: TcpProxy; a: Node; b: Node }> {
-    const proxy = await proxiedEtcd();
-    const a = await startNode(prefix, 'a', { [through]: [proxy.url], ttl });
-    await waitFor(() => a.leadership.canServe(), 'a to lead');
+    const { proxy, a } = await leaderAlone(prefix, through, ttl);
     const b = await startNode(prefix, 'b', { ttl });
     await waitFor(() => b.leadership.leaderNodeId() === 'a', 'b to know a leads');
     return { proxy, a, b };
@@ -403,9 +409,7 @@ describe('etcd leadership', () => {
    */
   async function nextAfterSuccessorStoppedWhileWaiting(prefix: string, beforeStart?: (client: Etcd3) => void): Promise<void> {
     const TTL = 5;
-    const proxy = await proxiedEtcd();
-    const a = await startNode(prefix, 'a', { endpoints: [proxy.url], ttl: TTL });
-    await waitFor(() => a.leadership.canServe(), 'a to lead');
+    const { proxy, a } = await leaderAlone(prefix, 'endpoints', TTL);
     const b = await startNode(prefix, 'b', { ttl: TTL });
     await waitFor(() => b.leadership.leaderNodeId() === 'a', 'b to know a leads');
     b.leadership.once('elected', () => void b.leadership.resign());
@@ -422,9 +426,7 @@ describe('etcd leadership', () => {
   test("a member that never saw the deleted key finds the old leader's lease on record, revokes it and waits", async () => {
     const prefix = freshPrefix();
     // a's watch and polls go through a proxy the test cuts; its renewals go straight to etcd.
-    const proxy = await proxiedEtcd();
-    const a = await startNode(prefix, 'a', { clientEndpoints: [proxy.url], ttl: 2 });
-    await waitFor(() => a.leadership.canServe(), 'a to lead');
+    const { proxy, a } = await leaderAlone(prefix, 'clientEndpoints');
     assert.deepEqual(await onRecord(prefix), [a.leadership.term!.leaseId]);
     proxy.blackhole(true);
     await direct.delete().key(`${prefix}leader`);
@@ -438,9 +440,7 @@ describe('etcd leadership', () => {
 
   test('a lease check answered from an older raft term proves nothing: a lease such a member calls gone is checked again', async () => {
     const prefix = freshPrefix();
-    const proxy = await proxiedEtcd();
-    const a = await startNode(prefix, 'a', { clientEndpoints: [proxy.url], ttl: 2 });
-    await waitFor(() => a.leadership.canServe(), 'a to lead');
+    const { proxy, a } = await leaderAlone(prefix, 'clientEndpoints');
     const aLease = a.leadership.term!.leaseId;
     let stale = 0;
     const b = await startNode(prefix, 'b', {
@@ -502,10 +502,8 @@ describe('etcd leadership', () => {
 
   test('a member that never saw the deleted key, after a winner whose campaign failed, still finds the old leader on record', async () => {
     const prefix = freshPrefix();
-    const proxy = await proxiedEtcd();
     // TTL 5: a serves for 3.75 s after its last renewal, long enough for b's failed campaign on a loaded machine.
-    const a = await startNode(prefix, 'a', { endpoints: [proxy.url], ttl: 5 });
-    await waitFor(() => a.leadership.canServe(), 'a to lead');
+    const { proxy, a } = await leaderAlone(prefix, 'endpoints', 5);
     const aLease = a.leadership.term!.leaseId;
     let grants = 0;
     let ownRevoked = false;
@@ -636,9 +634,7 @@ describe('etcd leadership', () => {
 
   test('a successor stopped while it waits out a cut-off leader leaves its lease to expire, so the next one waits too', async () => {
     const prefix = freshPrefix();
-    const proxy = await proxiedEtcd();
-    const a = await startNode(prefix, 'a', { endpoints: [proxy.url], ttl: 2 });
-    await waitFor(() => a.leadership.canServe(), 'a to lead');
+    const { proxy, a } = await leaderAlone(prefix, 'endpoints');
     const b = await startNode(prefix, 'b', { ttl: 2 });
     const c = await startNode(prefix, 'c', { ttl: 2 });
     await waitFor(() => b.leadership.leaderNodeId() === 'a' && c.leadership.leaderNodeId() === 'a', 'b and c to know a leads');
@@ -681,9 +677,7 @@ describe('etcd leadership', () => {
     const prefix = freshPrefix();
     // TTL 5: the old leader's serving window, 3.75 s, outlasts the 2 s an etcd call may take.
     const TTL = 5;
-    const proxy = await proxiedEtcd();
-    const a = await startNode(prefix, 'a', { endpoints: [proxy.url], ttl: TTL });
-    await waitFor(() => a.leadership.canServe(), 'a to lead');
+    const { proxy, a } = await leaderAlone(prefix, 'endpoints', TTL);
     const aLease = a.leadership.term!.leaseId;
     let revokes = 0;
     const b = await startNode(prefix, 'b', {
@@ -717,9 +711,7 @@ describe('etcd leadership', () => {
     renewal: (leaseKeepAlive: () => Promise<unknown>, events: string[]) => Promise<unknown>,
   ): Promise<{ proxy: TcpProxy; a: Node; b: Node; events: string[]; log: ReturnType<typeof captureLog> }> {
     const GRANT_DELAY_MS = 300;
-    const proxy = await proxiedEtcd();
-    const a = await startNode(prefix, 'a', { clientEndpoints: [proxy.url], ttl: 2 });
-    await waitFor(() => a.leadership.canServe(), 'a to lead');
+    const { proxy, a } = await leaderAlone(prefix, 'clientEndpoints');
     const aLease = a.leadership.term!.leaseId;
     const events: string[] = [];
     const log = captureLog('warn');
@@ -827,10 +819,8 @@ describe('etcd leadership', () => {
 
   test('a renewal that finds the lease gone stops the leader at once, though its watch and polls cannot reach etcd', async () => {
     const prefix = freshPrefix();
-    const proxy = await proxiedEtcd();
     // TTL 6: renewals every 1.5 s, and a serving window of 4.5 s that the test outwaits.
-    const a = await startNode(prefix, 'a', { clientEndpoints: [proxy.url], ttl: 6 });
-    await waitFor(() => a.leadership.canServe(), 'a to lead');
+    const { proxy, a } = await leaderAlone(prefix, 'clientEndpoints', 6);
     proxy.blackhole(true);
     // The key goes with the lease, but a cannot see that; its renewals still reach etcd.
     await direct.leaseClient.leaseRevoke({ ID: a.leadership.term!.leaseId });
