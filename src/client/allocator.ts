@@ -14,7 +14,7 @@
  * - Gaps: numbers left in the cache when the process stops (or the allocator
  *   is dropped) are never handed out.
  */
-import { invalidNameMessage, isValidName } from '../core/limits.js';
+import { checkName } from '../core/limits.js';
 import type { Batch } from './client.js';
 
 /** Where ranges come from; SequencerClient is one. */
@@ -77,7 +77,7 @@ export class SequenceAllocator {
       throw new RangeError(`allocator maxBatch must be an integer no smaller than batch (${batch}), got ${maxBatch}`);
     }
     if (!(prefetchAt >= 0 && prefetchAt <= 1)) throw new RangeError(`allocator prefetchAt must be between 0 and 1, got ${prefetchAt}`);
-    if (options.name !== undefined && !isValidName(options.name)) throw new RangeError(invalidNameMessage(options.name));
+    if (options.name !== undefined) checkName(options.name);
     this.source = source;
     this.name = options.name;
     this.prefetchAt = prefetchAt;

@@ -18,7 +18,7 @@ import { setMaxListeners } from 'node:events';
 import { setTimeout as delay } from 'node:timers/promises';
 import type tls from 'node:tls';
 import { ConfigError } from '../errors.js';
-import { MAX_TIMER_MS, MAX_WORD_BYTES, invalidNameMessage, isValidName } from '../core/limits.js';
+import { MAX_TIMER_MS, MAX_VALUE, MAX_WORD_BYTES, checkName } from '../core/limits.js';
 import { bytesAsUtf8, type Reply } from '../protocol/reply-decoder.js';
 import { type Address, DEFAULT_PORT, formatAddress, parseAddress } from '../protocol/address.js';
 import { SequenceAllocator, type AllocatorOptions } from './allocator.js';
@@ -188,8 +188,11 @@ export class SequencerClient {
 
   /** Takes `count` numbers at once: the caller owns `first .. first+count-1`. */
   async getBatch(count: number | bigint, name?: string): Promise<Batch> {
+    if (typeof count !== 'number' && typeof count !== 'bigint') {
+      throw new TypeError(`getBatch count must be a number or a bigint, got ${typeof count}`);
+    }
     if (typeof count === 'number' && !Number.isSafeInteger(count)) {
-      throw new RangeError(`getBatch count must be a whole number, got ${count}`);
+      throw new RangeError(`getBatch count must be a whole number up to 2^53-1 (a bigint for more), got ${count}`);
     }
     const n = BigInt(count);
     if (n < 1n) throw new RangeError(`getBatch count must be at least 1, got ${n}`);
@@ -533,14 +536,15 @@ export class SequencerClient {
 /** Refused here, not by the server: a name over its word limit would cost the connection and every call on it. */
 function withName(words: string[], name: string | undefined): string[] {
   if (name !== undefined) {
-    if (!isValidName(name)) throw new RangeError(invalidNameMessage(name));
+    checkName(name);
     words.push(name);
   }
   return words;
 }
 
+/** A number a server can hand out: anything else is not an answer to GETSEQ, CURRENT or GETSEQ_BATCH. */
 function integerOf(reply: Reply): bigint | undefined {
-  return reply.type === 'integer' ? reply.value : undefined;
+  return reply.type === 'integer' && reply.value >= 0n && reply.value <= MAX_VALUE ? reply.value : undefined;
 }
 
 function positive(option: string, value: number): number {

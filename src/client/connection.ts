@@ -162,10 +162,12 @@ export class Connection {
         request.fail(this.closedError(false));
         return;
       }
+      // Encoded first: a request queued without its bytes would take the next request's reply.
+      const frame = encodeCommand(words);
       request.startTimer(timeoutMs, this.onTimeout);
       this.pending.push(request);
       this.awaited++;
-      this.out += encodeCommand(words);
+      this.out += frame;
       this.unsent++;
       if (!this.flushScheduled) {
         this.flushScheduled = true;
@@ -243,10 +245,12 @@ export class Connection {
     const lostNumbers = request.command.toUpperCase().startsWith('GETSEQ')
       ? ' Numbers it may have issued are skipped, never handed out again.'
       : '';
+    // AUTH is part of connecting: it has what is left of connectTimeoutMs (SequencerClient.open).
+    const [which, option] = request.command === 'AUTH' ? ['connect', 'connectTimeoutMs'] : ['request', 'requestTimeoutMs'];
     this.awaited--;
     request.fail(new TimeoutError(
-      `no reply to ${request.command} from ${this.address} within the request timeout: ` +
-        `the server is slow, paused or unreachable; check it, or raise requestTimeoutMs.${lostNumbers}`,
+      `no reply to ${request.command} from ${this.address} within the ${which} timeout: ` +
+        `the server is slow, paused or unreachable; check it, or raise ${option}.${lostNumbers}`,
     ));
     if (request.dropOnTimeout) {
       this.tearDown(new Error(`a ${request.command} request timed out, so the connection was dropped`));
@@ -310,5 +314,8 @@ function tlsHandshakeRefusal(err: Error | null): boolean {
 
 /** A reply's kind, for messages. */
 export function describeReply(reply: Reply): string {
-  return reply.type === 'simple' ? `simple string '${reply.value}'` : `${reply.type} reply`;
+  if (reply.type === 'simple') return `simple string '${reply.value}'`;
+  // An integer is the right kind for most commands: when it is refused, its value is why.
+  if (reply.type === 'integer') return `integer ${reply.value}`;
+  return `${reply.type} reply`;
 }

@@ -111,7 +111,7 @@ function hintFor(code: string, message: string): string | null {
     return 'the server cannot make numbers durable right now and resumes by itself when storage recovers; retry later';
   }
   if (message.startsWith('sequence exhausted')) {
-    return 'the numbers asked for do not fit below 2^63-1: ask for fewer (a batch must fit whole), or use another sequence name';
+    return 'the sequence has no room below 2^63-1 for what was asked (a batch must fit whole, so a smaller one may still fit); use another sequence name';
   }
   if (isServerFull(message)) {
     return 'the server is at --max-connections: close idle clients or raise the limit';

@@ -22,6 +22,16 @@ export function invalidNameMessage(name: string): string {
   return `invalid sequence name '${name.length > NAME_MAX_LENGTH ? `${name.slice(0, NAME_MAX_LENGTH)}...` : name}': use ${NAME_RULE}`;
 }
 
+/**
+ * For callers of the client library, whose names come from JavaScript too: a
+ * name that is not a string is a TypeError, a string the server would refuse a
+ * RangeError. Both before anything is sent.
+ */
+export function checkName(name: unknown): asserts name is string {
+  if (typeof name !== 'string') throw new TypeError(`a sequence name must be a string, got ${typeof name}; use ${NAME_RULE}`);
+  if (!isValidName(name)) throw new RangeError(invalidNameMessage(name));
+}
+
 export function isValidName(name: string): boolean {
   const n = name.length;
   if (n === 0 || n > NAME_MAX_LENGTH) return false;

@@ -16,6 +16,7 @@ import {
   TimeoutError,
   type SequencerClientOptions,
 } from '../../src/index.js';
+import { Connection } from '../../src/client/connection.js';
 import { makeCerts } from '../helpers/certs.js';
 import { counterScript, startMockServer, type MockConnection, type MockOptions, type MockServer, type Script } from '../helpers/mock-server.js';
 import { freePort } from '../helpers/ports.js';
@@ -111,6 +112,18 @@ test('garbage from the server: ReplyProtocolError, and the connection is dropped
   await waitFor(() => server.connections[0]!.socket.destroyed || server.connections[0]!.socket.readableEnded, 'the connection to close');
 });
 
+test('an integer no server hands out (below 0, above 2^63-1): ReplyProtocolError, and the connection is dropped', async () => {
+  for (const bad of ['-5', '9223372036854775808']) {
+    let answered = 0;
+    const count = counterScript(3n);
+    const server = await mock((words, connection) => (answered++ === 0 ? connection.send(`:${bad}\r\n`) : count(words, connection)));
+    const c = client({ servers: [server.address] });
+    await assert.rejects(c.getNextSequence(), (err: unknown) => err instanceof ReplyProtocolError && err.message.includes(`integer ${bad} in reply to GETSEQ`));
+    assert.equal(await c.getNextSequence(), 3n);
+    assert.equal(server.connections.length, 2, 'the next call came on a new connection');
+  }
+});
+
 test('a well-framed reply of the wrong kind: ReplyProtocolError, and the connection is dropped', async () => {
   let answered = 0;
   const count = counterScript(3n);
@@ -172,7 +185,7 @@ test('an INFO reply of the wrong kind fails the INFO, and CURRENT pipelined behi
   const server = await mock(badFirstConnection(2, ':1\r\n:2\r\n', counterScript(9n)));
   const c = client({ servers: [server.address] });
   const [info, current] = await Promise.allSettled([c.info(), c.current()]);
-  assert.ok(info.status === 'rejected' && info.reason instanceof ReplyProtocolError && /integer reply in reply to INFO/.test(info.reason.message));
+  assert.ok(info.status === 'rejected' && info.reason instanceof ReplyProtocolError && /integer 1 in reply to INFO/.test(info.reason.message));
   assert.deepEqual(current, { status: 'fulfilled', value: 9n });
   assert.equal(server.connections.length, 2);
 });
@@ -590,6 +603,9 @@ test('a server that never answers AUTH: NoServerAvailableError whose message quo
   const error = await c.getNextSequence().then(() => null, (e: unknown) => e);
   assert.ok(error instanceof NoServerAvailableError, String(error));
   assert.match(error.message, /no reply to AUTH/);
+  // AUTH has what is left of connectTimeoutMs, whatever requestTimeoutMs is.
+  assert.match(error.message, /within the connect timeout: .*raise connectTimeoutMs\./);
+  assert.doesNotMatch(error.message, /raise requestTimeoutMs/);
   assert.doesNotMatch(error.message, /\.\./);
 });
 
@@ -666,6 +682,38 @@ test('a sequence name the server would refuse is refused here, and nothing is se
   assert.equal(server.requests.length, 0);
   assert.equal(await c.getNextSequence('orders:eu-1.v2_x'), 1n);
   assert.deepEqual(server.requests, [['GETSEQ', 'orders:eu-1.v2_x']]);
+});
+
+test('arguments of the wrong type from JavaScript are refused before anything is sent, and later calls get their own replies', async () => {
+  const server = await mock(counterScript());
+  const c = client({ servers: [server.address] });
+  assert.equal(await c.getNextSequence(), 1n);
+  // Without types a number slips by a length check: (5).length is undefined.
+  const untyped = c as unknown as Record<string, (...args: unknown[]) => Promise<unknown>>;
+  await assert.rejects(untyped.current!(5), (err: unknown) => err instanceof TypeError && /sequence name must be a string, got number/.test(err.message));
+  await assert.rejects(untyped.getNextSequence!(Symbol('s')), TypeError);
+  await assert.rejects(untyped.getBatch!(2, { name: 'x' }), TypeError);
+  for (const count of ['x', null, true, '10']) {
+    await assert.rejects(untyped.getBatch!(count), (err: unknown) => err instanceof TypeError && /count must be a number or a bigint/.test(err.message), String(count));
+  }
+  assert.throws(() => c.allocator({ name: 42 as unknown as string }), TypeError);
+  assert.deepEqual(server.requests, [['GETSEQ']]);
+  // Each call gets the reply to its own request: none was queued without being sent.
+  assert.deepEqual(await Promise.all([c.getNextSequence(), c.current()]), [2n, 3n]);
+  assert.equal(await c.getNextSequence(), 3n);
+});
+
+test('a request that cannot be encoded is never queued: the requests after it on the connection get their own replies', async () => {
+  const server = await mock(counterScript());
+  const connection = await Connection.open({ host: '127.0.0.1', port: server.port }, { tls: null, connectTimeoutMs: 1000 });
+  try {
+    await assert.rejects(connection.send(['CURRENT', 5 as unknown as string], 1000), TypeError);
+    const replies = await Promise.all([connection.send(['GETSEQ'], 1000), connection.send(['CURRENT'], 1000)]);
+    assert.deepEqual(replies, [{ type: 'integer', value: 1n }, { type: 'integer', value: 2n }]);
+  } finally {
+    connection.destroy();
+    await connection.closed;
+  }
 });
 
 test('tls: false is plain TCP', async () => {
