@@ -5,9 +5,9 @@ export const current: Command = {
   name: 'CURRENT',
   minArgs: 0,
   maxArgs: 1,
-  run(words, _session, services) {
+  run(words, session, services) {
     const name = sequenceName(words[1]);
     if (typeof name !== 'string') return name.reply;
-    return numberReply(services.source.current(name));
+    return numberReply(services.source.current(name, session));
   },
 };

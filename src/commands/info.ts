@@ -8,6 +8,6 @@ export const info: Command = {
   maxArgs: 1,
   run(_args, _session, services) {
     // Paths and error reasons may hold any UTF-8; bulk() counts one character per byte.
-    return bulk(utf8Bytes(services.info()));
+    return () => bulk(utf8Bytes(services.info()));
   },
 };

@@ -36,8 +36,12 @@ export interface Services {
   authFailed(): void;
 }
 
-/** An encoded reply, or one that waits for storage. */
-export type Reply = string | Promise<string>;
+/**
+ * An encoded reply; one that waits for storage; or one to be made once every
+ * reply before it on the connection is ready, so that facts it reports (INFO)
+ * are not older than the replies the client reads before it.
+ */
+export type Reply = string | Promise<string> | (() => string);
 
 export interface Command {
   /** Canonical upper-case name. */

@@ -69,11 +69,12 @@ export interface Caller {
 export interface SequenceSource {
   /** First of `count` numbers; a promise only when the reply must wait for storage. */
   allocate(name: string, count: bigint, caller?: Caller): bigint | SequenceError | Promise<bigint>;
-  current(name: string): bigint | SequenceError;
+  /** What the next GETSEQ returns; a promise only while requests ahead of it wait for storage. */
+  current(name: string, caller?: Caller): bigint | SequenceError | Promise<bigint>;
   snapshot(): SequenceSnapshot[];
   /**
    * Drops the requests of `caller` that still wait for storage (its connection
-   * closed): they take no numbers, and CURRENT stops counting them at once.
+   * closed): they take no numbers.
    */
   forget?(caller: Caller): void;
 }
@@ -104,6 +105,7 @@ export interface SequencerOptions {
   now?: () => number;
 }
 
+/** A request in line for numbers; a CURRENT in line behind such requests has count 0. */
 interface Waiter {
   count: bigint;
   caller: Caller | undefined;
@@ -232,17 +234,22 @@ export class Sequencer implements SequenceSource {
     });
   }
 
-  current(name: string): bigint | SequenceError {
+  current(name: string, caller?: Caller): bigint | SequenceError | Promise<bigint> {
     const refusal = this.gate();
     if (refusal) return refusal;
     const s = this.last?.name === name ? this.last : this.seqs.get(name);
     // A name not used yet is not created by a look at it: a typo or a probe would
     // otherwise take one of --max-sequences for good (and be written on stop).
     if (s === undefined) return this.seqs.size >= this.maxSequences ? this.tooMany : this.initial;
-    // Requests still waiting for storage take their numbers first.
-    const next = s.next + s.waitingCount;
-    if (next > MAX_VALUE) return EXHAUSTED;
-    return next;
+    if (s.waiters.length > 0) {
+      // Requests waiting for storage take their numbers first, or none at all (storage
+      // fails, their connection closes): known only once they are settled, so the
+      // answer waits in line behind them. Taking no numbers, it needs no write.
+      return new Promise<bigint>((resolve, reject) => {
+        s.waiters.push({ count: 0n, caller, resolve, reject });
+      });
+    }
+    return s.next > MAX_VALUE ? EXHAUSTED : s.next;
   }
 
   snapshot(): SequenceSnapshot[] {
@@ -489,8 +496,8 @@ export class Sequencer implements SequenceSource {
       this.dirty.add(s);
     }
     // Waiting requests get their error now rather than hang; their numbers were
-    // never taken, so nothing is skipped.
-    this.failWaiters(this.failure);
+    // never taken, so nothing is skipped. A CURRENT needs no storage: it is answered.
+    this.failWaiters(this.failure, true);
     for (const s of this.dirty) {
       const target = this.windowTarget(s);
       this.setTarget(s, target > s.mark ? target : s.mark);
@@ -523,7 +530,9 @@ export class Sequencer implements SequenceSource {
       const first = s.next;
       s.next = end;
       s.waitingCount -= w.count;
-      w.resolve(first);
+      // Only a CURRENT (count 0) can find the sequence used up: a request for numbers fits whole.
+      if (first > MAX_VALUE) w.reject(EXHAUSTED);
+      else w.resolve(first);
       i++;
     }
     if (i > 0) ws.splice(0, i);
@@ -564,13 +573,22 @@ export class Sequencer implements SequenceSource {
     }
   }
 
-  private failWaiters(err: SequenceError): void {
+  /**
+   * Fails every request waiting for numbers. The CURRENTs in line behind them get
+   * `next` when `answerCurrent` (their wait is over once those requests fail, and a
+   * CURRENT needs no storage), and the same error otherwise.
+   */
+  private failWaiters(err: SequenceError, answerCurrent = false): void {
     for (const s of this.seqs.values()) {
       if (s.waiters.length === 0) continue;
       const ws = s.waiters;
       s.waiters = [];
       s.waitingCount = 0n;
-      for (const w of ws) w.reject(err);
+      for (const w of ws) {
+        if (w.count > 0n || !answerCurrent) w.reject(err);
+        else if (s.next > MAX_VALUE) w.reject(EXHAUSTED);
+        else w.resolve(s.next);
+      }
     }
   }
 }

@@ -167,9 +167,9 @@ class GroupNode implements GroupHandle {
     this.sequencer?.forget(caller);
   }
 
-  current(name: string): bigint | SequenceError {
+  current(name: string, caller?: Caller): bigint | SequenceError | Promise<bigint> {
     if (this.closing) return SHUTTING_DOWN;
-    return this.sequencer?.current(name) ?? this.notServing();
+    return this.sequencer?.current(name, caller) ?? this.notServing();
   }
 
   snapshot(): SequenceSnapshot[] {

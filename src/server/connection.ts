@@ -39,9 +39,10 @@ export interface ConnectionEvents {
   chunkHandled?(ms: number): void;
 }
 
-/** A reply still waiting for storage; `value` is set when it is ready. */
+/** A reply still waiting for storage (`value` is set when it is ready), or to be made in its turn (`later`). */
 interface Slot {
   value: string | null;
+  readonly later?: () => string;
 }
 
 /**
@@ -141,7 +142,7 @@ export class Connection {
     socket.on('close', () => {
       this.closed = true;
       this.stopped = true;
-      // Requests still waiting for storage leave the queue now, so CURRENT stops counting them.
+      // Requests still waiting for storage leave the queue now, and a CURRENT behind them is answered without them.
       if (this.waiting > 0) this.services.source.forget?.(this.session);
       if (this.idleTimer !== null) clearInterval(this.idleTimer);
       this.notifyIdle();
@@ -189,13 +190,17 @@ export class Connection {
     // A waiting reply holds memory here and in the core before it has a byte to
     // show: it counts against the output limit too, or a client could pipeline
     // without bound while storage is slow.
-    this.append(typeof reply === 'string' ? reply : this.slotFor(reply));
+    const item =
+      typeof reply === 'string' ? reply
+      : typeof reply === 'function' ? (this.drained ? reply() : { value: null, later: reply })
+      : this.slotFor(reply);
+    this.append(item);
     if (this.session.quit) this.hangUp();
     // Checked after the request acts, so one reply may pass the limit on its own
     // (PING echoes up to 64 KiB, INFO can reach a megabyte): a client is owed at
     // most the limit plus one reply, and one that reads is never dropped.
     else if (this.owed >= this.room) this.hold();
-    else if (typeof reply === 'string' && reply.length >= BIG_REPLY) this.yieldTurn();
+    else if (typeof item === 'string' && item.length >= BIG_REPLY) this.yieldTurn();
   }
 
   /** Serves the rest of what was read on the next turn of the event loop, after other clients. */
@@ -340,7 +345,11 @@ export class Connection {
       const item = q[i]!;
       if (typeof item === 'string') this.out += item;
       else if (item.value !== null) this.out += item.value;
-      else break;
+      else if (item.later !== undefined) {
+        const value = item.later();
+        this.owed += value.length - PENDING_COST;
+        this.out += value;
+      } else break;
       i++;
     }
     if (i === q.length) {

@@ -9,6 +9,7 @@ import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { SequencerServer } from '../../src/server/server.js';
 import { Sequencer } from '../../src/core/sequencer.js';
+import { COMMANDS } from '../../src/commands/index.js';
 import { MemoryStore } from '../../src/store/memory.js';
 import { WireClient } from '../helpers/wire.js';
 import { waitFor } from '../helpers/wait.js';
@@ -36,6 +37,11 @@ async function gaplessServer() {
   return { store, seq, server, port };
 }
 
+/** What the next GETSEQ returns if every waiting request takes its numbers: INFO's `current`, which does not wait. */
+function promised(seq: Sequencer): bigint | undefined {
+  return seq.snapshot().find((s) => s.name === 'default')?.next;
+}
+
 async function connect(port: number): Promise<WireClient> {
   const c = await WireClient.connect(port);
   cleanup.push(() => c.close());
@@ -47,11 +53,18 @@ test('a client that resets its connection while its requests wait for storage ta
   const gone = await connect(port);
   store.pause();
   gone.send('GETSEQ\r\nGETSEQ_BATCH 10\r\n');
-  await waitFor(() => seq.current('default') === 12n, 'both requests to wait for storage');
+  await waitFor(() => promised(seq) === 12n, 'both requests to wait for storage');
+  // In line behind them: whether they take numbers is not known yet.
+  const looking = await connect(port);
+  looking.send('CURRENT\r\n');
+  const currentCalls = (): number => server.stats.calls[COMMANDS.findIndex((c) => c.name === 'CURRENT')]!;
+  await waitFor(() => currentCalls() === 1, 'the server to read the CURRENT');
+  assert.equal(looking.text, '', 'the CURRENT waits in line');
   // A reset, not a FIN: a client that only shuts down its sending side still gets its replies.
   gone.socket.resetAndDestroy();
-  await waitFor(() => server.connectionCount === 0, 'the server to see the connection close');
-  assert.equal(seq.current('default'), 1n, 'CURRENT no longer counts the requests of the closed connection');
+  await looking.expect(':1\r\n');
+  await waitFor(() => server.connectionCount === 1, 'the server to see the connection close');
+  assert.equal(promised(seq), 1n, 'the requests of the closed connection are no longer counted');
   const staying = await connect(port);
   staying.send('GETSEQ\r\n');
   store.resume();
@@ -64,7 +77,7 @@ test('a write that lands in the same turn as the connection is destroyed gives i
   const c = await connect(port);
   store.pause();
   c.send('GETSEQ\r\n');
-  await waitFor(() => seq.current('default') === 2n, 'the request to wait for storage');
+  await waitFor(() => promised(seq) === 2n, 'the request to wait for storage');
   const [conn] = (server as unknown as { connections: Set<{ socket: { destroy(): void } }> }).connections;
   // No 'close' event has run yet when the write's completion releases the waiting requests.
   conn!.socket.destroy();
@@ -84,7 +97,7 @@ test('a clean stop that cuts off a request still waiting for storage after its g
   await c.expect(':1\r\n');
   store.pause();
   c.send('GETSEQ\r\n');
-  await waitFor(() => seq.current('default') === 3n, 'the request to wait for storage');
+  await waitFor(() => promised(seq) === 3n, 'the request to wait for storage');
   // The write is stuck past the grace period: the server gives up on the connection.
   await server.close(20);
   store.resume();

@@ -11,6 +11,7 @@ import fc from 'fast-check';
 import { Decoder } from '../../src/protocol/decoder.js';
 import { error } from '../../src/protocol/encoder.js';
 import { CommandStats, execute, newSession, type Services, type Session } from '../../src/commands/index.js';
+import type { Reply } from '../../src/commands/types.js';
 import { digestPassword } from '../../src/commands/auth.js';
 import { Sequencer } from '../../src/core/sequencer.js';
 import { renderInfo } from '../../src/server/info.js';
@@ -113,7 +114,7 @@ async function serve(chunks: Uint8Array[], services: Services, session: Session 
       if (session.quit) return;
       frames++;
       assert.ok(words.length >= 1, 'frames are never empty');
-      replies.push(execute(words, session, services, stats));
+      replies.push(inTurn(execute(words, session, services, stats), replies));
     });
     // As on a connection: after QUIT, even malformed bytes go unanswered.
     if (err !== null && !session.quit) {
@@ -163,11 +164,16 @@ const stream = fc
     return chunks;
   });
 
+/** A reply as a connection writes it: one to be made in its turn is made once every reply before it is ready. */
+function inTurn(reply: Reply, before: ReadonlyArray<string | Promise<string>> = []): string | Promise<string> {
+  return typeof reply === 'function' ? Promise.all(before).then(reply) : reply;
+}
+
 test('random frames: execute never throws and answers exactly one well-formed reply', async () => {
   const { services } = await makeServices(null);
   await fc.assert(
     fc.asyncProperty(frame, async (words) => {
-      const reply = await execute(words, newSession(), services, new CommandStats());
+      const reply = await inTurn(execute(words, newSession(), services, new CommandStats()));
       assertOneReply(reply);
       const name = words[0]!.toUpperCase();
       if (reply.startsWith('$') && name !== 'INFO') {
@@ -240,7 +246,7 @@ test('GETSEQ, GETSEQ_BATCH and CURRENT agree with a model of the sequences', asy
         const key = name ?? 'default';
         const next = model.get(key) ?? 1n;
         const words = [cmd, ...(cmd === 'GETSEQ_BATCH' ? [String(count)] : []), ...(name === null ? [] : [name])];
-        const reply = await execute(words, session, services, stats);
+        const reply = await inTurn(execute(words, session, services, stats));
         assert.equal(reply, `:${next}\r\n`, words.join(' '));
         if (cmd === 'GETSEQ') model.set(key, next + 1n);
         if (cmd === 'GETSEQ_BATCH') model.set(key, next + BigInt(count));

@@ -21,6 +21,11 @@ async function open(store: MemoryStore | null, reserve: bigint, extra: Partial<C
   return seq;
 }
 
+/** Matches a SequenceError (not an Error, so assert.rejects cannot take a RegExp for it). */
+function refused(message: RegExp): (err: unknown) => boolean {
+  return (err) => err instanceof SequenceError && message.test(err.message);
+}
+
 /** Resolves whatever allocate returned; throws SequenceError replies. */
 async function take(r: bigint | SequenceError | Promise<bigint>): Promise<bigint> {
   if (r instanceof SequenceError) throw r;
@@ -131,14 +136,63 @@ test('never a number at or beyond the durable mark, even while a write is held',
   assert.ok(store.state().get('default')! > 31n);
 });
 
-test('CURRENT counts requests still waiting for storage: it names what the next GETSEQ returns', async () => {
+test('CURRENT behind requests waiting for storage waits in line, and names what the next GETSEQ returns', async () => {
   const store = new MemoryStore();
   const seq = await open(store, 0n);
   const waiting = seq.allocate('default', 3n);
-  assert.equal(seq.current('default'), 4n);
+  const current = seq.current('default');
+  assert.ok(current instanceof Promise, 'the requests ahead may yet take no numbers');
   const next = seq.allocate('default', 1n);
   assert.equal(await take(waiting), 1n);
+  assert.equal(await current, 4n);
   assert.equal(await take(next), 4n);
+  assert.equal(store.calls.persist, 1, 'a CURRENT in line asks for no write of its own');
+});
+
+test('CURRENT behind requests that fail or leave names the number they did not take, never one past it', async () => {
+  const store = new MemoryStore();
+  const seq = await open(store, 0n);
+  assert.equal(await take(seq.allocate('default', 1n)), 1n);
+  // Storage fails under two waiting requests: they take nothing, so the next GETSEQ still returns 2.
+  store.failNext(1);
+  const failing = [take(seq.allocate('default', 1n)), take(seq.allocate('default', 5n))];
+  const afterFailure = seq.current('default');
+  await assert.rejects(failing[0]!, refused(/persistence unavailable/));
+  await assert.rejects(failing[1]!, refused(/persistence unavailable/));
+  assert.equal(await afterFailure, 2n);
+  await settle(20);
+  assert.equal(await take(seq.allocate('default', 1n)), 2n);
+  // A connection closes with requests waiting: theirs go to whoever asks next.
+  store.pause();
+  const gone = { gone: false };
+  const left = take(seq.allocate('default', 4n, gone));
+  const stays = seq.current('default');
+  seq.forget(gone);
+  await assert.rejects(left, refused(/connection closed/));
+  assert.equal(await stays, 3n);
+  store.resume();
+  assert.equal(await take(seq.allocate('default', 1n)), 3n);
+});
+
+test('CURRENT in line finds the sequence used up by the batch ahead of it: exhausted, as GETSEQ would be', async () => {
+  const store = new MemoryStore();
+  const seq = new Sequencer({ store, initial: MAX_VALUE - 2n, reserve: 0n, maxSequences: 10 });
+  await seq.open();
+  const batch = seq.allocate('a', 3n);
+  const current = seq.current('a');
+  assert.equal(await take(batch), MAX_VALUE - 2n);
+  await assert.rejects(Promise.resolve(current), (err: unknown) => err === EXHAUSTED);
+});
+
+test('a leader that loses its term fails a CURRENT in line with NOTLEADER: it no longer speaks for the sequence', async () => {
+  const store = new MemoryStore();
+  const seq = await open(store, 0n);
+  store.pause();
+  const waiting = take(seq.allocate('default', 1n));
+  const current = seq.current('default');
+  seq.abort(new SequenceError('NOTLEADER', ''));
+  await assert.rejects(waiting, (err: unknown) => err instanceof SequenceError && err.code === 'NOTLEADER');
+  await assert.rejects(Promise.resolve(current), (err: unknown) => err instanceof SequenceError && err.code === 'NOTLEADER');
 });
 
 test('a batch larger than the window waits for its own reservation', async () => {
@@ -396,7 +450,10 @@ test('gapless: a write still in flight when close() stops handing out, that fail
     request();
     await new Promise((r) => setTimeout(r, 1));
     // close() has stopped handing out: this write is the one it waits for last.
-    if (!injected && seq.current('default') instanceof SequenceError) {
+    const probe = seq.current('default');
+    // Before that, a CURRENT behind waiting requests waits in line; its answer does not matter here.
+    if (probe instanceof Promise) probe.catch(() => {});
+    if (!injected && probe instanceof SequenceError) {
       injected = true;
       store.failNext(1, { landed: true });
     }
@@ -439,11 +496,13 @@ test('forget(): a closed connection\'s waiting requests leave the queue at once,
   const big = seq.allocate('default', 50n, gone); // past the mark: waits for a write
   const small = seq.allocate('default', 1n, { gone: false }); // fits, but queues behind it
   assert.ok(big instanceof Promise && small instanceof Promise);
-  assert.equal(seq.current('default'), 53n);
+  // In line behind both: it would have said 53 had it counted the request that leaves.
+  const looked = seq.current('default');
   seq.forget(gone);
   await assert.rejects(big, (e: unknown) => e instanceof SequenceError);
   const served = await Promise.race([small, settle().then(() => 'still waiting')]);
   assert.equal(served, 2n, 'served from the window without waiting for the write in flight');
+  assert.equal(await looked, 3n);
   assert.equal(seq.current('default'), 3n);
   store.resume();
   assert.equal(await seq.close(), true);
