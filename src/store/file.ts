@@ -21,8 +21,10 @@
  * empty one of generation g+1. A log older than the snapshot is what a crash
  * between those two steps leaves; its records are all in the snapshot, so it is
  * ignored. A log newer than the snapshot, a log with no snapshot, or no log beside
- * a snapshot past generation 1 (compaction makes sure one exists before it writes
- * a snapshot) means a file was lost or restored from elsewhere, and loading refuses.
+ * a snapshot (compaction makes sure one exists before it writes a snapshot: an
+ * empty one of generation 0 before the first) means a file was lost or restored
+ * from elsewhere, and loading refuses. The one log allowed alone is that empty log
+ * of generation 0: the very first compaction stopped before its snapshot.
  */
 import { type FileHandle, mkdir, open, readFile, readdir, rename, stat, unlink } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
@@ -161,12 +163,12 @@ export class FileStore implements Store {
     const { marks, gen } =
       snapshot === null ? { marks: new Map<string, bigint>(), gen: 0 } : parseSnapshot(snapshot, this.snapshotPath);
     const log = await this.readIfExists(this.logPath);
-    // No log beside a snapshot is a crash during the very first compaction: the
-    // snapshot already holds everything, and the first persist creates the log.
-    // Later compactions replace the log by rename, never remove it, and make sure
-    // one exists before they write a snapshot (compact()), so without one beside a
-    // later generation the records since that snapshot were lost.
-    if (log === null && gen > 1) {
+    // Compactions replace the log by rename, never remove it, and make sure one
+    // exists before they write a snapshot (compact()), so without one beside a
+    // snapshot the records since that snapshot were lost. (Earlier builds wrote
+    // the first snapshot with no log: a crash right then left a lone snapshot of
+    // generation 1, refused now too; see docs/operations.md.)
+    if (log === null && gen >= 1) {
       throw new StateCorruptError(
         this.logPath,
         `it is missing beside ${this.snapshotPath} of generation ${gen}: the marks written since that snapshot are lost, so resuming could hand out numbers again`,
@@ -175,18 +177,20 @@ export class FileStore implements Store {
     if (log !== null) {
       const header = parseLogHeader(log, this.logPath);
       if (snapshot === null) {
-        throw new StateCorruptError(
-          this.logPath,
-          `it continues snapshot generation ${header.gen}, but ${this.snapshotPath} is missing`,
-        );
-      }
-      if (header.gen > gen) {
+        // Put in place before the very first snapshot, and never given a record:
+        // nothing was stored yet, and the first persist compacts as on a new directory.
+        if (header.gen !== 0 || header.end !== log.length) {
+          throw new StateCorruptError(
+            this.logPath,
+            `it continues snapshot generation ${header.gen}, but ${this.snapshotPath} is missing`,
+          );
+        }
+      } else if (header.gen > gen) {
         throw new StateCorruptError(
           this.logPath,
           `it continues snapshot generation ${header.gen}, but ${this.snapshotPath} is generation ${gen}: the snapshot is an older copy`,
         );
-      }
-      if (header.gen < gen) {
+      } else if (header.gen < gen) {
         this.say('ignoring a log left by an interrupted compaction; the snapshot already holds its marks', {
           file: this.logPath,
         });
@@ -294,9 +298,9 @@ export class FileStore implements Store {
   private async compact(merged: Map<string, bigint>): Promise<void> {
     await this.dropLog();
     await this.checkDirIsOurs();
-    if (!this.logOnDisk && this.gen >= 1) {
+    if (!this.logOnDisk) {
       // A crash between the snapshot and the log below must leave a log, or the
-      // next start would take the lone snapshot of generation 2+ for a lost log.
+      // next start would take the lone snapshot for a lost log.
       const empty = await this.install(this.logPath, frame(`{"v":${FORMAT_VERSION},"g":${this.gen}}`, LOG_MAGIC));
       await empty.close().catch(() => {});
       this.logOnDisk = true;
@@ -680,7 +684,7 @@ export class FileStore implements Store {
 
   private ioError(op: string, path: string, err: unknown): PersistenceError {
     if (err instanceof PersistenceError) return err;
-    return new PersistenceError(`${op} ${path}: ${describeErrno(err)}`, { cause: err });
+    return new PersistenceError(`${op} ${shownPath(path)}: ${describeErrno(err)}`, { cause: err });
   }
 }
 
@@ -898,7 +902,7 @@ function parseSnapshot(buf: Buffer, file: string): { marks: Map<string, bigint>;
 function parseLogHeader(buf: Buffer, file: string): { gen: number; end: number } {
   checkMagic(buf, LOG_MAGIC, file, 'log');
   const { payload, next } = wholeRecord(buf, MAGIC_LENGTH, file);
-  return { gen: generation(decode(payload, file, MAGIC_LENGTH), file), end: next };
+  return { gen: generation(decode(payload, file, MAGIC_LENGTH), file, 0), end: next };
 }
 
 /** Applies the log's records to `marks`; returns where the good records end and why the rest was dropped. */
@@ -951,9 +955,20 @@ function decode(payload: Buffer, file: string, offset: number): Doc {
   return doc as Doc;
 }
 
-function generation(doc: Doc, file: string): number {
+/**
+ * A temp file's name without its random part, so that a failure repeated at every
+ * retry reads the same each time: the log then repeats it only once a minute, and
+ * INFO's and /readyz's reason stays put.
+ */
+function shownPath(path: string): string {
+  const i = path.lastIndexOf(TEMP_INFIX);
+  return i === -1 || i < path.lastIndexOf('/') ? path : `${path.slice(0, i)}${TEMP_INFIX}*`;
+}
+
+/** Snapshots start at generation 1; a log may be of generation 0, the empty one put before the first snapshot. */
+function generation(doc: Doc, file: string, lowest = 1): number {
   const g = doc.g;
-  if (typeof g !== 'number' || !Number.isSafeInteger(g) || g < 1) {
+  if (typeof g !== 'number' || !Number.isSafeInteger(g) || g < lowest) {
     throw new StateCorruptError(file, `bad generation ${JSON.stringify(g)}`);
   }
   return g;

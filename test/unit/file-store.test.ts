@@ -266,10 +266,15 @@ test('a damaged record with intact ones after it is corruption, not a torn tail,
   assert.deepEqual(await readFile(p.log), buf, 'not truncated');
 });
 
-test('a missing log beside a later snapshot generation is corruption; beside the first it is a crash in the first compaction', async (t) => {
+test('a missing log beside a snapshot is corruption, at the first generation too', async (t) => {
   const { dir, p } = await populated(t);
   const first = await readFile(p.snapshot);
-  // populated() wrote generation 1; one compaction more makes generation 2.
+  // populated() wrote generation 1 and appended to its log: without the log, a resumes at 1, not 2.
+  const log = await readFile(p.log);
+  await unlink(p.log);
+  await assertCorrupt(dir, p.log, /missing beside .*generation 1/);
+  await writeFile(p.log, log);
+  // One compaction more makes generation 2.
   const store = await FileStore.open(dir, { compactAfterBytes: 0 });
   await store.load();
   await store.persist(m({ a: 4n }));
@@ -277,7 +282,76 @@ test('a missing log beside a later snapshot generation is corruption; beside the
   await unlink(p.log);
   await assertCorrupt(dir, p.log, /missing beside .*generation 2/);
   await writeFile(p.snapshot, first);
-  assert.deepEqual(await reload(dir), m({ a: 1n }));
+  await assertCorrupt(dir, p.log, /missing beside .*generation 1/);
+});
+
+test('the very first compaction cut short at each step leaves a directory that loads', async (t) => {
+  // The steps: an empty log of generation 0, the snapshot of generation 1, the log of generation 1.
+  const steps: Array<{ what: string; failAt: (op: string, path: string, p: ReturnType<typeof paths>, renamed: string[]) => boolean; expect: Map<string, bigint> }> = [
+    { what: 'before the empty log', failAt: (op, path, p) => op === 'open' && path.startsWith(`${p.log}.tmp-`), expect: m({}) },
+    { what: 'before the snapshot', failAt: (op, path, p) => op === 'open' && path.startsWith(`${p.snapshot}.tmp-`), expect: m({}) },
+    { what: 'before the log of generation 1', failAt: (op, path, p, renamed) => renamed.includes(p.snapshot) && op === 'open' && path.startsWith(`${p.log}.tmp-`), expect: m({ a: 7n }) },
+  ];
+  for (const step of steps) {
+    const dir = await tempDir(t);
+    const p = paths(dir);
+    const renamed: string[] = [];
+    const store = await FileStore.open(dir, {
+      beforeIo: (op, path) => {
+        if (op === 'rename') renamed.push(path);
+        if (step.failAt(op, path, p, renamed)) throw errno('EIO', op);
+      },
+    });
+    await store.load();
+    await assert.rejects(store.persist(m({ a: 7n })), /EIO/, step.what);
+    await store.close();
+    assert.deepEqual(await reload(dir), step.expect, step.what);
+    // And it goes on from there as any directory does.
+    const again = await FileStore.open(dir);
+    await again.load();
+    await again.persist(m({ a: 9n }));
+    await again.persist(m({ b: 1n }));
+    await again.close();
+    assert.deepEqual(await reload(dir), m({ a: 9n, b: 1n }), step.what);
+  }
+});
+
+test('a failure writing a temp file reads the same at every retry: its random part is left out of the reason', async (t) => {
+  const dir = await tempDir(t);
+  const p = paths(dir);
+  const store = await FileStore.open(dir, {
+    beforeIo: (op, path) => {
+      if (op === 'write' && path.startsWith(`${p.snapshot}.tmp-`)) throw errno('ENOSPC', op);
+    },
+  });
+  try {
+    await store.load();
+    const reasons: string[] = [];
+    for (let i = 0; i < 3; i++) await store.persist(m({ a: 7n })).catch((err: Error) => reasons.push(err.message));
+    assert.equal(reasons.length, 3);
+    assert.equal(reasons[0], `write ${p.snapshot}.tmp-*: ENOSPC (no space left on device)`);
+    assert.deepEqual(new Set(reasons).size, 1, reasons.join('\n'));
+  } finally {
+    await store.close();
+  }
+});
+
+test('a log of generation 0 is taken alone only while empty: with records, or beside no snapshot otherwise, it is corruption', async (t) => {
+  const dir = await tempDir(t);
+  const p = paths(dir);
+  const store = await FileStore.open(dir, {
+    beforeIo: (op, path) => {
+      if (op === 'open' && path.startsWith(`${p.snapshot}.tmp-`)) throw errno('EIO', op);
+    },
+  });
+  await store.load();
+  await assert.rejects(store.persist(m({ a: 7n })), /EIO/);
+  await store.close();
+  const empty = await readFile(p.log);
+  await writeFile(p.log, Buffer.concat([empty, Buffer.from([0, 0, 0, 1, 0, 0, 0, 0, 0x7b])]));
+  await assertCorrupt(dir, p.log, /continues snapshot generation 0, but .* is missing/);
+  await writeFile(p.log, empty);
+  assert.deepEqual(await reload(dir), m({}));
 });
 
 test('two compactions in a row that each stop between the snapshot and the log still load', async (t) => {
