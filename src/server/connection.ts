@@ -94,6 +94,8 @@ export class Connection {
   private endWhileHeld = false;
   /** Held after a big reply until the next turn of the event loop, whatever the room. */
   private yielding = false;
+  /** Held behind a reply to be made in its turn until it is made (see handle). */
+  private unmade = false;
   /**
    * No more requests are served: QUIT, a protocol error, the client's FIN, or
    * shutdown. Input is still read, and dropped: a paused socket would not see the
@@ -200,6 +202,12 @@ export class Connection {
     // (PING echoes up to 64 KiB, INFO can reach a megabyte): a client is owed at
     // most the limit plus one reply, and one that reads is never dropped.
     else if (this.owed >= this.room) this.hold();
+    // A reply made in its turn has no size yet: counted at PENDING_COST, thousands of
+    // INFOs could be owed unmade. The requests behind it wait until it is made (pump).
+    else if (typeof item !== 'string' && item.later !== undefined) {
+      this.hold();
+      this.unmade = true;
+    }
     else if (typeof item === 'string' && item.length >= BIG_REPLY) this.yieldTurn();
   }
 
@@ -233,7 +241,7 @@ export class Connection {
     // A loop, not recursion: each pass serves held requests up to the limit again,
     // and the socket may take their replies at once.
     let released = false;
-    while (this.held && !this.yielding && !this.stopped && this.owed + this.socket.writableLength <= this.limits.outputLimit / 2) {
+    while (this.held && !this.yielding && !this.unmade && !this.stopped && this.owed + this.socket.writableLength <= this.limits.outputLimit / 2) {
       this.held = false;
       released = true;
       this.decoder.release();
@@ -349,6 +357,7 @@ export class Connection {
         const value = item.later();
         this.owed += value.length - PENDING_COST;
         this.out += value;
+        this.unmade = false;
       } else break;
       i++;
     }

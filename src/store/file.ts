@@ -112,9 +112,9 @@ export class FileStore implements Store {
   /** End of the last good record: where the next append goes. */
   private logSize = 0;
   /**
-   * Whether marks.log exists on disk. Past generation 1 a snapshot is trusted only
-   * beside a log (see load()), so compaction puts one back before it writes a
-   * snapshot when the last start found none.
+   * Whether marks.log exists on disk. A snapshot is trusted only beside a log
+   * (see load()), so compaction puts one in place before it writes a snapshot
+   * when there is none: at the first compaction, or when the last start found none.
    */
   private logOnDisk = false;
   private inflight: Promise<void> | null = null;
@@ -962,7 +962,9 @@ function decode(payload: Buffer, file: string, offset: number): Doc {
  */
 function shownPath(path: string): string {
   const i = path.lastIndexOf(TEMP_INFIX);
-  return i === -1 || i < path.lastIndexOf('/') ? path : `${path.slice(0, i)}${TEMP_INFIX}*`;
+  // Only our own names: a data directory may be called x.tmp-1.
+  if (i === -1 || !/^[0-9a-f]{12}$/.test(path.slice(i + TEMP_INFIX.length))) return path;
+  return `${path.slice(0, i)}${TEMP_INFIX}*`;
 }
 
 /** Snapshots start at generation 1; a log may be of generation 0, the empty one put before the first snapshot. */

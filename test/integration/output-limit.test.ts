@@ -11,6 +11,7 @@ import { getDefaultHighWaterMark, setDefaultHighWaterMark } from 'node:stream';
 import { SequencerServer } from '../../src/server/server.js';
 import { SequenceError, type Caller, type SequenceSource } from '../../src/core/sequencer.js';
 import { waitFor } from '../helpers/wait.js';
+import { COMMANDS } from '../../src/commands/index.js';
 
 const cleanup: Array<() => unknown> = [];
 after(async () => {
@@ -124,4 +125,38 @@ test('held at the limit with a 64 KiB socket high-water mark (Node.js 22 on): ev
     throw new Error(`${err.message}: ${allocated} of ${ROUNDS * GETS} numbers taken, ${text.length} of ${expected.length} bytes read`);
   });
   assert.equal(text, expected);
+});
+
+test('INFO behind a reply that waits for storage is made in its turn, one at a time: the requests behind it wait, not thousands of unmade INFOs', async () => {
+  const INFOS = 1000;
+  const body = 'x'.repeat(20_000);
+  let made = 0;
+  let release: (() => void) | null = null;
+  const source: SequenceSource = {
+    allocate: () => new Promise<bigint>((resolve) => (release = () => resolve(1n))),
+    current: () => 1n,
+    snapshot: () => [],
+  };
+  const server = new SequencerServer(
+    { source, maxBatch: 1000n, passwordDigest: null, info: () => (made++, body), authFailed: () => {} },
+    { maxConnections: 10, idleTimeoutMs: 0, outputLimit: 1 << 20 },
+  );
+  const port = await server.listen('127.0.0.1', 0);
+  cleanup.push(() => server.close());
+  const client = net.connect(port, '127.0.0.1');
+  cleanup.push(() => client.destroy());
+  let received = '';
+  client.setEncoding('latin1');
+  client.on('data', (d: string) => (received += d));
+  // Counted at 256 bytes each while unmade, 4,000 of them would fit under the limit, then be made at once.
+  client.write('GETSEQ\r\n' + 'INFO\r\n'.repeat(INFOS));
+  const infoCalls = (): number => server.stats.calls[COMMANDS.findIndex((c) => c.name === 'INFO')]!;
+  await waitFor(() => infoCalls() > 0 && release !== null, 'the GETSEQ to wait and an INFO to queue behind it');
+  assert.equal(infoCalls(), 1, 'the requests behind the first INFO wait in the decoder');
+  assert.equal(made, 0, 'INFO is made in its turn, after the reply before it');
+  release!();
+  const reply = `$${body.length}\r\n${body}\r\n`;
+  await waitFor(() => received.length === 4 + INFOS * reply.length, 'every reply');
+  assert.equal(received, ':1\r\n' + reply.repeat(INFOS));
+  assert.equal(made, INFOS);
 });
