@@ -853,7 +853,13 @@ function sameFile(a: FileId, b: FileId | null): boolean {
 function intactRecordAfter(buf: Buffer, offset: number): number | null {
   for (let at = offset + 1; at + HEADER_LENGTH < buf.length; at++) {
     const length = buf.readUInt32BE(at);
-    if (plausibleLength(length) && checkedPayload(buf, at, length) !== null) return at;
+    if (!plausibleLength(length)) continue;
+    const end = at + HEADER_LENGTH + length;
+    // Every payload is a JSON object: checked before the checksum, so that a damaged
+    // tail whose every offset reads as a long record costs a glance per offset, not a
+    // checksum over up to the rest of the file (quadratic: seconds for a megabyte).
+    if (end > buf.length || buf[at + HEADER_LENGTH] !== 0x7b || buf[end - 1] !== 0x7d) continue;
+    if (checkedPayload(buf, at, length) !== null) return at;
   }
   return null;
 }
