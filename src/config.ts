@@ -39,6 +39,8 @@ export interface Config {
   readonly etcdPrefix: string;
   readonly etcdUsername: string | null;
   readonly etcdPassword: string | null;
+  /** Where each option given was read from (`--name`, or its environment variable), for messages that name it. */
+  readonly sources: Readonly<Partial<Record<keyof Config, string>>>;
 }
 
 type Kind = 'bigint' | 'int' | 'string' | 'flag' | 'list' | 'level';
@@ -103,6 +105,7 @@ export function parseConfig(argv: readonly string[], env: NodeJS.ProcessEnv = {}
     throw fromParseArgs(err);
   }
   const out: Record<string, unknown> = {};
+  const sources: Partial<Record<keyof Config, string>> = {};
   for (const o of OPTIONS) {
     let raw: string | boolean | undefined = values[o.name];
     let source = `--${o.name}`;
@@ -111,9 +114,11 @@ export function parseConfig(argv: readonly string[], env: NodeJS.ProcessEnv = {}
       source = envName(o.name);
       if (o.kind === 'flag') raw = parseFlag(source, raw as string);
     }
+    if (raw !== undefined) sources[o.key] = source;
     if (raw === undefined) raw = o.kind === 'flag' ? false : (o.def ?? undefined);
     out[o.key] = raw === undefined ? (o.kind === 'list' ? [] : null) : convert(o, source, raw);
   }
+  out.sources = Object.freeze(sources);
   const config = out as unknown as Config;
   crossCheck(config);
   return Object.freeze(config);
@@ -186,7 +191,11 @@ function crossCheck(c: Config): void {
     throw new ConfigError(given, 'TLS files were given without --tls-port');
   }
   if (c.requirepass !== null && c.requirepassFile !== null) {
-    throw new ConfigError('--requirepass-file', 'give either --requirepass or --requirepass-file, not both');
+    throw new ConfigError(c.sources.requirepassFile!, `give either ${c.sources.requirepass} or ${c.sources.requirepassFile}, not both`);
+  }
+  // Each may come from a flag or from the environment; neither can win over the other.
+  if (c.inMemory && c.sources.dataDir !== undefined) {
+    throw new ConfigError(c.sources.dataDir, `cannot be combined with ${c.sources.inMemory} (in memory, nothing is stored); give one of them`);
   }
   // What clients parse a NOTLEADER address with; the port must be given, not defaulted.
   if (c.advertise !== null && parseAddress(c.advertise, null) === null) {

@@ -245,7 +245,8 @@ async function readPassword(config: Config): Promise<string | null> {
   const pw = await passwordText(config);
   // No client could send a longer one: the server reads at most this much of one word.
   if (pw !== null && Buffer.byteLength(pw) > MAX_WORD_BYTES) {
-    const option = config.requirepass !== null ? '--requirepass' : '--requirepass-file';
+    const key = config.requirepass !== null ? 'requirepass' : 'requirepassFile';
+    const option = config.sources[key] ?? (key === 'requirepass' ? '--requirepass' : '--requirepass-file');
     throw new ConfigError(option, `the password is ${Buffer.byteLength(pw)} bytes; clients can send at most ${MAX_WORD_BYTES} in AUTH`);
   }
   return pw;

@@ -33,6 +33,7 @@ const bad: Array<[string[], RegExp]> = [
   [['--etcd=localhost'], /^dolmeangi: --etcd: expected URLs like/],
   [['--etcd=http://127.0.0.1:2379,http://root:s3cret@127.0.0.1:2380'], /^dolmeangi: --etcd: credentials do not go in the URL: give them with --etcd-username and --etcd-password \(or SEQUENCER_ETCD_PASSWORD\)\n$/],
   [['--tls-port=6380'], /^dolmeangi: --tls-port: needs --tls-cert and --tls-key/],
+  [['--data-dir=/tmp/somewhere'], /^dolmeangi: --data-dir: cannot be combined with --in-memory \(in memory, nothing is stored\); give one of them\n$/],
 ];
 
 for (const [args, message] of bad) {
@@ -88,6 +89,27 @@ test('an environment variable with a bad value is named', async () => {
   const r = await runCli(['sequencer', '--in-memory'], { env: { SEQUENCER_PORT: 'nope' } });
   assert.equal(r.code, 2);
   assert.match(r.stderr, /^dolmeangi: SEQUENCER_PORT: expected an integer from 0 to 65535, got 'nope'\n$/);
+});
+
+test('options that contradict each other exit 2 whether each came from a flag or the environment, and the message names where', async () => {
+  const cases: Array<[string[], NodeJS.ProcessEnv, RegExp]> = [
+    [['--data-dir=/tmp/somewhere'], { SEQUENCER_IN_MEMORY: '1' }, /^dolmeangi: --data-dir: cannot be combined with SEQUENCER_IN_MEMORY /],
+    [['--in-memory'], { SEQUENCER_DATA_DIR: '/tmp/somewhere' }, /^dolmeangi: SEQUENCER_DATA_DIR: cannot be combined with --in-memory /],
+    [['--in-memory', '--requirepass=x'], { SEQUENCER_REQUIREPASS_FILE: '/tmp/pw' }, /^dolmeangi: SEQUENCER_REQUIREPASS_FILE: give either --requirepass or SEQUENCER_REQUIREPASS_FILE, not both\n$/],
+  ];
+  for (const [args, env, message] of cases) {
+    const r = await runCli(['sequencer', ...args], { env });
+    assert.equal(r.code, 2, args.join(' '));
+    assert.match(r.stderr, message);
+  }
+  // Off in the environment, in memory is no contradiction.
+  assert.equal(parseConfig(['--data-dir=/tmp/somewhere'], { SEQUENCER_IN_MEMORY: '0' }).dataDir, '/tmp/somewhere');
+});
+
+test('a password from the environment that is too long is named by its variable', async () => {
+  const r = await runCli(['sequencer', '--in-memory', '--port=0', '--metrics-port=0'], { env: { SEQUENCER_REQUIREPASS: 'p'.repeat(65_537) } });
+  assert.equal(r.code, 2);
+  assert.match(r.stderr, /^dolmeangi: SEQUENCER_REQUIREPASS: the password is 65537 bytes; clients can send at most 65536 in AUTH\n$/);
 });
 
 test('--help lists every option with its environment variable', async () => {
