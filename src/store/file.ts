@@ -451,7 +451,14 @@ export class FileStore implements Store {
    * underneath would hide state that comes back with the volume.
    */
   private async createDir(): Promise<void> {
-    const first = await this.io('mkdir', this.dir, () => mkdir(this.dir, { recursive: true, mode: 0o700 }));
+    const first = await this.io('mkdir', this.dir, () => mkdir(this.dir, { recursive: true, mode: 0o700 })).catch(async (err: unknown) => {
+      // mkdir says only EEXIST (or ENOTDIR, for a file further up the path).
+      const found = await stat(this.dir).catch(() => null);
+      if (found !== null && !found.isDirectory()) {
+        throw new PersistenceError(`${this.dir} is not a directory: point --data-dir at a directory, or at a path where one can be made`);
+      }
+      throw err;
+    });
     if (first === undefined) return;
     // A directory created just now survives a machine crash only once its parent is synced.
     for (let d = this.dir; ; d = dirname(d)) {
@@ -890,9 +897,14 @@ function wholeRecord(buf: Buffer, offset: number, file: string): { payload: Buff
 }
 
 function checkMagic(buf: Buffer, magic: string, file: string, what: string): void {
-  if (buf.length < MAGIC_LENGTH || buf.toString('latin1', 0, MAGIC_LENGTH) !== magic) {
-    throw new StateCorruptError(file, `not a dolmeangi ${what}: it does not start with ${magic}`);
+  const found = buf.length < MAGIC_LENGTH ? '' : buf.toString('latin1', 0, MAGIC_LENGTH);
+  if (found === magic) return;
+  // The last two characters number the format: the same name with a higher number is ours, from a later release.
+  const family = magic.slice(0, -2);
+  if (found.startsWith(family) && /^[0-9]{2}$/.test(found.slice(-2)) && found.slice(-2) > magic.slice(-2)) {
+    throw new StateCorruptError(file, `it starts with ${found}, a later format than the ${magic} this dolmeangi reads, so a newer release wrote it`);
   }
+  throw new StateCorruptError(file, `not a dolmeangi ${what}: it does not start with ${magic}`);
 }
 
 function parseSnapshot(buf: Buffer, file: string): { marks: Map<string, bigint>; gen: number } {

@@ -132,6 +132,14 @@ test('values up to 2^63 survive exactly', async (t) => {
   assert.deepEqual(await reload(dir), values);
 });
 
+test('a data directory path that names a regular file is refused as not a directory', async (t) => {
+  const dir = await tempDir(t);
+  const file = join(dir, 'not-a-dir');
+  await writeFile(file, 'x');
+  await assert.rejects(FileStore.open(file), (err: unknown) => err instanceof PersistenceError && err.message === `${file} is not a directory: point --data-dir at a directory, or at a path where one can be made`);
+  assert.equal(await readFile(file, 'utf8'), 'x', 'left as it was');
+});
+
 test('many persists, with reopens in between, all come back', async (t) => {
   const dir = await tempDir(t);
   const expected = new Map<string, bigint>();
@@ -407,6 +415,8 @@ test('well-framed records with bad content are corruption, even at the end', asy
 test('a snapshot with a bad magic, checksum, version or length is corruption', async (t) => {
   const mutations: [string, (b: Buffer) => Buffer, RegExp][] = [
     ['magic', (b) => (b.write('XXXXXXXX', 0, 'latin1'), b), /does not start with DOLSEQ01/],
+    ['later magic', (b) => (b.write('DOLSEQ02', 0, 'latin1'), b), /starts with DOLSEQ02, a later format than the DOLSEQ01 this dolmeangi reads, so a newer release wrote it/],
+    ['earlier magic', (b) => (b.write('DOLSEQ00', 0, 'latin1'), b), /not a dolmeangi snapshot: it does not start with DOLSEQ01/],
     ['crc', (b) => flip(b, b.length - 2, 0x20), /checksum mismatch/],
     ['cut', (b) => b.subarray(0, b.length - 3), /incomplete/],
     ['trailing', (b) => Buffer.concat([b, Buffer.from('x')]), /unexpected bytes/],
