@@ -114,7 +114,7 @@ export class Connection {
         options.connectTimeoutMs,
       );
       socket.once(options.tls === null ? 'connect' : 'secureConnect', onConnect);
-      socket.once('error', done);
+      socket.once('error', (err: Error) => done(isCertificateError(err) ? certificateError(text, err) : err));
       socket.once('close', onEarlyClose);
       if (options.signal?.aborted) onAbort();
       else options.signal?.addEventListener('abort', onAbort);
@@ -313,6 +313,20 @@ function tlsHandshakeRefusal(err: Error | null): boolean {
 }
 
 /** A reply's kind, for messages. */
+/** OpenSSL's verification failures (`UNABLE_TO_VERIFY_LEAF_SIGNATURE`, `CERT_HAS_EXPIRED`, ...) and Node's name check. */
+function isCertificateError(err: Error): boolean {
+  const code = (err as NodeJS.ErrnoException).code;
+  return typeof code === 'string' && /CERT|SELF_SIGNED|UNABLE_TO_(GET|VERIFY)/.test(code);
+}
+
+function certificateError(address: string, err: Error): Error {
+  return new Error(
+    `the TLS certificate of ${address} was not accepted (${err.message}): give the CA that signed it as tls.ca ` +
+      '(CLI: --tls-ca), and connect by a name or address the certificate lists',
+    { cause: err },
+  );
+}
+
 export function describeReply(reply: Reply): string {
   if (reply.type === 'simple') return `simple string '${reply.value}'`;
   // An integer is the right kind for most commands: when it is refused, its value is why.
