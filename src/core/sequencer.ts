@@ -212,8 +212,9 @@ export class Sequencer implements SequenceSource {
   allocate(name: string, count: bigint, caller?: Caller): bigint | SequenceError | Promise<bigint> {
     const refusal = this.gate();
     if (refusal) return refusal;
-    const s = this.find(name);
+    const s = this.find(name, count);
     if (s === undefined) return this.tooMany;
+    if (s === null) return EXHAUSTED;
     const first = s.next;
     const end = first + count;
     if (end > END) return EXHAUSTED;
@@ -336,12 +337,20 @@ export class Sequencer implements SequenceSource {
     return null;
   }
 
-  /** The sequence by name, created at first use; undefined when --max-sequences are taken. */
-  private find(name: string): Seq | undefined {
+  /**
+   * The sequence by name, created at first use; undefined when --max-sequences are
+   * taken, null when a new one could not serve `count` numbers from --initial (a
+   * request refused as exhausted creates nothing, and takes no place).
+   */
+  private find(name: string, count: bigint): Seq | undefined | null {
     const last = this.last;
     // Sequences are never removed, so the one found last stays valid.
     if (last !== null && last.name === name) return last;
-    const s = this.seqs.get(name) ?? this.createNew(name);
+    let s = this.seqs.get(name);
+    if (s === undefined) {
+      if (this.initial + count > END) return null;
+      s = this.createNew(name);
+    }
     if (s !== undefined) this.last = s;
     return s;
   }

@@ -66,6 +66,10 @@ test('exhaustion at 2^63-1 issues nothing and leaves other sequences alone', asy
   assert.equal(seq.allocate('a', 1n), EXHAUSTED);
   assert.equal(seq.snapshot()[0]!.next, END);
   assert.equal(seq.allocate('b', 1n), MAX_VALUE - 2n);
+  // Refused as exhausted, a new name is not created: it takes none of --max-sequences.
+  assert.equal(seq.allocate('c', 4n), EXHAUSTED);
+  assert.deepEqual(seq.snapshot().map((x) => x.name), ['a', 'b']);
+  assert.equal(seq.allocate('c', 3n), MAX_VALUE - 2n);
 });
 
 test('--max-sequences refuses new names only; CURRENT of a name not used yet takes no place', async () => {
