@@ -312,7 +312,6 @@ function tlsHandshakeRefusal(err: Error | null): boolean {
   return code.startsWith('ERR_SSL_') && /ALERT_(CERTIFICATE|HANDSHAKE|UNKNOWN_CA|BAD_CERTIFICATE)/.test(code);
 }
 
-/** A reply's kind, for messages. */
 /** OpenSSL's verification failures (`UNABLE_TO_VERIFY_LEAF_SIGNATURE`, `CERT_HAS_EXPIRED`, ...) and Node's name check. */
 function isCertificateError(err: Error): boolean {
   const code = (err as NodeJS.ErrnoException).code;
@@ -327,6 +326,7 @@ function certificateError(address: string, err: Error): Error {
   );
 }
 
+/** A reply's kind, for messages. */
 export function describeReply(reply: Reply): string {
   if (reply.type === 'simple') return `simple string '${reply.value}'`;
   // An integer is the right kind for most commands: when it is refused, its value is why.
