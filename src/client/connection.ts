@@ -312,10 +312,14 @@ function tlsHandshakeRefusal(err: Error | null): boolean {
   return code.startsWith('ERR_SSL_') && /ALERT_(CERTIFICATE|HANDSHAKE|UNKNOWN_CA|BAD_CERTIFICATE)/.test(code);
 }
 
-/** OpenSSL's verification failures (`UNABLE_TO_VERIFY_LEAF_SIGNATURE`, `CERT_HAS_EXPIRED`, ...) and Node's name check. */
+/**
+ * Our verdict on the server's certificate: OpenSSL's verification failures
+ * (`UNABLE_TO_VERIFY_LEAF_SIGNATURE`, `CERT_HAS_EXPIRED`, ...) and Node's name
+ * check. Not the server's alerts (`ERR_SSL_...`): those refuse our certificate.
+ */
 function isCertificateError(err: Error): boolean {
   const code = (err as NodeJS.ErrnoException).code;
-  return typeof code === 'string' && /CERT|SELF_SIGNED|UNABLE_TO_(GET|VERIFY)/.test(code);
+  return typeof code === 'string' && !code.startsWith('ERR_SSL_') && /CERT|SELF_SIGNED|UNABLE_TO_(GET|VERIFY)/.test(code);
 }
 
 function certificateError(address: string, err: Error): Error {
