@@ -8,7 +8,7 @@ import { mkdtemp, rm, writeFile, readFile, rename, mkdir, readdir } from 'node:f
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { CLI, startServerProcess, runCli, runProgram, type ServerProcess } from '../helpers/server-process.js';
+import { CLI, startServerProcess, runCli, runProgram, type ServerProcess, type StartOptions } from '../helpers/server-process.js';
 import { History, assertHistory } from '../helpers/history.js';
 import { runLoad } from '../helpers/load.js';
 import { WireClient, ask, resp } from '../helpers/wire.js';
@@ -22,8 +22,8 @@ afterEach(async () => {
   await Promise.all(running.splice(0).map((s) => s.kill()));
 });
 
-async function start(args: string[]): Promise<ServerProcess> {
-  const s = await startServerProcess(args);
+async function start(args: string[], opts?: StartOptions): Promise<ServerProcess> {
+  const s = await startServerProcess(args, opts);
   running.push(s);
   return s;
 }
@@ -134,8 +134,8 @@ test('--in-memory writes no files, and a restart begins again at --initial', asy
   const dir = await tempDir();
   try {
     for (let run = 0; run < 2; run++) {
-      // --data-dir is given too: --in-memory must ignore it, not create state there.
-      const s = await start(['--in-memory', `--data-dir=${path.join(dir, 'data')}`]);
+      // Run where the default --data-dir (./data) would be made, were anything written.
+      const s = await start(['--in-memory'], { cwd: dir });
       const c = await WireClient.connect(s.port);
       c.send('GETSEQ\r\nGETSEQ\r\n');
       await c.expect(':1\r\n:2\r\n');

@@ -47,6 +47,8 @@ export interface StartOptions {
   readyWhen?: (line: Record<string, unknown>) => boolean;
   /** Leave out the pinned `--host`, `--port` and `--metrics-port`: the CLI's own defaults, as `npm start` runs it. */
   defaults?: boolean;
+  /** The server's working directory, where the default `--data-dir` (`./data`) would be. */
+  cwd?: string;
 }
 
 /**
@@ -57,7 +59,7 @@ export async function startServerProcess(args: string[] = [], opts: StartOptions
   const child = spawn(
     process.execPath,
     [CLI, 'sequencer', ...(opts.defaults === true ? [] : ['--host=127.0.0.1', '--port=0', '--metrics-port=0']), ...args],
-    { env: { ...process.env, ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'] },
+    { cwd: opts.cwd, env: { ...process.env, ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'] },
   );
   live.add(child);
   const logs: Array<Record<string, unknown>> = [];

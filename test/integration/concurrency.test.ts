@@ -26,7 +26,8 @@ function integers(text: string): bigint[] {
 async function hundredClients(args: string[], after?: (metrics: string) => Promise<void>): Promise<void> {
   const dir = await mkdtemp(path.join(tmpdir(), 'dolmeangi-conc-'));
   const metricsPort = await freePort();
-  const s = await startServerProcess([`--data-dir=${dir}`, `--metrics-port=${metricsPort}`, ...args]);
+  const dataDir = args.includes('--in-memory') ? [] : [`--data-dir=${dir}`];
+  const s = await startServerProcess([...dataDir, `--metrics-port=${metricsPort}`, ...args]);
   const clients: WireClient[] = [];
   try {
     for (let i = 0; i < 100; i++) clients.push(await WireClient.connect(s.port));
