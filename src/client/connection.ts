@@ -96,7 +96,7 @@ export class Connection {
       const done = (err: Error | null): void => {
         clearTimeout(timer);
         options.signal?.removeEventListener('abort', onAbort);
-        socket.off('error', done);
+        socket.off('error', onError);
         socket.off('close', onEarlyClose);
         socket.off(options.tls === null ? 'connect' : 'secureConnect', onConnect);
         if (err === null) {
@@ -107,6 +107,7 @@ export class Connection {
         }
       };
       const onConnect = (): void => done(null);
+      const onError = (err: Error): void => done(isCertificateError(err) ? certificateError(text, err) : err);
       const onEarlyClose = (): void => done(new Error(`connection to ${text} closed while connecting`));
       const onAbort = (): void => done(new Error(`gave up connecting to ${text}: the client was closed`));
       const timer = setTimeout(
@@ -114,7 +115,7 @@ export class Connection {
         options.connectTimeoutMs,
       );
       socket.once(options.tls === null ? 'connect' : 'secureConnect', onConnect);
-      socket.once('error', (err: Error) => done(isCertificateError(err) ? certificateError(text, err) : err));
+      socket.once('error', onError);
       socket.once('close', onEarlyClose);
       if (options.signal?.aborted) onAbort();
       else options.signal?.addEventListener('abort', onAbort);
@@ -323,11 +324,16 @@ function isCertificateError(err: Error): boolean {
 }
 
 function certificateError(address: string, err: Error): Error {
-  return new Error(
-    `the TLS certificate of ${address} was not accepted (${err.message}): give the CA that signed it as tls.ca ` +
-      '(CLI: --tls-ca), and connect by a name or address the certificate lists',
-    { cause: err },
-  );
+  const code = (err as NodeJS.ErrnoException).code ?? '';
+  const advice =
+    code === 'CERT_HAS_EXPIRED' || code === 'CERT_NOT_YET_VALID'
+      ? "check its dates against this machine's clock, and renew it if it has expired"
+      : code === 'CERT_REVOKED'
+        ? 'it was revoked: the server needs a new one'
+        : code === 'ERR_TLS_CERT_ALTNAME_INVALID'
+          ? 'connect by a name or address the certificate lists (or set tls.servername)'
+          : 'give the CA that signed it as tls.ca (CLI: --tls-ca)';
+  return new Error(`the TLS certificate of ${address} was not accepted (${err.message}): ${advice}`, { cause: err });
 }
 
 /** A reply's kind, for messages. */

@@ -594,7 +594,7 @@ test('TLS: the client verifies the server against the given CA', async () => {
   const untrusting = client({ servers: [server.address], tls: true, reconnect: false });
   const error = await untrusting.ping().then(() => null, (e: unknown) => e);
   assert.ok(error instanceof NoServerAvailableError, String(error));
-  assert.match(error.message, /the TLS certificate of 127\.0\.0\.1:\d+ was not accepted \(.+\): give the CA that signed it as tls\.ca/);
+  assert.match(error.message, /the TLS certificate of 127\.0\.0\.1:\d+ was not accepted \(.+\): give the CA that signed it as tls\.ca \(CLI: --tls-ca\)/);
   assert.doesNotMatch(error.message, /allow more time/, 'more time does not help against a certificate');
 });
 
