@@ -198,16 +198,16 @@ export class Connection {
       : this.slotFor(reply);
     this.append(item);
     if (this.session.quit) this.hangUp();
-    // Checked after the request acts, so one reply may pass the limit on its own
-    // (PING echoes up to 64 KiB, INFO can reach a megabyte): a client is owed at
-    // most the limit plus one reply, and one that reads is never dropped.
-    else if (this.owed >= this.room) this.hold();
     // A reply made in its turn has no size yet: counted at PENDING_COST, thousands of
     // INFOs could be owed unmade. The requests behind it wait until it is made (pump).
     else if (typeof item !== 'string' && item.later !== undefined) {
       this.hold();
       this.unmade = true;
     }
+    // Checked after the request acts, so one reply may pass the limit on its own
+    // (PING echoes up to 64 KiB, INFO can reach a megabyte): a client is owed at
+    // most the limit plus one reply, and one that reads is never dropped.
+    else if (this.owed >= this.room) this.hold();
     else if (typeof item === 'string' && item.length >= BIG_REPLY) this.yieldTurn();
   }
 
