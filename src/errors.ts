@@ -25,12 +25,15 @@ export class ConfigError extends DolmeangiError {
 /** Durable state cannot be read: the file is torn, corrupt or from a newer version. */
 export class StateCorruptError extends DolmeangiError {
   readonly file: string;
-  constructor(file: string, detail: string) {
+  /** `newer`: the file is intact but in a later format, so the fix is a later release, not a backup. */
+  constructor(file: string, detail: string, opts: { newer?: boolean } = {}) {
     super(
       'STATE_CORRUPT',
       `state file ${file} is unreadable (${detail}); refusing to start rather than reset numbers. ` +
-        'Restore it from a backup and start with --initial above the highest number handed out since, ' +
-        'or move it away only if you are sure no number from it was ever used.',
+        (opts.newer === true
+          ? 'Run the release that wrote it, or a later one; do not move it away, it holds the numbers handed out.'
+          : 'Restore it from a backup and start with --initial above the highest number handed out since, ' +
+            'or move it away only if you are sure no number from it was ever used.'),
     );
     this.file = file;
   }

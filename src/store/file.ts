@@ -902,7 +902,7 @@ function checkMagic(buf: Buffer, magic: string, file: string, what: string): voi
   // The last two characters number the format: the same name with a higher number is ours, from a later release.
   const family = magic.slice(0, -2);
   if (found.startsWith(family) && /^[0-9]{2}$/.test(found.slice(-2)) && found.slice(-2) > magic.slice(-2)) {
-    throw new StateCorruptError(file, `it starts with ${found}, a later format than the ${magic} this dolmeangi reads, so a newer release wrote it`);
+    throw new StateCorruptError(file, `it starts with ${found}, a later format than the ${magic} this dolmeangi reads, so a newer release wrote it`, { newer: true });
   }
   throw new StateCorruptError(file, `not a dolmeangi ${what}: it does not start with ${magic}`);
 }
@@ -964,11 +964,15 @@ function decode(payload: Buffer, file: string, offset: number): Doc {
     throw new StateCorruptError(file, `the record at byte ${offset} is not a JSON object`);
   }
   const v = (doc as Doc).v;
-  if (v !== FORMAT_VERSION) {
+  if (typeof v === 'number' && Number.isInteger(v) && v > FORMAT_VERSION) {
     throw new StateCorruptError(
       file,
-      `the record at byte ${offset} has format version ${JSON.stringify(v)}; this dolmeangi reads version ${FORMAT_VERSION}, so a newer release may have written it`,
+      `the record at byte ${offset} has format version ${v}; this dolmeangi reads version ${FORMAT_VERSION}, so a newer release wrote it`,
+      { newer: true },
     );
+  }
+  if (v !== FORMAT_VERSION) {
+    throw new StateCorruptError(file, `the record at byte ${offset} has format version ${JSON.stringify(v)}; this dolmeangi reads version ${FORMAT_VERSION}`);
   }
   return doc as Doc;
 }

@@ -415,13 +415,14 @@ test('well-framed records with bad content are corruption, even at the end', asy
 test('a snapshot with a bad magic, checksum, version or length is corruption', async (t) => {
   const mutations: [string, (b: Buffer) => Buffer, RegExp][] = [
     ['magic', (b) => (b.write('XXXXXXXX', 0, 'latin1'), b), /does not start with DOLSEQ01/],
-    ['later magic', (b) => (b.write('DOLSEQ02', 0, 'latin1'), b), /starts with DOLSEQ02, a later format than the DOLSEQ01 this dolmeangi reads, so a newer release wrote it/],
+    ['later magic', (b) => (b.write('DOLSEQ02', 0, 'latin1'), b), /starts with DOLSEQ02, a later format than the DOLSEQ01 this dolmeangi reads, so a newer release wrote it\); refusing .* Run the release that wrote it, or a later one/],
     ['earlier magic', (b) => (b.write('DOLSEQ00', 0, 'latin1'), b), /not a dolmeangi snapshot: it does not start with DOLSEQ01/],
     ['crc', (b) => flip(b, b.length - 2, 0x20), /checksum mismatch/],
     ['cut', (b) => b.subarray(0, b.length - 3), /incomplete/],
     ['trailing', (b) => Buffer.concat([b, Buffer.from('x')]), /unexpected bytes/],
     ['empty', () => Buffer.alloc(0), /does not start with/],
-    ['version', () => Buffer.concat([Buffer.from('DOLSEQ01'), record('{"v":7,"g":1,"m":{}}')]), /format version 7/],
+    ['version', () => Buffer.concat([Buffer.from('DOLSEQ01'), record('{"v":7,"g":1,"m":{}}')]), /format version 7; .*so a newer release wrote it\); refusing .* Run the release that wrote it/],
+    ['version 0', () => Buffer.concat([Buffer.from('DOLSEQ01'), record('{"v":0,"g":1,"m":{}}')]), /format version 0; this dolmeangi reads version 1\); refusing .* Restore it from a backup/],
     ['generation', () => Buffer.concat([Buffer.from('DOLSEQ01'), record('{"v":1,"g":"1","m":{}}')]), /bad generation/],
   ];
   for (const [what, mutate, detail] of mutations) {
