@@ -131,10 +131,22 @@ test('server text is UTF-8 on the wire: a data directory named in UTF-8 arrives 
   }
 });
 
-test('gapless: CURRENT pipelined behind a GETSEQ that storage fails names the number that GETSEQ did not take', async () => {
-  const dir = await mkdtemp(path.join(os.tmpdir(), 'dolmeangi-current-'));
+/** Runs `body` against a gapless server on a fresh data directory, then stops it (cleanly: exit 0) and removes the directory. */
+async function withGaplessServer(body: (s: ServerProcess, dir: string) => Promise<void>): Promise<void> {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'dolmeangi-gapless-'));
   const s = await startServerProcess([`--data-dir=${dir}`, '--reserve=0']);
   try {
+    await body(s, dir);
+    assert.equal(await s.stop(), 0);
+  } finally {
+    await s.stop();
+    await rm(dir, { recursive: true, force: true });
+    await rm(`${dir}.away`, { recursive: true, force: true });
+  }
+}
+
+test('gapless: CURRENT pipelined behind a GETSEQ that storage fails names the number that GETSEQ did not take', async () => {
+  await withGaplessServer(async (s, dir) => {
     const c = await connect(s);
     c.send('GETSEQ\r\n');
     await c.expect(':1\r\n');
@@ -154,28 +166,17 @@ test('gapless: CURRENT pipelined behind a GETSEQ that storage fails names the nu
       return served.startsWith(':');
     }, 'storage to recover', 10_000);
     assert.equal(served, ':2\r\n');
-    assert.equal(await s.stop(), 0);
-  } finally {
-    await s.stop();
-    await rm(dir, { recursive: true, force: true });
-    await rm(`${dir}.away`, { recursive: true, force: true });
-  }
+  });
 });
 
 test('INFO pipelined behind replies that wait for storage reports the state they left: nothing older than what the client read first', async () => {
-  const dir = await mkdtemp(path.join(os.tmpdir(), 'dolmeangi-info-'));
-  const s = await startServerProcess([`--data-dir=${dir}`, '--reserve=0']);
-  try {
+  await withGaplessServer(async (s) => {
     const c = await connect(s);
     c.send('GETSEQ\r\nGETSEQ\r\nINFO\r\n');
     const text = await c.until((t) => /^:1\r\n:2\r\n\$\d+\r\n/.test(t) && t.endsWith('\r\n\r\n'), 5000, 'two numbers and INFO');
     // Made when read, INFO said issued=0 and durable_mark=1: as if 1 and 2, read just before it, were neither issued nor durable.
     assert.match(text, /\r\nsequence:name=default,current=3,durable_mark=3,issued=2\r\n/);
-    assert.equal(await s.stop(), 0);
-  } finally {
-    await s.stop();
-    await rm(dir, { recursive: true, force: true });
-  }
+  });
 });
 
 test('unknown command: the name as sent and every supported command', async () => {

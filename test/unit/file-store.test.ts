@@ -324,14 +324,19 @@ test('the very first compaction cut short at each step leaves a directory that l
   }
 });
 
+/** A store's options that fail every `op` on a temp file of `target` with `code`. */
+function failOnTemp(op: string, target: string, code: keyof typeof constants.errno): FileStoreOptions {
+  return {
+    beforeIo: (o, path) => {
+      if (o === op && path.startsWith(`${target}.tmp-`)) throw errno(code, o);
+    },
+  };
+}
+
 test('a failure writing a temp file reads the same at every retry: its random part is left out of the reason', async (t) => {
   const dir = await tempDir(t);
   const p = paths(dir);
-  const store = await FileStore.open(dir, {
-    beforeIo: (op, path) => {
-      if (op === 'write' && path.startsWith(`${p.snapshot}.tmp-`)) throw errno('ENOSPC', op);
-    },
-  });
+  const store = await FileStore.open(dir, failOnTemp('write', p.snapshot, 'ENOSPC'));
   try {
     await store.load();
     const reasons: string[] = [];
@@ -347,11 +352,7 @@ test('a failure writing a temp file reads the same at every retry: its random pa
 test('a log of generation 0 is taken alone only while empty: with records, or beside no snapshot otherwise, it is corruption', async (t) => {
   const dir = await tempDir(t);
   const p = paths(dir);
-  const store = await FileStore.open(dir, {
-    beforeIo: (op, path) => {
-      if (op === 'open' && path.startsWith(`${p.snapshot}.tmp-`)) throw errno('EIO', op);
-    },
-  });
+  const store = await FileStore.open(dir, failOnTemp('open', p.snapshot, 'EIO'));
   await store.load();
   await assert.rejects(store.persist(m({ a: 7n })), /EIO/);
   await store.close();
