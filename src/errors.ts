@@ -25,15 +25,22 @@ export class ConfigError extends DolmeangiError {
 /** Durable state cannot be read: the file is torn, corrupt or from a newer version. */
 export class StateCorruptError extends DolmeangiError {
   readonly file: string;
-  /** `newer`: the file is intact but in a later format, so the fix is a later release, not a backup. */
-  constructor(file: string, detail: string, opts: { newer?: boolean } = {}) {
+  /**
+   * `newer`: the file is intact but in a later format, so the fix is a later release, not a backup.
+   * `etcdKey`: `file` is a group's key in etcd, which is mended with etcdctl rather than moved away.
+   */
+  constructor(file: string, detail: string, opts: { newer?: boolean; etcdKey?: boolean } = {}) {
     super(
       'STATE_CORRUPT',
-      `state file ${file} is unreadable (${detail}); refusing to start rather than reset numbers. ` +
-        (opts.newer === true
-          ? 'Run the release that wrote it, or a later one; do not move it away, it holds the numbers handed out.'
-          : 'Restore it from a backup and start with --initial above the highest number handed out since, ' +
-            'or move it away only if you are sure no number from it was ever used.'),
+      opts.etcdKey === true
+        ? `etcd key ${file} is unreadable (${detail}); refusing to serve rather than reset numbers. ` +
+            'A mark is a decimal number: put one above the highest number handed out from that sequence ' +
+            `(etcdctl put ${file} <n>), delete a key that names no sequence, or restore etcd from a backup.`
+        : `state file ${file} is unreadable (${detail}); refusing to start rather than reset numbers. ` +
+            (opts.newer === true
+              ? 'Run the release that wrote it, or a later one; do not move it away, it holds the numbers handed out.'
+              : 'Restore it from a backup and start with --initial above the highest number handed out since, ' +
+                'or move it away only if you are sure no number from it was ever used.'),
     );
     this.file = file;
   }

@@ -91,11 +91,12 @@ export class EtcdStore implements Store {
   private addMark(marks: Map<string, bigint>, rawKey: Buffer, value: Buffer): void {
     const key = rawKey.toString('utf8');
     const name = key.slice(this.marksPrefix.length);
-    if (!isValidName(name)) throw new StateCorruptError(key, `'${name}' is not a sequence name (${NAME_RULE})`);
+    if (!isValidName(name)) throw new StateCorruptError(key, `'${name}' is not a sequence name (${NAME_RULE})`, { etcdKey: true });
     const text = value.toString('utf8');
     const mark = parseUnsigned(text);
     if (mark === undefined || mark > END) {
-      throw new StateCorruptError(key, `expected a decimal number from 0 to ${END}, found '${text.slice(0, 40)}'`);
+      // Quoted as JSON: a trailing newline (`echo 5 | etcdctl put ...`) must show.
+      throw new StateCorruptError(key, `expected a decimal number from 0 to ${END}, found ${JSON.stringify(text.slice(0, 40))}`, { etcdKey: true });
     }
     marks.set(name, mark);
   }

@@ -147,6 +147,7 @@ describe('etcd store', () => {
     ['a value above 2^63', 'marks/big', '9223372036854775809'],
     ['a negative value', 'marks/neg', '-1'],
     ['an empty value', 'marks/empty', ''],
+    ['a value with a trailing newline', 'marks/nl', '5\n'],
     ['a key that is not a sequence name', 'marks/no spaces', '10'],
   ] as const) {
     test(`load refuses ${what}, naming the key`, async () => {
@@ -157,7 +158,9 @@ describe('etcd store', () => {
       await assert.rejects(new EtcdStore(direct, prefix, term).load(), (err: unknown) => {
         assert.ok(err instanceof StateCorruptError);
         assert.equal(err.file, prefix + key);
-        assert.ok(err.message.includes(prefix + key));
+        assert.ok(err.message.startsWith(`etcd key ${prefix + key} is unreadable (`), err.message);
+        assert.match(err.message, /etcdctl put /);
+        if (key !== 'marks/no spaces') assert.ok(err.message.includes(`found ${JSON.stringify(value)})`), err.message);
         return true;
       });
     });
