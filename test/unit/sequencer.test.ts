@@ -610,7 +610,9 @@ test('--initial against a stored mark at the edges: one above wins, equal is not
  * each restart the numbers skipped are bounded: per crash (or failed clean stop)
  * one window plus what the requests refused or lost since the last start had
  * asked for (their marks may have reached storage although the store reported
- * failure); none at a clean stop that stored its exact numbers.
+ * failure); none at a clean stop that stored its exact numbers. A CURRENT
+ * answered is above every number of the requests made before it, and is the
+ * first number of the next request made after it that gets numbers in that run.
  */
 test('property: never a number twice, never below the durable mark after a restart, in order, gaps bounded per restart', async () => {
   // Weighted so that a request, a write started under it, and its connection closing before the write lands come together often.
@@ -623,6 +625,7 @@ test('property: never a number twice, never below the durable mark after a resta
     { weight: 3, arbitrary: fc.record({ kind: fc.constant('settle' as const) }) },
     { weight: 1, arbitrary: fc.record({ kind: fc.constant('crash' as const), landed: fc.boolean() }) },
     { weight: 1, arbitrary: fc.record({ kind: fc.constant('restart' as const) }) },
+    { weight: 2, arbitrary: fc.record({ kind: fc.constant('current' as const), name: fc.constantFrom('a', 'b'), conn: fc.integer({ min: 0, max: 1 }) }) },
   );
   await fc.assert(
     fc.asyncProperty(fc.array(action, { minLength: 1, maxLength: 60 }), fc.constantFrom(0n, 1n, 7n, 50n), async (actions, reserve) => {
@@ -631,6 +634,8 @@ test('property: never a number twice, never below the durable mark after a resta
       /** Every request, in the order made; `first` once it got numbers. */
       const requests: Array<{ name: string; count: bigint; run: number; first: bigint | null }> = [];
       const issued = new Map<string, Array<[bigint, bigint]>>([['a', []], ['b', []]]);
+      /** Every CURRENT: where it stood among the requests, and its answer once it has one. */
+      const looks: Array<{ name: string; before: number; run: number; value: bigint | null }> = [];
       const pending: Promise<unknown>[] = [];
       const conns = [{ gone: false }, { gone: false }];
       /** What may be skipped at the restart that ended each run. */
@@ -662,6 +667,14 @@ test('property: never a number twice, never below the durable mark after a resta
             if (typeof r === 'bigint') got(r);
             else if (r instanceof Promise) pending.push(r.then(got, () => (unissued += count)));
             else unissued += count;
+            break;
+          }
+          case 'current': {
+            const look = { name: a.name, before: requests.length, run: allowance.length, value: null as bigint | null };
+            looks.push(look);
+            const r = seq.current(a.name, conns[a.conn]);
+            if (typeof r === 'bigint') look.value = r;
+            else if (r instanceof Promise) pending.push(r.then((v) => (look.value = v), () => {}));
             break;
           }
           case 'disconnect':
@@ -718,6 +731,17 @@ test('property: never a number twice, never below the durable mark after a resta
           const skipped = r.first! - end;
           assert.ok(skipped <= allowed, `${name}: ${skipped} skipped before ${r.first} (run ${r.run}), at most ${allowed} allowed`);
           end = r.first! + r.count;
+        }
+      }
+      for (const look of looks) {
+        if (look.value === null) continue;
+        const mine = requests.filter((r) => r.name === look.name && r.first !== null);
+        for (const r of mine.filter((x) => requests.indexOf(x) < look.before)) {
+          assert.ok(r.first! + r.count <= look.value, `${look.name}: CURRENT said ${look.value}, below ${r.first}+${r.count} asked for before it`);
+        }
+        const next = mine.find((x) => requests.indexOf(x) >= look.before);
+        if (next !== undefined && next.run === look.run) {
+          assert.equal(next.first, look.value, `${look.name}: CURRENT said ${look.value}, the next request got ${next.first}`);
         }
       }
     }),
