@@ -160,3 +160,36 @@ test('INFO behind a reply that waits for storage is made in its turn, one at a t
   assert.equal(received, ':1\r\n' + reply.repeat(INFOS));
   assert.equal(made, INFOS);
 });
+
+test('an INFO that reaches the output limit behind a waiting reply is held as unmade too: no second INFO is taken behind it', async () => {
+  let made = 0;
+  let release: (() => void) | null = null;
+  const source: SequenceSource = {
+    allocate: () => new Promise<bigint>((resolve) => (release = () => resolve(1n))),
+    current: () => 1n,
+    snapshot: () => [],
+  };
+  const LIMIT = 4096;
+  const server = new SequencerServer(
+    { source, maxBatch: 1000n, passwordDigest: null, info: () => (made++, 'facts'), authFailed: () => {} },
+    { maxConnections: 10, idleTimeoutMs: 0, outputLimit: LIMIT },
+  );
+  const port = await server.listen('127.0.0.1', 0);
+  cleanup.push(() => server.close());
+  const client = net.connect(port, '127.0.0.1');
+  cleanup.push(() => client.destroy());
+  let received = '';
+  client.setEncoding('latin1');
+  client.on('data', (d: string) => (received += d));
+  // The echo (3,709 bytes) and the waiting GETSEQ (counted 256) stay under the limit; the INFO (256 more) reaches it.
+  const echo = 'x'.repeat(3700);
+  client.write(`PING ${echo}\r\nGETSEQ\r\nINFO\r\nINFO\r\nINFO\r\n`);
+  const infoCalls = (): number => server.stats.calls[COMMANDS.findIndex((c) => c.name === 'INFO')]!;
+  await waitFor(() => infoCalls() > 0 && received.length > 0, 'the echo to be written and an INFO to queue');
+  assert.equal(infoCalls(), 1, 'the INFOs behind the first wait in the decoder');
+  assert.equal(made, 0);
+  release!();
+  const reply = '$5\r\nfacts\r\n';
+  await waitFor(() => received.endsWith(reply.repeat(3)), 'every reply');
+  assert.equal(received, `$3700\r\n${echo}\r\n:1\r\n${reply.repeat(3)}`);
+});
