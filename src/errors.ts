@@ -26,21 +26,17 @@ export class ConfigError extends DolmeangiError {
 export class StateCorruptError extends DolmeangiError {
   readonly file: string;
   /**
-   * `newer`: the file is intact but in a later format, so the fix is a later release, not a backup.
-   * `etcdKey`: `file` is a group's key in etcd, which is mended with etcdctl rather than moved away.
+   * `remedy`: what to do, from the store that knows (the default is for a damaged file).
+   * `kind`: what `file` is; a group's marks are etcd keys, loaded when a member starts to lead.
    */
-  constructor(file: string, detail: string, opts: { newer?: boolean; etcdKey?: boolean } = {}) {
+  constructor(file: string, detail: string, opts: { remedy?: string; kind?: 'state file' | 'etcd key' } = {}) {
+    const kind = opts.kind ?? 'state file';
     super(
       'STATE_CORRUPT',
-      opts.etcdKey === true
-        ? `etcd key ${file} is unreadable (${detail}); refusing to serve rather than reset numbers. ` +
-            'A mark is a decimal number: put one above the highest number handed out from that sequence ' +
-            `(etcdctl put ${file} <n>), delete a key that names no sequence, or restore etcd from a backup.`
-        : `state file ${file} is unreadable (${detail}); refusing to start rather than reset numbers. ` +
-            (opts.newer === true
-              ? 'Run the release that wrote it, or a later one; do not move it away, it holds the numbers handed out.'
-              : 'Restore it from a backup and start with --initial above the highest number handed out since, ' +
-                'or move it away only if you are sure no number from it was ever used.'),
+      `${kind} ${file} is unreadable (${detail}); refusing to ${kind === 'etcd key' ? 'serve' : 'start'} rather than reset numbers. ` +
+        (opts.remedy ??
+          'Restore it from a backup and start with --initial above the highest number handed out since, ' +
+            'or move it away only if you are sure no number from it was ever used.'),
     );
     this.file = file;
   }

@@ -27,6 +27,16 @@ const MARKS_PER_TXN = 127;
  */
 const LOAD_PAGE = 10_000;
 
+/** A mark key no leader may load, with how to mend it in etcd. */
+function corruptMark(key: string, detail: string): StateCorruptError {
+  return new StateCorruptError(key, detail, {
+    kind: 'etcd key',
+    remedy:
+      'A mark is a decimal number: put one above the highest number handed out from that sequence ' +
+      `(etcdctl put ${key} <n>), delete a key that names no sequence, or restore etcd from a backup.`,
+  });
+}
+
 /** The first key after every key that starts with `prefix`. */
 function prefixEnd(prefix: Buffer): Buffer {
   const end = Buffer.from(prefix);
@@ -91,12 +101,12 @@ export class EtcdStore implements Store {
   private addMark(marks: Map<string, bigint>, rawKey: Buffer, value: Buffer): void {
     const key = rawKey.toString('utf8');
     const name = key.slice(this.marksPrefix.length);
-    if (!isValidName(name)) throw new StateCorruptError(key, `'${name}' is not a sequence name (${NAME_RULE})`, { etcdKey: true });
+    if (!isValidName(name)) throw corruptMark(key, `'${name}' is not a sequence name (${NAME_RULE})`);
     const text = value.toString('utf8');
     const mark = parseUnsigned(text);
     if (mark === undefined || mark > END) {
       // Quoted as JSON: a trailing newline (`echo 5 | etcdctl put ...`) must show.
-      throw new StateCorruptError(key, `expected a decimal number from 0 to ${END}, found ${JSON.stringify(text.slice(0, 40))}`, { etcdKey: true });
+      throw corruptMark(key, `expected a decimal number from 0 to ${END}, found ${JSON.stringify(text.slice(0, 40))}`);
     }
     marks.set(name, mark);
   }

@@ -71,6 +71,8 @@ const LOG = 'marks.log';
 const LOCK = 'LOCK';
 /** `marks.snapshot.tmp-<random>`: a file being written, to be renamed over its namesake. */
 const TEMP_INFIX = '.tmp-';
+/** What to do about a file intact but in a later format: a backup or moving it away would lose numbers. */
+const NEWER_RELEASE = 'Run the release that wrote it, or a later one; do not move it away, it holds the numbers handed out.';
 const SNAPSHOT_MAGIC = 'DOLSEQ01';
 const LOG_MAGIC = 'DOLLOG01';
 const MAGIC_LENGTH = 8;
@@ -902,7 +904,7 @@ function checkMagic(buf: Buffer, magic: string, file: string, what: string): voi
   // The last two characters number the format: the same name with a higher number is ours, from a later release.
   const family = magic.slice(0, -2);
   if (found.startsWith(family) && /^[0-9]{2}$/.test(found.slice(-2)) && found.slice(-2) > magic.slice(-2)) {
-    throw new StateCorruptError(file, `it starts with ${found}, a later format than the ${magic} this dolmeangi reads, so a newer release wrote it`, { newer: true });
+    throw new StateCorruptError(file, `it starts with ${found}, a later format than the ${magic} this dolmeangi reads, so a newer release wrote it`, { remedy: NEWER_RELEASE });
   }
   throw new StateCorruptError(file, `not a dolmeangi ${what}: it does not start with ${magic}`);
 }
@@ -968,7 +970,7 @@ function decode(payload: Buffer, file: string, offset: number): Doc {
     throw new StateCorruptError(
       file,
       `the record at byte ${offset} has format version ${v}; this dolmeangi reads version ${FORMAT_VERSION}, so a newer release wrote it`,
-      { newer: true },
+      { remedy: NEWER_RELEASE },
     );
   }
   if (v !== FORMAT_VERSION) {
