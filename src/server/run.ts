@@ -245,8 +245,8 @@ async function readPassword(config: Config): Promise<string | null> {
   const pw = await passwordText(config);
   // No client could send a longer one: the server reads at most this much of one word.
   if (pw !== null && Buffer.byteLength(pw) > MAX_WORD_BYTES) {
-    const key = config.requirepass !== null ? 'requirepass' : 'requirepassFile';
-    const option = config.sources[key] ?? (key === 'requirepass' ? '--requirepass' : '--requirepass-file');
+    // A password comes from an option given, and sources names where each given one came from.
+    const option = config.sources[config.requirepass !== null ? 'requirepass' : 'requirepassFile']!;
     throw new ConfigError(option, `the password is ${Buffer.byteLength(pw)} bytes; clients can send at most ${MAX_WORD_BYTES} in AUTH`);
   }
   return pw;
