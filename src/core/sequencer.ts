@@ -113,6 +113,22 @@ interface Waiter {
   reject(err: SequenceError): void;
 }
 
+/** CURRENT's answer for a sequence whose next number is `next`: past 2^63-1, the sequence is used up. */
+function currentAnswer(next: bigint): bigint | SequenceError {
+  return next > MAX_VALUE ? EXHAUSTED : next;
+}
+
+/**
+ * Answers a waiter whose turn came at `first`: the first of its numbers, or, for a
+ * CURRENT (count 0), CURRENT's answer. Only a CURRENT can find the sequence used
+ * up there: a request for numbers is queued only when they fit whole.
+ */
+function settle(w: Waiter, first: bigint): void {
+  const answer = currentAnswer(first);
+  if (answer instanceof SequenceError) w.reject(answer);
+  else w.resolve(answer);
+}
+
 interface Seq {
   readonly name: string;
   next: bigint;
@@ -250,7 +266,7 @@ export class Sequencer implements SequenceSource {
         s.waiters.push({ count: 0n, caller, resolve, reject });
       });
     }
-    return s.next > MAX_VALUE ? EXHAUSTED : s.next;
+    return currentAnswer(s.next);
   }
 
   snapshot(): SequenceSnapshot[] {
@@ -539,9 +555,7 @@ export class Sequencer implements SequenceSource {
       const first = s.next;
       s.next = end;
       s.waitingCount -= w.count;
-      // Only a CURRENT (count 0) can find the sequence used up: a request for numbers fits whole.
-      if (first > MAX_VALUE) w.reject(EXHAUSTED);
-      else w.resolve(first);
+      settle(w, first);
       i++;
     }
     if (i > 0) ws.splice(0, i);
@@ -595,8 +609,7 @@ export class Sequencer implements SequenceSource {
       s.waitingCount = 0n;
       for (const w of ws) {
         if (w.count > 0n || !answerCurrent) w.reject(err);
-        else if (s.next > MAX_VALUE) w.reject(EXHAUSTED);
-        else w.resolve(s.next);
+        else settle(w, s.next);
       }
     }
   }
