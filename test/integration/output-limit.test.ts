@@ -127,69 +127,56 @@ test('held at the limit with a 64 KiB socket high-water mark (Node.js 22 on): ev
   assert.equal(text, expected);
 });
 
+/**
+ * A server whose every GETSEQ waits until `release()`, whose INFO answers `body`,
+ * and a client that has sent `request` and collects what it gets back.
+ */
+async function infoBehindWaitingGetseq(outputLimit: number, body: string, request: string) {
+  const state = { made: 0, release: null as (() => void) | null, received: '' };
+  const source: SequenceSource = {
+    allocate: () => new Promise<bigint>((resolve) => (state.release = () => resolve(1n))),
+    current: () => 1n,
+    snapshot: () => [],
+  };
+  const server = new SequencerServer(
+    { source, maxBatch: 1000n, passwordDigest: null, info: () => (state.made++, body), authFailed: () => {} },
+    { maxConnections: 10, idleTimeoutMs: 0, outputLimit },
+  );
+  const port = await server.listen('127.0.0.1', 0);
+  cleanup.push(() => server.close());
+  const client = net.connect(port, '127.0.0.1');
+  cleanup.push(() => client.destroy());
+  client.setEncoding('latin1');
+  client.on('data', (d: string) => (state.received += d));
+  client.write(request);
+  const infoCalls = (): number => server.stats.calls[COMMANDS.findIndex((c) => c.name === 'INFO')]!;
+  return { state, infoCalls };
+}
+
 test('INFO behind a reply that waits for storage is made in its turn, one at a time: the requests behind it wait, not thousands of unmade INFOs', async () => {
   const INFOS = 1000;
   const body = 'x'.repeat(20_000);
-  let made = 0;
-  let release: (() => void) | null = null;
-  const source: SequenceSource = {
-    allocate: () => new Promise<bigint>((resolve) => (release = () => resolve(1n))),
-    current: () => 1n,
-    snapshot: () => [],
-  };
-  const server = new SequencerServer(
-    { source, maxBatch: 1000n, passwordDigest: null, info: () => (made++, body), authFailed: () => {} },
-    { maxConnections: 10, idleTimeoutMs: 0, outputLimit: 1 << 20 },
-  );
-  const port = await server.listen('127.0.0.1', 0);
-  cleanup.push(() => server.close());
-  const client = net.connect(port, '127.0.0.1');
-  cleanup.push(() => client.destroy());
-  let received = '';
-  client.setEncoding('latin1');
-  client.on('data', (d: string) => (received += d));
   // Counted at 256 bytes each while unmade, 4,000 of them would fit under the limit, then be made at once.
-  client.write('GETSEQ\r\n' + 'INFO\r\n'.repeat(INFOS));
-  const infoCalls = (): number => server.stats.calls[COMMANDS.findIndex((c) => c.name === 'INFO')]!;
-  await waitFor(() => infoCalls() > 0 && release !== null, 'the GETSEQ to wait and an INFO to queue behind it');
+  const { state, infoCalls } = await infoBehindWaitingGetseq(1 << 20, body, 'GETSEQ\r\n' + 'INFO\r\n'.repeat(INFOS));
+  await waitFor(() => infoCalls() > 0 && state.release !== null, 'the GETSEQ to wait and an INFO to queue behind it');
   assert.equal(infoCalls(), 1, 'the requests behind the first INFO wait in the decoder');
-  assert.equal(made, 0, 'INFO is made in its turn, after the reply before it');
-  release!();
+  assert.equal(state.made, 0, 'INFO is made in its turn, after the reply before it');
+  state.release!();
   const reply = `$${body.length}\r\n${body}\r\n`;
-  await waitFor(() => received.length === 4 + INFOS * reply.length, 'every reply');
-  assert.equal(received, ':1\r\n' + reply.repeat(INFOS));
-  assert.equal(made, INFOS);
+  await waitFor(() => state.received.length === 4 + INFOS * reply.length, 'every reply');
+  assert.equal(state.received, ':1\r\n' + reply.repeat(INFOS));
+  assert.equal(state.made, INFOS);
 });
 
 test('an INFO that reaches the output limit behind a waiting reply is held as unmade too: no second INFO is taken behind it', async () => {
-  let made = 0;
-  let release: (() => void) | null = null;
-  const source: SequenceSource = {
-    allocate: () => new Promise<bigint>((resolve) => (release = () => resolve(1n))),
-    current: () => 1n,
-    snapshot: () => [],
-  };
-  const LIMIT = 4096;
-  const server = new SequencerServer(
-    { source, maxBatch: 1000n, passwordDigest: null, info: () => (made++, 'facts'), authFailed: () => {} },
-    { maxConnections: 10, idleTimeoutMs: 0, outputLimit: LIMIT },
-  );
-  const port = await server.listen('127.0.0.1', 0);
-  cleanup.push(() => server.close());
-  const client = net.connect(port, '127.0.0.1');
-  cleanup.push(() => client.destroy());
-  let received = '';
-  client.setEncoding('latin1');
-  client.on('data', (d: string) => (received += d));
   // The echo (3,709 bytes) and the waiting GETSEQ (counted 256) stay under the limit; the INFO (256 more) reaches it.
   const echo = 'x'.repeat(3700);
-  client.write(`PING ${echo}\r\nGETSEQ\r\nINFO\r\nINFO\r\nINFO\r\n`);
-  const infoCalls = (): number => server.stats.calls[COMMANDS.findIndex((c) => c.name === 'INFO')]!;
-  await waitFor(() => infoCalls() > 0 && received.length > 0, 'the echo to be written and an INFO to queue');
+  const { state, infoCalls } = await infoBehindWaitingGetseq(4096, 'facts', `PING ${echo}\r\nGETSEQ\r\nINFO\r\nINFO\r\nINFO\r\n`);
+  await waitFor(() => infoCalls() > 0 && state.received.length > 0, 'the echo to be written and an INFO to queue');
   assert.equal(infoCalls(), 1, 'the INFOs behind the first wait in the decoder');
-  assert.equal(made, 0);
-  release!();
+  assert.equal(state.made, 0);
+  state.release!();
   const reply = '$5\r\nfacts\r\n';
-  await waitFor(() => received.endsWith(reply.repeat(3)), 'every reply');
-  assert.equal(received, `$3700\r\n${echo}\r\n:1\r\n${reply.repeat(3)}`);
+  await waitFor(() => state.received.endsWith(reply.repeat(3)), 'every reply');
+  assert.equal(state.received, `$3700\r\n${echo}\r\n:1\r\n${reply.repeat(3)}`);
 });
