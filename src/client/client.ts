@@ -23,7 +23,7 @@ import { bytesAsUtf8, type Reply } from '../protocol/reply-decoder.js';
 import { type Address, DEFAULT_PORT, formatAddress, parseAddress } from '../protocol/address.js';
 import { SequenceAllocator, type AllocatorOptions } from './allocator.js';
 import { type BackoffOptions, DEFAULT_BACKOFF, backoffDelay } from './backoff.js';
-import { Connection, describeReply } from './connection.js';
+import { CertificateRejectedError, Connection, describeReply } from './connection.js';
 import {
   ConnectionClosedError,
   NoServerAvailableError,
@@ -394,6 +394,9 @@ export class SequencerClient {
     try {
       for (let round = 0; ; round++) {
         const target = this.redirectTarget;
+        // A certificate refused by every server is not cured by waiting (unlike a server still
+        // starting), so the call fails after one round instead of at its timeout.
+        let allRefusedCertificates = true;
         for (const address of this.candidates()) {
           // Every caller gave up: no more attempts, and no socket opened for nobody.
           // (Never true before the first await: the caller that started the rounds is
@@ -403,11 +406,12 @@ export class SequencerClient {
           const connection = await this.open(address);
           if (connection !== null) return connection;
           if (this.closed) throw clientClosed();
+          if (!(this.lastConnectError instanceof CertificateRejectedError)) allRefusedCertificates = false;
           if (address === target) {
             this.unreachable = { address: formatAddress(address), until: performance.now() + this.connectTimeoutMs };
           }
         }
-        if (this.backoff === null) throw this.noServerError();
+        if (this.backoff === null || allRefusedCertificates) throw this.noServerError();
         await sleep(backoffDelay(round, this.backoff), this.closing.signal);
         if (this.closed) throw clientClosed();
       }

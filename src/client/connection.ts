@@ -323,6 +323,12 @@ function isCertificateError(err: Error): boolean {
   return typeof code === 'string' && !code.startsWith('ERR_SSL_') && /CERT|SELF_SIGNED|UNABLE_TO_(GET|VERIFY)/.test(code);
 }
 
+/**
+ * The client refused the server's certificate. Unlike a refused or timed-out
+ * connection, waiting does not cure it, so the connection rounds stop on it.
+ */
+export class CertificateRejectedError extends Error {}
+
 function certificateError(address: string, err: Error): Error {
   const code = (err as NodeJS.ErrnoException).code ?? '';
   const advice =
@@ -333,7 +339,7 @@ function certificateError(address: string, err: Error): Error {
         : code === 'ERR_TLS_CERT_ALTNAME_INVALID'
           ? 'connect by a name or address the certificate lists (or set tls.servername)'
           : 'give the CA that signed it as tls.ca (CLI: --tls-ca)';
-  return new Error(`the TLS certificate of ${address} was not accepted (${err.message}): ${advice}`, { cause: err });
+  return new CertificateRejectedError(`the TLS certificate of ${address} was not accepted (${err.message}): ${advice}`, { cause: err });
 }
 
 /** A reply's kind, for messages. */

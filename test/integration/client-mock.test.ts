@@ -598,6 +598,29 @@ test('TLS: the client verifies the server against the given CA', async () => {
   assert.doesNotMatch(error.message, /allow more time/, 'more time does not help against a certificate');
 });
 
+test('TLS: a certificate every server refuses ends the call after one round, not at its timeout', async () => {
+  const { key, cert } = await tlsFiles();
+  const a = await mock(counterScript(), { tls: { key, cert } });
+  const b = await mock(counterScript(), { tls: { key, cert } });
+  // Reconnecting, with a minute to spend: waiting cannot make the certificate acceptable.
+  const untrusting = client({ servers: [a.address, b.address], tls: true, requestTimeoutMs: 60_000 });
+  const error = await untrusting.ping().then(() => null, (e: unknown) => e);
+  assert.ok(error instanceof NoServerAvailableError, String(error));
+  assert.match(error.message, /the TLS certificate of 127\.0\.0\.1:\d+ was not accepted/);
+  assert.deepEqual([a.accepted, b.accepted], [1, 1], 'each server was tried once');
+});
+
+test('TLS: a server whose certificate is refused is passed over for one that is accepted', async () => {
+  const { key, cert, ca } = await tlsFiles();
+  // Signed by a CA the client is not given.
+  const [otherKey, otherCert] = await Promise.all([readFile(certs!.strangerKey), readFile(certs!.strangerCert)]);
+  const refused = await mock(counterScript(), { tls: { key: otherKey, cert: otherCert } });
+  const accepted = await mock(counterScript(), { tls: { key, cert } });
+  const c = client({ servers: [refused.address, accepted.address], tls: { ca } });
+  assert.equal(await c.getNextSequence(), 1n);
+  assert.equal(refused.accepted, 1);
+});
+
 test('a server that never answers AUTH: NoServerAvailableError whose message quotes the cause once, without a doubled period', async () => {
   const server = await mock(() => {});
   const c = client({ servers: [server.address], password: 'pw', connectTimeoutMs: 300, requestTimeoutMs: 2000, reconnect: false });
