@@ -202,7 +202,16 @@ function crossCheck(c: Config): void {
     throw new ConfigError('--advertise', `expected host:port or [ipv6]:port, got '${c.advertise}'`);
   }
   if (c.etcd.length > 0 && c.inMemory) {
-    throw new ConfigError('--in-memory', 'cannot be combined with --etcd (a group keeps its state in etcd)');
+    throw new ConfigError(c.sources.inMemory!, `cannot be combined with ${c.sources.etcd} (a group keeps its state in etcd)`);
+  }
+  // Ignoring it would be worse than refusing: a node turned into a group by adding --etcd
+  // would start its sequences over from --initial, below numbers its data directory handed out.
+  if (c.etcd.length > 0 && c.sources.dataDir !== undefined) {
+    throw new ConfigError(
+      c.sources.dataDir,
+      `is not used with ${c.sources.etcd} (a group keeps its state in etcd): remove it, and carry the directory's ` +
+        "sequences into etcd first as docs/cluster.md says under 'Moving a single node into a group'",
+    );
   }
   if (!c.etcdPrefix.endsWith('/')) {
     throw new ConfigError('--etcd-prefix', `must end with '/', got '${c.etcdPrefix}'`);

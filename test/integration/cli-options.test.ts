@@ -96,6 +96,10 @@ test('options that contradict each other exit 2 whether each came from a flag or
     [['--data-dir=/tmp/somewhere'], { SEQUENCER_IN_MEMORY: '1' }, /^dolmeangi: --data-dir: cannot be combined with SEQUENCER_IN_MEMORY /],
     [['--in-memory'], { SEQUENCER_DATA_DIR: '/tmp/somewhere' }, /^dolmeangi: SEQUENCER_DATA_DIR: cannot be combined with --in-memory /],
     [['--in-memory', '--requirepass=x'], { SEQUENCER_REQUIREPASS_FILE: '/tmp/pw' }, /^dolmeangi: SEQUENCER_REQUIREPASS_FILE: give either --requirepass or SEQUENCER_REQUIREPASS_FILE, not both\n$/],
+    [['--etcd=http://127.0.0.1:2379'], { SEQUENCER_IN_MEMORY: '1' }, /^dolmeangi: SEQUENCER_IN_MEMORY: cannot be combined with --etcd \(a group keeps its state in etcd\)\n$/],
+    // A data directory that a group would ignore: its numbers would be handed out again.
+    [['--etcd=http://127.0.0.1:2379', '--data-dir=/tmp/somewhere'], {}, /^dolmeangi: --data-dir: is not used with --etcd \(a group keeps its state in etcd\): remove it, .*'Moving a single node into a group'\n$/],
+    [['--data-dir=/tmp/somewhere'], { SEQUENCER_ETCD: 'http://127.0.0.1:2379' }, /^dolmeangi: --data-dir: is not used with SEQUENCER_ETCD /],
   ];
   for (const [args, env, message] of cases) {
     const r = await runCli(['sequencer', ...args], { env });
