@@ -299,6 +299,9 @@ export class Sequencer implements SequenceSource {
       if (this.dirty.size > 0 && !this.writing) this.flush();
       if (this.writing) await this.writing.catch(() => {});
     }
+    // Aborted meanwhile (the term lost, a write fenced): a node that no longer leads writes
+    // nothing more, not even exact marks, whatever its store would let through.
+    if (this.isAborted()) return false;
     this.failWaiters(SHUTTING_DOWN);
     // From here nothing more is handed out: a number taken while the exact marks
     // are being written would lie at or above them, and be issued again after restart.
@@ -340,6 +343,11 @@ export class Sequencer implements SequenceSource {
     }
     this.dirty.clear();
     this.failWaiters(reason);
+  }
+
+  /** A method, not an inline test: TypeScript keeps `state` narrowed to 'closing' across close()'s awaits. */
+  private isAborted(): boolean {
+    return this.state === 'aborted';
   }
 
   private gate(): SequenceError | null {

@@ -26,6 +26,15 @@ function refused(message: RegExp): (err: unknown) => boolean {
   return (err) => err instanceof SequenceError && message.test(err.message);
 }
 
+/** Waits, with a deadline, until the core's own retry of a failed write succeeds. */
+async function recovered(seq: Sequencer): Promise<void> {
+  const deadline = Date.now() + 5000;
+  while (seq.persistenceFailure !== null) {
+    assert.ok(Date.now() < deadline, `did not recover: ${seq.persistenceFailure}`);
+    await new Promise((res) => setTimeout(res, 2));
+  }
+}
+
 /** Resolves whatever allocate returned; throws SequenceError replies. */
 async function take(r: bigint | SequenceError | Promise<bigint>): Promise<bigint> {
   if (r instanceof SequenceError) throw r;
@@ -164,7 +173,8 @@ test('CURRENT behind requests that fail or leave names the number they did not t
   await assert.rejects(failing[0]!, refused(/persistence unavailable/));
   await assert.rejects(failing[1]!, refused(/persistence unavailable/));
   assert.equal(await afterFailure, 2n);
-  await settle(20);
+  // The retry is on a timer: a number asked for before it succeeds would be refused.
+  await recovered(seq);
   assert.equal(await take(seq.allocate('default', 1n)), 2n);
   // A connection closes with requests waiting: theirs go to whoever asks next.
   store.pause();
@@ -246,11 +256,7 @@ test('storage failure: below the mark still served, beyond it refused, no number
   assert.match(r.message, /^persistence unavailable: write memory: EIO/);
   assert.match(seq.persistenceFailure ?? '', /persistence unavailable/);
   // The retry loop recovers without help.
-  const deadline = Date.now() + 5000;
-  while (seq.persistenceFailure !== null) {
-    assert.ok(Date.now() < deadline, 'did not recover');
-    await new Promise((res) => setTimeout(res, 2));
-  }
+  await recovered(seq);
   assert.equal(await take(seq.allocate('default', 1n)), 11n, 'the refused request took nothing');
   assert.deepEqual(events.slice(-1), ['recovered']);
   assert.ok(events.includes('failed'));
@@ -262,11 +268,7 @@ test('a waiter is refused, not left hanging, when the write it waits for fails',
   store.failNext(1);
   const r = seq.allocate('default', 1n) as Promise<bigint>;
   await assert.rejects(r, (e: unknown) => e instanceof SequenceError && /persistence unavailable/.test(e.message));
-  const deadline = Date.now() + 5000;
-  while (seq.persistenceFailure !== null) {
-    assert.ok(Date.now() < deadline);
-    await new Promise((res) => setTimeout(res, 2));
-  }
+  await recovered(seq);
   assert.equal(await take(seq.allocate('default', 1n)), 1n, 'no gap while the process runs');
 });
 
@@ -345,6 +347,23 @@ test('a clean close lets a request waiting for the write in flight get its numbe
   assert.equal(await take(waiting), 1n, 'answered, not refused with shutting down');
   assert.equal(await closing, true);
   assert.equal(store.state().get('default'), 2n, 'and the exact next number stored');
+});
+
+test('a clean close that loses its term while it waits for the write in flight writes nothing more', async () => {
+  const store = new MemoryStore();
+  const seq = await open(store, 0n);
+  store.pause();
+  const waiting = seq.allocate('default', 1n);
+  assert.ok(waiting instanceof Promise);
+  await settle();
+  const writes = store.calls.persist;
+  const closing = seq.close();
+  seq.abort(new SequenceError('NOTLEADER', ''));
+  store.resume();
+  await assert.rejects(waiting, (e: unknown) => e instanceof SequenceError && e.code === 'NOTLEADER');
+  assert.equal(await closing, false, 'the exact marks were not stored');
+  assert.equal(store.calls.persist, writes, 'no write after the abort');
+  assert.equal(store.state().get('default'), 2n, 'the write that landed stays');
 });
 
 test('nothing is handed out while the exact marks of a clean stop are being written', async () => {
