@@ -21,6 +21,7 @@ import { ConfigError } from '../errors.js';
 import { MAX_TIMER_MS, MAX_VALUE, MAX_WORD_BYTES, checkName } from '../core/limits.js';
 import { bytesAsUtf8, type Reply } from '../protocol/reply-decoder.js';
 import { type Address, DEFAULT_PORT, formatAddress, parseAddress } from '../protocol/address.js';
+import { isRetryRefusal } from '../protocol/refusals.js';
 import { SequenceAllocator, type AllocatorOptions } from './allocator.js';
 import { type BackoffOptions, DEFAULT_BACKOFF, backoffDelay } from './backoff.js';
 import { CertificateRejectedError, Connection, describeReply } from './connection.js';
@@ -264,6 +265,15 @@ export class SequencerClient {
         continue;
       }
       if (reply.type === 'error') {
+        if (isRetryRefusal(reply.code, reply.message)) {
+          // Nothing was done (no number issued): another server, or this one shortly, may serve it.
+          const refusal = fromWire(reply.code, reply.message);
+          this.avoid(connection);
+          this.leave(connection);
+          if (this.closed || --attemptsLeft <= 0) throw refusal;
+          await this.pause(attempt, deadline, route, refusal);
+          continue;
+        }
         if (reply.code !== 'NOTLEADER') throw fromWire(reply.code, reply.message);
         // Timed only here, off the path of a served call: only a retry needs it (see pause).
         route.slowestMs = Math.max(route.slowestMs, performance.now() - sentAt);

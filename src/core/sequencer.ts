@@ -13,6 +13,7 @@
  */
 import { END, MAX_VALUE } from './limits.js';
 import type { Leadership, Marks, Store } from './ports.js';
+import { SHUTTING_DOWN_MESSAGE, STARTING_MESSAGE } from '../protocol/refusals.js';
 
 /** A refusal the command layer turns into a wire error. */
 export class SequenceError {
@@ -40,10 +41,10 @@ export function notLeader(leadership: Leadership | undefined): SequenceError {
 }
 
 export const EXHAUSTED = new SequenceError('ERR', 'sequence exhausted');
-export const SHUTTING_DOWN = new SequenceError('ERR', 'server is shutting down; retry on another server');
+export const SHUTTING_DOWN = new SequenceError('ERR', SHUTTING_DOWN_MESSAGE);
 /** What a waiting request whose caller left gets instead of numbers; nobody reads it. */
 const CALLER_GONE = new SequenceError('ERR', 'the connection closed before the numbers were durable');
-const STARTING = new SequenceError('ERR', 'server is starting; retry shortly');
+const STARTING = new SequenceError('ERR', STARTING_MESSAGE);
 
 export interface SequenceSnapshot {
   readonly name: string;

@@ -549,6 +549,37 @@ test('error replies become ServerError with the wire code; NOAUTH says what to d
   assert.match(error.message, /password/);
 });
 
+test('a server that is shutting down or starting issued nothing: the call goes to another server, or tries again', async () => {
+  const stopping = await mock((_words, connection) => connection.send('-ERR server is shutting down; retry on another server\r\n'));
+  const serving = await mock(counterScript());
+  const c = client({ servers: [stopping.address, serving.address] });
+  assert.equal(await c.getNextSequence(), 1n);
+  assert.deepEqual(stopping.requests, [['GETSEQ']]);
+  // One server, starting: the same connection's next try is served.
+  let starting = 2;
+  const counter = counterScript();
+  const late = await mock((words, connection) => {
+    if (starting-- > 0) connection.send('-ERR server is starting; retry shortly\r\n');
+    else counter(words, connection);
+  });
+  const alone = client({ servers: [late.address], reconnect: { minDelayMs: 1, maxDelayMs: 5 } });
+  assert.deepEqual(await alone.getBatch(3), { first: 1n, count: 3n });
+  assert.equal(late.requests.length, 3);
+});
+
+test('a server that stays shutting down: the call fails with its ServerError, after one try per server without reconnecting', async () => {
+  const stopping = await mock((_words, connection) => connection.send('-ERR server is shutting down; retry on another server\r\n'));
+  const once = client({ servers: [stopping.address], reconnect: false });
+  const error = await once.getNextSequence().then(() => null, (e: unknown) => e);
+  assert.ok(error instanceof ServerError, String(error));
+  assert.equal(error.serverMessage, 'server is shutting down; retry on another server');
+  assert.equal(stopping.requests.length, 1);
+  const patient = client({ servers: [stopping.address], requestTimeoutMs: 300, reconnect: { minDelayMs: 5, maxDelayMs: 20 } });
+  const late = await patient.getNextSequence().then(() => null, (e: unknown) => e);
+  assert.ok(late instanceof ServerError, String(late));
+  assert.ok(stopping.requests.length > 2, 'tried again until the request timeout');
+});
+
 test('no server at all: NoServerAvailableError (a TimeoutError) at the request timeout', async () => {
   const port = await freePort();
   const c = client({ servers: [`127.0.0.1:${port}`], requestTimeoutMs: 300, reconnect: { minDelayMs: 10, maxDelayMs: 50 } });
