@@ -15,6 +15,7 @@
 import type { Socket } from 'node:net';
 import { Decoder, type ProtocolError } from '../protocol/decoder.js';
 import { error } from '../protocol/encoder.js';
+import { SHUTTING_DOWN_MESSAGE } from '../protocol/refusals.js';
 import { readInto } from './socket-reads.js';
 import { destroyAfter } from './linger.js';
 import { execute, newSession, type CommandStats, type Services, type Session } from '../commands/index.js';
@@ -65,6 +66,19 @@ const HANGUP_LINGER_MS = 1000;
 const EMPTY = Buffer.alloc(0);
 
 /**
+ * After a clean stop began, a connection stays open until no request has arrived
+ * for this long, refusing what arrives: a request already on its way when the stop
+ * began gets an answer that says nothing was done, not a closed connection that
+ * leaves its fate unknown. Long enough for a request in flight on a local network.
+ */
+const STOP_QUIET_MS = 20;
+
+/** ...and at most this long, for a client that keeps sending whatever it is told. */
+const STOP_REFUSE_MAX_MS = 500;
+
+const SHUTTING_DOWN_REPLY = error('ERR', SHUTTING_DOWN_MESSAGE);
+
+/**
  * A reply this long (INFO with hundreds of sequences, a 64 KiB PING) took real work
  * to make: the requests behind it wait for the next turn of the event loop, so that
  * a pipeline of them cannot keep other clients waiting for the whole of it.
@@ -102,6 +116,9 @@ export class Connection {
    * client's FIN behind unread bytes and would linger until the idle timeout.
    */
   private stopped = false;
+  /** A clean stop began: requests read from now on are refused (see STOP_QUIET_MS). */
+  private refusing = false;
+  private refuseTimer: NodeJS.Timeout | null = null;
   private closed = false;
   private drainWaiters: Array<() => void> = [];
   private pumpQueued = false;
@@ -147,22 +164,48 @@ export class Connection {
       // Requests still waiting for storage leave the queue now, and a CURRENT behind them is answered without them.
       if (this.waiting > 0) this.services.source.forget?.(this.session);
       if (this.idleTimer !== null) clearInterval(this.idleTimer);
+      if (this.refuseTimer !== null) clearTimeout(this.refuseTimer);
       this.notifyIdle();
       events.closed(this);
     });
   }
 
   /**
-   * Reads nothing more, answers what was read (requests held at the output limit
-   * too, as the client reads), and closes the socket once every reply is written.
+   * Answers what was read (requests held at the output limit too, as the client
+   * reads), refuses what arrives until the client is quiet (or closes its side), and
+   * closes the socket once every reply is written.
    */
   shutdown(): Promise<void> {
     return new Promise((resolve) => {
       if (this.closed) return resolve();
       this.socket.once('close', () => resolve());
       if (this.held) this.endWhileHeld = true;
-      else this.endOfInput();
+      else if (this.stopped) this.endOfInput();
+      else this.refuseUntilQuiet();
     });
+  }
+
+  private refuseUntilQuiet(): void {
+    this.refusing = true;
+    const until = performance.now() + STOP_REFUSE_MAX_MS;
+    let seen = this.progress;
+    const decide = (): void => {
+      if (this.stopped) return;
+      if (this.progress !== seen && performance.now() < until) {
+        seen = this.progress;
+        this.refuseTimer = setTimeout(check, STOP_QUIET_MS);
+        return;
+      }
+      if (this.held) this.endWhileHeld = true;
+      else this.endOfInput();
+    };
+    // Decided after this turn's reads: on a loop late for its timer, a request that
+    // arrived meanwhile is read first and counts, rather than lost behind our FIN.
+    const check = (): void => {
+      this.refuseTimer = null;
+      setImmediate(decide);
+    };
+    this.refuseTimer = setTimeout(check, STOP_QUIET_MS);
   }
 
   private onData(chunk: Buffer): void {
@@ -188,6 +231,10 @@ export class Connection {
   private handle(words: string[]): void {
     if (this.stopped) return;
     this.progress++;
+    if (this.refusing) {
+      this.refuse(words);
+      return;
+    }
     const reply = execute(words, this.session, this.services, this.stats);
     // A waiting reply holds memory here and in the core before it has a byte to
     // show: it counts against the output limit too, or a client could pipeline
@@ -209,6 +256,18 @@ export class Connection {
     // most the limit plus one reply, and one that reads is never dropped.
     else if (this.owed >= this.room) this.hold();
     else if (typeof item === 'string' && item.length >= BIG_REPLY) this.yieldTurn();
+  }
+
+  /** A request read after a clean stop began: nothing is done with it, and the client is told so. QUIT is still QUIT. */
+  private refuse(words: string[]): void {
+    if (words.length === 1 && words[0]!.toUpperCase() === 'QUIT') {
+      this.append(execute(words, this.session, this.services, this.stats) as string);
+      this.hangUp();
+      return;
+    }
+    this.stats.countError(SHUTTING_DOWN_REPLY);
+    this.append(SHUTTING_DOWN_REPLY);
+    if (this.owed >= this.room) this.hold();
   }
 
   /** Serves the rest of what was read on the next turn of the event loop, after other clients. */

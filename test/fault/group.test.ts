@@ -329,4 +329,25 @@ describe('group mode on etcd', () => {
     t.diagnostic(`clean handover (ms): median ${median(handovers)}, max ${Math.max(...handovers)}`);
     assertHistory(history, { crashes, reserve: RESERVE });
   });
+
+  test('clean leader stops under load: no call fails, as the stopping leader refuses what it did not serve', async () => {
+    const l = load('clean-load', 60);
+    try {
+      for (let trial = 0; trial < 3; trial++) {
+        const leader = await group.waitForLeader();
+        const before = l.acked();
+        await waitFor(() => l.acked() >= before + 50, `the load to get numbers before stop ${trial + 1}`, 15_000);
+        assert.equal(await group.nodes[leader]!.proc!.stop('SIGTERM'), 0);
+        const after = l.acked();
+        await waitFor(() => l.acked() >= after + 50, `the load to get numbers from the next leader after stop ${trial + 1}`, 15_000);
+        await group.start(leader);
+      }
+    } finally {
+      await l.stop();
+    }
+    // A request the leader read was answered; one it had not read was refused with "shutting
+    // down" and sent again elsewhere. Before, those were lost with the connection and failed.
+    assert.deepEqual([...l.errors], [], 'failed calls by error class');
+    assertHistory(history, { crashes, reserve: RESERVE });
+  });
 });

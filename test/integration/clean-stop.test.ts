@@ -1,0 +1,87 @@
+/**
+ * What a connection sees when the server stops cleanly: the requests read before
+ * the stop are answered as usual; one that arrives during the stop is refused with
+ * `-ERR server is shutting down`, which says nothing was done, instead of being
+ * dropped with the connection (a GETSEQ lost that way is "maybe issued" to its
+ * client); the connection closes once the client is quiet.
+ */
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { SequencerServer } from '../../src/server/server.js';
+import { Sequencer } from '../../src/core/sequencer.js';
+import { MemoryStore } from '../../src/store/memory.js';
+import { COMMANDS } from '../../src/commands/index.js';
+import { WireClient } from '../helpers/wire.js';
+import { waitFor } from '../helpers/wait.js';
+
+const REFUSED = '-ERR server is shutting down; retry on another server\r\n';
+
+const cleanup: Array<() => unknown> = [];
+after(async () => {
+  for (const c of cleanup.reverse()) await c();
+});
+
+/** A server whose sequence core stays open when it stops: what is refused, the connection refused. */
+async function server(reserve = 100n) {
+  const store = new MemoryStore();
+  const seq = new Sequencer({ store, initial: 1n, reserve, maxSequences: 10 });
+  await seq.open();
+  const server = new SequencerServer(
+    { source: seq, maxBatch: 1000n, passwordDigest: null, info: () => '', authFailed: () => {} },
+    { maxConnections: 10, idleTimeoutMs: 0, outputLimit: 1 << 20 },
+  );
+  const port = await server.listen('127.0.0.1', 0);
+  cleanup.push(async () => {
+    store.resume();
+    await server.close(0);
+    await seq.close();
+  });
+  return { store, seq, server, port };
+}
+
+async function connect(port: number): Promise<WireClient> {
+  const c = await WireClient.connect(port);
+  cleanup.push(() => c.close());
+  return c;
+}
+
+test('a request that arrives after the stop began is refused, not dropped; the connection then closes', async () => {
+  const { seq, server: s, port } = await server();
+  const c = await connect(port);
+  await c.exchange('GETSEQ\r\n', ':1\r\n');
+  const stopped = s.close();
+  // Written before the server's quiet period can end: it is in the server's socket when it decides.
+  c.send('GETSEQ\r\nGETSEQ_BATCH 5\r\nPING\r\n');
+  await c.waitClosed();
+  assert.equal(c.text, `:1\r\n${REFUSED.repeat(3)}`);
+  assert.equal(c.error, null, 'closed cleanly');
+  await stopped;
+  assert.equal(seq.snapshot()[0]!.next, 2n, 'the refused requests took nothing');
+});
+
+test('requests read before the stop are still served, even those waiting for storage; QUIT during the stop is QUIT', async () => {
+  const { store, server: s, port } = await server(0n);
+  const c = await connect(port);
+  store.pause();
+  c.send('GETSEQ\r\nGETSEQ\r\n');
+  await waitFor(() => store.pending().length > 0, 'the requests to wait for storage');
+  const stopped = s.close();
+  c.send('GETSEQ\r\nQUIT\r\nGETSEQ\r\n');
+  const quits = (): number => s.stats.calls[COMMANDS.findIndex((command) => command.name === 'QUIT')]!;
+  await waitFor(() => quits() === 1, 'the server to read the QUIT');
+  assert.equal(c.text, '', 'every reply waits behind those waiting for storage');
+  store.resume();
+  await c.waitClosed();
+  assert.equal(c.text, `:1\r\n:2\r\n${REFUSED}+OK\r\n`);
+  await stopped;
+});
+
+test('a client that stays quiet is closed within moments of the stop, with nothing sent to it', async () => {
+  const { server: s, port } = await server();
+  const quiet = await connect(port);
+  await quiet.exchange('PING\r\n', '+PONG\r\n');
+  quiet.reset();
+  await s.close();
+  await quiet.waitClosed();
+  assert.equal(quiet.text, '');
+});
