@@ -143,7 +143,7 @@ async function main(argv: string[]): Promise<number> {
 
 main(process.argv.slice(2)).then(
   (code) => {
-    // Let stdout drain (pino writes asynchronously), then leave with the code.
+    // Let what client commands wrote to stdout drain, then leave with the code.
     process.exitCode = code;
     setImmediate(() => process.exit(code));
   },

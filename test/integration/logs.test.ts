@@ -5,21 +5,26 @@
  */
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { closeSync, openSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { startServerProcess, type ServerProcess } from '../helpers/server-process.js';
+import { CLI, startServerProcess, type ServerProcess } from '../helpers/server-process.js';
 import { WireClient } from '../helpers/wire.js';
 import { parseMetrics, request } from '../helpers/http.js';
-import { freePort } from '../helpers/ports.js';
+import { freePort, freePorts } from '../helpers/ports.js';
+import { waitFor } from '../helpers/wait.js';
 import { VERSION } from '../../src/version.js';
 
 const servers: ServerProcess[] = [];
 const clients: WireClient[] = [];
 const dirs: string[] = [];
+const kills: Array<() => Promise<void>> = [];
 
 after(async () => {
   for (const c of clients) c.close();
+  await Promise.all(kills.map((k) => k()));
   await Promise.all(servers.map((s) => s.kill()));
   await Promise.all(dirs.map((d) => rm(d, { recursive: true, force: true })));
 });
@@ -87,4 +92,55 @@ test('failed AUTHs: at most one line per 10 s, with the count; counted in the me
   const lines = server.logs.filter(isAuthLine);
   assert.deepEqual(lines.map((l) => l.count), [1, 4]);
   assert.ok(!JSON.stringify(server.logs).includes('s3cret-pw'), 'the password is never logged');
+});
+
+/** A server whose stdout is `stdout` (its port given, as no "listening" line can be read), and its stderr. */
+async function startWithStdout(stdout: 'pipe' | number) {
+  const [port] = await freePorts(1);
+  const child = spawn(process.execPath, [CLI, 'sequencer', '--in-memory', '--host=127.0.0.1', `--port=${port}`, '--metrics-port=0'], {
+    stdio: ['ignore', stdout, 'pipe'],
+  });
+  let stderr = '';
+  child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  kills.push(async () => {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    await exited;
+  });
+  return { child, port: port!, exited, stderr: () => stderr };
+}
+
+/** Waits until the server answers PING on a fresh connection. */
+async function answersPing(port: number): Promise<void> {
+  await waitFor(async () => {
+    const c = await WireClient.connect(port).catch(() => null);
+    if (c === null) return false;
+    try {
+      await c.exchange('PING\r\n', '+PONG\r\n', 2000);
+      return true;
+    } finally {
+      c.close();
+    }
+  }, 'the server to answer PING', 10_000);
+}
+
+test('a stdout that cannot be written (a full disk) costs the log, not the service: it serves, says so on stderr, and stops on SIGTERM', async () => {
+  const full = openSync('/dev/full', 'w');
+  const s = await startWithStdout(full).finally(() => closeSync(full));
+  await answersPing(s.port);
+  const c = await connect(s.port);
+  await c.exchange('GETSEQ\r\nGETSEQ\r\n', ':1\r\n:2\r\n');
+  c.close();
+  assert.match(s.stderr(), /^dolmeangi: cannot write the log to standard output \(ENOSPC\); serving on, and log lines are lost until it can be written again\n$/);
+  s.child.kill('SIGTERM');
+  assert.equal(await s.exited, 0);
+});
+
+test('a stdout whose reader went away: the server serves, says so once on stderr, and stops on SIGTERM', async () => {
+  const s = await startWithStdout('pipe');
+  s.child.stdout!.destroy();
+  await answersPing(s.port);
+  s.child.kill('SIGTERM');
+  assert.equal(await s.exited, 0);
+  assert.match(s.stderr(), /^dolmeangi: cannot write the log to standard output \(EPIPE\); serving on, and nobody reads it any more, so nothing more is logged\n$/);
 });
