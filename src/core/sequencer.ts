@@ -284,7 +284,9 @@ export class Sequencer implements SequenceSource {
    * exact numbers could not be stored (the larger reserved marks stay: a gap, never a repeat).
    */
   async close(): Promise<boolean> {
-    if (this.state === 'closed' || this.state === 'aborted') return true;
+    // Aborted, it stored no exact marks and never will (see below).
+    if (this.state === 'aborted') return false;
+    if (this.state === 'closed') return true;
     this.state = 'closing';
     if (this.retryTimer) {
       clearTimeout(this.retryTimer);

@@ -104,7 +104,7 @@ export class Connection {
    * read, until the client has taken enough of its replies (see resumeIfRoom).
    */
   private held = false;
-  /** The client's FIN, or shutdown, came while requests read before were held. */
+  /** The client's FIN came while requests read before were held. */
   private endWhileHeld = false;
   /** Held after a big reply until the next turn of the event loop, whatever the room. */
   private yielding = false;
@@ -116,8 +116,12 @@ export class Connection {
    * client's FIN behind unread bytes and would linger until the idle timeout.
    */
   private stopped = false;
-  /** A clean stop began: requests read from now on are refused (see STOP_QUIET_MS). */
+  /** A clean stop began (shutdown); while held, the requests read before it are served first. */
+  private stopRequested = false;
+  /** Requests read from now on are refused (see STOP_QUIET_MS). */
   private refusing = false;
+  /** Resolves shutdown()'s `answered`. */
+  private onAnswered: (() => void) | null = null;
   private refuseTimer: NodeJS.Timeout | null = null;
   private closed = false;
   private drainWaiters: Array<() => void> = [];
@@ -171,27 +175,40 @@ export class Connection {
   }
 
   /**
-   * Answers what was read (requests held at the output limit too, as the client
-   * reads), refuses what arrives until the client is quiet (or closes its side), and
-   * closes the socket once every reply is written.
+   * Begins a clean stop: answers what was read (requests held at the output limit
+   * too, as the client reads), then refuses what arrives until the client is quiet
+   * or closes its side, and closes the socket once every reply is written.
+   * `answered` resolves once every request read before the stop is answered (or the
+   * connection is gone): from then on nothing here needs the sequence source.
    */
-  shutdown(): Promise<void> {
-    return new Promise((resolve) => {
-      if (this.closed) return resolve();
+  shutdown(): { answered: Promise<void>; closed: Promise<void> } {
+    if (this.closed) return { answered: Promise.resolve(), closed: Promise.resolve() };
+    const closed = new Promise<void>((resolve) => this.socket.once('close', () => resolve()));
+    const answered = new Promise<void>((resolve) => {
       this.socket.once('close', () => resolve());
-      if (this.held) this.endWhileHeld = true;
-      else if (this.stopped) this.endOfInput();
-      else this.refuseUntilQuiet();
+      this.onAnswered = resolve;
     });
+    this.stopRequested = true;
+    // Held, its requests are served as the client reads, and resumeIfRoom moves on from there.
+    if (!this.held) {
+      if (this.stopped) this.endOfInput();
+      else this.refuseUntilQuiet();
+    }
+    return { answered, closed };
   }
 
   private refuseUntilQuiet(): void {
+    if (this.refusing) return;
     this.refusing = true;
+    this.socket.resume();
+    this.whenIdle(() => this.onAnswered?.());
     const until = performance.now() + STOP_REFUSE_MAX_MS;
     let seen = this.progress;
     const decide = (): void => {
       if (this.stopped) return;
-      if (this.progress !== seen && performance.now() < until) {
+      // Paused for back-pressure, the socket may hold requests not read yet: not quiet.
+      const busy = this.progress !== seen || this.held || this.socket.isPaused();
+      if (busy && performance.now() < until) {
         seen = this.progress;
         this.refuseTimer = setTimeout(check, STOP_QUIET_MS);
         return;
@@ -308,11 +325,13 @@ export class Connection {
     }
     if (!released || this.held || this.stopped) return;
     if (this.endWhileHeld) this.endOfInput();
+    else if (this.stopRequested) this.refuseUntilQuiet();
     else this.socket.resume();
   }
 
   private endOfInput(): void {
     this.stop();
+    if (this.stopRequested) this.whenIdle(() => this.onAnswered?.());
     this.whenIdle(() => this.socket.end());
   }
 

@@ -198,10 +198,14 @@ export async function startServer(config: Config, opts: StartOptions = {}): Prom
       closing ??= (async () => {
         shuttingDown = true;
         log.info('shutting down: no new connections, answering requests already read');
-        await srv.close();
+        // The source closes once the requests read before the stop are answered, not after
+        // every connection has closed: a group leader hands over while clients still drain.
+        await srv.stopServing();
+        const drained = srv.close();
         authFailures.stop();
         acceptErrors.stop();
         const exact = await backend.close();
+        await drained;
         // Last: /healthz answers while the process drains, /readyz says it is shutting down.
         await ops?.close();
         log.info({ exact }, 'stopped');

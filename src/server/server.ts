@@ -49,6 +49,8 @@ export class SequencerServer {
   /** Refused sockets still delivering their error. */
   private refusing = 0;
   private readonly listeners: net.Server[] = [];
+  /** Set by the first stopServing(): what close() waits for. */
+  private stopping: { answered: Promise<void>; closed: Promise<void> } | null = null;
   private readonly events: ConnectionEvents = {
     closed: (conn: Connection) => this.connections.delete(conn),
     outputLimitExceeded: () => this.counters.outputLimitDisconnects++,
@@ -96,15 +98,31 @@ export class SequencerServer {
     return this.bind(server, 'TLS clients', host, port);
   }
 
+  /**
+   * Stops accepting and begins each connection's clean stop (see Connection.shutdown).
+   * Resolves once every request read before is answered, so the sequence source can
+   * close while connections still refuse what arrives. Connections still open after
+   * `graceMs` are closed.
+   */
+  stopServing(graceMs = 5000): Promise<void> {
+    if (this.stopping === null) {
+      for (const l of this.listeners) l.close();
+      const stops = [...this.connections].map((c) => c.shutdown());
+      const timer = setTimeout(() => {
+        for (const c of this.connections) c.socket.destroy();
+      }, graceMs);
+      this.stopping = {
+        answered: Promise.all(stops.map((s) => s.answered)).then(() => {}),
+        closed: Promise.all(stops.map((s) => s.closed)).then(() => clearTimeout(timer)),
+      };
+    }
+    return this.stopping.answered;
+  }
+
   /** Stops accepting, lets each connection finish what it read, then closes it. */
   async close(graceMs = 5000): Promise<void> {
-    for (const l of this.listeners) l.close();
-    const drains = [...this.connections].map((c) => c.shutdown());
-    const timer = setTimeout(() => {
-      for (const c of this.connections) c.socket.destroy();
-    }, graceMs);
-    await Promise.all(drains);
-    clearTimeout(timer);
+    await this.stopServing(graceMs);
+    await this.stopping!.closed;
     await Promise.all(this.listeners.map((l) => (l.listening ? once(l, 'close') : undefined)));
   }
 

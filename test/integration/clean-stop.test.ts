@@ -76,6 +76,33 @@ test('requests read before the stop are still served, even those waiting for sto
   await stopped;
 });
 
+test('a connection held when the stop began (an INFO behind a reply waiting for storage) serves what it read, then refuses', async () => {
+  const { store, server: s, port } = await server(0n);
+  const c = await connect(port);
+  store.pause();
+  // INFO is made in its turn, after the GETSEQ: the connection holds everything behind it.
+  c.send('GETSEQ\r\nINFO\r\n');
+  await waitFor(() => store.pending().length > 0, 'the GETSEQ to wait for storage');
+  const stopped = s.close();
+  c.send('GETSEQ\r\n');
+  store.resume();
+  await c.waitClosed();
+  assert.match(c.text, /^:1\r\n\$\d+\r\n[^]*\r\n-ERR server is shutting down; retry on another server\r\n$/);
+  await stopped;
+});
+
+test('stopServing() resolves once what was read is answered, while connections still refuse; close() once they are gone', async () => {
+  const { server: s, port } = await server();
+  const c = await connect(port);
+  await c.exchange('GETSEQ\r\n', ':1\r\n');
+  await s.stopServing();
+  assert.equal(c.closed, false, 'still open, refusing');
+  c.send('GETSEQ\r\n');
+  await c.waitClosed();
+  assert.equal(c.text, `:1\r\n${REFUSED}`);
+  await s.close();
+});
+
 test('a client that stays quiet is closed within moments of the stop, with nothing sent to it', async () => {
   const { server: s, port } = await server();
   const quiet = await connect(port);

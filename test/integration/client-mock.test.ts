@@ -555,7 +555,7 @@ test('a server that is shutting down or starting issued nothing: the call goes t
   const c = client({ servers: [stopping.address, serving.address] });
   assert.equal(await c.getNextSequence(), 1n);
   assert.deepEqual(stopping.requests, [['GETSEQ']]);
-  // One server, starting: the same connection's next try is served.
+  // One server, starting: each refusal leaves the connection, and a try on a new one is served.
   let starting = 2;
   const counter = counterScript();
   const late = await mock((words, connection) => {
@@ -565,6 +565,7 @@ test('a server that is shutting down or starting issued nothing: the call goes t
   const alone = client({ servers: [late.address], reconnect: { minDelayMs: 1, maxDelayMs: 5 } });
   assert.deepEqual(await alone.getBatch(3), { first: 1n, count: 3n });
   assert.equal(late.requests.length, 3);
+  assert.equal(late.accepted, 3);
 });
 
 test('a server that stays shutting down: the call fails with its ServerError, after one try per server without reconnecting', async () => {

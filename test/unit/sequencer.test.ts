@@ -362,6 +362,7 @@ test('a clean close that loses its term while it waits for the write in flight w
   store.resume();
   await assert.rejects(waiting, (e: unknown) => e instanceof SequenceError && e.code === 'NOTLEADER');
   assert.equal(await closing, false, 'the exact marks were not stored');
+  assert.equal(await seq.close(), false, 'nor by a second close');
   assert.equal(store.calls.persist, writes, 'no write after the abort');
   assert.equal(store.state().get('default'), 2n, 'the write that landed stays');
 });
