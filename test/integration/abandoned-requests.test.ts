@@ -7,10 +7,9 @@
  */
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { SequencerServer } from '../../src/server/server.js';
-import { Sequencer } from '../../src/core/sequencer.js';
+import type { Sequencer } from '../../src/core/sequencer.js';
 import { COMMANDS } from '../../src/commands/index.js';
-import { MemoryStore } from '../../src/store/memory.js';
+import { startInProcessServer } from '../helpers/in-process-server.js';
 import { WireClient } from '../helpers/wire.js';
 import { waitFor } from '../helpers/wait.js';
 
@@ -21,20 +20,9 @@ after(async () => {
 
 /** A gapless server (every reply waits for its write) over a store the test can hold. */
 async function gaplessServer() {
-  const store = new MemoryStore();
-  const seq = new Sequencer({ store, initial: 1n, reserve: 0n, maxSequences: 10 });
-  await seq.open();
-  const server = new SequencerServer(
-    { source: seq, maxBatch: 1000n, passwordDigest: null, info: () => '', authFailed: () => {} },
-    { maxConnections: 10, idleTimeoutMs: 0, outputLimit: 1 << 20 },
-  );
-  const port = await server.listen('127.0.0.1', 0);
-  cleanup.push(async () => {
-    store.resume();
-    await server.close(0);
-    await seq.close();
-  });
-  return { store, seq, server, port };
+  const s = await startInProcessServer();
+  cleanup.push(() => s.stop());
+  return s;
 }
 
 /** What the next GETSEQ returns if every waiting request takes its numbers: INFO's `current`, which does not wait. */

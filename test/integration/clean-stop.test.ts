@@ -7,9 +7,7 @@
  */
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { SequencerServer } from '../../src/server/server.js';
-import { Sequencer } from '../../src/core/sequencer.js';
-import { MemoryStore } from '../../src/store/memory.js';
+import { startInProcessServer } from '../helpers/in-process-server.js';
 import { COMMANDS } from '../../src/commands/index.js';
 import { WireClient } from '../helpers/wire.js';
 import { waitFor } from '../helpers/wait.js';
@@ -23,20 +21,9 @@ after(async () => {
 
 /** A server whose sequence core stays open when it stops: what is refused, the connection refused. */
 async function server(reserve = 100n) {
-  const store = new MemoryStore();
-  const seq = new Sequencer({ store, initial: 1n, reserve, maxSequences: 10 });
-  await seq.open();
-  const server = new SequencerServer(
-    { source: seq, maxBatch: 1000n, passwordDigest: null, info: () => '', authFailed: () => {} },
-    { maxConnections: 10, idleTimeoutMs: 0, outputLimit: 1 << 20 },
-  );
-  const port = await server.listen('127.0.0.1', 0);
-  cleanup.push(async () => {
-    store.resume();
-    await server.close(0);
-    await seq.close();
-  });
-  return { store, seq, server, port };
+  const s = await startInProcessServer(reserve);
+  cleanup.push(() => s.stop());
+  return s;
 }
 
 async function connect(port: number): Promise<WireClient> {

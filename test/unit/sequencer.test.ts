@@ -335,13 +335,19 @@ test('a write that failed but landed is not taken for what the store holds: a cl
   assert.equal(store.state().get('default'), 2n, 'the next start hands out 2: no gap');
 });
 
-test('a clean close lets a request waiting for the write in flight get its number', async () => {
+/** A gapless core whose one request waits for the write in flight, which the store holds. */
+async function waitingOnHeldWrite() {
   const store = new MemoryStore();
   const seq = await open(store, 0n);
   store.pause();
   const waiting = seq.allocate('default', 1n);
   assert.ok(waiting instanceof Promise);
   await settle();
+  return { store, seq, waiting };
+}
+
+test('a clean close lets a request waiting for the write in flight get its number', async () => {
+  const { store, seq, waiting } = await waitingOnHeldWrite();
   const closing = seq.close();
   store.resume();
   assert.equal(await take(waiting), 1n, 'answered, not refused with shutting down');
@@ -350,12 +356,7 @@ test('a clean close lets a request waiting for the write in flight get its numbe
 });
 
 test('a clean close that loses its term while it waits for the write in flight writes nothing more', async () => {
-  const store = new MemoryStore();
-  const seq = await open(store, 0n);
-  store.pause();
-  const waiting = seq.allocate('default', 1n);
-  assert.ok(waiting instanceof Promise);
-  await settle();
+  const { store, seq, waiting } = await waitingOnHeldWrite();
   const writes = store.calls.persist;
   const closing = seq.close();
   seq.abort(new SequenceError('NOTLEADER', ''));
