@@ -56,7 +56,7 @@ const IDLE_CHECKS = 4;
 const PENDING_COST = 256;
 
 /**
- * After QUIT or a protocol error, how long a client may keep its own side open
+ * After QUIT, a protocol error or a clean stop, how long a client may keep its own side open
  * once our last reply and FIN are out. Closing at once could turn the goodbye
  * into a reset while the client still sends; never closing would let a
  * half-open client hold a connection slot for good.
@@ -331,8 +331,14 @@ export class Connection {
 
   private endOfInput(): void {
     this.stop();
-    if (this.stopRequested) this.whenIdle(() => this.onAnswered?.());
-    this.whenIdle(() => this.socket.end());
+    if (!this.stopRequested) {
+      this.whenIdle(() => this.socket.end());
+      return;
+    }
+    this.whenIdle(() => this.onAnswered?.());
+    // A client that keeps its side open after ours (an idle pooled connection, a
+    // redis-cli waiting for input) would hold a stopping server for its whole grace period.
+    this.whenIdle(() => this.socket.end(() => destroyAfter(this.socket, HANGUP_LINGER_MS)));
   }
 
   /**

@@ -7,6 +7,8 @@
  */
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
+import net from 'node:net';
+import { once } from 'node:events';
 import { startInProcessServer } from '../helpers/in-process-server.js';
 import { COMMANDS } from '../../src/commands/index.js';
 import { WireClient } from '../helpers/wire.js';
@@ -98,4 +100,17 @@ test('a client that stays quiet is closed within moments of the stop, with nothi
   await s.close();
   await quiet.waitClosed();
   assert.equal(quiet.text, '');
+});
+
+test('a client that keeps its side open after the server\'s FIN does not hold the stop for the whole grace period', async () => {
+  const { server: s, port } = await server();
+  const socket = net.connect({ port, host: '127.0.0.1', allowHalfOpen: true });
+  await once(socket, 'connect');
+  const c = WireClient.wrap(socket);
+  cleanup.push(() => c.close());
+  await c.exchange('PING\r\n', '+PONG\r\n');
+  let stopped = false;
+  // A grace period of ten minutes: only the linger after the FIN can end this stop in time.
+  void s.close(600_000).then(() => (stopped = true));
+  await waitFor(() => stopped, 'the stop to end without waiting out its grace period', 10_000);
 });

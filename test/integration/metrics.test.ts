@@ -140,13 +140,22 @@ test('the HTTP endpoints: content type, /healthz, 404 and 405', async () => {
 });
 
 test('during a clean stop, /healthz still answers 200 and /readyz 503 shutting down, until the process exits', async () => {
-  const { server, http } = await start(['--in-memory']);
-  // Half-open: it keeps its side open after the server's FIN, so the drain waits for it.
-  const lingering = net.connect({ port: server.port, host: '127.0.0.1', allowHalfOpen: true });
+  const { server, http } = await start(['--in-memory', '--client-output-limit=104857600']);
+  // It does not read: 30 MB of replies owed to it, more than loopback buffers hold, keep the drain waiting for it.
+  const lingering = net.connect({ port: server.port, host: '127.0.0.1' });
   lingering.on('error', () => {});
   const client = WireClient.wrap(lingering);
   clients.push(client);
-  await client.exchange('PING\r\n', '+PONG\r\n');
+  lingering.pause();
+  client.send(resp('PING', 'p'.repeat(60_000)).repeat(500));
+  // Once the kernel's buffers are full the server stops reading it, with replies still unsent.
+  let last = -1;
+  await eventually('the server to stop reading the client that does not read', async () => {
+    const pings = Number(/dolmeangi_requests_total\{command="ping"\} (\d+)/.exec((await request(`${http}/metrics`)).body)?.[1] ?? 0);
+    const still = pings === last && pings > 0 && pings < 500;
+    last = pings;
+    return still ? true : undefined;
+  });
   const exited = server.stop('SIGTERM');
   const ready = await eventually('/readyz to say the server is shutting down', async () => {
     const r = await request(`${http}/readyz`);
