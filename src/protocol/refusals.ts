@@ -8,5 +8,5 @@ export const STARTING_MESSAGE = 'server is starting; retry shortly';
 
 /** True for `-ERR` replies that mean "not done, try again" (NOTLEADER has a code of its own). */
 export function isRetryRefusal(code: string, message: string): boolean {
-  return code === 'ERR' && (message.startsWith('server is shutting down') || message.startsWith('server is starting'));
+  return code === 'ERR' && (message === SHUTTING_DOWN_MESSAGE || message === STARTING_MESSAGE);
 }
