@@ -200,7 +200,6 @@ export class Connection {
   private refuseUntilQuiet(): void {
     if (this.refusing) return;
     this.refusing = true;
-    this.socket.resume();
     this.whenIdle(() => this.onAnswered?.());
     const until = performance.now() + STOP_REFUSE_MAX_MS;
     let seen = this.progress;
@@ -324,9 +323,13 @@ export class Connection {
       this.serve(EMPTY);
     }
     if (!released || this.held || this.stopped) return;
-    if (this.endWhileHeld) this.endOfInput();
-    else if (this.stopRequested) this.refuseUntilQuiet();
-    else this.socket.resume();
+    if (this.endWhileHeld) {
+      this.endOfInput();
+      return;
+    }
+    // Released after a clean stop began: what it read before is served, and what comes next is refused.
+    if (this.stopRequested) this.refuseUntilQuiet();
+    this.socket.resume();
   }
 
   private endOfInput(): void {
