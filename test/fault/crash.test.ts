@@ -332,6 +332,39 @@ test('storage failure: numbers below the durable mark still served, then -ERR pe
   }
 });
 
+test('GETSEQ pipelined across SIGTERM: numbers up to the stop, only refusals after, and the restart continues with the next', async () => {
+  const dir = await tempDir();
+  try {
+    const a = await start([`--data-dir=${dir}`, '--reserve=1000']);
+    const c = await WireClient.connect(a.port);
+    const lines = (): string[] => c.text.split('\r\n').slice(0, -1);
+    // Busy across the stop: each batch goes out as soon as the last is answered, until the server closes.
+    let sent = 0;
+    while (!c.closed) {
+      c.send('GETSEQ\r\n'.repeat(20));
+      sent += 20;
+      await c.until(() => c.closed || lines().length >= sent, 10_000, `replies to ${sent} requests`);
+      if (sent === 200) a.child.kill('SIGTERM');
+    }
+    assert.equal(await a.exited, 0);
+    const replies = lines();
+    const served = replies.findIndex((l) => !l.startsWith(':'));
+    const numbers = (served === -1 ? replies : replies.slice(0, served)).map((l) => BigInt(l.slice(1)));
+    assert.ok(numbers.length >= 200, `the requests answered before the signal got numbers: ${numbers.length}`);
+    assert.deepEqual(numbers, Array.from({ length: numbers.length }, (_, i) => BigInt(i + 1)), 'consecutive from 1');
+    for (const l of replies.slice(numbers.length)) assert.equal(l, '-ERR server is shutting down; retry on another server');
+    // What was refused took nothing: the exact marks were written after the last number handed out.
+    const b = await start([`--data-dir=${dir}`]);
+    const d = await WireClient.connect(b.port);
+    d.send('GETSEQ\r\n');
+    await d.expect(`:${numbers.length + 1}\r\n`);
+    d.close();
+    assert.equal(await b.stop(), 0);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
 test('SIGTERM answers the requests already read, even those waiting for fsync, then restarts with no gap', async () => {
   const dir = await tempDir();
   try {
