@@ -67,8 +67,15 @@ async function runSequencer(argv: string[]): Promise<number> {
     let stopping = false;
     onSignal = (signal) => {
       if (stopping) {
-        log.warn({ signal }, 'second signal: exiting without waiting');
-        resolve(1);
+        // Only the drain of slow clients is cut short once the exact marks are stored:
+        // the next start has no gap, and whoever watches the exit status need not worry.
+        if (running.exactStored()) {
+          log.warn({ signal }, 'second signal: exiting without waiting for clients; the exact next numbers are stored');
+          resolve(0);
+        } else {
+          log.warn({ signal }, 'second signal: exiting without waiting; the exact next numbers are not stored, the next start skips the rest of the reserved windows');
+          resolve(1);
+        }
         return;
       }
       stopping = true;

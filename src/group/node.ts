@@ -40,9 +40,10 @@ export interface GroupHandle extends SequenceSource {
   persistenceFailure(): string | null;
   /**
    * Clean stop: a leader persists its exact next numbers, then resigns; closes the
-   * etcd clients. Resolves false when a leader could not store them.
+   * etcd clients. Resolves false when a leader could not store them. `stored` is
+   * called as soon as they are (before the resignation), or at once on a follower.
    */
-  close(): Promise<boolean>;
+  close(stored?: () => void): Promise<boolean>;
 }
 
 const LOAD_RETRY_MIN_MS = 100;
@@ -216,12 +217,12 @@ class GroupNode implements GroupHandle {
     ];
   }
 
-  close(): Promise<boolean> {
-    this.closing ??= this.shutdown();
+  close(stored?: () => void): Promise<boolean> {
+    this.closing ??= this.shutdown(stored);
     return this.closing;
   }
 
-  private async shutdown(): Promise<boolean> {
+  private async shutdown(stored?: () => void): Promise<boolean> {
     const seq = this.sequencer;
     let exact = true;
     if (seq !== null) {
@@ -229,6 +230,7 @@ class GroupNode implements GroupHandle {
       if (exact) this.log.info('stored the exact next numbers in etcd');
       else this.log.error('could not store the exact next numbers; the next leader skips the rest of the reserved window');
     }
+    if (exact) stored?.();
     await this.leadership.close();
     this.sequencer = null;
     closeQuietly(this.store);

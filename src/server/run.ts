@@ -42,6 +42,11 @@ export interface RunningServer {
    * of the reserved windows).
    */
   close(): Promise<boolean>;
+  /**
+   * During a clean stop: true once the exact next numbers are stored (or, in
+   * memory, once the source is closed), while connections may still drain.
+   */
+  exactStored(): boolean;
 }
 
 export interface StartOptions {
@@ -59,8 +64,11 @@ interface Backend {
   persistenceFailure(): string | null;
   readiness(): Readiness;
   extraInfo(): Array<[string, string]>;
-  /** Resolves false when the exact next numbers could not be stored. */
-  close(): Promise<boolean>;
+  /**
+   * Resolves false when the exact next numbers could not be stored; calls `stored`
+   * as soon as they are, before the rest of the close (releasing the directory, resigning).
+   */
+  close(stored?: () => void): Promise<boolean>;
 }
 
 export async function startServer(config: Config, opts: StartOptions = {}): Promise<RunningServer> {
@@ -184,6 +192,7 @@ export async function startServer(config: Config, opts: StartOptions = {}): Prom
   }
 
   let closing: Promise<boolean> | null = null;
+  let storedExact = false;
   const srv = server;
   return {
     port,
@@ -204,7 +213,9 @@ export async function startServer(config: Config, opts: StartOptions = {}): Prom
         const drained = srv.close();
         authFailures.stop();
         acceptErrors.stop();
-        const exact = await backend.close();
+        const exact = await backend.close(() => {
+          storedExact = true;
+        });
         await drained;
         // Last: /healthz answers while the process drains, /readyz says it is shutting down.
         await ops?.close();
@@ -213,6 +224,7 @@ export async function startServer(config: Config, opts: StartOptions = {}): Prom
       })();
       return closing;
     },
+    exactStored: () => storedExact,
   };
 }
 
@@ -320,7 +332,12 @@ async function openBackend(config: Config, log: Logger, metrics: Metrics | null)
       persistenceFailure: () => null,
       readiness: () => ({ ready: true, reason: 'serving from memory' }),
       extraInfo: () => [],
-      close: () => seq.close(),
+      close: async (stored) => {
+        // Nothing to store: once closed, a second signal may cut the drain short with status 0.
+        const exact = await seq.close();
+        if (exact) stored?.();
+        return exact;
+      },
     };
   }
   const dir = path.resolve(config.dataDir);
@@ -358,9 +375,12 @@ async function openBackend(config: Config, log: Logger, metrics: Metrics | null)
       return e === null ? { ready: true, reason: 'serving' } : { ready: false, reason: e };
     },
     extraInfo: () => [],
-    close: async () => {
+    close: async (stored) => {
       const exact = await seq.close();
-      if (!exact) log.error('could not persist exact next numbers; the next start resumes at the reserved marks (a gap, never a repeat)');
+      if (exact) {
+        log.info('stored the exact next numbers');
+        stored?.();
+      } else log.error('could not persist exact next numbers; the next start resumes at the reserved marks (a gap, never a repeat)');
       await store.close();
       return exact;
     },
@@ -396,6 +416,6 @@ async function openGroup(config: Config, log: Logger, metricsEvents: SequencerEv
     persistenceFailure: () => group.persistenceFailure(),
     readiness: () => group.readiness(),
     extraInfo: () => [['advertise', advertise], ...group.info()],
-    close: () => group.close(),
+    close: (stored) => group.close(stored),
   };
 }

@@ -130,6 +130,40 @@ test('a clean stop (SIGTERM) and restart continue with no gap, even with a large
   }
 });
 
+test('a second SIGTERM while slow clients drain exits 0 once the exact next numbers are stored: the restart has no gap', async () => {
+  const dir = await tempDir();
+  try {
+    const a = await start([`--data-dir=${dir}`, '--client-output-limit=104857600']);
+    const c = await WireClient.connect(a.port);
+    c.send('GETSEQ\r\n'.repeat(5));
+    await c.expect(':1\r\n:2\r\n:3\r\n:4\r\n:5\r\n');
+    c.close();
+    // It does not read: 30 MB of replies owed to it, more than loopback buffers hold, keep the drain waiting.
+    const slow = await WireClient.connect(a.port);
+    slow.socket.pause();
+    slow.send(resp('PING', 'p'.repeat(60_000)).repeat(500));
+    let last = -1;
+    await waitFor(async () => {
+      const pings = Number(/\r\ncmdstat_ping:calls=(\d+)\r\n/.exec(await ask(a.port, 'INFO\r\n'))?.[1] ?? 0);
+      const still = pings === last && pings > 0;
+      last = pings;
+      return still;
+    }, 'the server to stop reading the client that does not read');
+    a.child.kill('SIGTERM');
+    await a.waitForLog((l) => l.msg === 'stored the exact next numbers');
+    assert.equal(a.child.exitCode, null, 'still draining the client that does not read');
+    a.child.kill('SIGTERM');
+    assert.equal(await a.exited, 0);
+    assert.ok(a.logs.some((l) => /^second signal: exiting without waiting for clients; the exact next numbers are stored/.test(String(l.msg))));
+    slow.close();
+    const b = await start([`--data-dir=${dir}`]);
+    assert.equal(await ask(b.port, 'GETSEQ\r\n'), ':6\r\n');
+    assert.equal(await b.stop(), 0);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
 test('--in-memory writes no files, and a restart begins again at --initial', async () => {
   const dir = await tempDir();
   try {

@@ -67,7 +67,7 @@ test('one line at start with version, ports and data directory; none per request
 
   assert.equal(await server.stop(), 0);
   const shutdown = server.logs.slice(1).map((l) => l.msg);
-  assert.deepEqual(shutdown, ['signal received', 'shutting down: no new connections, answering requests already read', 'stopped']);
+  assert.deepEqual(shutdown, ['signal received', 'shutting down: no new connections, answering requests already read', 'stored the exact next numbers', 'stopped']);
 });
 
 test('failed AUTHs: at most one line per 10 s, with the count; counted in the metrics', async () => {
