@@ -180,14 +180,16 @@ function isBindHost(host: string): boolean {
 }
 
 function crossCheck(c: Config): void {
+  // Messages name what the user gave: the flag, or the environment variable it came from.
+  const src = (key: keyof Config, flag: string): string => c.sources[key] ?? flag;
   if (!isBindHost(c.host)) {
-    throw new ConfigError('--host', `expected an IP address or a host name, got '${c.host}'`);
+    throw new ConfigError(src('host', '--host'), `expected an IP address or a host name, got '${c.host}'`);
   }
   if (c.tlsPort !== null && (c.tlsCert === null || c.tlsKey === null)) {
-    throw new ConfigError('--tls-port', 'needs --tls-cert and --tls-key');
+    throw new ConfigError(src('tlsPort', '--tls-port'), 'needs --tls-cert and --tls-key');
   }
   if ((c.tlsCert !== null || c.tlsKey !== null || c.tlsCa !== null) && c.tlsPort === null) {
-    const given = c.tlsCert !== null ? '--tls-cert' : c.tlsKey !== null ? '--tls-key' : '--tls-ca';
+    const given = c.tlsCert !== null ? src('tlsCert', '--tls-cert') : c.tlsKey !== null ? src('tlsKey', '--tls-key') : src('tlsCa', '--tls-ca');
     throw new ConfigError(given, 'TLS files were given without --tls-port');
   }
   if (c.requirepass !== null && c.requirepassFile !== null) {
@@ -199,7 +201,7 @@ function crossCheck(c: Config): void {
   }
   // What clients parse a NOTLEADER address with; the port must be given, not defaulted.
   if (c.advertise !== null && parseAddress(c.advertise, null) === null) {
-    throw new ConfigError('--advertise', `expected host:port or [ipv6]:port, got '${c.advertise}'`);
+    throw new ConfigError(src('advertise', '--advertise'), `expected host:port or [ipv6]:port, got '${c.advertise}'`);
   }
   if (c.etcd.length > 0 && c.inMemory) {
     throw new ConfigError(c.sources.inMemory!, `cannot be combined with ${c.sources.etcd} (a group keeps its state in etcd)`);
@@ -214,7 +216,7 @@ function crossCheck(c: Config): void {
     );
   }
   if (!c.etcdPrefix.endsWith('/')) {
-    throw new ConfigError('--etcd-prefix', `must end with '/', got '${c.etcdPrefix}'`);
+    throw new ConfigError(src('etcdPrefix', '--etcd-prefix'), `must end with '/', got '${c.etcdPrefix}'`);
   }
 }
 

@@ -91,6 +91,26 @@ test('an environment variable with a bad value is named', async () => {
   assert.match(r.stderr, /^dolmeangi: SEQUENCER_PORT: expected an integer from 0 to 65535, got 'nope'\n$/);
 });
 
+test('an option checked against others is named as it was given: by its environment variable when it came from one', () => {
+  const cases: Array<[string[], NodeJS.ProcessEnv, RegExp]> = [
+    [[], { SEQUENCER_HOST: '999.1.1.1' }, /^SEQUENCER_HOST: expected an IP address or a host name/],
+    [[], { SEQUENCER_TLS_PORT: '6380' }, /^SEQUENCER_TLS_PORT: needs --tls-cert and --tls-key/],
+    [[], { SEQUENCER_TLS_CERT: '/tmp/c.pem' }, /^SEQUENCER_TLS_CERT: TLS files were given without --tls-port/],
+    [[], { SEQUENCER_TLS_KEY: '/tmp/k.pem' }, /^SEQUENCER_TLS_KEY: TLS files were given/],
+    [[], { SEQUENCER_TLS_CA: '/tmp/ca.pem' }, /^SEQUENCER_TLS_CA: TLS files were given/],
+    [['--etcd=http://127.0.0.1:2379'], { SEQUENCER_ADVERTISE: 'nowhere' }, /^SEQUENCER_ADVERTISE: expected host:port/],
+    [['--etcd=http://127.0.0.1:2379'], { SEQUENCER_ETCD_PREFIX: '/g' }, /^SEQUENCER_ETCD_PREFIX: must end with '\/'/],
+    // The flag, when both are given: flags win.
+    [['--etcd-prefix=/f', '--etcd=http://127.0.0.1:2379'], { SEQUENCER_ETCD_PREFIX: '/g/' }, /^--etcd-prefix: must end with '\/', got '\/f'/],
+  ];
+  for (const [args, env, message] of cases) {
+    assert.throws(() => parseConfig(args, env), (err: Error) => {
+      assert.match(err.message, message);
+      return true;
+    });
+  }
+});
+
 test('options that contradict each other exit 2 whether each came from a flag or the environment, and the message names where', async () => {
   const cases: Array<[string[], NodeJS.ProcessEnv, RegExp]> = [
     [['--data-dir=/tmp/somewhere'], { SEQUENCER_IN_MEMORY: '1' }, /^dolmeangi: --data-dir: cannot be combined with SEQUENCER_IN_MEMORY /],
