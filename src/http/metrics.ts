@@ -21,7 +21,7 @@ import { COMMAND_LABELS, type CommandStats } from '../commands/index.js';
 import type { SequenceSnapshot } from '../core/sequencer.js';
 import { END } from '../core/limits.js';
 import { CountedHistogram } from './counted-histogram.js';
-import { MAX_OPS_CONNECTIONS, MAX_OPS_CONNECTIONS_PER_PEER } from './server.js';
+import { MAX_OPS_CONNECTIONS, MAX_OPS_CONNECTIONS_PER_PEER, MAX_OPS_PIPELINED, STALLED_MS } from './server.js';
 
 export const LABELLED_SEQUENCES = 100;
 export const OTHER_SEQUENCES = '(other)';
@@ -146,7 +146,7 @@ export class Metrics {
     });
     this.opsRefusals = new Counter({
       name: 'dolmeangi_ops_connections_refused_total',
-      help: `Connections to this operations port closed unanswered: ${MAX_OPS_CONNECTIONS_PER_PEER} from their address, or ${MAX_OPS_CONNECTIONS} in all, were open.`,
+      help: `Connections to this operations port closed unanswered: ${MAX_OPS_CONNECTIONS_PER_PEER} from their address, or ${MAX_OPS_CONNECTIONS} in all, were open; or they pipelined over ${MAX_OPS_PIPELINED} requests, or left their replies unread for ${STALLED_MS / 1000} s.`,
       registers,
     });
     // Observed once per socket read, so once per request at -P 1: the cheap kind.

@@ -4,7 +4,7 @@
  * touches the sequences; it only reads what the node reports.
  */
 import http from 'node:http';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import { ListenError } from '../errors.js';
 import type { Metrics } from './metrics.js';
 import type { Readiness } from '../core/ports.js';
@@ -16,6 +16,8 @@ export interface OpsServerOptions {
   readiness(): Readiness;
   /** Called for each connection closed unanswered because of the limits below. */
   refused?: () => void;
+  /** How long replies may wait unsent, with none of them taken, before their connection is closed (default STALLED_MS). */
+  stalledMs?: number;
 }
 
 export interface OpsServer {
@@ -24,6 +26,13 @@ export interface OpsServer {
 }
 
 const TEXT = 'text/plain; charset=utf-8';
+
+/** Per connection: requests waiting for replies, and when its unsent replies last moved. */
+interface Progress {
+  waiting: number;
+  written: number;
+  since: number;
+}
 
 /**
  * Connections the port holds at once, and from one peer address: scrapers and
@@ -37,6 +46,20 @@ export const MAX_OPS_CONNECTIONS_PER_PEER = 16;
 
 /** A render that takes longer is given up, so one stuck collector cannot block every later scrape. */
 const RENDER_TIMEOUT_MS = 10_000;
+
+/**
+ * Requests one connection may have waiting for their replies. Scrapers and probes
+ * send one at a time; a client that pipelines more is closed, as its replies would
+ * all be held in memory at once (a /metrics text each).
+ */
+export const MAX_OPS_PIPELINED = 32;
+
+/**
+ * A connection whose replies have waited this long unsent, with no byte of them
+ * taken, is closed: its client does not read. The request timeouts cover only
+ * receiving requests, and its own requests can keep it looking busy.
+ */
+export const STALLED_MS = 15_000;
 
 export async function startOpsServer(opts: OpsServerOptions): Promise<OpsServer> {
   // Scrapes that arrive while one is rendered share its text: a burst of them costs
@@ -55,6 +78,7 @@ export async function startOpsServer(opts: OpsServerOptions): Promise<OpsServer>
   server.maxConnections = MAX_OPS_CONNECTIONS;
   server.on('drop', () => opts.refused?.());
   const perPeer = new Map<string, number>();
+  const open = new Map<Socket, Progress>();
   server.on('connection', (socket) => {
     const peer = socket.remoteAddress ?? '';
     const n = (perPeer.get(peer) ?? 0) + 1;
@@ -64,12 +88,39 @@ export async function startOpsServer(opts: OpsServerOptions): Promise<OpsServer>
       return;
     }
     perPeer.set(peer, n);
+    open.set(socket, { waiting: 0, written: 0, since: 0 });
     socket.once('close', () => {
+      open.delete(socket);
       const left = perPeer.get(peer)! - 1;
       if (left === 0) perPeer.delete(peer);
       else perPeer.set(peer, left);
     });
   });
+  server.on('request', (req: http.IncomingMessage, res: http.ServerResponse) => {
+    const p = open.get(req.socket);
+    // Requests parsed from the same read as the one that closed it: counted once.
+    if (p === undefined || req.socket.destroyed) return;
+    if (++p.waiting > MAX_OPS_PIPELINED) {
+      req.socket.destroy();
+      opts.refused?.();
+      return;
+    }
+    res.once('close', () => p.waiting--);
+  });
+  const stalledMs = opts.stalledMs ?? STALLED_MS;
+  const watch = setInterval(() => {
+    const now = performance.now();
+    for (const [socket, p] of open) {
+      if (socket.writableLength === 0 || socket.bytesWritten !== p.written) {
+        p.written = socket.bytesWritten;
+        p.since = now;
+      } else if (now - p.since >= stalledMs) {
+        socket.destroy();
+        opts.refused?.();
+      }
+    }
+  }, Math.min(1000, stalledMs / 4));
+  watch.unref();
   await new Promise<void>((resolve, reject) => {
     const onError = (err: Error) => reject(new ListenError('metrics', opts.host, opts.port, err));
     server.once('error', onError);
@@ -84,6 +135,7 @@ export async function startOpsServer(opts: OpsServerOptions): Promise<OpsServer>
     port: (server.address() as AddressInfo).port,
     close: () =>
       new Promise<void>((resolve) => {
+        clearInterval(watch);
         server.close(() => resolve());
         // Scrapers keep connections alive; close() alone would wait for them.
         server.closeAllConnections();

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import http from 'node:http';
 import net from 'node:net';
 import { once } from 'node:events';
-import { MAX_OPS_CONNECTIONS, MAX_OPS_CONNECTIONS_PER_PEER, startOpsServer } from '../../src/http/server.js';
+import { MAX_OPS_CONNECTIONS, MAX_OPS_CONNECTIONS_PER_PEER, MAX_OPS_PIPELINED, startOpsServer } from '../../src/http/server.js';
 import { waitFor } from '../helpers/wait.js';
 
 function get(port: number, path: string): Promise<{ status: number; body: string }> {
@@ -36,7 +36,7 @@ function heldMetrics() {
   return m;
 }
 
-async function start(t: import('node:test').TestContext, metrics = heldMetrics()) {
+async function start(t: import('node:test').TestContext, metrics = heldMetrics(), stalledMs?: number) {
   const counts = { refused: 0 };
   const ops = await startOpsServer({
     host: '127.0.0.1',
@@ -44,6 +44,7 @@ async function start(t: import('node:test').TestContext, metrics = heldMetrics()
     metrics,
     readiness: () => ({ ready: true, reason: 'serving' }),
     refused: () => counts.refused++,
+    ...(stalledMs === undefined ? {} : { stalledMs }),
   });
   t.after(() => ops.close());
   return { ops, metrics, counts };
@@ -137,6 +138,43 @@ test('a render that never ends fails its scrape after 10 s, and the next scrape 
   await waitFor(() => metrics.renders === 2, 'a second render', 5000);
   metrics.finish('x 2\n');
   assert.equal((await next).body, 'x 2\n');
+});
+
+test(`a connection with more than ${MAX_OPS_PIPELINED} requests waiting for their replies is closed and counted`, async (t) => {
+  const { ops, metrics, counts } = await start(t);
+  const s = net.connect({ host: '127.0.0.1', port: ops.port });
+  s.on('error', () => {});
+  s.resume();
+  await once(s, 'connect');
+  const scrape = 'GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n';
+  // Held by the unfinished render: every one of them waits.
+  s.write(scrape.repeat(MAX_OPS_PIPELINED));
+  await waitFor(() => metrics.renders === 1, 'the first scrape to be rendered');
+  const waitingTooLong = setTimeout(() => s.destroy(), 10_000);
+  s.write(scrape.repeat(10));
+  await once(s, 'close');
+  clearTimeout(waitingTooLong);
+  assert.equal(counts.refused, 1, 'closed by the server, not by the test\'s deadline');
+  metrics.finish('m 1\n');
+  assert.equal((await get(ops.port, '/healthz')).status, 200, 'others are served as before');
+});
+
+test('a connection whose replies wait unsent, none of them taken, is closed, though its client keeps sending', async (t) => {
+  // Twelve replies of 1 MiB: more than loopback buffers hold, so the server's writes stall.
+  const big = 'm ' + 'x'.repeat(1 << 20) + '\n';
+  const { ops, counts } = await start(t, { renders: 0, contentType: 'text/plain', render: async () => big } as unknown as ReturnType<typeof heldMetrics>, 500);
+  const s = net.connect({ host: '127.0.0.1', port: ops.port });
+  s.on('error', () => {});
+  await once(s, 'connect');
+  s.pause();
+  s.write('GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n'.repeat(12));
+  // Blank lines, which HTTP allows between requests: the server keeps reading them, and a
+  // write after it closed fails, so the closed connection shows without reading.
+  const trickle = setInterval(() => s.write('\r\n'), 50);
+  t.after(() => clearInterval(trickle));
+  await waitFor(() => s.destroyed, 'the stalled connection to be closed', 10_000);
+  assert.equal(counts.refused, 1);
+  assert.equal((await get(ops.port, '/healthz')).status, 200, 'others are served as before');
 });
 
 test('a request line in absolute form (as some proxies send it) reaches the same paths', async (t) => {
