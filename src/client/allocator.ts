@@ -16,6 +16,8 @@
  */
 import { checkName } from '../core/limits.js';
 import type { Batch } from './client.js';
+import { ServerError } from './errors.js';
+import { maxBatchIn } from '../protocol/refusals.js';
 
 /** Where ranges come from; SequencerClient is one. */
 export interface BatchSource {
@@ -38,7 +40,11 @@ export interface AllocatorOptions {
    * it when they last long, within `batch`..`maxBatch`. Default false.
    */
   readonly adaptive?: boolean;
-  /** Ceiling for adaptive growth; keep it at or below the server's --max-batch. Default 100000. */
+  /**
+   * Ceiling for adaptive growth. Default 100000. Against a server whose --max-batch
+   * is lower, a refused size lowers the ceiling to that limit and the fetch is made
+   * again, so growth stops there.
+   */
   readonly maxBatch?: number;
 }
 
@@ -52,7 +58,8 @@ export class SequenceAllocator {
   private readonly name: string | undefined;
   private readonly prefetchAt: number;
   private readonly minBatch: number;
-  private readonly maxBatch: number;
+  /** maxBatch, or the server's --max-batch once a larger size was refused. */
+  private ceiling: number;
   private readonly adaptive: boolean;
   private size: number;
 
@@ -82,7 +89,7 @@ export class SequenceAllocator {
     this.name = options.name;
     this.prefetchAt = prefetchAt;
     this.minBatch = batch;
-    this.maxBatch = maxBatch;
+    this.ceiling = maxBatch;
     this.adaptive = options.adaptive ?? false;
     this.size = batch;
   }
@@ -143,9 +150,14 @@ export class SequenceAllocator {
         this.inflight = null;
         this.spare = batch;
       },
-      (err: unknown) => {
+      (err: unknown): Promise<void> => {
         this.inflight = null;
-        throw err;
+        // Refused before anything was issued: ask again, within the server's limit.
+        const limit = this.adaptive ? this.serverLimitBelowSize(err) : null;
+        if (limit === null) throw err;
+        this.ceiling = limit;
+        this.size = limit;
+        return this.refill();
       },
     );
     // A background prefetch has no caller to report to; next() callers await it and see the error.
@@ -154,11 +166,19 @@ export class SequenceAllocator {
     return fetch;
   }
 
+  /** The server's --max-batch when `err` refused the current size for it, and the smallest size still fits. */
+  private serverLimitBelowSize(err: unknown): number | null {
+    if (!(err instanceof ServerError) || err.wireCode !== 'ERR') return null;
+    const limit = maxBatchIn(err.serverMessage);
+    if (limit === null || limit >= BigInt(this.size) || limit < BigInt(this.minBatch)) return null;
+    return Number(limit);
+  }
+
   private adapt(): void {
     const now = performance.now();
     if (this.adaptive && this.rangeStarted !== 0) {
       const lasted = now - this.rangeStarted;
-      if (this.stalled || lasted < GROW_BELOW_MS) this.size = Math.min(this.size * 2, this.maxBatch);
+      if (this.stalled || lasted < GROW_BELOW_MS) this.size = Math.min(this.size * 2, this.ceiling);
       else if (lasted > SHRINK_ABOVE_MS) this.size = Math.max(Math.floor(this.size / 2), this.minBatch);
     }
     this.rangeStarted = now;

@@ -2,6 +2,7 @@ import type { Command } from './types.js';
 import { numberReply, sequenceName } from './sequence-reply.js';
 import { parseUnsigned } from '../core/limits.js';
 import { clip, error } from '../protocol/encoder.js';
+import { invalidCountMessage } from '../protocol/refusals.js';
 
 /** GETSEQ_BATCH <count> [name]: the caller owns first .. first+count-1. */
 export const batch: Command = {
@@ -13,7 +14,7 @@ export const batch: Command = {
     // `:100` is accepted because the seed's design note wrote it that way.
     const count = parseUnsigned(raw.charCodeAt(0) === 58 ? raw.slice(1) : raw);
     if (count === undefined || count < 1n || count > services.maxBatch) {
-      return error('ERR', `invalid count '${clip(raw, 32)}': expected an integer from 1 to ${services.maxBatch} (--max-batch)`);
+      return error('ERR', invalidCountMessage(clip(raw, 32), services.maxBatch));
     }
     const name = sequenceName(words[2]);
     if (typeof name !== 'string') return name.reply;

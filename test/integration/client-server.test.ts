@@ -89,6 +89,20 @@ test('100,000 numbers from an allocator: distinct, increasing, far fewer round t
   assert.ok((await c.getNextSequence()) > last, 'the server never hands out what the allocator holds');
 });
 
+test('an adaptive allocator against a server with a small --max-batch stops growing at that limit, and no call fails', async () => {
+  const c = client(await server(['--in-memory', '--max-batch=5000']));
+  const sizes: bigint[] = [];
+  const allocator = new SequenceAllocator({ getBatch: (count, name) => (sizes.push(count), c.getBatch(count, name)) }, { batch: 1000, adaptive: true });
+  let last = 0n;
+  for (let i = 0; i < 100_000; i++) {
+    const n = allocator.tryNext() ?? (await allocator.next());
+    assert.ok(n > last, `${n} after ${last}`);
+    last = n;
+  }
+  assert.equal(allocator.batchSize, 5000, `sizes asked for: ${sizes.join(',')}`);
+  assert.equal(sizes.filter((s) => s > 5000n).length, 1, 'one refusal taught it the limit');
+});
+
 test('info() parses the server INFO', async () => {
   const c = client(await server());
   await c.getNextSequence();

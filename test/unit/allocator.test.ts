@@ -2,6 +2,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { SequenceAllocator, type BatchSource } from '../../src/client/allocator.js';
 import type { Batch } from '../../src/client/client.js';
+import { ServerError } from '../../src/client/errors.js';
+import { invalidCountMessage } from '../../src/protocol/refusals.js';
 
 /** Issues ranges like a server would; each fetch waits until the test releases it (or not, with `auto`). */
 class FakeSource implements BatchSource {
@@ -10,12 +12,17 @@ class FakeSource implements BatchSource {
   inFlight = 0;
   maxInFlight = 0;
   failNext: Error | null = null;
+  /** A server's --max-batch: larger counts are refused as the server refuses them. */
+  maxBatch: bigint | null = null;
   private held: Array<() => void> = [];
 
   constructor(private readonly auto = true) {}
 
   getBatch(count: bigint, name?: string): Promise<Batch> {
     this.requests.push({ count, name });
+    if (this.maxBatch !== null && count > this.maxBatch) {
+      return Promise.reject(new ServerError('ERR', invalidCountMessage(String(count), this.maxBatch)));
+    }
     this.inFlight++;
     this.maxInFlight = Math.max(this.maxInFlight, this.inFlight);
     return new Promise<Batch>((resolve, reject) => {
@@ -152,6 +159,33 @@ test('adaptive: the batch doubles while ranges run out fast, never past maxBatch
   assert.ok(counts.includes(80), `sizes ${counts.join(',')}`);
   assert.ok(counts.every((c) => c <= 80));
   assert.equal(allocator.batchSize, 80);
+});
+
+test('adaptive, against a server whose --max-batch is below maxBatch: a refused size is asked again at that limit, and growth stops there', async () => {
+  const source = new FakeSource();
+  source.maxBatch = 50n;
+  const allocator = new SequenceAllocator(source, { batch: 10, adaptive: true, maxBatch: 1000 });
+  let last = 0n;
+  for (let i = 0; i < 3000; i++) {
+    const n = await allocator.next();
+    assert.ok(n > last);
+    last = n;
+  }
+  const counts = source.requests.map((r) => Number(r.count));
+  const refused = counts.findIndex((c) => c > 50);
+  assert.deepEqual(counts.slice(refused, refused + 2), [80, 50], `refused at 80, asked again at the limit: ${counts.slice(0, 8).join(',')}`);
+  assert.equal(counts.filter((c) => c > 50).length, 1, 'refused once, not again');
+  assert.equal(allocator.batchSize, 50);
+});
+
+test('a refused size is not asked again when the allocator is not adaptive, or the limit is below its smallest batch', async () => {
+  for (const options of [{ batch: 100 }, { batch: 100, adaptive: true }]) {
+    const source = new FakeSource();
+    source.maxBatch = 50n;
+    const allocator = new SequenceAllocator(source, options);
+    await assert.rejects(allocator.next(), (err: unknown) => err instanceof ServerError && /invalid count '100'/.test(err.message));
+    assert.equal(source.requests.length, 1);
+  }
 });
 
 test('without adaptive the batch stays fixed', async () => {
