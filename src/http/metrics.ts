@@ -61,8 +61,27 @@ interface SequenceRow {
 /** Size of the number space, as a float for ratios. */
 const SPACE = Number(END);
 
+/**
+ * The process_* and nodejs_* metrics, on one registry for the process. Collecting
+ * them starts a GC observer and an event-loop-delay monitor that prom-client never
+ * stops, so each node would leave its own behind when closed; and they describe
+ * the process, which every node in it shares.
+ */
+let processRegistry: Registry | null = null;
+
+function processMetrics(): Registry {
+  if (processRegistry === null) {
+    processRegistry = new Registry();
+    // Standard names (process_*, nodejs_*), so stock Node.js dashboards work unchanged.
+    collectDefaultMetrics({ register: processRegistry });
+  }
+  return processRegistry;
+}
+
 export class Metrics {
   private readonly registry = new Registry();
+  /** This node's metrics and the process's, as one scrape shows them. */
+  private readonly exposed: Registry;
   private readonly labelled: number;
   /** Taken by render() for the collect callbacks of that scrape, which all run before its first await. */
   private rows: SequenceRow[] = [];
@@ -79,8 +98,6 @@ export class Metrics {
   ) {
     this.labelled = opts.labelledSequences ?? LABELLED_SEQUENCES;
     const registers = [this.registry];
-    // Standard names (process_*, nodejs_*), so stock Node.js dashboards work unchanged.
-    collectDefaultMetrics({ register: this.registry });
 
     scraped(Counter, registers, 'dolmeangi_issued_numbers_total', 'Numbers handed out since this process started (a batch of 100 counts 100).', ['sequence'], (c) => {
       for (const r of this.rows) c.inc({ sequence: r.sequence }, r.issued);
@@ -156,10 +173,11 @@ export class Metrics {
       [0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1],
       this.registry,
     );
+    this.exposed = Registry.merge([processMetrics(), this.registry]);
   }
 
   get contentType(): string {
-    return this.registry.contentType;
+    return this.exposed.contentType;
   }
 
   /** The exposition text; takes one snapshot of the sequences for the whole scrape. */
@@ -167,7 +185,7 @@ export class Metrics {
     const snapshot = this.view.sequences();
     this.rows = foldSequences(snapshot, this.labelled);
     this.sequenceCount = snapshot.length;
-    return this.registry.metrics();
+    return this.exposed.metrics();
   }
 
   readonly persisted = (ms: number): void => {

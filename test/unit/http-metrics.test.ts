@@ -4,6 +4,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import perfHooks from 'node:perf_hooks';
 import { Metrics, OTHER_SEQUENCES, type NodeView } from '../../src/http/metrics.js';
 import { CommandStats } from '../../src/commands/index.js';
 import type { SequenceSnapshot } from '../../src/core/sequencer.js';
@@ -91,4 +92,23 @@ test('the leader gauge exists only in group mode', async () => {
   const m = parseMetrics(await metrics.render());
   assert.equal(m.get('dolmeangi_leader{group="/dolmeangi/orders/"}'), 1);
   assert.equal(m.get('dolmeangi_build_info{version="9.9.9",mode="group"}'), 1);
+});
+
+test('the process metrics are collected once per process: nodes started and stopped in one process leave no monitors behind', async () => {
+  // prom-client starts an event-loop-delay monitor (and a GC observer) each time it collects them, and never stops them.
+  const real = perfHooks.monitorEventLoopDelay;
+  let monitors = 0;
+  perfHooks.monitorEventLoopDelay = ((...args: Parameters<typeof real>) => (monitors++, real(...args))) as typeof real;
+  let nodes: Metrics[];
+  try {
+    nodes = Array.from({ length: 5 }, () => new Metrics(view([])));
+  } finally {
+    perfHooks.monitorEventLoopDelay = real;
+  }
+  assert.ok(monitors <= 1, `${monitors} monitors for 5 nodes`);
+  for (const node of nodes) {
+    const m = parseMetrics(await node.render());
+    assert.ok(m.has('process_cpu_user_seconds_total') && m.has('nodejs_eventloop_lag_seconds'), 'each scrape still shows them');
+    assert.ok(m.has('dolmeangi_ready'));
+  }
 });
