@@ -230,9 +230,12 @@ function fromParseArgs(err: unknown): ConfigError {
     case 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE': {
       const flag = /--([a-z-]+)/.exec(e.message ?? '')?.[1];
       const spec = OPTIONS.find((o) => o.name === flag);
-      return spec?.kind === 'flag'
-        ? new ConfigError(`--${flag}`, 'takes no value')
-        : new ConfigError(`--${flag ?? '?'}`, `expected a value: --${flag}=${spec?.arg ?? '<value>'}`);
+      if (spec?.kind === 'flag') return new ConfigError(`--${flag}`, 'takes no value');
+      // `--port -1`: the value was given, but after a space a leading dash reads as the next option.
+      if (/ambiguous/.test(e.message ?? '')) {
+        return new ConfigError(`--${flag ?? '?'}`, `a value that begins with '-' goes after '=': --${flag}=-...`);
+      }
+      return new ConfigError(`--${flag ?? '?'}`, `expected a value: --${flag}=${spec?.arg ?? '<value>'}`);
     }
     case 'ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL': {
       const word = /'([^']*)'/.exec(e.message ?? '')?.[1];

@@ -24,6 +24,8 @@ const bad: Array<[string[], RegExp]> = [
   [['--log-level=loud'], /^dolmeangi: --log-level: expected one of /],
   [['--no-such-option'], /^dolmeangi: --no-such-option: unknown option; see --help/],
   [['--port'], /^dolmeangi: --port: expected a value/],
+  [['--initial', '-1'], /^dolmeangi: --initial: a value that begins with '-' goes after '=': --initial=-\.\.\.\n$/],
+  [['--initial=-1', '--port', '-1'], /^dolmeangi: --port: a value that begins/],
   [['--in-memory=yes'], /^dolmeangi: --in-memory: takes no value/],
   [['stray'], /^dolmeangi: 'stray': unexpected argument/],
   [['--port', '18001', '18002'], /^dolmeangi: '18002': unexpected argument/],
