@@ -230,6 +230,17 @@ describe('etcd store', () => {
     assert.equal(await direct.get(`${prefix}marks/s`).string(), '5');
   });
 
+  test('the fence checks the key\'s revision as well as its lease: a term with the right lease and another revision cannot write', async () => {
+    // As when the leader key is deleted and created again under the same lease: another term.
+    const prefix = freshPrefix();
+    const term = await lead(prefix);
+    const other: LeadershipTerm = { ...term, revision: String(BigInt(term.revision) + 1n) };
+    const store = new EtcdStore(direct, prefix, other);
+    await store.load();
+    await assert.rejects(store.persist(new Map([['s', 5n]])), { name: 'FencedError' });
+    assert.equal(await direct.get(`${prefix}marks/s`).string(), null);
+  });
+
   test('with etcd unreachable, persist fails within its deadline with PersistenceError, and works again after', async () => {
     const prefix = freshPrefix();
     const term = await lead(prefix);
