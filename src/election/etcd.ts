@@ -27,7 +27,7 @@
  * also watches its key and steps down as soon as it disappears.)
  */
 import { EventEmitter } from 'node:events';
-import { circuitBreaker, ConsecutiveBreaker, handleWhen } from 'cockatiel';
+import { BrokenCircuitError } from 'cockatiel';
 import {
   Etcd3,
   EtcdAuthenticationFailedError,
@@ -75,16 +75,48 @@ const passThrough = {
     Promise.resolve().then(() => fn({ signal: new AbortController().signal })),
 } as unknown as HostPolicy;
 
+/** How long a member that failed a call is first passed over, while another answers; doubled up to SKIP_MAX_MS while it keeps failing. */
+const SKIP_MIN_MS = 5_000;
+const SKIP_MAX_MS = 60_000;
+
+/** The members of one client whose last call was answered. */
+type Answering = Set<object>;
+
 /**
- * With several endpoints a member that keeps failing is skipped for a while, so
- * calls go to the others first. etcd3's default skips it for 5 s after three
- * failures; when every member failed at once (etcd restarted, a partition),
- * each node then stayed blind to etcd for up to 5 s after it came back, and a
- * group recovered as late as its unluckiest node. Skipped for one attempt's
- * time instead.
+ * With several endpoints, a member whose call failed (a deadline passed, the
+ * connection broke) is passed over for a while, as long as another member's
+ * last call was answered: a member that hangs, or whose host drops packets,
+ * then costs one call's deadline now and then rather than every call sent its
+ * way. The while doubles as it keeps failing. When no member's last call was
+ * answered (etcd restarting, a partition), every member is tried again at
+ * once, so a node sees etcd as soon as it is back. etcd3 calls nothing on a
+ * host policy but execute().
  */
-const shortBreaker = (): HostPolicy =>
-  circuitBreaker(handleWhen(isRecoverableError), { halfOpenAfter: ATTEMPT_MS, breaker: new ConsecutiveBreaker(3) });
+const skipWhileOthersAnswer = (answering: Answering): HostPolicy => {
+  const self = {};
+  let failedAt = -Infinity;
+  let skipMs = SKIP_MIN_MS;
+  return {
+    execute: async <T>(fn: (context: { signal: AbortSignal }) => PromiseLike<T> | T): Promise<T> => {
+      if (answering.size > 0 && performance.now() < failedAt + skipMs) throw new BrokenCircuitError();
+      try {
+        const result = await fn({ signal: new AbortController().signal });
+        failedAt = -Infinity;
+        skipMs = SKIP_MIN_MS;
+        answering.add(self);
+        return result;
+      } catch (err) {
+        if (err instanceof Error && isRecoverableError(err)) {
+          answering.delete(self);
+          // Failed again, without an answer since: pass it over for longer.
+          if (failedAt !== -Infinity) skipMs = Math.min(skipMs * 2, SKIP_MAX_MS);
+          failedAt = performance.now();
+        }
+        throw err;
+      }
+    },
+  } as unknown as HostPolicy;
+};
 
 /** Reconnects a broken watch stream after a quarter second, not etcd3's default of up to 30 s. */
 const watchBackoff: NonNullable<FaultHandling['watchBackoff']> = {
@@ -96,10 +128,11 @@ const watchBackoff: NonNullable<FaultHandling['watchBackoff']> = {
 
 /** An etcd client whose every unary call gives up after ATTEMPT_MS per member tried. */
 export function createEtcdClient(conn: EtcdConnection, endpoints: readonly string[] = conn.endpoints): Etcd3 {
+  const answering: Answering = new Set();
   const options: IOptions = {
     hosts: [...endpoints],
     defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + ATTEMPT_MS }),
-    faultHandling: { host: endpoints.length === 1 ? () => passThrough : shortBreaker, watchBackoff },
+    faultHandling: { host: endpoints.length === 1 ? () => passThrough : () => skipWhileOthersAnswer(answering), watchBackoff },
   };
   if (conn.username !== null) options.auth = { username: conn.username, password: conn.password ?? '' };
   return new Etcd3(options);

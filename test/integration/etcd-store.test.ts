@@ -391,10 +391,14 @@ describe('group on a three-member etcd', () => {
   const handles: GroupHandle[] = [];
 
   /** Takes numbers one after another for `ms`, every reply waiting for its write (--reserve=0). */
-  async function drive(source: SequenceSource, ms: number): Promise<{ numbers: bigint[]; errors: string[]; slowestMs: number }> {
+  /** A reply this slow waited out a call to a member that does not answer (ATTEMPT_MS is 1 s). */
+  const SLOW_MS = 500;
+
+  async function drive(source: SequenceSource, ms: number): Promise<{ numbers: bigint[]; errors: string[]; slowestMs: number; slow: number }> {
     const numbers: bigint[] = [];
     const errors: string[] = [];
     let slowestMs = 0;
+    let slow = 0;
     const until = performance.now() + ms;
     while (performance.now() < until) {
       const t0 = performance.now();
@@ -404,12 +408,28 @@ describe('group on a three-member etcd', () => {
         errors.push((err as Error).message);
         await new Promise((r) => setTimeout(r, 20));
       }
-      slowestMs = Math.max(slowestMs, performance.now() - t0);
+      const tookMs = performance.now() - t0;
+      slowestMs = Math.max(slowestMs, tookMs);
+      if (tookMs >= SLOW_MS) slow++;
     }
-    return { numbers, errors, slowestMs };
+    return { numbers, errors, slowestMs, slow };
   }
 
   const consecutive = (ns: bigint[]): boolean => ns.every((n, i) => i === 0 || n === ns[i - 1]! + 1n);
+
+  /**
+   * No error, numbers all along, no request held for as long as a lease (2 s: a
+   * failover's worth), and at most one that waited out a call to the member that
+   * does not answer: after that, it is passed over while the others answer. Every
+   * request waits for an etcd write (--reserve=0), so it sees each such call.
+   */
+  function assertAvailable(r: { numbers: bigint[]; errors: string[]; slowestMs: number; slow: number }): void {
+    assert.deepEqual(r.errors, []);
+    assert.ok(r.numbers.length >= 20, `only ${r.numbers.length} numbers`);
+    assert.ok(consecutive(r.numbers));
+    assert.ok(r.slowestMs < 2000, `a request waited ${r.slowestMs.toFixed(0)} ms`);
+    assert.ok(r.slow <= 1, `${r.slow} requests waited ${SLOW_MS} ms or more`);
+  }
 
   before(async () => {
     cluster = await startEtcdCluster({ size: 3 });
@@ -439,16 +459,14 @@ describe('group on a three-member etcd', () => {
     cluster.pause(victim);
     const paused = await drive(a, 3000);
     cluster.resume(victim);
-    t.diagnostic(`member paused: ${paused.numbers.length} numbers, slowest reply ${paused.slowestMs.toFixed(0)} ms`);
-    assert.deepEqual(paused.errors, []);
-    assert.ok(consecutive(paused.numbers));
+    t.diagnostic(`member paused: ${paused.numbers.length} numbers, slowest reply ${paused.slowestMs.toFixed(0)} ms, ${paused.slow} slow`);
+    assertAvailable(paused);
 
     await cluster.kill(victim);
     const killed = await drive(a, 2000);
-    t.diagnostic(`member killed: ${killed.numbers.length} numbers, slowest reply ${killed.slowestMs.toFixed(0)} ms`);
-    assert.deepEqual(killed.errors, []);
+    t.diagnostic(`member killed: ${killed.numbers.length} numbers, slowest reply ${killed.slowestMs.toFixed(0)} ms, ${killed.slow} slow`);
+    assertAvailable(killed);
     assert.equal(killed.numbers[0], paused.numbers.at(-1)! + 1n);
-    assert.ok(consecutive(killed.numbers));
     await cluster.start(victim);
   });
 });
