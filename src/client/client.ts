@@ -81,8 +81,12 @@ interface Route {
   readonly named: Set<string>;
   /** The leader the call was last sent to. */
   following: string | null;
-  /** The slowest NOTLEADER the call has had, from sending to the answer: what a last try before the deadline needs. */
-  slowestMs: number;
+  /**
+   * The slowest NOTLEADER the call has had from each server (host:port), from sending
+   * to the answer: what a last try there before the deadline needs. Per server, so
+   * that one that answered late (paused, then resumed) costs no try on the others.
+   */
+  readonly slowestMs: Map<string, number>;
 }
 
 /** May the command be sent again after its reply was lost? */
@@ -95,11 +99,21 @@ const enum Resend {
 
 /**
  * The least time worth one more try after a backoff pause, and at least twice the
- * call's slowest reply (the try may need a new connection as well): a try cut off
- * by the deadline would fail as a timeout, which says less than the NOTLEADER it
- * would have got.
+ * slowest reply the call had from the server that answers quickest (the try may
+ * need a new connection as well): a try cut off by the deadline would fail as a
+ * timeout, which says less than the NOTLEADER it would have got.
  */
 const LAST_TRY_MS = 50;
+
+/**
+ * The least of the listed servers' slowest NOTLEADERs in this call, a server not
+ * asked yet counting as quick: the room a last try needs on the best server left.
+ */
+function quickestServerMs(servers: readonly Address[], route: Route): number {
+  let least = Infinity;
+  for (const s of servers) least = Math.min(least, route.slowestMs.get(formatAddress(s)) ?? 0);
+  return least === Infinity ? 0 : least;
+}
 
 /** Why a named leader that does not answer is no reason to give up at once, and what else to check. */
 const namedButSilent = (leader: string): string =>
@@ -243,7 +257,7 @@ export class SequencerClient {
     parse: (reply: Reply) => T | undefined,
   ): Promise<T> {
     const deadline = performance.now() + this.requestTimeoutMs;
-    const route: Route = { hops: [], named: new Set(), following: null, slowestMs: 0 };
+    const route: Route = { hops: [], named: new Set(), following: null, slowestMs: new Map() };
     // Without reconnecting, a call still retries once per server (a full one, or one that drops the connection, is left for the next).
     let attemptsLeft = this.backoff === null ? this.servers.length : Infinity;
     for (let attempt = 0; ; attempt++) {
@@ -276,7 +290,7 @@ export class SequencerClient {
         }
         if (reply.code !== 'NOTLEADER') throw fromWire(reply.code, reply.message);
         // Timed only here, off the path of a served call: only a retry needs it (see pause).
-        route.slowestMs = Math.max(route.slowestMs, performance.now() - sentAt);
+        route.slowestMs.set(connection.address, Math.max(route.slowestMs.get(connection.address) ?? 0, performance.now() - sentAt));
         await this.redirect(connection, reply.message, route, attempt, deadline);
         continue;
       }
@@ -353,7 +367,7 @@ export class SequencerClient {
    */
   private async pause(attempt: number, deadline: number, route: Route, orElse: Error): Promise<void> {
     const delay = backoffDelay(attempt, this.backoff ?? DEFAULT_BACKOFF);
-    const room = deadline - performance.now() - Math.max(LAST_TRY_MS, 2 * route.slowestMs);
+    const room = deadline - performance.now() - Math.max(LAST_TRY_MS, 2 * quickestServerMs(this.servers, route));
     if (room <= 0) throw orElse;
     await sleep(Math.min(delay, room), this.closing.signal);
   }

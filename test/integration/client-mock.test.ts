@@ -397,6 +397,15 @@ test('on a slow link the last try before the deadline leaves time for its answer
   assert.equal(server.requests.length, 2, 'the first try, and one last try early enough to be answered');
 });
 
+test('a server that answered late (paused, then resumed) costs the call no try on the others: it goes on to the one that serves', async () => {
+  // A leader paused for 1.2 s of a 2 s call wakes up, no longer leader, and answers NOTLEADER.
+  const resumed = await mock((_words, connection) => setTimeout(() => connection.send('-NOTLEADER\r\n'), 1200));
+  const leader = await mock(counterScript(70n));
+  const c = client({ servers: [resumed.address, leader.address], requestTimeoutMs: 2000, reconnect: { minDelayMs: 20, maxDelayMs: 50 } });
+  assert.equal(await c.getNextSequence(), 70n);
+  assert.equal(resumed.requests.length, 1);
+});
+
 test('a slow first connection does not count as a slow reply: the call still waits out the election', async () => {
   // The first server listed never answers AUTH: the call spends connectTimeoutMs there before it reaches the follower.
   const hung = await mock(() => {});
