@@ -739,7 +739,7 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
     if (proofFailed !== null) throw proofFailed;
     this.log.warn(
       { waitMs, leases: alive.map(({ ID }) => ID) },
-      "the previous leader's key was gone but its lease alive (was the key deleted by hand?): revoked the lease; serving once it has surely stopped",
+      "the previous leader's key was gone but its lease alive (deleted by hand, or by a leader that stepped down while etcd could not take its revoke): revoked the lease; serving once it has surely stopped",
     );
     return waitMs;
   }
