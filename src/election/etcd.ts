@@ -33,6 +33,7 @@ import {
   EtcdAuthenticationFailedError,
   EtcdLeaseInvalidError,
   EtcdPermissionDeniedError,
+  GRPCCancelledError,
   isRecoverableError,
   type IKeyValue,
   type IOptions,
@@ -76,47 +77,60 @@ const passThrough = {
 } as unknown as HostPolicy;
 
 /** How long a member that failed a call is first passed over, while another answers; doubled up to SKIP_MAX_MS while it keeps failing. */
-const SKIP_MIN_MS = 5_000;
-const SKIP_MAX_MS = 60_000;
+export const SKIP_MIN_MS = 5_000;
+export const SKIP_MAX_MS = 60_000;
 
 /** The members of one client whose last call was answered. */
-type Answering = Set<object>;
+export type Answering = Set<object>;
 
 /**
  * With several endpoints, a member whose call failed (a deadline passed, the
  * connection broke) is passed over for a while, as long as another member's
  * last call was answered: a member that hangs, or whose host drops packets,
  * then costs one call's deadline now and then rather than every call sent its
- * way. The while doubles as it keeps failing. When no member's last call was
- * answered (etcd restarting, a partition), every member is tried again at
- * once, so a node sees etcd as soon as it is back. etcd3 calls nothing on a
- * host policy but execute().
+ * way. The while doubles each time a call begun after its last failure fails
+ * too, while others answer. When no member's last call was answered (etcd
+ * restarting, a partition), every member is tried again at once, so a node sees
+ * etcd as soon as one is back. etcd3 calls nothing on a host policy but execute().
+ *
+ * Neither counts: a call we cancelled (a watch that is restarted), and opening a
+ * stream (a watch, renewals), which returns before the member has said anything;
+ * a stream that fails later is reported as a failed call.
  */
-const skipWhileOthersAnswer = (answering: Answering): HostPolicy => {
+export function skipWhileOthersAnswer(answering: Answering, now: () => number = () => performance.now()): HostPolicy {
   const self = {};
   let failedAt = -Infinity;
   let skipMs = SKIP_MIN_MS;
   return {
     execute: async <T>(fn: (context: { signal: AbortSignal }) => PromiseLike<T> | T): Promise<T> => {
-      if (answering.size > 0 && performance.now() < failedAt + skipMs) throw new BrokenCircuitError();
+      const startedAt = now();
+      if (answering.size > 0 && startedAt < failedAt + skipMs) throw new BrokenCircuitError();
       try {
         const result = await fn({ signal: new AbortController().signal });
-        failedAt = -Infinity;
-        skipMs = SKIP_MIN_MS;
-        answering.add(self);
+        if (!isStream(result)) {
+          failedAt = -Infinity;
+          skipMs = SKIP_MIN_MS;
+          answering.add(self);
+        }
         return result;
       } catch (err) {
-        if (err instanceof Error && isRecoverableError(err)) {
+        if (err instanceof Error && isRecoverableError(err) && !(err instanceof GRPCCancelledError)) {
           answering.delete(self);
-          // Failed again, without an answer since: pass it over for longer.
-          if (failedAt !== -Infinity) skipMs = Math.min(skipMs * 2, SKIP_MAX_MS);
-          failedAt = performance.now();
+          // Only a call sent after the last failure says more, and only while others answer:
+          // calls failing together, or all of etcd down, are one failure.
+          if (failedAt !== -Infinity && startedAt > failedAt && answering.size > 0) skipMs = Math.min(skipMs * 2, SKIP_MAX_MS);
+          failedAt = Math.max(failedAt, now());
         }
         throw err;
       }
     },
   } as unknown as HostPolicy;
-};
+}
+
+/** A gRPC stream (it can be cancelled and emits events), as etcd3 opens for watches and renewals. */
+function isStream(value: unknown): boolean {
+  return typeof value === 'object' && value !== null && typeof (value as { on?: unknown }).on === 'function' && typeof (value as { cancel?: unknown }).cancel === 'function';
+}
 
 /** Reconnects a broken watch stream after a quarter second, not etcd3's default of up to 30 s. */
 const watchBackoff: NonNullable<FaultHandling['watchBackoff']> = {
