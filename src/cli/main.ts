@@ -84,6 +84,11 @@ async function runSequencer(argv: string[]): Promise<number> {
       // process from stopping: the marks on disk are only ever above what was
       // handed out, so leaving without the exact ones costs a gap, never a repeat.
       const limit = setTimeout(() => {
+        if (running.exactStored()) {
+          log.warn({ afterMs: SHUTDOWN_LIMIT_MS }, 'shutdown did not finish: exiting; the exact next numbers are stored');
+          resolve(0);
+          return;
+        }
         log.error(
           { afterMs: SHUTDOWN_LIMIT_MS },
           'shutdown did not finish (a storage write hangs?): exiting without storing the exact marks; the next start skips the rest of the reserved windows',

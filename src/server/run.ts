@@ -377,11 +377,13 @@ async function openBackend(config: Config, log: Logger, metrics: Metrics | null)
     extraInfo: () => [],
     close: async (stored) => {
       const exact = await seq.close();
+      if (!exact) log.error('could not persist exact next numbers; the next start resumes at the reserved marks (a gap, never a repeat)');
+      await store.close();
+      // After the directory is released: a second signal that exits now leaves no lock file behind.
       if (exact) {
         log.info('stored the exact next numbers');
         stored?.();
-      } else log.error('could not persist exact next numbers; the next start resumes at the reserved marks (a gap, never a repeat)');
-      await store.close();
+      }
       return exact;
     },
   };
