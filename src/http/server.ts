@@ -16,7 +16,7 @@ export interface OpsServerOptions {
   readiness(): Readiness;
   /** Called for each connection closed unanswered because of the limits below. */
   refused?: () => void;
-  /** How long replies may wait unsent, with none of them taken, before their connection is closed (default STALLED_MS). */
+  /** How long replies may wait unsent, none of them finished, before their connection is closed (default STALLED_MS). */
   stalledMs?: number;
 }
 
@@ -55,9 +55,10 @@ const RENDER_TIMEOUT_MS = 10_000;
 export const MAX_OPS_PIPELINED = 32;
 
 /**
- * A connection whose replies have waited this long unsent, with no byte of them
- * taken, is closed: its client does not read. The request timeouts cover only
- * receiving requests, and its own requests can keep it looking busy.
+ * A connection whose replies have waited this long unsent, none of them finished
+ * (Node counts a reply as sent when the kernel has taken all of it), is closed:
+ * its client does not read. The request timeouts cover only receiving requests,
+ * and its own requests can keep it looking busy.
  */
 export const STALLED_MS = 15_000;
 
@@ -122,7 +123,10 @@ export async function startOpsServer(opts: OpsServerOptions): Promise<OpsServer>
   }, Math.min(1000, stalledMs / 4));
   watch.unref();
   await new Promise<void>((resolve, reject) => {
-    const onError = (err: Error) => reject(new ListenError('metrics', opts.host, opts.port, err));
+    const onError = (err: Error) => {
+      clearInterval(watch);
+      reject(new ListenError('metrics', opts.host, opts.port, err));
+    };
     server.once('error', onError);
     server.listen({ host: opts.host, port: opts.port }, () => {
       server.off('error', onError);
