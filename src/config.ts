@@ -102,7 +102,7 @@ export function parseConfig(argv: readonly string[], env: NodeJS.ProcessEnv = {}
     const parsed = parseArgs({ args: [...argv], options: parseOptions, strict: true, allowPositionals: false });
     values = parsed.values as Record<string, string | boolean | undefined>;
   } catch (err) {
-    throw fromParseArgs(err);
+    throw fromParseArgs(err, argv);
   }
   const out: Record<string, unknown> = {};
   const sources: Partial<Record<keyof Config, string>> = {};
@@ -220,7 +220,7 @@ function crossCheck(c: Config): void {
   }
 }
 
-function fromParseArgs(err: unknown): ConfigError {
+function fromParseArgs(err: unknown, argv: readonly string[]): ConfigError {
   const e = err as { code?: string; message?: string };
   const m = /'(-[^']*)'/.exec(e.message ?? '');
   const opt = m?.[1] ?? 'option';
@@ -231,9 +231,11 @@ function fromParseArgs(err: unknown): ConfigError {
       const flag = /--([a-z-]+)/.exec(e.message ?? '')?.[1];
       const spec = OPTIONS.find((o) => o.name === flag);
       if (spec?.kind === 'flag') return new ConfigError(`--${flag}`, 'takes no value');
-      // `--port -1`: the value was given, but after a space a leading dash reads as the next option.
-      if (/ambiguous/.test(e.message ?? '')) {
-        return new ConfigError(`--${flag ?? '?'}`, `a value that begins with '-' goes after '=': --${flag}=-...`);
+      // `--port -1`: the value was given, but after a space a leading dash reads as the next
+      // option. (`--port --in-memory` is "ambiguous" to the parser too: a value is missing there.)
+      const next = argv[argv.indexOf(`--${flag}`) + 1] ?? '';
+      if (/ambiguous/.test(e.message ?? '') && !next.startsWith('--')) {
+        return new ConfigError(`--${flag ?? '?'}`, `a value that begins with '-' goes after '=': --${flag}=${next}`);
       }
       return new ConfigError(`--${flag ?? '?'}`, `expected a value: --${flag}=${spec?.arg ?? '<value>'}`);
     }
