@@ -94,6 +94,11 @@ export function execute(words: string[], session: Session, services: Services, s
   return reply;
 }
 
+/** During a clean stop, whether a request is refused unexecuted: all but the commands that run while stopping (QUIT). */
+export function refusedWhileStopping(words: string[], session: Session): boolean {
+  return lookup(words[0]!, session)?.command.whileStopping !== true;
+}
+
 function unknown(name: string): string {
   // The name is echoed as sent (cut to a sane length), never as raw control bytes.
   // error() makes the name safe for one line.

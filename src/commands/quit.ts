@@ -6,6 +6,7 @@ export const quit: Command = {
   minArgs: 0,
   maxArgs: 0,
   beforeAuth: true,
+  whileStopping: true,
   run(_args, session) {
     session.quit = true;
     return OK;

@@ -51,6 +51,8 @@ export interface Command {
   readonly maxArgs: number;
   /** Answered before AUTH when a password is required. */
   readonly beforeAuth?: boolean;
+  /** Run during a clean stop, when every other command is refused (see refusedWhileStopping). */
+  readonly whileStopping?: boolean;
   /** `words[0]` is the command name as sent; arguments start at `words[1]`. */
   run(words: string[], session: Session, services: Services): Reply;
 }

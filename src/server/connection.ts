@@ -18,7 +18,7 @@ import { error } from '../protocol/encoder.js';
 import { SHUTTING_DOWN_MESSAGE } from '../protocol/refusals.js';
 import { readInto } from './socket-reads.js';
 import { destroyAfter } from './linger.js';
-import { execute, newSession, type CommandStats, type Services, type Session } from '../commands/index.js';
+import { execute, newSession, refusedWhileStopping, type CommandStats, type Services, type Session } from '../commands/index.js';
 
 export interface ConnectionLimits {
   /** Milliseconds without progress before the connection is closed; 0 = never. */
@@ -247,8 +247,8 @@ export class Connection {
   private handle(words: string[]): void {
     if (this.stopped) return;
     this.progress++;
-    if (this.refusing) {
-      this.refuse(words);
+    if (this.refusing && refusedWhileStopping(words, this.session)) {
+      this.refuse();
       return;
     }
     const reply = execute(words, this.session, this.services, this.stats);
@@ -274,13 +274,8 @@ export class Connection {
     else if (typeof item === 'string' && item.length >= BIG_REPLY) this.yieldTurn();
   }
 
-  /** A request read after a clean stop began: nothing is done with it, and the client is told so. QUIT is still QUIT. */
-  private refuse(words: string[]): void {
-    if (words.length === 1 && words[0]!.toUpperCase() === 'QUIT') {
-      this.append(execute(words, this.session, this.services, this.stats) as string);
-      this.hangUp();
-      return;
-    }
+  /** A request read after a clean stop began: nothing is done with it, and the client is told so. */
+  private refuse(): void {
     this.stats.countError(SHUTTING_DOWN_REPLY);
     this.append(SHUTTING_DOWN_REPLY);
     if (this.owed >= this.room) this.hold();
@@ -338,10 +333,12 @@ export class Connection {
       this.whenIdle(() => this.socket.end());
       return;
     }
-    this.whenIdle(() => this.onAnswered?.());
-    // A client that keeps its side open after ours (an idle pooled connection, a
-    // redis-cli waiting for input) would hold a stopping server for its whole grace period.
-    this.whenIdle(() => this.socket.end(() => destroyAfter(this.socket, HANGUP_LINGER_MS)));
+    this.whenIdle(() => {
+      this.onAnswered?.();
+      // A client that keeps its side open after ours (an idle pooled connection, a
+      // redis-cli waiting for input) would hold a stopping server for its whole grace period.
+      this.socket.end(() => destroyAfter(this.socket, HANGUP_LINGER_MS));
+    });
   }
 
   /**
