@@ -32,6 +32,13 @@ async function tempDir(): Promise<string> {
   return mkdtemp(path.join(tmpdir(), 'dolmeangi-crash-'));
 }
 
+/** Restarts on `dir` and checks the first GETSEQ: the exact mark a clean stop stored. */
+async function assertRestartGives(dir: string, next: bigint | number): Promise<void> {
+  const b = await start([`--data-dir=${dir}`]);
+  assert.equal(await ask(b.port, 'GETSEQ\r\n'), `:${next}\r\n`);
+  assert.equal(await b.stop(), 0);
+}
+
 /** A deterministic pseudo-random source, so a failure can be replayed from the seed in its message. */
 function rng(seed: number): () => number {
   let x = seed >>> 0 || 1;
@@ -156,9 +163,7 @@ test('a second SIGTERM while slow clients drain exits 0 once the exact next numb
     assert.equal(await a.exited, 0);
     assert.ok(a.logs.some((l) => /^second signal: exiting without waiting for clients; the exact next numbers are stored/.test(String(l.msg))));
     slow.close();
-    const b = await start([`--data-dir=${dir}`]);
-    assert.equal(await ask(b.port, 'GETSEQ\r\n'), ':6\r\n');
-    assert.equal(await b.stop(), 0);
+    await assertRestartGives(dir, 6);
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
@@ -388,12 +393,7 @@ test('GETSEQ pipelined across SIGTERM: numbers up to the stop, only refusals aft
     assert.deepEqual(numbers, Array.from({ length: numbers.length }, (_, i) => BigInt(i + 1)), 'consecutive from 1');
     for (const l of replies.slice(numbers.length)) assert.equal(l, '-ERR server is shutting down; retry on another server');
     // What was refused took nothing: the exact marks were written after the last number handed out.
-    const b = await start([`--data-dir=${dir}`]);
-    const d = await WireClient.connect(b.port);
-    d.send('GETSEQ\r\n');
-    await d.expect(`:${numbers.length + 1}\r\n`);
-    d.close();
-    assert.equal(await b.stop(), 0);
+    await assertRestartGives(dir, numbers.length + 1);
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
@@ -415,12 +415,7 @@ test('SIGTERM answers the requests already read, even those waiting for fsync, t
     // Storage is healthy: a request read before the signal is owed a number, not a refusal.
     assert.deepEqual(numbers, Array.from({ length: 500 }, (_, i) => BigInt(i + 1)), 'a number for each, in order, none skipped');
     assert.equal(await a.exited, 0);
-    const b = await start([`--data-dir=${dir}`]);
-    const d = await WireClient.connect(b.port);
-    d.send('GETSEQ\r\n');
-    await d.expect(`:${numbers.length + 1}\r\n`);
-    d.close();
-    assert.equal(await b.stop(), 0);
+    await assertRestartGives(dir, numbers.length + 1);
   } finally {
     await rm(dir, { recursive: true, force: true });
   }

@@ -34,6 +34,16 @@ async function connect(port: number): Promise<WireClient> {
   return c;
 }
 
+/** Sends `requests` with the store held, and begins the stop once the first waits for storage. */
+async function stopWhileWaiting(requests: string) {
+  const { store, server: s, port } = await server(0n);
+  const c = await connect(port);
+  store.pause();
+  c.send(requests);
+  await waitFor(() => store.pending().length > 0, 'a request to wait for storage');
+  return { store, s, c, stopped: s.close() };
+}
+
 test('a request that arrives after the stop began is refused, not dropped; the connection then closes', async () => {
   const { seq, server: s, port } = await server();
   const c = await connect(port);
@@ -49,12 +59,7 @@ test('a request that arrives after the stop began is refused, not dropped; the c
 });
 
 test('requests read before the stop are still served, even those waiting for storage; QUIT during the stop is QUIT', async () => {
-  const { store, server: s, port } = await server(0n);
-  const c = await connect(port);
-  store.pause();
-  c.send('GETSEQ\r\nGETSEQ\r\n');
-  await waitFor(() => store.pending().length > 0, 'the requests to wait for storage');
-  const stopped = s.close();
+  const { store, s, c, stopped } = await stopWhileWaiting('GETSEQ\r\nGETSEQ\r\n');
   c.send('GETSEQ\r\nQUIT\r\nGETSEQ\r\n');
   const quits = (): number => s.stats.calls[COMMANDS.findIndex((command) => command.name === 'QUIT')]!;
   await waitFor(() => quits() === 1, 'the server to read the QUIT');
@@ -66,13 +71,8 @@ test('requests read before the stop are still served, even those waiting for sto
 });
 
 test('a connection held when the stop began (an INFO behind a reply waiting for storage) serves what it read, then refuses', async () => {
-  const { store, server: s, port } = await server(0n);
-  const c = await connect(port);
-  store.pause();
   // INFO is made in its turn, after the GETSEQ: the connection holds everything behind it.
-  c.send('GETSEQ\r\nINFO\r\n');
-  await waitFor(() => store.pending().length > 0, 'the GETSEQ to wait for storage');
-  const stopped = s.close();
+  const { store, c, stopped } = await stopWhileWaiting('GETSEQ\r\nINFO\r\n');
   c.send('GETSEQ\r\n');
   store.resume();
   await c.waitClosed();
