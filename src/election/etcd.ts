@@ -65,17 +65,6 @@ export interface EtcdConnection {
 type FaultHandling = NonNullable<IOptions['faultHandling']>;
 type HostPolicy = ReturnType<NonNullable<FaultHandling['host']>>;
 
-/**
- * etcd3's default host policy stops calling a member for 5 s after three
- * failures. With a single endpoint there is no other member to try, so that
- * only delays recovery after a partition heals; our own deadlines bound every
- * call instead. etcd3 calls nothing on a host policy but execute().
- */
-const passThrough = {
-  execute: <T>(fn: (context: { signal: AbortSignal }) => PromiseLike<T> | T): Promise<T> =>
-    Promise.resolve().then(() => fn({ signal: new AbortController().signal })),
-} as unknown as HostPolicy;
-
 /** How long a member that failed a call is first passed over, while another answers; doubled up to SKIP_MAX_MS while it keeps failing. */
 export const SKIP_MIN_MS = 5_000;
 export const SKIP_MAX_MS = 60_000;
@@ -146,7 +135,9 @@ export function createEtcdClient(conn: EtcdConnection, endpoints: readonly strin
   const options: IOptions = {
     hosts: [...endpoints],
     defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + ATTEMPT_MS }),
-    faultHandling: { host: endpoints.length === 1 ? () => passThrough : () => skipWhileOthersAnswer(answering), watchBackoff },
+    // etcd3's default policy stops calling a member for 5 s after three failures, even when it is
+    // the only one: with one endpoint, ours never skips it (no other member answers).
+    faultHandling: { host: () => skipWhileOthersAnswer(answering), watchBackoff },
   };
   if (conn.username !== null) options.auth = { username: conn.username, password: conn.password ?? '' };
   return new Etcd3(options);

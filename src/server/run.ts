@@ -66,7 +66,8 @@ interface Backend {
   extraInfo(): Array<[string, string]>;
   /**
    * Resolves false when the exact next numbers could not be stored; calls `stored`
-   * as soon as they are, before the rest of the close (releasing the directory, resigning).
+   * once they are (a single node after releasing its directory too; a group leader
+   * before it resigns), so that a second signal may exit 0 from then on.
    */
   close(stored?: () => void): Promise<boolean>;
 }

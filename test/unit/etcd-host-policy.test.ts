@@ -60,6 +60,12 @@ test('when no member answers, none is passed over: all of etcd down, every membe
   // The first to answer again makes the others wait their pause.
   await m.ok(0);
   assert.equal(await m.tried(1), 'skipped');
+
+  // With one endpoint there is never another to answer: it is never passed over.
+  const one = members(1);
+  await one.ok(0);
+  await assert.rejects(one.fail(0));
+  await assert.rejects(one.fail(0), GRPCDeadlineExceededError, 'called again at once');
 });
 
 test('a member that fails again after its pause is passed over twice as long, up to the cap; an answer resets it', async () => {
