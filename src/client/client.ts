@@ -24,7 +24,7 @@ import { type Address, DEFAULT_PORT, formatAddress, parseAddress } from '../prot
 import { isRetryRefusal } from '../protocol/refusals.js';
 import { SequenceAllocator, type AllocatorOptions } from './allocator.js';
 import { type BackoffOptions, DEFAULT_BACKOFF, backoffDelay } from './backoff.js';
-import { CertificateRejectedError, Connection, describeReply } from './connection.js';
+import { CertificateRejectedError, Connection, describeReply, isCertificateRefusal } from './connection.js';
 import {
   ConnectionClosedError,
   NoServerAvailableError,
@@ -272,6 +272,10 @@ export class SequencerClient {
         reply = await connection.send(words, Math.max(1, left), left * 2 >= this.requestTimeoutMs, expected);
       } catch (err) {
         this.avoid(connection);
+        if (err instanceof ConnectionClosedError && isCertificateRefusal(err)) {
+          // Like a wrong password: another server of the group, or this one later, refuses it too.
+          throw err.cause instanceof ServerError ? err.cause : err;
+        }
         const retry = err instanceof ConnectionClosedError && (!err.requestSent || resend === Resend.Safe);
         if (!retry || this.closed || --attemptsLeft <= 0) throw err;
         // A server that accepts and then drops every connection must not be hammered.

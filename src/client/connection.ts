@@ -8,7 +8,7 @@ import tls from 'node:tls';
 import { ReplyDecoder, type Reply } from '../protocol/reply-decoder.js';
 import { encodeCommand } from '../protocol/request-encoder.js';
 import { type Address, formatAddress } from '../protocol/address.js';
-import { ConnectionClosedError, ReplyProtocolError, ServerError, TimeoutError, fromWire, isServerFull } from './errors.js';
+import { ConnectionClosedError, ReplyProtocolError, ServerError, TimeoutError, fromWire, isCertificateRefused, isConnectionRefusal } from './errors.js';
 import { Fifo } from './fifo.js';
 
 export interface ConnectOptions {
@@ -220,7 +220,7 @@ export class Connection {
   private readonly onReply = (reply: Reply): void => {
     const first = this.firstReply;
     this.firstReply = false;
-    if (first && reply.type === 'error' && isServerFull(reply.message)) {
+    if (first && reply.type === 'error' && isConnectionRefusal(reply.message)) {
       // Sent unasked as the server accepts, before it closes without reading: it is
       // no request's answer, and every request may safely go to another server.
       this.tearDown(fromWire(reply.code, reply.message));
@@ -311,6 +311,16 @@ export class Connection {
 function tlsHandshakeRefusal(err: Error | null): boolean {
   const code = (err as NodeJS.ErrnoException | null)?.code ?? '';
   return code.startsWith('ERR_SSL_') && /ALERT_(CERTIFICATE|HANDSHAKE|UNKNOWN_CA|BAD_CERTIFICATE)/.test(code);
+}
+
+/**
+ * A refusal of our certificate, the server's reply or a TLS alert: every try
+ * with the same certificate is refused the same way, so waiting does not help.
+ */
+export function isCertificateRefusal(err: ConnectionClosedError): boolean {
+  const cause = err.cause;
+  if (cause instanceof ServerError) return isCertificateRefused(cause.serverMessage);
+  return cause instanceof Error && tlsHandshakeRefusal(cause);
 }
 
 /**

@@ -4,6 +4,7 @@
  */
 import { DolmeangiError } from '../errors.js';
 import { SERVER_FULL } from '../protocol/server-full.js';
+import { CERTIFICATE_REFUSED } from '../protocol/certificate-refused.js';
 import { bytesAsUtf8 } from '../protocol/reply-decoder.js';
 
 /**
@@ -100,6 +101,19 @@ export function isServerFull(message: string): boolean {
   return message.startsWith(SERVER_FULL);
 }
 
+/** The error a TLS port with --tls-ca sends, unasked, to a client whose certificate it refuses, before it closes. */
+export function isCertificateRefused(message: string): boolean {
+  return message.startsWith(CERTIFICATE_REFUSED);
+}
+
+/**
+ * An error a server sends unasked as it accepts, before it closes without
+ * reading: no request on that connection was acted on.
+ */
+export function isConnectionRefusal(message: string): boolean {
+  return isServerFull(message) || isCertificateRefused(message);
+}
+
 function hintFor(code: string, message: string): string | null {
   switch (code) {
     case 'NOAUTH':
@@ -115,6 +129,9 @@ function hintFor(code: string, message: string): string | null {
   }
   if (isServerFull(message)) {
     return 'the server is at --max-connections: close idle clients or raise the limit';
+  }
+  if (isCertificateRefused(message)) {
+    return 'set such a certificate and its key as tls.cert and tls.key (CLI: --tls-cert, --tls-key)';
   }
   if (message.startsWith('Protocol error')) return 'the server could not parse the request: please report this client bug';
   return null;

@@ -242,8 +242,9 @@ async function readTlsFiles(config: Config): Promise<tls.TlsOptions> {
   const options: tls.TlsOptions = {
     cert: await read('--tls-cert', config.tlsCert),
     key: await read('--tls-key', config.tlsKey),
-    // With a CA, clients must present a certificate it signed (mutual TLS).
-    ...(ca ? { ca, requestCert: true, rejectUnauthorized: true } : {}),
+    // With a CA, clients must present a certificate it signed (mutual TLS); the
+    // listener refuses the others itself, with a reply (SequencerServer.listenTls).
+    ...(ca ? { ca, requestCert: true } : {}),
     minVersion: 'TLSv1.2',
   };
   // Checked here, where the files can be named, rather than as OpenSSL's words when listening.

@@ -10,6 +10,7 @@ import { destroyAfter } from './linger.js';
 import { CommandStats, type Services } from '../commands/index.js';
 import { error } from '../protocol/encoder.js';
 import { SERVER_FULL } from '../protocol/server-full.js';
+import { CERTIFICATE_REFUSED } from '../protocol/certificate-refused.js';
 import { ListenError } from '../errors.js';
 
 const TOO_MANY = error('ERR', SERVER_FULL);
@@ -38,11 +39,13 @@ export interface ServerCounters {
   leanReads: number;
   /** Failed accepts Node.js reports (ENOMEM, ENOBUFS...; libuv handles EMFILE and ENFILE itself, unreported): those clients see a reset or a hang. */
   acceptErrors: number;
+  /** TLS clients refused by mutual TLS: no certificate, or one --tls-ca did not sign. */
+  certificateRefusals: number;
 }
 
 export class SequencerServer {
   readonly stats = new CommandStats();
-  readonly counters: ServerCounters = { accepted: 0, rejected: 0, outputLimitDisconnects: 0, leanReads: 0, acceptErrors: 0 };
+  readonly counters: ServerCounters = { accepted: 0, rejected: 0, outputLimitDisconnects: 0, leanReads: 0, acceptErrors: 0, certificateRefusals: 0 };
   /** Told of each failed accept (for the log); the server serves on either way. */
   onAcceptError: ((err: Error) => void) | null = null;
   private readonly connections = new Set<Connection>();
@@ -80,15 +83,30 @@ export class SequencerServer {
     return this.bind(server, 'clients', host, port);
   }
 
+  /**
+   * With `requestCert` (mutual TLS), the certificate is checked here, after the
+   * handshake, rather than by OpenSSL in it: a refused client then reads why,
+   * over TLS, instead of seeing its connection closed or an alert that names
+   * no CA. Nothing it sends is read.
+   */
   listenTls(host: string, port: number, options: tls.TlsOptions): Promise<number> {
     const idle = this.options.idleTimeoutMs;
     const handshakeTimeout = idle > 0 ? Math.min(idle, HANDSHAKE_TIMEOUT_MS) : HANDSHAKE_TIMEOUT_MS;
+    const checkCertificates = options.requestCert === true;
     // Half-open only once secure: a client that hangs up mid-handshake must not leave
     // a socket waiting for a reply it can no longer ask for.
-    const server = tls.createServer({ ...options, allowHalfOpen: false, handshakeTimeout }, (socket) => {
-      socket.allowHalfOpen = true;
-      this.accept(socket);
-    });
+    const server = tls.createServer(
+      { ...options, ...(checkCertificates ? { rejectUnauthorized: false } : {}), allowHalfOpen: false, handshakeTimeout },
+      (socket) => {
+        if (checkCertificates && !socket.authorized) {
+          this.counters.certificateRefusals++;
+          this.refuse(socket, certificateRefusal(socket));
+          return;
+        }
+        socket.allowHalfOpen = true;
+        this.accept(socket);
+      },
+    );
     // Sockets still in their handshake are not Connections yet, so the cap in accept()
     // does not see them; this bounds them (new ones are closed unanswered: no TLS yet).
     server.maxConnections = this.options.maxConnections + TLS_REFUSAL_ROOM;
@@ -148,19 +166,7 @@ export class SequencerServer {
   private accept(socket: Socket): void {
     if (this.connections.size >= this.options.maxConnections) {
       this.counters.rejected++;
-      socket.on('error', () => {});
-      if (this.refusing >= MAX_REFUSING) {
-        socket.destroy();
-        return;
-      }
-      this.refusing++;
-      // Reading (and dropping) what the client sends lets its close be seen and keeps
-      // the close graceful, so the error is not lost to a reset; the timer is not
-      // reset by traffic, so a slow sender cannot keep a refused socket.
-      socket.resume();
-      socket.end(TOO_MANY);
-      destroyAfter(socket, REFUSED_LINGER_MS);
-      socket.once('close', () => this.refusing--);
+      this.refuse(socket, TOO_MANY);
       return;
     }
     this.counters.accepted++;
@@ -168,4 +174,28 @@ export class SequencerServer {
     if (conn.leanReads) this.counters.leanReads++;
     this.connections.add(conn);
   }
+
+  /** Sends `reply` unasked and closes, reading nothing the client sends. */
+  private refuse(socket: Socket, reply: string): void {
+    socket.on('error', () => {});
+    if (this.refusing >= MAX_REFUSING) {
+      socket.destroy();
+      return;
+    }
+    this.refusing++;
+    // Reading (and dropping) what the client sends lets its close be seen and keeps
+    // the close graceful, so the error is not lost to a reset; the timer is not
+    // reset by traffic, so a slow sender cannot keep a refused socket.
+    socket.resume();
+    socket.end(reply);
+    destroyAfter(socket, REFUSED_LINGER_MS);
+    socket.once('close', () => this.refusing--);
+  }
+}
+
+/** Why mutual TLS refused the client, and what to do, as one error reply. */
+function certificateRefusal(socket: tls.TLSSocket): string {
+  const presented = Object.keys(socket.getPeerCertificate()).length > 0;
+  const why = presented ? `(${String(socket.authorizationError)})` : '(none presented)';
+  return error('ERR', `${CERTIFICATE_REFUSED} ${why}: this port takes only certificates signed by the CA of the server's --tls-ca`);
 }

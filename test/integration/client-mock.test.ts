@@ -663,6 +663,19 @@ test('TLS: a server whose certificate is refused is passed over for one that is 
   assert.equal(refused.accepted, 1);
 });
 
+test('TLS: a server that refuses our certificate in the handshake (an alert, as OpenSSL sends) fails the call at once, not at its timeout', async () => {
+  const { key, cert, ca } = await tlsFiles();
+  // Demands a client certificate and gets none: under TLS 1.3 the alert comes after the client's handshake is done.
+  const strict = await mock(counterScript(), { tls: { key, cert, ca, requestCert: true, rejectUnauthorized: true } });
+  const c = client({ servers: [strict.address], tls: { ca }, requestTimeoutMs: 60_000 });
+  const gaveUp = new Promise<'still retrying'>((r) => setTimeout(r, 10_000, 'still retrying').unref());
+  const error = await Promise.race([c.getNextSequence().then(() => null, (e: unknown) => e), gaveUp]);
+  assert.ok(error instanceof ConnectionClosedError, String(error));
+  assert.equal(error.requestSent, false, 'refused before the request was read');
+  assert.match(error.message, /alert certificate required/);
+  assert.equal(strict.requests.length, 0);
+});
+
 test('a server that never answers AUTH: NoServerAvailableError whose message quotes the cause once, without a doubled period', async () => {
   const server = await mock(() => {});
   const c = client({ servers: [server.address], password: 'pw', connectTimeoutMs: 300, requestTimeoutMs: 2000, reconnect: false });

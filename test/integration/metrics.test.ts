@@ -91,6 +91,7 @@ test('counters are exact after a known workload; a batch of 100 counts 100', asy
     'dolmeangi_connections_accepted_total': 1,
     'dolmeangi_connections_rejected_total': 0,
     'dolmeangi_accept_errors_total': 0,
+    'dolmeangi_tls_certificate_refusals_total': 0,
     'dolmeangi_output_limit_disconnects_total': 0,
     'dolmeangi_persist_failures_total': 0,
     'dolmeangi_auth_failures_total': 0,

@@ -13,6 +13,9 @@ import fs from 'node:fs';
 import { runCli, runProgram, startServerProcess, type ProgramResult, type ServerProcess } from '../helpers/server-process.js';
 import { WireClient, resp } from '../helpers/wire.js';
 import { makeCerts, type TestCerts } from '../helpers/certs.js';
+import { freePort } from '../helpers/ports.js';
+import { parseMetrics, request } from '../helpers/http.js';
+import { SequencerClient, ServerError } from '../../src/index.js';
 
 let certs: TestCerts;
 let ca: Buffer;
@@ -137,26 +140,30 @@ test('redis-cli --tls prints (integer) n', async () => {
   assert.doesNotMatch(untrusted.stdout, /^\d+\n$/);
 });
 
-test('--tls-ca: a client without a certificate, or with one from another CA, is refused; a signed one is served', async () => {
-  const { server, tlsPort } = await start([`--tls-ca=${certs.caCert}`]);
+const refusal = (why: string) =>
+  `-ERR client certificate not accepted (${why}): this port takes only certificates signed by the CA of the server's --tls-ca\r\n`;
+
+test('--tls-ca: a client without a certificate, or with one from another CA, is told why and closed, its requests unread; a signed one is served', async () => {
+  const { server, tlsPort } = await start([`--tls-ca=${certs.caCert}`, `--metrics-port=${await freePort()}`]);
   const key = fs.readFileSync(certs.clientKey);
   const cert = fs.readFileSync(certs.clientCert);
 
   const anonymous = await tlsConnect(tlsPort);
   anonymous.socket.write('GETSEQ\r\n');
   await anonymous.until(() => anonymous.closed, 5000, 'the server to refuse a client without a certificate');
-  assert.equal(anonymous.text, '', 'nothing is answered without a client certificate');
+  assert.equal(anonymous.text, refusal('none presented'), 'the refusal alone: the GETSEQ is not answered');
 
   const stranger = await tlsConnect(tlsPort, { key: fs.readFileSync(certs.strangerKey), cert: fs.readFileSync(certs.strangerCert) });
   stranger.socket.write('GETSEQ\r\n');
   await stranger.until(() => stranger.closed, 5000, 'the server to refuse a certificate from another CA');
-  assert.equal(stranger.text, '');
+  assert.equal(stranger.text, refusal('UNABLE_TO_VERIFY_LEAF_SIGNATURE'));
 
+  // The refused GETSEQs took no number.
   const trusted = await tlsConnect(tlsPort, { key, cert });
   await trusted.exchange('GETSEQ\r\n', ':1\r\n');
 
   const sNoCert = await sClient(tlsPort, 'GETSEQ\r\nQUIT\r\n');
-  assert.doesNotMatch(sNoCert.stdout, /:\d/, 'openssl without a certificate gets no number');
+  assert.equal(sNoCert.stdout, refusal('none presented'), 'openssl without a certificate gets the refusal, no number');
   const sCert = await sClient(tlsPort, 'GETSEQ\r\nQUIT\r\n', ['-cert', certs.clientCert, '-key', certs.clientKey]);
   assert.equal(sCert.stdout, ':2\r\n+OK\r\n', sCert.stderr);
 
@@ -164,7 +171,7 @@ test('--tls-ca: a client without a certificate, or with one from another CA, is 
     const r = await redisCli(tlsPort, ['--cert', certs.clientCert, '--key', certs.clientKey], 'GETSEQ');
     assert.equal(r.stdout, '3\n', r.stderr);
     const refused = await redisCli(tlsPort, [], 'GETSEQ');
-    assert.doesNotMatch(refused.stdout, /^\d+\n$/);
+    assert.match(refused.stdout, /^ERR client certificate not accepted \(none presented\)/);
   }
 
   // Plain TCP on the same server is not behind the CA (bind it to a trusted network).
@@ -180,10 +187,27 @@ test('--tls-ca: a client without a certificate, or with one from another CA, is 
   const address = `localhost:${tlsPort}`;
   const withCert = await runCli(['getseq', '--server', address, '--tls-ca', certs.caCert, '--tls-cert', certs.clientCert, '--tls-key', certs.clientKey]);
   assert.deepEqual([withCert.code, withCert.stdout], [0, haveRedisCli ? '5\n' : '4\n'], withCert.stderr);
-  const withoutCert = await runCli(['getseq', '--server', address, '--tls-ca', certs.caCert, '--timeout', '2000']);
+  const withoutCert = await runCli(['getseq', '--server', address, '--tls-ca', certs.caCert]);
   assert.equal(withoutCert.code, 1);
-  // Refused in the handshake: nothing can have been issued, and the message says so.
-  assert.match(withoutCert.stderr, /^dolmeangi: .*certificate.*refused the connection before reading the request/);
+  assert.equal(
+    withoutCert.stderr,
+    `dolmeangi: server replied: ${refusal('none presented').slice(1, -2)}: set such a certificate and its key as tls.cert and tls.key (CLI: --tls-cert, --tls-key)\n`,
+  );
+
+  // The library fails at once, as for a wrong password: retrying until the timeout could not help.
+  const library = new SequencerClient({ servers: [address], tls: { ca }, requestTimeoutMs: 60_000 });
+  try {
+    const gaveUp = new Promise<'still retrying'>((r) => setTimeout(r, 10_000, 'still retrying').unref());
+    const error = await Promise.race([library.getNextSequence().then(() => null, (e: unknown) => e), gaveUp]);
+    assert.ok(error instanceof ServerError, String(error));
+    assert.match(error.serverMessage, /^client certificate not accepted \(none presented\)/);
+  } finally {
+    await library.close();
+  }
+
+  const metricsPort = Number(server.logs.find((l) => l.msg === 'listening')?.metricsPort);
+  const metrics = parseMetrics((await request(`http://127.0.0.1:${metricsPort}/metrics`)).body);
+  assert.equal(metrics.get('dolmeangi_tls_certificate_refusals_total'), haveRedisCli ? 6 : 5, 'every refusal counted');
 });
 
 test('a TLS client over --max-connections gets the error over TLS', async () => {

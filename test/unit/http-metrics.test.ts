@@ -21,7 +21,7 @@ function view(sequences: SequenceSnapshot[], extra: Partial<NodeView> = {}): Nod
     mode: () => 'durable',
     sequences: () => sequences,
     commands: () => stats,
-    connections: () => ({ open: 0, accepted: 0, rejected: 0, outputLimitDisconnects: 0, acceptErrors: 0 }),
+    connections: () => ({ open: 0, accepted: 0, rejected: 0, outputLimitDisconnects: 0, acceptErrors: 0, certificateRefusals: 0 }),
     ready: () => true,
     persistenceUp: () => true,
     ...extra,
@@ -45,11 +45,11 @@ test('past the label limit, sequences share one series: issued summed, remaining
 });
 
 test('connection counters are read from the server at each scrape', async () => {
-  const counts = { open: 3, accepted: 40, rejected: 5, outputLimitDisconnects: 2, acceptErrors: 7 };
+  const counts = { open: 3, accepted: 40, rejected: 5, outputLimitDisconnects: 2, acceptErrors: 7, certificateRefusals: 4 };
   const m = parseMetrics(await new Metrics(view([], { connections: () => counts })).render());
   assert.deepEqual(
-    ['dolmeangi_connections', 'dolmeangi_connections_accepted_total', 'dolmeangi_connections_rejected_total', 'dolmeangi_output_limit_disconnects_total', 'dolmeangi_accept_errors_total'].map((k) => m.get(k)),
-    [3, 40, 5, 2, 7],
+    ['dolmeangi_connections', 'dolmeangi_connections_accepted_total', 'dolmeangi_connections_rejected_total', 'dolmeangi_output_limit_disconnects_total', 'dolmeangi_accept_errors_total', 'dolmeangi_tls_certificate_refusals_total'].map((k) => m.get(k)),
+    [3, 40, 5, 2, 7, 4],
   );
 });
 
