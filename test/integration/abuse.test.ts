@@ -639,8 +639,9 @@ test('replies waiting for storage count against the output limit: a deep pipelin
     assert.ok(mine.every((n, i) => i === 0 || n > mine[i - 1]!), 'increasing on the one connection');
     greedy.close();
     polite.close();
-  } finally {
     assert.equal(await s.stop(), 0);
+  } finally {
+    await s.stop();
     await rm(dir, { recursive: true, force: true });
   }
 });

@@ -222,9 +222,11 @@ test('options from the environment; flags win over it; --name value form', async
   try {
     c.send('GETSEQ\r\nGETSEQ_BATCH 4\r\n');
     await c.expect(":500\r\n-ERR invalid count '4': expected an integer from 1 to 3 (--max-batch)\r\n");
-  } finally {
     c.close();
     assert.equal(await s.stop(), 0);
+  } finally {
+    c.close();
+    await s.stop();
   }
 });
 
@@ -239,8 +241,9 @@ test('a port already in use stops start-up with a clear message', async () => {
     const r = await runCli(['sequencer', '--in-memory', '--host=127.0.0.1', `--port=${s.port}`, '--metrics-port=0']);
     assert.equal(r.code, 1);
     assert.match(r.stderr, new RegExp(`cannot listen for clients on 127.0.0.1:${s.port}: the address is already in use`));
-  } finally {
     assert.equal(await s.stop(), 0);
+  } finally {
+    await s.stop();
   }
 });
 
@@ -254,8 +257,9 @@ test('with no options the server listens on 0.0.0.0:10001 (the defaults of the o
     const c = await WireClient.connect(10001);
     await c.exchange('GETSEQ\r\n', ':1\r\n');
     c.close();
-  } finally {
     assert.equal(await s.stop(), 0);
+  } finally {
+    await s.stop();
   }
 });
 

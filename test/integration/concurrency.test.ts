@@ -45,9 +45,12 @@ async function hundredClients(args: string[], after?: (metrics: string) => Promi
     assert.equal(all.length, 100_000);
     for (let i = 0; i < all.length; i++) assert.equal(all[i], BigInt(i + 1), 'exactly 1..100000, no duplicate, no gap');
     await after?.(`http://127.0.0.1:${metricsPort}/metrics`);
-  } finally {
     for (const c of clients) c.close();
-    assert.equal(await s.stop(), 0);
+    assert.equal(await s.stop(), 0, 'a clean stop');
+  } finally {
+    // After a failure above: stop without asserting, so that failure is the one reported.
+    for (const c of clients) c.close();
+    await s.stop();
     await rm(dir, { recursive: true, force: true });
   }
 }
@@ -105,9 +108,11 @@ test('GETSEQ_BATCH mixed with GETSEQ over many connections: ranges never overlap
     for (let i = 1; i < ranges.length; i++) {
       assert.equal(ranges[i]![0], ranges[i - 1]![1], 'each range starts where the previous ended: no overlap, no gap');
     }
+    for (const c of clients) c.close();
+    assert.equal(await s.stop(), 0, 'a clean stop');
   } finally {
     for (const c of clients) c.close();
-    assert.equal(await s.stop(), 0);
+    await s.stop();
     await rm(dir, { recursive: true, force: true });
   }
 });

@@ -18,7 +18,8 @@ test('examples/kv-transaction-ids.ts runs against a local server', async () => {
     assert.equal(code, 0, stderr);
     assert.match(stdout, /^committed txn 1, then txn 2; user:1 was last written by txn 2$/m);
     assert.match(stdout, /^committed 10,000 transactions in \d+ ms with cached ids; the last id was 10000$/m);
-  } finally {
     assert.equal(await server.stop(), 0);
+  } finally {
+    await server.stop();
   }
 });

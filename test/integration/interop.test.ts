@@ -83,8 +83,10 @@ test('ioredis: generic commands, pipelines, and exact 64-bit values with stringN
     assert.equal(await r.call('GETSEQ'), '9223372036854775806');
     assert.equal(await r.call('GETSEQ'), '9223372036854775807');
     await assert.rejects(r.call('GETSEQ'), /sequence exhausted/);
-  } finally {
     r.disconnect();
     assert.equal(await big.stop(), 0);
+  } finally {
+    r.disconnect();
+    await big.stop();
   }
 });

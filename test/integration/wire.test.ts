@@ -53,8 +53,9 @@ test("the seed's telnet session, byte for byte, inline with CRLF", async () => {
       expected += `${replies[i]}\r\n`;
       await c.expect(expected);
     }
-  } finally {
     assert.equal(await s.stop(), 0);
+  } finally {
+    await s.stop();
   }
 });
 
@@ -231,8 +232,9 @@ test('--max-sequences bounds how many names exist', async () => {
     c.send('GETSEQ\r\nGETSEQ two\r\nGETSEQ three\r\nCURRENT three\r\nGETSEQ two\r\n');
     const err = '-ERR too many sequences: at most 2 may exist (--max-sequences); use an existing name\r\n';
     await c.expect(`:1\r\n:1\r\n${err}${err}:2\r\n`);
-  } finally {
     assert.equal(await s.stop(), 0);
+  } finally {
+    await s.stop();
   }
 });
 
@@ -274,8 +276,9 @@ test('after QUIT or a protocol error the connection is closed even when the clie
         half.destroy();
       }
     }
-  } finally {
     assert.equal(await s.stop(), 0);
+  } finally {
+    await s.stop();
   }
 });
 
@@ -322,8 +325,9 @@ test('exact 64-bit values up to 2^63-1, then "sequence exhausted" while the serv
     await c.expect(
       `:${MAX - 1n}\r\n:${MAX}\r\n:${MAX}\r\n-ERR sequence exhausted\r\n-ERR sequence exhausted\r\n-ERR sequence exhausted\r\n:${MAX - 1n}\r\n+PONG\r\n`,
     );
-  } finally {
     assert.equal(await s.stop(), 0);
+  } finally {
+    await s.stop();
   }
 });
 
@@ -333,8 +337,9 @@ test('a batch that does not fit below 2^63 issues nothing', async () => {
     const c = await connect(s);
     c.send('GETSEQ_BATCH 11\r\nCURRENT\r\nGETSEQ_BATCH 10\r\nGETSEQ\r\n');
     await c.expect(`-ERR sequence exhausted\r\n:${MAX - 9n}\r\n:${MAX - 9n}\r\n-ERR sequence exhausted\r\n`);
-  } finally {
     assert.equal(await s.stop(), 0);
+  } finally {
+    await s.stop();
   }
 });
 
@@ -365,8 +370,9 @@ test('over --max-connections: the new connection is refused, open ones are unaff
       assert.ok(Date.now() < deadline, 'the freed slot never became usable');
       c.close();
     }
-  } finally {
     assert.equal(await s.stop(), 0);
+  } finally {
+    await s.stop();
   }
 });
 
