@@ -1,6 +1,7 @@
 /**
- * The numeric and naming rules of sequences. Pure; used by the command layer,
- * the sequencer core, the config parser and the stores.
+ * The numeric and naming rules of sequences, and the core's refusal texts. Pure;
+ * used by the command layer, the sequencer core, the config parser, the stores
+ * and the client.
  */
 
 /** The largest number ever handed out: 2^63-1, so every value fits a signed 64-bit integer. */
@@ -13,6 +14,13 @@ export const DEFAULT_SEQUENCE = 'default';
 export const MAX_WORD_BYTES = 64 * 1024;
 export const NAME_MAX_LENGTH = 64;
 export const NAME_RULE = '1-64 characters of A-Z a-z 0-9 _ . : -';
+
+/**
+ * The core's refusals of a request it did nothing with, in the server's words. Kept
+ * here, below the protocol, which shares them with the client (protocol/refusals.ts).
+ */
+export const SHUTTING_DOWN_MESSAGE = 'server is shutting down; retry on another server';
+export const STARTING_MESSAGE = 'server is starting; retry shortly';
 
 const NAME_CHAR = new Uint8Array(128);
 for (const c of 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:-') NAME_CHAR[c.charCodeAt(0)] = 1;

@@ -11,9 +11,8 @@
  * (gapless) every request waits for a persist of exactly the numbers promised;
  * all requests that arrive while one write is in flight share the next write.
  */
-import { END, MAX_VALUE } from './limits.js';
+import { END, MAX_VALUE, SHUTTING_DOWN_MESSAGE, STARTING_MESSAGE } from './limits.js';
 import type { Leadership, Marks, Store } from './ports.js';
-import { SHUTTING_DOWN_MESSAGE, STARTING_MESSAGE } from '../protocol/refusals.js';
 
 /** A refusal the command layer turns into a wire error. */
 export class SequenceError {

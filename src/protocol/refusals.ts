@@ -4,8 +4,9 @@
  * client library, which retries on them (a GETSEQ included: no number was issued),
  * or, for a batch too large, asks again for fewer.
  */
-export const SHUTTING_DOWN_MESSAGE = 'server is shutting down; retry on another server';
-export const STARTING_MESSAGE = 'server is starting; retry shortly';
+import { SHUTTING_DOWN_MESSAGE, STARTING_MESSAGE } from '../core/limits.js';
+
+export { SHUTTING_DOWN_MESSAGE, STARTING_MESSAGE };
 
 /** True for `-ERR` replies that mean "not done, try again" (NOTLEADER has a code of its own). */
 export function isRetryRefusal(code: string, message: string): boolean {
