@@ -230,18 +230,20 @@ export async function startServer(config: Config, opts: StartOptions = {}): Prom
 }
 
 async function readTlsFiles(config: Config): Promise<tls.TlsOptions> {
-  const read = async (option: string, file: string | null) => {
+  // Named as given: the flag, or the environment variable it came from.
+  const read = async (key: 'tlsCa' | 'tlsCert' | 'tlsKey', flag: string) => {
+    const file = config[key];
     if (file === null) return undefined;
     try {
       return await readFile(file);
     } catch (err) {
-      throw new ConfigError(option, `cannot read ${file}: ${(err as Error).message}`);
+      throw new ConfigError(config.sources[key] ?? flag, `cannot read ${file}: ${(err as Error).message}`);
     }
   };
-  const ca = await read('--tls-ca', config.tlsCa);
+  const ca = await read('tlsCa', '--tls-ca');
   const options: tls.TlsOptions = {
-    cert: await read('--tls-cert', config.tlsCert),
-    key: await read('--tls-key', config.tlsKey),
+    cert: await read('tlsCert', '--tls-cert'),
+    key: await read('tlsKey', '--tls-key'),
     // With a CA, clients must present a certificate it signed (mutual TLS); the
     // listener refuses the others itself, with a reply (SequencerServer.listenTls).
     ...(ca ? { ca, requestCert: true } : {}),
@@ -252,7 +254,7 @@ async function readTlsFiles(config: Config): Promise<tls.TlsOptions> {
     tls.createSecureContext(options);
   } catch (err) {
     throw new ConfigError(
-      '--tls-cert',
+      config.sources.tlsCert ?? '--tls-cert',
       `the certificate (${config.tlsCert}), key (${config.tlsKey})${config.tlsCa === null ? '' : ` or CA (${config.tlsCa})`} is not usable PEM, or the key does not match the certificate: ${(err as Error).message}`,
     );
   }
@@ -277,10 +279,10 @@ async function passwordText(config: Config): Promise<string | null> {
   try {
     text = await readFile(config.requirepassFile, 'utf8');
   } catch (err) {
-    throw new ConfigError('--requirepass-file', `cannot read ${config.requirepassFile}: ${(err as Error).message}`);
+    throw new ConfigError(config.sources.requirepassFile ?? '--requirepass-file', `cannot read ${config.requirepassFile}: ${(err as Error).message}`);
   }
   const pw = text.replace(/\r?\n$/, '');
-  if (pw === '') throw new ConfigError('--requirepass-file', `${config.requirepassFile} is empty`);
+  if (pw === '') throw new ConfigError(config.sources.requirepassFile ?? '--requirepass-file', `${config.requirepassFile} is empty`);
   return pw;
 }
 

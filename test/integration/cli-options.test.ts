@@ -3,7 +3,7 @@
  * lists every option; environment variables work and flags win.
  */
 import { test } from 'node:test';
-import { mkdtemp, rm, stat } from 'node:fs/promises';
+import { mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import assert from 'node:assert/strict';
@@ -111,6 +111,30 @@ test('an option checked against others is named as it was given: by its environm
       assert.match(err.message, message);
       return true;
     });
+  }
+});
+
+test('a file that cannot be read, or an empty password file, is named as it was given: by its environment variable when it came from one', async () => {
+  const dir = await mkdtemp(path.join(tmpdir(), 'dolmeangi-cli-'));
+  try {
+    const empty = path.join(dir, 'empty');
+    await writeFile(empty, '');
+    const cases: Array<[string[], NodeJS.ProcessEnv, RegExp]> = [
+      [[], { SEQUENCER_REQUIREPASS_FILE: `${dir}/none` }, /^dolmeangi: SEQUENCER_REQUIREPASS_FILE: cannot read /],
+      [[], { SEQUENCER_REQUIREPASS_FILE: empty }, /^dolmeangi: SEQUENCER_REQUIREPASS_FILE: .* is empty\n$/],
+      [[`--requirepass-file=${empty}`], {}, /^dolmeangi: --requirepass-file: .* is empty\n$/],
+      [['--tls-port=0', `--tls-key=${dir}/none`], { SEQUENCER_TLS_CERT: `${dir}/none` }, /^dolmeangi: SEQUENCER_TLS_CERT: cannot read /],
+      [['--tls-port=0', `--tls-cert=${empty}`], { SEQUENCER_TLS_KEY: `${dir}/none` }, /^dolmeangi: SEQUENCER_TLS_KEY: cannot read /],
+      [['--tls-port=0', `--tls-cert=${empty}`, `--tls-key=${empty}`], { SEQUENCER_TLS_CA: `${dir}/none` }, /^dolmeangi: SEQUENCER_TLS_CA: cannot read /],
+      [['--tls-port=0', `--tls-key=${empty}`], { SEQUENCER_TLS_CERT: empty }, /^dolmeangi: SEQUENCER_TLS_CERT: the certificate .* is not usable PEM/],
+    ];
+    for (const [args, env, message] of cases) {
+      const r = await runCli(['sequencer', '--in-memory', '--port=0', '--metrics-port=0', ...args], { env });
+      assert.equal(r.code, 2, r.stderr);
+      assert.match(r.stderr, message);
+    }
+  } finally {
+    await rm(dir, { recursive: true, force: true });
   }
 });
 
