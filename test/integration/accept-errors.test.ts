@@ -33,7 +33,8 @@ test('a failed accept on the client port is counted, logged and survived', async
     } finally {
       c.close();
     }
-  } finally {
     assert.equal(await running.close(), true);
+  } finally {
+    await running.close();
   }
 });

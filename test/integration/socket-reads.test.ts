@@ -80,8 +80,9 @@ test("the server reads its plain TCP clients through the lean path", async () =>
     const { accepted, leanReads } = running.server.counters;
     assert.equal(accepted, 3);
     assert.equal(leanReads, accepted, 'every plain TCP connection takes the lean path');
-  } finally {
     assert.equal(await running.close(), true);
+  } finally {
+    await running.close();
   }
 });
 
