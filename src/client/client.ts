@@ -24,7 +24,7 @@ import { type Address, DEFAULT_PORT, formatAddress, parseAddress } from '../prot
 import { isRetryRefusal } from '../protocol/refusals.js';
 import { SequenceAllocator, type AllocatorOptions } from './allocator.js';
 import { type BackoffOptions, DEFAULT_BACKOFF, backoffDelay } from './backoff.js';
-import { CertificateRejectedError, Connection, describeReply, isCertificateRefusal } from './connection.js';
+import { CertificateRejectedError, Connection, describeReply, refusesOurCertificate } from './connection.js';
 import {
   ConnectionClosedError,
   NoServerAvailableError,
@@ -33,6 +33,7 @@ import {
   ServerError,
   TimeoutError,
   fromWire,
+  isCertificateRefused,
 } from './errors.js';
 import { type ServerInfo, parseInfo } from './info.js';
 
@@ -87,6 +88,8 @@ interface Route {
    * that one that answered late (paused, then resumed) costs no try on the others.
    */
   readonly slowestMs: Map<string, number>;
+  /** Servers that refused this client's certificate, after accepting the connection (see refusesOurCertificate). */
+  readonly refusedCertificate: Set<string>;
 }
 
 /** May the command be sent again after its reply was lost? */
@@ -257,7 +260,7 @@ export class SequencerClient {
     parse: (reply: Reply) => T | undefined,
   ): Promise<T> {
     const deadline = performance.now() + this.requestTimeoutMs;
-    const route: Route = { hops: [], named: new Set(), following: null, slowestMs: new Map() };
+    const route: Route = { hops: [], named: new Set(), following: null, slowestMs: new Map(), refusedCertificate: new Set() };
     // Without reconnecting, a call still retries once per server (a full one, or one that drops the connection, is left for the next).
     let attemptsLeft = this.backoff === null ? this.servers.length : Infinity;
     for (let attempt = 0; ; attempt++) {
@@ -272,9 +275,18 @@ export class SequencerClient {
         reply = await connection.send(words, Math.max(1, left), left * 2 >= this.requestTimeoutMs, expected);
       } catch (err) {
         this.avoid(connection);
-        if (err instanceof ConnectionClosedError && isCertificateRefusal(err)) {
-          // Like a wrong password: another server of the group, or this one later, refuses it too.
-          throw err.cause instanceof ServerError ? err.cause : err;
+        if (refusesOurCertificate(err)) {
+          // As for a server certificate this client refuses (connectRounds): another server may
+          // take it (one member set up wrong), but once every one has refused it, waiting cannot help.
+          this.lastConnectError = certificateRefusal(err as Error);
+          const again = route.refusedCertificate.has(connection.address);
+          route.refusedCertificate.add(connection.address);
+          if (this.closed || this.servers.every((s) => route.refusedCertificate.has(formatAddress(s))) || --attemptsLeft <= 0) {
+            throw this.noServerError([...route.refusedCertificate]);
+          }
+          // Sent back to a server that refused already (a leader named, say): not in a tight loop.
+          if (again && this.backoff !== null) await this.pause(attempt, deadline, route, err as Error);
+          continue;
         }
         const retry = err instanceof ConnectionClosedError && (!err.requestSent || resend === Resend.Safe);
         if (!retry || this.closed || --attemptsLeft <= 0) throw err;
@@ -422,8 +434,9 @@ export class SequencerClient {
     try {
       for (let round = 0; ; round++) {
         const target = this.redirectTarget;
-        // A certificate refused by every server is not cured by waiting (unlike a server still
-        // starting), so the call fails after one round instead of at its timeout.
+        // A certificate refused by every server (this client refusing theirs, or they refusing
+        // this client's) is not cured by waiting, unlike a server still starting, so the call
+        // fails after one round instead of at its timeout.
         let allRefusedCertificates = true;
         for (const address of this.candidates()) {
           // Every caller gave up: no more attempts, and no socket opened for nobody.
@@ -434,7 +447,7 @@ export class SequencerClient {
           const connection = await this.open(address);
           if (connection !== null) return connection;
           if (this.closed) throw clientClosed();
-          if (!(this.lastConnectError instanceof CertificateRejectedError)) allRefusedCertificates = false;
+          if (!refusedCertificates(this.lastConnectError)) allRefusedCertificates = false;
           if (address === target) {
             this.unreachable = { address: formatAddress(address), until: performance.now() + this.connectTimeoutMs };
           }
@@ -479,7 +492,8 @@ export class SequencerClient {
       connection.destroy();
       // A refused password fails the waiting calls now; another server would refuse it too.
       if (err instanceof ServerError && err.wireCode === 'WRONGPASS') throw err;
-      this.lastConnectError = err;
+      // (A refused certificate meets AUTH when a password is set.)
+      this.lastConnectError = refusesOurCertificate(err) ? certificateRefusal(err as Error) : err;
       return null;
     } finally {
       this.closing.signal.removeEventListener('abort', giveUp);
@@ -552,10 +566,13 @@ export class SequencerClient {
     return this.servers.findIndex((s) => formatAddress(s) === address);
   }
 
-  private noServerError(): NoServerAvailableError {
-    const tried = this.tried.size === 0 ? 'none tried yet' : `tried ${[...this.tried].join(', ')}`;
+  private noServerError(triedNow: string[] = [...this.tried]): NoServerAvailableError {
+    const tried = triedNow.length === 0 ? 'none tried yet' : `tried ${triedNow.join(', ')}`;
     const cause = this.lastConnectError;
     const why = cause instanceof Error ? `: ${cause.message.replace(/\.$/, '')}` : '';
+    if (refusedThisClient(cause)) {
+      return new NoServerAvailableError(`every server refused this client's TLS certificate (${tried})${why}.`, { cause });
+    }
     // More time helps only where time ran out, not against a refusal or a bad certificate.
     const advice = cause === null || cause instanceof TimeoutError ? ', or allow more time (requestTimeoutMs)' : '';
     return new NoServerAvailableError(
@@ -563,6 +580,24 @@ export class SequencerClient {
       { cause },
     );
   }
+}
+
+/**
+ * What a refusal of this client's certificate is reported as: the server's own
+ * words when it sent them (a ServerError), else the TLS alert's error.
+ */
+function certificateRefusal(err: Error): Error {
+  return err.cause instanceof ServerError ? err.cause : err;
+}
+
+/** This client's certificate refused by a server, as certificateRefusal reports it or before. */
+function refusedThisClient(err: unknown): boolean {
+  return refusesOurCertificate(err) || (err instanceof ServerError && isCertificateRefused(err.serverMessage));
+}
+
+/** A certificate refused, by this client (the server's) or by the server (this client's): waiting cannot help. */
+function refusedCertificates(err: unknown): boolean {
+  return err instanceof CertificateRejectedError || refusedThisClient(err);
 }
 
 /** Refused here, not by the server: a name over its word limit would cost the connection and every call on it. */

@@ -107,7 +107,11 @@ export class Connection {
         }
       };
       const onConnect = (): void => done(null);
-      const onError = (err: Error): void => done(isCertificateError(err) ? certificateError(text, err) : err);
+      const onError = (err: Error): void => {
+        if (isCertificateError(err)) done(certificateError(text, err));
+        else if (tlsHandshakeRefusal(err)) done(refusedCertificate(text, err));
+        else done(err);
+      };
       const onEarlyClose = (): void => done(new Error(`connection to ${text} closed while connecting`));
       const onAbort = (): void => done(new Error(`gave up connecting to ${text}: the client was closed`));
       const timer = setTimeout(
@@ -291,15 +295,26 @@ export class Connection {
 
   private closedError(requestSent: boolean): ConnectionClosedError {
     const why = this.fatal?.message ?? this.socketError?.message ?? (this.retiring ? 'the client retired it' : 'the server closed it');
+    const certificate = !requestSent && this.refusedCertificate;
     const advice = requestSent
       ? 'The request may have reached the server: a GETSEQ or GETSEQ_BATCH may have issued numbers that are now skipped, never handed out again.'
-      : this.refused
-        ? 'The server refused the connection before reading the request; it is safe to retry.'
-        : 'The request was never sent; it is safe to retry.';
-    return new ConnectionClosedError(`connection to ${this.address} closed before the reply arrived (${why}). ${advice}`, {
+      : certificate
+        ? 'The server refused this client\'s TLS certificate before reading the request: nothing was done.'
+        : this.refused
+          ? 'The server refused the connection before reading the request; it is safe to retry.'
+          : 'The request was never sent; it is safe to retry.';
+    const error = new ConnectionClosedError(`connection to ${this.address} closed before the reply arrived (${why}). ${advice}`, {
       requestSent,
       cause: this.fatal ?? this.socketError ?? undefined,
     });
+    if (certificate) certificateRefusals.add(error);
+    return error;
+  }
+
+  /** Refused as a whole (see `refused`) for this client's certificate, by the server's reply or a TLS alert. */
+  private get refusedCertificate(): boolean {
+    if (!this.refused) return false;
+    return this.fatal instanceof ServerError ? isCertificateRefused(this.fatal.serverMessage) : tlsHandshakeRefusal(this.socketError);
   }
 }
 
@@ -314,13 +329,16 @@ function tlsHandshakeRefusal(err: Error | null): boolean {
 }
 
 /**
- * A refusal of our certificate, the server's reply or a TLS alert: every try
- * with the same certificate is refused the same way, so waiting does not help.
+ * Errors that say a server refused this client's certificate: its reply on the TLS
+ * port (sent before it reads anything) or a TLS alert, in the handshake (TLS 1.2)
+ * or just after it (TLS 1.3, when our first request may already be written).
+ * Marked where they are made, where the difference from a crash is known.
  */
-export function isCertificateRefusal(err: ConnectionClosedError): boolean {
-  const cause = err.cause;
-  if (cause instanceof ServerError) return isCertificateRefused(cause.serverMessage);
-  return cause instanceof Error && tlsHandshakeRefusal(cause);
+const certificateRefusals = new WeakSet<Error>();
+
+/** Whether `err` is such a refusal: every try with the same certificate gets the same. */
+export function refusesOurCertificate(err: unknown): boolean {
+  return err instanceof Error && certificateRefusals.has(err);
 }
 
 /**
@@ -331,6 +349,16 @@ export function isCertificateRefusal(err: ConnectionClosedError): boolean {
 function isCertificateError(err: Error): boolean {
   const code = (err as NodeJS.ErrnoException).code;
   return typeof code === 'string' && !code.startsWith('ERR_SSL_') && /CERT|SELF_SIGNED|UNABLE_TO_(GET|VERIFY)/.test(code);
+}
+
+/** A TLS alert in the handshake refusing this client's certificate (or lack of one). */
+function refusedCertificate(address: string, err: Error): Error {
+  const error = new Error(
+    `${address} refused this client's TLS certificate (${err.message.trim()}): set one signed by the CA the server trusts as tls.cert and tls.key (CLI: --tls-cert, --tls-key)`,
+    { cause: err },
+  );
+  certificateRefusals.add(error);
+  return error;
 }
 
 /**

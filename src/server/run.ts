@@ -2,6 +2,7 @@
  * Assembles a node from its config: store, sequence source, listeners. This is
  * the one place that knows every edge; the CLI and tests start servers here.
  */
+import { constants } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -248,6 +249,9 @@ async function readTlsFiles(config: Config): Promise<tls.TlsOptions> {
     // listener refuses the others itself, with a reply (SequencerServer.listenTls).
     ...(ca ? { ca, requestCert: true } : {}),
     minVersion: 'TLSv1.2',
+    // Nothing needs it, and with the certificate checked once, after the first
+    // handshake, a renegotiation must not be able to present another.
+    secureOptions: constants.SSL_OP_NO_RENEGOTIATION,
   };
   // Checked here, where the files can be named, rather than as OpenSSL's words when listening.
   try {

@@ -98,7 +98,7 @@ export class SequencerServer {
     const server = tls.createServer(
       { ...options, ...(checkCertificates ? { rejectUnauthorized: false } : {}), allowHalfOpen: false, handshakeTimeout },
       (socket) => {
-        if (checkCertificates && !socket.authorized) {
+        if (checkCertificates && !presentedValidCertificate(socket)) {
           this.counters.certificateRefusals++;
           this.refuse(socket, certificateRefusal(socket));
           return;
@@ -193,9 +193,22 @@ export class SequencerServer {
   }
 }
 
+function hasPeerCertificate(socket: tls.TLSSocket): boolean {
+  return Object.keys(socket.getPeerCertificate()).length > 0;
+}
+
+/**
+ * `authorized` alone is not enough: a TLS 1.3 session resumed from a ticket
+ * carries no certificate, and Node reports it authorized (nodejs/node#35317).
+ * A refused client is given a ticket before it is refused, so without the
+ * second check it could come back with that ticket and be served.
+ */
+function presentedValidCertificate(socket: tls.TLSSocket): boolean {
+  return socket.authorized && hasPeerCertificate(socket);
+}
+
 /** Why mutual TLS refused the client, and what to do, as one error reply. */
 function certificateRefusal(socket: tls.TLSSocket): string {
-  const presented = Object.keys(socket.getPeerCertificate()).length > 0;
-  const why = presented ? `(${String(socket.authorizationError)})` : '(none presented)';
-  return error('ERR', `${CERTIFICATE_REFUSED} ${why}: this port takes only certificates signed by the CA of the server's --tls-ca`);
+  const why = hasPeerCertificate(socket) ? `(${String(socket.authorizationError)})` : '(none presented)';
+  return error('ERR', `${CERTIFICATE_REFUSED} ${why}: this port takes only valid certificates signed by the CA of the server's --tls-ca`);
 }

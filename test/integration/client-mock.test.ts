@@ -663,17 +663,55 @@ test('TLS: a server whose certificate is refused is passed over for one that is 
   assert.equal(refused.accepted, 1);
 });
 
-test('TLS: a server that refuses our certificate in the handshake (an alert, as OpenSSL sends) fails the call at once, not at its timeout', async () => {
-  const { key, cert, ca } = await tlsFiles();
-  // Demands a client certificate and gets none: under TLS 1.3 the alert comes after the client's handshake is done.
-  const strict = await mock(counterScript(), { tls: { key, cert, ca, requestCert: true, rejectUnauthorized: true } });
-  const c = client({ servers: [strict.address], tls: { ca }, requestTimeoutMs: 60_000 });
-  const gaveUp = new Promise<'still retrying'>((r) => setTimeout(r, 10_000, 'still retrying').unref());
-  const error = await Promise.race([c.getNextSequence().then(() => null, (e: unknown) => e), gaveUp]);
-  assert.ok(error instanceof ConnectionClosedError, String(error));
-  assert.equal(error.requestSent, false, 'refused before the request was read');
-  assert.match(error.message, /alert certificate required/);
-  assert.equal(strict.requests.length, 0);
+for (const maxVersion of ['TLSv1.3', 'TLSv1.2'] as const) {
+  test(`TLS: a server that refuses this client's certificate with an alert, as OpenSSL does, fails the call after one round, not at its timeout (${maxVersion})`, async () => {
+    const { key, cert, ca } = await tlsFiles();
+    // Demands a client certificate and gets none. Under TLS 1.3 the alert comes after the
+    // client's side of the handshake is done, so the request may be written; under 1.2, within it.
+    const strict = await mock(counterScript(), { tls: { key, cert, ca, requestCert: true, rejectUnauthorized: true } });
+    const c = client({ servers: [strict.address], tls: { ca, maxVersion }, requestTimeoutMs: 60_000 });
+    const gaveUp = new Promise<'still retrying'>((r) => setTimeout(r, 10_000, 'still retrying').unref());
+    const error = await Promise.race([c.getNextSequence().then(() => null, (e: unknown) => e), gaveUp]);
+    assert.ok(error instanceof NoServerAvailableError, String(error));
+    assert.match(error.message, /^every server refused this client's TLS certificate \(tried 127\.0\.0\.1:\d+\): .*alert (certificate required|handshake failure)/);
+    assert.doesNotMatch(error.message, /safe to retry|allow more time/);
+  });
+}
+
+/** A server with mutual TLS, as dolmeangi's TLS port refuses a client certificate: unasked, then it closes. */
+async function certificateRefuser(): Promise<{ address: string; accepted: () => number }> {
+  let accepted = 0;
+  const server = net.createServer((socket) => {
+    accepted++;
+    socket.on('error', () => {});
+    socket.resume();
+    socket.end("-ERR client certificate not accepted (none presented): this port takes only valid certificates signed by the CA of the server's --tls-ca\r\n");
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  after(() => {
+    server.close();
+  });
+  return { address: `127.0.0.1:${(server.address() as net.AddressInfo).port}`, accepted: () => accepted };
+}
+
+test("a server's refusal of this client's certificate: the next server is tried, and when every server refused, the call fails at once, with a password or without", async () => {
+  const [a, b] = [await certificateRefuser(), await certificateRefuser()];
+  const healthy = await mock(counterScript());
+  // One member set up with another CA: the call goes on to one that serves it.
+  assert.equal(await client({ servers: [a.address, healthy.address] }).getNextSequence(), 1n);
+  assert.equal(await client({ servers: [a.address, healthy.address], password: 'pw' }).getNextSequence(), 2n);
+  assert.equal(a.accepted(), 2, 'tried once per client');
+  for (const password of [undefined, 'pw']) {
+    const c = client({ servers: [a.address, b.address], password, requestTimeoutMs: 60_000 });
+    const gaveUp = new Promise<'still retrying'>((r) => setTimeout(r, 10_000, 'still retrying').unref());
+    const error = await Promise.race([c.getNextSequence().then(() => null, (e: unknown) => e), gaveUp]);
+    assert.ok(error instanceof NoServerAvailableError, `password ${password}: ${String(error)}`);
+    assert.match(
+      error.message,
+      /^every server refused this client's TLS certificate \(tried 127\.0\.0\.1:\d+, 127\.0\.0\.1:\d+\): server replied: ERR client certificate not accepted \(none presented\): .*: set such a certificate and its key as tls\.cert and tls\.key \(CLI: --tls-cert, --tls-key\)\.$/,
+    );
+    assert.ok(error.cause instanceof ServerError, 'the cause is the server\'s refusal');
+  }
 });
 
 test('a server that never answers AUTH: NoServerAvailableError whose message quotes the cause once, without a doubled period', async () => {

@@ -15,7 +15,7 @@ import { WireClient, resp } from '../helpers/wire.js';
 import { makeCerts, type TestCerts } from '../helpers/certs.js';
 import { freePort } from '../helpers/ports.js';
 import { parseMetrics, request } from '../helpers/http.js';
-import { SequencerClient, ServerError } from '../../src/index.js';
+import { NoServerAvailableError, SequencerClient } from '../../src/index.js';
 
 let certs: TestCerts;
 let ca: Buffer;
@@ -141,7 +141,7 @@ test('redis-cli --tls prints (integer) n', async () => {
 });
 
 const refusal = (why: string) =>
-  `-ERR client certificate not accepted (${why}): this port takes only certificates signed by the CA of the server's --tls-ca\r\n`;
+  `-ERR client certificate not accepted (${why}): this port takes only valid certificates signed by the CA of the server's --tls-ca\r\n`;
 
 test('--tls-ca: a client without a certificate, or with one from another CA, is told why and closed, its requests unread; a signed one is served', async () => {
   const { server, tlsPort } = await start([`--tls-ca=${certs.caCert}`, `--metrics-port=${await freePort()}`]);
@@ -189,18 +189,16 @@ test('--tls-ca: a client without a certificate, or with one from another CA, is 
   assert.deepEqual([withCert.code, withCert.stdout], [0, haveRedisCli ? '5\n' : '4\n'], withCert.stderr);
   const withoutCert = await runCli(['getseq', '--server', address, '--tls-ca', certs.caCert]);
   assert.equal(withoutCert.code, 1);
-  assert.equal(
-    withoutCert.stderr,
-    `dolmeangi: server replied: ${refusal('none presented').slice(1, -2)}: set such a certificate and its key as tls.cert and tls.key (CLI: --tls-cert, --tls-key)\n`,
-  );
+  const refused = `every server refused this client's TLS certificate (tried ${address}): server replied: ${refusal('none presented').slice(1, -2)}: set such a certificate and its key as tls.cert and tls.key (CLI: --tls-cert, --tls-key).`;
+  assert.equal(withoutCert.stderr, `dolmeangi: ${refused}\n`);
 
-  // The library fails at once, as for a wrong password: retrying until the timeout could not help.
+  // The library, with a minute to spend, fails once the server has refused: retrying could not help.
   const library = new SequencerClient({ servers: [address], tls: { ca }, requestTimeoutMs: 60_000 });
   try {
     const gaveUp = new Promise<'still retrying'>((r) => setTimeout(r, 10_000, 'still retrying').unref());
     const error = await Promise.race([library.getNextSequence().then(() => null, (e: unknown) => e), gaveUp]);
-    assert.ok(error instanceof ServerError, String(error));
-    assert.match(error.serverMessage, /^client certificate not accepted \(none presented\)/);
+    assert.ok(error instanceof NoServerAvailableError, String(error));
+    assert.equal(error.message, refused);
   } finally {
     await library.close();
   }
@@ -333,4 +331,49 @@ test('a key that does not match the certificate stops start-up with status 2 and
   const orphan = await runCli(['sequencer', '--in-memory', `--tls-key=${certs.serverKey}`]);
   assert.equal(orphan.code, 2);
   assert.match(orphan.stderr, /--tls-key: TLS files were given without --tls-port/);
+});
+
+test('--tls-ca: a refused client cannot come back with the session it was given, under TLS 1.3 or 1.2', async () => {
+  const { tlsPort } = await start([`--tls-ca=${certs.caCert}`]);
+  for (const maxVersion of ['TLSv1.3', 'TLSv1.2'] as const) {
+    const first = await tlsConnect(tlsPort, { maxVersion });
+    // TLS 1.2 offers its session in the handshake; 1.3 sends a ticket after it.
+    let session: Buffer | undefined = (first.socket as tls.TLSSocket).getSession();
+    first.socket.on('session', (s: Buffer) => (session = s));
+    await first.until(() => first.closed, 5000, 'the refusal');
+    assert.equal(first.text, refusal('none presented'));
+    assert.ok(session !== undefined, `${maxVersion}: a session was offered to resume`);
+    const again = await tlsConnect(tlsPort, { maxVersion, session });
+    again.socket.write('GETSEQ\r\n');
+    await again.until(() => again.closed, 5000, 'the refusal of the resumed session');
+    // Node reports a resumed TLS 1.3 session authorized though it carries no certificate.
+    assert.equal(again.text, refusal('none presented'), `${maxVersion}: refused again, nothing served`);
+  }
+  // A client that was accepted resumes its session and is served.
+  let session: Buffer | undefined;
+  const key = fs.readFileSync(certs.clientKey);
+  const cert = fs.readFileSync(certs.clientCert);
+  const trusted = await tlsConnect(tlsPort, { key, cert });
+  trusted.socket.on('session', (s: Buffer) => (session = s));
+  await trusted.exchange('GETSEQ\r\n', ':1\r\n');
+  await trusted.until(() => session !== undefined, 5000, 'a session ticket');
+  trusted.close();
+  const resumed = await tlsConnect(tlsPort, { key, cert, session });
+  assert.ok((resumed.socket as tls.TLSSocket).isSessionReused(), 'the session was resumed');
+  await resumed.exchange('GETSEQ\r\n', ':2\r\n');
+});
+
+test('the TLS port refuses renegotiation: a certificate is checked once, after the first handshake', async () => {
+  const { tlsPort } = await start([`--tls-ca=${certs.caCert}`]);
+  const c = await tlsConnect(tlsPort, { maxVersion: 'TLSv1.2', key: fs.readFileSync(certs.clientKey), cert: fs.readFileSync(certs.clientCert) });
+  await c.exchange('GETSEQ\r\n', ':1\r\n');
+  const socket = c.socket as tls.TLSSocket;
+  const outcome = new Promise<string>((resolve) => {
+    socket.once('error', (err: NodeJS.ErrnoException) => resolve(String(err.code)));
+    socket.renegotiate({}, (err) => resolve(err === null ? 'renegotiated' : String((err as NodeJS.ErrnoException).code)));
+    setTimeout(() => resolve('no answer within 5 s'), 5000).unref();
+  });
+  // The server answers with a no_renegotiation alert, and the session stays the one it checked.
+  assert.equal(await outcome, 'ERR_SSL_NO_RENEGOTIATION');
+  c.close();
 });
