@@ -34,6 +34,8 @@ export interface Config {
   readonly etcd: readonly string[];
   readonly nodeId: string | null;
   readonly advertise: string | null;
+  /** What NOTLEADER names on the TLS port while this member leads (null: derived in group mode, see run.ts). */
+  readonly advertiseTls: string | null;
   /** Seconds. */
   readonly leaseTtl: number;
   readonly etcdPrefix: string;
@@ -82,6 +84,7 @@ export const OPTIONS: readonly OptionSpec[] = [
   { name: 'etcd', key: 'etcd', kind: 'list', def: null, arg: '<url,...>', help: 'run as a member of a group on these etcd endpoints' },
   { name: 'node-id', key: 'nodeId', kind: 'string', def: null, arg: '<id>', help: 'this member\'s name in the group (default: advertise address)' },
   { name: 'advertise', key: 'advertise', kind: 'string', def: null, arg: '<host:port>', help: 'address clients are redirected to when this member leads' },
+  { name: 'advertise-tls', key: 'advertiseTls', kind: 'string', def: null, arg: '<host:port>', help: 'address TLS clients are redirected to when this member leads (default: the --advertise host and --tls-port)' },
   { name: 'lease-ttl', key: 'leaseTtl', kind: 'int', def: '2', min: 1n, max: 600n, arg: '<seconds>', help: 'leader lease in etcd; a dead leader is replaced after about this long' },
   { name: 'etcd-prefix', key: 'etcdPrefix', kind: 'string', def: '/dolmeangi/default/', arg: '<prefix>', help: 'key prefix in etcd, so several groups can share one etcd' },
   { name: 'etcd-username', key: 'etcdUsername', kind: 'string', def: null, arg: '<user>', help: 'etcd user' },
@@ -202,6 +205,12 @@ function crossCheck(c: Config): void {
   // What clients parse a NOTLEADER address with; the port must be given, not defaulted.
   if (c.advertise !== null && parseAddress(c.advertise, null) === null) {
     throw new ConfigError(src('advertise', '--advertise'), `expected host:port or [ipv6]:port, got '${c.advertise}'`);
+  }
+  if (c.advertiseTls !== null && parseAddress(c.advertiseTls, null) === null) {
+    throw new ConfigError(src('advertiseTls', '--advertise-tls'), `expected host:port or [ipv6]:port, got '${c.advertiseTls}'`);
+  }
+  if (c.advertiseTls !== null && c.tlsPort === null) {
+    throw new ConfigError(src('advertiseTls', '--advertise-tls'), 'names the TLS port of this member, and there is none: give --tls-port too');
   }
   if (c.etcd.length > 0 && c.inMemory) {
     throw new ConfigError(c.sources.inMemory!, `cannot be combined with ${c.sources.etcd} (a group keeps its state in etcd)`);

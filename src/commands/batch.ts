@@ -18,6 +18,6 @@ export const batch: Command = {
     }
     const name = sequenceName(words[2]);
     if (typeof name !== 'string') return name.reply;
-    return numberReply(services.source.allocate(name, count, session));
+    return numberReply(services.source.allocate(name, count, session), session.tls);
   },
 };

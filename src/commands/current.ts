@@ -8,6 +8,6 @@ export const current: Command = {
   run(words, session, services) {
     const name = sequenceName(words[1]);
     if (typeof name !== 'string') return name.reply;
-    return numberReply(services.source.current(name, session));
+    return numberReply(services.source.current(name, session), session.tls);
   },
 };

@@ -8,6 +8,6 @@ export const getseq: Command = {
   run(words, session, services) {
     const name = sequenceName(words[1]);
     if (typeof name !== 'string') return name.reply;
-    return numberReply(services.source.allocate(name, 1n, session));
+    return numberReply(services.source.allocate(name, 1n, session), session.tls);
   },
 };

@@ -50,11 +50,12 @@ for (const entry of ENTRIES) {
 }
 
 /** `gone`: whether the connection can still carry a reply (see Session.gone). */
-export function newSession(gone: () => boolean = () => false): Session {
+export function newSession(gone: () => boolean = () => false, tls = false): Session {
   return {
     authenticated: false,
     quit: false,
     last: null,
+    tls,
     get gone() {
       return gone();
     },

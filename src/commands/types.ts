@@ -22,6 +22,8 @@ export interface Session {
    * sequence core). Read from the socket, so no event has to arrive first.
    */
   readonly gone: boolean;
+  /** The connection came in on the TLS port: NOTLEADER names the leader's TLS address. */
+  readonly tls: boolean;
 }
 
 export interface Services {

@@ -19,6 +19,8 @@ export class SequenceError {
   constructor(
     readonly code: 'ERR' | 'NOTLEADER',
     readonly message: string,
+    /** NOTLEADER's message for a client of the TLS port: the leader's TLS address, or '' when unknown. */
+    readonly tlsMessage = '',
   ) {}
 }
 
@@ -28,15 +30,17 @@ export class SequenceError {
  */
 let lastNotLeader = new SequenceError('NOTLEADER', '');
 
-/** NOTLEADER naming `address`; an empty address gives the bare code. */
-export function notLeaderAt(address: string): SequenceError {
-  if (lastNotLeader.message !== address) lastNotLeader = new SequenceError('NOTLEADER', address);
+/** NOTLEADER naming `address` (and `tlsAddress` on the TLS port); an empty address gives the bare code. */
+export function notLeaderAt(address: string, tlsAddress = ''): SequenceError {
+  if (lastNotLeader.message !== address || lastNotLeader.tlsMessage !== tlsAddress) {
+    lastNotLeader = new SequenceError('NOTLEADER', address, tlsAddress);
+  }
   return lastNotLeader;
 }
 
 /** NOTLEADER naming the leader when one is known (the bare code otherwise). */
 export function notLeader(leadership: Leadership | undefined): SequenceError {
-  return notLeaderAt(leadership?.leaderAddress() ?? '');
+  return notLeaderAt(leadership?.leaderAddress() ?? '', leadership?.leaderTlsAddress?.() ?? '');
 }
 
 export const EXHAUSTED = new SequenceError('ERR', 'sequence exhausted');

@@ -245,6 +245,8 @@ export interface EtcdLeadershipOptions {
   readonly nodeId: string;
   /** host:port clients are sent to while this node leads. */
   readonly advertise: string | null;
+  /** host:port clients of the TLS port are sent to while this node leads (null: it has none). */
+  readonly advertiseTls?: string | null;
   /** Lease TTL in seconds. */
   readonly leaseTtl: number;
   readonly log: Logger;
@@ -265,18 +267,21 @@ const NEVER: Instant = { mono: 0, wall: 0 };
 interface KnownLeader {
   readonly nodeId: string | null;
   readonly advertise: string | null;
+  /** Absent from the key of a leader without a TLS port (or of a build before it was written). */
+  readonly advertiseTls: string | null;
 }
 
 function parseLeader(kv: IKeyValue): KnownLeader {
   try {
-    const v = JSON.parse(kv.value.toString('utf8')) as { nodeId?: unknown; advertise?: unknown };
+    const v = JSON.parse(kv.value.toString('utf8')) as { nodeId?: unknown; advertise?: unknown; advertiseTls?: unknown };
     return {
       nodeId: typeof v.nodeId === 'string' ? v.nodeId : null,
       advertise: typeof v.advertise === 'string' ? v.advertise : null,
+      advertiseTls: typeof v.advertiseTls === 'string' ? v.advertiseTls : null,
     };
   } catch {
     // Written by something else: a leader exists, but we cannot send clients to it.
-    return { nodeId: null, advertise: null };
+    return { nodeId: null, advertise: null, advertiseTls: null };
   }
 }
 
@@ -288,6 +293,7 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
   private readonly client: Etcd3;
   private readonly keepaliveClients: Etcd3[];
   private readonly advertise: string | null;
+  private readonly advertiseTls: string | null;
   private readonly requestedTtlMs: number;
   private readonly log: Logger;
 
@@ -337,6 +343,7 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
     this.prefix = opts.prefix;
     this.nodeId = opts.nodeId;
     this.advertise = opts.advertise;
+    this.advertiseTls = opts.advertiseTls ?? null;
     this.requestedTtlMs = opts.leaseTtl * 1000;
     this.ttlMs = this.requestedTtlMs;
     this.log = opts.log;
@@ -376,6 +383,12 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
     // itself would send clients round in a loop.
     if (this.state === 'leader') return this.canServe() ? this.advertise : null;
     return this.known?.advertise ?? null;
+  }
+
+  /** The leader's address for clients of the TLS port, as leaderAddress; null also when it has no TLS port. */
+  leaderTlsAddress(): string | null {
+    if (this.state === 'leader') return this.canServe() ? this.advertiseTls : null;
+    return this.known?.advertiseTls ?? null;
   }
 
   /** The leader's node id, when known. */
@@ -591,7 +604,7 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
         );
       }
       this.ttlMs = Math.min(this.requestedTtlMs, grantedMs);
-      const value = JSON.stringify({ nodeId: this.nodeId, advertise: this.advertise });
+      const value = JSON.stringify({ nodeId: this.nodeId, advertise: this.advertise, ...(this.advertiseTls === null ? {} : { advertiseTls: this.advertiseTls }) });
       const res = await withTimeout(
         this.client
           .if(this.key, 'Create', '==', 0)
@@ -752,7 +765,7 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
   private becomeLeader(term: LeadershipTerm, provenAt: Instant, fenceMs: number): void {
     this.state = 'leader';
     this.current = term;
-    this.known = { nodeId: this.nodeId, advertise: this.advertise };
+    this.known = { nodeId: this.nodeId, advertise: this.advertise, advertiseTls: this.advertiseTls };
     const created = BigInt(term.revision);
     if (created > this.seenRevision) this.seenRevision = created;
     // A deadline left from an earlier term must not outlast this term's proof.

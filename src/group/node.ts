@@ -87,6 +87,7 @@ export function etcdParts(config: Config, nodeId: string, log: Logger): GroupPar
       prefix: config.etcdPrefix,
       nodeId,
       advertise: config.advertise,
+      advertiseTls: config.advertiseTls,
       leaseTtl: config.leaseTtl,
       log,
     }),
@@ -207,6 +208,7 @@ class GroupNode implements GroupHandle {
     const l = this.leadership;
     return [
       ['leader', l.leaderAddress() ?? ''],
+      ['leader_tls', l.leaderTlsAddress?.() ?? ''],
       ['leader_node_id', l.leaderNodeId() ?? ''],
       ['node_id', this.nodeId],
       ['etcd_endpoints', this.config.etcd.join(',')],

@@ -13,6 +13,7 @@
  * client dribbling a frame that never ends is as idle as a silent one.
  */
 import type { Socket } from 'node:net';
+import { TLSSocket } from 'node:tls';
 import { Decoder, type ProtocolError } from '../protocol/decoder.js';
 import { error } from '../protocol/encoder.js';
 import { SHUTTING_DOWN_MESSAGE } from '../protocol/refusals.js';
@@ -87,7 +88,7 @@ const BIG_REPLY = 64 * 1024;
 
 export class Connection {
   private readonly decoder = new Decoder();
-  private readonly session: Session = newSession(() => this.socket.destroyed);
+  private readonly session: Session;
   /** Replies still waiting for storage (their requests are in the sequence core's queue). */
   private waiting = 0;
   /** Replies ready to write, concatenated. */
@@ -142,6 +143,7 @@ export class Connection {
     private readonly limits: ConnectionLimits,
     private readonly events: ConnectionEvents,
   ) {
+    this.session = newSession(() => this.socket.destroyed, socket instanceof TLSSocket);
     socket.setNoDelay(true);
     socket.setKeepAlive(true, 30_000);
     if (limits.idleTimeoutMs > 0) {

@@ -10,7 +10,7 @@ import tls from 'node:tls';
 import type { Config } from '../config.js';
 import { ConfigError } from '../errors.js';
 import { repeatReporter } from '../repeat-reporter.js';
-import { formatAddress } from '../protocol/address.js';
+import { formatAddress, parseAddress } from '../protocol/address.js';
 import { MAX_WORD_BYTES } from '../core/limits.js';
 import { Sequencer, type SequenceSource, type SequencerEvents } from '../core/sequencer.js';
 import type { Readiness } from '../core/ports.js';
@@ -411,12 +411,29 @@ function advertisedAddress(config: Config, log: Logger): string {
   return guessed;
 }
 
+/**
+ * What NOTLEADER names on the TLS port: --advertise-tls, or the advertised host
+ * with --tls-port; null without a TLS port. A TLS client sent to the plain port
+ * could not connect.
+ */
+function advertisedTlsAddress(config: Config, advertise: string): string | null {
+  if (config.tlsPort === null) return null;
+  if (config.advertiseTls !== null) return config.advertiseTls;
+  if (config.tlsPort === 0) {
+    throw new ConfigError('--advertise-tls', 'is needed in group mode with --tls-port=0: TLS clients must be told where the leader is');
+  }
+  const host = parseAddress(advertise, null)?.host;
+  if (host === undefined) throw new ConfigError('--advertise-tls', `is needed: the host of '${advertise}' cannot be told`);
+  return formatAddress({ host, port: config.tlsPort });
+}
+
 async function openGroup(config: Config, log: Logger, metricsEvents: SequencerEvents): Promise<Backend> {
   const advertise = advertisedAddress(config, log);
+  const advertiseTls = advertisedTlsAddress(config, advertise);
   // Loaded only in group mode: the etcd client and its gRPC stack cost a
   // standalone server about 20 MiB of memory for nothing.
   const { startGroup } = await import('../group/node.js');
-  const group = await startGroup(Object.freeze({ ...config, advertise }), log, metricsEvents);
+  const group = await startGroup(Object.freeze({ ...config, advertise, advertiseTls }), log, metricsEvents);
   return {
     source: group,
     mode: 'group',
@@ -425,7 +442,7 @@ async function openGroup(config: Config, log: Logger, metricsEvents: SequencerEv
     role: () => group.leadership.role,
     persistenceFailure: () => group.persistenceFailure(),
     readiness: () => group.readiness(),
-    extraInfo: () => [['advertise', advertise], ...group.info()],
+    extraInfo: () => [['advertise', advertise], ...(advertiseTls === null ? [] : [['advertise_tls', advertiseTls] as [string, string]]), ...group.info()],
     close: (stored) => group.close(stored),
   };
 }

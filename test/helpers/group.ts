@@ -37,6 +37,8 @@ export interface GroupOptions {
   leaseTtl?: number;
   reserve?: number;
   extraArgs?: string[];
+  /** Options for node i alone (a port of its own, say). */
+  nodeArgs?: (i: number) => string[];
 }
 
 export async function startGroup(etcd: EtcdCluster, opts: GroupOptions): Promise<SequencerGroup> {
@@ -62,6 +64,7 @@ export async function startGroup(etcd: EtcdCluster, opts: GroupOptions): Promise
       `--lease-ttl=${opts.leaseTtl ?? 2}`,
       `--reserve=${opts.reserve ?? 1000}`,
       ...(opts.extraArgs ?? []),
+      ...(opts.nodeArgs?.(i) ?? []),
     ]);
   };
   const leaderIndex = async (): Promise<number | null> => {

@@ -36,6 +36,8 @@ const bad: Array<[string[], RegExp]> = [
   [['--etcd=localhost'], /^dolmeangi: --etcd: expected URLs like/],
   [['--etcd=http://127.0.0.1:2379,http://root:s3cret@127.0.0.1:2380'], /^dolmeangi: --etcd: credentials do not go in the URL: give them with --etcd-username and --etcd-password \(or SEQUENCER_ETCD_PASSWORD\)\n$/],
   [['--tls-port=6380'], /^dolmeangi: --tls-port: needs --tls-cert and --tls-key/],
+  [['--advertise-tls=127.0.0.1:10002'], /^dolmeangi: --advertise-tls: names the TLS port of this member, and there is none: give --tls-port too\n$/],
+  [['--advertise-tls=nowhere'], /^dolmeangi: --advertise-tls: expected host:port or \[ipv6\]:port, got 'nowhere'\n$/],
   [['--data-dir=/tmp/somewhere'], /^dolmeangi: --data-dir: cannot be combined with --in-memory \(in memory, nothing is stored\); give one of them\n$/],
 ];
 

@@ -24,6 +24,7 @@ class FakeElection extends EventEmitter<LeadershipEvents> implements GroupElecti
   term: LeadershipTerm | null = null;
   etcdProblem: string | null = null;
   known: string | null = null;
+  knownTls: string | null = null;
   leaseAlive = true;
   stepDowns: string[] = [];
   stepDownOptions: Array<{ term?: LeadershipTerm; holdOffMs?: number }> = [];
@@ -35,6 +36,9 @@ class FakeElection extends EventEmitter<LeadershipEvents> implements GroupElecti
   leaderAddress(): string | null {
     if (this.role === 'leader') return this.canServe() ? SELF : null;
     return this.known;
+  }
+  leaderTlsAddress(): string | null {
+    return this.role === 'leader' ? null : this.knownTls;
   }
   leaderNodeId(): string | null {
     return null;
@@ -157,6 +161,20 @@ test('a follower names the leader it knows, or none', async (t) => {
   assert.equal(node.readiness().ready, false);
 });
 
+test("a follower names the leader's TLS address to clients of its TLS port, and no address when it knows none", async (t) => {
+  const { node, election } = await member(t);
+  election.known = OTHER;
+  // A leader without a TLS port (or of a build that did not publish it): a TLS client is sent
+  // nowhere in particular, so it tries the other servers it lists, rather than a plain port.
+  assert.equal(numberReply(node.allocate('a', 1n), true), '-NOTLEADER\r\n');
+  assert.equal(numberReply(node.allocate('a', 1n), false), `-NOTLEADER ${OTHER}\r\n`);
+  election.knownTls = '127.0.0.1:7603';
+  assert.equal(numberReply(node.allocate('a', 1n), true), '-NOTLEADER 127.0.0.1:7603\r\n');
+  assert.equal(numberReply(node.current('a'), true), '-NOTLEADER 127.0.0.1:7603\r\n');
+  assert.equal(numberReply(node.allocate('a', 1n), false), `-NOTLEADER ${OTHER}\r\n`);
+  assert.equal(await numberReply(node.allocate('a', 1n), true), '-NOTLEADER 127.0.0.1:7603\r\n');
+});
+
 test('elected but still loading the marks: a bare NOTLEADER, never its own address, and not ready', async (t) => {
   const { node, election, stores } = await member(t);
   election.win('7');
@@ -165,7 +183,8 @@ test('elected but still loading the marks: a bare NOTLEADER, never its own addre
   assert.deepEqual(refusal(node.allocate('a', 1n)), { code: 'NOTLEADER', message: '' });
   assert.deepEqual(refusal(node.current('a')), { code: 'NOTLEADER', message: '' });
   // On the wire: the code alone, as SPEC section 6 gives it.
-  assert.equal(numberReply(node.allocate('a', 1n)), '-NOTLEADER\r\n');
+  assert.equal(numberReply(node.allocate('a', 1n), false), '-NOTLEADER\r\n');
+  assert.equal(numberReply(node.allocate('a', 1n), true), '-NOTLEADER\r\n');
   assert.deepEqual(node.readiness(), { ready: false, reason: 'leader, loading marks from etcd' });
 
   stores[0]!.finish(new Map([['a', 41n]]));
