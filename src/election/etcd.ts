@@ -565,7 +565,10 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
         'another member uses this node id and leads: give each member its own --node-id',
       );
     }
-    this.known = ours ? null : leader;
+    // A key of ours from before a restart with another --advertise can still carry this
+    // node's TLS address: naming it would send TLS clients back here, round and round.
+    const selfTls = leader !== null && this.advertiseTls !== null && leader.advertiseTls === this.advertiseTls;
+    this.known = ours ? null : selfTls ? { ...leader, advertiseTls: null } : leader;
     if (kv !== null && !ours && kv.lease !== '0') this.predecessorLease = kv.lease;
     this.announce();
     if (kv === null) void this.campaign();

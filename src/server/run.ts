@@ -407,7 +407,9 @@ function advertisedAddress(config: Config, log: Logger): string {
   // Written as clients parse it: an IPv6 literal in brackets.
   if (!wildcard) return formatAddress({ host: config.host, port: config.port });
   const guessed = `${os.hostname()}:${config.port}`;
-  log.warn({ advertise: guessed }, 'no --advertise given: clients are redirected to this host name; set --advertise if they cannot resolve it');
+  // The TLS address takes the same host (advertisedTlsAddress), unless given.
+  const tls = config.tlsPort !== null && config.tlsPort !== 0 && config.advertiseTls === null ? { advertiseTls: `${os.hostname()}:${config.tlsPort}` } : {};
+  log.warn({ advertise: guessed, ...tls }, 'no --advertise given: clients are redirected to this host name; set --advertise if they cannot resolve it');
   return guessed;
 }
 
@@ -418,7 +420,12 @@ function advertisedAddress(config: Config, log: Logger): string {
  */
 function advertisedTlsAddress(config: Config, advertise: string): string | null {
   if (config.tlsPort === null) return null;
-  if (config.advertiseTls !== null) return config.advertiseTls;
+  if (config.advertiseTls !== null) {
+    if (config.advertiseTls === advertise) {
+      throw new ConfigError(config.sources.advertiseTls ?? '--advertise-tls', `is the plain port's address too (${advertise}): name the TLS port`);
+    }
+    return config.advertiseTls;
+  }
   if (config.tlsPort === 0) {
     throw new ConfigError('--advertise-tls', 'is needed in group mode with --tls-port=0: TLS clients must be told where the leader is');
   }

@@ -60,6 +60,8 @@ describe('etcd leadership', () => {
       log?: Logger;
       beforeStart?: (client: Etcd3) => void;
       keepaliveClient?: EtcdLeadershipOptions['keepaliveClient'];
+      /** The TLS address it publishes; by default one of its own, null for none. */
+      advertiseTls?: string | null;
     } = {},
   ): Promise<Node> {
     const connection = conn(opts.endpoints ?? cluster.endpoints);
@@ -71,6 +73,7 @@ describe('etcd leadership', () => {
       prefix,
       nodeId: id,
       advertise: `127.0.0.1:${7000 + nodes.length}`,
+      advertiseTls: opts.advertiseTls === undefined ? `127.0.0.1:${8000 + nodes.length}` : opts.advertiseTls,
       leaseTtl: opts.ttl ?? 2,
       log: opts.log ?? silentLogger(),
       ...(opts.wallClock ? { wallClock: opts.wallClock } : {}),
@@ -154,6 +157,8 @@ describe('etcd leadership', () => {
     const [leader, follower] = a.leadership.role === 'leader' ? [a, b] : [b, a];
     assert.equal(follower.leadership.role, 'follower');
     assert.equal(follower.leadership.leaderAddress(), leader.leadership.leaderAddress());
+    assert.equal(follower.leadership.leaderTlsAddress(), leader.leadership.leaderTlsAddress());
+    assert.match(String(follower.leadership.leaderTlsAddress()), /^127\.0\.0\.1:80\d\d$/);
     assert.equal(follower.leadership.leaderNodeId(), leader.leadership.nodeId);
 
     // Two TTLs: the lease must be kept alive, and the follower must never lead meanwhile.
@@ -165,7 +170,43 @@ describe('etcd leadership', () => {
     }
     assert.deepEqual(leader.lost, []);
     const stored = await direct.get(`${prefix}leader`).json();
-    assert.deepEqual(stored, { nodeId: leader.leadership.nodeId, advertise: leader.leadership.leaderAddress() });
+    assert.deepEqual(stored, {
+      nodeId: leader.leadership.nodeId,
+      advertise: leader.leadership.leaderAddress(),
+      advertiseTls: leader.leadership.leaderTlsAddress(),
+    });
+  });
+
+  test('a leader key without a usable TLS address (a leader with no TLS port, an earlier build, a wrong type): the TLS address is not known, the plain one is', async () => {
+    for (const advertiseTls of [null, 5]) {
+      const prefix = freshPrefix();
+      const { ID: lease } = await direct.leaseClient.leaseGrant({ TTL: 30 });
+      const value = JSON.stringify({ nodeId: 'old', advertise: '127.0.0.1:6999', ...(advertiseTls === null ? {} : { advertiseTls }) });
+      await direct.put(`${prefix}leader`).value(value).lease(lease);
+      try {
+        const b = await startNode(prefix, 'b');
+        await waitFor(() => b.leadership.leaderAddress() !== null, 'b to learn of the leader');
+        assert.equal(b.leadership.leaderAddress(), '127.0.0.1:6999');
+        assert.equal(b.leadership.leaderTlsAddress(), null, `advertiseTls ${JSON.stringify(advertiseTls)}`);
+      } finally {
+        await direct.leaseClient.leaseRevoke({ ID: lease });
+      }
+    }
+  });
+
+  test("a key of this node's from before a restart with another --advertise: its own TLS address is never named as the leader's", async () => {
+    const prefix = freshPrefix();
+    const { ID: lease } = await direct.leaseClient.leaseGrant({ TTL: 30 });
+    // The plain port moved; the TLS port did not.
+    await direct.put(`${prefix}leader`).value(JSON.stringify({ nodeId: 'c', advertise: '127.0.0.1:6998', advertiseTls: '127.0.0.1:8998' })).lease(lease);
+    try {
+      const c = await startNode(prefix, 'c', { advertiseTls: '127.0.0.1:8998' });
+      await waitFor(() => c.leadership.leaderAddress() !== null, 'c to read the key');
+      assert.equal(c.leadership.leaderAddress(), '127.0.0.1:6998');
+      assert.equal(c.leadership.leaderTlsAddress(), null, 'not its own TLS port: clients would come straight back');
+    } finally {
+      await direct.leaseClient.leaseRevoke({ ID: lease });
+    }
   });
 
   test('two members with the same node id: the follower still sends clients to the leader, and says what is wrong', async () => {
@@ -891,6 +932,7 @@ describe('etcd leadership', () => {
     assert.equal(a.leadership.canServe(), false);
     // Nor does it name itself to clients: that would send them round in a loop.
     assert.equal(a.leadership.leaderAddress(), null);
+    assert.equal(a.leadership.leaderTlsAddress(), null);
   });
 
   test("canServe's answer lasts for one synchronous stretch only: the next reads the clock again", async () => {
@@ -921,6 +963,7 @@ describe('etcd leadership', () => {
     await Promise.resolve();
     assert.equal(a.leadership.canServe(), false, 'the wall clock alone says the lease may have expired');
     assert.equal(a.leadership.leaderAddress(), null);
+    assert.equal(a.leadership.leaderTlsAddress(), null);
     assert.equal(a.leadership.leaseRemainingMs(), 0);
     // Here the lease did live on in etcd, as after a clock set forward: the next keepalive proves it
     // again on both clocks, and the same term serves on with no election.

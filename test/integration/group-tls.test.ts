@@ -13,6 +13,7 @@ import { makeCerts, type TestCerts } from '../helpers/certs.js';
 import { freePorts } from '../helpers/ports.js';
 import { WireClient, ask } from '../helpers/wire.js';
 import { runCli } from '../helpers/server-process.js';
+import { waitFor } from '../helpers/wait.js';
 import { SequencerClient } from '../../src/index.js';
 
 let etcd: EtcdCluster;
@@ -48,8 +49,18 @@ function tlsConnect(port: number): Promise<WireClient> {
   });
 }
 
-test("a follower's TLS port names the leader's TLS address; its plain port, the plain one", async () => {
+/** The serving leader's index, once the follower has learned of it too (its watch may lag the leader's start). */
+async function leaderKnownToFollower(): Promise<number> {
   const leader = await group.waitForLeader();
+  await waitFor(
+    async () => (await ask(group.nodes[1 - leader]!.port, 'INFO\r\n')).includes(`\r\nleader_tls:127.0.0.1:${tlsPorts[leader]}\r\n`),
+    'the follower to know the leader',
+  );
+  return leader;
+}
+
+test("a follower's TLS port names the leader's TLS address; its plain port, the plain one", async () => {
+  const leader = await leaderKnownToFollower();
   const follower = 1 - leader;
   const secure = await tlsConnect(tlsPorts[follower]!);
   await secure.exchange('GETSEQ\r\nCURRENT\r\n', `-NOTLEADER 127.0.0.1:${tlsPorts[leader]}\r\n`.repeat(2));
@@ -61,7 +72,7 @@ test("a follower's TLS port names the leader's TLS address; its plain port, the 
 });
 
 test('the client library over TLS, given only a follower, follows the redirect to the leader and is served', async () => {
-  const leader = await group.waitForLeader();
+  const leader = await leaderKnownToFollower();
   const follower = 1 - leader;
   const c = new SequencerClient({ servers: [`localhost:${tlsPorts[follower]}`], tls: { ca: fs.readFileSync(certs.caCert) }, requestTimeoutMs: 5000 });
   try {
@@ -72,8 +83,8 @@ test('the client library over TLS, given only a follower, follows the redirect t
   }
 });
 
-test('a member with --tls-port=0 must be told its TLS address: it cannot be known before the port is bound', async () => {
-  const r = await runCli([
+test('--advertise-tls is needed with --tls-port=0, and may not name the plain port', async () => {
+  const args = [
     'sequencer',
     `--etcd=${etcd.endpoints[0]}`,
     '--etcd-prefix=/dolmeangi-tls-test-unused/',
@@ -81,10 +92,14 @@ test('a member with --tls-port=0 must be told its TLS address: it cannot be know
     '--port=0',
     '--advertise=127.0.0.1:1',
     '--metrics-port=0',
-    '--tls-port=0',
     `--tls-cert=${certs.serverCert}`,
     `--tls-key=${certs.serverKey}`,
-  ]);
-  assert.equal(r.code, 2, r.stderr);
-  assert.equal(r.stderr, 'dolmeangi: --advertise-tls: is needed in group mode with --tls-port=0: TLS clients must be told where the leader is\n');
+  ];
+  // It cannot be known before the port is bound, and the election key is written before that.
+  const zero = await runCli([...args, '--tls-port=0']);
+  assert.equal(zero.code, 2, zero.stderr);
+  assert.equal(zero.stderr, 'dolmeangi: --advertise-tls: is needed in group mode with --tls-port=0: TLS clients must be told where the leader is\n');
+  const same = await runCli([...args, '--tls-port=0', '--advertise-tls=127.0.0.1:1']);
+  assert.equal(same.code, 2, same.stderr);
+  assert.equal(same.stderr, "dolmeangi: --advertise-tls: is the plain port's address too (127.0.0.1:1): name the TLS port\n");
 });

@@ -17,6 +17,7 @@ import { silentLogger } from '../../src/log.js';
 import { waitFor } from '../helpers/wait.js';
 
 const SELF = '127.0.0.1:7601';
+const SELF_TLS = '127.0.0.1:7611';
 const OTHER = '127.0.0.1:7602';
 
 class FakeElection extends EventEmitter<LeadershipEvents> implements GroupElection {
@@ -38,7 +39,8 @@ class FakeElection extends EventEmitter<LeadershipEvents> implements GroupElecti
     return this.known;
   }
   leaderTlsAddress(): string | null {
-    return this.role === 'leader' ? null : this.knownTls;
+    if (this.role === 'leader') return this.canServe() ? SELF_TLS : null;
+    return this.knownTls;
   }
   leaderNodeId(): string | null {
     return null;
@@ -92,7 +94,11 @@ class HeldStore implements Store {
   /** When set, every persist is fenced, as after another node took the leader key. */
   fencePersists = false;
 
+  /** When set, a persist waits for ever, as against an etcd that takes no writes and sends no error. */
+  holdPersists = false;
+
   async persist(marks: Marks): Promise<void> {
+    if (this.holdPersists) return new Promise<void>(() => {});
     if (this.fencePersists) throw new FencedError('/t/leader no longer belongs to this term');
     if (this.failPersists) throw new Error('etcd unavailable');
     this.persisted.push(new Map(marks));
@@ -172,7 +178,28 @@ test("a follower names the leader's TLS address to clients of its TLS port, and 
   assert.equal(numberReply(node.allocate('a', 1n), true), '-NOTLEADER 127.0.0.1:7603\r\n');
   assert.equal(numberReply(node.current('a'), true), '-NOTLEADER 127.0.0.1:7603\r\n');
   assert.equal(numberReply(node.allocate('a', 1n), false), `-NOTLEADER ${OTHER}\r\n`);
-  assert.equal(await numberReply(node.allocate('a', 1n), true), '-NOTLEADER 127.0.0.1:7603\r\n');
+});
+
+test("requests waiting for storage when the term ends are refused with the leader's TLS address on the TLS port", async (t) => {
+  const m = await member(t);
+  await serveTerm(m, '9', new Map([['a', 100n]]));
+  m.stores.at(-1)!.holdPersists = true;
+  // Past the window: each waits for a reservation that never completes.
+  const overTls = numberReply(m.node.allocate('a', 1_000_000n), true);
+  const overPlain = numberReply(m.node.allocate('a', 1_000_000n), false);
+  assert.ok(overTls instanceof Promise && overPlain instanceof Promise, 'both wait for storage');
+  m.election.knownTls = '127.0.0.1:7603';
+  m.election.lose('lease expired', OTHER);
+  assert.equal(await overTls, '-NOTLEADER 127.0.0.1:7603\r\n');
+  assert.equal(await overPlain, `-NOTLEADER ${OTHER}\r\n`);
+});
+
+test('a leader past its serving deadline names no address, on either port: it does not know who leads next', async (t) => {
+  const m = await member(t);
+  await serveTerm(m, '9', new Map([['a', 100n]]));
+  m.election.leaseAlive = false;
+  assert.equal(numberReply(m.node.allocate('a', 1n), true), '-NOTLEADER\r\n');
+  assert.equal(numberReply(m.node.allocate('a', 1n), false), '-NOTLEADER\r\n');
 });
 
 test('elected but still loading the marks: a bare NOTLEADER, never its own address, and not ready', async (t) => {
