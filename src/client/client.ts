@@ -24,7 +24,7 @@ import { type Address, DEFAULT_PORT, formatAddress, parseAddress } from '../prot
 import { isRetryRefusal } from '../protocol/refusals.js';
 import { SequenceAllocator, type AllocatorOptions } from './allocator.js';
 import { type BackoffOptions, DEFAULT_BACKOFF, backoffDelay } from './backoff.js';
-import { CertificateRejectedError, Connection, describeReply, refusesOurCertificate } from './connection.js';
+import { ServerCertificateRejectedError, Connection, certificateRefusalIn, describeReply } from './connection.js';
 import {
   ConnectionClosedError,
   NoServerAvailableError,
@@ -33,7 +33,6 @@ import {
   ServerError,
   TimeoutError,
   fromWire,
-  isCertificateRefused,
 } from './errors.js';
 import { type ServerInfo, parseInfo } from './info.js';
 
@@ -88,8 +87,6 @@ interface Route {
    * that one that answered late (paused, then resumed) costs no try on the others.
    */
   readonly slowestMs: Map<string, number>;
-  /** Servers that refused this client's certificate, after accepting the connection (see refusesOurCertificate). */
-  readonly refusedCertificate: Set<string>;
 }
 
 /** May the command be sent again after its reply was lost? */
@@ -156,6 +153,12 @@ export class SequencerClient {
   private lastConnectError: unknown = null;
   /** Servers the connection attempts under way have tried, for the error that says none answered. */
   private readonly tried = new Set<string>();
+  /**
+   * The last certificate problem with each server, by host:port, until a connection
+   * to it succeeds: this client rejecting its certificate, or it refusing this
+   * client's. Calls and rounds read only the problems from their own time on.
+   */
+  private readonly certificateProblems = new Map<string, { at: number; error: Error }>();
   private readonly closing = new AbortController();
 
   constructor(options?: SequencerClientOptions);
@@ -259,8 +262,9 @@ export class SequencerClient {
     expected: Reply['type'],
     parse: (reply: Reply) => T | undefined,
   ): Promise<T> {
-    const deadline = performance.now() + this.requestTimeoutMs;
-    const route: Route = { hops: [], named: new Set(), following: null, slowestMs: new Map(), refusedCertificate: new Set() };
+    const started = performance.now();
+    const deadline = started + this.requestTimeoutMs;
+    const route: Route = { hops: [], named: new Set(), following: null, slowestMs: new Map() };
     // Without reconnecting, a call still retries once per server (a full one, or one that drops the connection, is left for the next).
     let attemptsLeft = this.backoff === null ? this.servers.length : Infinity;
     for (let attempt = 0; ; attempt++) {
@@ -275,17 +279,15 @@ export class SequencerClient {
         reply = await connection.send(words, Math.max(1, left), left * 2 >= this.requestTimeoutMs, expected);
       } catch (err) {
         this.avoid(connection);
-        if (refusesOurCertificate(err)) {
-          // As for a server certificate this client refuses (connectRounds): another server may
+        const refusal = certificateRefusalIn(err);
+        if (refusal !== null) {
+          // As for a server certificate this client rejects (connectRounds): another server may
           // take it (one member set up wrong), but once every one has refused it, waiting cannot help.
-          this.lastConnectError = certificateRefusal(err as Error);
-          const again = route.refusedCertificate.has(connection.address);
-          route.refusedCertificate.add(connection.address);
-          if (this.closed || this.servers.every((s) => route.refusedCertificate.has(formatAddress(s))) || --attemptsLeft <= 0) {
-            throw this.noServerError([...route.refusedCertificate]);
-          }
+          const again = (this.certificateProblems.get(connection.address)?.at ?? -1) >= started;
+          this.certificateProblem(connection.address, refusal);
+          if (this.closed || this.everyServerHasCertificateProblem(started) || --attemptsLeft <= 0) throw this.noServerError(started);
           // Sent back to a server that refused already (a leader named, say): not in a tight loop.
-          if (again && this.backoff !== null) await this.pause(attempt, deadline, route, err as Error);
+          if (again && this.backoff !== null) await this.pause(attempt, deadline, route, this.noServerError(started));
           continue;
         }
         const retry = err instanceof ConnectionClosedError && (!err.requestSent || resend === Resend.Safe);
@@ -434,10 +436,7 @@ export class SequencerClient {
     try {
       for (let round = 0; ; round++) {
         const target = this.redirectTarget;
-        // A certificate refused by every server (this client refusing theirs, or they refusing
-        // this client's) is not cured by waiting, unlike a server still starting, so the call
-        // fails after one round instead of at its timeout.
-        let allRefusedCertificates = true;
+        const roundStarted = performance.now();
         for (const address of this.candidates()) {
           // Every caller gave up: no more attempts, and no socket opened for nobody.
           // (Never true before the first await: the caller that started the rounds is
@@ -447,12 +446,14 @@ export class SequencerClient {
           const connection = await this.open(address);
           if (connection !== null) return connection;
           if (this.closed) throw clientClosed();
-          if (!refusedCertificates(this.lastConnectError)) allRefusedCertificates = false;
           if (address === target) {
             this.unreachable = { address: formatAddress(address), until: performance.now() + this.connectTimeoutMs };
           }
         }
-        if (this.backoff === null || allRefusedCertificates) throw this.noServerError();
+        // A certificate refused by every server (this client rejecting theirs, or they refusing
+        // this client's) is not cured by waiting, unlike a server still starting, so the call
+        // fails after one round instead of at its timeout.
+        if (this.backoff === null || this.everyServerHasCertificateProblem(roundStarted)) throw this.noServerError(roundStarted);
         await sleep(backoffDelay(round, this.backoff), this.closing.signal);
         if (this.closed) throw clientClosed();
       }
@@ -477,6 +478,8 @@ export class SequencerClient {
       });
     } catch (err) {
       this.lastConnectError = err;
+      const problem = err instanceof ServerCertificateRejectedError ? err : certificateRefusalIn(err);
+      if (problem !== null) this.certificateProblem(formatAddress(address), problem);
       return null;
     }
     if (this.closed) {
@@ -492,8 +495,10 @@ export class SequencerClient {
       connection.destroy();
       // A refused password fails the waiting calls now; another server would refuse it too.
       if (err instanceof ServerError && err.wireCode === 'WRONGPASS') throw err;
-      // (A refused certificate meets AUTH when a password is set.)
-      this.lastConnectError = refusesOurCertificate(err) ? certificateRefusal(err as Error) : err;
+      // A refused certificate meets AUTH when a password is set.
+      const refusal = certificateRefusalIn(err);
+      if (refusal !== null) this.certificateProblem(connection.address, refusal);
+      this.lastConnectError = refusal ?? err;
       return null;
     } finally {
       this.closing.signal.removeEventListener('abort', giveUp);
@@ -506,6 +511,7 @@ export class SequencerClient {
     this.live.add(connection);
     void connection.closed.then(() => this.live.delete(connection));
     this.lastConnectError = null;
+    this.certificateProblems.delete(connection.address);
     const index = this.indexOf(connection.address);
     if (index !== -1) this.preferred = index;
     return connection;
@@ -514,8 +520,8 @@ export class SequencerClient {
   private async authenticate(connection: Connection, deadline: number): Promise<void> {
     const reply = await connection.send(['AUTH', this.password!], Math.max(1, deadline - performance.now()));
     // Only a refusal is fatal. Other errors (a server without a password may
-    // answer AUTH with -ERR) are left for the real commands to report. (A full
-    // server's unasked error never gets here: the connection takes it, see onReply.)
+    // answer AUTH with -ERR) are left for the real commands to report. (A server's
+    // unasked refusal never gets here: the connection takes it, see onReply.)
     if (reply.type === 'error' && reply.code === 'WRONGPASS') throw fromWire(reply.code, reply.message);
   }
 
@@ -566,13 +572,36 @@ export class SequencerClient {
     return this.servers.findIndex((s) => formatAddress(s) === address);
   }
 
-  private noServerError(triedNow: string[] = [...this.tried]): NoServerAvailableError {
-    const tried = triedNow.length === 0 ? 'none tried yet' : `tried ${triedNow.join(', ')}`;
+  /** Notes that `address` rejected or refused a certificate (see certificateProblems). */
+  private certificateProblem(address: string, error: Error): void {
+    this.certificateProblems.set(address, { at: performance.now(), error });
+    this.lastConnectError = error;
+  }
+
+  /** Whether every listed server's certificate problem is from `since` on: more tries cannot help. */
+  private everyServerHasCertificateProblem(since: number): boolean {
+    return this.servers.every((s) => (this.certificateProblems.get(formatAddress(s))?.at ?? -1) >= since);
+  }
+
+  /**
+   * `since`: when the call (or round) that gives up began. If every listed server
+   * refused this client's certificate from then on, the error says so; otherwise it
+   * says none could be reached, with the last failure as the cause.
+   */
+  private noServerError(since?: number): NoServerAvailableError {
     const cause = this.lastConnectError;
-    const why = cause instanceof Error ? `: ${cause.message.replace(/\.$/, '')}` : '';
-    if (refusedThisClient(cause)) {
-      return new NoServerAvailableError(`every server refused this client's TLS certificate (${tried})${why}.`, { cause });
+    if (since !== undefined && this.everyServerHasCertificateProblem(since)) {
+      const problems = this.servers.map((s) => this.certificateProblems.get(formatAddress(s))!.error);
+      if (problems.every((e) => !(e instanceof ServerCertificateRejectedError))) {
+        const last = problems.find((e) => e === cause) ?? problems[0]!;
+        return new NoServerAvailableError(
+          `every server refused this client's TLS certificate (tried ${this.servers.map(formatAddress).join(', ')}): ${last.message.replace(/\.$/, '')}.`,
+          { cause: last },
+        );
+      }
     }
+    const tried = this.tried.size === 0 ? 'none tried yet' : `tried ${[...this.tried].join(', ')}`;
+    const why = cause instanceof Error ? `: ${cause.message.replace(/\.$/, '')}` : '';
     // More time helps only where time ran out, not against a refusal or a bad certificate.
     const advice = cause === null || cause instanceof TimeoutError ? ', or allow more time (requestTimeoutMs)' : '';
     return new NoServerAvailableError(
@@ -580,24 +609,7 @@ export class SequencerClient {
       { cause },
     );
   }
-}
 
-/**
- * What a refusal of this client's certificate is reported as: the server's own
- * words when it sent them (a ServerError), else the TLS alert's error.
- */
-function certificateRefusal(err: Error): Error {
-  return err.cause instanceof ServerError ? err.cause : err;
-}
-
-/** This client's certificate refused by a server, as certificateRefusal reports it or before. */
-function refusedThisClient(err: unknown): boolean {
-  return refusesOurCertificate(err) || (err instanceof ServerError && isCertificateRefused(err.serverMessage));
-}
-
-/** A certificate refused, by this client (the server's) or by the server (this client's): waiting cannot help. */
-function refusedCertificates(err: unknown): boolean {
-  return err instanceof CertificateRejectedError || refusedThisClient(err);
 }
 
 /** Refused here, not by the server: a name over its word limit would cost the connection and every call on it. */

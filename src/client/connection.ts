@@ -83,7 +83,7 @@ export class Connection {
   /** Why the connection is being torn down, given to every request still pending. */
   private fatal: Error | null = null;
   private socketError: Error | null = null;
-  /** No reply has arrived yet: a full server's refusal can only come first. */
+  /** No reply has arrived yet: a server's unasked refusal (full, or of our certificate) can only come first. */
   private firstReply = true;
 
   /** Connects (and completes the TLS handshake) within `connectTimeoutMs`. */
@@ -109,7 +109,7 @@ export class Connection {
       const onConnect = (): void => done(null);
       const onError = (err: Error): void => {
         if (isCertificateError(err)) done(certificateError(text, err));
-        else if (tlsHandshakeRefusal(err)) done(refusedCertificate(text, err));
+        else if (tlsHandshakeRefusal(err)) done(new ClientCertificateRefusedError(text, err));
         else done(err);
       };
       const onEarlyClose = (): void => done(new Error(`connection to ${text} closed while connecting`));
@@ -295,7 +295,7 @@ export class Connection {
 
   private closedError(requestSent: boolean): ConnectionClosedError {
     const why = this.fatal?.message ?? this.socketError?.message ?? (this.retiring ? 'the client retired it' : 'the server closed it');
-    const certificate = !requestSent && this.refusedCertificate;
+    const certificate = !requestSent && this.refusedOurCertificate;
     const advice = requestSent
       ? 'The request may have reached the server: a GETSEQ or GETSEQ_BATCH may have issued numbers that are now skipped, never handed out again.'
       : certificate
@@ -303,16 +303,16 @@ export class Connection {
         : this.refused
           ? 'The server refused the connection before reading the request; it is safe to retry.'
           : 'The request was never sent; it is safe to retry.';
-    const error = new ConnectionClosedError(`connection to ${this.address} closed before the reply arrived (${why}). ${advice}`, {
+    // A refusal by alert is given the same advice as one in the handshake (Connection.open).
+    const alert = certificate && !(this.fatal instanceof ServerError) ? new ClientCertificateRefusedError(this.address, this.socketError!) : null;
+    return new ConnectionClosedError(`connection to ${this.address} closed before the reply arrived (${alert?.message ?? why}). ${advice}`, {
       requestSent,
-      cause: this.fatal ?? this.socketError ?? undefined,
+      cause: alert ?? this.fatal ?? this.socketError ?? undefined,
     });
-    if (certificate) certificateRefusals.add(error);
-    return error;
   }
 
   /** Refused as a whole (see `refused`) for this client's certificate, by the server's reply or a TLS alert. */
-  private get refusedCertificate(): boolean {
+  private get refusedOurCertificate(): boolean {
     if (!this.refused) return false;
     return this.fatal instanceof ServerError ? isCertificateRefused(this.fatal.serverMessage) : tlsHandshakeRefusal(this.socketError);
   }
@@ -329,16 +329,30 @@ function tlsHandshakeRefusal(err: Error | null): boolean {
 }
 
 /**
- * Errors that say a server refused this client's certificate: its reply on the TLS
- * port (sent before it reads anything) or a TLS alert, in the handshake (TLS 1.2)
- * or just after it (TLS 1.3, when our first request may already be written).
- * Marked where they are made, where the difference from a crash is known.
+ * A server refused this client's certificate (or its lack of one) with a TLS
+ * alert: in the handshake (TLS 1.2), or just after it (TLS 1.3, when our first
+ * request may already be written). A dolmeangi server says so in a reply instead,
+ * a ServerError; see certificateRefusalIn.
  */
-const certificateRefusals = new WeakSet<Error>();
+export class ClientCertificateRefusedError extends Error {
+  constructor(address: string, alert: Error) {
+    super(
+      `${address} refused this client's TLS certificate (${alert.message.trim()}): set one signed by the CA the server trusts as tls.cert and tls.key (CLI: --tls-cert, --tls-key)`,
+      { cause: alert },
+    );
+  }
+}
 
-/** Whether `err` is such a refusal: every try with the same certificate gets the same. */
-export function refusesOurCertificate(err: unknown): boolean {
-  return err instanceof Error && certificateRefusals.has(err);
+/**
+ * The server's refusal of this client's certificate that `err` is, or that closed
+ * the connection under the request `err` failed: the reply (a ServerError) or the
+ * alert. Null for any other error. Every try with the same certificate gets the same.
+ */
+export function certificateRefusalIn(err: unknown): Error | null {
+  const refusal = err instanceof ConnectionClosedError && !err.requestSent ? err.cause : err;
+  if (refusal instanceof ClientCertificateRefusedError) return refusal;
+  if (refusal instanceof ServerError && isCertificateRefused(refusal.serverMessage)) return refusal;
+  return null;
 }
 
 /**
@@ -351,21 +365,11 @@ function isCertificateError(err: Error): boolean {
   return typeof code === 'string' && !code.startsWith('ERR_SSL_') && /CERT|SELF_SIGNED|UNABLE_TO_(GET|VERIFY)/.test(code);
 }
 
-/** A TLS alert in the handshake refusing this client's certificate (or lack of one). */
-function refusedCertificate(address: string, err: Error): Error {
-  const error = new Error(
-    `${address} refused this client's TLS certificate (${err.message.trim()}): set one signed by the CA the server trusts as tls.cert and tls.key (CLI: --tls-cert, --tls-key)`,
-    { cause: err },
-  );
-  certificateRefusals.add(error);
-  return error;
-}
-
 /**
  * The client refused the server's certificate. Unlike a refused or timed-out
  * connection, waiting does not cure it, so the connection rounds stop on it.
  */
-export class CertificateRejectedError extends Error {}
+export class ServerCertificateRejectedError extends Error {}
 
 function certificateError(address: string, err: Error): Error {
   const code = (err as NodeJS.ErrnoException).code ?? '';
@@ -377,7 +381,7 @@ function certificateError(address: string, err: Error): Error {
         : code === 'ERR_TLS_CERT_ALTNAME_INVALID'
           ? 'connect by a name or address the certificate lists (or set tls.servername)'
           : 'give the CA that signed it as tls.ca (CLI: --tls-ca)';
-  return new CertificateRejectedError(`the TLS certificate of ${address} was not accepted (${err.message}): ${advice}`, { cause: err });
+  return new ServerCertificateRejectedError(`the TLS certificate of ${address} was not accepted (${err.message}): ${advice}`, { cause: err });
 }
 
 /** A reply's kind, for messages. */

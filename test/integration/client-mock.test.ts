@@ -6,6 +6,7 @@ import { readFile } from 'node:fs/promises';
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
+import tls from 'node:tls';
 import {
   ConnectionClosedError,
   NoServerAvailableError,
@@ -673,7 +674,10 @@ for (const maxVersion of ['TLSv1.3', 'TLSv1.2'] as const) {
     const gaveUp = new Promise<'still retrying'>((r) => setTimeout(r, 10_000, 'still retrying').unref());
     const error = await Promise.race([c.getNextSequence().then(() => null, (e: unknown) => e), gaveUp]);
     assert.ok(error instanceof NoServerAvailableError, String(error));
-    assert.match(error.message, /^every server refused this client's TLS certificate \(tried 127\.0\.0\.1:\d+\): .*alert (certificate required|handshake failure)/);
+    assert.match(
+      error.message,
+      /^every server refused this client's TLS certificate \(tried 127\.0\.0\.1:\d+\): 127\.0\.0\.1:\d+ refused this client's TLS certificate \(.*alert (certificate required|handshake failure).*\): set one signed by the CA the server trusts as tls\.cert and tls\.key \(CLI: --tls-cert, --tls-key\)\.$/,
+    );
     assert.doesNotMatch(error.message, /safe to retry|allow more time/);
   });
 }
@@ -681,8 +685,10 @@ for (const maxVersion of ['TLSv1.3', 'TLSv1.2'] as const) {
 /** A server with mutual TLS, as dolmeangi's TLS port refuses a client certificate: unasked, then it closes. */
 async function certificateRefuser(): Promise<{ address: string; accepted: () => number }> {
   let accepted = 0;
+  const sockets: net.Socket[] = [];
   const server = net.createServer((socket) => {
     accepted++;
+    sockets.push(socket);
     socket.on('error', () => {});
     socket.resume();
     socket.end("-ERR client certificate not accepted (none presented): this port takes only valid certificates signed by the CA of the server's --tls-ca\r\n");
@@ -690,6 +696,7 @@ async function certificateRefuser(): Promise<{ address: string; accepted: () => 
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   after(() => {
     server.close();
+    for (const s of sockets) s.destroy();
   });
   return { address: `127.0.0.1:${(server.address() as net.AddressInfo).port}`, accepted: () => accepted };
 }
@@ -711,6 +718,45 @@ test("a server's refusal of this client's certificate: the next server is tried,
       /^every server refused this client's TLS certificate \(tried 127\.0\.0\.1:\d+, 127\.0\.0\.1:\d+\): server replied: ERR client certificate not accepted \(none presented\): .*: set such a certificate and its key as tls\.cert and tls\.key \(CLI: --tls-cert, --tls-key\)\.$/,
     );
     assert.ok(error.cause instanceof ServerError, 'the cause is the server\'s refusal');
+  }
+});
+
+test("servers that refuse this client's certificate in either way, an alert (TLS 1.2, an earlier build) and a reply: the call fails after one round", async () => {
+  const { key, cert, ca } = await tlsFiles();
+  const strict = await mock(counterScript(), { tls: { key, cert, ca, requestCert: true, rejectUnauthorized: true } });
+  const sockets: net.Socket[] = [];
+  const replying = tls.createServer({ key, cert }, (socket) => {
+    sockets.push(socket);
+    socket.on('error', () => {});
+    socket.resume();
+    socket.end("-ERR client certificate not accepted (none presented): this port takes only valid certificates signed by the CA of the server's --tls-ca\r\n");
+  });
+  await new Promise<void>((r) => replying.listen(0, '127.0.0.1', r));
+  const replyingAddress = `127.0.0.1:${(replying.address() as net.AddressInfo).port}`;
+  try {
+    for (const servers of [[strict.address, replyingAddress], [replyingAddress, strict.address]]) {
+      const c = client({ servers, tls: { ca, maxVersion: 'TLSv1.2' }, requestTimeoutMs: 60_000 });
+      const gaveUp = new Promise<'still retrying'>((r) => setTimeout(r, 10_000, 'still retrying').unref());
+      const error = await Promise.race([c.getNextSequence().then(() => null, (e: unknown) => e), gaveUp]);
+      await c.close();
+      assert.ok(error instanceof NoServerAvailableError, `${servers.join(', ')}: ${String(error)}`);
+      assert.match(error.message, /^every server refused this client's TLS certificate \(tried 127\.0\.0\.1:\d+, 127\.0\.0\.1:\d+\): /);
+    }
+  } finally {
+    for (const s of sockets) s.destroy();
+    await new Promise((r) => replying.close(r));
+  }
+});
+
+test("a server that is down beside one that refuses this client's certificate: the call keeps trying the one that may come up until its timeout", async () => {
+  const refuser = await certificateRefuser();
+  const down = `127.0.0.1:${await freePort()}`;
+  for (const password of [undefined, 'pw']) {
+    const c = client({ servers: [down, refuser.address], password, requestTimeoutMs: 1500, reconnect: { minDelayMs: 10, maxDelayMs: 50 } });
+    const error = await c.getNextSequence().then(() => null, (e: unknown) => e);
+    // At the deadline: no server reached, or the last try's request timed out.
+    assert.ok(error instanceof TimeoutError, `password ${password}: ${String(error)}`);
+    assert.doesNotMatch(error.message, /every server refused/, 'one was down, not refusing');
   }
 });
 
