@@ -53,9 +53,10 @@ export class TimeoutError extends DolmeangiError {
 }
 
 /**
- * The request timed out before it could be sent, because no server could be
- * reached. It is a TimeoutError too; nothing was issued. `cause` holds the
- * last connection failure.
+ * The request could not be sent: no server could be reached before the request
+ * timed out, or, sooner, every server refused this client's certificate (or
+ * presented one it does not accept). It is a TimeoutError too; nothing was
+ * issued. `cause` holds the last connection failure.
  */
 export class NoServerAvailableError extends TimeoutError {
   override readonly code = 'NO_SERVER';
@@ -65,7 +66,8 @@ export class NoServerAvailableError extends TimeoutError {
 export class ConnectionClosedError extends DolmeangiError {
   /**
    * False when the request never left this process, or the server refused the
-   * connection before reading it (full): retrying it is safe.
+   * connection before reading it (full, or refusing this client's certificate):
+   * nothing was done, and retrying it is safe (though for a certificate, futile).
    * True when it may have reached the server, which may have acted on it.
    */
   readonly requestSent: boolean;

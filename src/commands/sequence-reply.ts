@@ -17,7 +17,7 @@ function refusal(err: SequenceError, tls: boolean): string {
   const cache = forTls ? encodedForTls : encoded;
   let text = cache.get(err);
   // The message is the server's own text: a storage failure names a path.
-  if (text === undefined) cache.set(err, (text = error(err.code, utf8Bytes(forTls ? err.tlsMessage : err.message))));
+  if (text === undefined) cache.set(err, (text = error(err.code, utf8Bytes(forTls ? err.tlsLeaderAddress : err.message))));
   return text;
 }
 

@@ -19,8 +19,8 @@ export class SequenceError {
   constructor(
     readonly code: 'ERR' | 'NOTLEADER',
     readonly message: string,
-    /** NOTLEADER's message for a client of the TLS port: the leader's TLS address, or '' when unknown. */
-    readonly tlsMessage = '',
+    /** For NOTLEADER: what a client of the TLS port is told instead, the leader's TLS address ('' when unknown). */
+    readonly tlsLeaderAddress = '',
   ) {}
 }
 
@@ -32,7 +32,7 @@ let lastNotLeader = new SequenceError('NOTLEADER', '');
 
 /** NOTLEADER naming `address` (and `tlsAddress` on the TLS port); an empty address gives the bare code. */
 export function notLeaderAt(address: string, tlsAddress = ''): SequenceError {
-  if (lastNotLeader.message !== address || lastNotLeader.tlsMessage !== tlsAddress) {
+  if (lastNotLeader.message !== address || lastNotLeader.tlsLeaderAddress !== tlsAddress) {
     lastNotLeader = new SequenceError('NOTLEADER', address, tlsAddress);
   }
   return lastNotLeader;

@@ -565,8 +565,8 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
         'another member uses this node id and leads: give each member its own --node-id',
       );
     }
-    // A key of ours from before a restart with another --advertise can still carry this
-    // node's TLS address: naming it would send TLS clients back here, round and round.
+    // A key that carries this node's own TLS address (ours from before a restart with
+    // another --advertise, say) must not be named: TLS clients would come straight back.
     const selfTls = leader !== null && this.advertiseTls !== null && leader.advertiseTls === this.advertiseTls;
     this.known = ours ? null : selfTls ? { ...leader, advertiseTls: null } : leader;
     if (kv !== null && !ours && kv.lease !== '0') this.predecessorLease = kv.lease;

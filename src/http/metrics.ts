@@ -129,7 +129,7 @@ export class Metrics {
     scraped(Gauge, registers, 'dolmeangi_max_connections', 'The --max-connections limit.', [], (g) => g.set(view.maxConnections));
     scraped(Counter, registers, 'dolmeangi_connections_accepted_total', 'Client connections accepted.', [], (c) => c.inc(view.connections().accepted));
     scraped(Counter, registers, 'dolmeangi_connections_rejected_total', 'Client connections refused because --max-connections were open.', [], (c) => c.inc(view.connections().rejected));
-    scraped(Counter, registers, 'dolmeangi_tls_certificate_refusals_total', 'TLS clients refused by mutual TLS (--tls-ca): no certificate, or one the CA did not sign (expired, for another CA).', [], (c) => c.inc(view.connections().certificateRefusals));
+    scraped(Counter, registers, 'dolmeangi_tls_certificate_refusals_total', 'TLS clients refused by mutual TLS (--tls-ca): no certificate, or one that does not verify against that CA (another CA\'s, expired, ...).', [], (c) => c.inc(view.connections().certificateRefusals));
     scraped(Counter, registers, 'dolmeangi_accept_errors_total', 'Client connections the server failed to accept (ENOMEM, ENOBUFS and the like; not EMFILE or ENFILE, which libuv handles unreported); the server serves on.', [], (c) => c.inc(view.connections().acceptErrors));
     scraped(Counter, registers, 'dolmeangi_output_limit_disconnects_total', 'Clients disconnected for leaving --client-output-limit reply bytes unread while replies released by storage kept coming (otherwise such a client is only paused).', [], (c) => c.inc(view.connections().outputLimitDisconnects));
 

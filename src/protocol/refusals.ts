@@ -6,7 +6,7 @@
  */
 import { SHUTTING_DOWN_MESSAGE, STARTING_MESSAGE } from '../core/limits.js';
 
-export { SHUTTING_DOWN_MESSAGE, STARTING_MESSAGE };
+export { SHUTTING_DOWN_MESSAGE };
 
 /** True for `-ERR` replies that mean "not done, try again" (NOTLEADER has a code of its own). */
 export function isRetryRefusal(code: string, message: string): boolean {

@@ -408,8 +408,8 @@ function advertisedAddress(config: Config, log: Logger): string {
   if (!wildcard) return formatAddress({ host: config.host, port: config.port });
   const guessed = `${os.hostname()}:${config.port}`;
   // The TLS address takes the same host (advertisedTlsAddress), unless given.
-  const tls = config.tlsPort !== null && config.tlsPort !== 0 && config.advertiseTls === null ? { advertiseTls: `${os.hostname()}:${config.tlsPort}` } : {};
-  log.warn({ advertise: guessed, ...tls }, 'no --advertise given: clients are redirected to this host name; set --advertise if they cannot resolve it');
+  const guessedTls = config.tlsPort !== null && config.tlsPort !== 0 && config.advertiseTls === null ? { advertiseTls: `${os.hostname()}:${config.tlsPort}` } : {};
+  log.warn({ advertise: guessed, ...guessedTls }, 'no --advertise given: clients are redirected to this host name; set --advertise if they cannot resolve it');
   return guessed;
 }
 

@@ -1,6 +1,7 @@
 /**
- * The TCP (and TLS) listeners: the connection cap, and a graceful drain that
- * stops accepting, answers what was already read, then closes every socket.
+ * The TCP (and TLS) listeners: the connection cap, mutual TLS's check of client
+ * certificates, and a graceful drain that stops accepting, answers what was
+ * already read, then closes every socket.
  */
 import net, { type Socket } from 'node:net';
 import tls from 'node:tls';
@@ -39,7 +40,7 @@ export interface ServerCounters {
   leanReads: number;
   /** Failed accepts Node.js reports (ENOMEM, ENOBUFS...; libuv handles EMFILE and ENFILE itself, unreported): those clients see a reset or a hang. */
   acceptErrors: number;
-  /** TLS clients refused by mutual TLS: no certificate, or one --tls-ca did not sign. */
+  /** TLS clients refused by mutual TLS: no certificate, or one that does not verify against --tls-ca. */
   certificateRefusals: number;
 }
 
@@ -87,7 +88,7 @@ export class SequencerServer {
    * With `requestCert` (mutual TLS), the certificate is checked here, after the
    * handshake, rather than by OpenSSL in it: a refused client then reads why,
    * over TLS, instead of seeing its connection closed or an alert that names
-   * no CA. Nothing it sends is read.
+   * no CA. Nothing it sends is acted on.
    */
   listenTls(host: string, port: number, options: tls.TlsOptions): Promise<number> {
     const idle = this.options.idleTimeoutMs;
@@ -175,7 +176,7 @@ export class SequencerServer {
     this.connections.add(conn);
   }
 
-  /** Sends `reply` unasked and closes, reading nothing the client sends. */
+  /** Sends `reply` unasked and closes, acting on nothing the client sends. */
   private refuse(socket: Socket, reply: string): void {
     socket.on('error', () => {});
     if (this.refusing >= MAX_REFUSING) {
@@ -199,9 +200,10 @@ function hasPeerCertificate(socket: tls.TLSSocket): boolean {
 
 /**
  * `authorized` alone is not enough: a TLS 1.3 session resumed from a ticket
- * carries no certificate, and Node reports it authorized (nodejs/node#35317).
- * A refused client is given a ticket before it is refused, so without the
- * second check it could come back with that ticket and be served.
+ * that was given to a client without a certificate carries none, yet Node
+ * reports it authorized (nodejs/node#35317). A refused client is given a ticket
+ * before it is refused, so without the second check it could come back with
+ * that ticket and be served.
  */
 function presentedValidCertificate(socket: tls.TLSSocket): boolean {
   return socket.authorized && hasPeerCertificate(socket);
