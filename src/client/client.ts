@@ -87,6 +87,8 @@ interface Route {
    * that one that answered late (paused, then resumed) costs no try on the others.
    */
   readonly slowestMs: Map<string, number>;
+  /** Servers that refused this call's certificate after accepting its connection: a second visit waits a backoff step. */
+  readonly refusedCertificate: Set<string>;
 }
 
 /** May the command be sent again after its reply was lost? */
@@ -264,7 +266,7 @@ export class SequencerClient {
   ): Promise<T> {
     const started = performance.now();
     const deadline = started + this.requestTimeoutMs;
-    const route: Route = { hops: [], named: new Set(), following: null, slowestMs: new Map() };
+    const route: Route = { hops: [], named: new Set(), following: null, slowestMs: new Map(), refusedCertificate: new Set() };
     // Without reconnecting, a call still retries once per server (a full one, or one that drops the connection, is left for the next).
     let attemptsLeft = this.backoff === null ? this.servers.length : Infinity;
     for (let attempt = 0; ; attempt++) {
@@ -283,7 +285,10 @@ export class SequencerClient {
         if (refusal !== null) {
           // As for a server certificate this client rejects (connectRounds): another server may
           // take it (one member set up wrong), but once every one has refused it, waiting cannot help.
-          const again = (this.certificateProblems.get(connection.address)?.at ?? -1) >= started;
+          // Per call: the shared record loses the entry whenever a connection there succeeds,
+          // which a server refusing after the handshake lets every one do.
+          const again = route.refusedCertificate.has(connection.address);
+          route.refusedCertificate.add(connection.address);
           this.certificateProblem(connection.address, refusal);
           if (this.closed || this.everyServerHasCertificateProblem(started) || --attemptsLeft <= 0) throw this.noServerError(started);
           // Sent back to a server that refused already (a leader named, say): not in a tight loop.
@@ -592,11 +597,20 @@ export class SequencerClient {
     const cause = this.lastConnectError;
     if (since !== undefined && this.everyServerHasCertificateProblem(since)) {
       const problems = this.servers.map((s) => this.certificateProblems.get(formatAddress(s))!.error);
-      if (problems.every((e) => !(e instanceof ServerCertificateRejectedError))) {
+      const listed = this.servers.map(formatAddress).join(', ');
+      const rejected = problems.filter((e) => e instanceof ServerCertificateRejectedError).length;
+      if (rejected === 0) {
         const last = problems.find((e) => e === cause) ?? problems[0]!;
+        return new NoServerAvailableError(`every server refused this client's TLS certificate (tried ${listed}): ${last.message.replace(/\.$/, '')}.`, {
+          cause: last,
+        });
+      }
+      // Both ways at once: each server's own problem, since each needs its own remedy.
+      if (rejected < problems.length) {
+        const each = problems.map((e) => e.message.replace(/\.$/, '')).join('; ');
         return new NoServerAvailableError(
-          `every server refused this client's TLS certificate (tried ${this.servers.map(formatAddress).join(', ')}): ${last.message.replace(/\.$/, '')}.`,
-          { cause: last },
+          `every server refused this client's TLS certificate or presented one this client does not accept (tried ${listed}): ${each}.`,
+          { cause: cause ?? problems[0] },
         );
       }
     }

@@ -748,15 +748,32 @@ test("servers that refuse this client's certificate in either way, an alert (TLS
   }
 });
 
+test("one server refuses this client's certificate, the other presents one this client rejects: the call fails at once, naming each problem", async () => {
+  const { key, cert, ca } = await tlsFiles();
+  const strict = await mock(counterScript(), { tls: { key, cert, ca, requestCert: true, rejectUnauthorized: true } });
+  const [otherKey, otherCert] = await Promise.all([readFile(certs!.strangerKey), readFile(certs!.strangerCert)]);
+  const stranger = await mock(counterScript(), { tls: { key: otherKey, cert: otherCert } });
+  const c = client({ servers: [strict.address, stranger.address], tls: { ca }, requestTimeoutMs: 60_000 });
+  const gaveUp = new Promise<'still retrying'>((r) => setTimeout(r, 10_000, 'still retrying').unref());
+  const error = await Promise.race([c.getNextSequence().then(() => null, (e: unknown) => e), gaveUp]);
+  assert.ok(error instanceof NoServerAvailableError, String(error));
+  assert.match(error.message, /^every server refused this client's TLS certificate or presented one this client does not accept \(tried /);
+  assert.match(error.message, /refused this client's TLS certificate \(.*\): set one signed by the CA/);
+  assert.match(error.message, /the TLS certificate of 127\.0\.0\.1:\d+ was not accepted/);
+});
+
 test("a server that is down beside one that refuses this client's certificate: the call keeps trying the one that may come up until its timeout", async () => {
   const refuser = await certificateRefuser();
   const down = `127.0.0.1:${await freePort()}`;
   for (const password of [undefined, 'pw']) {
     const c = client({ servers: [down, refuser.address], password, requestTimeoutMs: 1500, reconnect: { minDelayMs: 10, maxDelayMs: 50 } });
+    const before = refuser.accepted();
     const error = await c.getNextSequence().then(() => null, (e: unknown) => e);
     // At the deadline: no server reached, or the last try's request timed out.
     assert.ok(error instanceof TimeoutError, `password ${password}: ${String(error)}`);
     assert.doesNotMatch(error.message, /every server refused/, 'one was down, not refusing');
+    // Paced by the backoff: about one try per step (10-50 ms), not thousands in a tight loop.
+    assert.ok(refuser.accepted() - before < 200, `password ${password}: ${refuser.accepted() - before} tries of the refusing server in 1.5 s`);
   }
 });
 
