@@ -89,6 +89,8 @@ interface Route {
   readonly slowestMs: Map<string, number>;
   /** Servers that refused this call's certificate after accepting its connection: a second visit waits a backoff step. */
   readonly refusedCertificate: Set<string>;
+  /** When the call began (performance.now()): certificate problems from then on are this call's. */
+  readonly started: number;
 }
 
 /** May the command be sent again after its reply was lost? */
@@ -266,7 +268,7 @@ export class SequencerClient {
   ): Promise<T> {
     const started = performance.now();
     const deadline = started + this.requestTimeoutMs;
-    const route: Route = { hops: [], named: new Set(), following: null, slowestMs: new Map(), refusedCertificate: new Set() };
+    const route: Route = { hops: [], named: new Set(), following: null, slowestMs: new Map(), refusedCertificate: new Set(), started };
     // Without reconnecting, a call still retries once per server (a full one, or one that drops the connection, is left for the next).
     let attemptsLeft = this.backoff === null ? this.servers.length : Infinity;
     for (let attempt = 0; ; attempt++) {
@@ -365,7 +367,7 @@ export class SequencerClient {
           route,
           new NotLeaderError(
             name,
-            `${from.address} names ${name} as the leader, but ${name} did not answer in time: ${namedButSilent(name)}`,
+            `${from.address} names ${name} as the leader, but ${this.whyNotAnswered(name, route)}`,
           ),
         );
       }
@@ -403,7 +405,17 @@ export class SequencerClient {
   private ranOutError(route: Route): Error {
     const leader = route.following;
     if (leader === null) return this.noServerError();
-    return new NotLeaderError(leader, `no leader answered before the request timeout; the last one named was ${leader}: ${namedButSilent(leader)}`);
+    return new NotLeaderError(leader, `no leader answered before the request timeout; the last one named was ${leader}, and ${this.whyNotAnswered(leader, route)}`);
+  }
+
+  /**
+   * Why the named leader gave the call no answer: it refused this client's
+   * certificate (a member that trusts another CA), or, most likely, it is gone.
+   */
+  private whyNotAnswered(leader: string, route: Route): string {
+    const problem = this.certificateProblems.get(leader);
+    if (problem !== undefined && problem.at >= route.started) return `it refused this client's TLS certificate: ${problem.error.message.replace(/\.$/, '')}`;
+    return `${leader} did not answer in time: ${namedButSilent(leader)}`;
   }
 
   /** Waits for the shared connection attempt, at most until `deadline`, then fails with `ranOut()`. */

@@ -762,6 +762,19 @@ test("one server refuses this client's certificate, the other presents one this 
   assert.match(error.message, /the TLS certificate of 127\.0\.0\.1:\d+ was not accepted/);
 });
 
+test("a leader, named by a member that serves this client, that refuses this client's certificate: NotLeaderError at the deadline says so", async () => {
+  const refuser = await certificateRefuser();
+  for (const password of [undefined, 'pw']) {
+    const follower = await mock((words, connection) => connection.send(words[0] === 'AUTH' ? '+OK\r\n' : `-NOTLEADER ${refuser.address}\r\n`));
+    const c = client({ servers: [follower.address], password, requestTimeoutMs: 1000, reconnect: { minDelayMs: 10, maxDelayMs: 50 } });
+    const error = await c.getNextSequence().then(() => null, (e: unknown) => e);
+    assert.ok(error instanceof NotLeaderError, `password ${password}: ${String(error)}`);
+    assert.equal(error.leader, refuser.address);
+    assert.match(error.message, /refused this client's TLS certificate: server replied: ERR client certificate not accepted \(none presented\)/);
+    assert.doesNotMatch(error.message, /did not answer in time/);
+  }
+});
+
 test("a server that is down beside one that refuses this client's certificate: the call keeps trying the one that may come up until its timeout", async () => {
   const refuser = await certificateRefuser();
   const down = `127.0.0.1:${await freePort()}`;
