@@ -292,9 +292,10 @@ export class SequencerClient {
           const again = route.refusedCertificate.has(connection.address);
           route.refusedCertificate.add(connection.address);
           this.certificateProblem(connection.address, refusal);
-          if (this.closed || this.everyServerHasCertificateProblem(started) || --attemptsLeft <= 0) throw this.noServerError(started);
+          if (this.closed || this.everyServerHasCertificateProblem(started)) throw this.noServerError(started);
+          if (--attemptsLeft <= 0) throw this.ranOutError(route);
           // Sent back to a server that refused already (a leader named, say): not in a tight loop.
-          if (again && this.backoff !== null) await this.pause(attempt, deadline, route, this.noServerError(started));
+          if (again && this.backoff !== null) await this.pause(attempt, deadline, route, this.ranOutError(route));
           continue;
         }
         const retry = err instanceof ConnectionClosedError && (!err.requestSent || resend === Resend.Safe);
