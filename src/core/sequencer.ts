@@ -16,12 +16,19 @@ import type { Leadership, Marks, Store } from './ports.js';
 
 /** A refusal the command layer turns into a wire error. */
 export class SequenceError {
+  /**
+   * The refusal as a client of the TLS port gets it: for a NOTLEADER, one naming
+   * the leader's TLS address (its plain one would take a TLS client nowhere);
+   * this one otherwise.
+   */
+  readonly onTlsPort: SequenceError;
   constructor(
     readonly code: 'ERR' | 'NOTLEADER',
     readonly message: string,
-    /** For NOTLEADER: what a client of the TLS port is told instead, the leader's TLS address ('' when unknown). */
-    readonly tlsLeaderAddress = '',
-  ) {}
+    onTlsPort?: SequenceError,
+  ) {
+    this.onTlsPort = onTlsPort ?? this;
+  }
 }
 
 /**
@@ -32,8 +39,9 @@ let lastNotLeader = new SequenceError('NOTLEADER', '');
 
 /** NOTLEADER naming `address` (and `tlsAddress` on the TLS port); an empty address gives the bare code. */
 export function notLeaderAt(address: string, tlsAddress = ''): SequenceError {
-  if (lastNotLeader.message !== address || lastNotLeader.tlsLeaderAddress !== tlsAddress) {
-    lastNotLeader = new SequenceError('NOTLEADER', address, tlsAddress);
+  if (lastNotLeader.message !== address || lastNotLeader.onTlsPort.message !== tlsAddress) {
+    const onTlsPort = tlsAddress === address ? undefined : new SequenceError('NOTLEADER', tlsAddress);
+    lastNotLeader = new SequenceError('NOTLEADER', address, onTlsPort);
   }
   return lastNotLeader;
 }
