@@ -397,20 +397,20 @@ async function openBackend(config: Config, log: Logger, metrics: Metrics | null)
   };
 }
 
-/** The address NOTLEADER replies name for this node: --advertise, or the bind address and port. */
-function advertisedAddress(config: Config, log: Logger): string {
-  if (config.advertise !== null) return config.advertise;
+/**
+ * The address NOTLEADER replies name for this node: --advertise, or the bind
+ * address and port; `guessed` when that is this machine's host name (bound to
+ * every address), which clients may not resolve.
+ */
+function advertisedAddress(config: Config): { address: string; guessed: boolean } {
+  if (config.advertise !== null) return { address: config.advertise, guessed: false };
   if (config.port === 0) {
     throw new ConfigError('--advertise', 'is needed in group mode with --port=0: clients must be told where the leader is');
   }
   const wildcard = config.host === '0.0.0.0' || config.host === '::';
   // Written as clients parse it: an IPv6 literal in brackets.
-  if (!wildcard) return formatAddress({ host: config.host, port: config.port });
-  const guessed = `${os.hostname()}:${config.port}`;
-  // The TLS address takes the same host (advertisedTlsAddress), unless given.
-  const guessedTls = config.tlsPort !== null && config.tlsPort !== 0 && config.advertiseTls === null ? { advertiseTls: `${os.hostname()}:${config.tlsPort}` } : {};
-  log.warn({ advertise: guessed, ...guessedTls }, 'no --advertise given: clients are redirected to this host name; set --advertise if they cannot resolve it');
-  return guessed;
+  if (!wildcard) return { address: formatAddress({ host: config.host, port: config.port }), guessed: false };
+  return { address: `${os.hostname()}:${config.port}`, guessed: true };
 }
 
 /**
@@ -435,8 +435,13 @@ function advertisedTlsAddress(config: Config, advertise: string): string | null 
 }
 
 async function openGroup(config: Config, log: Logger, metricsEvents: SequencerEvents): Promise<Backend> {
-  const advertise = advertisedAddress(config, log);
+  const { address: advertise, guessed } = advertisedAddress(config);
   const advertiseTls = advertisedTlsAddress(config, advertise);
+  if (guessed) {
+    // The TLS address takes the same host, unless given.
+    const guessedTls = config.advertiseTls === null && advertiseTls !== null ? { advertiseTls } : {};
+    log.warn({ advertise, ...guessedTls }, 'no --advertise given: clients are redirected to this host name; set --advertise if they cannot resolve it');
+  }
   // Loaded only in group mode: the etcd client and its gRPC stack cost a
   // standalone server about 20 MiB of memory for nothing.
   const { startGroup } = await import('../group/node.js');
