@@ -415,7 +415,7 @@ export class SequencerClient {
    */
   private whyNotAnswered(leader: string, route: Route): string {
     const problem = this.certificateProblems.get(leader);
-    if (problem !== undefined && problem.at >= route.started) return `it refused this client's TLS certificate: ${problem.error.message.replace(/\.$/, '')}`;
+    if (problem !== undefined && problem.at >= route.started) return `it refused this client's TLS certificate: ${clause(problem.error)}`;
     return `${leader} did not answer in time: ${namedButSilent(leader)}`;
   }
 
@@ -614,13 +614,13 @@ export class SequencerClient {
       const rejected = problems.filter((e) => e instanceof ServerCertificateRejectedError).length;
       if (rejected === 0) {
         const last = problems.find((e) => e === cause) ?? problems[0]!;
-        return new NoServerAvailableError(`every server refused this client's TLS certificate (tried ${listed}): ${last.message.replace(/\.$/, '')}.`, {
+        return new NoServerAvailableError(`every server refused this client's TLS certificate (tried ${listed}): ${clause(last)}.`, {
           cause: last,
         });
       }
       // Both ways at once: each server's own problem, since each needs its own remedy.
       if (rejected < problems.length) {
-        const each = problems.map((e) => e.message.replace(/\.$/, '')).join('; ');
+        const each = problems.map(clause).join('; ');
         return new NoServerAvailableError(
           `every server refused this client's TLS certificate or presented one this client does not accept (tried ${listed}): ${each}.`,
           { cause: cause ?? problems[0] },
@@ -628,7 +628,7 @@ export class SequencerClient {
       }
     }
     const tried = this.tried.size === 0 ? 'none tried yet' : `tried ${[...this.tried].join(', ')}`;
-    const why = cause instanceof Error ? `: ${cause.message.replace(/\.$/, '')}` : '';
+    const why = cause instanceof Error ? `: ${clause(cause)}` : '';
     // More time helps only where time ran out, not against a refusal or a bad certificate.
     const advice = cause === null || cause instanceof TimeoutError ? ', or allow more time (requestTimeoutMs)' : '';
     return new NoServerAvailableError(
@@ -636,7 +636,11 @@ export class SequencerClient {
       { cause },
     );
   }
+}
 
+/** An error's message to quote inside a sentence of ours: without its closing period. */
+function clause(err: Error): string {
+  return err.message.replace(/\.$/, '');
 }
 
 /** Refused here, not by the server: a name over its word limit would cost the connection and every call on it. */
