@@ -3,6 +3,7 @@
  * until a condition holds or a deadline passes.
  */
 import net from 'node:net';
+import tls from 'node:tls';
 
 export class WireClient {
   /** What arrived, kept as chunks and joined only when read: expect() and waitClosed() take linear time. */
@@ -34,6 +35,20 @@ export class WireClient {
   /** A peer over a socket opened elsewhere (a TLS socket, say). */
   static wrap(socket: net.Socket): WireClient {
     return new WireClient(socket);
+  }
+
+  /**
+   * A TLS peer on 127.0.0.1 (certificate checked for `localhost`), once its
+   * handshake is done from the client's side, or the connection closed (a
+   * refusal: see `error`).
+   */
+  static connectTls(port: number, options: tls.ConnectionOptions): Promise<WireClient> {
+    return new Promise((resolve) => {
+      const socket = tls.connect({ host: '127.0.0.1', servername: 'localhost', ...options, port });
+      const peer = new WireClient(socket);
+      socket.once('secureConnect', () => resolve(peer));
+      socket.once('close', () => resolve(peer));
+    });
   }
 
   static connect(port: number, host = '127.0.0.1'): Promise<WireClient> {

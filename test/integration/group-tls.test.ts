@@ -6,7 +6,6 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import tls from 'node:tls';
 import { startEtcdCluster, type EtcdCluster } from '../helpers/etcd-cluster.js';
 import { startGroup, type SequencerGroup } from '../helpers/group.js';
 import { makeCerts, type TestCerts } from '../helpers/certs.js';
@@ -20,7 +19,7 @@ let etcd: EtcdCluster;
 let group: SequencerGroup;
 let certs: TestCerts;
 let tlsPorts: number[];
-const sockets: tls.TLSSocket[] = [];
+const peers: WireClient[] = [];
 
 before(async () => {
   certs = await makeCerts();
@@ -34,19 +33,16 @@ before(async () => {
 });
 
 after(async () => {
-  for (const s of sockets) s.destroy();
+  for (const p of peers) p.close();
   await group?.close();
   await etcd?.close();
   await certs?.remove();
 });
 
-function tlsConnect(port: number): Promise<WireClient> {
-  return new Promise((resolve, reject) => {
-    const socket = tls.connect({ host: '127.0.0.1', port, ca: fs.readFileSync(certs.caCert), servername: 'localhost' });
-    sockets.push(socket);
-    socket.once('secureConnect', () => resolve(WireClient.wrap(socket)));
-    socket.once('error', reject);
-  });
+async function tlsConnect(port: number): Promise<WireClient> {
+  const peer = await WireClient.connectTls(port, { ca: fs.readFileSync(certs.caCert) });
+  peers.push(peer);
+  return peer;
 }
 
 /** The serving leader's index, once the follower has learned of it too (its watch may lag the leader's start). */

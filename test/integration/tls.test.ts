@@ -38,15 +38,11 @@ async function start(args: string[]): Promise<{ server: ServerProcess; tlsPort: 
   return { server, tlsPort };
 }
 
-/** A TLS peer for byte-for-byte exchanges, once its handshake is done from the client's side (or failed: see `error`). */
-function tlsConnect(port: number, options: tls.ConnectionOptions = {}): Promise<WireClient> {
-  return new Promise((resolve) => {
-    const socket = tls.connect({ host: '127.0.0.1', port, ca, servername: 'localhost', ...options });
-    sockets.push(socket);
-    const peer = WireClient.wrap(socket);
-    socket.once('secureConnect', () => resolve(peer));
-    socket.once('close', () => resolve(peer));
-  });
+/** A TLS peer for byte-for-byte exchanges that trusts the test CA, closed after the tests if still open. */
+async function tlsConnect(port: number, options: tls.ConnectionOptions = {}): Promise<WireClient> {
+  const peer = await WireClient.connectTls(port, { ca, ...options });
+  sockets.push(peer.socket);
+  return peer;
 }
 
 /** Runs a program we did not write; its output is kept byte for byte (latin1). */
