@@ -26,9 +26,12 @@ import { waitFor } from '../helpers/wait.js';
 const servers: MockServer[] = [];
 const clients: SequencerClient[] = [];
 let certs: Awaited<ReturnType<typeof makeCerts>> | null = null;
+/** Closes the servers made by certificateRefuser, and their sockets. */
+const refusers: Array<() => void> = [];
 after(async () => {
   await Promise.all(clients.map((c) => c.close()));
   await Promise.all(servers.map((s) => s.close()));
+  for (const stop of refusers) stop();
   await certs?.remove();
 });
 
@@ -683,18 +686,23 @@ for (const maxVersion of ['TLSv1.3', 'TLSv1.2'] as const) {
 }
 
 /** A server with mutual TLS, as dolmeangi's TLS port refuses a client certificate: unasked, then it closes. */
-async function certificateRefuser(): Promise<{ address: string; accepted: () => number }> {
+/**
+ * A server that refuses this client's certificate as dolmeangi's TLS port does: unasked, then it
+ * closes. Plain TCP unless given TLS options (a test without them need not make certificates).
+ */
+async function certificateRefuser(tlsOptions?: tls.TlsOptions): Promise<{ address: string; accepted: () => number }> {
   let accepted = 0;
   const sockets: net.Socket[] = [];
-  const server = net.createServer((socket) => {
+  const refuse = (socket: net.Socket): void => {
     accepted++;
     sockets.push(socket);
     socket.on('error', () => {});
     socket.resume();
     socket.end("-ERR client certificate not accepted (none presented): this port takes only valid certificates signed by the CA of the server's --tls-ca\r\n");
-  });
+  };
+  const server = tlsOptions === undefined ? net.createServer(refuse) : tls.createServer(tlsOptions, refuse);
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  after(() => {
+  refusers.push(() => {
     server.close();
     for (const s of sockets) s.destroy();
   });
@@ -724,27 +732,14 @@ test("a server's refusal of this client's certificate: the next server is tried,
 test("servers that refuse this client's certificate in either way, an alert (TLS 1.2, an earlier build) and a reply: the call fails after one round", async () => {
   const { key, cert, ca } = await tlsFiles();
   const strict = await mock(counterScript(), { tls: { key, cert, ca, requestCert: true, rejectUnauthorized: true } });
-  const sockets: net.Socket[] = [];
-  const replying = tls.createServer({ key, cert }, (socket) => {
-    sockets.push(socket);
-    socket.on('error', () => {});
-    socket.resume();
-    socket.end("-ERR client certificate not accepted (none presented): this port takes only valid certificates signed by the CA of the server's --tls-ca\r\n");
-  });
-  await new Promise<void>((r) => replying.listen(0, '127.0.0.1', r));
-  const replyingAddress = `127.0.0.1:${(replying.address() as net.AddressInfo).port}`;
-  try {
-    for (const servers of [[strict.address, replyingAddress], [replyingAddress, strict.address]]) {
-      const c = client({ servers, tls: { ca, maxVersion: 'TLSv1.2' }, requestTimeoutMs: 60_000 });
-      const gaveUp = new Promise<'still retrying'>((r) => setTimeout(r, 10_000, 'still retrying').unref());
-      const error = await Promise.race([c.getNextSequence().then(() => null, (e: unknown) => e), gaveUp]);
-      await c.close();
-      assert.ok(error instanceof NoServerAvailableError, `${servers.join(', ')}: ${String(error)}`);
-      assert.match(error.message, /^every server refused this client's TLS certificate \(tried 127\.0\.0\.1:\d+, 127\.0\.0\.1:\d+\): /);
-    }
-  } finally {
-    for (const s of sockets) s.destroy();
-    await new Promise((r) => replying.close(r));
+  const replying = await certificateRefuser({ key, cert });
+  for (const servers of [[strict.address, replying.address], [replying.address, strict.address]]) {
+    const c = client({ servers, tls: { ca, maxVersion: 'TLSv1.2' }, requestTimeoutMs: 60_000 });
+    const gaveUp = new Promise<'still retrying'>((r) => setTimeout(r, 10_000, 'still retrying').unref());
+    const error = await Promise.race([c.getNextSequence().then(() => null, (e: unknown) => e), gaveUp]);
+    await c.close();
+    assert.ok(error instanceof NoServerAvailableError, `${servers.join(', ')}: ${String(error)}`);
+    assert.match(error.message, /^every server refused this client's TLS certificate \(tried 127\.0\.0\.1:\d+, 127\.0\.0\.1:\d+\): /);
   }
 });
 
