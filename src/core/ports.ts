@@ -50,6 +50,6 @@ export interface Leadership {
   canServe(): boolean;
   /** The leader's advertised host:port, or null when none is known. */
   leaderAddress(): string | null;
-  /** The same for clients of the TLS port; null also when the leader has no TLS port. Absent: never known. */
-  leaderTlsAddress?(): string | null;
+  /** The same for clients of the TLS port; null also when the leader has no TLS port. */
+  leaderTlsAddress(): string | null;
 }

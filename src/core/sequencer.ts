@@ -48,7 +48,7 @@ export function notLeaderAt(address: string, tlsAddress = ''): SequenceError {
 
 /** NOTLEADER naming the leader when one is known (the bare code otherwise). */
 export function notLeader(leadership: Leadership | undefined): SequenceError {
-  return notLeaderAt(leadership?.leaderAddress() ?? '', leadership?.leaderTlsAddress?.() ?? '');
+  return notLeaderAt(leadership?.leaderAddress() ?? '', leadership?.leaderTlsAddress() ?? '');
 }
 
 export const EXHAUSTED = new SequenceError('ERR', 'sequence exhausted');

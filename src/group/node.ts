@@ -208,7 +208,7 @@ class GroupNode implements GroupHandle {
     const l = this.leadership;
     return [
       ['leader', l.leaderAddress() ?? ''],
-      ['leader_tls', l.leaderTlsAddress?.() ?? ''],
+      ['leader_tls', l.leaderTlsAddress() ?? ''],
       ['leader_node_id', l.leaderNodeId() ?? ''],
       ['node_id', this.nodeId],
       ['etcd_endpoints', this.config.etcd.join(',')],

@@ -275,7 +275,7 @@ test('a waiter is refused, not left hanging, when the write it waits for fails',
 test('a fenced write stops the node: NOTLEADER, waiters refused, nothing more handed out', async () => {
   const store = new MemoryStore();
   let fenced = 0;
-  const leadership: Leadership = { role: 'leader', canServe: () => true, leaderAddress: () => '10.0.0.2:10001' };
+  const leadership: Leadership = { role: 'leader', canServe: () => true, leaderAddress: () => '10.0.0.2:10001', leaderTlsAddress: () => null };
   const seq = await open(store, 0n, { leadership, events: { fenced: () => fenced++ } });
   store.fence();
   const r = seq.allocate('default', 1n) as Promise<bigint>;
@@ -288,7 +288,7 @@ test('a fenced write stops the node: NOTLEADER, waiters refused, nothing more ha
 test('a lease that is not surely alive refuses at once, even below the mark', async () => {
   const store = new MemoryStore();
   let alive = true;
-  const leadership: Leadership = { role: 'leader', canServe: () => alive, leaderAddress: () => null };
+  const leadership: Leadership = { role: 'leader', canServe: () => alive, leaderAddress: () => null, leaderTlsAddress: () => null };
   const seq = await open(store, 100n, { leadership });
   assert.equal(await take(seq.allocate('default', 1n)), 1n);
   alive = false;
