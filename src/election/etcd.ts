@@ -231,8 +231,11 @@ export interface LeadershipEvents {
   elected: [term: LeadershipTerm];
   /** This node no longer leads (it stopped serving before this fires). */
   lost: [reason: string];
-  /** The address clients should be sent to changed (null: no leader known). */
-  leaderChanged: [address: string | null];
+  /**
+   * The addresses clients should be sent to changed, the plain one or the TLS
+   * one (null: no leader known, or for TLS, none published).
+   */
+  leaderChanged: [address: string | null, tlsAddress: string | null];
 }
 
 export interface EtcdLeadershipOptions {
@@ -317,6 +320,7 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
   /** The newest etcd raft term seen in an answer that proves something (see behindRaftTerm). */
   private raftTerm = 0n;
   private announced: string | null = null;
+  private announcedTls: string | null = null;
   private campaigning: Promise<void> | null = null;
   private polling = false;
   private holdOffUntil = 0;
@@ -990,9 +994,11 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
 
   private announce(): void {
     const address = this.leaderAddress();
-    if (address === this.announced) return;
+    const tlsAddress = this.leaderTlsAddress();
+    if (address === this.announced && tlsAddress === this.announcedTls) return;
     this.announced = address;
-    this.emit('leaderChanged', address);
+    this.announcedTls = tlsAddress;
+    this.emit('leaderChanged', address, tlsAddress);
   }
 
   /**

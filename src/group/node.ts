@@ -147,8 +147,8 @@ class GroupNode implements GroupHandle {
     this.leadership = parts.election;
     this.leadership.on('elected', (term) => void this.onElected(term));
     this.leadership.on('lost', (reason) => this.onLost(reason));
-    this.leadership.on('leaderChanged', (address) =>
-      this.log.info({ leader: address, leaderNodeId: this.leadership.leaderNodeId() }, 'group leader changed'),
+    this.leadership.on('leaderChanged', (address, tlsAddress) =>
+      this.log.info({ leader: address, leaderTls: tlsAddress, leaderNodeId: this.leadership.leaderNodeId() }, 'group leader changed'),
     );
   }
 

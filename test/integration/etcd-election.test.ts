@@ -194,6 +194,24 @@ describe('etcd leadership', () => {
     }
   });
 
+  test('a leader key whose TLS address alone changes is announced, with both addresses', async () => {
+    const prefix = freshPrefix();
+    const { ID: lease } = await direct.leaseClient.leaseGrant({ TTL: 30 });
+    const key = (tls: string) => JSON.stringify({ nodeId: 'old', advertise: '127.0.0.1:6999', advertiseTls: tls });
+    await direct.put(`${prefix}leader`).value(key('127.0.0.1:8999')).lease(lease);
+    try {
+      const b = await startNode(prefix, 'b');
+      const seen: Array<[string | null, string | null]> = [];
+      b.leadership.on('leaderChanged', (address, tlsAddress) => seen.push([address, tlsAddress]));
+      await waitFor(() => b.leadership.leaderTlsAddress() === '127.0.0.1:8999', 'b to read the key');
+      await direct.put(`${prefix}leader`).value(key('127.0.0.1:8997')).lease(lease);
+      await waitFor(() => seen.length > 0 && seen.at(-1)![1] === '127.0.0.1:8997', 'the new TLS address to be announced');
+      assert.deepEqual(seen.at(-1), ['127.0.0.1:6999', '127.0.0.1:8997']);
+    } finally {
+      await direct.leaseClient.leaseRevoke({ ID: lease });
+    }
+  });
+
   test("a key of this node's from before a restart with another --advertise: its own TLS address is never named as the leader's", async () => {
     const prefix = freshPrefix();
     const { ID: lease } = await direct.leaseClient.leaseGrant({ TTL: 30 });
