@@ -12,6 +12,8 @@ export interface GroupNodeProcess {
   readonly id: string;
   readonly port: number;
   readonly address: string;
+  /** Its TLS port, when the group was started with `tls`. */
+  readonly tlsPort: number | null;
   /** Where its /metrics, /healthz and /readyz answer. */
   readonly metricsPort: number;
   readonly proxies: TcpProxy[];
@@ -37,8 +39,8 @@ export interface GroupOptions {
   leaseTtl?: number;
   reserve?: number;
   extraArgs?: string[];
-  /** Options for node i alone (a port of its own, say). */
-  nodeArgs?: (i: number) => string[];
+  /** Every node also serves TLS on a port of its own (GroupNodeProcess.tlsPort), with this certificate. */
+  tls?: { cert: string; key: string };
 }
 
 export async function startGroup(etcd: EtcdCluster, opts: GroupOptions): Promise<SequencerGroup> {
@@ -50,7 +52,8 @@ export async function startGroup(etcd: EtcdCluster, opts: GroupOptions): Promise
       const u = new URL(url);
       proxies.push(await startTcpProxy({ host: u.hostname, port: Number(u.port) }));
     }
-    nodes.push({ id: `n${i}`, port, address: `127.0.0.1:${port}`, metricsPort: await freePort(), proxies, proc: null });
+    const tlsPort = opts.tls ? await freePort() : null;
+    nodes.push({ id: `n${i}`, port, address: `127.0.0.1:${port}`, tlsPort, metricsPort: await freePort(), proxies, proc: null });
   }
   const start = async (i: number) => {
     const n = nodes[i]!;
@@ -63,8 +66,8 @@ export async function startGroup(etcd: EtcdCluster, opts: GroupOptions): Promise
       `--etcd-prefix=${opts.prefix}`,
       `--lease-ttl=${opts.leaseTtl ?? 2}`,
       `--reserve=${opts.reserve ?? 1000}`,
+      ...(n.tlsPort === null || !opts.tls ? [] : [`--tls-port=${n.tlsPort}`, `--tls-cert=${opts.tls.cert}`, `--tls-key=${opts.tls.key}`]),
       ...(opts.extraArgs ?? []),
-      ...(opts.nodeArgs?.(i) ?? []),
     ]);
   };
   const leaderIndex = async (): Promise<number | null> => {
@@ -122,7 +125,7 @@ export async function startGroup(etcd: EtcdCluster, opts: GroupOptions): Promise
   }
   return group;
 
-  /** A first start; a port taken since freePort() picked it gets another (up to three tries). */
+  /** A first start; ports taken since freePort() picked them are picked again (up to three tries). */
   async function startFresh(i: number): Promise<void> {
     for (let attempt = 1; ; attempt++) {
       try {
@@ -130,7 +133,8 @@ export async function startGroup(etcd: EtcdCluster, opts: GroupOptions): Promise
       } catch (err) {
         if (attempt >= 3 || !/in use/.test(String((err as Error).message))) throw err;
         const port = await freePort();
-        nodes[i] = { ...nodes[i]!, port, address: `127.0.0.1:${port}`, proc: null };
+        const tlsPort = opts.tls ? await freePort() : null;
+        nodes[i] = { ...nodes[i]!, port, address: `127.0.0.1:${port}`, tlsPort, proc: null };
       }
     }
   }

@@ -9,7 +9,6 @@ import fs from 'node:fs';
 import { startEtcdCluster, type EtcdCluster } from '../helpers/etcd-cluster.js';
 import { startGroup, type SequencerGroup } from '../helpers/group.js';
 import { makeCerts, type TestCerts } from '../helpers/certs.js';
-import { freePorts } from '../helpers/ports.js';
 import { WireClient, ask } from '../helpers/wire.js';
 import { runCli } from '../helpers/server-process.js';
 import { waitFor } from '../helpers/wait.js';
@@ -18,17 +17,15 @@ import { SequencerClient } from '../../src/index.js';
 let etcd: EtcdCluster;
 let group: SequencerGroup;
 let certs: TestCerts;
-let tlsPorts: number[];
 const peers: WireClient[] = [];
 
 before(async () => {
   certs = await makeCerts();
   etcd = await startEtcdCluster({ size: 1 });
-  tlsPorts = await freePorts(2);
   group = await startGroup(etcd, {
     size: 2,
     prefix: '/dolmeangi-tls-test/',
-    nodeArgs: (i) => [`--tls-port=${tlsPorts[i]}`, `--tls-cert=${certs.serverCert}`, `--tls-key=${certs.serverKey}`],
+    tls: { cert: certs.serverCert, key: certs.serverKey },
   });
 });
 
@@ -38,6 +35,10 @@ after(async () => {
   await etcd?.close();
   await certs?.remove();
 });
+
+function tlsPort(i: number): number {
+  return group.nodes[i]!.tlsPort!;
+}
 
 async function tlsConnect(port: number): Promise<WireClient> {
   const peer = await WireClient.connectTls(port, { ca: fs.readFileSync(certs.caCert) });
@@ -49,7 +50,7 @@ async function tlsConnect(port: number): Promise<WireClient> {
 async function leaderKnownToFollower(): Promise<number> {
   const leader = await group.waitForLeader();
   await waitFor(
-    async () => (await ask(group.nodes[1 - leader]!.port, 'INFO\r\n')).includes(`\r\nleader_tls:127.0.0.1:${tlsPorts[leader]}\r\n`),
+    async () => (await ask(group.nodes[1 - leader]!.port, 'INFO\r\n')).includes(`\r\nleader_tls:127.0.0.1:${tlsPort(leader)}\r\n`),
     'the follower to know the leader',
   );
   return leader;
@@ -58,19 +59,19 @@ async function leaderKnownToFollower(): Promise<number> {
 test("a follower's TLS port names the leader's TLS address; its plain port, the plain one", async () => {
   const leader = await leaderKnownToFollower();
   const follower = 1 - leader;
-  const secure = await tlsConnect(tlsPorts[follower]!);
-  await secure.exchange('GETSEQ\r\nCURRENT\r\n', `-NOTLEADER 127.0.0.1:${tlsPorts[leader]}\r\n`.repeat(2));
+  const secure = await tlsConnect(tlsPort(follower));
+  await secure.exchange('GETSEQ\r\nCURRENT\r\n', `-NOTLEADER 127.0.0.1:${tlsPort(leader)}\r\n`.repeat(2));
   secure.close();
   assert.equal(await ask(group.nodes[follower]!.port, 'GETSEQ\r\n'), `-NOTLEADER ${group.nodes[leader]!.address}\r\n`);
   const info = await ask(group.nodes[follower]!.port, 'INFO\r\n');
-  assert.match(info, new RegExp(`\\r\\nadvertise_tls:127\\.0\\.0\\.1:${tlsPorts[follower]}\\r\\n`), 'the default: the advertised host and --tls-port');
-  assert.match(info, new RegExp(`\\r\\nleader_tls:127\\.0\\.0\\.1:${tlsPorts[leader]}\\r\\n`));
+  assert.match(info, new RegExp(`\\r\\nadvertise_tls:127\\.0\\.0\\.1:${tlsPort(follower)}\\r\\n`), 'the default: the advertised host and --tls-port');
+  assert.match(info, new RegExp(`\\r\\nleader_tls:127\\.0\\.0\\.1:${tlsPort(leader)}\\r\\n`));
 });
 
 test('the client library over TLS, given only a follower, follows the redirect to the leader and is served', async () => {
   const leader = await leaderKnownToFollower();
   const follower = 1 - leader;
-  const c = new SequencerClient({ servers: [`localhost:${tlsPorts[follower]}`], tls: { ca: fs.readFileSync(certs.caCert) }, requestTimeoutMs: 5000 });
+  const c = new SequencerClient({ servers: [`localhost:${tlsPort(follower)}`], tls: { ca: fs.readFileSync(certs.caCert) }, requestTimeoutMs: 5000 });
   try {
     const first = await c.getNextSequence();
     assert.equal(await c.getNextSequence(), first + 1n);
