@@ -2,11 +2,9 @@
  * Assembles a node from its config: store, sequence source, listeners. This is
  * the one place that knows every edge; the CLI and tests start servers here.
  */
-import { constants } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import tls from 'node:tls';
 import type { Config } from '../config.js';
 import { ConfigError } from '../errors.js';
 import { repeatReporter } from '../repeat-reporter.js';
@@ -16,6 +14,7 @@ import { Sequencer, type SequenceSource, type SequencerEvents } from '../core/se
 import type { Readiness } from '../core/ports.js';
 import { FileStore } from '../store/file.js';
 import { SequencerServer } from './server.js';
+import { readTlsFiles } from './tls-files.js';
 import { leanReadsAvailable } from './socket-reads.js';
 import { renderInfo } from './info.js';
 import { digestConfiguredPassword } from '../commands/auth.js';
@@ -228,41 +227,6 @@ export async function startServer(config: Config, opts: StartOptions = {}): Prom
     },
     exactStored: () => storedExact,
   };
-}
-
-async function readTlsFiles(config: Config): Promise<tls.TlsOptions> {
-  // Named as given: the flag, or the environment variable it came from.
-  const read = async (key: 'tlsCa' | 'tlsCert' | 'tlsKey', flag: string) => {
-    const file = config[key];
-    if (file === null) return undefined;
-    try {
-      return await readFile(file);
-    } catch (err) {
-      throw new ConfigError(config.sources[key] ?? flag, `cannot read ${file}: ${(err as Error).message}`);
-    }
-  };
-  const ca = await read('tlsCa', '--tls-ca');
-  const options: tls.TlsOptions = {
-    cert: await read('tlsCert', '--tls-cert'),
-    key: await read('tlsKey', '--tls-key'),
-    // With a CA, clients must present a certificate it signed (mutual TLS); the
-    // listener refuses the others itself, with a reply (SequencerServer.listenTls).
-    ...(ca ? { ca, requestCert: true } : {}),
-    minVersion: 'TLSv1.2',
-    // Nothing needs it, and with the certificate checked once, after the first
-    // handshake, a renegotiation must not be able to present another.
-    secureOptions: constants.SSL_OP_NO_RENEGOTIATION,
-  };
-  // Checked here, where the files can be named, rather than as OpenSSL's words when listening.
-  try {
-    tls.createSecureContext(options);
-  } catch (err) {
-    throw new ConfigError(
-      config.sources.tlsCert ?? '--tls-cert',
-      `the certificate (${config.tlsCert}), key (${config.tlsKey})${config.tlsCa === null ? '' : ` or CA (${config.tlsCa})`} is not usable PEM, or the key does not match the certificate: ${(err as Error).message}`,
-    );
-  }
-  return options;
 }
 
 async function readPassword(config: Config): Promise<string | null> {

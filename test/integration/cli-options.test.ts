@@ -3,13 +3,14 @@
  * lists every option; environment variables work and flags win.
  */
 import { test } from 'node:test';
-import { mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import assert from 'node:assert/strict';
 import { CLI, runCli, runProgram, startServerProcess } from '../helpers/server-process.js';
 import { OPTIONS, parseConfig } from '../../src/config.js';
 import { WireClient } from '../helpers/wire.js';
+import { makeCerts } from '../helpers/certs.js';
 
 const bad: Array<[string[], RegExp]> = [
   [['--port=abc'], /^dolmeangi: --port: expected an integer from 0 to 65535, got 'abc'\n$/],
@@ -116,6 +117,39 @@ test('an option checked against others is named as it was given: by its environm
   }
 });
 
+test('a TLS file that reads but is not what its option asks for is named by that option (a key that does not go with its certificate: tls.test.ts)', async () => {
+  const certs = await makeCerts();
+  const dir = await mkdtemp(path.join(tmpdir(), 'dolmeangi-cli-'));
+  try {
+    const garbage = path.join(dir, 'garbage.pem');
+    await writeFile(garbage, 'not a PEM file\n');
+    const damaged = path.join(dir, 'damaged.pem');
+    await writeFile(damaged, `${await readFile(certs.caCert, 'latin1')}-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n`);
+    const pair = [`--tls-cert=${certs.serverCert}`, `--tls-key=${certs.serverKey}`];
+    const cases: Array<[string[], NodeJS.ProcessEnv, RegExp]> = [
+      [[`--tls-cert=${certs.serverCert}`, `--tls-key=${garbage}`], {}, /^dolmeangi: --tls-key: .*garbage\.pem holds no usable PEM private key/],
+      [[`--tls-cert=${certs.serverKey}`, `--tls-key=${certs.serverKey}`], {}, /^dolmeangi: --tls-cert: .* holds no usable PEM certificate/],
+      // OpenSSL itself takes these two without a word; every client would then be refused.
+      [pair, { SEQUENCER_TLS_CA: garbage }, /^dolmeangi: SEQUENCER_TLS_CA: .*garbage\.pem holds no PEM certificate: a CA file is one or more/],
+      [[...pair, `--tls-ca=${certs.serverKey}`], {}, /^dolmeangi: --tls-ca: .* holds no PEM certificate/],
+      [[...pair, `--tls-ca=${damaged}`], {}, /^dolmeangi: --tls-ca: certificate 2 of 2 in .*damaged\.pem is not usable/],
+    ];
+    for (const [args, env, message] of cases) {
+      const r = await runCli(['sequencer', '--in-memory', '--port=0', '--metrics-port=0', '--tls-port=0', ...args], { env });
+      assert.equal(r.code, 2, r.stderr);
+      assert.match(r.stderr, message);
+    }
+    // The same files, right: it starts (and the CA file of several certificates is taken).
+    const bundle = path.join(dir, 'bundle.pem');
+    await writeFile(bundle, `${await readFile(certs.caCert, 'latin1')}${await readFile(certs.strangerCert, 'latin1')}`);
+    const server = await startServerProcess(['--in-memory', '--port=0', '--tls-port=0', ...pair, `--tls-ca=${bundle}`]);
+    assert.equal(await server.stop(), 0);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+    await certs.remove();
+  }
+});
+
 test('a file that cannot be read, or an empty password file, is named as it was given: by its environment variable when it came from one', async () => {
   const dir = await mkdtemp(path.join(tmpdir(), 'dolmeangi-cli-'));
   try {
@@ -128,7 +162,7 @@ test('a file that cannot be read, or an empty password file, is named as it was 
       [['--tls-port=0', `--tls-key=${dir}/none`], { SEQUENCER_TLS_CERT: `${dir}/none` }, /^dolmeangi: SEQUENCER_TLS_CERT: cannot read /],
       [['--tls-port=0', `--tls-cert=${empty}`], { SEQUENCER_TLS_KEY: `${dir}/none` }, /^dolmeangi: SEQUENCER_TLS_KEY: cannot read /],
       [['--tls-port=0', `--tls-cert=${empty}`, `--tls-key=${empty}`], { SEQUENCER_TLS_CA: `${dir}/none` }, /^dolmeangi: SEQUENCER_TLS_CA: cannot read /],
-      [['--tls-port=0', `--tls-key=${empty}`], { SEQUENCER_TLS_CERT: empty }, /^dolmeangi: SEQUENCER_TLS_CERT: the certificate .* is not usable PEM/],
+      [['--tls-port=0', `--tls-key=${empty}`], { SEQUENCER_TLS_CERT: empty }, /^dolmeangi: SEQUENCER_TLS_CERT: .*\/empty holds no usable PEM certificate/],
     ];
     for (const [args, env, message] of cases) {
       const r = await runCli(['sequencer', '--in-memory', '--port=0', '--metrics-port=0', ...args], { env });

@@ -324,8 +324,8 @@ test('a key that does not match the certificate stops start-up with status 2 and
   const r = await runCli(['sequencer', '--in-memory', '--host=127.0.0.1', '--port=0', '--metrics-port=0',
     '--tls-port=0', `--tls-cert=${certs.serverCert}`, `--tls-key=${certs.clientKey}`]);
   assert.equal(r.code, 2, r.stderr);
-  assert.match(r.stderr, /--tls-cert: .*key does not match/);
-  assert.ok(r.stderr.includes(certs.serverCert), r.stderr);
+  assert.match(r.stderr, /--tls-key: the key \(.*\) does not go with the certificate \(.*\): .*key values mismatch/);
+  assert.ok(r.stderr.includes(certs.serverCert) && r.stderr.includes(certs.clientKey), r.stderr);
   const orphan = await runCli(['sequencer', '--in-memory', `--tls-key=${certs.serverKey}`]);
   assert.equal(orphan.code, 2);
   assert.match(orphan.stderr, /--tls-key: TLS files were given without --tls-port/);
