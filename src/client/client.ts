@@ -91,6 +91,8 @@ interface Route {
   readonly refusedCertificate: Set<string>;
   /** When the call began (performance.now()): certificate problems from then on are this call's. */
   readonly started: number;
+  /** Certificate problems of named leaders this call has met, by when each was recorded (see redirect). */
+  readonly leaderCertificateProblems: Set<number>;
 }
 
 /** May the command be sent again after its reply was lost? */
@@ -268,7 +270,7 @@ export class SequencerClient {
   ): Promise<T> {
     const started = performance.now();
     const deadline = started + this.requestTimeoutMs;
-    const route: Route = { hops: [], named: new Set(), following: null, slowestMs: new Map(), refusedCertificate: new Set(), started };
+    const route: Route = { hops: [], named: new Set(), following: null, slowestMs: new Map(), refusedCertificate: new Set(), started, leaderCertificateProblems: new Set() };
     // Without reconnecting, a call still retries once per server (a full one, or one that drops the connection, is left for the next).
     let attemptsLeft = this.backoff === null ? this.servers.length : Infinity;
     for (let attempt = 0; ; attempt++) {
@@ -362,6 +364,19 @@ export class SequencerClient {
       // Not a hop: the leader this call was sent to did not answer it, and a
       // leader that died is still named by the others until its lease runs out.
       if (namedBefore) {
+        // The named leader's certificate problem, met twice with a backoff step between:
+        // a leader that changed in that time would have served, and one that did not
+        // will not take this certificate (or present one this client takes) by the deadline.
+        const problem = this.certificateProblemSince(name, route.started);
+        if (problem !== undefined) {
+          route.leaderCertificateProblems.add(problem.at);
+          if (route.leaderCertificateProblems.size >= 2) {
+            throw new NotLeaderError(
+              name,
+              `the leader, ${name}, ${certificateTrouble(problem.error)}; ${from.address} names it, so calls fail until that is fixed or another member leads`,
+            );
+          }
+        }
         await this.pause(
           attempt,
           deadline,
@@ -414,9 +429,14 @@ export class SequencerClient {
    * certificate (a member that trusts another CA), or, most likely, it is gone.
    */
   private whyNotAnswered(leader: string, route: Route): string {
-    const problem = this.certificateProblems.get(leader);
-    if (problem !== undefined && problem.at >= route.started) return `it refused this client's TLS certificate: ${clause(problem.error)}`;
+    const problem = this.certificateProblemSince(leader, route.started);
+    if (problem !== undefined) return `it ${certificateTrouble(problem.error)}`;
     return `${leader} did not answer in time: ${namedButSilent(leader)}`;
+  }
+
+  private certificateProblemSince(address: string, since: number): { at: number; error: Error } | undefined {
+    const problem = this.certificateProblems.get(address);
+    return problem !== undefined && problem.at >= since ? problem : undefined;
   }
 
   /** Waits for the shared connection attempt, at most until `deadline`, then fails with `ranOut()`. */
@@ -639,6 +659,12 @@ export class SequencerClient {
 }
 
 /** An error's message to quote inside a sentence of ours: without its closing period. */
+/** A server's certificate problem, after its name: "refused this client's ..." or "presented ...". */
+function certificateTrouble(err: Error): string {
+  if (err instanceof ServerCertificateRejectedError) return `presented a TLS certificate this client does not accept: ${clause(err)}`;
+  return `refused this client's TLS certificate: ${clause(err)}`;
+}
+
 function clause(err: Error): string {
   return err.message.replace(/\.$/, '');
 }

@@ -685,18 +685,22 @@ for (const maxVersion of ['TLSv1.3', 'TLSv1.2'] as const) {
   });
 }
 
-/** A server with mutual TLS, as dolmeangi's TLS port refuses a client certificate: unasked, then it closes. */
 /**
  * A server that refuses this client's certificate as dolmeangi's TLS port does: unasked, then it
  * closes. Plain TCP unless given TLS options (a test without them need not make certificates).
+ * Past `refuseFirst` connections it answers `:7` to every request instead.
  */
-async function certificateRefuser(tlsOptions?: tls.TlsOptions): Promise<{ address: string; accepted: () => number }> {
+async function certificateRefuser(tlsOptions?: tls.TlsOptions, refuseFirst = Infinity): Promise<{ address: string; accepted: () => number }> {
   let accepted = 0;
   const sockets: net.Socket[] = [];
   const refuse = (socket: net.Socket): void => {
     accepted++;
     sockets.push(socket);
     socket.on('error', () => {});
+    if (accepted > refuseFirst) {
+      socket.on('data', (data) => socket.write(':7\r\n'.repeat(data.toString('latin1').split('\r\n').length - 1)));
+      return;
+    }
     socket.resume();
     socket.end("-ERR client certificate not accepted (none presented): this port takes only valid certificates signed by the CA of the server's --tls-ca\r\n");
   };
@@ -757,17 +761,44 @@ test("one server refuses this client's certificate, the other presents one this 
   assert.match(error.message, /the TLS certificate of 127\.0\.0\.1:\d+ was not accepted/);
 });
 
-test("a leader, named by a member that serves this client, that refuses this client's certificate: NotLeaderError at the deadline says so", async () => {
+test("a leader, named by a member that serves this client, that refuses this client's certificate: NotLeaderError says so after its second refusal, not at the deadline", async () => {
   const refuser = await certificateRefuser();
   for (const password of [undefined, 'pw']) {
     const follower = await mock((words, connection) => connection.send(words[0] === 'AUTH' ? '+OK\r\n' : `-NOTLEADER ${refuser.address}\r\n`));
-    const c = client({ servers: [follower.address], password, requestTimeoutMs: 1000, reconnect: { minDelayMs: 10, maxDelayMs: 50 } });
+    const c = client({ servers: [follower.address], password, requestTimeoutMs: 30_000, reconnect: { minDelayMs: 10, maxDelayMs: 50 } });
+    const before = refuser.accepted();
+    const started = performance.now();
     const error = await c.getNextSequence().then(() => null, (e: unknown) => e);
+    const tookMs = performance.now() - started;
     assert.ok(error instanceof NotLeaderError, `password ${password}: ${String(error)}`);
     assert.equal(error.leader, refuser.address);
-    assert.match(error.message, /refused this client's TLS certificate: server replied: ERR client certificate not accepted \(none presented\)/);
-    assert.doesNotMatch(error.message, /did not answer in time/);
+    assert.match(error.message, /^the leader, 127\.0\.0\.1:\d+, refused this client's TLS certificate: server replied: ERR client certificate not accepted \(none presented\)/);
+    assert.match(error.message, /; 127\.0\.0\.1:\d+ names it, so calls fail until that is fixed or another member leads$/);
+    // Two tries of the leader, a backoff step apart: a leader that changed in between would have served.
+    assert.equal(refuser.accepted() - before, 2, `password ${password}`);
+    assert.ok(tookMs < 15_000, `password ${password}: gave up after ${Math.round(tookMs)} ms, at the deadline`);
   }
+});
+
+test("a leader, named by a member that serves this client, whose TLS certificate this client does not accept: NotLeaderError says so, not at the deadline", async () => {
+  const { key, cert, ca } = await tlsFiles();
+  const [strangerKey, strangerCert] = await Promise.all([readFile(certs!.strangerKey), readFile(certs!.strangerCert)]);
+  const leader = await mock(counterScript(), { tls: { key: strangerKey, cert: strangerCert } });
+  const follower = await mock((_words, connection) => connection.send(`-NOTLEADER ${leader.address}\r\n`), { tls: { key, cert } });
+  const c = client({ servers: [follower.address], tls: { ca }, requestTimeoutMs: 30_000, reconnect: { minDelayMs: 10, maxDelayMs: 50 } });
+  const started = performance.now();
+  const error = await c.getNextSequence().then(() => null, (e: unknown) => e);
+  const tookMs = performance.now() - started;
+  assert.ok(error instanceof NotLeaderError, String(error));
+  assert.match(error.message, /^the leader, 127\.0\.0\.1:\d+, presented a TLS certificate this client does not accept: the TLS certificate of 127\.0\.0\.1:\d+ was not accepted \(/);
+  assert.ok(tookMs < 15_000, `gave up after ${Math.round(tookMs)} ms, at the deadline`);
+});
+
+test("a leader that refuses this client's certificate at first and then serves it (another member took over at that address): served", async () => {
+  const leader = await certificateRefuser(undefined, 1);
+  const follower = await mock((_words, connection) => connection.send(`-NOTLEADER ${leader.address}\r\n`));
+  const c = client({ servers: [follower.address], requestTimeoutMs: 5000, reconnect: { minDelayMs: 10, maxDelayMs: 50 } });
+  assert.equal(await c.getNextSequence(), 7n);
 });
 
 test("a server that is down beside one that refuses this client's certificate: the call keeps trying the one that may come up until its timeout", async () => {
