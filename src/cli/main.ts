@@ -5,9 +5,21 @@
  */
 import { parseConfig, helpText } from '../config.js';
 import { DolmeangiError } from '../errors.js';
-import { startServer } from '../server/run.js';
-import { createLogger } from '../log.js';
 import { VERSION } from '../version.js';
+
+// A stop asked for while the server starts must still end in a clean stop, not
+// in the default abrupt exit. So the handlers go in first, before the server's
+// modules load (tens of milliseconds), and only for the server: a client command
+// stays one Ctrl-C can end.
+let signalled: NodeJS.Signals | null = null;
+let onSignal: (signal: NodeJS.Signals) => void = (signal) => {
+  signalled = signal;
+};
+if (process.argv[2] === 'sequencer') {
+  const handler = (signal: NodeJS.Signals) => onSignal(signal);
+  process.on('SIGTERM', handler);
+  process.on('SIGINT', handler);
+}
 
 const USAGE = `Usage: dolmeangi <command> [options]
 
@@ -42,16 +54,8 @@ async function runSequencer(argv: string[]): Promise<number> {
     if (err instanceof DolmeangiError) return fail(err.message, 2);
     throw err;
   }
+  const [{ createLogger }, { startServer }] = await Promise.all([import('../log.js'), import('../server/run.js')]);
   const log = createLogger(config.logLevel);
-  // Handlers go in before start-up: a signal that arrives while the server is
-  // starting must still end in a clean stop, not the default abrupt exit.
-  let signalled: NodeJS.Signals | null = null;
-  let onSignal: (signal: NodeJS.Signals) => void = (signal) => {
-    signalled = signal;
-  };
-  const handler = (signal: NodeJS.Signals) => onSignal(signal);
-  process.on('SIGTERM', handler);
-  process.on('SIGINT', handler);
   let server;
   try {
     server = await startServer(config, { log });

@@ -4,7 +4,8 @@
  */
 import { test, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, rm, writeFile, readFile, rename, mkdir, readdir } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile, readFile, rename, mkdir, readdir, open } from 'node:fs/promises';
+import { spawn } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -132,6 +133,43 @@ test('a clean stop (SIGTERM) and restart continue with no gap, even with a large
       d.close();
       assert.equal(await b.stop(), 0);
     }
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('a stop asked for while the server starts ends in a clean stop once it has started: exit 0, and the restart has no gap', async () => {
+  const dir = await tempDir();
+  try {
+    const first = await start([`--data-dir=${dir}`]);
+    const n = BigInt((await ask(first.port, 'GETSEQ\r\n')).slice(1, -2));
+    assert.equal(await first.stop(), 0);
+    for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+      // Start-up reads the password file first; a FIFO holds it there until the test writes.
+      const fifo = path.join(dir, `password-${signal}`);
+      await runProgram('mkfifo', [fifo]);
+      const child = spawn(process.execPath, [CLI, 'sequencer', `--data-dir=${dir}`, '--port=0', '--metrics-port=0', `--requirepass-file=${fifo}`], {
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
+      let output = '';
+      child.stdout.setEncoding('utf8').on('data', (d: string) => (output += d));
+      child.stderr.setEncoding('utf8').on('data', (d: string) => (output += d));
+      const exited = new Promise<number | NodeJS.Signals | null>((resolve) => child.once('exit', (code, sig) => resolve(code ?? sig)));
+      try {
+        // Opening a FIFO for writing returns once the reader has opened it: the server is in start-up.
+        const writer = await Promise.race([open(fifo, 'w'), exited.then((code) => Promise.reject(new Error(`exited (${code}) before reading the password: ${output}`)))]);
+        child.kill(signal);
+        await writer.writeFile('pw\n');
+        await writer.close();
+        const deadline = new Promise<'still running'>((r) => setTimeout(r, 15_000, 'still running').unref());
+        assert.equal(await Promise.race([exited, deadline]), 0, `${signal}: ${output}`);
+        assert.match(output, new RegExp(`"signal":"${signal}".*"msg":"signal received"`), output);
+        assert.match(output, /"msg":"stored the exact next numbers"/, output);
+      } finally {
+        child.kill('SIGKILL');
+      }
+    }
+    await assertRestartGives(dir, n + 1n);
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
