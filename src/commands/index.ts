@@ -10,17 +10,23 @@ import { ping } from './ping.js';
 import { info } from './info.js';
 import { auth } from './auth.js';
 import { quit } from './quit.js';
+import { echo } from './echo.js';
+import { select } from './select.js';
+import { client } from './client.js';
+import { discard, exec, multi, refusedInTransaction } from './transaction.js';
 import { clip, error } from '../protocol/encoder.js';
 
 export type { Command, Reply, Services, Session } from './types.js';
 
-/** In the order the unknown-command error lists them. */
-export const COMMANDS: readonly Command[] = [getseq, current, batch, ping, info, auth, quit];
+/** In the order the unknown-command error lists them (new ones last: the order indexes CommandStats.calls). */
+export const COMMANDS: readonly Command[] = [getseq, current, batch, ping, info, auth, quit, echo, select, client, multi, exec, discard];
 
 /** Lower-case command names plus `unknown`, indexed as CommandStats.calls: for INFO and the metrics. */
 export const COMMAND_LABELS: readonly string[] = [...COMMANDS.map((c) => c.name.toLowerCase()), 'unknown'];
 
-const SUPPORTED = COMMANDS.map((c) => c.name).join(', ');
+const SUPPORTED = COMMANDS.filter((c) => c.unlisted !== true)
+  .map((c) => c.name)
+  .join(', ');
 const NOAUTH = error('NOAUTH', 'Authentication required.');
 
 /** Counters read at scrape time; plain numbers keep the hot path free of label lookups. */
@@ -56,6 +62,8 @@ export function newSession(gone: () => boolean = () => false, tls = false): Sess
     quit: false,
     last: null,
     tls,
+    name: null,
+    transaction: null,
     get gone() {
       return gone();
     },
@@ -77,12 +85,21 @@ export function execute(words: string[], session: Session, services: Services, s
   let reply: Reply;
   if (entry === undefined) {
     stats.calls[COMMANDS.length]!++;
-    reply = locked ? NOAUTH : unknown(name);
+    // Before AUTH an unknown command is refused like any other, so the command set
+    // cannot be probed; but HELLO, the first thing a Redis 6 client may send (ioredis
+    // sends HELLO 3 AUTH default <password>), must be told it is unknown, without the
+    // list: that is how such a client knows to fall back to AUTH, where NOAUTH fails it.
+    if (!locked) reply = unknown(name);
+    else reply = name.toUpperCase() === 'HELLO' ? error('ERR', `Unknown command '${name}'. Authenticate with AUTH`) : NOAUTH;
+    if (session.transaction !== null) session.transaction = 'aborted';
   } else {
     stats.calls[entry.index]!++;
     const { command } = entry;
     const argc = words.length - 1;
-    if (locked && command.beforeAuth !== true) {
+    if (session.transaction !== null && command.inTransaction !== true) {
+      session.transaction = 'aborted';
+      reply = refusedInTransaction(command.name);
+    } else if (locked && command.beforeAuth !== true) {
       reply = NOAUTH;
     } else if (argc < command.minArgs || argc > command.maxArgs) {
       reply = error('ERR', `wrong number of arguments for '${command.name}'`);

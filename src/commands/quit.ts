@@ -7,6 +7,7 @@ export const quit: Command = {
   maxArgs: 0,
   beforeAuth: true,
   whileStopping: true,
+  inTransaction: true,
   run(_args, session) {
     session.quit = true;
     return OK;

@@ -24,6 +24,13 @@ export interface Session {
   readonly gone: boolean;
   /** The connection came in on the TLS port: NOTLEADER names the leader's TLS address. */
   readonly tls: boolean;
+  /** Set by CLIENT SETNAME, for CLIENT GETNAME. */
+  name: string | null;
+  /**
+   * After MULTI: 'empty' until a command arrives, which is refused unrun and
+   * makes it 'aborted' (see transaction.ts); null outside MULTI.
+   */
+  transaction: 'empty' | 'aborted' | null;
 }
 
 export interface Services {
@@ -55,6 +62,10 @@ export interface Command {
   readonly beforeAuth?: boolean;
   /** Run during a clean stop, when every other command is refused (see refusedWhileStopping). */
   readonly whileStopping?: boolean;
+  /** Run inside MULTI, where every other command is refused (see transaction.ts). */
+  readonly inTransaction?: boolean;
+  /** Left out of the unknown-command error's list: there for Redis clients and tools, not part of the service. */
+  readonly unlisted?: boolean;
   /** `words[0]` is the command name as sent; arguments start at `words[1]`. */
   run(words: string[], session: Session, services: Services): Reply;
 }

@@ -31,7 +31,7 @@ async function connect(s: ServerProcess): Promise<WireClient> {
   return c;
 }
 
-/** Everything but PING, AUTH and QUIT is refused before AUTH, unknown commands included. */
+/** Everything but PING, AUTH and QUIT is refused before AUTH, unknown commands included (but HELLO). */
 async function checkLockedOut(c: WireClient): Promise<void> {
   await c.exchange('PING\r\n', '+PONG\r\n');
   await c.exchange(resp('PING'), '+PONG\r\n');
@@ -41,6 +41,10 @@ async function checkLockedOut(c: WireClient): Promise<void> {
   await c.exchange(resp('GETSEQ', 'x') + resp('NOSUCHCOMMAND', 'a', 'b'), NOAUTH + NOAUTH);
   // Wrong arity is not a way to learn anything before AUTH either.
   await c.exchange('GETSEQ a b c d\r\n', NOAUTH);
+  await c.exchange('MULTI\r\nCLIENT SETNAME x\r\n', NOAUTH + NOAUTH);
+  // But HELLO is unknown even here (with no list of commands): a Redis 6 client (ioredis) sends
+  // it with the password, and only that answer makes it fall back to AUTH.
+  await c.exchange(resp('HELLO', '3', 'AUTH', 'default', 'pw') + 'hello\r\n', "-ERR Unknown command 'HELLO'. Authenticate with AUTH\r\n-ERR Unknown command 'hello'. Authenticate with AUTH\r\n");
 }
 
 /** The whole story on one connection: locked out, wrong password, right password, served. */

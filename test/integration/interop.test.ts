@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { Redis } from 'ioredis';
-import { startServerProcess, type ServerProcess } from '../helpers/server-process.js';
+import { runProgram, startServerProcess, type ServerProcess } from '../helpers/server-process.js';
 import { WireClient } from '../helpers/wire.js';
 
 const run = promisify(execFile);
@@ -52,6 +52,17 @@ test('redis-cli -p <port> GETSEQ prints (integer) 1', async () => {
   assert.match((await cli('INFO')).stdout, /# Server/);
 });
 
+test('redis-cli --pipe: its closing ECHO comes back, so it ends at once with every reply counted', async () => {
+  await need('redis-cli');
+  const out = await runProgram('redis-cli', ['-h', '127.0.0.1', '-p', String(server.port), '--pipe'], {
+    input: 'GETSEQ pipe\r\nGETSEQ pipe\r\nGETSEQ_BATCH 10 pipe\r\n',
+    timeoutMs: 10_000,
+  });
+  assert.equal(out.code, 0, out.stdout + out.stderr);
+  assert.match(out.stdout, /errors: 0, replies: 3/);
+  assert.equal(await current('pipe'), ':13\r\n');
+});
+
 test('redis-benchmark drives GETSEQ: every request got its own number', async () => {
   await need('redis-benchmark');
   await run('redis-benchmark', ['-h', '127.0.0.1', '-p', String(server.port), '-c', '10', '-P', '4', '-n', '2000', '-q', 'GETSEQ', 'bench'], {
@@ -88,5 +99,23 @@ test('ioredis: generic commands, pipelines, and exact 64-bit values with stringN
   } finally {
     r.disconnect();
     await big.stop();
+  }
+});
+
+test('ioredis as it connects by default (HELLO 3 with the password, then AUTH) and with a connection name; a MULTI fails whole and takes nothing', async () => {
+  const locked = await startServerProcess(['--in-memory', '--requirepass=pw']);
+  const redis = new Redis({ host: '127.0.0.1', port: locked.port, password: 'pw', connectionName: 'interop', stringNumbers: true, maxRetriesPerRequest: 1 });
+  try {
+    assert.equal(await redis.call('GETSEQ', 'io'), '1');
+    assert.equal(await redis.call('CLIENT', 'GETNAME'), 'interop');
+    const results = await redis.multi().call('GETSEQ', 'io').call('GETSEQ_BATCH', '5', 'io').exec().then(
+      () => 'committed',
+      (err: Error) => err.message,
+    );
+    assert.match(results, /EXECABORT Transaction discarded/);
+    assert.equal(await redis.call('CURRENT', 'io'), '2', 'nothing inside MULTI took a number');
+  } finally {
+    redis.disconnect();
+    assert.equal(await locked.stop(), 0);
   }
 });

@@ -194,6 +194,55 @@ test('unknown command: the name as sent and every supported command', async () =
   await c.expect('+PONG\r\n');
 });
 
+test('ECHO, SELECT and CLIENT, for Redis tools and client handshakes; not offered in the unknown-command list', async () => {
+  const c = await exchange(
+    'ECHO hello\r\n' + resp('ECHO', 'two words\r\n') + 'ECHO\r\n',
+    "$5\r\nhello\r\n$11\r\ntwo words\r\n\r\n-ERR wrong number of arguments for 'ECHO'\r\n",
+  );
+  c.reset();
+  await c.exchange('SELECT 0\r\nSELECT 00\r\nSELECT 1\r\nSELECT x\r\n', '+OK\r\n+OK\r\n' + '-ERR DB index is out of range (this server has one database, 0)\r\n'.repeat(2));
+  c.reset();
+  await c.exchange('CLIENT GETNAME\r\nCLIENT SETNAME app-1\r\nclient getname\r\n', '$-1\r\n+OK\r\n$5\r\napp-1\r\n');
+  c.reset();
+  await c.exchange(
+    resp('CLIENT', 'SETNAME', 'a b') + resp('CLIENT', 'SETNAME', '') + 'CLIENT GETNAME\r\n' + resp('CLIENT', 'SETINFO', 'LIB-NAME', 'x y'),
+    '-ERR Client names cannot contain spaces, newlines or special characters.\r\n+OK\r\n$-1\r\n+OK\r\n',
+  );
+  c.reset();
+  await c.exchange(
+    'CLIENT SETNAME\r\nCLIENT SETINFO LIB-NAME\r\nCLIENT LIST\r\nCLIENT\r\n',
+    "-ERR wrong number of arguments for 'client|setname' command\r\n" +
+      "-ERR wrong number of arguments for 'client|setinfo' command\r\n" +
+      "-ERR unknown subcommand 'LIST' of CLIENT. Supported: SETNAME, GETNAME, SETINFO\r\n" +
+      "-ERR wrong number of arguments for 'CLIENT'\r\n",
+  );
+  // A name lasts as long as its connection.
+  await exchange('CLIENT GETNAME\r\n', '$-1\r\n');
+  await exchange('ECH\r\n', `-ERR Unknown command 'ECH'. ${SUPPORTED}\r\n`);
+});
+
+test('MULTI: every command up to EXEC is refused unrun, and EXEC aborts, so a transaction cannot take numbers its client drops', async () => {
+  const name = 'multi';
+  const notRun = (command: string) =>
+    `-ERR ${command} was not run: this server has no transactions, so EXEC will discard this one; send the commands without MULTI (a pipeline needs none)\r\n`;
+  const c = await exchange(
+    `MULTI\r\nGETSEQ ${name}\r\nGETSEQ_BATCH 5 ${name}\r\n${resp('AUTH', 'x')}NOSUCH\r\nEXEC\r\nCURRENT ${name}\r\n`,
+    `+OK\r\n${notRun('GETSEQ')}${notRun('GETSEQ_BATCH')}${notRun('AUTH')}-ERR Unknown command 'NOSUCH'. ${SUPPORTED}\r\n` +
+      '-EXECABORT Transaction discarded because of previous errors.\r\n:1\r\n',
+  );
+  c.reset();
+  // Nested MULTI is refused and leaves the transaction as it was; DISCARD ends it; after it commands run.
+  await c.exchange(
+    `MULTI\r\nMULTI\r\nDISCARD\r\nGETSEQ ${name}\r\nMULTI\r\nEXEC\r\nEXEC\r\nDISCARD\r\n`,
+    '+OK\r\n-ERR MULTI calls can not be nested\r\n+OK\r\n:1\r\n+OK\r\n*0\r\n-ERR EXEC without MULTI\r\n-ERR DISCARD without MULTI\r\n',
+  );
+  c.reset();
+  // QUIT still quits.
+  await c.exchange(`MULTI\r\nQUIT\r\nGETSEQ ${name}\r\n`, '+OK\r\n+OK\r\n');
+  await c.waitClosed();
+  assert.equal(await ask(server.port, `CURRENT ${name}\r\n`), ':2\r\n', 'only the GETSEQ outside MULTI took a number');
+});
+
 test('wrong number of arguments, bad counts and bad names; the connection stays open', async () => {
   const c = await connect();
   const cases: Array<[string, string]> = [

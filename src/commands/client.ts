@@ -1,0 +1,42 @@
+import type { Command } from './types.js';
+import { OK, bulk, clip, error } from '../protocol/encoder.js';
+
+const NIL = '$-1\r\n';
+const BAD_NAME = error('ERR', 'Client names cannot contain spaces, newlines or special characters.');
+
+/**
+ * CLIENT SETNAME | GETNAME | SETINFO: what Redis clients send on connect when
+ * given a connection name, and library name and version (SETINFO, taken and
+ * not kept). The name lasts as long as the connection, for GETNAME.
+ */
+export const client: Command = {
+  name: 'CLIENT',
+  minArgs: 1,
+  maxArgs: 3,
+  unlisted: true,
+  run(words, session) {
+    const sub = words[1]!.toUpperCase();
+    const argc = words.length - 2;
+    switch (sub) {
+      case 'SETNAME': {
+        if (argc !== 1) return wrongArgs(sub);
+        const name = words[2]!;
+        // As Redis: printable ASCII but the space.
+        if (!/^[\x21-\x7e]*$/.test(name)) return BAD_NAME;
+        session.name = name === '' ? null : name;
+        return OK;
+      }
+      case 'GETNAME':
+        if (argc !== 0) return wrongArgs(sub);
+        return session.name === null ? NIL : bulk(session.name);
+      case 'SETINFO':
+        return argc === 2 ? OK : wrongArgs(sub);
+      default:
+        return error('ERR', `unknown subcommand '${clip(words[1]!, 128)}' of CLIENT. Supported: SETNAME, GETNAME, SETINFO`);
+    }
+  },
+};
+
+function wrongArgs(sub: string): string {
+  return error('ERR', `wrong number of arguments for 'client|${sub.toLowerCase()}' command`);
+}
