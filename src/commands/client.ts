@@ -13,6 +13,8 @@ export const client: Command = {
   name: 'CLIENT',
   minArgs: 1,
   maxArgs: 3,
+  // SETINFO's value is counted, never read.
+  readsArgs: 2,
   unlisted: true,
   run(words, session) {
     const sub = words[1]!.toUpperCase();

@@ -58,6 +58,11 @@ export interface Command {
   /** Arguments after the name. */
   readonly minArgs: number;
   readonly maxArgs: number;
+  /**
+   * Arguments it reads, when fewer than maxArgs: the decoder keeps only so many
+   * words (KEPT_WORDS) and hands on later ones as '', which count for the arity.
+   */
+  readonly readsArgs?: number;
   /** Answered before AUTH when a password is required. */
   readonly beforeAuth?: boolean;
   /** Run during a clean stop, when every other command is refused (see refusedWhileStopping). */

@@ -13,7 +13,7 @@ export const MAX_BULK = MAX_WORD_BYTES;
 export const MAX_ARRAY = 1024;
 /**
  * Words a frame keeps: the command name and two arguments, as many as any
- * command takes (a test holds the command table to it). Later words are handed
+ * command reads (a test holds the command table to it). Later words are handed
  * on as '': they only make the request's arity wrong, and how many there are
  * is all that counts. So an unfinished frame holds at most this many words of
  * MAX_BULK bytes, not MAX_ARRAY x MAX_BULK (64 MiB), and a legal request of
@@ -356,7 +356,11 @@ function splitInline(buf: Buffer, start: number, end: number): string[] {
  * The protocol's command names (a test keeps them equal to the command table's,
  * which this layer does not import).
  */
-export const COMMAND_NAMES: readonly string[] = ['GETSEQ', 'CURRENT', 'GETSEQ_BATCH', 'PING', 'INFO', 'AUTH', 'QUIT'];
+export const COMMAND_NAMES: readonly string[] = [
+  ...['GETSEQ', 'CURRENT', 'GETSEQ_BATCH', 'PING', 'INFO', 'AUTH', 'QUIT'],
+  // Those kept for Redis clients and tools, last: rarely sent, so tried last.
+  ...['ECHO', 'SELECT', 'CLIENT', 'MULTI', 'EXEC', 'DISCARD'],
+];
 
 /**
  * Command names as sent by clients, upper and lower case: a word that matches
