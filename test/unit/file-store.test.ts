@@ -2,6 +2,7 @@ import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
 import { once } from 'node:events';
+import { readFileSync } from 'node:fs';
 import { appendFile, mkdir, mkdtemp, readdir, readFile, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
 import { constants, hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -685,11 +686,20 @@ test('a stale lock from a dead process is taken over and logged', async (t) => {
 
 test('a lock whose holder was killed but not yet reaped (a zombie) is taken over', async (t) => {
   const dir = await tempDir(t);
-  // The shell starts the holder, then becomes a `sleep` that never collects it.
-  const parent = spawn('sh', ['-c', 'sleep 60 & echo $!; exec sleep 60'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  // The shell starts the holder, then becomes a `sleep` that never collects it. The holder is
+  // killed only once the shell is gone: a shell still running would reap it at once.
+  const parent = spawn('sh', ['-c', 'sleep 60 & exec sleep 60'], { stdio: 'ignore' });
   t.after(() => parent.kill('SIGKILL'));
-  const [line] = (await once(parent.stdout, 'data')) as [Buffer];
-  const pid = Number(line.toString().trim());
+  const holder = (): number | null => {
+    try {
+      if (readFileSync(`/proc/${parent.pid}/comm`, 'utf8').trim() !== 'sleep') return null;
+      return Number(readFileSync(`/proc/${parent.pid}/task/${parent.pid}/children`, 'utf8').trim()) || null;
+    } catch {
+      return null;
+    }
+  };
+  await waitFor(() => holder() !== null, 'the shell to start the holder and become sleep');
+  const pid = holder()!;
   process.kill(pid, 'SIGKILL');
   await waitFor(() => isZombie(pid), `pid ${pid} to become a zombie`);
   // What made the lock look held: the zombie still answers signal 0.
