@@ -259,12 +259,7 @@ export class FileStore implements Store {
       const now = this.blockingCommits ? this.appendBlocking(log, record) : await this.appendPooled(log, record);
       // An open handle keeps writing happily into a file that was deleted or
       // replaced; the sync would then "succeed" into a file nobody will read.
-      if (!sameFile(now, this.logId)) {
-        throw new PersistenceError(
-          `write ${this.logPath}: the file was replaced behind the server's back; ` +
-            `nothing but this server may change ${this.dir} while it runs`,
-        );
-      }
+      if (!sameFile(now, this.logId)) throw replacedError(this.logPath, this.dir);
     } catch (err) {
       await this.dropLog();
       throw err;
@@ -343,12 +338,41 @@ export class FileStore implements Store {
       throw err;
     }
     try {
-      await this.syncDir(this.dir);
+      // By path, each step could land in a directory put in place of ours meanwhile
+      // (checkDirIsOurs ran before): the directory synced must be ours, and the file
+      // at the path in it must be this one, or its marks would be durable nowhere we read.
+      await this.syncOurDir();
+      const [there, ours] = await Promise.all([
+        this.io('stat', path, () => stat(path, { bigint: true })),
+        this.io('stat', path, () => handle.stat({ bigint: true })),
+      ]);
+      if (!sameFile(there, ours)) throw replacedError(path, this.dir);
     } catch (err) {
+      // Out of a directory that is not ours, if it went there: nothing is left in another one.
+      const [ours, there, dirNow] = await Promise.all([
+        handle.stat({ bigint: true }).catch(() => null),
+        stat(path, { bigint: true }).catch(() => null),
+        stat(this.dir, { bigint: true }).catch(() => null),
+      ]);
+      if (ours !== null && there !== null && dirNow !== null && sameFile(there, ours) && !sameFile(dirNow, this.dirId)) {
+        await unlink(path).catch(() => {});
+      }
       await handle.close().catch(() => {});
       throw err;
     }
     return handle;
+  }
+
+  /** Syncs the data directory, first making sure the path still names the one locked at start. */
+  private async syncOurDir(): Promise<void> {
+    const handle = await this.io('open', this.dir, () => open(this.dir, 'r'));
+    try {
+      const id = await this.io('stat', this.dir, () => handle.stat({ bigint: true }));
+      if (!sameFile(id, this.dirId)) throw notOurDirError(this.dir);
+      await this.io('fsync', this.dir, () => handle.sync());
+    } finally {
+      await handle.close().catch(() => {});
+    }
   }
 
   /** Writes a whole new file at `path` and syncs it; returns it open. On failure nothing is left there. */
@@ -414,12 +438,7 @@ export class FileStore implements Store {
   }
 
   private async checkDirIsOurs(): Promise<void> {
-    if (!sameFile(await this.statDir(), this.dirId)) {
-      throw new PersistenceError(
-        `${this.dir} is not the directory this server locked at start (it was removed, moved or replaced, ` +
-          `or its volume unmounted); put that directory back: nothing is written into another one`,
-      );
-    }
+    if (!sameFile(await this.statDir(), this.dirId)) throw notOurDirError(this.dir);
   }
 
   private async dropLog(): Promise<void> {
@@ -853,6 +872,17 @@ function wellFormed(payload: Buffer): boolean {
 
 /** A file's identity: what a path names may change, this does not. */
 type FileId = { readonly dev: bigint; readonly ino: bigint };
+
+function notOurDirError(dir: string): PersistenceError {
+  return new PersistenceError(
+    `${dir} is not the directory this server locked at start (it was removed, moved or replaced, ` +
+      `or its volume unmounted); put that directory back: nothing is written into another one`,
+  );
+}
+
+function replacedError(file: string, dir: string): PersistenceError {
+  return new PersistenceError(`write ${file}: the file was replaced behind the server's back; nothing but this server may change ${dir} while it runs`);
+}
 
 function sameFile(a: FileId, b: FileId | null): boolean {
   return b !== null && a.dev === b.dev && a.ino === b.ino;

@@ -2,7 +2,7 @@ import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { readFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, renameSync } from 'node:fs';
 import { appendFile, mkdir, mkdtemp, readdir, readFile, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
 import { constants, hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -621,6 +621,40 @@ for (const commits of COMMIT_MODES) {
     await store.persist(m({ a: 7n }));
     await store.close();
     assert.deepEqual(await reload(dir), m({ a: 7n, b: 2n, c: 6n }));
+  });
+}
+
+for (const file of ['marks.snapshot', 'marks.log']) {
+  test(`a data directory replaced while a compaction installs its ${file} fails that write, keeps nothing in the stranger, and nothing is lost once it is back`, async (t) => {
+    const dir = await tempDir(t);
+    const away = `${dir}.away`;
+    t.after(() => rm(away, { recursive: true, force: true }));
+    let swap = false;
+    // After the compaction checked the directory, before it writes the file: `mv dir dir.away; mkdir dir`.
+    const beforeIo = (op: string, path: string) => {
+      if (swap && op === 'open' && path.startsWith(join(dir, `${file}.tmp-`))) {
+        swap = false;
+        renameSync(dir, away);
+        mkdirSync(dir);
+      }
+    };
+    const { store } = await openLoaded(t, dir, { compactAfterBytes: 0, beforeIo });
+    await store.persist(m({ a: 1n, b: 2n }));
+    swap = true;
+    await assert.rejects(store.persist(m({ a: 100n })), (err: unknown) => {
+      assert.ok(err instanceof PersistenceError, String(err));
+      assert.match(err.message, /is not the directory this server locked at start .*put that directory back/);
+      return true;
+    });
+    assert.equal(swap, false, 'the directory was swapped');
+    assert.deepEqual(await readdir(dir), [], 'nothing left in the stranger');
+    // Until it is back, every write fails; then they succeed again, into it.
+    await assert.rejects(store.persist(m({ a: 100n })), /is not the directory this server locked/);
+    await rm(dir, { recursive: true });
+    await rename(away, dir);
+    await store.persist(m({ a: 200n }));
+    await store.close();
+    assert.deepEqual(await reload(dir), m({ a: 200n, b: 2n }));
   });
 }
 
