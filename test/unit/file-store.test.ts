@@ -502,7 +502,11 @@ test('a compaction replaces each file whole: write and fsync a temp file, rename
     `fsync ${join(dir, file)}.tmp-*`,
     `rename ${join(dir, file)}`,
     `open ${dir}`,
+    // The directory synced is the one locked, and the file at the path in it is the one written.
+    `stat ${dir}`,
     `fsync ${dir}`,
+    `stat ${join(dir, file)}`,
+    `stat ${join(dir, file)}`,
   ];
   // The directory is checked to be the one locked; then the snapshot first:
   // until the new log is in place, the old one is ignored as stale.
