@@ -26,7 +26,7 @@
  * from elsewhere, and loading refuses. The one log allowed alone is that empty log
  * of generation 0: the very first compaction stopped before its snapshot.
  */
-import { type FileHandle, mkdir, open, readFile, readdir, rename, stat, unlink } from 'node:fs/promises';
+import { type FileHandle, link, mkdir, open, readFile, readdir, rename, stat, unlink } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
@@ -328,7 +328,7 @@ export class FileStore implements Store {
   private async install(path: string, data: Buffer): Promise<FileHandle> {
     // Named for this write alone: a server that lost the directory to another must not be able to
     // write into, or rename away, the other's temp file.
-    const temp = `${path}${TEMP_INFIX}${randomBytes(6).toString('hex')}`;
+    const temp = tempName(path);
     const handle = await this.writeSynced(temp, data);
     try {
       await this.io('rename', path, () => rename(temp, path));
@@ -420,13 +420,14 @@ export class FileStore implements Store {
     }
   }
 
-  /** Temp files of compactions cut short by a crash: unused, and named so that none is ever reused. */
+  /** Temp files of compactions and locks cut short by a crash: unused, and named so that none is ever reused. */
   private async removeTempFiles(): Promise<void> {
     const names = await readdir(this.dir).catch(() => [] as string[]);
     for (const name of names) {
       if (!isTempName(name)) continue;
+      const what = name.startsWith(LOCK) ? 'start or lock takeover' : 'compaction';
       await unlink(join(this.dir, name)).then(
-        () => this.say('removed the temp file of an interrupted compaction', { file: join(this.dir, name) }),
+        () => this.say(`removed the temp file of an interrupted ${what}`, { file: join(this.dir, name) }),
         () => {},
       );
     }
@@ -606,13 +607,9 @@ export class FileStore implements Store {
     const data = Buffer.from(text);
     // A lock released or replaced between our looks sends us round again.
     for (let attempt = 0; attempt < 3; attempt++) {
-      // Synced: after a machine crash an empty LOCK could not be judged.
-      const created = await this.writeSynced(this.lockPath, data, 'wx').catch((err: PersistenceError) => {
-        if ((err.cause as NodeJS.ErrnoException | undefined)?.code === 'EEXIST') return null;
-        throw err;
-      });
-      if (created !== null) {
-        await created.close().catch(() => {});
+      const created = await this.createLockFile(data);
+      if (created === 'again') continue;
+      if (created) {
         this.lockText = text;
         return;
       }
@@ -621,7 +618,7 @@ export class FileStore implements Store {
       const seenText = seen.toString('utf8');
       this.checkStale(seenText);
       // Replaced by a rename, never rewritten in place: a rival must not see it empty.
-      const temp = `${this.lockPath}.${process.pid}`;
+      const temp = tempName(this.lockPath);
       await (await this.writeSynced(temp, data)).close().catch(() => {});
       const now = await this.readIfExists(this.lockPath);
       if (now === null || now.toString('utf8') !== seenText) {
@@ -639,11 +636,48 @@ export class FileStore implements Store {
     throw new DataDirLockedError(this.dir, `its ${this.lockPath} keeps changing; is another server starting?`);
   }
 
+  /**
+   * Creates LOCK with its content in one step: written and synced under a temp
+   * name, then linked to LOCK, which fails if LOCK exists. Made by open and write,
+   * it would be empty for a moment, and a kill -9 then would leave a LOCK that no
+   * later start could judge. True: created; false: LOCK exists; 'again': the temp
+   * file went before the link (another server's start cleared it), so try again.
+   */
+  private async createLockFile(data: Buffer): Promise<boolean | 'again'> {
+    const temp = tempName(this.lockPath);
+    await (await this.writeSynced(temp, data)).close().catch(() => {});
+    try {
+      await this.io('link', this.lockPath, () => link(temp, this.lockPath));
+      return true;
+    } catch (err) {
+      const code = ((err as PersistenceError).cause as NodeJS.ErrnoException | undefined)?.code;
+      if (code === 'EEXIST') return false;
+      if (code === 'ENOENT') return 'again';
+      // A file system without hard links (FAT, some FUSE): created and written, as before.
+      if (code === 'EPERM' || code === 'ENOTSUP' || code === 'EOPNOTSUPP' || code === 'ENOSYS') return this.createLockFileInPlace(data);
+      throw err;
+    } finally {
+      await unlink(temp).catch(() => {});
+    }
+  }
+
+  private async createLockFileInPlace(data: Buffer): Promise<boolean> {
+    // Synced: after a machine crash an empty LOCK could not be judged.
+    const created = await this.writeSynced(this.lockPath, data, 'wx').catch((err: PersistenceError) => {
+      if ((err.cause as NodeJS.ErrnoException | undefined)?.code === 'EEXIST') return null;
+      throw err;
+    });
+    await created?.close().catch(() => {});
+    return created !== null;
+  }
+
   /** Returns if the lock in `text` is stale; throws DataDirLockedError while its holder may still run. */
   private checkStale(text: string): void {
     const holder = parseLock(text);
     if (holder === null) {
-      throw new DataDirLockedError(this.dir, `its lock file is unreadable; delete ${this.lockPath} if no server uses the directory`);
+      // Empty: left by an earlier release killed while it created LOCK (this one never leaves it so).
+      const what = text === '' ? 'empty' : 'unreadable';
+      throw new DataDirLockedError(this.dir, `its lock file is ${what}; delete ${this.lockPath} if no server uses the directory`);
     }
     const { pid, host, started } = holder;
     const since = started === null ? '' : `, started ${started}`;
@@ -752,8 +786,13 @@ function isAlive(pid: number): boolean {
   return !isZombie(pid);
 }
 
+/** Named for one write alone: a server that lost the directory to another never shares a temp file with it. */
+function tempName(path: string): string {
+  return `${path}${TEMP_INFIX}${randomBytes(6).toString('hex')}`;
+}
+
 function isTempName(name: string): boolean {
-  return [SNAPSHOT, LOG].some(
+  return [SNAPSHOT, LOG, LOCK].some(
     // Bare `.tmp`: the single temp name of earlier builds, which each compaction overwrote.
     (file) => name.startsWith(file + TEMP_INFIX) || name === `${file}.tmp`,
   );

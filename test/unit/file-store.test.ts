@@ -907,7 +907,7 @@ test('the flock is the store\'s own descriptor: held while open with no process 
   assert.deepEqual(await reload(dir), m({ a: 15n }));
 });
 
-test('temp files left by a compaction cut short are removed at start, and nothing else', async (t) => {
+test('temp files left by a compaction or a lock cut short are removed at start, and nothing else', async (t) => {
   const dir = await tempDir(t);
   {
     const { store } = await openLoaded(t, dir, { compactAfterBytes: 0 });
@@ -915,13 +915,14 @@ test('temp files left by a compaction cut short are removed at start, and nothin
     await store.close();
   }
   const left = ['marks.snapshot.tmp-0123456789ab', 'marks.log.tmp-ba9876543210', 'marks.snapshot.tmp', 'marks.log.tmp'];
-  const kept = ['marks.snapshot.bak', 'notes.tmp', 'marks.snapshotXtmp-1'];
-  for (const name of [...left, ...kept]) await writeFile(join(dir, name), 'partial');
+  const kept = ['marks.snapshot.bak', 'notes.tmp', 'marks.snapshotXtmp-1', 'LOCK.1234'];
+  for (const name of [...left, 'LOCK.tmp-0123456789ab', ...kept]) await writeFile(join(dir, name), 'partial');
   const said: string[] = [];
   const { marks } = await openLoaded(t, dir, { log: (msg, fields) => said.push(`${msg} ${JSON.stringify(fields)}`) });
   assert.deepEqual(marks, m({ a: 7n }));
   assert.deepEqual((await readdir(dir)).sort(), ['LOCK', 'marks.log', 'marks.snapshot', ...kept].sort());
   assert.equal(said.filter((msg) => /removed the temp file of an interrupted compaction/.test(msg)).length, left.length, said.join('\n'));
+  assert.equal(said.filter((msg) => /removed the temp file of an interrupted start or lock takeover .*LOCK\.tmp-0123456789ab/.test(msg)).length, 1, said.join('\n'));
 });
 
 /** Opens a store with PATH set to `path` while it takes its locks (which commands it finds), and what it logged. */
@@ -980,9 +981,36 @@ test('an unreadable lock or one from another host refuses, saying to delete it',
     await assert.rejects(FileStore.open(dir), (err: unknown) => {
       assert.ok(err instanceof DataDirLockedError);
       assert.ok(err.message.includes(`delete ${paths(dir).lock}`), err.message);
+      if (text === '') assert.match(err.message, /its lock file is empty;/);
       return true;
     });
   }
+});
+
+test('LOCK comes into being whole: written and synced under a temp name, then linked, so a kill at any point never leaves it empty', async (t) => {
+  const dir = await tempDir(t);
+  await mkdir(dir, { recursive: true });
+  const probe = faultAt(Number.MAX_SAFE_INTEGER);
+  probe.arm();
+  const store = await FileStore.open(dir, { beforeIo: probe.hook });
+  t.after(() => store.close());
+  const all = probe.ops.map((op) => op.replace(/\.tmp-[0-9a-f]{12}$/, '.tmp-*'));
+  const lock = paths(dir).lock;
+  assert.deepEqual(all.filter((op) => op.includes('LOCK')), [`open ${lock}.tmp-*`, `write ${lock}.tmp-*`, `fsync ${lock}.tmp-*`, `link ${lock}`]);
+  const first = all.indexOf(`open ${lock}.tmp-*`);
+  assert.equal(JSON.parse(await readFile(lock, 'utf8')).pid, process.pid);
+  assert.deepEqual((await readdir(dir)).filter((name) => name.startsWith('LOCK')), ['LOCK'], 'the temp name is gone');
+  // Stopped before the link (a kill there): no LOCK, and the next start takes the directory.
+  await store.close();
+  for (let step = 0; step < 4; step++) {
+    const failing = faultAt(first + step);
+    failing.arm();
+    await assert.rejects(FileStore.open(dir, { beforeIo: failing.hook }), PersistenceError);
+    assert.equal(failing.ops.at(-1)!.replace(/\.tmp-[0-9a-f]{12}$/, '.tmp-*'), all[first + step], 'failed where meant');
+    await assert.rejects(stat(lock), { code: 'ENOENT' }, `stopped at ${all[first + step]}`);
+  }
+  const next = await FileStore.open(dir);
+  await next.close();
 });
 
 test('close is idempotent, releases the lock, and later persists reject', async (t) => {
