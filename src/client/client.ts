@@ -658,13 +658,13 @@ export class SequencerClient {
   }
 }
 
-/** An error's message to quote inside a sentence of ours: without its closing period. */
 /** A server's certificate problem, after its name: "refused this client's ..." or "presented ...". */
 function certificateTrouble(err: Error): string {
   if (err instanceof ServerCertificateRejectedError) return `presented a TLS certificate this client does not accept: ${clause(err)}`;
   return `refused this client's TLS certificate: ${clause(err)}`;
 }
 
+/** An error's message to quote inside a sentence of ours: without its closing period. */
 function clause(err: Error): string {
   return err.message.replace(/\.$/, '');
 }
