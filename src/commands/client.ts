@@ -3,6 +3,9 @@ import { OK, bulk, clip, error } from '../protocol/encoder.js';
 
 const NIL = '$-1\r\n';
 const BAD_NAME = error('ERR', 'Client names cannot contain spaces, newlines or special characters.');
+/** Kept per connection for its life: a bound, so that a name cannot cost more than the rest of a connection's bookkeeping. */
+const MAX_NAME_BYTES = 256;
+const LONG_NAME = error('ERR', `Client names are at most ${MAX_NAME_BYTES} bytes here`);
 
 /**
  * CLIENT SETNAME | GETNAME | SETINFO: what Redis clients send on connect when
@@ -25,6 +28,7 @@ export const client: Command = {
         const name = words[2]!;
         // As Redis: printable ASCII but the space.
         if (!/^[\x21-\x7e]*$/.test(name)) return BAD_NAME;
+        if (name.length > MAX_NAME_BYTES) return LONG_NAME;
         session.name = name === '' ? null : name;
         return OK;
       }

@@ -90,7 +90,7 @@ export function execute(words: string[], session: Session, services: Services, s
     // sends HELLO 3 AUTH default <password>), must be told it is unknown, without the
     // list: that is how such a client knows to fall back to AUTH, where NOAUTH fails it.
     if (!locked) reply = unknown(name);
-    else reply = name.toUpperCase() === 'HELLO' ? error('ERR', `Unknown command '${name}'. Authenticate with AUTH`) : NOAUTH;
+    else reply = name.length === 5 && name.toUpperCase() === 'HELLO' ? error('ERR', `Unknown command '${name}'. Authenticate with AUTH`) : NOAUTH;
     if (session.transaction !== null) session.transaction = 'aborted';
   } else {
     stats.calls[entry.index]!++;
@@ -103,6 +103,8 @@ export function execute(words: string[], session: Session, services: Services, s
       reply = NOAUTH;
     } else if (argc < command.minArgs || argc > command.maxArgs) {
       reply = error('ERR', `wrong number of arguments for '${command.name}'`);
+      // As Redis: a transaction command that could not be taken fails the transaction.
+      if (session.transaction !== null) session.transaction = 'aborted';
     } else {
       reply = command.run(words, session, services);
     }

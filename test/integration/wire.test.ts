@@ -200,7 +200,10 @@ test('ECHO, SELECT and CLIENT, for Redis tools and client handshakes; not offere
     "$5\r\nhello\r\n$11\r\ntwo words\r\n\r\n-ERR wrong number of arguments for 'ECHO'\r\n",
   );
   c.reset();
-  await c.exchange('SELECT 0\r\nSELECT 00\r\nSELECT 1\r\nSELECT x\r\n', '+OK\r\n+OK\r\n' + '-ERR DB index is out of range (this server has one database, 0)\r\n'.repeat(2));
+  await c.exchange(
+    'SELECT 0\r\nSELECT 1\r\nSELECT -1\r\nSELECT 00\r\nSELECT x\r\n',
+    '+OK\r\n' + '-ERR DB index is out of range (this server has one database, 0)\r\n'.repeat(2) + '-ERR value is not an integer or out of range\r\n'.repeat(2),
+  );
   c.reset();
   await c.exchange('CLIENT GETNAME\r\nCLIENT SETNAME app-1\r\nclient getname\r\n', '$-1\r\n+OK\r\n$5\r\napp-1\r\n');
   c.reset();
@@ -208,6 +211,9 @@ test('ECHO, SELECT and CLIENT, for Redis tools and client handshakes; not offere
     resp('CLIENT', 'SETNAME', 'a b') + resp('CLIENT', 'SETNAME', '') + 'CLIENT GETNAME\r\n' + resp('CLIENT', 'SETINFO', 'LIB-NAME', 'x y'),
     '-ERR Client names cannot contain spaces, newlines or special characters.\r\n+OK\r\n$-1\r\n+OK\r\n',
   );
+  c.reset();
+  // Kept for the connection's life, so bounded.
+  await c.exchange(`CLIENT SETNAME ${'n'.repeat(256)}\r\nCLIENT SETNAME ${'n'.repeat(257)}\r\nCLIENT GETNAME\r\n`, `+OK\r\n-ERR Client names are at most 256 bytes here\r\n$256\r\n${'n'.repeat(256)}\r\n`);
   c.reset();
   await c.exchange(
     'CLIENT SETNAME\r\nCLIENT SETINFO LIB-NAME\r\nCLIENT LIST\r\nCLIENT\r\n',
@@ -236,6 +242,9 @@ test('MULTI: every command up to EXEC is refused unrun, and EXEC aborts, so a tr
     `MULTI\r\nMULTI\r\nDISCARD\r\nGETSEQ ${name}\r\nMULTI\r\nEXEC\r\nEXEC\r\nDISCARD\r\n`,
     '+OK\r\n-ERR MULTI calls can not be nested\r\n+OK\r\n:1\r\n+OK\r\n*0\r\n-ERR EXEC without MULTI\r\n-ERR DISCARD without MULTI\r\n',
   );
+  c.reset();
+  // A transaction command with the wrong arity fails the transaction too, as in Redis.
+  await c.exchange('MULTI\r\nEXEC x\r\nEXEC\r\n', "+OK\r\n-ERR wrong number of arguments for 'EXEC'\r\n-EXECABORT Transaction discarded because of previous errors.\r\n");
   c.reset();
   // QUIT still quits.
   await c.exchange(`MULTI\r\nQUIT\r\nGETSEQ ${name}\r\n`, '+OK\r\n+OK\r\n');
