@@ -126,7 +126,7 @@ async function serve(chunks: Uint8Array[], services: Services, session: Session 
   return { out, frames, failed };
 }
 
-const NAMES = ['GETSEQ', 'CURRENT', 'GETSEQ_BATCH', 'PING', 'INFO', 'AUTH', 'QUIT'];
+const NAMES = ['GETSEQ', 'CURRENT', 'GETSEQ_BATCH', 'PING', 'INFO', 'AUTH', 'QUIT', 'ECHO', 'SELECT', 'CLIENT', 'MULTI', 'EXEC', 'DISCARD', 'HELLO'];
 
 /** Any latin1 character, with the ones that matter to the protocol over-represented. */
 const char = fc.oneof(
@@ -177,9 +177,14 @@ test('random frames: execute never throws and answers exactly one well-formed re
       assertOneReply(reply);
       const name = words[0]!.toUpperCase();
       if (reply.startsWith('$') && name !== 'INFO') {
-        // Only PING <message> answers a bulk string: the message, byte for byte.
-        assert.equal(name, 'PING');
-        assert.equal(reply, `$${words[1]!.length}\r\n${words[1]}\r\n`);
+        if (name === 'CLIENT') {
+          // GETNAME, and no name was set on this new connection.
+          assert.equal(reply, '$-1\r\n');
+        } else {
+          // Else only PING <message> and ECHO <message> answer a bulk string: the message, byte for byte.
+          assert.ok(name === 'PING' || name === 'ECHO', name);
+          assert.equal(reply, `$${words[1]!.length}\r\n${words[1]}\r\n`);
+        }
       }
     }),
     runs(500),
@@ -229,6 +234,34 @@ test('with a password, nothing but PING, AUTH and QUIT runs before AUTH', async 
         if (reply === '+OK\r\n') assert.equal(session.quit, true, '+OK before AUTH only answers QUIT');
         pos = next;
       }
+    }),
+    runs(300),
+  );
+});
+
+test('inside MULTI nothing runs: until EXEC or DISCARD every request is refused and no sequence is touched', async () => {
+  const inside = frame.filter(([name]) => !['EXEC', 'DISCARD'].includes(name!.toUpperCase()));
+  await fc.assert(
+    fc.asyncProperty(fc.array(inside, { minLength: 1, maxLength: 12 }), fc.array(fc.nat(), { maxLength: 4 }), async (frames, cuts) => {
+      const { services, seq } = await makeServices(null);
+      const session = newSession();
+      // RESP only: an inline word could carry a line break and so a request of its own.
+      const bytes = Buffer.from(resp('MULTI') + frames.map((words) => resp(...words)).join(''), 'latin1');
+      const points = [...new Set(cuts.map((c) => c % (bytes.length + 1)))].sort((a, b) => a - b);
+      const chunks = [...points, bytes.length].map((p, i, all) => bytes.subarray(i === 0 ? 0 : all[i - 1], p));
+      const { out, frames: served, failed } = await serve(chunks, services, session);
+      assert.equal(failed, false);
+      assert.deepEqual(seq.snapshot(), [], 'no sequence was touched');
+      let pos = parseReply(out, 0);
+      assert.equal(out.slice(0, pos), '+OK\r\n', 'MULTI');
+      for (let n = 1; n < served; n++) {
+        const next = parseReply(out, pos);
+        const reply = out.slice(pos, next);
+        // QUIT still quits, with +OK, and ends the connection: nothing after it is served.
+        assert.ok(reply[0] === '-' || (reply === '+OK\r\n' && session.quit && n === served - 1), reply);
+        pos = next;
+      }
+      if (!session.quit) assert.notEqual(session.transaction, null, 'still inside MULTI');
     }),
     runs(300),
   );
