@@ -16,6 +16,8 @@ type TlsFileKey = 'tlsCa' | 'tlsCert' | 'tlsKey';
 const FLAGS: Record<TlsFileKey, string> = { tlsCa: '--tls-ca', tlsCert: '--tls-cert', tlsKey: '--tls-key' };
 
 const PEM_CERTIFICATE = /-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g;
+/** What a CA file may hold: OpenSSL also takes its own "trusted" form (`openssl x509 -addtrust`), which X509Certificate does not read. */
+const PEM_CA_CERTIFICATE = /-----BEGIN (TRUSTED )?CERTIFICATE-----[\s\S]*?-----END \1CERTIFICATE-----/g;
 
 export async function readTlsFiles(config: Config): Promise<tls.TlsOptions> {
   // Named as given: the flag, or the environment variable it came from.
@@ -34,6 +36,16 @@ export async function readTlsFiles(config: Config): Promise<tls.TlsOptions> {
   const key = await read('tlsKey');
 
   if (cert !== undefined) {
+    // X509Certificate also reads DER, which the TLS context does not.
+    const text = cert.toString('latin1');
+    if (text.match(PEM_CERTIFICATE) === null) {
+      const other = /-----BEGIN ([A-Z0-9 ]+)-----/.exec(text)?.[1];
+      const hint =
+        other === undefined
+          ? 'a DER one converts with openssl x509 -inform der -in <file> -out <file>.pem'
+          : `it holds a ${other}`;
+      throw new ConfigError(option('tlsCert'), `${config.tlsCert} holds no PEM certificate ("-----BEGIN CERTIFICATE-----"); ${hint}`);
+    }
     try {
       new X509Certificate(cert);
     } catch (err) {
@@ -63,24 +75,28 @@ export async function readTlsFiles(config: Config): Promise<tls.TlsOptions> {
     // handshake, a renegotiation must not be able to present another.
     secureOptions: constants.SSL_OP_NO_RENEGOTIATION,
   };
-  // Each file is sound on its own by now: what is left is whether they go together.
+  // Each file is sound on its own by now: what is left is mostly whether they go together.
   try {
     tls.createSecureContext(options);
   } catch (err) {
-    throw new ConfigError(
-      option('tlsKey'),
-      `the key (${config.tlsKey}) does not go with the certificate (${config.tlsCert}): ${(err as Error).message}`,
-    );
+    const message = (err as Error).message;
+    if (/key values mismatch/i.test(message)) {
+      throw new ConfigError(option('tlsKey'), `the key (${config.tlsKey}) does not go with the certificate (${config.tlsCert}): ${message}`);
+    }
+    const files = `the certificate (${config.tlsCert}), key (${config.tlsKey})${config.tlsCa === null ? '' : ` or CA (${config.tlsCa})`}`;
+    throw new ConfigError(option('tlsCert'), `${files} cannot be used together: ${message}`);
   }
   return options;
 }
 
 function checkCaFile(ca: Buffer, file: string, option: string): void {
-  const blocks = ca.toString('latin1').match(PEM_CERTIFICATE) ?? [];
+  const blocks = ca.toString('latin1').match(PEM_CA_CERTIFICATE) ?? [];
   if (blocks.length === 0) {
     throw new ConfigError(option, `${file} holds no PEM certificate: a CA file is one or more "-----BEGIN CERTIFICATE-----" blocks`);
   }
   blocks.forEach((block, i) => {
+    // OpenSSL's trusted form is left to OpenSSL.
+    if (block.startsWith('-----BEGIN TRUSTED')) return;
     try {
       new X509Certificate(block);
     } catch (err) {

@@ -126,9 +126,12 @@ test('a TLS file that reads but is not what its option asks for is named by that
     const damaged = path.join(dir, 'damaged.pem');
     await writeFile(damaged, `${await readFile(certs.caCert, 'latin1')}-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n`);
     const pair = [`--tls-cert=${certs.serverCert}`, `--tls-key=${certs.serverKey}`];
+    const der = path.join(dir, 'server.der');
+    await runProgram('openssl', ['x509', '-in', certs.serverCert, '-outform', 'der', '-out', der]);
     const cases: Array<[string[], NodeJS.ProcessEnv, RegExp]> = [
+      [[`--tls-cert=${der}`, `--tls-key=${certs.serverKey}`], {}, /^dolmeangi: --tls-cert: .*server\.der holds no PEM certificate .*a DER one converts with openssl x509 -inform der/],
       [[`--tls-cert=${certs.serverCert}`, `--tls-key=${garbage}`], {}, /^dolmeangi: --tls-key: .*garbage\.pem holds no usable PEM private key/],
-      [[`--tls-cert=${certs.serverKey}`, `--tls-key=${certs.serverKey}`], {}, /^dolmeangi: --tls-cert: .* holds no usable PEM certificate/],
+      [[`--tls-cert=${certs.serverKey}`, `--tls-key=${certs.serverKey}`], {}, /^dolmeangi: --tls-cert: .* holds no PEM certificate \("-----BEGIN CERTIFICATE-----"\); it holds a PRIVATE KEY\n$/],
       // OpenSSL itself takes these two without a word; every client would then be refused.
       [pair, { SEQUENCER_TLS_CA: garbage }, /^dolmeangi: SEQUENCER_TLS_CA: .*garbage\.pem holds no PEM certificate: a CA file is one or more/],
       [[...pair, `--tls-ca=${certs.serverKey}`], {}, /^dolmeangi: --tls-ca: .* holds no PEM certificate/],
@@ -139,9 +142,12 @@ test('a TLS file that reads but is not what its option asks for is named by that
       assert.equal(r.code, 2, r.stderr);
       assert.match(r.stderr, message);
     }
-    // The same files, right: it starts (and the CA file of several certificates is taken).
+    // The same files, right: it starts (and a CA file of several certificates, one in OpenSSL's trusted form, is taken).
+    const trusted = path.join(dir, 'trusted.pem');
+    await runProgram('openssl', ['x509', '-in', certs.caCert, '-addtrust', 'clientAuth', '-out', trusted]);
+    assert.match(await readFile(trusted, 'latin1'), /^-----BEGIN TRUSTED CERTIFICATE-----/);
     const bundle = path.join(dir, 'bundle.pem');
-    await writeFile(bundle, `${await readFile(certs.caCert, 'latin1')}${await readFile(certs.strangerCert, 'latin1')}`);
+    await writeFile(bundle, `${await readFile(trusted, 'latin1')}${await readFile(certs.strangerCert, 'latin1')}`);
     const server = await startServerProcess(['--in-memory', '--port=0', '--tls-port=0', ...pair, `--tls-ca=${bundle}`]);
     assert.equal(await server.stop(), 0);
   } finally {
