@@ -17,6 +17,8 @@ import { waitFor } from '../helpers/wait.js';
 import { childrenRunning } from '../helpers/children.js';
 import { flockHeld } from '../helpers/flock.js';
 
+const HOLD_MODULE = fileURLToPath(new URL('../helpers/hold-module.mjs', import.meta.url));
+
 /** Servers of the running test: killed after it, so a failed assertion cannot leave one behind. */
 const running: ServerProcess[] = [];
 afterEach(async () => {
@@ -170,6 +172,35 @@ test('a stop asked for while the server starts ends in a clean stop once it has 
       }
     }
     await assertRestartGives(dir, n + 1n);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test("a stop asked for while the server's code still loads is a clean stop too: the handlers go in first", async () => {
+  const dir = await tempDir();
+  try {
+    const fifo = path.join(dir, 'hold');
+    await runProgram('mkfifo', [fifo]);
+    // The process is held while it loads the module that starts the server, before any of it runs.
+    const child = spawn(process.execPath, ['--import', HOLD_MODULE, CLI, 'sequencer', `--data-dir=${dir}/data`, '--port=0', '--metrics-port=0'], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, HOLD_MODULE: '/dist/server/run.js', HOLD_FIFO: fifo },
+    });
+    let output = '';
+    child.stdout.setEncoding('utf8').on('data', (d: string) => (output += d));
+    child.stderr.setEncoding('utf8').on('data', (d: string) => (output += d));
+    const exited = new Promise<number | NodeJS.Signals | null>((resolve) => child.once('exit', (code, sig) => resolve(code ?? sig)));
+    try {
+      const writer = await Promise.race([open(fifo, 'w'), exited.then((code) => Promise.reject(new Error(`exited (${code}) before loading the server: ${output}`)))]);
+      child.kill('SIGTERM');
+      await writer.close();
+      const deadline = new Promise<'still running'>((r) => setTimeout(r, 15_000, 'still running').unref());
+      assert.equal(await Promise.race([exited, deadline]), 0, output);
+      assert.match(output, /"signal":"SIGTERM".*"msg":"signal received"/, output);
+    } finally {
+      child.kill('SIGKILL');
+    }
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
