@@ -840,8 +840,10 @@ export class EtcdLeadership extends EventEmitter<LeadershipEvents> implements Le
       return;
     }
     void this.stepDown(
-      `the lease was not renewed in time (no keepalive succeeded for ${Math.round(this.servingWindowMs())} ms: ` +
-        'etcd unreachable, or this process was paused); stopped serving before it could expire in etcd',
+      // Not how long etcd has failed: a renewal proves the lease from when it was sent, so
+      // this says only that none sent in the last serving window was confirmed.
+      `the lease was not renewed in time (no renewal sent in the last ${Math.round(this.servingWindowMs())} ms was confirmed by etcd: ` +
+        'etcd unreachable or slow, or this process was paused); stopped serving before it could expire in etcd',
       { term },
     );
   }
