@@ -41,9 +41,11 @@ export async function readTlsFiles(config: Config): Promise<tls.TlsOptions> {
     if (text.match(PEM_CERTIFICATE) === null) {
       const other = /-----BEGIN ([A-Z0-9 ]+)-----/.exec(text)?.[1];
       const hint =
-        other === undefined
-          ? 'a DER one converts with openssl x509 -inform der -in <file> -out <file>.pem'
-          : `it holds a ${other}`;
+        text.trim() === ''
+          ? 'it is empty'
+          : other === undefined
+            ? 'a DER one converts with openssl x509 -inform der -in <file> -out <file>.pem'
+            : `it holds a ${other}`;
       throw new ConfigError(option('tlsCert'), `${config.tlsCert} holds no PEM certificate ("-----BEGIN CERTIFICATE-----"); ${hint}`);
     }
     try {

@@ -168,7 +168,7 @@ test('a file that cannot be read, or an empty password file, is named as it was 
       [['--tls-port=0', `--tls-key=${dir}/none`], { SEQUENCER_TLS_CERT: `${dir}/none` }, /^dolmeangi: SEQUENCER_TLS_CERT: cannot read /],
       [['--tls-port=0', `--tls-cert=${empty}`], { SEQUENCER_TLS_KEY: `${dir}/none` }, /^dolmeangi: SEQUENCER_TLS_KEY: cannot read /],
       [['--tls-port=0', `--tls-cert=${empty}`, `--tls-key=${empty}`], { SEQUENCER_TLS_CA: `${dir}/none` }, /^dolmeangi: SEQUENCER_TLS_CA: cannot read /],
-      [['--tls-port=0', `--tls-key=${empty}`], { SEQUENCER_TLS_CERT: empty }, /^dolmeangi: SEQUENCER_TLS_CERT: .*\/empty holds no usable PEM certificate/],
+      [['--tls-port=0', `--tls-key=${empty}`], { SEQUENCER_TLS_CERT: empty }, /^dolmeangi: SEQUENCER_TLS_CERT: .*\/empty holds no PEM certificate \("-----BEGIN CERTIFICATE-----"\); it is empty\n$/],
     ];
     for (const [args, env, message] of cases) {
       const r = await runCli(['sequencer', '--in-memory', '--port=0', '--metrics-port=0', ...args], { env });
