@@ -31,7 +31,7 @@ import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
 import { hostname } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
+import { basename, dirname, join, resolve } from 'node:path';
 import { getSystemErrorMap } from 'node:util';
 import { crc32 } from 'node:zlib';
 import type { Marks, Store } from '../core/ports.js';
@@ -127,6 +127,16 @@ export class FileStore implements Store {
    * point left by an unmounted volume, holds neither our LOCK nor our state.
    */
   private dirId: FileId | null = null;
+  /**
+   * The locked directory, open for the store's life. On Linux a compaction's files
+   * go in through it (`/proc/self/fd/<fd>/<name>`), not through the path, so a
+   * directory swapped in at the path meanwhile, even swapped in and out again,
+   * never receives them: by path, the new snapshot and log could land in one
+   * directory while the checks looked at another. `within` is null where /proc
+   * offers no such path; files then go in by path, checked as well as can be.
+   */
+  private dirHandle: FileHandle | null = null;
+  private within: string | null = null;
   /** Held while the directory is ours (Linux): see holdMachineMutex. */
   private mutex: net.Server | null = null;
   /** Failed accepts on the mutex, logged a few at a time. */
@@ -329,42 +339,41 @@ export class FileStore implements Store {
     // Named for this write alone: a server that lost the directory to another must not be able to
     // write into, or rename away, the other's temp file.
     const temp = tempName(path);
-    const handle = await this.writeSynced(temp, data);
+    const handle = await this.writeSynced(temp, data, 'w', this.inDir(temp));
     try {
-      await this.io('rename', path, () => rename(temp, path));
+      await this.io('rename', path, () => rename(this.inDir(temp), this.inDir(path)));
     } catch (err) {
       await handle.close().catch(() => {});
-      await unlink(temp).catch(() => {});
+      await unlink(this.inDir(temp)).catch(() => {});
       throw err;
     }
     try {
-      // By path, each step could land in a directory put in place of ours meanwhile
-      // (checkDirIsOurs ran before): the directory synced must be ours, and the file
-      // at the path in it must be this one, or its marks would be durable nowhere we read.
       await this.syncOurDir();
-      const [there, ours] = await Promise.all([
-        this.io('stat', path, () => stat(path, { bigint: true })),
-        this.io('stat', path, () => handle.stat({ bigint: true })),
-      ]);
-      if (!sameFile(there, ours)) throw replacedError(path, this.dir);
-    } catch (err) {
-      // Out of a directory that is not ours, if it went there: nothing is left in another one.
-      const [ours, there, dirNow] = await Promise.all([
-        handle.stat({ bigint: true }).catch(() => null),
-        stat(path, { bigint: true }).catch(() => null),
-        stat(this.dir, { bigint: true }).catch(() => null),
-      ]);
-      if (ours !== null && there !== null && dirNow !== null && sameFile(there, ours) && !sameFile(dirNow, this.dirId)) {
-        await unlink(path).catch(() => {});
+      if (this.within === null) {
+        // By path, the rename may have gone into a directory swapped in meanwhile.
+        const [there, ours] = await Promise.all([
+          this.io('stat', path, () => stat(path, { bigint: true })),
+          this.io('stat', path, () => handle.stat({ bigint: true })),
+        ]);
+        if (!sameFile(there, ours)) throw replacedError(path, this.dir);
       }
+      // In our directory, wherever it is now; reported durable only while the path names it,
+      // as the next start will read it there.
+      await this.checkDirIsOurs();
+    } catch (err) {
       await handle.close().catch(() => {});
       throw err;
     }
     return handle;
   }
 
-  /** Syncs the data directory, first making sure the path still names the one locked at start. */
+  /** Syncs the data directory: the one held open, or else the path's, if it is still the one locked. */
   private async syncOurDir(): Promise<void> {
+    const held = this.dirHandle;
+    if (held !== null) {
+      await this.io('fsync', this.dir, () => held.sync());
+      return;
+    }
     const handle = await this.io('open', this.dir, () => open(this.dir, 'r'));
     try {
       const id = await this.io('stat', this.dir, () => handle.stat({ bigint: true }));
@@ -376,14 +385,14 @@ export class FileStore implements Store {
   }
 
   /** Writes a whole new file at `path` and syncs it; returns it open. On failure nothing is left there. */
-  private async writeSynced(path: string, data: Buffer, flags = 'w'): Promise<FileHandle> {
-    const handle = await this.io('open', path, () => open(path, flags, 0o600));
+  private async writeSynced(path: string, data: Buffer, flags = 'w', at = path): Promise<FileHandle> {
+    const handle = await this.io('open', path, () => open(at, flags, 0o600));
     try {
       await this.io('write', path, () => writeAll(handle, data, 0));
       await this.io('fsync', path, () => handle.sync());
     } catch (err) {
       await handle.close().catch(() => {});
-      await unlink(path).catch(() => {});
+      await unlink(at).catch(() => {});
       throw err;
     }
     return handle;
@@ -510,17 +519,42 @@ export class FileStore implements Store {
     if (lockedHere.has(this.dir)) throw new DataDirLockedError(this.dir, `pid ${process.pid}, this very process`);
     lockedHere.add(this.dir);
     try {
-      this.dirId = await this.statDir();
-      await this.holdMachineMutex(this.dirId);
+      await this.holdDir();
+      await this.holdMachineMutex(this.dirId!);
       await this.holdDirFlock();
       await this.lockFile();
     } catch (err) {
       // Any may be held, or none; releasing what is not held does nothing.
       this.releaseDirFlock();
       this.releaseMachineMutex();
+      await this.releaseDir();
       lockedHere.delete(this.dir);
       throw err;
     }
+  }
+
+  /** Opens the directory for the store's life; its identity is the one locked. */
+  private async holdDir(): Promise<void> {
+    const handle = await this.io('open', this.dir, () => open(this.dir, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY));
+    this.dirHandle = handle;
+    this.dirId = await this.io('stat', this.dir, () => handle.stat({ bigint: true }));
+    if (process.platform !== 'linux') return;
+    const within = `/proc/self/fd/${handle.fd}`;
+    // Only where /proc shows this very directory there (it may be mounted oddly, or not at all).
+    const seen = await stat(within, { bigint: true }).catch(() => null);
+    if (seen !== null && sameFile(seen, this.dirId)) this.within = within;
+  }
+
+  private async releaseDir(): Promise<void> {
+    const handle = this.dirHandle;
+    this.dirHandle = null;
+    this.within = null;
+    await handle?.close().catch(() => {});
+  }
+
+  /** Where a compaction's file `path` (in the data directory) is reached: through the held directory where it can be. */
+  private inDir(path: string): string {
+    return this.within === null ? path : join(this.within, basename(path));
   }
 
   /**
@@ -707,6 +741,7 @@ export class FileStore implements Store {
       // After the file: until then, a server starting now would find LOCK naming a live pid.
       this.releaseDirFlock();
       this.releaseMachineMutex();
+      await this.releaseDir();
     }
   }
 
