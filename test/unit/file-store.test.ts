@@ -1071,6 +1071,31 @@ test('LOCK comes into being whole: written and synced under a temp name, then li
   await next.close();
 });
 
+test('LOCK on a file system without hard links is created in place; a temp name removed before the link is tried again', async (t) => {
+  for (const code of ['EPERM', 'ENOTSUP', 'ENOENT'] as const) {
+    const dir = await tempDir(t);
+    await mkdir(dir, { recursive: true });
+    const ops: string[] = [];
+    let failed = false;
+    const beforeIo = (op: string, path: string) => {
+      ops.push(`${op} ${path.replace(/\.tmp-[0-9a-f]{12}$/, '.tmp-*')}`);
+      if (op === 'link' && !failed) {
+        failed = true;
+        throw errno(code, op);
+      }
+    };
+    const store = await FileStore.open(dir, { beforeIo });
+    const lock = paths(dir).lock;
+    assert.equal(JSON.parse(await readFile(lock, 'utf8')).pid, process.pid, code);
+    const after = ops.slice(ops.indexOf(`link ${lock}`) + 1).filter((op) => op.includes('LOCK'));
+    // ENOENT: the temp file went (a starting rival cleared it), so a new one is linked; otherwise LOCK is made in place.
+    const expected = code === 'ENOENT' ? [`open ${lock}.tmp-*`, `write ${lock}.tmp-*`, `fsync ${lock}.tmp-*`, `link ${lock}`] : [`open ${lock}`, `write ${lock}`, `fsync ${lock}`];
+    assert.deepEqual(after, expected, code);
+    assert.deepEqual((await readdir(dir)).filter((name) => name.startsWith('LOCK')), ['LOCK'], `${code}: no temp name left`);
+    await store.close();
+  }
+});
+
 test('close is idempotent, releases the lock, and later persists reject', async (t) => {
   const dir = await tempDir(t);
   const store = await FileStore.open(dir);
