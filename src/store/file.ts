@@ -659,7 +659,15 @@ export class FileStore implements Store {
         await unlink(temp).catch(() => {});
         continue;
       }
-      await this.io('rename', this.lockPath, () => rename(temp, this.lockPath));
+      const replaced = await this.io('rename', this.lockPath, () => rename(temp, this.lockPath)).then(
+        () => true,
+        (err: PersistenceError) => {
+          // Our temp file went (a rival that took the directory meanwhile clears them at its start): look again.
+          if ((err.cause as NodeJS.ErrnoException | undefined)?.code === 'ENOENT') return false;
+          throw err;
+        },
+      );
+      if (!replaced) continue;
       this.say('took over a stale lock left by a server that is no longer running', {
         file: this.lockPath,
         previous: seenText.trim(),

@@ -780,6 +780,23 @@ test('a stale lock from a dead process is taken over and logged', async (t) => {
   await assert.rejects(stat(p.lock), { code: 'ENOENT' });
 });
 
+test('a stale lock whose takeover loses its temp file (a rival cleared it) is looked at again, not an I/O error', async (t) => {
+  const dir = await tempDir(t);
+  const p = paths(dir);
+  await writeFile(p.lock, lockJson(await deadPid()));
+  let lost = false;
+  const beforeIo = (op: string, path: string) => {
+    if (op === 'rename' && path === p.lock && !lost) {
+      lost = true;
+      throw errno('ENOENT', op);
+    }
+  };
+  const store = await FileStore.open(dir, { beforeIo });
+  assert.ok(lost);
+  assert.equal(JSON.parse(await readFile(p.lock, 'utf8')).pid, process.pid);
+  await store.close();
+});
+
 test('a lock whose holder was killed but not yet reaped (a zombie) is taken over', async (t) => {
   const dir = await tempDir(t);
   // The shell starts the holder, then becomes a `sleep` that never collects it. The holder is
