@@ -211,6 +211,9 @@ export class FileStore implements Store {
         await this.reopenLog(end, torn === null ? null : { bytes: log.length - end, why: torn });
       }
     }
+    // Read through the directory held since the lock; served only if the path still names
+    // it, as a later start will read that path (moved away meanwhile, say, it would not).
+    await this.checkDirIsOurs();
     this.marks = marks;
     this.gen = gen;
     this.snapshotBytes = snapshot?.length ?? 0;
@@ -405,7 +408,7 @@ export class FileStore implements Store {
   private async reopenLog(end: number, torn: { bytes: number; why: string } | null): Promise<void> {
     let handle: FileHandle | null = null;
     try {
-      handle = await this.io('open', this.logPath, () => open(this.logPath, 'r+'));
+      handle = await this.io('open', this.logPath, () => open(this.inDir(this.logPath), 'r+'));
       const h = handle;
       if (torn !== null) {
         await this.io('ftruncate', this.logPath, () => h.truncate(end));
@@ -431,11 +434,11 @@ export class FileStore implements Store {
 
   /** Temp files of compactions and locks cut short by a crash: unused, and named so that none is ever reused. */
   private async removeTempFiles(): Promise<void> {
-    const names = await readdir(this.dir).catch(() => [] as string[]);
+    const names = await readdir(this.within ?? this.dir).catch(() => [] as string[]);
     for (const name of names) {
       if (!isTempName(name)) continue;
       const what = name.startsWith(LOCK) ? 'start or lock takeover' : 'compaction';
-      await unlink(join(this.dir, name)).then(
+      await unlink(this.inDir(join(this.dir, name))).then(
         () => this.say(`removed the temp file of an interrupted ${what}`, { file: join(this.dir, name) }),
         () => {},
       );
@@ -458,9 +461,10 @@ export class FileStore implements Store {
     await log?.close().catch(() => {});
   }
 
+  /** A file of the data directory, read through the directory held open where it can be (see inDir). */
   private async readIfExists(path: string): Promise<Buffer | null> {
     return this.io('read', path, () =>
-      readFile(path).catch((err: NodeJS.ErrnoException) => {
+      readFile(this.inDir(path)).catch((err: NodeJS.ErrnoException) => {
         if (err.code === 'ENOENT') return null;
         throw err;
       }),
@@ -552,7 +556,7 @@ export class FileStore implements Store {
     await handle?.close().catch(() => {});
   }
 
-  /** Where a compaction's file `path` (in the data directory) is reached: through the held directory where it can be. */
+  /** Where the data directory's file `path` is reached: through the held directory where it can be. */
   private inDir(path: string): string {
     return this.within === null ? path : join(this.within, basename(path));
   }
@@ -653,13 +657,13 @@ export class FileStore implements Store {
       this.checkStale(seenText);
       // Replaced by a rename, never rewritten in place: a rival must not see it empty.
       const temp = tempName(this.lockPath);
-      await (await this.writeSynced(temp, data)).close().catch(() => {});
+      await (await this.writeSynced(temp, data, 'w', this.inDir(temp))).close().catch(() => {});
       const now = await this.readIfExists(this.lockPath);
       if (now === null || now.toString('utf8') !== seenText) {
-        await unlink(temp).catch(() => {});
+        await unlink(this.inDir(temp)).catch(() => {});
         continue;
       }
-      const replaced = await this.io('rename', this.lockPath, () => rename(temp, this.lockPath)).then(
+      const replaced = await this.io('rename', this.lockPath, () => rename(this.inDir(temp), this.inDir(this.lockPath))).then(
         () => true,
         (err: PersistenceError) => {
           // Our temp file went (a rival that took the directory meanwhile clears them at its start): look again.
@@ -687,9 +691,9 @@ export class FileStore implements Store {
    */
   private async createLockFile(data: Buffer): Promise<boolean | 'again'> {
     const temp = tempName(this.lockPath);
-    await (await this.writeSynced(temp, data)).close().catch(() => {});
+    await (await this.writeSynced(temp, data, 'w', this.inDir(temp))).close().catch(() => {});
     try {
-      await this.io('link', this.lockPath, () => link(temp, this.lockPath));
+      await this.io('link', this.lockPath, () => link(this.inDir(temp), this.inDir(this.lockPath)));
       return true;
     } catch (err) {
       const code = ((err as PersistenceError).cause as NodeJS.ErrnoException | undefined)?.code;
@@ -699,13 +703,13 @@ export class FileStore implements Store {
       if (code === 'EPERM' || code === 'ENOTSUP' || code === 'EOPNOTSUPP' || code === 'ENOSYS') return this.createLockFileInPlace(data);
       throw err;
     } finally {
-      await unlink(temp).catch(() => {});
+      await unlink(this.inDir(temp)).catch(() => {});
     }
   }
 
   private async createLockFileInPlace(data: Buffer): Promise<boolean> {
     // Synced: after a machine crash an empty LOCK could not be judged.
-    const created = await this.writeSynced(this.lockPath, data, 'wx').catch((err: PersistenceError) => {
+    const created = await this.writeSynced(this.lockPath, data, 'wx', this.inDir(this.lockPath)).catch((err: PersistenceError) => {
       if ((err.cause as NodeJS.ErrnoException | undefined)?.code === 'EEXIST') return null;
       throw err;
     });
@@ -758,8 +762,8 @@ export class FileStore implements Store {
     lockedHere.delete(this.dir);
     try {
       // Only our own: if the directory was replaced, LOCK may now be another server's.
-      const seen = await readFile(this.lockPath, 'utf8');
-      if (seen === text) await unlink(this.lockPath);
+      const seen = await readFile(this.inDir(this.lockPath), 'utf8');
+      if (seen === text) await unlink(this.inDir(this.lockPath));
     } catch (err) {
       // Left behind, it names our pid, which the next start finds dead and takes over.
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') {

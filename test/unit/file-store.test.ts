@@ -660,6 +660,42 @@ for (const file of ['marks.snapshot', 'marks.log']) {
   });
 }
 
+test('a data directory moved away while the server starts (after its lock, before its state is read) stops the start; nothing is lost once it is back', async (t) => {
+  for (const replacement of [false, true]) {
+    const dir = await tempDir(t);
+    const away = `${dir}.away`;
+    t.after(() => rm(away, { recursive: true, force: true }));
+    {
+      const { store } = await openLoaded(t, dir);
+      await store.persist(m({ a: 5000n, b: 7n }));
+      await store.close();
+    }
+    let moved = false;
+    const beforeIo = (op: string, path: string) => {
+      if (!moved && op === 'read' && path === paths(dir).snapshot) {
+        moved = true;
+        renameSync(dir, away);
+        // With an empty directory in its place (`rm -rf` and `mkdir`), or nothing there.
+        if (replacement) mkdirSync(dir);
+      }
+    };
+    const store = await FileStore.open(dir, { beforeIo });
+    t.after(() => store.close());
+    await assert.rejects(store.load(), (err: unknown) => {
+      assert.ok(err instanceof PersistenceError, String(err));
+      // Replaced: not ours; gone: not there at all.
+      assert.match(err.message, replacement ? /is not the directory this server locked at start/ : new RegExp(`^stat ${dir}: ENOENT`));
+      return true;
+    });
+    assert.ok(moved);
+    await store.close();
+    if (replacement) assert.deepEqual(await readdir(dir), [], 'nothing written into the replacement');
+    await rm(dir, { recursive: true, force: true });
+    await rename(away, dir);
+    assert.deepEqual(await reload(dir), m({ a: 5000n, b: 7n }));
+  }
+});
+
 test('a directory swapped in and out at the path during a compaction never receives its files, and nothing acknowledged is lost', async (t) => {
   // At each listed step of a compaction, the path is made to name the other directory.
   const schedules: Array<Array<[op: string, file: string]>> = [
