@@ -140,6 +140,37 @@ test('a clean stop (SIGTERM) and restart continue with no gap, even with a large
   }
 });
 
+/**
+ * Runs the CLI (after `nodeArgs`) until it opens the FIFO `fifo` for reading, where it waits;
+ * sends it `signal` there, then lets it go on by writing `feed` and closing the FIFO. Returns
+ * how it ended (or 'still running' after 15 s, when it is killed) and everything it printed.
+ */
+async function signalWhileHeld(
+  fifo: string,
+  nodeArgs: string[],
+  cliArgs: string[],
+  signal: NodeJS.Signals,
+  opts: { feed?: string; env?: NodeJS.ProcessEnv } = {},
+): Promise<{ end: number | NodeJS.Signals | null | 'still running'; output: string }> {
+  await runProgram('mkfifo', [fifo]);
+  const child = spawn(process.execPath, [...nodeArgs, CLI, ...cliArgs], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...opts.env } });
+  let output = '';
+  child.stdout.setEncoding('utf8').on('data', (d: string) => (output += d));
+  child.stderr.setEncoding('utf8').on('data', (d: string) => (output += d));
+  const exited = new Promise<number | NodeJS.Signals | null>((resolve) => child.once('exit', (code, sig) => resolve(code ?? sig)));
+  try {
+    // Opening a FIFO for writing returns once the reader has opened it: the process is held there.
+    const writer = await Promise.race([open(fifo, 'w'), exited.then((code) => Promise.reject(new Error(`exited (${code}) before it reached ${fifo}: ${output}`)))]);
+    child.kill(signal);
+    if (opts.feed !== undefined) await writer.writeFile(opts.feed);
+    await writer.close();
+    const deadline = new Promise<'still running'>((r) => setTimeout(r, 15_000, 'still running').unref());
+    return { end: await Promise.race([exited, deadline]), output };
+  } finally {
+    child.kill('SIGKILL');
+  }
+}
+
 test('a stop asked for while the server starts ends in a clean stop once it has started: exit 0, and the restart has no gap', async () => {
   const dir = await tempDir();
   try {
@@ -149,27 +180,11 @@ test('a stop asked for while the server starts ends in a clean stop once it has 
     for (const signal of ['SIGTERM', 'SIGINT'] as const) {
       // Start-up reads the password file first; a FIFO holds it there until the test writes.
       const fifo = path.join(dir, `password-${signal}`);
-      await runProgram('mkfifo', [fifo]);
-      const child = spawn(process.execPath, [CLI, 'sequencer', `--data-dir=${dir}`, '--port=0', '--metrics-port=0', `--requirepass-file=${fifo}`], {
-        stdio: ['ignore', 'pipe', 'pipe'],
-      });
-      let output = '';
-      child.stdout.setEncoding('utf8').on('data', (d: string) => (output += d));
-      child.stderr.setEncoding('utf8').on('data', (d: string) => (output += d));
-      const exited = new Promise<number | NodeJS.Signals | null>((resolve) => child.once('exit', (code, sig) => resolve(code ?? sig)));
-      try {
-        // Opening a FIFO for writing returns once the reader has opened it: the server is in start-up.
-        const writer = await Promise.race([open(fifo, 'w'), exited.then((code) => Promise.reject(new Error(`exited (${code}) before reading the password: ${output}`)))]);
-        child.kill(signal);
-        await writer.writeFile('pw\n');
-        await writer.close();
-        const deadline = new Promise<'still running'>((r) => setTimeout(r, 15_000, 'still running').unref());
-        assert.equal(await Promise.race([exited, deadline]), 0, `${signal}: ${output}`);
-        assert.match(output, new RegExp(`"signal":"${signal}".*"msg":"signal received"`), output);
-        assert.match(output, /"msg":"stored the exact next numbers"/, output);
-      } finally {
-        child.kill('SIGKILL');
-      }
+      const args = ['sequencer', `--data-dir=${dir}`, '--port=0', '--metrics-port=0', `--requirepass-file=${fifo}`];
+      const { end, output } = await signalWhileHeld(fifo, [], args, signal, { feed: 'pw\n' });
+      assert.equal(end, 0, `${signal}: ${output}`);
+      assert.match(output, new RegExp(`"signal":"${signal}".*"msg":"signal received"`), output);
+      assert.match(output, /"msg":"stored the exact next numbers"/, output);
     }
     await assertRestartGives(dir, n + 1n);
   } finally {
@@ -180,27 +195,14 @@ test('a stop asked for while the server starts ends in a clean stop once it has 
 test("a stop asked for while the server's code still loads is a clean stop too: the handlers go in first", async () => {
   const dir = await tempDir();
   try {
-    const fifo = path.join(dir, 'hold');
-    await runProgram('mkfifo', [fifo]);
     // The process is held while it loads the module that starts the server, before any of it runs.
-    const child = spawn(process.execPath, ['--import', HOLD_MODULE, CLI, 'sequencer', `--data-dir=${dir}/data`, '--port=0', '--metrics-port=0'], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-      env: { ...process.env, HOLD_MODULE: '/dist/server/run.js', HOLD_FIFO: fifo },
+    const fifo = path.join(dir, 'hold');
+    const args = ['sequencer', `--data-dir=${dir}/data`, '--port=0', '--metrics-port=0'];
+    const { end, output } = await signalWhileHeld(fifo, ['--import', HOLD_MODULE], args, 'SIGTERM', {
+      env: { HOLD_MODULE: '/dist/server/run.js', HOLD_FIFO: fifo },
     });
-    let output = '';
-    child.stdout.setEncoding('utf8').on('data', (d: string) => (output += d));
-    child.stderr.setEncoding('utf8').on('data', (d: string) => (output += d));
-    const exited = new Promise<number | NodeJS.Signals | null>((resolve) => child.once('exit', (code, sig) => resolve(code ?? sig)));
-    try {
-      const writer = await Promise.race([open(fifo, 'w'), exited.then((code) => Promise.reject(new Error(`exited (${code}) before loading the server: ${output}`)))]);
-      child.kill('SIGTERM');
-      await writer.close();
-      const deadline = new Promise<'still running'>((r) => setTimeout(r, 15_000, 'still running').unref());
-      assert.equal(await Promise.race([exited, deadline]), 0, output);
-      assert.match(output, /"signal":"SIGTERM".*"msg":"signal received"/, output);
-    } finally {
-      child.kill('SIGKILL');
-    }
+    assert.equal(end, 0, output);
+    assert.match(output, /"signal":"SIGTERM".*"msg":"signal received"/, output);
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
