@@ -370,21 +370,12 @@ export class FileStore implements Store {
     return handle;
   }
 
-  /** Syncs the data directory: the one held open, or else the path's, if it is still the one locked. */
+  /** Syncs the data directory held open since the lock (whatever its path names now). */
   private async syncOurDir(): Promise<void> {
     const held = this.dirHandle;
-    if (held !== null) {
-      await this.io('fsync', this.dir, () => held.sync());
-      return;
-    }
-    const handle = await this.io('open', this.dir, () => open(this.dir, 'r'));
-    try {
-      const id = await this.io('stat', this.dir, () => handle.stat({ bigint: true }));
-      if (!sameFile(id, this.dirId)) throw notOurDirError(this.dir);
-      await this.io('fsync', this.dir, () => handle.sync());
-    } finally {
-      await handle.close().catch(() => {});
-    }
+    // Held from the lock until close, and nothing is written after close.
+    if (held === null) throw new PersistenceError(`${this.description} is closed`);
+    await this.io('fsync', this.dir, () => held.sync());
   }
 
   /** Writes a whole new file at `path` and syncs it; returns it open. On failure nothing is left there. */
@@ -451,7 +442,12 @@ export class FileStore implements Store {
   }
 
   private async checkDirIsOurs(): Promise<void> {
-    if (!sameFile(await this.statDir(), this.dirId)) throw notOurDirError(this.dir);
+    if (!sameFile(await this.statDir(), this.dirId)) {
+      throw new PersistenceError(
+        `${this.dir} is not the directory this server locked at start (it was removed, moved or replaced, ` +
+          `or its volume unmounted); put that directory back: nothing is written into another one`,
+      );
+    }
   }
 
   private async dropLog(): Promise<void> {
@@ -958,13 +954,6 @@ function wellFormed(payload: Buffer): boolean {
 
 /** A file's identity: what a path names may change, this does not. */
 type FileId = { readonly dev: bigint; readonly ino: bigint };
-
-function notOurDirError(dir: string): PersistenceError {
-  return new PersistenceError(
-    `${dir} is not the directory this server locked at start (it was removed, moved or replaced, ` +
-      `or its volume unmounted); put that directory back: nothing is written into another one`,
-  );
-}
 
 function replacedError(file: string, dir: string): PersistenceError {
   return new PersistenceError(`write ${file}: the file was replaced behind the server's back; nothing but this server may change ${dir} while it runs`);
