@@ -618,7 +618,7 @@ export class SequencerClient {
 
   /** Whether every listed server's certificate problem is from `since` on: more tries cannot help. */
   private everyServerHasCertificateProblem(since: number): boolean {
-    return this.servers.every((s) => (this.certificateProblems.get(formatAddress(s))?.at ?? -1) >= since);
+    return this.servers.every((s) => this.certificateProblemSince(formatAddress(s), since) !== undefined);
   }
 
   /**
