@@ -3,8 +3,7 @@
  * message says what happened and what to do about it.
  */
 import { DolmeangiError } from '../errors.js';
-import { SERVER_FULL } from '../protocol/server-full.js';
-import { CERTIFICATE_REFUSED } from '../protocol/certificate-refused.js';
+import { CERTIFICATE_REFUSED, SERVER_FULL } from '../protocol/unasked-refusals.js';
 import { bytesAsUtf8 } from '../protocol/reply-decoder.js';
 
 /**

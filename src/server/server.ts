@@ -10,8 +10,7 @@ import { Connection, type ConnectionEvents, type ConnectionLimits } from './conn
 import { destroyAfter } from './linger.js';
 import { CommandStats, type Services } from '../commands/index.js';
 import { error } from '../protocol/encoder.js';
-import { SERVER_FULL } from '../protocol/server-full.js';
-import { CERTIFICATE_REFUSED } from '../protocol/certificate-refused.js';
+import { CERTIFICATE_REFUSED, SERVER_FULL } from '../protocol/unasked-refusals.js';
 import { ListenError } from '../errors.js';
 
 const TOO_MANY = error('ERR', SERVER_FULL);
