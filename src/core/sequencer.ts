@@ -4,12 +4,16 @@
  * durable mark. Storage is reached only through the Store port; this file does
  * no I/O of its own, so tests drive it with stores that delay, fail and crash.
  *
- * Reservation: with a window W (`--reserve`), the core persists mark = next + W
- * ahead of time and refills when less than W/2 remains, so in steady state no
- * request waits on the disk and a crash skips at most W numbers (or, when the
- * requests waiting for a write ask for more than W, their numbers: see want()). With W = 0
- * (gapless) every request waits for a persist of exactly the numbers promised;
- * all requests that arrive while one write is in flight share the next write.
+ * Reservation: with a window W, the core persists mark = next + W ahead of time
+ * and refills when less than W/2 remains, so in steady state no request waits on
+ * the disk and a crash skips at most W numbers (or, when the requests waiting for
+ * a write ask for more than W, their numbers: see want()). W adapts per sequence
+ * to its traffic (see adapt()), between a floor and `--reserve`, its ceiling: a
+ * window sized for a million numbers a second would make a quiet sequence skip a
+ * million at a crash, and one sized for a quiet sequence would make a busy one
+ * wait on the disk. With `--reserve=0` (gapless) every request waits for a persist
+ * of exactly the numbers promised; all requests that arrive while one write is in
+ * flight share the next write.
  */
 import { END, MAX_VALUE, SHUTTING_DOWN_MESSAGE, STARTING_MESSAGE } from './limits.js';
 import type { Leadership, Marks, Store } from './ports.js';
@@ -106,7 +110,10 @@ export interface SequencerOptions {
   /** null: the in-memory mode, nothing is ever persisted and nothing waits. */
   store: Store | null;
   initial: bigint;
+  /** The largest window (`--reserve`); 0 is the gapless mode. */
   reserve: bigint;
+  /** The smallest window; WINDOW_FLOOR unless given, and never above `reserve` (equal: a fixed window). */
+  floor?: bigint;
   maxSequences: number;
   /** In a group, numbers are handed out only while the lease is surely alive. */
   leadership?: Leadership;
@@ -156,6 +163,10 @@ interface Seq {
   refillAt: bigint;
   /** The mark the store holds now, as far as this process knows (null: none yet). */
   stored: bigint | null;
+  /** The reservation window, adapted to the traffic: floor <= window <= reserve. */
+  window: bigint;
+  /** When a write for it was last asked (monotonic ms; see adapt()), to tell how fast the window went. */
+  judgedAt: number;
   /** Requests that need numbers at or beyond `mark`, in arrival order. */
   waiters: Waiter[];
   waitingCount: bigint;
@@ -169,6 +180,18 @@ interface Seq {
 
 type State = 'new' | 'serving' | 'closing' | 'closed' | 'aborted';
 
+/** The smallest window a sequence shrinks to (or `--reserve`, when that is smaller). */
+export const WINDOW_FLOOR = 1000n;
+/**
+ * A window is meant to last one to two seconds of its sequence's traffic: a write
+ * for it started less than half a second after the one before doubles it (half of
+ * it went in that time), one more than a second after halves it. Writes then come
+ * every half second to second whatever the rate, and a crash skips about the
+ * numbers of the last one or two seconds.
+ */
+const GROW_WITHIN_MS = 500;
+const SHRINK_AFTER_MS = 1000;
+
 const isFenced = (err: unknown): boolean => (err as { code?: string })?.code === 'FENCED';
 
 export class Sequencer implements SequenceSource {
@@ -177,8 +200,9 @@ export class Sequencer implements SequenceSource {
   private last: Seq | null = null;
   private readonly store: Store | null;
   private readonly initial: bigint;
+  /** `--reserve`: the ceiling of every window. */
   private readonly reserve: bigint;
-  private readonly lowWater: bigint;
+  private readonly floor: bigint;
   private readonly maxSequences: number;
   private readonly leadership: Leadership | undefined;
   private readonly events: SequencerEvents;
@@ -200,7 +224,8 @@ export class Sequencer implements SequenceSource {
     this.store = opts.store;
     this.initial = opts.initial;
     this.reserve = opts.reserve;
-    this.lowWater = opts.reserve / 2n;
+    const floor = opts.floor ?? WINDOW_FLOOR;
+    this.floor = floor < opts.reserve ? floor : opts.reserve;
     this.maxSequences = opts.maxSequences;
     this.leadership = opts.leadership;
     this.events = opts.events ?? {};
@@ -408,7 +433,9 @@ export class Sequencer implements SequenceSource {
       next,
       mark,
       target: mark,
-      refillAt: mark >= END ? END : mark - this.lowWater,
+      refillAt: mark >= END ? END : mark - this.floor / 2n,
+      window: this.floor,
+      judgedAt: Number.NEGATIVE_INFINITY,
       stored: null,
       waiters: [],
       waitingCount: 0n,
@@ -421,7 +448,7 @@ export class Sequencer implements SequenceSource {
   private setTarget(s: Seq, target: bigint): void {
     s.target = target;
     // At END there is nothing more to reserve: never ask again.
-    s.refillAt = target >= END ? END : target - this.lowWater;
+    s.refillAt = target >= END ? END : target - s.window / 2n;
   }
 
   /**
@@ -447,13 +474,35 @@ export class Sequencer implements SequenceSource {
    */
   private neededTarget(s: Seq): bigint | null {
     const window = this.windowTarget(s);
-    if (window > s.mark && (s.waiters.length > 0 || s.next > s.mark - this.lowWater)) return window;
+    if (window > s.mark && (s.waiters.length > 0 || s.next > s.mark - s.window / 2n)) return window;
     return s.stored === s.mark ? null : s.mark;
+  }
+
+  /**
+   * Doubles or halves the window of `s` by the time since its last write (see
+   * GROW_WITHIN_MS), within floor..reserve. A write comes once half a window is
+   * used, or when requests do not fit, so one soon after the last says the window
+   * is short for the traffic, and one long after that it is long. Judged once per
+   * write, not per request asking: under load, requests keep asking while a write
+   * is in flight, and each would double it.
+   */
+  private adapt(s: Seq): void {
+    if (this.floor === this.reserve) return;
+    const now = this.now();
+    const since = now - s.judgedAt;
+    s.judgedAt = now;
+    if (since < GROW_WITHIN_MS) {
+      const grown = s.window * 2n;
+      s.window = grown < this.reserve ? grown : this.reserve;
+    } else if (since > SHRINK_AFTER_MS) {
+      const shrunk = s.window / 2n;
+      s.window = shrunk > this.floor ? shrunk : this.floor;
+    }
   }
 
   /** A mark covering every waiter and at least a window past `next`, at most END. */
   private windowTarget(s: Seq): bigint {
-    const target = s.next + (s.waitingCount > this.reserve ? s.waitingCount : this.reserve);
+    const target = s.next + (s.waitingCount > s.window ? s.waitingCount : s.window);
     return target > END ? END : target;
   }
 
@@ -473,6 +522,9 @@ export class Sequencer implements SequenceSource {
     if (this.state !== 'serving' && this.state !== 'closing') return;
     const batch = new Map<string, bigint>();
     for (const s of this.dirty) {
+      // A retry after a failure, or a mark lowered to give numbers back (target at or
+      // below mark), says nothing about the traffic.
+      if (s.target > s.mark && this.failure === null) this.adapt(s);
       // Asked for when it was marked dirty; requests that have left since (their
       // connections closed) need nothing, and a mark written for them would be skipped by a crash.
       const target = this.neededTarget(s);
