@@ -68,7 +68,7 @@ export const OPTIONS: readonly OptionSpec[] = [
   { name: 'max-connections', key: 'maxConnections', kind: 'int', def: '1000', min: 1n, max: 1_000_000n, arg: '<n>', help: 'concurrent client connections' },
   { name: 'data-dir', key: 'dataDir', kind: 'string', def: './data', arg: '<path>', help: 'where durable state lives' },
   { name: 'in-memory', key: 'inMemory', kind: 'flag', def: null, help: 'keep state in memory only: no files, numbers restart at --initial' },
-  { name: 'reserve', key: 'reserve', kind: 'bigint', def: '100000', min: 0n, max: 1_000_000_000n, arg: '<n>', help: 'reservation window: the most numbers a crash can skip, besides those of requests it cuts off; 0 = gapless, every reply waits for fsync' },
+  { name: 'reserve', key: 'reserve', kind: 'bigint', def: '100000000', min: 0n, max: 1_000_000_000n, arg: '<n>', help: 'ceiling of the reservation window, which adapts to each sequence\'s traffic (1000 up to this): the most numbers a crash can skip, besides those of requests it cuts off; 0 = gapless, every reply waits for fsync' },
   { name: 'max-batch', key: 'maxBatch', kind: 'bigint', def: '1000000', min: 1n, max: 1_000_000_000n, arg: '<n>', help: 'largest GETSEQ_BATCH count' },
   { name: 'max-sequences', key: 'maxSequences', kind: 'int', def: '10000', min: 1n, max: 1_000_000n, arg: '<n>', help: 'how many named sequences may exist' },
   { name: 'metrics-port', key: 'metricsPort', kind: 'int', def: '10090', min: 0n, max: 65535n, arg: '<n>', help: 'HTTP /metrics, /healthz, /readyz; 0 turns it off' },

@@ -74,7 +74,7 @@ export function renderDocs(r: Results, files: { docs: string; chart: string; jso
     '| name | started as | promises |',
     '|:--|:--|:--|',
     '| dolmeangi --in-memory | `dolmeangi sequencer --metrics-port=0 --in-memory` | unique and increasing while the process lives |',
-    `| dolmeangi durable (default) | \`dolmeangi sequencer --metrics-port=0 --data-dir=<tmp>\` | survives crashes; a crash may skip up to \`--reserve\` (default ${RESERVE_DEFAULT}) numbers, besides those of requests it cuts off |`,
+    `| dolmeangi durable (default) | \`dolmeangi sequencer --metrics-port=0 --data-dir=<tmp>\` | survives crashes; a crash may skip up to the window, which adapts to the traffic up to \`--reserve\` (default ${RESERVE_DEFAULT}), besides the numbers of requests it cuts off |`,
     '| dolmeangi --reserve=0 | `dolmeangi sequencer --metrics-port=0 --data-dir=<tmp> --reserve=0` | every reply waits for the fsync that covers it (group commit) |',
     '| redis, no persistence | `redis-server --save "" --appendonly no` | nothing survives a restart |',
     '| redis, appendfsync always | `redis-server --appendonly yes --appendfsync always` | every write is fsynced before the reply |',

@@ -140,6 +140,46 @@ test('a clean stop (SIGTERM) and restart continue with no gap, even with a large
   }
 });
 
+test('at the default --reserve, a crash of a quiet sequence skips at most 1,000; a busy one grows its window, and INFO shows what a crash would skip', async () => {
+  const dir = await tempDir();
+  try {
+    const a = await start([`--data-dir=${dir}`]);
+    assert.match(await ask(a.port, 'INFO\r\n'), /\r\nreserve:100000000\r\n/);
+    for (const n of [1, 2, 3]) assert.equal(await ask(a.port, 'GETSEQ\r\n'), `:${n}\r\n`);
+    a.child.kill('SIGKILL');
+    await a.exited;
+    // The first write reserved the starting window of 1,000: 1 + 1000.
+    const b = await start([`--data-dir=${dir}`]);
+    assert.equal(await ask(b.port, 'GETSEQ\r\n'), ':1001\r\n');
+    // Two million numbers as fast as one connection takes them: the window doubles with
+    // each write past 1,000, and stays under the ceiling.
+    const c = await WireClient.connect(b.port);
+    try {
+      for (let round = 0; round < 20; round++) {
+        c.reset();
+        c.send('GETSEQ_BATCH 1000\r\n'.repeat(100));
+        await c.until((t) => t.split('\r\n').length > 100, 10_000, `round ${round}: 100 replies`);
+      }
+      c.reset();
+      c.send('INFO\r\n');
+      const info = await c.until((t) => /sequence:name=default[^\r]*\r\n/.test(t), 10_000, 'INFO');
+      const [current, mark] = /sequence:name=default,current=(\d+),durable_mark=(\d+)/.exec(info)!.slice(1).map(BigInt) as [bigint, bigint];
+      assert.equal(current, 1002n + 2_000_000n);
+      assert.ok(mark - current > 1000n && mark - current <= 100_000_000n, `${mark - current} reserved past ${current}`);
+      b.child.kill('SIGKILL');
+      await b.exited;
+      // Nothing was written after INFO: a crash skips exactly what it showed.
+      const d = await start([`--data-dir=${dir}`]);
+      assert.equal(await ask(d.port, 'GETSEQ\r\n'), `:${mark}\r\n`);
+      assert.equal(await d.stop(), 0);
+    } finally {
+      c.close();
+    }
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
 /**
  * Runs the CLI (after `nodeArgs`) until it opens the FIFO `fifo` for reading, where it waits;
  * sends it `signal` there, then lets it go on by writing `feed` and closing the FIFO. Returns

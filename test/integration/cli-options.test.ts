@@ -243,7 +243,7 @@ test('the defaults are the documented ones, written out here rather than read fr
       maxConnections: 1000,
       dataDir: './data',
       inMemory: false,
-      reserve: 100000n,
+      reserve: 100000000n,
       maxBatch: 1000000n,
       maxSequences: 10000,
       metricsPort: 10090,
