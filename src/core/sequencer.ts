@@ -122,6 +122,8 @@ export interface SequencerOptions {
   retryMaxMs?: number;
   /** Monotonic milliseconds. */
   now?: () => number;
+  /** How often windows of quiet sequences are looked at, to shrink them (see decay()); tests make it short. */
+  decayEveryMs?: number;
 }
 
 /** A request in line for numbers; a CURRENT in line behind such requests has count 0. */
@@ -218,6 +220,8 @@ export class Sequencer implements SequenceSource {
   private failingSince = 0;
   private retryDelay = 0;
   private retryTimer: NodeJS.Timeout | null = null;
+  private decayTimer: NodeJS.Timeout | null = null;
+  private readonly decayEveryMs: number;
   private readonly tooMany: SequenceError;
 
   constructor(opts: SequencerOptions) {
@@ -232,6 +236,7 @@ export class Sequencer implements SequenceSource {
     this.retryMinMs = opts.retryMinMs ?? 50;
     this.retryMaxMs = opts.retryMaxMs ?? 5000;
     this.now = opts.now ?? (() => performance.now());
+    this.decayEveryMs = opts.decayEveryMs ?? SHRINK_AFTER_MS;
     this.tooMany = new SequenceError(
       'ERR',
       `too many sequences: at most ${opts.maxSequences} may exist (--max-sequences); use an existing name`,
@@ -255,6 +260,10 @@ export class Sequencer implements SequenceSource {
       }
     }
     this.state = 'serving';
+    if (this.store !== null && this.floor < this.reserve) {
+      this.decayTimer = setInterval(() => this.decay(), this.decayEveryMs);
+      this.decayTimer.unref();
+    }
     return { raisedByInitial };
   }
 
@@ -324,10 +333,7 @@ export class Sequencer implements SequenceSource {
     if (this.state === 'aborted') return false;
     if (this.state === 'closed') return true;
     this.state = 'closing';
-    if (this.retryTimer) {
-      clearTimeout(this.retryTimer);
-      this.retryTimer = null;
-    }
+    this.stopTimers();
     if (this.store === null) {
       this.state = 'closed';
       return true;
@@ -376,12 +382,20 @@ export class Sequencer implements SequenceSource {
   abort(reason: SequenceError): void {
     if (this.state === 'closed' || this.state === 'aborted') return;
     this.state = 'aborted';
+    this.stopTimers();
+    this.dirty.clear();
+    this.failWaiters(reason);
+  }
+
+  private stopTimers(): void {
     if (this.retryTimer) {
       clearTimeout(this.retryTimer);
       this.retryTimer = null;
     }
-    this.dirty.clear();
-    this.failWaiters(reason);
+    if (this.decayTimer) {
+      clearInterval(this.decayTimer);
+      this.decayTimer = null;
+    }
   }
 
   /** A method, not an inline test: TypeScript keeps `state` narrowed to 'closing' across close()'s awaits. */
@@ -479,16 +493,15 @@ export class Sequencer implements SequenceSource {
   }
 
   /**
-   * Doubles or halves the window of `s` by the time since its last write (see
-   * GROW_WITHIN_MS), within floor..reserve. A write comes once half a window is
-   * used, or when requests do not fit, so one soon after the last says the window
-   * is short for the traffic, and one long after that it is long. Judged once per
-   * write, not per request asking: under load, requests keep asking while a write
-   * is in flight, and each would double it.
+   * Doubles or halves the window of `s` by the time since its last write landed or
+   * its window was last judged (see GROW_WITHIN_MS), within floor..reserve. A write
+   * is asked once half a window is used, or when requests do not fit, so one asked
+   * soon after the last says the window is short for the traffic, and one long after
+   * that it is long. Judged once per write, not per request asking: under load,
+   * requests keep asking while a write is in flight, and each would double it.
    */
-  private adapt(s: Seq): void {
+  private adapt(s: Seq, now: number): void {
     if (this.floor === this.reserve) return;
-    const now = this.now();
     const since = now - s.judgedAt;
     s.judgedAt = now;
     if (since < GROW_WITHIN_MS) {
@@ -521,10 +534,11 @@ export class Sequencer implements SequenceSource {
     if (this.writing !== null || this.dirty.size === 0 || this.store === null) return;
     if (this.state !== 'serving' && this.state !== 'closing') return;
     const batch = new Map<string, bigint>();
+    const now = this.now();
     for (const s of this.dirty) {
       // A retry after a failure, or a mark lowered to give numbers back (target at or
       // below mark), says nothing about the traffic.
-      if (s.target > s.mark && this.failure === null) this.adapt(s);
+      if (s.target > s.mark && this.failure === null) this.adapt(s, now);
       // Asked for when it was marked dirty; requests that have left since (their
       // connections closed) need nothing, and a mark written for them would be skipped by a crash.
       const target = this.neededTarget(s);
@@ -555,10 +569,15 @@ export class Sequencer implements SequenceSource {
       this.retryDelay = 0;
       this.events.persistRecovered?.(down);
     }
+    const now = this.now();
     for (const [name, mark] of batch) {
       const s = this.seqs.get(name);
       if (s === undefined) continue;
       if (mark > s.mark) s.mark = mark;
+      // The window's time runs from here: a write that took long says nothing about
+      // how fast the window went, and requests asking again as soon as it lands say
+      // it was short.
+      s.judgedAt = now;
       this.release(s);
       this.giveBack(s);
     }
@@ -637,9 +656,32 @@ export class Sequencer implements SequenceSource {
   }
 
   /**
-   * A write that covered requests which left while it was in flight stores more
-   * than a window past `next`: until a lower mark is written, a crash would skip
-   * their numbers. Lowered here, below nothing handed out, and written with the next flush.
+   * Halves the window of each sequence not judged for SHRINK_AFTER_MS, and gives
+   * back what it holds reserved beyond the halved window. A window is judged only
+   * when a refill is asked, after half of it is used: a sequence gone quiet after a
+   * burst would keep the burst's window, and a crash would skip it. This takes it
+   * to the floor within seconds, one write per halving.
+   */
+  private decay(): void {
+    if (this.state !== 'serving' || this.failure !== null) return;
+    const now = this.now();
+    for (const s of this.seqs.values()) {
+      // A write asked or in flight: its landing judges the window anew.
+      if (s.window <= this.floor || s.target > s.mark || now - s.judgedAt <= SHRINK_AFTER_MS) continue;
+      const shrunk = s.window / 2n;
+      s.window = shrunk > this.floor ? shrunk : this.floor;
+      s.judgedAt = now;
+      this.setTarget(s, s.target);
+      this.giveBack(s);
+    }
+    if (this.dirty.size > 0) this.scheduleFlush();
+  }
+
+  /**
+   * Lowers the mark to a window past `next` when it is more: after a write that
+   * covered requests which left while it was in flight, or once decay() has shrunk
+   * the window. Until a lower mark is written, a crash would skip those numbers.
+   * Lowered here, below nothing handed out, and written with the next flush.
    */
   private giveBack(s: Seq): void {
     if (s.waiters.length > 0 || this.state !== 'serving') return;

@@ -9,6 +9,7 @@ import { MemoryStore } from '../../src/store/memory.js';
 import { END, MAX_VALUE } from '../../src/core/limits.js';
 import { FencedError } from '../../src/errors.js';
 import type { Leadership } from '../../src/core/ports.js';
+import { waitFor } from '../helpers/wait.js';
 
 /** Lets scheduled flushes (setImmediate) and promise callbacks run. */
 async function settle(rounds = 5): Promise<void> {
@@ -668,6 +669,46 @@ test('the window doubles while refills come within half a second, up to --reserv
   // Never more than --reserve past `next`: what a crash could skip.
   for (const [next, mark] of [...fast, ...slow]) assert.ok(mark - next <= 80n, `${mark} reserved at ${next}`);
   assert.equal(await seq.close(), true);
+});
+
+test('writes slower than half a second do not hold the window down: its time runs from the last landing', async () => {
+  let clock = 0;
+  const store = new MemoryStore();
+  // Every write takes 800 ms; no time passes otherwise, so each refill is asked as soon as the write before it lands.
+  store.delay = async () => {
+    clock += 800;
+  };
+  const seq = await open(store, 1000n, { floor: 10n, now: () => clock });
+  const marks = await takeOneByOne(seq, 200, () => {});
+  // Timed from one write's start to the next (800 ms), the window would have stayed at 10.
+  assert.deepEqual(marks, [
+    [2n, 11n],
+    [7n, 27n],
+    [18n, 58n],
+    [39n, 119n],
+    [80n, 240n],
+    [161n, 481n],
+  ]);
+  assert.equal(await seq.close(), true);
+});
+
+test('a sequence gone quiet gives its window back: halved and written each second without a refill, down to the floor', async () => {
+  let clock = 0;
+  const store = new MemoryStore();
+  const seq = await open(store, 80n, { floor: 10n, now: () => clock, decayEveryMs: 2 });
+  await takeOneByOne(seq, 120, () => (clock += 1));
+  const stored = () => store.state().get('default');
+  // The burst grew the window to 80: 201 reserved at 121.
+  assert.equal(stored(), 201n);
+  for (const mark of [161n, 141n, 131n]) {
+    clock += 1001;
+    await waitFor(() => stored() === mark, `the stored mark lowered to ${mark} (121 + the halved window)`);
+  }
+  // At the floor: a crash now skips at most 10, and nothing handed out comes back.
+  seq.abort(new SequenceError('ERR', 'crashed'));
+  const again = await open(new MemoryStore({ initial: store.crash() }), 80n, { floor: 10n, now: () => clock });
+  assert.equal(await take(again.allocate('default', 1n)), 131n);
+  assert.equal(await again.close(), true);
 });
 
 test('requests that queue in one turn judge the window once, not once each', async () => {
