@@ -167,8 +167,12 @@ interface Seq {
   stored: bigint | null;
   /** The reservation window, adapted to the traffic: floor <= window <= reserve. */
   window: bigint;
-  /** When a write for it was last asked (monotonic ms; see adapt()), to tell how fast the window went. */
+  /**
+   * When its window was last judged or a write raising its mark landed (monotonic
+   * ms; see adapt()), to tell how fast the window went; `nextAtJudge` is `next` then.
+   */
   judgedAt: number;
+  nextAtJudge: bigint;
   /** Requests that need numbers at or beyond `mark`, in arrival order. */
   waiters: Waiter[];
   waitingCount: bigint;
@@ -450,6 +454,7 @@ export class Sequencer implements SequenceSource {
       refillAt: mark >= END ? END : mark - this.floor / 2n,
       window: this.floor,
       judgedAt: Number.NEGATIVE_INFINITY,
+      nextAtJudge: next,
       stored: null,
       waiters: [],
       waitingCount: 0n,
@@ -504,6 +509,7 @@ export class Sequencer implements SequenceSource {
     if (this.floor === this.reserve) return;
     const since = now - s.judgedAt;
     s.judgedAt = now;
+    s.nextAtJudge = s.next;
     if (since < GROW_WITHIN_MS) {
       const grown = s.window * 2n;
       s.window = grown < this.reserve ? grown : this.reserve;
@@ -573,11 +579,14 @@ export class Sequencer implements SequenceSource {
     for (const [name, mark] of batch) {
       const s = this.seqs.get(name);
       if (s === undefined) continue;
-      if (mark > s.mark) s.mark = mark;
-      // The window's time runs from here: a write that took long says nothing about
-      // how fast the window went, and requests asking again as soon as it lands say
-      // it was short.
-      s.judgedAt = now;
+      if (mark > s.mark) {
+        s.mark = mark;
+        // The window's time runs from here: a write that took long says nothing about
+        // how fast the window went, and requests asking again as soon as it lands say
+        // it was short. (A write lowering the mark, by giveBack(), judges nothing.)
+        s.judgedAt = now;
+        s.nextAtJudge = s.next;
+      }
       this.release(s);
       this.giveBack(s);
     }
@@ -656,21 +665,26 @@ export class Sequencer implements SequenceSource {
   }
 
   /**
-   * Halves the window of each sequence not judged for SHRINK_AFTER_MS, and gives
-   * back what it holds reserved beyond the halved window. A window is judged only
-   * when a refill is asked, after half of it is used: a sequence gone quiet after a
-   * burst would keep the burst's window, and a crash would skip it. This takes it
-   * to the floor within seconds, one write per halving.
+   * Shrinks the window of each sequence not judged for SHRINK_AFTER_MS, to what it
+   * used in that time taken over two seconds (at most half the window, at least the
+   * floor), and gives back what it holds reserved beyond that. A window is judged
+   * only when a refill is asked, after half of it is used: a sequence gone quiet
+   * after a burst would keep the burst's window, and a crash would skip it. Quiet,
+   * it is back at the floor with one write, a second or two after its last refill.
    */
   private decay(): void {
     if (this.state !== 'serving' || this.failure !== null) return;
     const now = this.now();
     for (const s of this.seqs.values()) {
       // A write asked or in flight: its landing judges the window anew.
-      if (s.window <= this.floor || s.target > s.mark || now - s.judgedAt <= SHRINK_AFTER_MS) continue;
-      const shrunk = s.window / 2n;
+      const since = now - s.judgedAt;
+      if (s.window <= this.floor || s.target > s.mark || since <= SHRINK_AFTER_MS) continue;
+      const half = s.window / 2n;
+      const used = ((s.next - s.nextAtJudge) * 2000n) / BigInt(Math.ceil(since));
+      const shrunk = used < half ? used : half;
       s.window = shrunk > this.floor ? shrunk : this.floor;
       s.judgedAt = now;
+      s.nextAtJudge = s.next;
       this.setTarget(s, s.target);
       this.giveBack(s);
     }
