@@ -122,8 +122,6 @@ export interface SequencerOptions {
   retryMaxMs?: number;
   /** Monotonic milliseconds. */
   now?: () => number;
-  /** How often windows of quiet sequences are looked at, to shrink them (see decay()); tests make it short. */
-  decayEveryMs?: number;
 }
 
 /** A request in line for numbers; a CURRENT in line behind such requests has count 0. */
@@ -225,7 +223,6 @@ export class Sequencer implements SequenceSource {
   private retryDelay = 0;
   private retryTimer: NodeJS.Timeout | null = null;
   private decayTimer: NodeJS.Timeout | null = null;
-  private readonly decayEveryMs: number;
   private readonly tooMany: SequenceError;
 
   constructor(opts: SequencerOptions) {
@@ -240,7 +237,6 @@ export class Sequencer implements SequenceSource {
     this.retryMinMs = opts.retryMinMs ?? 50;
     this.retryMaxMs = opts.retryMaxMs ?? 5000;
     this.now = opts.now ?? (() => performance.now());
-    this.decayEveryMs = opts.decayEveryMs ?? SHRINK_AFTER_MS;
     this.tooMany = new SequenceError(
       'ERR',
       `too many sequences: at most ${opts.maxSequences} may exist (--max-sequences); use an existing name`,
@@ -265,7 +261,7 @@ export class Sequencer implements SequenceSource {
     }
     this.state = 'serving';
     if (this.store !== null && this.floor < this.reserve) {
-      this.decayTimer = setInterval(() => this.decay(), this.decayEveryMs);
+      this.decayTimer = setInterval(() => this.decay(), SHRINK_AFTER_MS);
       this.decayTimer.unref();
     }
     return { raisedByInitial };
@@ -665,20 +661,21 @@ export class Sequencer implements SequenceSource {
   }
 
   /**
-   * Shrinks the window of each sequence not judged for SHRINK_AFTER_MS, to what it
-   * used in that time taken over two seconds (at most half the window, at least the
-   * floor), and gives back what it holds reserved beyond that. A window is judged
-   * only when a refill is asked, after half of it is used: a sequence gone quiet
-   * after a burst would keep the burst's window, and a crash would skip it. Quiet,
-   * it is back at the floor with one write, a second or two after its last refill.
+   * Shrinks the window of each sequence not judged for SHRINK_AFTER_MS to two
+   * seconds' worth at the rate it took numbers since (at most half the window, at
+   * least the floor), and gives back what it holds reserved beyond that. A window
+   * is judged only when a refill is asked, after half of it is used: a sequence
+   * gone quiet after a burst would keep the burst's window, and a crash would skip
+   * it. Quiet, it is back at the floor with one write, a second or two after its
+   * last refill. Run once a second by a timer from open(); tests call it directly.
    */
-  private decay(): void {
-    if (this.state !== 'serving' || this.failure !== null) return;
+  decay(): void {
+    if (this.state !== 'serving') return;
     const now = this.now();
     for (const s of this.seqs.values()) {
-      // A write asked or in flight: its landing judges the window anew.
+      // A write asked, in flight or retried after a failure: its landing judges the window anew.
       const since = now - s.judgedAt;
-      if (s.window <= this.floor || s.target > s.mark || since <= SHRINK_AFTER_MS) continue;
+      if (s.window <= this.floor || s.target > s.mark || since <= SHRINK_AFTER_MS || !Number.isFinite(since)) continue;
       const half = s.window / 2n;
       const used = ((s.next - s.nextAtJudge) * 2000n) / BigInt(Math.ceil(since));
       const shrunk = used < half ? used : half;

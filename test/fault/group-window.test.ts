@@ -19,7 +19,7 @@ import { ask } from '../helpers/wire.js';
 import { waitFor } from '../helpers/wait.js';
 
 const PREFIX = '/dolmeangi-window/';
-/** Above the starting window: it may grow sevenfold-doubled, to 100,000, and a crash may skip that many. */
+/** Above the starting window: a burst may double it seven times, to 100,000, and a crash may skip that many. */
 const RESERVE = 100_000n;
 const START_WINDOW = 1000n;
 
@@ -76,7 +76,7 @@ describe('group mode with a window that adapts', () => {
         return grown.mark - grown.current > START_WINDOW;
       }, `the window to grow past ${START_WINDOW}`);
       assert.ok(grown.mark - grown.current <= RESERVE, `at most --reserve: ${grown.mark - grown.current} reserved`);
-      // Quiet: the leader halves its window once a second and lowers its mark in etcd to match.
+      // Quiet: within a second or two the leader cuts its window to the floor and lowers its mark in etcd to match.
       const stored = async (): Promise<bigint> => BigInt((await direct.get(`${PREFIX}marks/default`).string()) ?? '0');
       await waitFor(async () => (await stored()) - grown.current <= START_WINDOW, 'the mark in etcd lowered to the starting window', 30_000);
       assert.equal((await leaderMarks(port)).current, grown.current, 'nothing was handed out while quiet');

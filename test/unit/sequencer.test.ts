@@ -692,32 +692,72 @@ test('writes slower than half a second do not hold the window down: its time run
   assert.equal(await seq.close(), true);
 });
 
-test('a sequence gone quiet gives its window back: cut to twice what it used in the last second or more, down to the floor, one write each', async () => {
-  let clock = 0;
+/** A sequence (floor 10, --reserve 80) whose window a burst of 120 numbers, one a millisecond, grew to 80: 201 reserved at 121. */
+async function grownBy120(): Promise<{ store: MemoryStore; seq: Sequencer; clock: { ms: number } }> {
+  const clock = { ms: 0 };
   const store = new MemoryStore();
-  const seq = await open(store, 80n, { floor: 10n, now: () => clock, decayEveryMs: 2 });
-  await takeOneByOne(seq, 120, () => (clock += 1));
+  const seq = await open(store, 80n, { floor: 10n, now: () => clock.ms });
+  await takeOneByOne(seq, 120, () => (clock.ms += 1));
+  return { store, seq, clock };
+}
+
+test('a sequence that slows down or goes quiet gives its window back: cut to two seconds\' worth at its rate since, at most half, down to the floor, one write each', async () => {
+  const { store, seq, clock } = await grownBy120();
   const stored = () => store.state().get('default');
+  const cut = async (ms: number, mark: bigint, what: string) => {
+    clock.ms += ms;
+    seq.decay();
+    await settle();
+    assert.equal(stored(), mark, what);
+  };
   // The burst grew the window to 80: 201 reserved at 121.
   assert.equal(stored(), 201n);
+  await cut(1000, 201n, 'nothing cut a second after the last refill landed');
   // From here every write takes 5 ms.
   store.delay = async () => {
-    clock += 5;
+    clock.ms += 5;
   };
-  // Still in use, slowly: 20 numbers in the 1.5 s since, two seconds' worth of which is 26.
-  for (let i = 0; i < 20; i++) await take(seq.allocate('default', 1n));
-  clock += 1500;
-  await waitFor(() => stored() === 141n + 26n, 'the stored mark lowered to 141 + 26');
+  // Still busy: 30 numbers in the 1.001 s since, two seconds' worth of which is 59; half the window, 40, is the most cut.
+  for (let i = 0; i < 30; i++) await take(seq.allocate('default', 1n));
+  await cut(1, 151n + 40n, 'cut to half the window: 151 + 40');
+  // Slower: 10 numbers in the next 1.505 s (the cut's write took 5 ms), two seconds' worth of which is 13, under half of 40.
+  for (let i = 0; i < 10; i++) await take(seq.allocate('default', 1n));
+  await cut(1500, 161n + 13n, 'cut to the rate: 161 + 13');
   // Quiet for a second since that cut (its write, lowering the mark, landed 5 ms after
-  // it and judges nothing, else the next cut would wait a second more): back to the
-  // floor at once.
-  clock += 998;
-  await waitFor(() => stored() === 141n + 10n, 'the stored mark lowered to 141 + 10');
+  // it and judges nothing, else the next cut would wait a second more): the floor at once.
+  await cut(998, 161n + 10n, 'cut to the floor: 161 + 10');
   // A crash now skips at most 10, and nothing handed out comes back.
   seq.abort(new SequenceError('ERR', 'crashed'));
-  const again = await open(new MemoryStore({ initial: store.crash() }), 80n, { floor: 10n, now: () => clock });
-  assert.equal(await take(again.allocate('default', 1n)), 151n);
+  const again = await open(new MemoryStore({ initial: store.crash() }), 80n, { floor: 10n, now: () => clock.ms });
+  assert.equal(await take(again.allocate('default', 1n)), 171n);
   assert.equal(await again.close(), true);
+});
+
+test('no window is cut while a write for it is pending: in flight, or retried after a failure', async () => {
+  const { store, seq, clock } = await grownBy120();
+  const marks = () => seq.snapshot()[0]!;
+  // A refill asked (41 more numbers pass 201 - 80/2) and held in flight.
+  store.pause();
+  for (let i = 0; i < 41; i++) await take(seq.allocate('default', 1n));
+  await settle();
+  assert.equal(store.pending().length, 1);
+  clock.ms += 5000;
+  seq.decay();
+  await settle();
+  assert.equal(marks().durableMark, 201n, 'the durable mark stays while the refill is in flight');
+  store.resume();
+  await settle();
+  assert.equal(store.state().get('default'), 162n + 80n, 'the refill lands as asked: 162 + 80');
+  // Storage fails: the next refill is refused and retried; meanwhile it is not cut.
+  store.failNext(1000);
+  for (let i = 0; i < 41; i++) await take(seq.allocate('default', 1n));
+  await waitFor(() => seq.persistenceFailure !== null, 'the refill to fail');
+  clock.ms += 5000;
+  seq.decay();
+  await settle();
+  assert.equal(marks().durableMark, 242n, 'the durable mark stays while storage fails');
+  assert.equal(store.state().get('default'), 242n);
+  seq.abort(new SequenceError('ERR', 'crashed'));
 });
 
 test('requests that queue in one turn judge the window once, not once each', async () => {
@@ -763,6 +803,7 @@ test('property: an adapting window never reserves more than --reserve beyond the
     { weight: 1, arbitrary: fc.record({ kind: fc.constant('pause' as const) }) },
     { weight: 1, arbitrary: fc.record({ kind: fc.constant('resume' as const) }) },
     { weight: 2, arbitrary: fc.record({ kind: fc.constant('tick' as const), ms: fc.constantFrom(0, 1, 400, 700, 1500) }) },
+    { weight: 1, arbitrary: fc.record({ kind: fc.constant('decay' as const) }) },
   );
   const windows = fc.constantFrom<[bigint, bigint]>([12n, 1n], [24n, 3n], [64n, 1n], [1000n, 1n]);
   await fc.assert(
@@ -778,6 +819,7 @@ test('property: an adapting window never reserves more than --reserve beyond the
         } else if (a.kind === 'settle') await settle();
         else if (a.kind === 'pause') store.pause();
         else if (a.kind === 'resume') store.resume();
+        else if (a.kind === 'decay') seq.decay();
         else clock += a.ms;
         // `next` here counts the numbers of waiting requests too.
         for (const { name, next, durableMark } of seq.snapshot()) {
@@ -794,6 +836,81 @@ test('property: an adapting window never reserves more than --reserve beyond the
     }),
     { numRuns: 500 },
   );
+});
+
+/**
+ * The adapting window's own paths under crashes: windows grown by bursts, cut by
+ * decay() with their marks lowered (writes that may land or be lost at a crash),
+ * and grown again. Across every crash: no number twice, no restart below a number
+ * handed out, and no crash skipping more than --reserve past what was asked for.
+ */
+test('property: windows that grow and are cut, with marks lowered, never repeat a number across crashes', async () => {
+  const action = fc.oneof(
+    { weight: 5, arbitrary: fc.record({ kind: fc.constant('get' as const), count: fc.integer({ min: 1, max: 20 }) }) },
+    { weight: 4, arbitrary: fc.record({ kind: fc.constant('settle' as const) }) },
+    { weight: 2, arbitrary: fc.record({ kind: fc.constant('tick' as const), ms: fc.constantFrom(0, 1, 600) }) },
+    // A quiet second or more, and the timer's turn at its end.
+    { weight: 3, arbitrary: fc.record({ kind: fc.constant('decay' as const), ms: fc.constantFrom(0, 1001, 1500) }) },
+    { weight: 1, arbitrary: fc.record({ kind: fc.constant('pause' as const) }) },
+    { weight: 1, arbitrary: fc.record({ kind: fc.constant('resume' as const) }) },
+    { weight: 1, arbitrary: fc.record({ kind: fc.constant('crash' as const), landed: fc.boolean() }) },
+  );
+  const windows = fc.constantFrom<[bigint, bigint]>([16n, 1n], [64n, 2n], [200n, 1n]);
+  let cuts = 0;
+  await fc.assert(
+    // size 'max': fast-check's default keeps arrays to about ten actions, too few to grow a window and cut it.
+    fc.asyncProperty(fc.array(action, { minLength: 1, maxLength: 120, size: 'max' }), windows, async (actions, [reserve, floor]) => {
+      let clock = 0;
+      let store = new MemoryStore();
+      let seq = await open(store, reserve, { floor, now: () => clock });
+      const ranges: Array<[bigint, bigint]> = [];
+      let pending: Promise<unknown>[] = [];
+      /** The end of the numbers asked for in this run, whether or not they were handed out. */
+      let asked = 1n;
+      let top = 1n;
+      for (const a of actions) {
+        if (a.kind === 'get') {
+          const count = BigInt(a.count);
+          const r = seq.allocate('a', count);
+          const got = (first: bigint) => {
+            ranges.push([first, first + count]);
+            if (first + count > top) top = first + count;
+          };
+          if (typeof r === 'bigint') got(r);
+          else if (r instanceof Promise) pending.push(r.then(got, () => {}));
+          const next = seq.snapshot()[0]?.next;
+          if (next !== undefined && next > asked) asked = next;
+        } else if (a.kind === 'settle') await settle();
+        else if (a.kind === 'tick') clock += a.ms;
+        else if (a.kind === 'decay') {
+          clock += a.ms;
+          const before = seq.snapshot()[0]?.durableMark;
+          seq.decay();
+          if (seq.snapshot()[0]?.durableMark !== before) cuts++;
+        } else if (a.kind === 'pause') store.pause();
+        else if (a.kind === 'resume') store.resume();
+        else {
+          seq.abort(new SequenceError('ERR', 'crashed'));
+          await Promise.allSettled(pending);
+          pending = [];
+          store = new MemoryStore({ initial: store.crash({ inFlight: a.landed ? 'landed' : 'lost' }) });
+          seq = await open(store, reserve, { floor, now: () => clock });
+          const resumed = seq.current('a') as bigint;
+          assert.ok(resumed >= top, `resumed at ${resumed}, below ${top} handed out`);
+          assert.ok(resumed <= asked + reserve, `resumed at ${resumed}: more than ${reserve} past ${asked} asked for`);
+          asked = resumed;
+        }
+      }
+      store.resume();
+      await Promise.allSettled(pending);
+      ranges.sort((x, y) => (x[0] < y[0] ? -1 : 1));
+      for (let i = 1; i < ranges.length; i++) assert.ok(ranges[i]![0] >= ranges[i - 1]![1], `overlap ${ranges[i - 1]} / ${ranges[i]}`);
+      seq.abort(new SequenceError('ERR', 'done'));
+    }),
+    { numRuns: 400 },
+  );
+  // The runs must reach what they are for: marks lowered by decay().
+  assert.ok(cuts > 50, `decay() lowered a mark only ${cuts} times`);
 });
 
 /**
@@ -820,8 +937,10 @@ test('property: never a number twice, never below the durable mark after a resta
     { weight: 1, arbitrary: fc.record({ kind: fc.constant('crash' as const), landed: fc.boolean() }) },
     { weight: 1, arbitrary: fc.record({ kind: fc.constant('restart' as const) }) },
     { weight: 2, arbitrary: fc.record({ kind: fc.constant('current' as const), name: fc.constantFrom('a', 'b'), conn: fc.integer({ min: 0, max: 1 }) }) },
-    // Time passing between requests, so that adapting windows grow (refills within 500 ms) and shrink (after 1 s).
+    // Time passing between requests, so that adapting windows grow (refills within 500 ms) and shrink (after 1 s),
+    // and the once-a-second timer that cuts the windows of quiet sequences and lowers their marks.
     { weight: 2, arbitrary: fc.record({ kind: fc.constant('tick' as const), ms: fc.constantFrom(0, 1, 400, 700, 1500) }) },
+    { weight: 1, arbitrary: fc.record({ kind: fc.constant('decay' as const) }) },
   );
   // [--reserve, floor]: fixed windows (floor = reserve), and windows adapting between a floor and --reserve.
   const windows = fc.constantFrom<[bigint, bigint]>([0n, 0n], [1n, 1n], [7n, 7n], [50n, 50n], [12n, 1n], [24n, 3n], [64n, 1n]);
@@ -897,6 +1016,9 @@ test('property: never a number twice, never below the durable mark after a resta
             break;
           case 'tick':
             clock += a.ms;
+            break;
+          case 'decay':
+            seq.decay();
             break;
           case 'crash':
             seq.abort(new SequenceError('ERR', 'crashed'));
