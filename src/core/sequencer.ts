@@ -195,6 +195,13 @@ export const WINDOW_FLOOR = 1000n;
  */
 const GROW_WITHIN_MS = 500;
 const SHRINK_AFTER_MS = 1000;
+/**
+ * How often decay() looks for windows not judged for SHRINK_AFTER_MS. Half of it,
+ * so that a window is cut within half a second of becoming eligible: at the same
+ * period, a timer firing a hair under a second after the last cut would skip it
+ * and cut a second later.
+ */
+const DECAY_EVERY_MS = SHRINK_AFTER_MS / 2;
 
 const isFenced = (err: unknown): boolean => (err as { code?: string })?.code === 'FENCED';
 
@@ -261,7 +268,7 @@ export class Sequencer implements SequenceSource {
     }
     this.state = 'serving';
     if (this.store !== null && this.floor < this.reserve) {
-      this.decayTimer = setInterval(() => this.decay(), SHRINK_AFTER_MS);
+      this.decayTimer = setInterval(() => this.decay(), DECAY_EVERY_MS);
       this.decayTimer.unref();
     }
     return { raisedByInitial };
@@ -666,8 +673,9 @@ export class Sequencer implements SequenceSource {
    * least the floor), and gives back what it holds reserved beyond that. A window
    * is judged only when a refill is asked, after half of it is used: a sequence
    * gone quiet after a burst would keep the burst's window, and a crash would skip
-   * it. Quiet, it is back at the floor with one write, a second or two after its
-   * last refill. Run once a second by a timer from open(); tests call it directly.
+   * it. Gone quiet, it is back at the floor within three seconds of its last
+   * refill: one cut sized by what it took after that refill, then one to the floor.
+   * Run twice a second by a timer from open(); tests call it directly.
    */
   decay(): void {
     if (this.state !== 'serving') return;
