@@ -188,10 +188,10 @@ type State = 'new' | 'serving' | 'closing' | 'closed' | 'aborted';
 export const WINDOW_FLOOR = 1000n;
 /**
  * A window is meant to last one to two seconds of its sequence's traffic: a write
- * for it started less than half a second after the one before doubles it (half of
- * it went in that time), one more than a second after halves it. Writes then come
- * every half second to second whatever the rate, and a crash skips about the
- * numbers of the last one or two seconds.
+ * for it asked less than half a second after the last one landed doubles it (half
+ * of it went in that time), one asked more than a second after halves it. Writes
+ * then come every half second to second whatever the rate, and a crash skips about
+ * the numbers of the last one or two seconds.
  */
 const GROW_WITHIN_MS = 500;
 const SHRINK_AFTER_MS = 1000;
