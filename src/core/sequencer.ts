@@ -122,6 +122,8 @@ export interface SequencerOptions {
   retryMaxMs?: number;
   /** Monotonic milliseconds. */
   now?: () => number;
+  /** false: no timer runs decay(); the caller does (tests, on a clock of their own). Default true. */
+  decayTimer?: boolean;
 }
 
 /** A request in line for numbers; a CURRENT in line behind such requests has count 0. */
@@ -230,6 +232,7 @@ export class Sequencer implements SequenceSource {
   private retryDelay = 0;
   private retryTimer: NodeJS.Timeout | null = null;
   private decayTimer: NodeJS.Timeout | null = null;
+  private readonly runsDecay: boolean;
   private readonly tooMany: SequenceError;
 
   constructor(opts: SequencerOptions) {
@@ -244,6 +247,7 @@ export class Sequencer implements SequenceSource {
     this.retryMinMs = opts.retryMinMs ?? 50;
     this.retryMaxMs = opts.retryMaxMs ?? 5000;
     this.now = opts.now ?? (() => performance.now());
+    this.runsDecay = opts.decayTimer ?? true;
     this.tooMany = new SequenceError(
       'ERR',
       `too many sequences: at most ${opts.maxSequences} may exist (--max-sequences); use an existing name`,
@@ -267,7 +271,7 @@ export class Sequencer implements SequenceSource {
       }
     }
     this.state = 'serving';
-    if (this.store !== null && this.floor < this.reserve) {
+    if (this.runsDecay && this.store !== null && this.floor < this.reserve) {
       this.decayTimer = setInterval(() => this.decay(), DECAY_EVERY_MS);
       this.decayTimer.unref();
     }

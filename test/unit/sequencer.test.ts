@@ -16,8 +16,9 @@ async function settle(rounds = 5): Promise<void> {
   for (let i = 0; i < rounds; i++) await new Promise((r) => setImmediate(r));
 }
 
+/** A core with a fake store; with windows that adapt, the tests call decay() themselves, on their own clock. */
 async function open(store: MemoryStore | null, reserve: bigint, extra: Partial<ConstructorParameters<typeof Sequencer>[0]> = {}) {
-  const seq = new Sequencer({ store, initial: 1n, reserve, maxSequences: 100, retryMinMs: 1, retryMaxMs: 5, ...extra });
+  const seq = new Sequencer({ store, initial: 1n, reserve, maxSequences: 100, retryMinMs: 1, retryMaxMs: 5, decayTimer: false, ...extra });
   await seq.open();
   return seq;
 }
