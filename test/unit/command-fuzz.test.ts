@@ -83,6 +83,13 @@ function parseReply(text: string, pos: number): number {
       if (text.slice(end, end + 2) !== '\r\n') throw new Error('bulk string not followed by CRLF at its declared length');
       return end + 2;
     }
+    case '*': {
+      // EXEC's answer: `*0`, as this server queues nothing.
+      if (!/^(0|[1-9][0-9]*)$/.test(line)) throw new Error(`bad array length ${JSON.stringify(line)}`);
+      let next = eol + 2;
+      for (let i = 0; i < Number(line); i++) next = parseReply(text, next);
+      return next;
+    }
     default:
       throw new Error(`not a reply: ${JSON.stringify(text.slice(pos, pos + 80))}`);
   }
