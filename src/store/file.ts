@@ -342,7 +342,7 @@ export class FileStore implements Store {
     // Named for this write alone: a server that lost the directory to another must not be able to
     // write into, or rename away, the other's temp file.
     const temp = tempName(path);
-    const handle = await this.writeSynced(temp, data, 'w', this.inDir(temp));
+    const handle = await this.writeSynced(temp, data);
     try {
       await this.io('rename', path, () => rename(this.inDir(temp), this.inDir(path)));
     } catch (err) {
@@ -378,8 +378,12 @@ export class FileStore implements Store {
     await this.io('fsync', this.dir, () => held.sync());
   }
 
-  /** Writes a whole new file at `path` and syncs it; returns it open. On failure nothing is left there. */
-  private async writeSynced(path: string, data: Buffer, flags = 'w', at = path): Promise<FileHandle> {
+  /**
+   * Writes a whole new file at `path` (in the data directory, reached as inDir says)
+   * and syncs it; returns it open. On failure nothing is left there.
+   */
+  private async writeSynced(path: string, data: Buffer, flags = 'w'): Promise<FileHandle> {
+    const at = this.inDir(path);
     const handle = await this.io('open', path, () => open(at, flags, 0o600));
     try {
       await this.io('write', path, () => writeAll(handle, data, 0));
@@ -652,8 +656,7 @@ export class FileStore implements Store {
       const seenText = seen.toString('utf8');
       this.checkStale(seenText);
       // Replaced by a rename, never rewritten in place: a rival must not see it empty.
-      const temp = tempName(this.lockPath);
-      await (await this.writeSynced(temp, data, 'w', this.inDir(temp))).close().catch(() => {});
+      const temp = await this.writeLockTemp(data);
       const now = await this.readIfExists(this.lockPath);
       if (now === null || now.toString('utf8') !== seenText) {
         await unlink(this.inDir(temp)).catch(() => {});
@@ -663,7 +666,7 @@ export class FileStore implements Store {
         () => true,
         (err: PersistenceError) => {
           // Our temp file went (a rival that took the directory meanwhile clears them at its start): look again.
-          if ((err.cause as NodeJS.ErrnoException | undefined)?.code === 'ENOENT') return false;
+          if (causeCode(err) === 'ENOENT') return false;
           throw err;
         },
       );
@@ -686,13 +689,12 @@ export class FileStore implements Store {
    * file went before the link (another server's start cleared it), so try again.
    */
   private async createLockFile(data: Buffer): Promise<boolean | 'again'> {
-    const temp = tempName(this.lockPath);
-    await (await this.writeSynced(temp, data, 'w', this.inDir(temp))).close().catch(() => {});
+    const temp = await this.writeLockTemp(data);
     try {
       await this.io('link', this.lockPath, () => link(this.inDir(temp), this.inDir(this.lockPath)));
       return true;
     } catch (err) {
-      const code = ((err as PersistenceError).cause as NodeJS.ErrnoException | undefined)?.code;
+      const code = causeCode(err);
       if (code === 'EEXIST') return false;
       if (code === 'ENOENT') return 'again';
       // A file system without hard links (FAT, some FUSE): created and written, as before.
@@ -703,10 +705,17 @@ export class FileStore implements Store {
     }
   }
 
+  /** LOCK's content written and synced under a temp name of its own, for a link or rename to LOCK; returns the name. */
+  private async writeLockTemp(data: Buffer): Promise<string> {
+    const temp = tempName(this.lockPath);
+    await (await this.writeSynced(temp, data)).close().catch(() => {});
+    return temp;
+  }
+
   private async createLockFileInPlace(data: Buffer): Promise<boolean> {
     // Synced: after a machine crash an empty LOCK could not be judged.
-    const created = await this.writeSynced(this.lockPath, data, 'wx', this.inDir(this.lockPath)).catch((err: PersistenceError) => {
-      if ((err.cause as NodeJS.ErrnoException | undefined)?.code === 'EEXIST') return null;
+    const created = await this.writeSynced(this.lockPath, data, 'wx').catch((err: PersistenceError) => {
+      if (causeCode(err) === 'EEXIST') return null;
       throw err;
     });
     await created?.close().catch(() => {});
@@ -954,6 +963,11 @@ function wellFormed(payload: Buffer): boolean {
 
 /** A file's identity: what a path names may change, this does not. */
 type FileId = { readonly dev: bigint; readonly ino: bigint };
+
+/** The system error code under a PersistenceError from io() (EEXIST, ENOENT, ...). */
+function causeCode(err: unknown): string | undefined {
+  return ((err as PersistenceError).cause as NodeJS.ErrnoException | undefined)?.code;
+}
 
 function replacedError(file: string, dir: string): PersistenceError {
   return new PersistenceError(`write ${file}: the file was replaced behind the server's back; nothing but this server may change ${dir} while it runs`);
