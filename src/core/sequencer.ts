@@ -205,6 +205,12 @@ const SHRINK_AFTER_MS = 1000;
  */
 const DECAY_EVERY_MS = SHRINK_AFTER_MS / 2;
 
+/** Marks the window of `s` judged at `now`: its time, and the numbers it takes, count from here. */
+function judged(s: Seq, now: number): void {
+  s.judgedAt = now;
+  s.nextAtJudge = s.next;
+}
+
 const isFenced = (err: unknown): boolean => (err as { code?: string })?.code === 'FENCED';
 
 export class Sequencer implements SequenceSource {
@@ -515,15 +521,18 @@ export class Sequencer implements SequenceSource {
   private adapt(s: Seq, now: number): void {
     if (this.floor === this.reserve) return;
     const since = now - s.judgedAt;
-    s.judgedAt = now;
-    s.nextAtJudge = s.next;
+    judged(s, now);
     if (since < GROW_WITHIN_MS) {
       const grown = s.window * 2n;
       s.window = grown < this.reserve ? grown : this.reserve;
     } else if (since > SHRINK_AFTER_MS) {
-      const shrunk = s.window / 2n;
-      s.window = shrunk > this.floor ? shrunk : this.floor;
+      this.shrinkTo(s, s.window / 2n);
     }
+  }
+
+  /** Sets the window of `s` to `window`, or the floor if that is more. */
+  private shrinkTo(s: Seq, window: bigint): void {
+    s.window = window > this.floor ? window : this.floor;
   }
 
   /** A mark covering every waiter and at least a window past `next`, at most END. */
@@ -591,8 +600,7 @@ export class Sequencer implements SequenceSource {
         // The window's time runs from here: a write that took long says nothing about
         // how fast the window went, and requests asking again as soon as it lands say
         // it was short. (A write lowering the mark, by giveBack(), judges nothing.)
-        s.judgedAt = now;
-        s.nextAtJudge = s.next;
+        judged(s, now);
       }
       this.release(s);
       this.giveBack(s);
@@ -689,11 +697,10 @@ export class Sequencer implements SequenceSource {
       const since = now - s.judgedAt;
       if (s.window <= this.floor || s.target > s.mark || since <= SHRINK_AFTER_MS || !Number.isFinite(since)) continue;
       const half = s.window / 2n;
-      const used = ((s.next - s.nextAtJudge) * 2000n) / BigInt(Math.ceil(since));
-      const shrunk = used < half ? used : half;
-      s.window = shrunk > this.floor ? shrunk : this.floor;
-      s.judgedAt = now;
-      s.nextAtJudge = s.next;
+      // Two seconds' worth: a window is meant to last one to two seconds.
+      const used = ((s.next - s.nextAtJudge) * BigInt(2 * SHRINK_AFTER_MS)) / BigInt(Math.ceil(since));
+      this.shrinkTo(s, used < half ? used : half);
+      judged(s, now);
       this.setTarget(s, s.target);
       this.giveBack(s);
     }
