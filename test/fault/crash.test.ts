@@ -613,7 +613,7 @@ test('SIGTERM while a storage write hangs: the server still exits, with status 1
   const dir = await tempDir();
   const elsewhere = await tempDir();
   const hang = path.join(elsewhere, 'hang');
-  const preload = fileURLToPath(new URL('../helpers/hang-sync.mjs', import.meta.url));
+  const preload = fileURLToPath(new URL('../helpers/hang-disk.mjs', import.meta.url));
   try {
     const s = await startServerProcess([`--data-dir=${dir}`, '--reserve=10'], {
       env: { NODE_OPTIONS: `${process.env.NODE_OPTIONS ?? ''} --import ${preload}`, DOLMEANGI_TEST_HANG_FILE: hang },
