@@ -55,33 +55,31 @@ export interface FileStoreOptions {
    */
   beforeIo?: (op: string, path: string) => void;
   /**
-   * Append (a write that returns once on the disk, see LOG_NEW) on the calling
-   * thread instead of the thread pool. For the gapless mode, where every reply
-   * waits for the commit anyway: it saves the thread-pool round trip that
-   * otherwise costs more than the write itself, and
+   * Append on the calling thread instead of the thread pool. For the gapless
+   * mode, where every reply waits for the commit anyway: it saves the
+   * thread-pool round trips that otherwise cost more than the write itself, and
    * requests read while the disk syncs wait in the socket buffers for the next
    * commit, as with Redis's `appendfsync always`. With a reservation window it
    * would stall requests that could have been served from memory. Compaction
    * (rare) stays on the thread pool either way.
    */
   blockingCommits?: boolean;
+  /**
+   * Append with one write to a log opened with O_DSYNC, which returns once the
+   * record is on the disk, as a write and an fdatasync would: one system call
+   * and one thread-pool round trip instead of two. Under load the main thread
+   * sees the end of each round trip only between reads of the sockets, so a
+   * reservation write took about two of those, and a busy sequence's requests
+   * waited for them. The default on Linux. Elsewhere a write and an fdatasync:
+   * Windows has no O_DSYNC, and on macOS it does not flush the drive's cache,
+   * where libuv's fdatasync does (F_FULLFSYNC). Tests set it to run both ways.
+   */
+  syncedWrites?: boolean;
 }
 
 const SNAPSHOT = 'marks.snapshot';
 const LOG = 'marks.log';
-/**
- * The log is opened for synchronous data writes: each append is on the disk when
- * its write returns, as with a write and an fdatasync, but in one system call and
- * one thread-pool round trip instead of two. Under load the main thread sees the
- * end of each round trip only between reads of the sockets, so a reservation
- * write took about two of those, and a busy sequence's requests waited for them.
- */
 const { O_WRONLY, O_RDWR, O_CREAT, O_TRUNC, O_DSYNC } = fs.constants;
-/** Windows has no O_DSYNC: there each append is followed by an fdatasync. */
-const SYNCED_WRITES = O_DSYNC !== undefined;
-/** New logs (written whole under a temp name, then renamed), and the log reopened at start. */
-const LOG_NEW = O_WRONLY | O_CREAT | O_TRUNC | (O_DSYNC ?? 0);
-const LOG_REOPEN = O_RDWR | (O_DSYNC ?? 0);
 const LOCK = 'LOCK';
 /** `marks.snapshot.tmp-<random>`: a file being written, to be renamed over its namesake. */
 const TEMP_INFIX = '.tmp-';
@@ -112,6 +110,12 @@ export class FileStore implements Store {
   private readonly beforeIo: ((op: string, path: string) => void) | undefined;
   /** Appends commit on the calling thread (see FileStoreOptions.blockingCommits). */
   readonly blockingCommits: boolean;
+  /** See FileStoreOptions.syncedWrites; the flags the log is opened with follow from it. */
+  private readonly syncedWrites: boolean;
+  /** For a new log, written whole under a temp name and renamed into place. */
+  private readonly logNewFlags: number;
+  /** For the log found at start. */
+  private readonly logReopenFlags: number;
 
   /** The merged state; null until load(), so a persist cannot compact an empty map over real state. */
   private marks: Map<string, bigint> | null = null;
@@ -171,6 +175,11 @@ export class FileStore implements Store {
     this.compactAfter = opts.compactAfterBytes ?? DEFAULT_COMPACT_AFTER;
     this.beforeIo = opts.beforeIo;
     this.blockingCommits = opts.blockingCommits ?? false;
+    this.syncedWrites = opts.syncedWrites ?? process.platform === 'linux';
+    if (this.syncedWrites && O_DSYNC === undefined) throw new Error('syncedWrites needs O_DSYNC, which this platform lacks');
+    const dsync = this.syncedWrites ? O_DSYNC : 0;
+    this.logNewFlags = O_WRONLY | O_CREAT | O_TRUNC | dsync;
+    this.logReopenFlags = O_RDWR | dsync;
   }
 
   /** Creates the directory if needed (mode 0700) and locks it. Call load() next. */
@@ -294,14 +303,20 @@ export class FileStore implements Store {
     this.logSize += record.length;
   }
 
-  /** Writes `record` at the end of the log, on the disk when done (LOG_NEW); returns what the log's path names now. */
+  /** Writes `record` at the end of the log and has it on the disk; returns what the log's path names now. */
   private async appendPooled(log: FileHandle, record: Buffer): Promise<fs.BigIntStats> {
-    const written = this.io('write', this.logPath, () => writeAll(log, record, this.logSize));
-    const synced = SYNCED_WRITES ? written : written.then(() => this.io('fdatasync', this.logPath, () => log.datasync()));
-    // The path check runs beside the write, not after it: one thread-pool round trip.
-    // A file replaced after the check is caught by the next append's check, as one
-    // replaced just after this append returned would be: no check can do more.
-    const [, now] = await Promise.all([synced, this.io('stat', this.logPath, () => stat(this.logPath, { bigint: true }))]);
+    const write = () => this.io('write', this.logPath, () => writeAll(log, record, this.logSize));
+    const check = () => this.io('stat', this.logPath, () => stat(this.logPath, { bigint: true }));
+    if (this.syncedWrites) {
+      // The path check runs beside the write, not after it: one thread-pool round trip.
+      // A file replaced during the write is caught by the next append's check, as one
+      // replaced just after this append returned would be.
+      const [, now] = await Promise.all([write(), check()]);
+      return now;
+    }
+    await write();
+    // Beside the sync, not after it: one thread-pool round trip.
+    const [, now] = await Promise.all([this.io('fdatasync', this.logPath, () => log.datasync()), check()]);
     return now;
   }
 
@@ -309,7 +324,7 @@ export class FileStore implements Store {
   private appendBlocking(log: FileHandle, record: Buffer): fs.BigIntStats {
     const fd = log.fd;
     this.ioBlocking('write', this.logPath, () => writeAllBlocking(fd, record, this.logSize));
-    if (!SYNCED_WRITES) this.ioBlocking('fdatasync', this.logPath, () => fs.fdatasyncSync(fd));
+    if (!this.syncedWrites) this.ioBlocking('fdatasync', this.logPath, () => fs.fdatasyncSync(fd));
     return this.ioBlocking('stat', this.logPath, () => fs.statSync(this.logPath, { bigint: true }));
   }
 
@@ -325,7 +340,7 @@ export class FileStore implements Store {
     if (!this.logOnDisk) {
       // A crash between the snapshot and the log below must leave a log, or the
       // next start would take the lone snapshot for a lost log.
-      const empty = await this.install(this.logPath, frame(`{"v":${FORMAT_VERSION},"g":${this.gen}}`, LOG_MAGIC), LOG_NEW);
+      const empty = await this.install(this.logPath, frame(`{"v":${FORMAT_VERSION},"g":${this.gen}}`, LOG_MAGIC), this.logNewFlags);
       await empty.close().catch(() => {});
       this.logOnDisk = true;
     }
@@ -334,7 +349,7 @@ export class FileStore implements Store {
     const snapshotHandle = await this.install(this.snapshotPath, snapshot);
     await snapshotHandle.close().catch(() => {});
     const header = frame(`{"v":${FORMAT_VERSION},"g":${gen}}`, LOG_MAGIC);
-    const log = await this.install(this.logPath, header, LOG_NEW);
+    const log = await this.install(this.logPath, header, this.logNewFlags);
     try {
       this.logId = await this.io('stat', this.logPath, () => log.stat({ bigint: true }));
     } catch (err) {
@@ -417,11 +432,16 @@ export class FileStore implements Store {
   private async reopenLog(end: number, torn: { bytes: number; why: string } | null): Promise<void> {
     let handle: FileHandle | null = null;
     try {
-      handle = await this.io('open', this.logPath, () => open(this.inDir(this.logPath), LOG_REOPEN));
+      handle = await this.io('open', this.logPath, () => open(this.inDir(this.logPath), this.logReopenFlags));
       const h = handle;
+      if (torn !== null) await this.io('ftruncate', this.logPath, () => h.truncate(end));
+      // Synced whether cut or not: what was read may be a dead process's record that
+      // never reached the disk (killed between its write and its fdatasync, without
+      // syncedWrites or by an earlier release), and an O_DSYNC append syncs only its own
+      // bytes. An unsynced record lost to a power cut, with a synced one after it, would
+      // leave a log that refuses to load.
+      await this.io('fdatasync', this.logPath, () => h.datasync());
       if (torn !== null) {
-        await this.io('ftruncate', this.logPath, () => h.truncate(end));
-        await this.io('fdatasync', this.logPath, () => h.datasync());
         this.say('dropped the torn end of the log: a write cut short by a crash, never acknowledged', {
           file: this.logPath,
           offset: end,

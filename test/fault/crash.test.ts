@@ -620,7 +620,7 @@ test('SIGTERM while a storage write hangs: the server still exits, with status 1
     });
     running.push(s);
     assert.equal(await ask(s.port, 'GETSEQ\r\n'.repeat(5)), ':1\r\n:2\r\n:3\r\n:4\r\n:5\r\n');
-    // From here on the disk takes writes but never finishes a sync: the next
+    // From here on the disk never finishes a write or a sync: the next
     // reservation hangs, and the requests beyond the window wait for it.
     await writeFile(hang, '');
     const c = await WireClient.connect(s.port);

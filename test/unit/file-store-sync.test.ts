@@ -1,7 +1,8 @@
 /**
  * kill -9 keeps the page cache, so only a check of the writes themselves shows that persists wait for
- * the disk: every append goes to a log opened with O_DSYNC (its write returns once the data is on the
- * disk, as a write and an fdatasync would), and a persist resolves only after that write has returned.
+ * the disk. With syncedWrites (the default on Linux) every append goes to a log opened with O_DSYNC
+ * (its write returns once the data is on the disk, as a write and an fdatasync would), and a persist
+ * resolves only after that write has returned; without it, only after an fdatasync of the log.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -10,6 +11,7 @@ import { mkdtemp, open, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { FileStore } from '../../src/store/file.js';
+import { waitFor } from '../helpers/wait.js';
 
 interface Write {
   path: string;
@@ -30,7 +32,7 @@ function describeFd(fd: number): Write {
  */
 async function persistRounds(dir: string, blockingCommits: boolean, each: (store: FileStore, i: bigint) => Promise<void>): Promise<void> {
   for (const [start, compactAfterBytes] of [[1n, 200], [100n, 1 << 20]] as const) {
-    const store = await FileStore.open(dir, { compactAfterBytes, blockingCommits });
+    const store = await FileStore.open(dir, { compactAfterBytes, blockingCommits, syncedWrites: true });
     await store.load();
     for (let i = start; i < start + 12n; i++) await each(store, i);
     await store.close();
@@ -111,4 +113,91 @@ test('with blocking commits, every append is a write to a log opened with O_DSYN
     assert.deepEqual(appends.slice(before), expected, `persist ${i}`);
   });
   assert.ok(appends.length > 12, `only ${appends.length} appends`);
+});
+
+test('without syncedWrites, every persist waits for a real fdatasync of the log it appended to before it resolves', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'dolmeangi-sync-'));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  const probe = await open(join(dir, 'probe'), 'w');
+  const proto = Object.getPrototypeOf(probe);
+  await probe.close();
+  const synced: string[] = [];
+  /** While set, each datasync is held back, done but not reported, until the test lets it go. */
+  let holding = false;
+  let release: (() => void) | null = null;
+  const origD = proto.datasync;
+  proto.datasync = function (this: { fd: number }) {
+    synced.push(fs.readlinkSync(`/proc/self/fd/${this.fd}`));
+    const done: Promise<void> = origD.call(this);
+    if (!holding) return done;
+    return new Promise<void>((resolve, reject) => {
+      release = () => void done.then(resolve, reject);
+    });
+  };
+  t.after(() => {
+    proto.datasync = origD;
+  });
+  const store = await FileStore.open(dir, { compactAfterBytes: 1 << 20, syncedWrites: false });
+  await store.load();
+  await store.persist(new Map([['a', 1n]]));
+  for (let i = 2n; i < 6n; i++) {
+    holding = true;
+    const before = synced.length;
+    let resolved = false;
+    const persisted = store.persist(new Map([['a', i]])).then(() => {
+      resolved = true;
+    });
+    await waitFor(() => release !== null, `persist ${i} to sync`);
+    assert.deepEqual(synced.slice(before), [join(dir, 'marks.log')], `persist ${i} syncs the log`);
+    // Give it every chance to resolve early: the path check beside the sync takes microseconds.
+    await Promise.race([persisted, new Promise((r) => setTimeout(r, 100))]);
+    assert.equal(resolved, false, `persist ${i} resolved before its sync completed`);
+    holding = false;
+    const go = release as (() => void) | null;
+    release = null;
+    go!();
+    await persisted;
+  }
+  await store.close();
+});
+
+test('without syncedWrites, with blocking commits, every append reaches a real fdatasync of the log before persist resolves', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'dolmeangi-sync-'));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  const synced: string[] = [];
+  const original = fs.fdatasyncSync;
+  fs.fdatasyncSync = (fd: number) => {
+    synced.push(fs.readlinkSync(`/proc/self/fd/${fd}`));
+    original(fd);
+  };
+  t.after(() => {
+    fs.fdatasyncSync = original;
+  });
+  const store = await FileStore.open(dir, { compactAfterBytes: 1 << 20, blockingCommits: true, syncedWrites: false });
+  await store.load();
+  await store.persist(new Map([['a', 1n]]));
+  for (let i = 2n; i < 6n; i++) {
+    const before = synced.length;
+    await store.persist(new Map([['a', i]]));
+    assert.deepEqual(synced.slice(before), [join(dir, 'marks.log')], `persist ${i}`);
+  }
+  await store.close();
+});
+
+test('on Linux, appends are O_DSYNC writes unless told otherwise', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'dolmeangi-sync-'));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  const store = await FileStore.open(dir);
+  t.after(() => store.close());
+  await store.load();
+  await store.persist(new Map([['a', 1n]]));
+  const log = join(dir, 'marks.log');
+  const open = fs.readdirSync('/proc/self/fd').map((fd) => Number(fd)).filter((fd) => {
+    try {
+      return fs.readlinkSync(`/proc/self/fd/${fd}`) === log;
+    } catch {
+      return false; // closed meanwhile (the readdir's own descriptor)
+    }
+  });
+  assert.deepEqual(open.map(describeFd), [{ path: log, dsync: true }]);
 });
