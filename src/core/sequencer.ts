@@ -205,6 +205,11 @@ const SHRINK_AFTER_MS = 1000;
  */
 const DECAY_EVERY_MS = SHRINK_AFTER_MS / 2;
 
+/** Past this, with a mark at `mark`, the next window is asked for: half of it is used. END, at END: nothing more to reserve. */
+function refillPoint(mark: bigint, window: bigint): bigint {
+  return mark >= END ? END : mark - window / 2n;
+}
+
 /** Marks the window of `s` judged at `now`: its time, and the numbers it takes, count from here. */
 function judged(s: Seq, now: number): void {
   s.judgedAt = now;
@@ -464,7 +469,7 @@ export class Sequencer implements SequenceSource {
       next,
       mark,
       target: mark,
-      refillAt: mark >= END ? END : mark - this.floor / 2n,
+      refillAt: refillPoint(mark, this.floor),
       window: this.floor,
       judgedAt: Number.NEGATIVE_INFINITY,
       nextAtJudge: next,
@@ -479,8 +484,7 @@ export class Sequencer implements SequenceSource {
 
   private setTarget(s: Seq, target: bigint): void {
     s.target = target;
-    // At END there is nothing more to reserve: never ask again.
-    s.refillAt = target >= END ? END : target - s.window / 2n;
+    s.refillAt = refillPoint(target, s.window);
   }
 
   /**
@@ -506,7 +510,7 @@ export class Sequencer implements SequenceSource {
    */
   private neededTarget(s: Seq): bigint | null {
     const window = this.windowTarget(s);
-    if (window > s.mark && (s.waiters.length > 0 || s.next > s.mark - s.window / 2n)) return window;
+    if (window > s.mark && (s.waiters.length > 0 || s.next > refillPoint(s.mark, s.window))) return window;
     return s.stored === s.mark ? null : s.mark;
   }
 
@@ -701,6 +705,7 @@ export class Sequencer implements SequenceSource {
       const used = ((s.next - s.nextAtJudge) * BigInt(2 * SHRINK_AFTER_MS)) / BigInt(Math.ceil(since));
       this.shrinkTo(s, used < half ? used : half);
       judged(s, now);
+      // The refill point follows the new window.
       this.setTarget(s, s.target);
       this.giveBack(s);
     }
