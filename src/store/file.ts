@@ -80,6 +80,8 @@ export interface FileStoreOptions {
 const SNAPSHOT = 'marks.snapshot';
 const LOG = 'marks.log';
 const { O_WRONLY, O_RDWR, O_CREAT, O_TRUNC, O_DSYNC } = fs.constants;
+/** `w`: a new file, written whole (as the log is, under a temp name, before it is renamed into place). */
+const NEW_FILE = O_WRONLY | O_CREAT | O_TRUNC;
 const LOCK = 'LOCK';
 /** `marks.snapshot.tmp-<random>`: a file being written, to be renamed over its namesake. */
 const TEMP_INFIX = '.tmp-';
@@ -110,12 +112,8 @@ export class FileStore implements Store {
   private readonly beforeIo: ((op: string, path: string) => void) | undefined;
   /** Appends commit on the calling thread (see FileStoreOptions.blockingCommits). */
   readonly blockingCommits: boolean;
-  /** See FileStoreOptions.syncedWrites; the flags the log is opened with follow from it. */
+  /** See FileStoreOptions.syncedWrites; logFlags() follows from it. */
   private readonly syncedWrites: boolean;
-  /** For a new log, written whole under a temp name and renamed into place. */
-  private readonly logNewFlags: number;
-  /** For the log found at start. */
-  private readonly logReopenFlags: number;
 
   /** The merged state; null until load(), so a persist cannot compact an empty map over real state. */
   private marks: Map<string, bigint> | null = null;
@@ -177,9 +175,11 @@ export class FileStore implements Store {
     this.blockingCommits = opts.blockingCommits ?? false;
     this.syncedWrites = opts.syncedWrites ?? process.platform === 'linux';
     if (this.syncedWrites && O_DSYNC === undefined) throw new Error('syncedWrites needs O_DSYNC, which this platform lacks');
-    const dsync = this.syncedWrites ? O_DSYNC : 0;
-    this.logNewFlags = O_WRONLY | O_CREAT | O_TRUNC | dsync;
-    this.logReopenFlags = O_RDWR | dsync;
+  }
+
+  /** `flags` for opening the log: with O_DSYNC under syncedWrites. */
+  private logFlags(flags: number): number {
+    return this.syncedWrites ? flags | O_DSYNC : flags;
   }
 
   /** Creates the directory if needed (mode 0700) and locks it. Call load() next. */
@@ -340,7 +340,7 @@ export class FileStore implements Store {
     if (!this.logOnDisk) {
       // A crash between the snapshot and the log below must leave a log, or the
       // next start would take the lone snapshot for a lost log.
-      const empty = await this.install(this.logPath, frame(`{"v":${FORMAT_VERSION},"g":${this.gen}}`, LOG_MAGIC), this.logNewFlags);
+      const empty = await this.install(this.logPath, frame(`{"v":${FORMAT_VERSION},"g":${this.gen}}`, LOG_MAGIC), this.logFlags(NEW_FILE));
       await empty.close().catch(() => {});
       this.logOnDisk = true;
     }
@@ -349,7 +349,7 @@ export class FileStore implements Store {
     const snapshotHandle = await this.install(this.snapshotPath, snapshot);
     await snapshotHandle.close().catch(() => {});
     const header = frame(`{"v":${FORMAT_VERSION},"g":${gen}}`, LOG_MAGIC);
-    const log = await this.install(this.logPath, header, this.logNewFlags);
+    const log = await this.install(this.logPath, header, this.logFlags(NEW_FILE));
     try {
       this.logId = await this.io('stat', this.logPath, () => log.stat({ bigint: true }));
     } catch (err) {
@@ -432,7 +432,7 @@ export class FileStore implements Store {
   private async reopenLog(end: number, torn: { bytes: number; why: string } | null): Promise<void> {
     let handle: FileHandle | null = null;
     try {
-      handle = await this.io('open', this.logPath, () => open(this.inDir(this.logPath), this.logReopenFlags));
+      handle = await this.io('open', this.logPath, () => open(this.inDir(this.logPath), this.logFlags(O_RDWR)));
       const h = handle;
       if (torn !== null) await this.io('ftruncate', this.logPath, () => h.truncate(end));
       // Synced whether cut or not: what was read may be a dead process's record that
