@@ -12,7 +12,7 @@ import { fileURLToPath } from 'node:url';
 import { CLI, startServerProcess, runCli, runProgram, type ServerProcess, type StartOptions } from '../helpers/server-process.js';
 import { History, assertHistory } from '../helpers/history.js';
 import { runLoad } from '../helpers/load.js';
-import { WireClient, ask, resp } from '../helpers/wire.js';
+import { WireClient, ask, resp, sequenceMarks } from '../helpers/wire.js';
 import { waitFor } from '../helpers/wait.js';
 import { childrenRunning } from '../helpers/children.js';
 import { flockHeld } from '../helpers/flock.js';
@@ -166,8 +166,7 @@ test('at the default --reserve, a crash of a quiet sequence skips at most 1,000;
       let current = 0n;
       let mark = 0n;
       await waitFor(async () => {
-        const info = await ask(b.port, 'INFO\r\n');
-        [current, mark] = /sequence:name=default,current=(\d+),durable_mark=(\d+)/.exec(info)!.slice(1).map(BigInt) as [bigint, bigint];
+        ({ current, mark } = await sequenceMarks(b.port));
         return mark - current > 1000n;
       }, 'the window to grow past 1,000');
       assert.equal(current, 1002n + 2_000_000n);

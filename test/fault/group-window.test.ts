@@ -12,24 +12,16 @@ import type { Etcd3 } from 'etcd3';
 import { startEtcdCluster, etcdConnection, type EtcdCluster } from '../helpers/etcd-cluster.js';
 import { startGroup, type SequencerGroup } from '../helpers/group.js';
 import { History, assertHistory } from '../helpers/history.js';
-import { recordFailure } from '../helpers/client-load.js';
+import { firstSuccess, recordFailure } from '../helpers/client-load.js';
 import { SequencerClient } from '../../src/index.js';
 import { createEtcdClient } from '../../src/election/etcd.js';
-import { ask } from '../helpers/wire.js';
+import { sequenceMarks } from '../helpers/wire.js';
 import { waitFor } from '../helpers/wait.js';
 
 const PREFIX = '/dolmeangi-window/';
 /** Above the starting window: a burst may double it seven times, to 100,000, and a crash may skip that many. */
 const RESERVE = 100_000n;
 const START_WINDOW = 1000n;
-
-/** The leader's `current` and `durable_mark` for the default sequence, from INFO. */
-async function leaderMarks(port: number): Promise<{ current: bigint; mark: bigint }> {
-  const info = await ask(port, 'INFO\r\n');
-  const m = /\r\nsequence:name=default,current=(\d+),durable_mark=(\d+)/.exec(info);
-  assert.ok(m, `INFO names the default sequence's marks:\n${info}`);
-  return { current: BigInt(m[1]!), mark: BigInt(m[2]!) };
-}
 
 describe('group mode with a window that adapts', () => {
   let etcd: EtcdCluster;
@@ -70,32 +62,20 @@ describe('group mode with a window that adapts', () => {
       }
       const port = group.nodes[leader]!.port;
       // The refill asked by the last batches lands a moment after their replies.
-      let grown = await leaderMarks(port);
+      let grown = await sequenceMarks(port);
       await waitFor(async () => {
-        grown = await leaderMarks(port);
+        grown = await sequenceMarks(port);
         return grown.mark - grown.current > START_WINDOW;
       }, `the window to grow past ${START_WINDOW}`);
       assert.ok(grown.mark - grown.current <= RESERVE, `at most --reserve: ${grown.mark - grown.current} reserved`);
       // Quiet: within a second or two the leader cuts its window to the floor and lowers its mark in etcd to match.
       const stored = async (): Promise<bigint> => BigInt((await direct.get(`${PREFIX}marks/default`).string()) ?? '0');
       await waitFor(async () => (await stored()) - grown.current <= START_WINDOW, 'the mark in etcd lowered to the starting window', 30_000);
-      assert.equal((await leaderMarks(port)).current, grown.current, 'nothing was handed out while quiet');
+      assert.equal((await sequenceMarks(port)).current, grown.current, 'nothing was handed out while quiet');
       assert.equal(await stored(), grown.current + START_WINDOW);
 
       await group.nodes[leader]!.proc!.kill();
-      const deadline = Date.now() + 15_000;
-      let first: bigint | null = null;
-      while (first === null) {
-        const op = history.begin('after-kill');
-        try {
-          first = await client.getNextSequence();
-          history.ok(op, first);
-        } catch (err) {
-          recordFailure(history, op, err);
-          assert.ok(Date.now() < deadline, `no number from a new leader within 15 s: ${(err as Error).message}`);
-          await new Promise((r) => setTimeout(r, 20));
-        }
-      }
+      const first = await firstSuccess(history, client, 'after-kill', 15_000);
       // The new leader starts at the lowered mark: the kill skipped the starting window, not the burst's.
       assert.equal(first, grown.current + START_WINDOW);
       assertHistory(history, { crashes: 1, reserve: RESERVE });

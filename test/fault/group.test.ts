@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { startEtcdCluster, type EtcdCluster } from '../helpers/etcd-cluster.js';
 import { startGroup, type SequencerGroup } from '../helpers/group.js';
 import { History, assertHistory, checkFailover, type Failover } from '../helpers/history.js';
-import { recordFailure, startClientLoad } from '../helpers/client-load.js';
+import { firstSuccess, recordFailure, startClientLoad } from '../helpers/client-load.js';
 import { SequencerClient } from '../../src/index.js';
 import { WireClient, ask } from '../helpers/wire.js';
 import { waitFor } from '../helpers/wait.js';
@@ -29,24 +29,6 @@ let crashes = 0;
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   return s[Math.floor(s.length / 2)]!;
-}
-
-/** Polls GETSEQ through a client until one succeeds; every attempt goes into the history. */
-async function firstSuccess(client: SequencerClient, label: string, timeoutMs: number): Promise<bigint> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const op = history.begin(label);
-    try {
-      const n = await client.getNextSequence();
-      history.ok(op, n);
-      return n;
-    } catch (err) {
-      // NOTLEADER, no server reached and the like took no number: only a lost reply may have.
-      recordFailure(history, op, err);
-      if (Date.now() > deadline) throw new Error(`no number within ${timeoutMs} ms: ${(err as Error).message}`);
-      await new Promise((r) => setTimeout(r, 10));
-    }
-  }
 }
 
 /** The serving leader's term (its election key's revision, from INFO): a new term may start above the old window. */
@@ -137,7 +119,7 @@ describe('group mode on etcd', () => {
     try {
       for (let trial = 0; trial < 10; trial++) {
         const leader = await group.waitForLeader();
-        await firstSuccess(probe, 'kill-probe', 5000);
+        await firstSuccess(history, probe, 'kill-probe', 5000);
         // Every kill under load, not only the first: the load must be getting numbers from this leader.
         const before = l.acked();
         await waitFor(() => l.acked() >= before + 50, `the load to get numbers before kill ${trial + 1}`, 15_000);
@@ -145,7 +127,7 @@ describe('group mode on etcd', () => {
         await group.nodes[leader]!.proc!.kill();
         crashes++;
         try {
-          await firstSuccess(probe, 'kill-probe', 15_000);
+          await firstSuccess(history, probe, 'kill-probe', 15_000);
           const servingAt = now();
           times.push(msBetween(faultAt, servingAt));
           await assertFailover(l, { faultAt, servingAt });
@@ -179,7 +161,7 @@ describe('group mode on etcd', () => {
         zombie.send('GETSEQ\r\nGETSEQ_BATCH 5\r\nCURRENT\r\n');
         await group.waitForLeader(15_000, leader);
         const probe = probeClient();
-        await firstSuccess(probe, 'pause-probe', 10_000);
+        await firstSuccess(history, probe, 'pause-probe', 10_000);
         await probe.close();
         await assertFailover(l, { faultAt, servingAt: now() });
         node.proc!.child.kill('SIGCONT');
@@ -207,7 +189,7 @@ describe('group mode on etcd', () => {
       const faultAt = now();
       await etcd.kill(m!);
       const probe = probeClient();
-      await firstSuccess(probe, 'etcd-kill-probe', 15_000);
+      await firstSuccess(history, probe, 'etcd-kill-probe', 15_000);
       const servingAt = now();
       // The group leader may have lost its lease while etcd elected: only a new term may skip a
       // window. The same leader serving on may skip only requests lost meanwhile.
@@ -243,7 +225,7 @@ describe('group mode on etcd', () => {
     let downAt = 0n;
     let upAt = 0n;
     try {
-      await firstSuccess(probe, 'quorum-probe', 10_000);
+      await firstSuccess(history, probe, 'quorum-probe', 10_000);
       const m = (await etcd.leaderIndex()) ?? 0;
       const others = [0, 1, 2].filter((i) => i !== m);
       const faultAt = now();
@@ -269,7 +251,7 @@ describe('group mode on etcd', () => {
       if (holdMs > 0) await new Promise((r) => setTimeout(r, holdMs));
       upAt = now();
       await Promise.all(others.map((i) => etcd.start(i)));
-      await firstSuccess(probe, 'quorum-probe', 20_000);
+      await firstSuccess(history, probe, 'quorum-probe', 20_000);
       await assertFailover(l, { faultAt, servingAt: now() });
     } finally {
       await probe.close();
@@ -305,7 +287,7 @@ describe('group mode on etcd', () => {
         group.cutOff(leader, false);
       }
       const probe = probeClient();
-      await firstSuccess(probe, 'partition-probe', 10_000);
+      await firstSuccess(history, probe, 'partition-probe', 10_000);
       await probe.close();
       await assertFailover(l, { faultAt, servingAt: now() });
       // Healed, the former leader rejoins as a follower that names the new leader. CURRENT, not
@@ -327,10 +309,10 @@ describe('group mode on etcd', () => {
     try {
       for (let trial = 0; trial < 3; trial++) {
         const leader = await group.waitForLeader();
-        const before = await firstSuccess(probe, 'clean-probe', 5000);
+        const before = await firstSuccess(history, probe, 'clean-probe', 5000);
         const stoppedAt = Date.now();
         assert.equal(await group.nodes[leader]!.proc!.stop('SIGTERM'), 0);
-        const after = await firstSuccess(probe, 'clean-probe', 10_000);
+        const after = await firstSuccess(history, probe, 'clean-probe', 10_000);
         handovers.push(Date.now() - stoppedAt);
         assert.equal(after, before + 1n, 'the next leader continues with the exact next number');
         await group.start(leader);

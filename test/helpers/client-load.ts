@@ -48,6 +48,24 @@ export function recordFailure(history: History, op: Op, err: unknown): void {
   else history.lost(op, String((err as Error).message));
 }
 
+/** Polls GETSEQ through `client` until one succeeds (a new leader serving, say); every attempt goes into `history`. */
+export async function firstSuccess(history: History, client: SequencerClient, label: string, timeoutMs: number): Promise<bigint> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const op = history.begin(label);
+    try {
+      const n = await client.getNextSequence();
+      history.ok(op, n);
+      return n;
+    } catch (err) {
+      // NOTLEADER, no server reached and the like took no number: only a lost reply may have.
+      recordFailure(history, op, err);
+      if (Date.now() > deadline) throw new Error(`no number within ${timeoutMs} ms: ${(err as Error).message}`);
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  }
+}
+
 export function startClientLoad(history: History, opts: ClientLoadOptions): ClientLoad {
   const client = new SequencerClient(opts);
   let calls = 0;

@@ -4,6 +4,7 @@
  */
 import net from 'node:net';
 import tls from 'node:tls';
+import { parseInfo } from '../../src/client/info.js';
 
 export class WireClient {
   /** What arrived, kept as chunks and joined only when read: expect() and waitClosed() take linear time. */
@@ -163,6 +164,14 @@ export async function ask(port: number, request: string, timeoutMs = 2000): Prom
   } finally {
     c?.close();
   }
+}
+
+/** A sequence's `current` and `durable_mark`, from an INFO asked over a fresh connection. */
+export async function sequenceMarks(port: number, name = 'default'): Promise<{ current: bigint; mark: bigint }> {
+  const info = parseInfo(await ask(port, 'INFO\r\n'));
+  const seq = info.sequences.find((s) => s.name === name);
+  if (seq?.durableMark == null) throw new Error(`INFO gives no durable mark for ${name}:\n${info.raw}`);
+  return { current: seq.current, mark: seq.durableMark };
 }
 
 /** Encodes words as a RESP array of bulk strings, exactly as Redis clients do. */
