@@ -7,10 +7,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import { mkdtemp, open, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { FileStore } from '../../src/store/file.js';
+import { descriptorsOn, fdPath, fileHandlePrototype, tempDir } from '../helpers/files.js';
 import { waitFor } from '../helpers/wait.js';
 
 interface Write {
@@ -22,7 +21,7 @@ function describeFd(fd: number): Write {
   const info = fs.readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8');
   const flags = /^flags:\s*([0-7]+)$/m.exec(info);
   assert.ok(flags, `no flags in /proc/self/fdinfo/${fd}`);
-  return { path: fs.readlinkSync(`/proc/self/fd/${fd}`), dsync: (parseInt(flags[1]!, 8) & fs.constants.O_DSYNC) !== 0 };
+  return { path: fdPath(fd), dsync: (parseInt(flags[1]!, 8) & fs.constants.O_DSYNC) !== 0 };
 }
 
 /**
@@ -40,11 +39,8 @@ async function persistRounds(dir: string, blockingCommits: boolean, each: (store
 }
 
 test('every append waits for its write to a log opened with O_DSYNC before persist resolves', async (t) => {
-  const dir = await mkdtemp(join(tmpdir(), 'dolmeangi-sync-'));
-  t.after(() => rm(dir, { recursive: true, force: true }));
-  const probe = await open(join(dir, 'probe'), 'w');
-  const proto = Object.getPrototypeOf(probe);
-  await probe.close();
+  const dir = await tempDir(t);
+  const proto = await fileHandlePrototype();
   const log = join(dir, 'marks.log');
   const appends: Write[] = [];
   /** Each append to the log is held back, done but not reported, until the test calls `release`. */
@@ -93,8 +89,7 @@ test('every append waits for its write to a log opened with O_DSYNC before persi
 });
 
 test('with blocking commits, every append is a write to a log opened with O_DSYNC', async (t) => {
-  const dir = await mkdtemp(join(tmpdir(), 'dolmeangi-sync-'));
-  t.after(() => rm(dir, { recursive: true, force: true }));
+  const dir = await tempDir(t);
   const log = join(dir, 'marks.log');
   const appends: Write[] = [];
   const original = fs.writeSync;
@@ -116,18 +111,15 @@ test('with blocking commits, every append is a write to a log opened with O_DSYN
 });
 
 test('without syncedWrites, every persist waits for a real fdatasync of the log it appended to before it resolves', async (t) => {
-  const dir = await mkdtemp(join(tmpdir(), 'dolmeangi-sync-'));
-  t.after(() => rm(dir, { recursive: true, force: true }));
-  const probe = await open(join(dir, 'probe'), 'w');
-  const proto = Object.getPrototypeOf(probe);
-  await probe.close();
+  const dir = await tempDir(t);
+  const proto = await fileHandlePrototype();
   const synced: string[] = [];
   /** While set, each datasync is held back, done but not reported, until the test lets it go. */
   let holding = false;
   let release: (() => void) | null = null;
   const origD = proto.datasync;
   proto.datasync = function (this: { fd: number }) {
-    synced.push(fs.readlinkSync(`/proc/self/fd/${this.fd}`));
+    synced.push(fdPath(this.fd));
     const done: Promise<void> = origD.call(this);
     if (!holding) return done;
     return new Promise<void>((resolve, reject) => {
@@ -162,12 +154,11 @@ test('without syncedWrites, every persist waits for a real fdatasync of the log 
 });
 
 test('without syncedWrites, with blocking commits, every append reaches a real fdatasync of the log before persist resolves', async (t) => {
-  const dir = await mkdtemp(join(tmpdir(), 'dolmeangi-sync-'));
-  t.after(() => rm(dir, { recursive: true, force: true }));
+  const dir = await tempDir(t);
   const synced: string[] = [];
   const original = fs.fdatasyncSync;
   fs.fdatasyncSync = (fd: number) => {
-    synced.push(fs.readlinkSync(`/proc/self/fd/${fd}`));
+    synced.push(fdPath(fd));
     original(fd);
   };
   t.after(() => {
@@ -185,19 +176,11 @@ test('without syncedWrites, with blocking commits, every append reaches a real f
 });
 
 test('on Linux, appends are O_DSYNC writes unless told otherwise', async (t) => {
-  const dir = await mkdtemp(join(tmpdir(), 'dolmeangi-sync-'));
-  t.after(() => rm(dir, { recursive: true, force: true }));
+  const dir = await tempDir(t);
   const store = await FileStore.open(dir);
   t.after(() => store.close());
   await store.load();
   await store.persist(new Map([['a', 1n]]));
   const log = join(dir, 'marks.log');
-  const open = fs.readdirSync('/proc/self/fd').map((fd) => Number(fd)).filter((fd) => {
-    try {
-      return fs.readlinkSync(`/proc/self/fd/${fd}`) === log;
-    } catch {
-      return false; // closed meanwhile (the readdir's own descriptor)
-    }
-  });
-  assert.deepEqual(open.map(describeFd), [{ path: log, dsync: true }]);
+  assert.deepEqual(descriptorsOn(log).map(describeFd), [{ path: log, dsync: true }]);
 });

@@ -2,9 +2,9 @@ import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
 import { once } from 'node:events';
-import fs, { mkdirSync, readFileSync, readlinkSync, renameSync } from 'node:fs';
-import { appendFile, mkdir, mkdtemp, open, readdir, readFile, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
-import { constants, hostname, tmpdir } from 'node:os';
+import fs, { mkdirSync, readFileSync, renameSync } from 'node:fs';
+import { appendFile, mkdir, readdir, readFile, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
+import { constants, hostname } from 'node:os';
 import { dirname, join } from 'node:path';
 import { crc32 } from 'node:zlib';
 import fc from 'fast-check';
@@ -14,12 +14,8 @@ import { DataDirLockedError, PersistenceError, StateCorruptError } from '../../s
 import { waitFor } from '../helpers/wait.js';
 import { childrenRunning } from '../helpers/children.js';
 import { flockHeld } from '../helpers/flock.js';
+import { fdPath, fileHandlePrototype, tempDir } from '../helpers/files.js';
 
-async function tempDir(t: TestContext): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), 'dolmeangi-file-store-'));
-  t.after(() => rm(dir, { recursive: true, force: true }));
-  return dir;
-}
 
 const paths = (dir: string) => ({
   snapshot: join(dir, 'marks.snapshot'),
@@ -44,7 +40,6 @@ async function reload(dir: string, opts: FileStoreOptions = {}): Promise<Map<str
   }
 }
 
-/** The two ways the store commits an append: on the thread pool, or blocking (the gapless mode's). */
 /** Where appends run, and how they reach the disk: one O_DSYNC write (Linux) or a write and an fdatasync (elsewhere). */
 const COMMIT_MODES = [
   { name: 'thread-pool commits', opts: { blockingCommits: false, syncedWrites: true } },
@@ -600,27 +595,23 @@ for (const commits of COMMIT_MODES.filter((c) => c.opts.syncedWrites)) {
     const before = (await stat(log)).size;
     // The record lands in the file, then its sync fails: the write itself reports it.
     let failNext = false;
-    const eio = () => Object.assign(new Error('EIO: i/o error, write'), { code: 'EIO', errno: -constants.errno.EIO, syscall: 'write' });
-    const fdPath = (fd: number) => readlinkSync(`/proc/self/fd/${fd}`);
-    const probe = await open(join(dir, 'probe'), 'w');
-    const proto = Object.getPrototypeOf(probe);
-    await probe.close();
+    const failIfNext = (fd: number) => {
+      if (failNext && fdPath(fd) === log) {
+        failNext = false;
+        throw errno('EIO', 'write');
+      }
+    };
+    const proto = await fileHandlePrototype();
     const originalWrite = proto.write;
     const originalWriteSync = fs.writeSync;
     proto.write = async function (this: { fd: number }, ...args: unknown[]) {
       const result = await originalWrite.apply(this, args);
-      if (failNext && fdPath(this.fd) === log) {
-        failNext = false;
-        throw eio();
-      }
+      failIfNext(this.fd);
       return result;
     };
     fs.writeSync = ((fd: number, ...args: unknown[]) => {
       const result = (originalWriteSync as (...a: unknown[]) => number)(fd, ...args);
-      if (failNext && fdPath(fd) === log) {
-        failNext = false;
-        throw eio();
-      }
+      failIfNext(fd);
       return result;
     }) as typeof fs.writeSync;
     t.after(() => {

@@ -7,24 +7,12 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import childProcess from 'node:child_process';
-import { mkdtempSync, readdirSync, readlinkSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { syncBuiltinESMExports } from 'node:module';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { holdKernelLock } from '../../src/store/kernel-lock.js';
-
-/** How many of this process's descriptors are open on `dir`. */
-function openOn(dir: string): number {
-  let n = 0;
-  for (const fd of readdirSync('/proc/self/fd')) {
-    try {
-      if (readlinkSync(`/proc/self/fd/${fd}`) === dir) n++;
-    } catch {
-      // The descriptor readdir itself used, closed by now.
-    }
-  }
-  return n;
-}
+import { descriptorsOn } from '../helpers/files.js';
 
 test('a spawn of flock that throws reports the lock unavailable, with the reason, and closes the directory', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'dolmeangi-kernel-lock-'));
@@ -42,7 +30,7 @@ test('a spawn of flock that throws reports the lock unavailable, with the reason
     const lock = await holdKernelLock(dir);
     assert.deepEqual(lock, { state: 'unavailable', reason: 'flock: spawn EBADF' });
     assert.equal(calls, 1, 'no look from outside after the lock was not taken');
-    assert.equal(openOn(dir), 0, 'the directory descriptor is closed');
+    assert.equal(descriptorsOn(dir).length, 0, 'the directory descriptor is closed');
   } finally {
     childProcess.spawn = original;
     syncBuiltinESMExports();
@@ -55,7 +43,7 @@ test('the same descriptor check sees the directory open while the lock is held',
   t.after(() => rmSync(dir, { recursive: true, force: true }));
   const lock = await holdKernelLock(dir);
   assert.equal(lock.state, 'held');
-  assert.equal(openOn(dir), 1);
+  assert.equal(descriptorsOn(dir).length, 1);
   if (lock.state === 'held') lock.release();
-  assert.equal(openOn(dir), 0);
+  assert.equal(descriptorsOn(dir).length, 0);
 });
