@@ -627,8 +627,8 @@ test('--initial against a stored mark at the edges: one above wins, equal is not
 
 /**
  * Takes `n` numbers one at a time from `default`, letting each refill write land,
- * with `ms` of the fake clock passing before each; returns each new durable mark,
- * as `[next when written, mark]`.
+ * calling `tick` (which moves the fake clock) before each; returns each new durable
+ * mark, as `[next when written, mark]`.
  */
 async function takeOneByOne(seq: Sequencer, n: number, tick: () => void): Promise<Array<[bigint, bigint]>> {
   const marks: Array<[bigint, bigint]> = [];
