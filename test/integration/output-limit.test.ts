@@ -18,6 +18,19 @@ after(async () => {
   for (const c of cleanup.reverse()) await c();
 });
 
+/** A server over `source` with output limit `outputLimit`, and a client connected to it; both stopped after the file. */
+async function serveOn(source: SequenceSource, outputLimit: number, info: () => string = () => '') {
+  const server = new SequencerServer(
+    { source, maxBatch: 1000n, passwordDigest: null, info, authFailed: () => {} },
+    { maxConnections: 10, idleTimeoutMs: 0, outputLimit },
+  );
+  const port = await server.listen('127.0.0.1', 0);
+  cleanup.push(() => server.close());
+  const client = net.connect(port, '127.0.0.1');
+  cleanup.push(() => client.destroy());
+  return { server, client };
+}
+
 test('replies released by storage, larger than counted while they waited, cut off a client that does not read', async () => {
   const LIMIT = 65_536;
   const REQUESTS = 100;
@@ -33,15 +46,7 @@ test('replies released by storage, larger than counted while they waited, cut of
     current: () => 1n,
     snapshot: () => [],
   };
-  const server = new SequencerServer(
-    { source, maxBatch: 1000n, passwordDigest: null, info: () => '', authFailed: () => {} },
-    { maxConnections: 10, idleTimeoutMs: 0, outputLimit: LIMIT },
-  );
-  const port = await server.listen('127.0.0.1', 0);
-  cleanup.push(() => server.close());
-
-  const client = net.connect(port, '127.0.0.1');
-  cleanup.push(() => client.destroy());
+  const { server, client } = await serveOn(source, LIMIT);
   client.pause(); // never reads a reply
   let closed = false;
   client.on('close', () => (closed = true));
@@ -86,15 +91,7 @@ test('held at the limit with a 64 KiB socket high-water mark (Node.js 22 on): ev
     current: () => next,
     snapshot: () => [],
   };
-  const server = new SequencerServer(
-    { source, maxBatch: 1000n, passwordDigest: null, info: () => '', authFailed: () => {} },
-    { maxConnections: 10, idleTimeoutMs: 0, outputLimit: LIMIT },
-  );
-  const port = await server.listen('127.0.0.1', 0);
-  cleanup.push(() => server.close());
-
-  const client = net.connect(port, '127.0.0.1');
-  cleanup.push(() => client.destroy());
+  const { client } = await serveOn(source, LIMIT);
   await new Promise((r) => client.once('connect', r));
   setDefaultHighWaterMark(false, before); // the server's socket has its own by now
   client.pause();
@@ -138,14 +135,7 @@ async function infoBehindWaitingGetseq(outputLimit: number, body: string, reques
     current: () => 1n,
     snapshot: () => [],
   };
-  const server = new SequencerServer(
-    { source, maxBatch: 1000n, passwordDigest: null, info: () => (state.made++, body), authFailed: () => {} },
-    { maxConnections: 10, idleTimeoutMs: 0, outputLimit },
-  );
-  const port = await server.listen('127.0.0.1', 0);
-  cleanup.push(() => server.close());
-  const client = net.connect(port, '127.0.0.1');
-  cleanup.push(() => client.destroy());
+  const { server, client } = await serveOn(source, outputLimit, () => (state.made++, body));
   client.setEncoding('latin1');
   client.on('data', (d: string) => (state.received += d));
   client.write(request);
