@@ -320,6 +320,25 @@ test('losing leadership stops serving at once; a later term loads the marks afre
   assert.equal(stores[1]!.closed, true);
 });
 
+test("a load that lands after its term ended is dropped: the next term serves its own load's marks", async (t) => {
+  const { node, election, stores } = await member(t);
+  election.win('9');
+  await stores[0]!.asked();
+  election.lose('lease expired', OTHER);
+  election.win('12');
+  await stores[1]!.asked();
+  // Term 9's load lands now, with marks older than term 12 may find.
+  stores[0]!.finish(new Map([['a', 100n]]));
+  await waitFor(() => stores[0]!.closed, "the lost term's store to be closed");
+  assert.equal(node.readiness().ready, false, 'still loading for term 12');
+  assert.deepEqual(refusal(node.current('a')), { code: 'NOTLEADER', message: '' });
+  assert.deepEqual(refusal(node.allocate('a', 1n)), { code: 'NOTLEADER', message: '' });
+  stores[1]!.finish(new Map([['a', 500n]]));
+  await waitFor(() => node.readiness().ready, 'the member to serve');
+  assert.equal(node.current('a'), 500n);
+  assert.equal(await node.allocate('a', 1n), 500n);
+});
+
 test('a clean stop that cannot store the exact next numbers says so (the process exits 1)', async (t) => {
   const m = await member(t);
   await serveTerm(m, '9', new Map([['a', 100n]]));
