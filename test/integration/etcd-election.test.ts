@@ -1027,6 +1027,68 @@ describe('etcd leadership', () => {
     assert.deepEqual(a.lost, []);
   });
 
+  test('the monotonic deadline counts from when a renewal was sent too: one answered a second late proves a second less', async () => {
+    const prefix = freshPrefix();
+    // TTL 6: renewals every 1.5 s, each proving 4.5 s from its send time.
+    const HOLD_MS = 1000;
+    let mode: 'pass' | 'hold' | 'drop' = 'pass';
+    let heldAt = 0;
+    let released = 0;
+    let wallAhead = 0;
+    const a = await startNode(prefix, 'a', {
+      ttl: 6,
+      wallClock: () => Date.now() + wallAhead,
+      keepaliveClient: (connection, endpoint) => {
+        const client = createEtcdClient(connection, [endpoint]);
+        const leases = client.leaseClient;
+        const keepAlive = leases.leaseKeepAlive.bind(leases);
+        leases.leaseKeepAlive = async (...args) => {
+          // The renewal's send time was taken just before this call.
+          if (mode === 'hold') {
+            if (heldAt === 0) {
+              heldAt = performance.now();
+              // Set back after that send time was read: the wall-clock deadline lies an hour
+              // off, and the monotonic one alone decides.
+              wallAhead = -3_600_000;
+            } else if (performance.now() - heldAt > 100) {
+              mode = 'drop';
+            }
+          }
+          const how = mode;
+          const stream = await keepAlive(...args);
+          const events = stream as unknown as { emit: (event: string | symbol, ...rest: unknown[]) => boolean };
+          const emit = events.emit.bind(stream);
+          events.emit = (event, ...rest) => {
+            if (event !== 'data' || how === 'pass') return emit(event, ...rest);
+            // Held: answered a second late. Dropped: never answered (every later renewal).
+            if (how === 'hold') setTimeout(() => (released++, emit(event, ...rest)), HOLD_MS);
+            return true;
+          };
+          return stream;
+        };
+        return client;
+      },
+    });
+    await waitFor(() => a.leadership.canServe(), 'a to lead');
+    const term = a.leadership.term;
+    mode = 'hold';
+    await waitFor(() => heldAt > 0, 'the next renewal to be sent', 5000);
+    // The renewal before it proved up to heldAt + 3 s; the held one, answered at heldAt + 1 s,
+    // proves up to heldAt + 4.5 s (counted from its answer, it would be heldAt + 5.5 s).
+    await waitFor(() => performance.now() >= heldAt + 3500, 'the deadline of the renewal before', 5000);
+    assert.ok(released > 0, 'the held renewal was answered');
+    assert.equal(a.leadership.canServe(), true, 'the held renewal extended the term past the one before it');
+    await waitFor(() => performance.now() >= heldAt + 4700, 'its own deadline to pass', 5000);
+    // etcd still answers everything but renewals, so a new term may follow at once: the one
+    // that must have ended is this term.
+    while (performance.now() < heldAt + 5300) {
+      const served = a.leadership.canServe() && a.leadership.term === term;
+      assert.equal(served, false, 'a renewal proves nothing past its send time + 4.5 s');
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    assert.match(a.lost[0] ?? '', /^the lease was not renewed in time/);
+  });
+
   test('a wall clock set back leaves the monotonic deadline in charge', async () => {
     const prefix = freshPrefix();
     let wallAhead = 0;
