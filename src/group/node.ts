@@ -38,6 +38,8 @@ export interface GroupHandle extends SequenceSource {
   info(): Array<[string, string]>;
   /** Why etcd writes are failing right now, or null. */
   persistenceFailure(): string | null;
+  /** Terms this member has served as leader since it started: elected, and its marks loaded. */
+  termsServed(): number;
   /**
    * Clean stop: a leader persists its exact next numbers, then resigns; closes the
    * etcd clients. Resolves false when a leader could not store them. `stored` is
@@ -129,6 +131,7 @@ class GroupNode implements GroupHandle {
   private store: Store | null = null;
   /** Why the last load of this term's marks failed (null once loaded, or not leading). */
   private loadError: string | null = null;
+  private served = 0;
   private persistFailingSince: number | null = null;
   private closing: Promise<boolean> | null = null;
   /** The lease: how long etcd may keep failing a leader before it lets another node try. */
@@ -180,6 +183,10 @@ class GroupNode implements GroupHandle {
 
   persistenceFailure(): string | null {
     return this.sequencer?.persistenceFailure ?? this.loadError;
+  }
+
+  termsServed(): number {
+    return this.served;
   }
 
   readiness(): Readiness {
@@ -272,6 +279,7 @@ class GroupNode implements GroupHandle {
         this.persistFailingSince = null;
         this.sequencer = seq;
         this.store = store;
+        this.served++;
         this.log.info(
           { term: term.revision, sequences: seq.snapshot().length, raisedByInitial },
           'serving as group leader',

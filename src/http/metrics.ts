@@ -38,8 +38,11 @@ export interface NodeView {
   ready(): boolean;
   /** False while the store is failing; true when there is no store to fail. */
   persistenceUp(): boolean;
-  /** Group mode only (absent otherwise, and so is the leader gauge): the group's --etcd-prefix, and whether this member leads it. */
-  group?: { readonly prefix: string; leading(): boolean };
+  /**
+   * Group mode only (absent otherwise, and so are the leader metrics): the group's --etcd-prefix,
+   * whether this member leads it, and how many terms it has served as leader since it started.
+   */
+  group?: { readonly prefix: string; leading(): boolean; termsServed(): number };
 }
 
 export interface MetricsOptions {
@@ -140,6 +143,14 @@ export class Metrics {
       // Labelled with the group, so that a rule can sum by it: several groups may share one scrape job.
       scraped(Gauge, registers, 'dolmeangi_leader', '1 while this member leads its group (the --etcd-prefix), else 0 (group mode only).', ['group'], (g) =>
         g.set({ group: group.prefix }, group.leading() ? 1 : 0),
+      );
+      scraped(
+        Counter,
+        registers,
+        'dolmeangi_leader_terms_total',
+        'Terms this member has served as leader of its group (elected, and its marks loaded) since it started; summed over the members, how often leadership changed hands (group mode only).',
+        ['group'],
+        (c) => c.inc({ group: group.prefix }, group.termsServed()),
       );
     }
     scraped(Gauge, registers, 'dolmeangi_build_info', 'Always 1; the labels say which release runs in which mode.', ['version', 'mode'], (g) => {

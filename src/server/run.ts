@@ -62,6 +62,8 @@ interface Backend {
   role(): string;
   /** Why storage writes fail right now, or null (always null in memory). */
   persistenceFailure(): string | null;
+  /** Group mode only: terms this member has served as leader. */
+  termsServed?(): number;
   readiness(): Readiness;
   extraInfo(): Array<[string, string]>;
   /**
@@ -93,7 +95,9 @@ export async function startServer(config: Config, opts: StartOptions = {}): Prom
           connections: () => ({ open: server!.connectionCount, ...server!.counters }),
           ready: () => readiness().ready,
           persistenceUp: () => backend.persistenceFailure() === null,
-          ...(config.etcd.length > 0 ? { group: { prefix: config.etcdPrefix, leading: () => backend.role() === 'leader' } } : {}),
+          ...(config.etcd.length > 0
+            ? { group: { prefix: config.etcdPrefix, leading: () => backend.role() === 'leader', termsServed: () => backend.termsServed?.() ?? 0 } }
+            : {}),
         });
   const authFailures = repeatReporter((fields) => log.warn(fields, 'AUTH with a wrong password'), metrics === null ? undefined : () => metrics.authFailed());
   const acceptErrors = repeatReporter((fields) => log.warn(fields, 'failed to accept a client connection (it was dropped; others are served)'));
@@ -417,6 +421,7 @@ async function openGroup(config: Config, log: Logger, metricsEvents: SequencerEv
     commitThread: null,
     role: () => group.leadership.role,
     persistenceFailure: () => group.persistenceFailure(),
+    termsServed: () => group.termsServed(),
     readiness: () => group.readiness(),
     extraInfo: () => [['advertise', advertise], ...(advertiseTls === null ? [] : [['advertise_tls', advertiseTls] as [string, string]]), ...group.info()],
     close: (stored) => group.close(stored),

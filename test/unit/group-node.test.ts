@@ -298,7 +298,9 @@ test('a fenced write steps this term down at once: waiters and later requests ge
 test('losing leadership stops serving at once; a later term loads the marks afresh', async (t) => {
   const m = await member(t);
   const { node, election, stores } = m;
+  assert.equal(node.termsServed(), 0);
   await serveTerm(m, '9', new Map([['a', 100n]]));
+  assert.equal(node.termsServed(), 1);
   assert.equal(await node.allocate('a', 1n), 100n);
 
   assert.equal(stores[0]!.closed, false, 'the serving term keeps its store open');
@@ -313,6 +315,7 @@ test('losing leadership stops serving at once; a later term loads the marks afre
   stores[1]!.finish(new Map([['a', 500n]]));
   await waitFor(() => node.readiness().ready, 'the member to serve');
   assert.equal(await node.allocate('a', 1n), 500n);
+  assert.equal(node.termsServed(), 2);
 
   // A clean stop writes the exact next number through the term's store, then closes it.
   assert.equal(await node.close(), true, 'the exact next numbers are stored');
@@ -337,6 +340,7 @@ test("a load that lands after its term ended is dropped: the next term serves it
   await waitFor(() => node.readiness().ready, 'the member to serve');
   assert.equal(node.current('a'), 500n);
   assert.equal(await node.allocate('a', 1n), 500n);
+  assert.equal(node.termsServed(), 1, 'term 9 never served');
 });
 
 test('a clean stop that cannot store the exact next numbers says so (the process exits 1)', async (t) => {

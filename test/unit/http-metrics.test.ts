@@ -83,14 +83,23 @@ test('events: persist durations in seconds, failures, AUTH failures, refused ops
   assert.equal(m.get('dolmeangi_request_chunk_duration_seconds_bucket{le="0.000025"}'), 1);
 });
 
-test('the leader gauge exists only in group mode', async () => {
-  assert.equal(parseMetrics(await new Metrics(view([])).render()).has('dolmeangi_leader'), false);
+test('the leader gauge and the count of terms served exist only in group mode', async () => {
+  const single = parseMetrics(await new Metrics(view([])).render());
+  assert.equal(single.has('dolmeangi_leader'), false);
+  assert.equal([...single.keys()].some((k) => k.startsWith('dolmeangi_leader_terms_total')), false);
   let leading = false;
-  const metrics = new Metrics(view([], { mode: () => 'group', group: { prefix: '/dolmeangi/orders/', leading: () => leading } }));
-  assert.equal(parseMetrics(await metrics.render()).get('dolmeangi_leader{group="/dolmeangi/orders/"}'), 0);
+  let terms = 0;
+  const metrics = new Metrics(
+    view([], { mode: () => 'group', group: { prefix: '/dolmeangi/orders/', leading: () => leading, termsServed: () => terms } }),
+  );
+  const follower = parseMetrics(await metrics.render());
+  assert.equal(follower.get('dolmeangi_leader{group="/dolmeangi/orders/"}'), 0);
+  assert.equal(follower.get('dolmeangi_leader_terms_total{group="/dolmeangi/orders/"}'), 0);
   leading = true;
+  terms = 3;
   const m = parseMetrics(await metrics.render());
   assert.equal(m.get('dolmeangi_leader{group="/dolmeangi/orders/"}'), 1);
+  assert.equal(m.get('dolmeangi_leader_terms_total{group="/dolmeangi/orders/"}'), 3);
   assert.equal(m.get('dolmeangi_build_info{version="9.9.9",mode="group"}'), 1);
 });
 
