@@ -13,7 +13,7 @@ import { firstSuccess, recordFailure, startClientLoad } from '../helpers/client-
 import { SequencerClient } from '../../src/index.js';
 import { WireClient, ask } from '../helpers/wire.js';
 import { waitFor } from '../helpers/wait.js';
-import { request } from '../helpers/http.js';
+import { parseMetrics, request } from '../helpers/http.js';
 
 const LEASE_TTL_S = 2;
 const RESERVE = 1000n;
@@ -42,6 +42,22 @@ async function leaderTerm(): Promise<string> {
   } finally {
     await c.close();
   }
+}
+
+/** Terms each member has served as leader since it started (dolmeangi_leader_terms_total). */
+async function termsServed(): Promise<number[]> {
+  return Promise.all(
+    group.nodes.map(async (n) => {
+      const reply = await request(`http://127.0.0.1:${n.metricsPort}/metrics`);
+      assert.equal(reply.status, 200, reply.body);
+      return parseMetrics(reply.body).get('dolmeangi_leader_terms_total{group="/dolmeangi-test/"}') ?? 0;
+    }),
+  );
+}
+
+/** Terms begun since `before`; a member `restarted` meanwhile counts from 0 again. */
+function termsSince(before: number[], after: number[], restarted: number | null = null): number {
+  return after.reduce((sum, n, i) => sum + n - (i === restarted ? 0 : before[i]!), 0);
 }
 
 function probeClient(): SequencerClient {
@@ -206,6 +222,72 @@ describe('group mode on etcd', () => {
     } finally {
       await l.stop();
     }
+    assertHistory(history, { crashes, reserve: RESERVE });
+  });
+
+  test('the etcd leader paused (SIGSTOP) again and again under load, briefly and past an election: the history holds', async (t) => {
+    // Long pauses outlast etcd's election: the others elect a new etcd leader and the group
+    // serves through it, then the old one resumes still believing it leads, and answers from
+    // its own lessor until it hears otherwise (etcd-io/etcd#15247).
+    const l = load('etcd-pause', 90);
+    const probe = probeClient();
+    let newTermsInAll = 0;
+    let terms = await termsServed();
+    assert.ok(terms.some((n) => n >= 1), 'the serving leader counts its term');
+    const rounds: string[] = [];
+    type Round = 'short' | 'long' | 'long, and the group leader killed';
+    try {
+      for (const round of ['short', 'long', 'short', 'long', 'long, and the group leader killed'] satisfies Round[]) {
+        const m = await etcd.leaderIndex();
+        assert.notEqual(m, null, 'an etcd leader');
+        await firstSuccess(history, probe, 'etcd-pause-probe', 15_000);
+        const leader = await group.waitForLeader();
+        const termsBefore = await termsServed();
+        // Terms begun between the rounds count too.
+        newTermsInAll += termsSince(terms, termsBefore);
+        let restarted: number | null = null;
+        const faultAt = now();
+        etcd.pause(m!);
+        let servingAt: bigint;
+        try {
+          if (round === 'short') {
+            // Shorter than etcd's election timeout (500 ms): the cluster keeps its leader and stalls.
+            await new Promise((r) => setTimeout(r, 300));
+          } else {
+            await waitFor(async () => ((await etcd.leaderIndex()) ?? m) !== m, 'the other etcd members to elect a leader', 15_000);
+            if (round !== 'long') {
+              // A new group leader is elected through the new etcd leader while the old one is frozen.
+              await group.nodes[leader]!.proc!.kill();
+              restarted = leader;
+            }
+            await firstSuccess(history, probe, 'etcd-pause-probe', 15_000);
+            servingAt = now();
+          }
+        } finally {
+          etcd.resume(m!);
+          if (restarted !== null) await group.start(restarted);
+        }
+        if (round === 'short') {
+          await firstSuccess(history, probe, 'etcd-pause-probe', 15_000);
+          servingAt = now();
+        }
+        const before = l.acked();
+        await waitFor(() => l.acked() >= before + 50, 'the load to get numbers after the pause', 15_000);
+        terms = await termsServed();
+        const newTerms = termsSince(termsBefore, terms, restarted);
+        if (restarted !== null) assert.ok(newTerms >= 1, 'the group leader killed, another member led');
+        newTermsInAll += newTerms;
+        rounds.push(`${round}: ${msBetween(faultAt, servingAt!)} ms, ${newTerms} new terms`);
+        await assertFailover(l, { faultAt, servingAt: servingAt! }, BigInt(newTerms) * RESERVE);
+      }
+    } finally {
+      await probe.close();
+      await l.stop();
+    }
+    // Every term that began may have skipped a window.
+    crashes += newTermsInAll;
+    t.diagnostic(`etcd leader paused: ${rounds.join('; ')}`);
+    assert.ok(l.acked() > 100, `only ${l.acked()} numbers under load`);
     assertHistory(history, { crashes, reserve: RESERVE });
   });
 
