@@ -216,8 +216,9 @@ test('ECHO, SELECT and CLIENT, for Redis tools and client handshakes; not offere
   await c.exchange(`CLIENT SETNAME ${'n'.repeat(256)}\r\nCLIENT SETNAME ${'n'.repeat(257)}\r\nCLIENT GETNAME\r\n`, `+OK\r\n-ERR Client names are at most 256 bytes here\r\n$256\r\n${'n'.repeat(256)}\r\n`);
   c.reset();
   await c.exchange(
-    'CLIENT SETNAME\r\nCLIENT SETINFO LIB-NAME\r\nCLIENT LIST\r\nCLIENT\r\n',
+    'CLIENT SETNAME\r\nCLIENT GETNAME x\r\nCLIENT SETINFO LIB-NAME\r\nCLIENT LIST\r\nCLIENT\r\n',
     "-ERR wrong number of arguments for 'client|setname' command\r\n" +
+      "-ERR wrong number of arguments for 'client|getname' command\r\n" +
       "-ERR wrong number of arguments for 'client|setinfo' command\r\n" +
       "-ERR unknown subcommand 'LIST' of CLIENT. Supported: SETNAME, GETNAME, SETINFO\r\n" +
       "-ERR wrong number of arguments for 'CLIENT'\r\n",
@@ -246,6 +247,9 @@ test('MULTI: every command up to EXEC is refused unrun, and EXEC aborts, so a tr
   // A transaction command with the wrong arity fails the transaction too, as in Redis.
   await c.exchange('MULTI\r\nEXEC x\r\nEXEC\r\n', "+OK\r\n-ERR wrong number of arguments for 'EXEC'\r\n-EXECABORT Transaction discarded because of previous errors.\r\n");
   c.reset();
+  // So does an unknown command alone.
+  await c.exchange('MULTI\r\nNOSUCH\r\nEXEC\r\n', `+OK\r\n-ERR Unknown command 'NOSUCH'. ${SUPPORTED}\r\n-EXECABORT Transaction discarded because of previous errors.\r\n`);
+  c.reset();
   // QUIT still quits.
   await c.exchange(`MULTI\r\nQUIT\r\nGETSEQ ${name}\r\n`, '+OK\r\n+OK\r\n');
   await c.waitClosed();
@@ -269,6 +273,9 @@ test('wrong number of arguments, bad counts and bad names; the connection stays 
     [`CURRENT ${'n'.repeat(65)}\r\n`, `-ERR invalid sequence name '${'n'.repeat(64)}...': use 1-64 characters of A-Z a-z 0-9 _ . : -\r\n`],
     [`GETSEQ_BATCH ${'9'.repeat(33)}\r\n`, `-ERR invalid count '${'9'.repeat(32)}...': expected an integer from 1 to 1000 (--max-batch)\r\n`],
     [`${'X'.repeat(129)}\r\n`, `-ERR Unknown command '${'X'.repeat(128)}...'. ${SUPPORTED}\r\n`],
+    // At the limit exactly, nothing is cut and nothing marked.
+    [`${'X'.repeat(128)}\r\n`, `-ERR Unknown command '${'X'.repeat(128)}'. ${SUPPORTED}\r\n`],
+    [`GETSEQ_BATCH ${'9'.repeat(32)}\r\n`, `-ERR invalid count '${'9'.repeat(32)}': expected an integer from 1 to 1000 (--max-batch)\r\n`],
     // Sent as UTF-8 (é is C3 A9; replies are compared as latin1): never half a character before the mark.
     [`${'a'.repeat(127)}éé\r\n`, `-ERR Unknown command '${'a'.repeat(127)}...'. ${SUPPORTED}\r\n`],
     [`${'a'.repeat(126)}éb\r\n`, `-ERR Unknown command '${'a'.repeat(126)}\xc3\xa9...'. ${SUPPORTED}\r\n`],
