@@ -98,6 +98,20 @@ test('invalid streams report an error at every split, after the replies before i
   }
 });
 
+test('replies at each limit exactly decode whole, byte by byte and split at every offset', () => {
+  const AT_LIMIT: Array<[string, Reply, Partial<ReplyDecoderLimits>]> = [
+    [`+${'a'.repeat(10)}\r\n`, simple('a'.repeat(10)), { maxLine: 10 }],
+    [`-E ${'e'.repeat(8)}\r\n`, err('E', 'e'.repeat(8)), { maxLine: 10 }],
+    ['$10\r\n0123456789\r\n', bulk('0123456789'), { maxBulk: 10 }],
+    ['*2\r\n:1\r\n:2\r\n', array([int(1n), int(2n)]), { maxArray: 2 }],
+  ];
+  for (const [text, expected, limits] of AT_LIMIT) {
+    for (const { how, chunks } of splits(Buffer.from(text, 'latin1'))) {
+      assert.deepEqual(decode(chunks, limits), { replies: [expected], error: null }, `${JSON.stringify(text)} ${how}`);
+    }
+  }
+});
+
 test('a line with no end is rejected once it is too long, without waiting for the rest', () => {
   const decoder = new ReplyDecoder({ maxLine: 100 });
   assert.equal(decoder.feed(Buffer.from(':' + '9'.repeat(40)), () => {}) !== null, true);
