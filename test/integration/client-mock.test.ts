@@ -81,8 +81,12 @@ test('getBatch, ping, info and named sequences', async () => {
   assert.deepEqual(info.sequences, [{ name: 'default', current: 116n, durableMark: null }]);
   assert.match(info.raw, /^# Server\r\n/);
   assert.deepEqual(server.requests.slice(0, 3), [['GETSEQ_BATCH', '10'], ['GETSEQ_BATCH', '5', 'orders'], ['GETSEQ', 'orders']]);
+  const sent = server.requests.length;
   await assert.rejects(c.getBatch(0), RangeError);
   await assert.rejects(c.getBatch(1.5), RangeError);
+  // A number past 2^53 may not be the count the caller wrote (2 ** 53 + 1 is 2 ** 53): a bigint says it exactly.
+  await assert.rejects(c.getBatch(2 ** 53 + 2), RangeError);
+  assert.equal(server.requests.length, sent, 'nothing refused was sent');
 });
 
 test("the seed's constructor form: new SequencerClient(host, port)", async () => {
