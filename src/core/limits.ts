@@ -9,6 +9,16 @@ export const MAX_VALUE = (1n << 63n) - 1n;
 /** `next` of an exhausted sequence; also the highest mark a store ever holds. */
 export const END = 1n << 63n;
 
+/**
+ * For stores, before writing: a mark outside 0..END, stored, would make the state
+ * unloadable (every store refuses it on load), so it is refused here as the bug it is.
+ */
+export function checkMarks(marks: Iterable<readonly [string, bigint]>): void {
+  for (const [name, mark] of marks) {
+    if (mark < 0n || mark > END) throw new RangeError(`mark ${mark} of ${name} is outside 0..2^63`);
+  }
+}
+
 export const DEFAULT_SEQUENCE = 'default';
 /** The longest word of a request, in bytes: a password longer than this cannot be sent. */
 export const MAX_WORD_BYTES = 64 * 1024;

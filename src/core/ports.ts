@@ -23,7 +23,8 @@ export interface Store {
    * Resolves only once they survive a crash of this process and of the machine.
    * Rejects with PersistenceError when storage fails (the caller retries) or
    * FencedError when this node may no longer write (group mode).
-   * The caller never has two persist calls in flight at once.
+   * The caller never has two persist calls in flight at once, and never a mark
+   * outside 0..2^63 (END, one past the largest number); a store refuses one with a RangeError.
    */
   persist(marks: Marks): Promise<void>;
   /** Releases locks and handles. Idempotent. */

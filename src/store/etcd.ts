@@ -13,7 +13,7 @@
  *   back down below numbers already handed out.
  */
 import { CompareResult, CompareTarget, type Etcd3, type ICompare, type IRangeRequest, type IRangeResponse, type IRequestOp, type ITxnResponse } from 'etcd3';
-import { END, isValidName, NAME_RULE, parseUnsigned } from '../core/limits.js';
+import { END, checkMarks, isValidName, NAME_RULE, parseUnsigned } from '../core/limits.js';
 import type { Marks, Store } from '../core/ports.js';
 import { ETCD_CALL_TIMEOUT_MS, etcdErrorReason, withTimeout, type LeadershipTerm } from '../election/etcd.js';
 import { FencedError, PersistenceError, StateCorruptError } from '../errors.js';
@@ -113,6 +113,7 @@ export class EtcdStore implements Store {
 
   async persist(marks: Marks): Promise<void> {
     this.assertOpen();
+    checkMarks(marks);
     if (this.writerRevision === null) await this.readWriter();
     const entries = [...marks];
     // Each chunk commits on its own; if a later one fails, the caller retries them all.

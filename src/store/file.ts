@@ -35,7 +35,7 @@ import { basename, dirname, join, resolve } from 'node:path';
 import { getSystemErrorMap } from 'node:util';
 import { crc32 } from 'node:zlib';
 import type { Marks, Store } from '../core/ports.js';
-import { END, parseUnsigned } from '../core/limits.js';
+import { END, checkMarks, parseUnsigned } from '../core/limits.js';
 import { DataDirLockedError, PersistenceError, StateCorruptError } from '../errors.js';
 import { type KernelLock, holdKernelLock } from './kernel-lock.js';
 import { type RepeatReporter, repeatReporter } from '../repeat-reporter.js';
@@ -249,10 +249,7 @@ export class FileStore implements Store {
     if (this.marks === null) throw new Error('FileStore.persist called before load()');
     // Two appends at the same offset would overwrite each other.
     if (this.inflight) throw new Error('FileStore.persist called while another persist is in flight');
-    for (const [name, mark] of marks) {
-      // Written, such a mark would make the directory unloadable.
-      if (mark < 0n || mark > END) throw new RangeError(`mark ${mark} of ${name} is outside 0..2^63`);
-    }
+    checkMarks(marks);
     if (marks.size === 0) return;
     const write = this.write(marks);
     this.inflight = write;

@@ -8,6 +8,7 @@
  */
 import type { Marks, Store } from '../core/ports.js';
 import { FencedError, PersistenceError } from '../errors.js';
+import { checkMarks } from '../core/limits.js';
 
 export interface MemoryStoreOptions {
   /** The state "on disk" at start, e.g. what crash() returned from an earlier store. */
@@ -66,6 +67,7 @@ export class MemoryStore implements Store {
 
   async persist(marks: Marks): Promise<void> {
     this.calls.persist++;
+    checkMarks(marks);
     // Copied: the caller may reuse or change its map after the call.
     const batch: Marks = new Map(marks);
     this.inFlight.add(batch);

@@ -129,6 +129,10 @@ describe('etcd store', () => {
     // Only the given marks change; the others keep their stored values.
     await store.persist(new Map([['zero', 5n]]));
     assert.deepEqual(await new EtcdStore(direct, prefix, term).load(), new Map([...marks, ['zero', 5n]]));
+    // A mark past 2^63 would make the marks unloadable for every member: refused, nothing written.
+    await assert.rejects(store.persist(new Map([['zero', 6n], ['max', END + 1n]])), RangeError);
+    await assert.rejects(store.persist(new Map([['zero', -1n]])), RangeError);
+    assert.deepEqual(await new EtcdStore(direct, prefix, term).load(), new Map([...marks, ['zero', 5n]]));
   });
 
   test('more marks than one etcd transaction may hold are written in several', async () => {

@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { setImmediate as tick } from 'node:timers/promises';
+import { END } from '../../src/core/limits.js';
 import { MemoryStore } from '../../src/store/memory.js';
 import { FencedError, PersistenceError, StateCorruptError } from '../../src/errors.js';
 
@@ -14,6 +15,13 @@ test('persists merge into what load returns, and calls are counted', async () =>
   assert.deepEqual(await store.load(), m({ a: 5n, b: 3n }));
   await store.close();
   assert.deepEqual(store.calls, { load: 2, persist: 2, persisted: 2, failed: 0, close: 1, maxInFlight: 1 });
+});
+
+test('a mark outside 0..2^63 is refused, as the file and etcd stores refuse it, and nothing is stored', async () => {
+  const store = new MemoryStore({ initial: [['a', 5n]] });
+  await assert.rejects(store.persist(new Map([['a', 6n], ['b', END + 1n]])), RangeError);
+  await assert.rejects(store.persist(new Map([['a', -1n]])), RangeError);
+  assert.deepEqual(await store.load(), new Map([['a', 5n]]));
 });
 
 test('the caller may change its map after persist without changing the store', async () => {

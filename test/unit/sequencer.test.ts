@@ -83,6 +83,46 @@ test('exhaustion at 2^63-1 issues nothing and leaves other sequences alone', asy
   assert.equal(seq.allocate('c', 3n), MAX_VALUE - 2n);
 });
 
+test('durable near 2^63-1: windows stop at 2^63, the last numbers are handed out, then exhaustion', async () => {
+  // The store refuses a mark past 2^63 (RangeError), as the file and etcd stores do: asked for
+  // one, the core would retry for ever and refuse every sequence meanwhile.
+  const store = new MemoryStore();
+  const seq = await open(store, 1000n, { initial: MAX_VALUE - 9n, floor: 1000n });
+  assert.equal(await take(seq.allocate('a', 5n)), MAX_VALUE - 9n);
+  assert.equal(await take(seq.allocate('a', 1n)), MAX_VALUE - 4n);
+  assert.equal(seq.allocate('a', 5n), EXHAUSTED);
+  assert.equal(await take(seq.allocate('a', 4n)), MAX_VALUE - 3n);
+  assert.equal(seq.allocate('a', 1n), EXHAUSTED);
+  assert.equal(seq.current('a'), EXHAUSTED);
+  assert.equal(seq.persistenceFailure, null);
+  assert.equal(store.calls.failed, 0);
+  assert.equal(await take(seq.allocate('b', 1n)), MAX_VALUE - 9n, 'other sequences serve on');
+  assert.equal(await seq.close(), true);
+  assert.deepEqual(new Map(await store.load()), new Map([['a', END], ['b', MAX_VALUE - 8n]]));
+});
+
+test('durable near 2^63-1: batches queued behind a write are refused once they would not fit, and so is CURRENT behind them', async () => {
+  let release: () => void = () => {};
+  const store = new MemoryStore();
+  const seq = await open(store, 1000n, { initial: MAX_VALUE - 9n, floor: 1000n });
+  store.delay = () => new Promise<void>((r) => (release = r));
+  // Ten numbers are left: the first batch waits for the write, the second would not fit beside it.
+  const first = seq.allocate('a', 8n);
+  assert.ok(first instanceof Promise);
+  assert.equal(seq.allocate('a', 8n), EXHAUSTED);
+  const current = seq.current('a');
+  const last = seq.allocate('a', 2n);
+  assert.ok(last instanceof Promise);
+  await waitFor(() => store.calls.persist > 0, 'the write to be in flight');
+  release();
+  assert.equal(await first, MAX_VALUE - 9n);
+  assert.equal(await last, MAX_VALUE - 1n);
+  assert.equal(await current, MAX_VALUE - 1n);
+  assert.equal(seq.allocate('a', 1n), EXHAUSTED);
+  store.delay = null;
+  await seq.close();
+});
+
 test('--max-sequences refuses new names only; CURRENT of a name not used yet takes no place', async () => {
   const seq = new Sequencer({ store: null, initial: 5n, reserve: 0n, maxSequences: 2 });
   await seq.open();
