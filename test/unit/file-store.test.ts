@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
 import { once } from 'node:events';
 import fs, { mkdirSync, readFileSync, renameSync } from 'node:fs';
-import { appendFile, mkdir, readdir, readFile, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
+import { appendFile, mkdir, readdir, readFile, rename, rm, stat, truncate, unlink, writeFile } from 'node:fs/promises';
 import { constants, hostname } from 'node:os';
 import { dirname, join } from 'node:path';
 import { crc32 } from 'node:zlib';
@@ -261,6 +261,13 @@ test('a bad checksum in the middle of the log is corruption, not a torn tail', a
   flip(buf, headerEnd + 12, 0x01);
   await writeFile(p.log, buf);
   await assertCorrupt(dir, p.log, /checksum mismatch/);
+  // The last record broken too, into bytes no complete record would hold: only that one could be
+  // a tear, and the one before it is still damage, with numbers acknowledged on it.
+  const last = buf.lastIndexOf('{');
+  buf[last] = 'x'.charCodeAt(0);
+  await writeFile(p.log, buf);
+  await assertCorrupt(dir, p.log, /checksum mismatch/);
+  assert.deepEqual(await readFile(p.log), buf, 'nothing truncated');
 });
 
 test('a damaged record with intact ones after it is corruption, not a torn tail, and the log is left as it was', async (t) => {
@@ -424,6 +431,9 @@ test('a snapshot with a bad magic, checksum, version or length is corruption', a
     ['version', () => Buffer.concat([Buffer.from('DOLSEQ01'), record('{"v":7,"g":1,"m":{}}')]), /format version 7; .*so a newer release wrote it\); refusing .* Run the release that wrote it/],
     ['version 0', () => Buffer.concat([Buffer.from('DOLSEQ01'), record('{"v":0,"g":1,"m":{}}')]), /format version 0; this dolmeangi reads version 1\); refusing .* Restore it from a backup/],
     ['generation', () => Buffer.concat([Buffer.from('DOLSEQ01'), record('{"v":1,"g":"1","m":{}}')]), /bad generation/],
+    // Snapshots start at 1: one of 0 would also pass for a first snapshot needing no log beside it.
+    ['generation 0', () => Buffer.concat([Buffer.from('DOLSEQ01'), record('{"v":1,"g":0,"m":{}}')]), /bad generation 0/],
+    ['negative generation', () => Buffer.concat([Buffer.from('DOLSEQ01'), record('{"v":1,"g":-1,"m":{}}')]), /bad generation -1/],
   ];
   for (const [what, mutate, detail] of mutations) {
     const { dir, p } = await populated(t);
@@ -439,6 +449,13 @@ test('a log whose snapshot is missing or older refuses to load', async (t) => {
     const { dir, p } = await populated(t);
     await unlink(p.snapshot);
     await assertCorrupt(dir, p.log, /is missing/);
+  }
+  {
+    // As a compaction leaves it: the log of generation 1 has no record yet, and the marks are all in the snapshot.
+    const { dir, p, headerEnd } = await populated(t);
+    await truncate(p.log, headerEnd);
+    await unlink(p.snapshot);
+    await assertCorrupt(dir, p.log, /continues snapshot generation 1, but .* is missing/);
   }
   {
     const { dir, p } = await populated(t);
@@ -1164,15 +1181,19 @@ test('a lock naming this pid that this process does not hold is stale (a restart
 });
 
 test('an unreadable lock or one from another host refuses, saying to delete it', async (t) => {
-  for (const text of ['', '{"pid":', '{"pid":-3,"host":"x"}', lockJson(1, `not-${hostname()}`)]) {
+  // A pid dead here proves nothing about another host's process (a shared volume).
+  const elsewhere = lockJson(await deadPid(), `not-${hostname()}`);
+  for (const text of ['', '{"pid":', '{"pid":-3,"host":"x"}', lockJson(1, `not-${hostname()}`), elsewhere]) {
     const dir = await tempDir(t);
     await writeFile(paths(dir).lock, text);
     await assert.rejects(FileStore.open(dir), (err: unknown) => {
       assert.ok(err instanceof DataDirLockedError);
       assert.ok(err.message.includes(`delete ${paths(dir).lock}`), err.message);
       if (text === '') assert.match(err.message, /its lock file is empty;/);
+      if (text === elsewhere) assert.match(err.message, new RegExp(`on host not-${hostname()}`));
       return true;
     });
+    assert.equal(await readFile(paths(dir).lock, 'utf8'), text, 'LOCK left as it was');
   }
 });
 
@@ -1237,6 +1258,26 @@ test('close is idempotent, releases the lock, and later persists reject', async 
   await assert.rejects(stat(paths(dir).lock), { code: 'ENOENT' });
   await assert.rejects(store.persist(m({ a: 2n })), PersistenceError);
   assert.deepEqual(await reload(dir), m({ a: 1n }));
+});
+
+test('a data directory it creates, and each parent it creates on the way, is synced into its parent', async (t) => {
+  const root = await tempDir(t);
+  const dir = join(root, 'a', 'b');
+  const synced: string[] = [];
+  const store = await FileStore.open(dir, { beforeIo: (op, path) => void (op === 'fsync' && synced.push(path)) });
+  t.after(() => store.close());
+  // A directory survives a machine crash once the directory naming it is synced.
+  for (const parent of [root, join(root, 'a')]) assert.ok(synced.includes(parent), `${parent} synced: ${synced.join(', ')}`);
+});
+
+test("close leaves a LOCK that is not its own (the directory replaced meanwhile): it is another server's", async (t) => {
+  const dir = await tempDir(t);
+  const store = await FileStore.open(dir);
+  await store.load();
+  const other = lockJson(await deadPid());
+  await writeFile(paths(dir).lock, other);
+  await store.close();
+  assert.equal(await readFile(paths(dir).lock, 'utf8'), other);
 });
 
 test('close waits for the persist in flight', async (t) => {
