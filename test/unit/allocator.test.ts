@@ -130,6 +130,49 @@ test('the next range is fetched in the background once prefetchAt of the current
   assert.equal(source.maxInFlight, 1);
 });
 
+test('prefetchAt 1 fetches the next range as soon as the first number of one is taken', async () => {
+  const source = new FakeSource(false);
+  const allocator = new SequenceAllocator(source, { batch: 10, prefetchAt: 1 });
+  void allocator.tryNext();
+  source.release();
+  await flush();
+  assert.equal(allocator.tryNext(), 1n);
+  assert.equal(source.requests.length, 2, 'the prefetch is under way');
+  source.release();
+  await flush();
+  for (let i = 2n; i <= 11n; i++) assert.equal(allocator.tryNext(), i);
+});
+
+test('adaptive: when a caller had to wait for the next range, the batch doubles, however long the range lasted', async (t) => {
+  let now = 1;
+  t.mock.method(performance, 'now', () => now);
+  const source = new FakeSource(false);
+  const allocator = new SequenceAllocator(source, { batch: 10, adaptive: true, maxBatch: 1000, prefetchAt: 0.5 });
+  void allocator.tryNext();
+  source.release();
+  await flush();
+  assert.equal(allocator.tryNext(), 1n);
+  // Five seconds for a range: neither short enough to grow nor long enough to shrink by time alone.
+  now += 5000;
+  for (let i = 2n; i <= 10n; i++) assert.equal(allocator.tryNext(), i);
+  assert.equal(source.requests.length, 2, 'prefetched at half');
+  // The prefetch comes late: a caller finds the cache empty.
+  assert.equal(allocator.tryNext(), undefined);
+  source.release();
+  await flush();
+  assert.equal(allocator.tryNext(), 11n);
+  assert.equal(allocator.batchSize, 20);
+  for (let i = 12n; i <= 15n; i++) assert.equal(allocator.tryNext(), i);
+  assert.equal(source.requests.at(-1)!.count, 20n, 'the next fetch asks for the doubled batch');
+  // The same five seconds with the prefetch in time: the size stays.
+  source.release();
+  await flush();
+  now += 5000;
+  for (let i = 16n; i <= 20n; i++) assert.equal(allocator.tryNext(), i);
+  assert.equal(allocator.tryNext(), 21n);
+  assert.equal(allocator.batchSize, 20);
+});
+
 test('a failed fetch rejects the waiting next() calls, and the allocator recovers', async () => {
   const source = new FakeSource();
   source.failNext = new Error('server down');
