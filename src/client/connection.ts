@@ -145,9 +145,13 @@ export class Connection {
     });
   }
 
-  /** False once the connection is retiring or gone: send no more requests on it. */
+  /**
+   * False once the connection is retiring or gone: send no more requests on it.
+   * Gone counts from the socket's destruction (by us, or by Node after a socket
+   * error), a tick or more before its 'close' event.
+   */
   get usable(): boolean {
-    return !this.retiring && !this.isClosed && this.fatal === null;
+    return !this.retiring && !this.isClosed && !this.socket.destroyed && this.fatal === null;
   }
 
   /**
@@ -208,7 +212,9 @@ export class Connection {
 
   private readonly flush = (): void => {
     this.flushScheduled = false;
-    if (this.out === '' || this.isClosed) return;
+    // Written into a destroyed socket, the bytes go nowhere: left counted as unsent, the
+    // requests fail as never sent when 'close' comes, and may be sent again elsewhere.
+    if (this.out === '' || this.isClosed || this.socket.destroyed) return;
     this.socket.write(this.out);
     this.out = '';
     this.unsent = 0;

@@ -939,6 +939,26 @@ test('a request that cannot be encoded is never queued: the requests after it on
   }
 });
 
+test('a connection closed before its newest request was written says that one was not sent, and the one before it may have been', async () => {
+  const server = await mock(() => {}); // reads, never answers
+  const connection = await Connection.open({ host: '127.0.0.1', port: server.port }, { tls: null, connectTimeoutMs: 1000 });
+  const sent = connection.send(['GETSEQ'], 5000).catch((e: unknown) => e);
+  await waitFor(() => server.requests.length === 1, 'the first request to reach the server');
+  // Queued for the next tick's write, then the socket goes in this one.
+  const unsent = connection.send(['GETSEQ'], 5000).catch((e: unknown) => e);
+  connection.destroy();
+  // Destroyed, not yet closed: refused at once.
+  assert.equal(connection.usable, false);
+  const late = connection.send(['GETSEQ'], 5000).catch((e: unknown) => e);
+  await connection.closed;
+  const [first, second, third] = await Promise.all([sent, unsent, late]);
+  for (const e of [first, second, third]) assert.ok(e instanceof ConnectionClosedError, String(e));
+  assert.equal((first as ConnectionClosedError).requestSent, true);
+  assert.equal((second as ConnectionClosedError).requestSent, false, 'never written: safe to send again');
+  assert.equal((third as ConnectionClosedError).requestSent, false);
+  assert.equal(server.requests.length, 1);
+});
+
 test('tls: false is plain TCP', async () => {
   const server = await mock(counterScript(5n));
   // From JavaScript without types, false must not be taken as TLS options.
