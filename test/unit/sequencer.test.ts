@@ -123,6 +123,59 @@ test('durable near 2^63-1: batches queued behind a write are refused once they w
   await seq.close();
 });
 
+test('failed writes are retried after a jittered delay that doubles from retryMinMs up to retryMaxMs, and starts over after a success', async () => {
+  const store = new MemoryStore();
+  const delays: number[] = [];
+  const seq = await open(store, 100n, { retryMinMs: 8, retryMaxMs: 32, events: { persistFailed: (_err, ms) => void delays.push(ms) } });
+  assert.equal(await take(seq.allocate('a', 1n)), 1n);
+  const writes = store.calls.persist;
+  store.failNext(4);
+  // Past the refill point, and then on below the mark while the writes fail: numbers are still
+  // served from memory, and none of these requests makes a write of its own besides the retries.
+  for (let n = 2n; n <= 60n; n++) assert.equal(await take(seq.allocate('a', 1n)), n);
+  await waitFor(() => seq.persistenceFailure !== null, 'the refill to fail');
+  for (let n = 61n; n <= 100n; n++) {
+    assert.equal(await take(seq.allocate('a', 1n)), n);
+    await settle(1);
+  }
+  await recovered(seq);
+  assert.equal(delays.length, 4);
+  assert.equal(store.calls.persist - writes, 5, 'four failures and the retry that landed, nothing more');
+  // Each delay is its step's base (8, 16, 32, 32: doubled, then capped) times 0.5 to 1.
+  [8, 16, 32, 32].forEach((base, i) => assert.ok(delays[i]! >= base / 2 && delays[i]! <= base, `delay ${i}: ${delays[i]} for a base of ${base}`));
+  // A success resets it: the next failure waits the shortest again.
+  store.failNext(1);
+  for (let i = 0; i < 1000 && delays.length === 4; i++) {
+    await take(seq.allocate('a', 1n));
+    await settle(1);
+  }
+  await recovered(seq);
+  assert.equal(delays.length, 5);
+  assert.ok(delays[4]! >= 4 && delays[4]! <= 8, `after a success: ${delays[4]}`);
+  await seq.close();
+});
+
+test('while a failed write waits out its retry delay, nothing else starts a write: not decay, not another sequence', async () => {
+  let clock = 0;
+  const store = new MemoryStore();
+  const seq = await open(store, 100n, { floor: 10n, now: () => clock, retryMinMs: 60_000, retryMaxMs: 60_000 });
+  assert.equal(await take(seq.allocate('a', 1n)), 1n);
+  assert.equal(await take(seq.allocate('b', 1n)), 1n);
+  const writes = store.calls.persist;
+  store.failNext(1);
+  // Past a's refill point: its write fails, and the retry waits at least 30 s.
+  for (let n = 2n; n <= 8n; n++) assert.equal(await take(seq.allocate('a', 1n)), n);
+  await waitFor(() => seq.persistenceFailure !== null, 'the refill to fail');
+  assert.equal(store.calls.persist, writes + 1);
+  // b crosses its own refill point, and decay looks at every window a second later.
+  for (let n = 2n; n <= 8n; n++) assert.equal(await take(seq.allocate('b', 1n)), n);
+  clock += 2000;
+  seq.decay();
+  await settle();
+  assert.equal(store.calls.persist, writes + 1, 'no write before the retry is due');
+  await seq.close();
+});
+
 test('--max-sequences refuses new names only; CURRENT of a name not used yet takes no place', async () => {
   const seq = new Sequencer({ store: null, initial: 5n, reserve: 0n, maxSequences: 2 });
   await seq.open();
