@@ -2,7 +2,7 @@ import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
 import { once } from 'node:events';
-import fs, { mkdirSync, readFileSync, renameSync } from 'node:fs';
+import fs, { mkdirSync, readdirSync, readFileSync, renameSync } from 'node:fs';
 import { appendFile, mkdir, readdir, readFile, rename, rm, stat, truncate, unlink, writeFile } from 'node:fs/promises';
 import { constants, hostname } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -1268,6 +1268,25 @@ test('a data directory it creates, and each parent it creates on the way, is syn
   t.after(() => store.close());
   // A directory survives a machine crash once the directory naming it is synced.
   for (const parent of [root, join(root, 'a')]) assert.ok(synced.includes(parent), `${parent} synced: ${synced.join(', ')}`);
+});
+
+test('a compaction closes the log it replaces: descriptors on the data directory stay as many', { skip: process.platform !== 'linux' && '/proc is Linux only' }, async (t) => {
+  const dir = await tempDir(t);
+  const { store } = await openLoaded(t, dir, { compactAfterBytes: 0 });
+  // A replaced log still open shows as `<dir>/marks.log (deleted)`.
+  const open = (): string[] =>
+    readdirSync('/proc/self/fd').flatMap((fd) => {
+      try {
+        const target = fdPath(Number(fd));
+        return target.startsWith(`${dir}/`) || target === dir ? [target] : [];
+      } catch {
+        return [];
+      }
+    });
+  await store.persist(m({ a: 1n }));
+  const before = open();
+  for (let i = 2n; i <= 6n; i++) await store.persist(m({ a: i }));
+  assert.deepEqual(open().sort(), before.sort());
 });
 
 test("close leaves a LOCK that is not its own (the directory replaced meanwhile): it is another server's", async (t) => {
