@@ -417,6 +417,17 @@ test('gapless: a clean close with every number already stored exactly writes not
   assert.equal(store.state().get('default'), 4n);
 });
 
+test('a clean close writes only the sequences this run used: loaded ones left alone are stored as they are', async () => {
+  const store = new MemoryStore({ initial: [['used', 10n], ['idle', 20n]] });
+  const batches: Array<Map<string, bigint>> = [];
+  store.delay = async (marks) => void batches.push(new Map(marks));
+  const seq = await open(store, 100n);
+  assert.equal(await take(seq.allocate('used', 1n)), 10n);
+  assert.equal(await seq.close(), true);
+  assert.ok(batches.every((b) => !b.has('idle')), `writes: ${batches.map((b) => [...b.keys()].join(',')).join(' | ')}`);
+  assert.deepEqual(store.state(), new Map([['used', 11n], ['idle', 20n]]));
+});
+
 test('a write that failed but landed is not taken for what the store holds: a clean close still writes the exact next number', async () => {
   const store = new MemoryStore();
   // No retry before close(): its own rounds are the only writes after the failure.
