@@ -312,6 +312,18 @@ test('a batch larger than the window waits for its own reservation', async () =>
   assert.equal(await take(seq.allocate('default', 1n)), 1001n);
 });
 
+test('gapless: requests read from different connections in one turn of the event loop share one write', async () => {
+  const store = new MemoryStore();
+  const seq = await open(store, 0n);
+  // Each connection's read is a callback of its own; between two, Node runs the
+  // microtasks and nextTicks the first left. Immediates queued together stand in for them.
+  const got = await Promise.all(
+    Array.from({ length: 3 }, () => new Promise<bigint>((resolve, reject) => setImmediate(() => take(seq.allocate('default', 1n)).then(resolve, reject)))),
+  );
+  assert.deepEqual(got, [1n, 2n, 3n]);
+  assert.equal(store.calls.persist, 1, 'one write for the three');
+});
+
 test('gapless (--reserve=0): every reply waits, and concurrent requests share one write', async () => {
   const store = new MemoryStore();
   const seq = await open(store, 0n);
