@@ -11,7 +11,10 @@ export const END = 1n << 63n;
 
 /**
  * For stores, before writing: a mark outside 0..END, stored, would make the state
- * unloadable (every store refuses it on load), so it is refused here as the bug it is.
+ * unloadable (the file and etcd stores refuse such a mark on load). The core never
+ * asks for one; if it did, the RangeError would count as a failed write, retried
+ * and reported as `persistence unavailable: mark ... outside 0..2^63`: a bug in the
+ * core, not a storage problem, and nothing unloadable is written meanwhile.
  */
 export function checkMarks(marks: Iterable<readonly [string, bigint]>): void {
   for (const [name, mark] of marks) {

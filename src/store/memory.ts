@@ -67,12 +67,12 @@ export class MemoryStore implements Store {
 
   async persist(marks: Marks): Promise<void> {
     this.calls.persist++;
-    checkMarks(marks);
     // Copied: the caller may reuse or change its map after the call.
     const batch: Marks = new Map(marks);
     this.inFlight.add(batch);
     this.calls.maxInFlight = Math.max(this.calls.maxInFlight, this.inFlight.size);
     try {
+      checkMarks(batch);
       if (this.delay) await this.delay(batch);
       while (this.gate) await this.gate.opened;
       if (this.crashed) throw new PersistenceError(`${this.description} crashed`);

@@ -21,6 +21,7 @@ test('a mark outside 0..2^63 is refused, as the file and etcd stores refuse it, 
   const store = new MemoryStore({ initial: [['a', 5n]] });
   await assert.rejects(store.persist(new Map([['a', 6n], ['b', END + 1n]])), RangeError);
   await assert.rejects(store.persist(new Map([['a', -1n]])), RangeError);
+  assert.equal(store.calls.failed, 2, 'counted as failed writes, as the core sees them');
   assert.deepEqual(await store.load(), new Map([['a', 5n]]));
 });
 
