@@ -131,7 +131,8 @@ class GroupNode implements GroupHandle {
   private store: Store | null = null;
   /** Why the last load of this term's marks failed (null once loaded, or not leading). */
   private loadError: string | null = null;
-  private served = 0;
+  /** Terms whose marks loaded, so that this member served them: what termsServed() reports. */
+  private terms = 0;
   private persistFailingSince: number | null = null;
   private closing: Promise<boolean> | null = null;
   /** The lease: how long etcd may keep failing a leader before it lets another node try. */
@@ -186,7 +187,7 @@ class GroupNode implements GroupHandle {
   }
 
   termsServed(): number {
-    return this.served;
+    return this.terms;
   }
 
   readiness(): Readiness {
@@ -279,7 +280,7 @@ class GroupNode implements GroupHandle {
         this.persistFailingSince = null;
         this.sequencer = seq;
         this.store = store;
-        this.served++;
+        this.terms++;
         this.log.info(
           { term: term.revision, sequences: seq.snapshot().length, raisedByInitial },
           'serving as group leader',

@@ -62,8 +62,8 @@ interface Backend {
   role(): string;
   /** Why storage writes fail right now, or null (always null in memory). */
   persistenceFailure(): string | null;
-  /** Group mode only: terms this member has served as leader. */
-  termsServed?(): number;
+  /** Terms this member has served as its group's leader; a standalone node leads no group: 0. */
+  termsServed(): number;
   readiness(): Readiness;
   extraInfo(): Array<[string, string]>;
   /**
@@ -96,7 +96,7 @@ export async function startServer(config: Config, opts: StartOptions = {}): Prom
           ready: () => readiness().ready,
           persistenceUp: () => backend.persistenceFailure() === null,
           ...(config.etcd.length > 0
-            ? { group: { prefix: config.etcdPrefix, leading: () => backend.role() === 'leader', termsServed: () => backend.termsServed?.() ?? 0 } }
+            ? { group: { prefix: config.etcdPrefix, leading: () => backend.role() === 'leader', termsServed: () => backend.termsServed() } }
             : {}),
         });
   const authFailures = repeatReporter((fields) => log.warn(fields, 'AUTH with a wrong password'), metrics === null ? undefined : () => metrics.authFailed());
@@ -305,6 +305,7 @@ async function openBackend(config: Config, log: Logger, metrics: Metrics | null)
       store: 'memory',
       commitThread: null,
       role: () => 'standalone',
+      termsServed: () => 0,
       persistenceFailure: () => null,
       readiness: () => ({ ready: true, reason: 'serving from memory' }),
       extraInfo: () => [],
@@ -345,6 +346,7 @@ async function openBackend(config: Config, log: Logger, metrics: Metrics | null)
     store: store.description,
     commitThread: store.blockingCommits ? 'main' : 'workers',
     role: () => 'standalone',
+    termsServed: () => 0,
     persistenceFailure: () => seq.persistenceFailure,
     readiness: () => {
       const e = seq.persistenceFailure;

@@ -29,12 +29,13 @@ export function fdPath(fd: number): string {
   return readlinkSync(`/proc/self/fd/${fd}`);
 }
 
-/** This process's descriptors open on `path`. */
-export function descriptorsOn(path: string): number[] {
+/** This process's descriptors open on `path`, or on any path `path` accepts. */
+export function descriptorsOn(path: string | ((target: string) => boolean)): number[] {
+  const on = typeof path === 'string' ? (target: string) => target === path : path;
   const fds: number[] = [];
   for (const fd of readdirSync('/proc/self/fd')) {
     try {
-      if (fdPath(Number(fd)) === path) fds.push(Number(fd));
+      if (on(fdPath(Number(fd)))) fds.push(Number(fd));
     } catch {
       // The descriptor readdir itself used, closed by now.
     }

@@ -2,7 +2,7 @@ import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
 import { once } from 'node:events';
-import fs, { mkdirSync, readdirSync, readFileSync, renameSync } from 'node:fs';
+import fs, { mkdirSync, readFileSync, renameSync } from 'node:fs';
 import { appendFile, mkdir, readdir, readFile, rename, rm, stat, truncate, unlink, writeFile } from 'node:fs/promises';
 import { constants, hostname } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -14,7 +14,7 @@ import { DataDirLockedError, PersistenceError, StateCorruptError } from '../../s
 import { waitFor } from '../helpers/wait.js';
 import { childrenRunning } from '../helpers/children.js';
 import { flockHeld } from '../helpers/flock.js';
-import { fdPath, fileHandlePrototype, tempDir } from '../helpers/files.js';
+import { descriptorsOn, fdPath, fileHandlePrototype, tempDir } from '../helpers/files.js';
 
 
 const paths = (dir: string) => ({
@@ -1274,15 +1274,7 @@ test('a compaction closes the log it replaces: descriptors on the data directory
   const dir = await tempDir(t);
   const { store } = await openLoaded(t, dir, { compactAfterBytes: 0 });
   // A replaced log still open shows as `<dir>/marks.log (deleted)`.
-  const open = (): string[] =>
-    readdirSync('/proc/self/fd').flatMap((fd) => {
-      try {
-        const target = fdPath(Number(fd));
-        return target.startsWith(`${dir}/`) || target === dir ? [target] : [];
-      } catch {
-        return [];
-      }
-    });
+  const open = (): string[] => descriptorsOn((target) => target === dir || target.startsWith(`${dir}/`)).map(fdPath);
   await store.persist(m({ a: 1n }));
   const before = open();
   for (let i = 2n; i <= 6n; i++) await store.persist(m({ a: i }));
