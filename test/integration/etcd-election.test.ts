@@ -17,6 +17,8 @@ import { waitFor } from '../helpers/wait.js';
 import { startTcpProxy, type TcpProxy } from '../helpers/tcp-proxy.js';
 import { captureLog } from '../helpers/log-capture.js';
 
+type LeaseKeepAlive = Etcd3['leaseClient']['leaseKeepAlive'];
+
 interface Node {
   readonly leadership: EtcdLeadership;
   readonly client: Etcd3;
@@ -87,6 +89,16 @@ describe('etcd leadership', () => {
   }
 
   const freshPrefix = (): string => `/election-test-${++prefixes}/`;
+
+  /** A keepaliveClient whose renewals go through what `wrap` makes of the real call. */
+  const renewalsThrough =
+    (wrap: (keepAlive: LeaseKeepAlive) => LeaseKeepAlive): EtcdLeadershipOptions['keepaliveClient'] =>
+    (connection, endpoint) => {
+      const client = createEtcdClient(connection, [endpoint]);
+      const leases = client.leaseClient;
+      leases.leaseKeepAlive = wrap(leases.leaseKeepAlive.bind(leases));
+      return client;
+    };
 
   /**
    * Asks both at every turn of the event loop until `b` has served for half a second;
@@ -637,14 +649,10 @@ describe('etcd leadership', () => {
           return revoke(req, ...rest);
         };
       },
-      keepaliveClient: (connection, endpoint) => {
-        const client = createEtcdClient(connection, [endpoint]);
-        const leases = client.leaseClient;
-        const keepAlive = leases.leaseKeepAlive.bind(leases);
-        leases.leaseKeepAlive = ((...args: Parameters<typeof keepAlive>) =>
-          failing ? Promise.reject(new Error('injected: the renewal fails')) : keepAlive(...args)) as typeof leases.leaseKeepAlive;
-        return client;
-      },
+      keepaliveClient: renewalsThrough((keepAlive) => {
+        return ((...args: Parameters<typeof keepAlive>) =>
+          failing ? Promise.reject(new Error('injected: the renewal fails')) : keepAlive(...args)) as LeaseKeepAlive;
+      }),
     });
     // Well before the first lease (TTL 5) could expire and take the key with it.
     await waitFor(() => a.leadership.canServe(), 'a to lead', 4000);
@@ -791,14 +799,10 @@ describe('etcd leadership', () => {
           return revoke(req, ...rest);
         };
       },
-      keepaliveClient: (connection, endpoint) => {
-        const client = createEtcdClient(connection, [endpoint]);
-        const leases = client.leaseClient;
-        const keepAlive = leases.leaseKeepAlive.bind(leases);
+      keepaliveClient: renewalsThrough((keepAlive) => {
         // The cluster here has one member, so one call per renewal.
-        leases.leaseKeepAlive = ((...args: Parameters<typeof keepAlive>) => renewal(() => keepAlive(...args), events)) as typeof leases.leaseKeepAlive;
-        return client;
-      },
+        return ((...args: Parameters<typeof keepAlive>) => renewal(() => keepAlive(...args), events)) as LeaseKeepAlive;
+      }),
     });
     await waitFor(() => b.leadership.leaderNodeId() === 'a', 'b to know a leads');
     return { proxy, a, b, events, log };
@@ -897,13 +901,10 @@ describe('etcd leadership', () => {
     let behind = false;
     const a = await startNode(prefix, 'a', {
       ttl: 2,
-      keepaliveClient: (connection, endpoint) => {
-        const client = createEtcdClient(connection, [endpoint]);
-        const leases = client.leaseClient;
-        const keepAlive = leases.leaseKeepAlive.bind(leases);
+      keepaliveClient: renewalsThrough((keepAlive) => {
         // Once `behind`, the member answers as a deposed etcd leader that still renews
         // in its own lessor would (etcd-io/etcd#15247): from the term before.
-        leases.leaseKeepAlive = async (...args) => {
+        return async (...args) => {
           const stream = await keepAlive(...args);
           const events = stream as unknown as { emit: (event: string | symbol, ...rest: unknown[]) => boolean };
           const emit = events.emit.bind(stream);
@@ -917,8 +918,7 @@ describe('etcd leadership', () => {
           };
           return stream;
         };
-        return client;
-      },
+      }),
     });
     await waitFor(() => a.leadership.canServe() && renewals > 0, 'a to lead and renew once from the current term');
     behind = true;
@@ -1000,16 +1000,12 @@ describe('etcd leadership', () => {
       endpoints: [proxy.url],
       ttl: 30,
       wallClock: () => Date.now() + wallAhead,
-      keepaliveClient: (connection, endpoint) => {
-        const client = createEtcdClient(connection, [endpoint]);
-        const leases = client.leaseClient;
-        const keepAlive = leases.leaseKeepAlive.bind(leases);
-        leases.leaseKeepAlive = (...args) => {
+      keepaliveClient: renewalsThrough((keepAlive) => {
+        return (...args) => {
           renewals++;
           return keepAlive(...args);
         };
-        return client;
-      },
+      }),
     });
     await waitFor(() => a.leadership.canServe(), 'a to lead');
     const campaignRenewals = renewals;
@@ -1038,11 +1034,8 @@ describe('etcd leadership', () => {
     const a = await startNode(prefix, 'a', {
       ttl: 6,
       wallClock: () => Date.now() + wallAhead,
-      keepaliveClient: (connection, endpoint) => {
-        const client = createEtcdClient(connection, [endpoint]);
-        const leases = client.leaseClient;
-        const keepAlive = leases.leaseKeepAlive.bind(leases);
-        leases.leaseKeepAlive = async (...args) => {
+      keepaliveClient: renewalsThrough((keepAlive) => {
+        return async (...args) => {
           // The renewal's send time was taken just before this call.
           if (mode === 'hold') {
             if (heldAt === 0) {
@@ -1066,8 +1059,7 @@ describe('etcd leadership', () => {
           };
           return stream;
         };
-        return client;
-      },
+      }),
     });
     await waitFor(() => a.leadership.canServe(), 'a to lead');
     const term = a.leadership.term;
