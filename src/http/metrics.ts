@@ -148,7 +148,7 @@ export class Metrics {
         Counter,
         registers,
         'dolmeangi_leader_terms_total',
-        'Terms this member has served as leader of its group (elected, and its marks loaded) since it started; summed over the members, how often leadership changed hands (group mode only).',
+        'Terms this member has served as leader of its group (elected, and its marks loaded) since it started; summed over the members, how many new terms the group started (group mode only).',
         ['group'],
         (c) => c.inc({ group: group.prefix }, group.termsServed()),
       );

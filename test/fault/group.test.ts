@@ -16,6 +16,8 @@ import { waitFor } from '../helpers/wait.js';
 import { parseMetrics, request } from '../helpers/http.js';
 
 const LEASE_TTL_S = 2;
+/** The group's --etcd-prefix, which labels its leader metrics too. */
+const PREFIX = '/dolmeangi-test/';
 const RESERVE = 1000n;
 /** The load's request timeout: a request lost at a failover was sent at most about this long before it. */
 const LOAD_TIMEOUT_MS = 1500;
@@ -50,7 +52,7 @@ async function termsServed(): Promise<number[]> {
     group.nodes.map(async (n) => {
       const reply = await request(`http://127.0.0.1:${n.metricsPort}/metrics`);
       assert.equal(reply.status, 200, reply.body);
-      return parseMetrics(reply.body).get('dolmeangi_leader_terms_total{group="/dolmeangi-test/"}') ?? 0;
+      return parseMetrics(reply.body).get(`dolmeangi_leader_terms_total{group="${PREFIX}"}`) ?? 0;
     }),
   );
 }
@@ -103,7 +105,7 @@ async function assertFailover(l: ReturnType<typeof load>, f: Failover, reserve =
 describe('group mode on etcd', () => {
   before(async () => {
     etcd = await startEtcdCluster({ size: 3 });
-    group = await startGroup(etcd, { size: 3, prefix: '/dolmeangi-test/', leaseTtl: LEASE_TTL_S, reserve: Number(RESERVE) });
+    group = await startGroup(etcd, { size: 3, prefix: PREFIX, leaseTtl: LEASE_TTL_S, reserve: Number(RESERVE) });
     await group.waitForLeader();
   });
 
